@@ -1,0 +1,1 @@
+"""Models: the input stem shared by training and serving (and, later, the fusion models)."""

@@ -1,0 +1,81 @@
+"""Where data lives: any fsspec URL (local path, file://, s3://, gs://, ...) with S3 options in one place.
+
+`StorageOptions` is a plain, picklable value: jobs build it from CLI flags / environment and hand it to Ray tasks,
+which open their own filesystem with it.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import fsspec
+from fsspec import AbstractFileSystem
+
+
+@dataclass(frozen=True)
+class StorageOptions:
+    """Options for object stores. Unset values fall back to the environment (AWS_* variables, ~/.aws)."""
+
+    endpoint_url: str | None = None
+    anon: bool = False
+    key: str | None = None
+    secret: str | None = None
+    region: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls, **overrides: Any) -> StorageOptions:
+        """Read `BIGEARTH_S3_ENDPOINT` / `AWS_ENDPOINT_URL`, `BIGEARTH_S3_ANON`; explicit overrides win."""
+        env = {
+            "endpoint_url": os.environ.get("BIGEARTH_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
+            "anon": os.environ.get("BIGEARTH_S3_ANON", "").lower() in {"1", "true", "yes"},
+        }
+        env.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**env)
+
+    def for_protocol(self, protocol: str) -> dict[str, Any]:
+        """Keyword arguments for the fsspec filesystem of `protocol`."""
+        if protocol in {"s3", "s3a"}:
+            # no listings cache: ingest workers check for files other processes wrote moments ago
+            opts: dict[str, Any] = {"anon": self.anon, "use_listings_cache": False}
+            if self.key:
+                opts["key"] = self.key
+            if self.secret:
+                opts["secret"] = self.secret
+            client: dict[str, Any] = {}
+            if self.endpoint_url:
+                client["endpoint_url"] = self.endpoint_url
+            if self.region:
+                client["region_name"] = self.region
+            if client:
+                opts["client_kwargs"] = client
+            opts.update(self.extra)
+            return opts
+        return dict(self.extra) if protocol not in {"file", "local"} else {}
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def open_fs(url: str, options: StorageOptions | None = None) -> tuple[AbstractFileSystem, str]:
+    """Filesystem and protocol-less root path for `url` (a local path is made absolute)."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
+    opts = (options or StorageOptions.from_env()).for_protocol(protocol)
+    fs, path = fsspec.core.url_to_fs(url, **opts)
+    if protocol == "file":
+        path = os.path.abspath(path)
+    return fs, path.rstrip("/") or "/"
+
+
+def join(*parts: str) -> str:
+    """Join path parts with '/', as every fsspec filesystem expects."""
+    return posixpath.join(*parts)
+
+
+def to_url(fs: AbstractFileSystem, path: str) -> str:
+    """Full URL of `path` on `fs` (what Ray Data and users get back)."""
+    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+    return path if protocol in {"file", "local"} else f"{protocol}://{path}"

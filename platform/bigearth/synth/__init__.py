@@ -1,0 +1,1 @@
+"""Synthetic BigEarthNet archives in the exact real format (`bigearth synth`)."""

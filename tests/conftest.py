@@ -1,0 +1,85 @@
+"""Shared fixtures: the real BigEarthNet files in ../shared, a local Ray, synthetic archives, a real S3 server."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from helpers import BEN
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # extra `ray start --address` nodes need it on this Ray
+os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not BEN.exists():
+        skip = pytest.mark.skip(reason=f"{BEN} not found: the real BigEarthNet files live in ../shared")
+        for item in items:
+            if "real" in item.keywords:
+                item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """One local Ray for the whole session (2 CPUs, no dashboard)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def synth_v2(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic v2 archive (120 pairs, seed 7); treat as read-only."""
+    from bigearth.synth.archive import synthesize
+
+    out = tmp_path_factory.mktemp("synth") / "v2"
+    synthesize(str(out), layout="v2", pairs=120, seed=7, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def synth_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small synthetic v1 archive (120 pairs, seed 3) with its official-format lists in `lists/`."""
+    from bigearth.synth.archive import synthesize
+
+    out = tmp_path_factory.mktemp("synth") / "v1"
+    synthesize(str(out), layout="v1", pairs=120, seed=3, progress=False)
+    return out
+
+
+@pytest.fixture(scope="session")
+def shards_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
+    """The synthetic v2 archive ingested with the default policy (shards of 30 pairs)."""
+    from bigearth.ingest import ingest
+
+    out = tmp_path_factory.mktemp("shards") / "v2"
+    ingest(str(synth_v2), str(out), shard_size=30)
+    return out
+
+
+@pytest.fixture
+def archive_copy(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """Copy a read-only archive fixture to a writable folder (for planting faults)."""
+
+    def copy(src: Path) -> Path:
+        dst = tmp_path / src.name
+        shutil.copytree(src, dst)
+        return dst
+
+    return copy
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[object]:
+    """A real S3 server (SeaweedFS on 127.0.0.1, free ports, temporary data), stopped after the session."""
+    from seaweed import SeaweedS3
+
+    with SeaweedS3() as server:
+        yield server

@@ -1,0 +1,235 @@
+"""Ingest of synthetic archives: bit-exact shards, manifest, exact quarantine of planted faults, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+
+from bigearth.archive import geotiff
+from bigearth.archive.layout import Layout
+from bigearth.bands import ALL_BANDS
+from bigearth.labels import BEN19
+from bigearth.ingest import IngestError, ingest
+from bigearth.shards import SHARD_SCHEMA, Manifest
+from bigearth.storage import open_fs
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _rows(shards: Path) -> list[dict]:  # type: ignore[type-arg]
+    m = Manifest.load(*open_fs(str(shards)))
+    return [r for s in m.shards for r in pq.read_table(shards / s["path"]).to_pylist()]
+
+
+def test_shards_are_bit_exact_and_complete(synth_v2: Path, shards_v2: Path) -> None:
+    m = Manifest.load(*open_fs(str(shards_v2)))
+    meta = pq.read_table(synth_v2 / "metadata.parquet")
+    assert m.pairs == meta.num_rows and not m.quarantined  # the default policy keeps metadata.parquet only
+    extra = pq.read_table(synth_v2 / "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
+    flags = extra.to_pydict()
+    assert m.excluded == {"seasonal_snow": sum(flags["contains_seasonal_snow"]),
+                          "cloud_or_shadow": sum(flags["contains_cloud_or_shadow"]), "no_19_class_label": 0}  # fmt: skip
+    assert sum(m.splits.values()) == m.pairs == sum(s["rows"] for s in m.shards)
+    rows = _rows(shards_v2)
+    assert sorted(r["patch_id"] for r in rows) == sorted(meta["patch_id"].to_pylist())
+    layout = Layout("v2", str(synth_v2))
+    by_id = {r["patch_id"]: r for r in meta.to_pylist()}
+    for row in rows[:: max(1, len(rows) // 10)]:
+        src = by_id[row["patch_id"]]
+        assert row["labels"] == sorted(src["labels"], key=BEN19.index)  # official order, not alphabetical
+        assert row["split"] == src["split"] and row["s1_name"] == src["s1_name"]
+        for band in ALL_BANDS:
+            path = (layout.s2_band(row["patch_id"], band.name) if band.sensor == "s2"
+                    else layout.s1_band(row["s1_name"], band.name))  # fmt: skip
+            with rasterio.open(path) as ds:
+                expected = ds.read(1)
+                assert (row["epsg"], row["ulx"], row["uly"]) == (ds.crs.to_epsg(), ds.transform.c, ds.transform.f)
+            got = np.frombuffer(row[band.name], dtype=np.dtype(band.dtype).newbyteorder("<")).reshape(band.shape)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected), (row["patch_id"], band.name)
+
+
+def test_shard_files_carry_format_metadata(shards_v2: Path) -> None:
+    m = Manifest.load(*open_fs(str(shards_v2)))
+    for s in m.shards:
+        pf = pq.ParquetFile(shards_v2 / s["path"])
+        assert pf.schema_arrow.equals(SHARD_SCHEMA, check_metadata=False)
+        meta = pf.schema_arrow.metadata
+        assert meta[b"bigearth.format_version"] == b"1"
+        bands = json.loads(meta[b"bigearth.bands"])
+        assert bands["B01"] == {"shape": [20, 20], "dtype": "uint16", "gsd": 60}
+        assert bands["VV"]["dtype"] == "float32"
+        assert pf.metadata.row_group(0).column(0).compression == "ZSTD"
+        assert s["rows"] <= 30 and s["path"].startswith(s["split"] + "/")
+
+
+def test_rerun_is_idempotent(shards_v2: Path, synth_v2: Path) -> None:
+    before = {p: p.stat().st_mtime_ns for p in shards_v2.rglob("part-*.parquet")}
+    again = ingest(str(synth_v2), str(shards_v2), shard_size=30)
+    assert again.pairs == Manifest.load(*open_fs(str(shards_v2))).pairs
+    assert {p: p.stat().st_mtime_ns for p in shards_v2.rglob("part-*.parquet")} == before  # nothing rewritten
+
+
+def test_different_ingest_into_same_out_is_refused(shards_v2: Path, synth_v2: Path) -> None:
+    with pytest.raises(IngestError, match="holds a different ingest"):
+        ingest(str(synth_v2), str(shards_v2), shard_size=30, include_snow_cloud=True)
+
+
+def _rewrite(path: str, array: np.ndarray, like: geotiff.Raster, **kw) -> None:  # type: ignore[no-untyped-def]
+    Path(path).write_bytes(geotiff.encode(array, like.epsg, like.ulx, like.uly, like.res, **kw))
+
+
+def test_planted_faults_are_quarantined_exactly(synth_v2: Path, archive_copy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = archive_copy(synth_v2)
+    lay = Layout("v2", str(root))
+    meta_path = root / "metadata.parquet"
+    table = pq.read_table(meta_path)
+    rows = table.to_pylist()
+    victims = {kind: rows[i] for i, kind in enumerate(
+        ["missing_file", "corrupt_file", "wrong_shape", "wrong_dtype", "missing_s1", "unknown_label", "non_finite",
+         "georef_mismatch", "missing_s1_vh"])}  # fmt: skip
+    expected: dict[str, tuple[str, str]] = {}
+
+    v = victims["missing_file"]
+    p = lay.s2_band(v["patch_id"], "B05")
+    os.remove(p)
+    expected[v["patch_id"]] = ("missing_file", f"missing file: {p}")
+
+    v = victims["corrupt_file"]
+    p = lay.s2_band(v["patch_id"], "B02")
+    Path(p).write_bytes(Path(p).read_bytes()[:100])
+    expected[v["patch_id"]] = ("corrupt_file", f"{p}: not a readable GeoTIFF")
+
+    v = victims["wrong_shape"]
+    p = lay.s2_band(v["patch_id"], "B03")
+    r = geotiff.read_file(p)
+    _rewrite(p, r.array[:60, :60].copy(), r)
+    expected[v["patch_id"]] = ("wrong_shape", f"{p}: expected 120x120 pixels for B03, got 60x60")
+
+    v = victims["wrong_dtype"]
+    p = lay.s2_band(v["patch_id"], "B04")
+    r = geotiff.read_file(p)
+    _rewrite(p, r.array.astype(np.float32), r)
+    expected[v["patch_id"]] = ("wrong_dtype", f"{p}: expected uint16 for B04, got float32")
+
+    v = victims["missing_s1"]
+    d = lay.s1_dir(v["s1_name"])
+    for f in Path(d).iterdir():
+        f.unlink()
+    Path(d).rmdir()
+    expected[v["patch_id"]] = ("missing_s1", f"missing S1 partner {v['s1_name']}: neither "
+                                             f"{lay.s1_band(v['s1_name'], 'VV')} nor {lay.s1_band(v['s1_name'], 'VH')} exists")  # fmt: skip
+
+    v = victims["missing_s1_vh"]
+    p = lay.s1_band(v["s1_name"], "VH")
+    os.remove(p)
+    expected[v["patch_id"]] = ("missing_file", f"missing file: {p}")
+
+    v = victims["unknown_label"]
+    for r_ in rows:
+        if r_["patch_id"] == v["patch_id"]:
+            r_["labels"] = ["Urban fabric", "Glaciers and perpetual snow"]
+    expected[v["patch_id"]] = ("unknown_label", f"{v['patch_id']}: unknown 19-class label "
+                                                "'Glaciers and perpetual snow' in metadata.parquet")  # fmt: skip
+
+    v = victims["non_finite"]
+    p = lay.s1_band(v["s1_name"], "VV")
+    r = geotiff.read_file(p)
+    arr = r.array.copy()
+    arr[3, 4], arr[5, 6] = np.nan, np.inf
+    _rewrite(p, arr, r)
+    expected[v["patch_id"]] = ("non_finite", f"{p}: 2 non-finite value(s) (NaN/inf) in VV")
+
+    v = victims["georef_mismatch"]
+    p = lay.s1_band(v["s1_name"], "VH")
+    r = geotiff.read_file(p)
+    Path(p).write_bytes(geotiff.encode(r.array, r.epsg, r.ulx + 1200, r.uly, r.res))
+    expected[v["patch_id"]] = ("georef_mismatch", f"{p}: S1 CRS/upper-left corner EPSG {r.epsg} {r.ulx + 1200}/"
+                                                  f"{r.uly} differs from the S2 patch's EPSG {r.epsg} {r.ulx}/{r.uly}")  # fmt: skip
+
+    pq.write_table(pq.read_table(meta_path).from_pylist(rows, schema=table.schema), meta_path)
+    out = tmp_path / "shards"
+    m = ingest(str(root), str(out), shard_size=25)
+    got = {q["patch_id"]: (q["kind"], q["reason"]) for q in m.quarantined}
+    assert set(got) == set(expected)
+    for pid, (kind, reason) in expected.items():
+        assert got[pid][0] == kind, pid
+        assert got[pid][1].startswith(reason), (got[pid][1], reason)
+    assert m.pairs == len(rows) - len(expected)
+    assert sorted(r["patch_id"] for r in _rows(out)) == sorted(set(table["patch_id"].to_pylist()) - set(expected))
+
+
+def test_v1_json_faults(synth_v1: Path, archive_copy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = archive_copy(synth_v1)
+    lay = Layout("v1", str(root))
+    train = (root / "lists" / "train.csv").read_text().splitlines()
+    (a, a1), (b, _b1), (c, _c1) = (line.split(",") for line in train[:3])
+    doc = json.loads(Path(lay.s2_json(a)).read_text())  # type: ignore[arg-type]
+    doc["labels"] = [*doc["labels"], "Tundra"]
+    Path(lay.s2_json(a)).write_text(json.dumps(doc))  # type: ignore[arg-type]
+    Path(lay.s2_json(b)).write_text("{not json")  # type: ignore[arg-type]
+    os.remove(lay.s2_json(c))  # type: ignore[arg-type]
+    m = ingest(str(root), str(tmp_path / "out"), lists=str(root / "lists"), shard_size=40)
+    got = {q["patch_id"]: (q["kind"], q["reason"]) for q in m.quarantined}
+    assert got[a] == ("unknown_label", f"{lay.s2_json(a)}: unknown 43-class label 'Tundra'")
+    assert got[b][0] == "bad_metadata" and got[b][1].startswith(f"{lay.s2_json(b)}: not valid JSON")
+    assert got[c] == ("missing_file", f"missing file: {lay.s2_json(c)}")
+    assert len(got) == 3
+
+
+def test_v1_ingest_labels_and_policy(synth_v1: Path, tmp_path: Path) -> None:
+    lists = synth_v1 / "lists"
+    m = ingest(str(synth_v1), str(tmp_path / "v1"), lists=str(lists), shard_size=50)
+    n_listed = {name: len((lists / f).read_text().splitlines()) for name, f in
+                [("train", "train.csv"), ("validation", "val.csv"), ("test", "test.csv")]}  # fmt: skip
+    assert m.splits == {k: v for k, v in n_listed.items() if v} and not m.quarantined
+    snow = len((lists / "patches_with_seasonal_snow.csv").read_text().splitlines())
+    assert m.excluded["seasonal_snow"] == snow
+    assert m.pairs + sum(m.excluded.values()) == 120
+    from bigearth import labels as lab
+
+    for row in _rows(tmp_path / "v1"):
+        assert row["labels"] == lab.convert_43_to_19(row["labels43"]) and row["labels"]
+        assert row["s2_acquisition"] is not None and row["country"] is None
+    everything = ingest(str(synth_v1), str(tmp_path / "all"), lists=str(lists), include_snow_cloud=True,
+                        include_no_19_labels=True, shard_size=200)  # fmt: skip
+    assert everything.pairs == 120 and sum(everything.excluded.values()) == 0
+    assert "unassigned" in everything.splits  # snowy / cloudy v1 patches are outside the official splits
+
+
+@pytest.mark.slow
+def test_killed_ingest_resumes_without_duplicates_or_losses(synth_v2: Path, tmp_path: Path) -> None:
+    import ray
+
+    out = tmp_path / "resume"
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    cmd = [sys.executable, "-m", "bigearth.cli", "ingest", "--archive", str(synth_v2), "--out", str(out),
+           "--shard-size", "8", "--concurrency", "1"]  # fmt: skip
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)  # fmt: skip
+    reports = out / "_ingest" / "reports"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(reports.rglob("*.json"))) < 3:
+        assert proc.poll() is None, "the ingest finished before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = {p: p.stat().st_mtime_ns for p in reports.rglob("*.json")}
+    assert 3 <= len(done) < 12 and not (out / "manifest.json").exists()
+
+    m = ingest(str(synth_v2), str(out), shard_size=8)
+    ids = [r["patch_id"] for r in _rows(out)]
+    meta = pq.read_table(synth_v2 / "metadata.parquet")["patch_id"].to_pylist()
+    assert len(ids) == len(set(ids)) == m.pairs == len(meta)
+    assert sorted(ids) == sorted(meta)
+    for p, mtime in done.items():  # finished shards were not redone
+        assert p.stat().st_mtime_ns == mtime

@@ -1,0 +1,103 @@
+"""The nomenclatures against every row of the tables in FACTS.md section 3 (parsed from the file itself)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from bigearth import labels as lab
+
+from helpers import FACTS
+
+pytestmark = pytest.mark.real
+
+
+def _section(title: str) -> str:
+    text = FACTS.read_text()
+    start = text.index(title)
+    end = text.find("\n### ", start + 1)
+    return text[start : end if end > 0 else None]
+
+
+@pytest.fixture(scope="module")
+def facts_literals() -> dict[str, object]:
+    block = re.search(r"```python\n(.*?)```", _section("### 3.1"), re.S)
+    assert block
+    ns: dict[str, object] = {}
+    exec(block.group(1), ns)
+    return ns
+
+
+def _table_rows(section: str) -> list[list[str]]:
+    rows = []
+    for line in _section(section).splitlines():
+        if line.startswith("|") and not line.startswith("|---"):
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows[1:]  # header dropped
+
+
+def test_names_and_order_match_facts(facts_literals: dict[str, object]) -> None:
+    assert list(lab.BEN43) == facts_literals["BEN43"]
+    assert list(lab.BEN19) == facts_literals["BEN19"]
+    assert [list(m) for m in lab.LABEL_CONVERSION] == facts_literals["LABEL_CONVERSION"]
+    assert lab.LABEL_CONVERTER == facts_literals["LABEL_CONVERTER"]
+    assert list(lab.DROPPED_43) == facts_literals["DROPPED_43"]
+    assert len(lab.DROPPED_43) == 11
+
+
+def test_name_level_merges_table() -> None:
+    rows = _table_rows("### 3.2")
+    assert len(rows) == 9
+    for target, members in rows:
+        names = [m.split("(")[0].strip() for m in members.split(" + ")]
+        for name in names:
+            assert lab.convert_43_to_19([name]) == [target], (name, target)
+    # every other 19-class is a 1:1 rename of one 43-class
+    merged = {t for t, _ in rows}
+    for i19, members in enumerate(lab.LABEL_CONVERSION):
+        if lab.BEN19[i19] not in merged:
+            assert len(members) == 1
+    assert lab.convert_43_to_19(["Transitional woodland/shrub"]) == ["Transitional woodland, shrub"]
+
+
+def test_clc_code_table() -> None:
+    rows = _table_rows("### 3.3")
+    assert len(rows) == 20
+    for codes, target in rows:
+        code_list = [int(c) for c in codes.split(",")]
+        if target == "UNLABELED":
+            assert sorted(code_list) == sorted(lab.CLC_UNLABELED)
+            assert lab.clc_codes_to_19(code_list) == []
+        else:
+            name = target.replace("…", "").strip()
+            for code in code_list:
+                (got,) = lab.clc_codes_to_19([code])
+                assert got.startswith(name), (code, got, name)
+    with pytest.raises(lab.UnknownLabelError, match="unknown CLC code 100"):
+        lab.clc_codes_to_19([100])
+
+
+def test_dropped_classes_vanish_and_order_is_official() -> None:
+    assert lab.convert_43_to_19(["Airports", "Burnt areas", "Intertidal flats"]) == []
+    got = lab.convert_43_to_19(["Water bodies", "Continuous urban fabric", "Discontinuous urban fabric"])
+    assert got == ["Urban fabric", "Inland waters"]
+
+
+@pytest.mark.parametrize("nomenclature", [19, 43])
+def test_encode_decode_roundtrip(nomenclature: int) -> None:
+    names = lab.class_names(nomenclature)  # type: ignore[arg-type]
+    pick = [names[0], names[5], names[-1]]
+    vec = lab.encode(pick, nomenclature)  # type: ignore[arg-type]
+    assert vec.dtype == np.float32 and vec.shape == (nomenclature,) and vec.sum() == 3
+    assert lab.decode(vec, nomenclature) == pick  # type: ignore[arg-type]
+    many = lab.encode_many([pick, [names[1]]], nomenclature)  # type: ignore[arg-type]
+    assert many.shape == (2, nomenclature) and many[1, 1] == 1
+
+
+def test_unknown_label_is_named() -> None:
+    with pytest.raises(lab.UnknownLabelError, match="unknown 19-class label 'Forest'"):
+        lab.encode(["Forest"])
+    with pytest.raises(ValueError, match="expected a vector of 19 entries"):
+        lab.decode(np.zeros(43))
