@@ -155,7 +155,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
     try:
         return int(args.func(args))
-    except (ValueError, RuntimeError, FileNotFoundError) as e:
+    except (ValueError, RuntimeError, OSError) as e:
+        if args.verbose:
+            raise
         # Library errors name the file/field and what was expected: show them without a traceback.
         print(f"bigearth {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -139,11 +139,12 @@ def _collate_class() -> type:
     class TorchCollate(ArrowBatchCollateFn):  # type: ignore[misc]
         """Ray collate: raw Arrow rows of a shard -> the platform's batch dict as tensors."""
 
-        def __init__(self, groups: dict[str, tuple[str, ...]] | None, nomenclature: int, device: Any) -> None:
+        def __init__(self, groups: dict[str, tuple[str, ...]] | None, nomenclature: int | None, device: Any) -> None:
             self.groups, self.nomenclature, self.device = groups, nomenclature, device
 
         def __call__(self, table: pa.Table) -> dict[str, Any]:
-            return to_torch(decode_batch(table, self.groups or _groups_in(table), self.nomenclature), self.device)
+            nomenclature = self.nomenclature or (19 if "labels" in table.column_names else 43)
+            return to_torch(decode_batch(table, self.groups or _groups_in(table), nomenclature), self.device)
 
     return TorchCollate
 
@@ -158,14 +159,14 @@ def iter_torch(
     batch_size: int = 256,
     *,
     bands: str | None = None,
-    nomenclature: int = 19,
+    nomenclature: int | None = None,
     device: Any = None,
     local_shuffle_buffer_size: int | None = None,
     drop_last: bool = False,
     **kwargs: Any,
 ) -> Any:
     """Torch batches from `open_split(decode=False)` (a Dataset or a Ray Train dataset shard), decoded in the
-    collate step. `bands` defaults to every band group the rows carry."""
+    collate step. `bands` and `nomenclature` default to what the rows carry (as chosen in `open_split`)."""
     collate = _collate_class()(groups_for(bands) if bands else None, nomenclature, device)
     return dataset.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=drop_last,
                                       local_shuffle_buffer_size=local_shuffle_buffer_size, **kwargs)  # fmt: skip

@@ -1,0 +1,130 @@
+"""Training input: Ray Dataset of a split, decoded batches, band subsets, 43 classes, stats, the input stem."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from bigearth import labels as lab
+from bigearth.bands import BANDS, GROUPS, STATS
+from bigearth.data import decode_batch, iter_torch, open_split
+from bigearth.ingest import ingest
+from bigearth.models.stem import InputStem
+from bigearth.shards import Manifest, ShardFormatError
+from bigearth.stats import band_stats
+from bigearth.storage import open_fs
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _split_rows(shards: Path, split: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    m = Manifest.load(*open_fs(str(shards)))
+    return {r["patch_id"]: r for p in m.shard_paths(str(shards), split) for r in pq.read_table(p).to_pylist()}
+
+
+def test_torch_batches_have_the_documented_shapes_and_values(shards_v2: Path) -> None:
+    rows = _split_rows(shards_v2, "train")
+    seen = []
+    for batch in iter_torch(open_split(str(shards_v2), "train"), batch_size=16, local_shuffle_buffer_size=32):
+        n = len(batch["patch_id"])
+        assert batch["s1"].shape == (n, 2, 120, 120) and batch["s1"].dtype == torch.float32
+        assert batch["s2_10m"].shape == (n, 4, 120, 120) and batch["s2_10m"].dtype == torch.uint16
+        assert batch["s2_20m"].shape == (n, 6, 60, 60) and batch["s2_60m"].shape == (n, 2, 20, 20)
+        assert batch["labels"].shape == (n, 19) and batch["labels"].dtype == torch.float32
+        for i, pid in enumerate(batch["patch_id"]):
+            row = rows[pid]
+            assert torch.equal(batch["labels"][i], torch.from_numpy(lab.encode(row["labels"])))
+            for group, names in GROUPS.items():
+                for c, name in enumerate(names):
+                    b = BANDS[name]
+                    expected = np.frombuffer(row[name], dtype=b.dtype).reshape(b.shape)
+                    assert np.array_equal(batch[group][i, c].numpy(), expected), (pid, name)
+        seen.extend(batch["patch_id"])
+    assert sorted(seen) == sorted(rows)  # each train pair exactly once per epoch
+
+
+def test_file_shuffling_changes_order_between_epochs(shards_v2: Path) -> None:
+    ds = open_split(str(shards_v2), "train")
+    orders = {tuple(pid for b in iter_torch(ds, 64) for pid in b["patch_id"]) for _ in range(4)}
+    assert len(orders) > 1 and len({frozenset(o) for o in orders}) == 1
+
+
+@pytest.mark.parametrize(("bands", "groups"), [
+    ("s1", {"s1"}), ("s2-10", {"s2_10m", "s2_20m"}), ("s2-12", {"s2_10m", "s2_20m", "s2_60m"}),
+    ("s1s2-12", {"s1", "s2_10m", "s2_20m", "s2_60m"}),
+])  # fmt: skip
+def test_band_subsets_read_only_what_they_need(shards_v2: Path, bands: str, groups: set[str]) -> None:
+    ds = open_split(str(shards_v2), "validation", bands=bands)
+    batch = next(iter(iter_torch(ds, 8)))
+    assert set(batch) == groups | {"labels", "patch_id"}
+    stem = InputStem(bands)
+    x = stem(batch)
+    assert x.shape == (len(batch["patch_id"]), stem.in_chans, 120, 120) and torch.isfinite(x).all()
+
+
+def test_43_class_labels_from_v1_shards(synth_v1: Path, tmp_path: Path) -> None:
+    out = tmp_path / "v1"
+    ingest(str(synth_v1), str(out), lists=str(synth_v1 / "lists"), shard_size=200)
+    batch = next(iter(iter_torch(open_split(str(out), "train", nomenclature=43), 8)))
+    assert batch["labels"].shape[1] == 43
+    rows = _split_rows(out, "train")
+    for i, pid in enumerate(batch["patch_id"]):
+        assert lab.decode(batch["labels"][i].numpy(), 43) == rows[pid]["labels43"]
+
+
+def test_43_classes_from_v2_shards_is_a_clear_error(shards_v2: Path) -> None:
+    table = pq.read_table(Manifest.load(*open_fs(str(shards_v2))).shard_paths(str(shards_v2))[0])
+    with pytest.raises(ShardFormatError, match="43-class labels exist only in shards ingested from a v1 archive"):
+        decode_batch(table, nomenclature=43)
+
+
+def test_unknown_split_names_what_exists(shards_v2: Path) -> None:
+    with pytest.raises(ShardFormatError, match=r"no shards for split 'val'; the shard set has \['test', 'train', "
+                                               r"'validation'\]"):  # fmt: skip
+        open_split(str(shards_v2), "val")
+
+
+def test_stats_match_numpy(shards_v2: Path) -> None:
+    stats = band_stats(str(shards_v2), "train")
+    rows = _split_rows(shards_v2, "train")
+    for name in ("B01", "B08", "VV"):
+        b = BANDS[name]
+        values = np.stack([np.frombuffer(r[name], dtype=b.dtype) for r in rows.values()]).astype(np.float64)
+        assert stats[name]["count"] == values.size
+        assert stats[name]["mean"] == pytest.approx(values.mean(), rel=1e-9)
+        assert stats[name]["std"] == pytest.approx(values.std(), rel=1e-6)
+
+
+def test_stem_normalises_resamples_and_orders_channels() -> None:
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "s1": torch.randn(3, 2, 120, 120, generator=g) * 5 - 12,
+        "s2_10m": torch.randint(1, 8000, (3, 4, 120, 120), generator=g).to(torch.uint16),
+        "s2_20m": torch.randint(1, 8000, (3, 6, 60, 60), generator=g).to(torch.uint16),
+        "s2_60m": torch.randint(1, 8000, (3, 2, 20, 20), generator=g).to(torch.uint16),
+    }
+    stem = InputStem("s1s2-12", stats="v1")
+    x = stem(batch)
+    assert stem.bands == ("VV", "VH", "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
+                          "B12")  # fmt: skip
+    mean, std = STATS["v1"]["VH"]
+    assert torch.allclose(x[:, 1], (batch["s1"][:, 1] - mean) / std)
+    mean, std = STATS["v1"]["B8A"]  # 20 m band, 4th of s2_20m, bilinearly upsampled
+    up = torch.nn.functional.interpolate(batch["s2_20m"][:, 3:4].float(), size=120, mode="bilinear")
+    assert torch.allclose(x[:, 10:11], (up - mean) / std, atol=1e-5)
+    mean, std = STATS["v1"]["B09"]
+    up = torch.nn.functional.interpolate(batch["s2_60m"][:, 1:2].float(), size=120, mode="bilinear")
+    assert torch.allclose(x[:, 11:12], (up - mean) / std, atol=1e-5)
+    ten = InputStem("s2-10")
+    assert ten.bands == ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+    assert ten(batch).shape == (3, 10, 120, 120)
+    with pytest.raises(KeyError, match="batch has no 's1' group"):
+        InputStem("s1")({k: v for k, v in batch.items() if k != "s1"})
+    with pytest.raises(ValueError, match="unknown band set 's3'"):
+        InputStem("s3")
+    custom = InputStem(["B04", "B03", "B02"], stats={"B04": (0.0, 1.0), "B03": (0.0, 1.0), "B02": (0.0, 1.0)})
+    assert torch.equal(custom(batch)[:, 0], batch["s2_10m"][:, 2].float())
