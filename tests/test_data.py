@@ -53,10 +53,15 @@ def test_file_shuffling_changes_order_between_epochs(shards_v2: Path) -> None:
     assert len(orders) > 1 and len({frozenset(o) for o in orders}) == 1
 
 
-@pytest.mark.parametrize(("bands", "groups"), [
-    ("s1", {"s1"}), ("s2-10", {"s2_10m", "s2_20m"}), ("s2-12", {"s2_10m", "s2_20m", "s2_60m"}),
-    ("s1s2-12", {"s1", "s2_10m", "s2_20m", "s2_60m"}),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("bands", "groups"),
+    [
+        ("s1", {"s1"}),
+        ("s2-10", {"s2_10m", "s2_20m"}),
+        ("s2-12", {"s2_10m", "s2_20m", "s2_60m"}),
+        ("s1s2-12", {"s1", "s2_10m", "s2_20m", "s2_60m"}),
+    ],
+)
 def test_band_subsets_read_only_what_they_need(shards_v2: Path, bands: str, groups: set[str]) -> None:
     ds = open_split(str(shards_v2), "validation", bands=bands)
     batch = next(iter(iter_torch(ds, 8)))
@@ -83,8 +88,11 @@ def test_43_classes_from_v2_shards_is_a_clear_error(shards_v2: Path) -> None:
 
 
 def test_unknown_split_names_what_exists(shards_v2: Path) -> None:
-    with pytest.raises(ShardFormatError, match=r"no shards for split 'val'; the shard set has \['test', 'train', "
-                                               r"'validation'\]"):  # fmt: skip
+    with pytest.raises(
+        ShardFormatError,
+        match=r"no shards for split 'val'; the shard set has \['test', 'train', "
+        r"'validation'\]",
+    ):
         open_split(str(shards_v2), "val")
 
 
@@ -109,8 +117,22 @@ def test_stem_normalises_resamples_and_orders_channels() -> None:
     }
     stem = InputStem("s1s2-12", stats="v1")
     x = stem(batch)
-    assert stem.bands == ("VV", "VH", "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11",
-                          "B12")  # fmt: skip
+    assert stem.bands == (
+        "VV",
+        "VH",
+        "B01",
+        "B02",
+        "B03",
+        "B04",
+        "B05",
+        "B06",
+        "B07",
+        "B08",
+        "B8A",
+        "B09",
+        "B11",
+        "B12",
+    )
     mean, std = STATS["v1"]["VH"]
     assert torch.allclose(x[:, 1], (batch["s1"][:, 1] - mean) / std)
     mean, std = STATS["v1"]["B8A"]  # 20 m band, 4th of s2_20m, bilinearly upsampled

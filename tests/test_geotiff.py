@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from helpers import REAL_V1, REAL_V2
 
 from bigearth.archive import geotiff
+from helpers import REAL_V1, REAL_V2
 
 pytestmark = pytest.mark.real
 
@@ -23,8 +23,9 @@ def test_encode_reproduces_every_real_file() -> None:
         real = path.read_bytes()
         r = geotiff.decode(real, str(path))
         v2_s2 = r.nodata is not None
-        again = geotiff.encode(r.array, r.epsg, r.ulx, r.uly, r.res, nodata=0 if v2_s2 else None,
-                               short_strip_counts=v2_s2)  # fmt: skip
+        again = geotiff.encode(
+            r.array, r.epsg, r.ulx, r.uly, r.res, nodata=0 if v2_s2 else None, short_strip_counts=v2_s2
+        )
         assert again == real, path
 
 
@@ -40,7 +41,7 @@ def test_decode_errors_name_the_file() -> None:
     with pytest.raises(geotiff.RasterError, match=r"/x/y_B02.tif: not a readable GeoTIFF"):
         geotiff.decode(b"not a tiff at all", "/x/y_B02.tif")
     good = geotiff.encode(np.ones((20, 20), np.uint16), 32633, 0, 0, 60)
-    with pytest.raises(geotiff.RasterError, match="truncated.tif"):
+    with pytest.raises(geotiff.RasterError, match=r"truncated\.tif"):
         geotiff.decode(good[:100], "truncated.tif")
 
 

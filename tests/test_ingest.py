@@ -18,8 +18,8 @@ import rasterio
 from bigearth.archive import geotiff
 from bigearth.archive.layout import Layout
 from bigearth.bands import ALL_BANDS
-from bigearth.labels import BEN19
 from bigearth.ingest import IngestError, ingest
+from bigearth.labels import BEN19
 from bigearth.shards import SHARD_SCHEMA, Manifest
 from bigearth.storage import open_fs
 
@@ -37,8 +37,11 @@ def test_shards_are_bit_exact_and_complete(synth_v2: Path, shards_v2: Path) -> N
     assert m.pairs == meta.num_rows and not m.quarantined  # the default policy keeps metadata.parquet only
     extra = pq.read_table(synth_v2 / "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
     flags = extra.to_pydict()
-    assert m.excluded == {"seasonal_snow": sum(flags["contains_seasonal_snow"]),
-                          "cloud_or_shadow": sum(flags["contains_cloud_or_shadow"]), "no_19_class_label": 0}  # fmt: skip
+    assert m.excluded == {
+        "seasonal_snow": sum(flags["contains_seasonal_snow"]),
+        "cloud_or_shadow": sum(flags["contains_cloud_or_shadow"]),
+        "no_19_class_label": 0,
+    }
     assert sum(m.splits.values()) == m.pairs == sum(s["rows"] for s in m.shards)
     rows = _rows(shards_v2)
     assert sorted(r["patch_id"] for r in rows) == sorted(meta["patch_id"].to_pylist())
@@ -49,8 +52,11 @@ def test_shards_are_bit_exact_and_complete(synth_v2: Path, shards_v2: Path) -> N
         assert row["labels"] == sorted(src["labels"], key=BEN19.index)  # official order, not alphabetical
         assert row["split"] == src["split"] and row["s1_name"] == src["s1_name"]
         for band in ALL_BANDS:
-            path = (layout.s2_band(row["patch_id"], band.name) if band.sensor == "s2"
-                    else layout.s1_band(row["s1_name"], band.name))  # fmt: skip
+            path = (
+                layout.s2_band(row["patch_id"], band.name)
+                if band.sensor == "s2"
+                else layout.s1_band(row["s1_name"], band.name)
+            )
             with rasterio.open(path) as ds:
                 expected = ds.read(1)
                 assert (row["epsg"], row["ulx"], row["uly"]) == (ds.crs.to_epsg(), ds.transform.c, ds.transform.f)
@@ -94,9 +100,22 @@ def test_planted_faults_are_quarantined_exactly(synth_v2: Path, archive_copy, tm
     meta_path = root / "metadata.parquet"
     table = pq.read_table(meta_path)
     rows = table.to_pylist()
-    victims = {kind: rows[i] for i, kind in enumerate(
-        ["missing_file", "corrupt_file", "wrong_shape", "wrong_dtype", "missing_s1", "unknown_label", "non_finite",
-         "georef_mismatch", "missing_s1_vh"])}  # fmt: skip
+    victims = {
+        kind: rows[i]
+        for i, kind in enumerate(
+            [
+                "missing_file",
+                "corrupt_file",
+                "wrong_shape",
+                "wrong_dtype",
+                "missing_s1",
+                "unknown_label",
+                "non_finite",
+                "georef_mismatch",
+                "missing_s1_vh",
+            ]
+        )
+    }
     expected: dict[str, tuple[str, str]] = {}
 
     v = victims["missing_file"]
@@ -126,8 +145,11 @@ def test_planted_faults_are_quarantined_exactly(synth_v2: Path, archive_copy, tm
     for f in Path(d).iterdir():
         f.unlink()
     Path(d).rmdir()
-    expected[v["patch_id"]] = ("missing_s1", f"missing S1 partner {v['s1_name']}: neither "
-                                             f"{lay.s1_band(v['s1_name'], 'VV')} nor {lay.s1_band(v['s1_name'], 'VH')} exists")  # fmt: skip
+    expected[v["patch_id"]] = (
+        "missing_s1",
+        f"missing S1 partner {v['s1_name']}: neither "
+        f"{lay.s1_band(v['s1_name'], 'VV')} nor {lay.s1_band(v['s1_name'], 'VH')} exists",
+    )
 
     v = victims["missing_s1_vh"]
     p = lay.s1_band(v["s1_name"], "VH")
@@ -138,8 +160,10 @@ def test_planted_faults_are_quarantined_exactly(synth_v2: Path, archive_copy, tm
     for r_ in rows:
         if r_["patch_id"] == v["patch_id"]:
             r_["labels"] = ["Urban fabric", "Glaciers and perpetual snow"]
-    expected[v["patch_id"]] = ("unknown_label", f"{v['patch_id']}: unknown 19-class label "
-                                                "'Glaciers and perpetual snow' in metadata.parquet")  # fmt: skip
+    expected[v["patch_id"]] = (
+        "unknown_label",
+        f"{v['patch_id']}: unknown 19-class label 'Glaciers and perpetual snow' in metadata.parquet",
+    )
 
     v = victims["non_finite"]
     p = lay.s1_band(v["s1_name"], "VV")
@@ -153,8 +177,11 @@ def test_planted_faults_are_quarantined_exactly(synth_v2: Path, archive_copy, tm
     p = lay.s1_band(v["s1_name"], "VH")
     r = geotiff.read_file(p)
     Path(p).write_bytes(geotiff.encode(r.array, r.epsg, r.ulx + 1200, r.uly, r.res))
-    expected[v["patch_id"]] = ("georef_mismatch", f"{p}: S1 CRS/upper-left corner EPSG {r.epsg} {r.ulx + 1200}/"
-                                                  f"{r.uly} differs from the S2 patch's EPSG {r.epsg} {r.ulx}/{r.uly}")  # fmt: skip
+    expected[v["patch_id"]] = (
+        "georef_mismatch",
+        f"{p}: S1 CRS/upper-left corner EPSG {r.epsg} {r.ulx + 1200}/"
+        f"{r.uly} differs from the S2 patch's EPSG {r.epsg} {r.ulx}/{r.uly}",
+    )
 
     pq.write_table(pq.read_table(meta_path).from_pylist(rows, schema=table.schema), meta_path)
     out = tmp_path / "shards"
@@ -172,7 +199,7 @@ def test_v1_json_faults(synth_v1: Path, archive_copy, tmp_path: Path) -> None:  
     root = archive_copy(synth_v1)
     lay = Layout("v1", str(root))
     train = (root / "lists" / "train.csv").read_text().splitlines()
-    (a, a1), (b, _b1), (c, _c1) = (line.split(",") for line in train[:3])
+    (a, _a1), (b, _b1), (c, _c1) = (line.split(",") for line in train[:3])
     doc = json.loads(Path(lay.s2_json(a)).read_text())  # type: ignore[arg-type]
     doc["labels"] = [*doc["labels"], "Tundra"]
     Path(lay.s2_json(a)).write_text(json.dumps(doc))  # type: ignore[arg-type]
@@ -189,8 +216,10 @@ def test_v1_json_faults(synth_v1: Path, archive_copy, tmp_path: Path) -> None:  
 def test_v1_ingest_labels_and_policy(synth_v1: Path, tmp_path: Path) -> None:
     lists = synth_v1 / "lists"
     m = ingest(str(synth_v1), str(tmp_path / "v1"), lists=str(lists), shard_size=50)
-    n_listed = {name: len((lists / f).read_text().splitlines()) for name, f in
-                [("train", "train.csv"), ("validation", "val.csv"), ("test", "test.csv")]}  # fmt: skip
+    n_listed = {
+        name: len((lists / f).read_text().splitlines())
+        for name, f in [("train", "train.csv"), ("validation", "val.csv"), ("test", "test.csv")]
+    }
     assert m.splits == {k: v for k, v in n_listed.items() if v} and not m.quarantined
     snow = len((lists / "patches_with_seasonal_snow.csv").read_text().splitlines())
     assert m.excluded["seasonal_snow"] == snow
@@ -200,8 +229,14 @@ def test_v1_ingest_labels_and_policy(synth_v1: Path, tmp_path: Path) -> None:
     for row in _rows(tmp_path / "v1"):
         assert row["labels"] == lab.convert_43_to_19(row["labels43"]) and row["labels"]
         assert row["s2_acquisition"] is not None and row["country"] is None
-    everything = ingest(str(synth_v1), str(tmp_path / "all"), lists=str(lists), include_snow_cloud=True,
-                        include_no_19_labels=True, shard_size=200)  # fmt: skip
+    everything = ingest(
+        str(synth_v1),
+        str(tmp_path / "all"),
+        lists=str(lists),
+        include_snow_cloud=True,
+        include_no_19_labels=True,
+        shard_size=200,
+    )
     assert everything.pairs == 120 and sum(everything.excluded.values()) == 0
     assert "unassigned" in everything.splits  # snowy / cloudy v1 patches are outside the official splits
 
@@ -212,10 +247,21 @@ def test_killed_ingest_resumes_without_duplicates_or_losses(synth_v2: Path, tmp_
 
     out = tmp_path / "resume"
     env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    cmd = [sys.executable, "-m", "bigearth.cli", "ingest", "--archive", str(synth_v2), "--out", str(out),
-           "--shard-size", "8", "--concurrency", "1"]  # fmt: skip
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bigearth.cli",
+        "ingest",
+        "--archive",
+        str(synth_v2),
+        "--out",
+        str(out),
+        "--shard-size",
+        "8",
+        "--concurrency",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     reports = out / "_ingest" / "reports"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(reports.rglob("*.json"))) < 3:

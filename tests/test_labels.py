@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 from bigearth import labels as lab
-
 from helpers import FACTS
 
 pytestmark = pytest.mark.real
@@ -42,7 +41,7 @@ def test_names_and_order_match_facts(facts_literals: dict[str, object]) -> None:
     assert list(lab.BEN43) == facts_literals["BEN43"]
     assert list(lab.BEN19) == facts_literals["BEN19"]
     assert [list(m) for m in lab.LABEL_CONVERSION] == facts_literals["LABEL_CONVERSION"]
-    assert lab.LABEL_CONVERTER == facts_literals["LABEL_CONVERTER"]
+    assert facts_literals["LABEL_CONVERTER"] == lab.LABEL_CONVERTER
     assert list(lab.DROPPED_43) == facts_literals["DROPPED_43"]
     assert len(lab.DROPPED_43) == 11
 

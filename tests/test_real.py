@@ -12,7 +12,6 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-from helpers import LISTS_V1, LISTS_V2, REAL_V1, REAL_V2
 from safetensors.numpy import load as load_safetensors
 
 from bigearth.archive import geotiff
@@ -23,6 +22,7 @@ from bigearth.ingest import ingest
 from bigearth.shards import Manifest
 from bigearth.storage import open_fs
 from bigearth.synth.render import render_pair
+from helpers import LISTS_V1, LISTS_V2, REAL_V1, REAL_V2
 
 pytestmark = [pytest.mark.real, pytest.mark.usefixtures("ray_local")]
 
@@ -32,19 +32,32 @@ V1_EXPECTED = {
     "S2A_MSIL2A_20170613T101031_87_48": {"Arable land", LAND},
     "S2A_MSIL2A_20170617T113321_36_85": {"Arable land", "Pastures"},
     "S2A_MSIL2A_20170617T113321_4_55": {"Pastures"},
-    "S2A_MSIL2A_20171221T112501_56_35": {"Complex cultivation patterns", LAND, "Broad-leaved forest",
-                                         "Transitional woodland, shrub"},  # fmt: skip
-    "S2B_MSIL2A_20170924T93020_69_24": {"Coniferous forest", "Mixed forest", "Transitional woodland, shrub",
-                                        "Inland wetlands", "Inland waters"},  # fmt: skip
+    "S2A_MSIL2A_20171221T112501_56_35": {
+        "Complex cultivation patterns",
+        LAND,
+        "Broad-leaved forest",
+        "Transitional woodland, shrub",
+    },
+    "S2B_MSIL2A_20170924T93020_69_24": {
+        "Coniferous forest",
+        "Mixed forest",
+        "Transitional woodland, shrub",
+        "Inland wetlands",
+        "Inland waters",
+    },
     "S2B_MSIL2A_20180204T94161_57_38": {"Arable land", "Coniferous forest", "Mixed forest"},
 }
 SNOWY = "S2B_MSIL2A_20180204T94161_57_38"
 # FACTS.md section 5: v2-only patches and their splits
-V2_S2 = {"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43": "validation",
-         "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_89_18": "train"}  # fmt: skip
-V2_S1 = {"S1A_IW_GRDH_1SDV_20170613T165043_33UUP_70_48": "validation",
-         "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_83_83": "train",
-         "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_89_36": "train"}  # fmt: skip
+V2_S2 = {
+    "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_75_43": "validation",
+    "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_89_18": "train",
+}
+V2_S1 = {
+    "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_70_48": "validation",
+    "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_83_83": "train",
+    "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_89_36": "train",
+}
 
 
 def _rows(shards: Path) -> dict[str, dict]:  # type: ignore[type-arg]
@@ -59,8 +72,9 @@ def _array(row: dict, band: str) -> np.ndarray:  # type: ignore[type-arg]
 
 def _official_split(name: str) -> str | None:
     for split, f in (("train", "train.csv"), ("validation", "val.csv"), ("test", "test.csv")):
-        if any(line.startswith(name + ",") for line in bz2.open(LISTS_V1 / f"{f}.bz2", "rt")):
-            return split
+        with bz2.open(LISTS_V1 / f"{f}.bz2", "rt") as lines:
+            if any(line.startswith(name + ",") for line in lines):
+                return split
     return None
 
 
@@ -99,7 +113,12 @@ def test_v1_real_labels_splits_and_quirks(v1_shards: Path) -> None:
     # S1 JSON: acquisition_time (ISO) and the `lly` quirk
     assert str(snowy["s1_acquisition"]) == "2018-02-04 04:32:53"
     assert rows["S2B_MSIL2A_20170924T93020_69_24"]["labels43"] == [
-        "Coniferous forest", "Mixed forest", "Transitional woodland/shrub", "Peatbogs", "Water bodies"]  # fmt: skip
+        "Coniferous forest",
+        "Mixed forest",
+        "Transitional woodland/shrub",
+        "Peatbogs",
+        "Water bodies",
+    ]
 
 
 def test_v1_real_default_policy_excludes_the_snowy_pair(tmp_path: Path) -> None:
@@ -173,8 +192,7 @@ def test_v2_real_patches_bit_exact_with_geotiff_and_lmdb(v2_shards: Path) -> Non
 
 def test_v2_real_labels_and_splits(v2_shards: Path) -> None:
     rows = _rows(v2_shards)
-    meta = {r["patch_id"]: r for r in pq.read_table(LISTS_V2 / "metadata.parquet").to_pylist()
-            if r["patch_id"] in rows}  # fmt: skip
+    meta = {r["patch_id"]: r for r in pq.read_table(LISTS_V2 / "metadata.parquet").to_pylist() if r["patch_id"] in rows}
     for pid, row in rows.items():
         expected_split = V2_S2.get(pid) or V2_S1[row["s1_name"]]
         assert row["split"] == expected_split

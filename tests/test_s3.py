@@ -50,10 +50,24 @@ def test_synth_and_job_entrypoint_over_s3(s3, bucket: str) -> None:  # type: ign
     env = {**os.environ, **s3.env(), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
     repo = Path(__file__).resolve().parents[1]
     done = subprocess.run(
-        [sys.executable, "jobs/ingest.py", "--archive", f"s3://{bucket}/v1archive", "--out", f"s3://{bucket}/v1shards",
-         "--lists", f"s3://{bucket}/v1archive/lists", "--shard-size", "10"],
-        cwd=repo, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "jobs/ingest.py",
+            "--archive",
+            f"s3://{bucket}/v1archive",
+            "--out",
+            f"s3://{bucket}/v1shards",
+            "--lists",
+            f"s3://{bucket}/v1archive/lists",
+            "--shard-size",
+            "10",
+        ],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ingest: wrote" in done.stdout
     m = Manifest.load(*open_fs(f"s3://{bucket}/v1shards", storage))

@@ -10,12 +10,12 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import rasterio
-from helpers import LISTS_V2, REAL_V1, REAL_V2
 
 from bigearth.archive.layout import Layout
 from bigearth.archive.names import parse_s1, parse_s2
 from bigearth.synth.archive import synthesize
 from bigearth.synth.grid import patch_corner, tile_origin
+from helpers import LISTS_V2, REAL_V1, REAL_V2
 
 pytestmark = pytest.mark.real
 
@@ -36,8 +36,9 @@ def _profile(path: Path) -> dict:  # type: ignore[type-arg]
 
 def test_v1_files_match_the_real_format(synth_v1: Path) -> None:
     sizes = _size_by_band(sorted(synth_v1.rglob("*.tif")))
-    real = _size_by_band(sorted((REAL_V1 / "BigEarthNet-v1.0").rglob("*.tif")) +
-                         sorted((REAL_V1 / "BigEarthNet-S1-v1.0").rglob("*.tif")))  # fmt: skip
+    real = _size_by_band(
+        sorted((REAL_V1 / "BigEarthNet-v1.0").rglob("*.tif")) + sorted((REAL_V1 / "BigEarthNet-S1-v1.0").rglob("*.tif"))
+    )
     assert sizes == real  # e.g. B02 {29192}, B05 {7560}, B01 {1160}, VV {58024}
     real_s2 = next((REAL_V1 / "BigEarthNet-v1.0").iterdir())
     ours_s2 = next((synth_v1 / "BigEarthNet-v1.0").iterdir())
@@ -70,9 +71,10 @@ def test_v2_files_and_metadata_match_the_real_format(synth_v2: Path) -> None:
         name = parse_s2(row["patch_id"])
         assert Path(lay.s2_band(row["patch_id"], "B8A")).exists() and Path(lay.s1_band(row["s1_name"], "VH")).exists()
         assert row["labels"] == sorted(row["labels"])
-        with rasterio.open(lay.s2_band(row["patch_id"], "B01")) as a, rasterio.open(
-            lay.s1_band(row["s1_name"], "VV")
-        ) as b:
+        with (
+            rasterio.open(lay.s2_band(row["patch_id"], "B01")) as a,
+            rasterio.open(lay.s1_band(row["s1_name"], "VV")) as b,
+        ):
             assert (a.transform.c, a.transform.f) == (b.transform.c, b.transform.f)  # shared UL corner
             assert a.crs == b.crs and a.transform.a == 60 and b.transform.a == 10
             assert name.tile is not None
@@ -102,17 +104,22 @@ def test_deterministic_for_a_seed_whatever_the_workers(tmp_path: Path) -> None:
 
 
 def test_metadata_mode_takes_real_rows(tmp_path: Path) -> None:
-    synthesize(str(tmp_path / "m"), layout="v2", pairs=30, seed=1, metadata=str(LISTS_V2 / "metadata.parquet"),
-               progress=False)  # fmt: skip
+    synthesize(
+        str(tmp_path / "m"), layout="v2", pairs=30, seed=1, metadata=str(LISTS_V2 / "metadata.parquet"), progress=False
+    )
     ours = pq.read_table(tmp_path / "m" / "metadata.parquet").to_pylist()
     ours += pq.read_table(tmp_path / "m" / "metadata_for_patches_with_snow_cloud_or_shadow.parquet").to_pylist()
-    real = {r["patch_id"]: r for f in ("metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
-            for r in pq.read_table(LISTS_V2 / f).to_pylist()}  # fmt: skip
+    real = {
+        r["patch_id"]: r
+        for f in ("metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
+        for r in pq.read_table(LISTS_V2 / f).to_pylist()
+    }
     assert len(ours) == 30
     for r in ours:
         assert r == {**real[r["patch_id"]], "labels": sorted(real[r["patch_id"]]["labels"])}
-    v1 = synthesize(str(tmp_path / "m1"), layout="v1", pairs=10, seed=1, metadata=str(LISTS_V2 / "metadata.parquet"),
-                    progress=False)  # fmt: skip
+    v1 = synthesize(
+        str(tmp_path / "m1"), layout="v1", pairs=10, seed=1, metadata=str(LISTS_V2 / "metadata.parquet"), progress=False
+    )
     names = {p.name for p in (tmp_path / "m1" / "BigEarthNet-v1.0").iterdir()}
     assert names <= {r["s2v1_name"] for r in real.values()} and v1.lists
 

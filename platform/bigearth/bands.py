@@ -33,9 +33,19 @@ def _s2(name: str, gsd: int) -> Band:
 
 #: The 12 Sentinel-2 bands (no B10) in the platform's canonical order (torchgeo's: B8A after B08).
 S2_BANDS: tuple[Band, ...] = (
-    _s2("B01", 60), _s2("B02", 10), _s2("B03", 10), _s2("B04", 10), _s2("B05", 20), _s2("B06", 20),
-    _s2("B07", 20), _s2("B08", 10), _s2("B8A", 20), _s2("B09", 60), _s2("B11", 20), _s2("B12", 20),
-)  # fmt: skip
+    _s2("B01", 60),
+    _s2("B02", 10),
+    _s2("B03", 10),
+    _s2("B04", 10),
+    _s2("B05", 20),
+    _s2("B06", 20),
+    _s2("B07", 20),
+    _s2("B08", 10),
+    _s2("B8A", 20),
+    _s2("B09", 60),
+    _s2("B11", 20),
+    _s2("B12", 20),
+)
 #: The 2 Sentinel-1 polarisations, VV first (the order of the official v2 checkpoints).
 S1_BANDS: tuple[Band, ...] = (Band("VV", "s1", 10, 120, "float32"), Band("VH", "s1", 10, 120, "float32"))
 ALL_BANDS: tuple[Band, ...] = S2_BANDS + S1_BANDS

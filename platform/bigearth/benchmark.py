@@ -45,6 +45,14 @@ def bench_input(
     pairs = sum(one_epoch() for _ in range(max(1, epochs)))
     seconds = time.perf_counter() - start
     cpus = int(ray.cluster_resources().get("CPU", 0))
-    return {"pairs": pairs, "seconds": round(seconds, 3), "pairs_per_s": round(pairs / seconds, 1),
-            "pairs_per_s_per_cpu": round(pairs / seconds / max(cpus, 1), 1), "cpus": cpus,
-            "batch_size": batch_size, "split": split, "bands": bands, "stem": stem}  # fmt: skip
+    return {
+        "pairs": pairs,
+        "seconds": round(seconds, 3),
+        "pairs_per_s": round(pairs / seconds, 1),
+        "pairs_per_s_per_cpu": round(pairs / seconds / max(cpus, 1), 1),
+        "cpus": cpus,
+        "batch_size": batch_size,
+        "split": split,
+        "bands": bands,
+        "stem": stem,
+    }

@@ -21,8 +21,9 @@ def add_storage_args(p: argparse.ArgumentParser) -> None:
 
 
 def storage_from_args(a: argparse.Namespace) -> StorageOptions:
-    return StorageOptions.from_env(endpoint_url=a.s3_endpoint, anon=a.s3_anon or None, key=a.s3_key,
-                                   secret=a.s3_secret, region=a.s3_region)  # fmt: skip
+    return StorageOptions.from_env(
+        endpoint_url=a.s3_endpoint, anon=a.s3_anon or None, key=a.s3_key, secret=a.s3_secret, region=a.s3_region
+    )
 
 
 def add_ingest_args(p: argparse.ArgumentParser) -> None:
@@ -30,10 +31,16 @@ def add_ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="shard set to write: local path or fsspec URL")
     p.add_argument("--layout", default="auto", choices=["auto", "v1", "v2"])
     p.add_argument("--lists", help="v1: folder with the official lists and splits (see docs/data-format.md)")
-    p.add_argument("--include-snow-cloud", action="store_true",
-                   help="keep patches with seasonal snow, cloud or shadow (excluded by default, as recommended)")
-    p.add_argument("--include-no-19-labels", action="store_true",
-                   help="keep v1 patches with no 19-class label (excluded by default)")
+    p.add_argument(
+        "--include-snow-cloud",
+        action="store_true",
+        help="keep patches with seasonal snow, cloud or shadow (excluded by default, as recommended)",
+    )
+    p.add_argument(
+        "--include-no-19-labels",
+        action="store_true",
+        help="keep v1 patches with no 19-class label (excluded by default)",
+    )
     p.add_argument("--patches", help="restrict to these S2 patch ids: a file with one id per line, or a comma list")
     p.add_argument("--limit", type=int, help="ingest at most this many pairs (after exclusions)")
     p.add_argument("--shard-size", type=int, default=1000, help="pairs per Parquet shard (default 1000)")
@@ -55,10 +62,19 @@ def run_ingest(a: argparse.Namespace) -> int:
     from bigearth.ingest import ingest
 
     m = ingest(
-        a.archive, a.out, layout=a.layout, lists=a.lists, include_snow_cloud=a.include_snow_cloud,
-        include_no_19_labels=a.include_no_19_labels, patches=_patch_list(a.patches), limit=a.limit,
-        shard_size=a.shard_size, overwrite=a.overwrite, storage=storage_from_args(a), concurrency=a.concurrency,
-    )  # fmt: skip
+        a.archive,
+        a.out,
+        layout=a.layout,
+        lists=a.lists,
+        include_snow_cloud=a.include_snow_cloud,
+        include_no_19_labels=a.include_no_19_labels,
+        patches=_patch_list(a.patches),
+        limit=a.limit,
+        shard_size=a.shard_size,
+        overwrite=a.overwrite,
+        storage=storage_from_args(a),
+        concurrency=a.concurrency,
+    )
     if m.quarantined:
         print(f"quarantined pairs (first 20 of {len(m.quarantined)}; all in {a.out}/manifest.json):")
         for q in m.quarantined[:20]:
@@ -69,10 +85,19 @@ def run_ingest(a: argparse.Namespace) -> int:
 def run_synth(a: argparse.Namespace) -> int:
     from bigearth.synth.archive import synthesize
 
-    r = synthesize(a.out, layout=a.layout, pairs=a.pairs, seed=a.seed, metadata=a.metadata,
-                   storage=storage_from_args(a), workers=a.workers)  # fmt: skip
-    print(f"synth: wrote {r.pairs} {r.layout} pairs to {r.out}" + (f"; official-format lists in {r.lists}"
-                                                                    if r.lists else ""))  # fmt: skip
+    r = synthesize(
+        a.out,
+        layout=a.layout,
+        pairs=a.pairs,
+        seed=a.seed,
+        metadata=a.metadata,
+        storage=storage_from_args(a),
+        workers=a.workers,
+    )
+    print(
+        f"synth: wrote {r.pairs} {r.layout} pairs to {r.out}"
+        + (f"; official-format lists in {r.lists}" if r.lists else "")
+    )
     return 0
 
 
@@ -151,8 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")  # fmt: skip
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
     try:
         return int(args.func(args))
     except (ValueError, RuntimeError, OSError) as e:

@@ -6,8 +6,8 @@
 
 A batch is `{"s1": f32[B,2,120,120], "s2_10m": u16[B,4,120,120], "s2_20m": u16[B,6,60,60],
 "s2_60m": u16[B,2,20,20], "labels": f32[B,19 or 43], "patch_id": str[B]}` (groups outside the band set left out).
-Decoding is zero-copy from the Parquet binary buffers: the CPU only moves bytes; normalisation and resampling
-happen on the device in `bigearth.models.stem.InputStem`.
+Decoding views the Parquet binary buffers without copying and copies each band once into the batch: the CPU only
+moves bytes; normalisation and resampling happen on the device in `bigearth.models.stem.InputStem`.
 """
 
 from __future__ import annotations
@@ -16,12 +16,14 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from bigearth import labels as lab
 from bigearth.bands import BAND_SETS, BANDS, GROUPS
 from bigearth.shards import Manifest, ShardFormatError
-from bigearth.storage import StorageOptions, open_fs
+from bigearth.storage import StorageOptions, join, open_fs
 
 BandSet = Literal["all", "s1", "s2-10", "s2-12", "s1s2-10", "s1s2-12"]
 
@@ -36,19 +38,37 @@ def groups_for(bands: str) -> dict[str, tuple[str, ...]]:
     return {g: names for g, names in GROUPS.items() if wanted & set(names)}
 
 
-def _column_bytes(col: pa.ChunkedArray | pa.Array, name: str, nbytes: int) -> np.ndarray:
-    """`[rows, nbytes]` uint8 view of a binary column whose values all have `nbytes` bytes (zero-copy)."""
-    arr = col.combine_chunks() if isinstance(col, pa.ChunkedArray) else col
+def _chunk_bytes(arr: pa.Array, name: str, nbytes: int) -> np.ndarray:
+    """`[rows, nbytes]` uint8 view of one chunk of a binary column whose values all have `nbytes` bytes (zero-copy)."""
     if arr.null_count:
         raise ShardFormatError(f"band column {name}: {arr.null_count} null value(s)")
     n = len(arr)
     _, offsets_buf, data_buf = arr.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=n + 1, offset=arr.offset * 4)
-    if n and not np.array_equal(np.diff(offsets), np.full(n, nbytes, dtype=np.int32)):
-        bad = int(np.flatnonzero(np.diff(offsets) != nbytes)[0])
-        raise ShardFormatError(f"band column {name}: row {bad} holds {int(np.diff(offsets)[bad])} bytes, "
-                               f"expected {nbytes}")  # fmt: skip
+    sizes = np.diff(offsets)
+    if n and not (sizes == nbytes).all():
+        bad = int(np.flatnonzero(sizes != nbytes)[0])
+        raise ShardFormatError(f"band column {name}: row {bad} holds {int(sizes[bad])} bytes, expected {nbytes}")
     return np.frombuffer(data_buf, dtype=np.uint8, count=n * nbytes, offset=int(offsets[0])).reshape(n, nbytes)
+
+
+def _labels_multi_hot(col: pa.ChunkedArray, nomenclature: int) -> np.ndarray:
+    """Multi-hot `[rows, 19|43]` from a list<string> column, vectorised (no per-row Python)."""
+    names = lab.class_names(nomenclature)  # type: ignore[arg-type]
+    out = np.zeros((len(col), len(names)), dtype=np.float32)
+    row0 = 0
+    for chunk in col.chunks:
+        flat = chunk.flatten()
+        index = pc.index_in(flat, value_set=pa.array(names)).to_numpy(zero_copy_only=False)
+        if flat.null_count or np.isnan(index.astype(np.float64)).any():
+            unknown = sorted(
+                set(pc.filter(flat, pc.is_null(pc.index_in(flat, value_set=pa.array(names)))).to_pylist()) - {None}
+            )
+            raise lab.UnknownLabelError(f"unknown {nomenclature}-class label(s) {unknown}")
+        rows = np.repeat(np.arange(len(chunk)), pc.list_value_length(chunk).fill_null(0).to_numpy()) + row0
+        out[rows, index.astype(np.int64)] = 1.0
+        row0 += len(chunk)
+    return out
 
 
 def decode_batch(
@@ -63,23 +83,65 @@ def decode_batch(
         dtype = np.dtype(first.dtype).newbyteorder("<")
         stacked = np.empty((n, len(names), first.size, first.size), dtype=first.dtype)
         for i, name in enumerate(names):
-            raw = _column_bytes(table.column(name), name, BANDS[name].nbytes)
-            stacked[:, i] = raw.view(dtype).reshape(n, first.size, first.size)
+            row0 = 0
+            for chunk in table.column(name).chunks:  # copy each Arrow chunk once, straight into the batch
+                raw = _chunk_bytes(chunk, name, BANDS[name].nbytes)
+                stacked[row0 : row0 + len(chunk), i] = raw.view(dtype).reshape(len(chunk), first.size, first.size)
+                row0 += len(chunk)
         out[group] = stacked
     column = "labels" if nomenclature == 19 else "labels43"
     label_col = table.column(column)
     if label_col.null_count:
-        raise ShardFormatError(f"{label_col.null_count} row(s) have no {column}: 43-class labels exist only in "
-                               "shards ingested from a v1 archive")  # fmt: skip
-    out["labels"] = lab.encode_many(label_col.to_pylist(), nomenclature)  # type: ignore[arg-type]
+        raise ShardFormatError(
+            f"{label_col.null_count} row(s) have no {column}: 43-class labels exist only in "
+            "shards ingested from a v1 archive"
+        )
+    out["labels"] = _labels_multi_hot(label_col, nomenclature)
     out["patch_id"] = np.asarray(table.column("patch_id").to_pylist(), dtype=object)
     return out
 
 
 def arrow_filesystem(url: str, storage: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem over the fsspec one (so Ray Data reads s3:// with our endpoint/credentials)."""
+    """A pyarrow filesystem for Ray Data's Parquet reader: native for local paths and S3 (fast listing and reads,
+    our endpoint and credentials), the fsspec one wrapped for any other protocol."""
+    protocol = url.split("://", 1)[0] if "://" in url else "file"
     fs, root = open_fs(url, storage)
+    if protocol in ("file", "local"):
+        return pafs.LocalFileSystem(), root
+    if protocol in ("s3", "s3a"):
+        opts = storage or StorageOptions.from_env()
+        endpoint = opts.endpoint_url
+        scheme = None
+        if endpoint and "://" in endpoint:
+            scheme, endpoint = endpoint.split("://", 1)
+        s3 = pafs.S3FileSystem(
+            access_key=opts.key,
+            secret_key=opts.secret,
+            region=opts.region or "us-east-1",
+            endpoint_override=endpoint,
+            scheme=scheme or "https",
+            anonymous=opts.anon,
+        )
+        return s3, root
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
+
+
+def read_shards(
+    batch: dict[str, np.ndarray],
+    columns: list[str],
+    url: str,
+    storage: StorageOptions | None,
+    decode_groups: dict[str, tuple[str, ...]] | None = None,
+    nomenclature: int = 19,
+) -> Any:
+    """Ray Data UDF: shard paths in, one Arrow table per Parquet row group out (or decoded numpy batches)."""
+    fs, _ = arrow_filesystem(url, storage)
+    for path in batch["path"]:
+        with fs.open_input_file(str(path)) as f:
+            pf = pq.ParquetFile(f)
+            for i in range(pf.num_row_groups):
+                table = pf.read_row_group(i, columns=columns, use_threads=False)
+                yield table if decode_groups is None else decode_batch(table, decode_groups, nomenclature)
 
 
 def open_split(
@@ -91,32 +153,34 @@ def open_split(
     shuffle_files: bool = True,
     storage: StorageOptions | None = None,
     decode: bool = False,
-    batch_size: int = 256,
-    **read_kwargs: Any,
 ) -> Any:
     """A split (None = every split) of a shard set as a Ray Dataset.
 
-    By default the rows stay Arrow (only the columns the band set needs are read) and `iter_torch` decodes them
-    in its collate step, zero-copy from the Parquet buffers, with no extra pipeline stage. `decode=True` adds a
-    `map_batches` stage that yields the numpy batch dict, for consumers other than torch.
+    One block per shard file (so `shuffle_files` randomises the file order every epoch, and Ray Train splits
+    files across workers); each read task streams its file row group by row group and reads only the columns the
+    band set needs. By default rows stay Arrow and `iter_torch` decodes them in its collate step (zero-copy views
+    of the Arrow buffers, one copy into the batch); `decode=True` yields the numpy batch dict instead, for
+    consumers other than torch.
     """
     import ray
 
     fs, root = open_fs(shards, storage)
     manifest = Manifest.load(fs, root)
-    paths = manifest.shard_paths(root, split)
-    if not paths:
+    shards_meta = [s for s in manifest.shards if split is None or s["split"] == split]
+    if not shards_meta:
         known = sorted({s["split"] for s in manifest.shards})
         raise ShardFormatError(f"{shards}: no shards for split {split!r}; the shard set has {known}")
     groups = groups_for(bands)
-    columns = ["patch_id", "labels" if nomenclature == 19 else "labels43", *(b for g in groups.values() for b in g)]
-    pa_fs, _ = arrow_filesystem(shards, storage)
-    ds = ray.data.read_parquet(paths, filesystem=pa_fs, columns=columns, shuffle="files" if shuffle_files else None,
-                               **read_kwargs)  # fmt: skip
-    if not decode:
-        return ds
-    return ds.map_batches(decode_batch, fn_kwargs={"groups": groups, "nomenclature": nomenclature},
-                          batch_format="pyarrow", batch_size=batch_size, zero_copy_batch=True)  # fmt: skip
+    label_column = "labels" if nomenclature == 19 else "labels43"
+    columns = ["patch_id", label_column, *(b for g in groups.values() for b in g)]
+    items = [{"path": join(root, s["path"]), "rows": s["rows"]} for s in shards_meta]
+    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    if shuffle_files:
+        ds = ds.randomize_block_order()
+    kwargs = {"columns": columns, "url": shards, "storage": storage}
+    if decode:
+        kwargs.update(decode_groups=groups, nomenclature=nomenclature)
+    return ds.map_batches(read_shards, batch_size=1, batch_format="numpy", fn_kwargs=kwargs)
 
 
 def to_torch(batch: dict[str, np.ndarray], device: Any = None) -> dict[str, Any]:
@@ -142,7 +206,7 @@ def _collate_class() -> type:
         def __init__(self, groups: dict[str, tuple[str, ...]] | None, nomenclature: int | None, device: Any) -> None:
             self.groups, self.nomenclature, self.device = groups, nomenclature, device
 
-        def __call__(self, table: pa.Table) -> dict[str, Any]:
+        def __call__(self, table: pa.Table) -> dict[str, Any]:  # type: ignore[override]
             nomenclature = self.nomenclature or (19 if "labels" in table.column_names else 43)
             return to_torch(decode_batch(table, self.groups or _groups_in(table), nomenclature), self.device)
 
@@ -168,5 +232,10 @@ def iter_torch(
     """Torch batches from `open_split(decode=False)` (a Dataset or a Ray Train dataset shard), decoded in the
     collate step. `bands` and `nomenclature` default to what the rows carry (as chosen in `open_split`)."""
     collate = _collate_class()(groups_for(bands) if bands else None, nomenclature, device)
-    return dataset.iter_torch_batches(batch_size=batch_size, collate_fn=collate, drop_last=drop_last,
-                                      local_shuffle_buffer_size=local_shuffle_buffer_size, **kwargs)  # fmt: skip
+    return dataset.iter_torch_batches(
+        batch_size=batch_size,
+        collate_fn=collate,
+        drop_last=drop_last,
+        local_shuffle_buffer_size=local_shuffle_buffer_size,
+        **kwargs,
+    )

@@ -36,10 +36,15 @@ def run_demo(workdir: str = "runs/demo", pairs: int = 2000, epochs: int = 2, see
     result = bench_input(shards, "train", batch_size=128, epochs=epochs, stem=True)
     t3 = time.perf_counter()
     summary = {
-        "archive": archive, "shards": shards, "pairs_ingested": manifest.pairs, "splits": manifest.splits,
-        "excluded": manifest.excluded, "quarantined": len(manifest.quarantined), "input_pipeline": result,
+        "archive": archive,
+        "shards": shards,
+        "pairs_ingested": manifest.pairs,
+        "splits": manifest.splits,
+        "excluded": manifest.excluded,
+        "quarantined": len(manifest.quarantined),
+        "input_pipeline": result,
         "seconds": {"synth": round(t1 - t0, 1), "ingest": round(t2 - t1, 1), "stream": round(t3 - t2, 1)},
-    }  # fmt: skip
+    }
     with open(join(workdir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=1)
     print(json.dumps(summary, indent=1))

@@ -101,8 +101,13 @@ def ingest_shard(
                     writer.write(result)
     finally:
         writer.close()
-    report = {"path": plan.path, "split": plan.split, "rows": writer.rows, "quarantined": quarantined,
-              "excluded": excluded}  # fmt: skip
+    report = {
+        "path": plan.path,
+        "split": plan.split,
+        "rows": writer.rows,
+        "quarantined": quarantined,
+        "excluded": excluded,
+    }
     out_fs.makedirs(join(out_root, plan.report_path.rsplit("/", 1)[0]), exist_ok=True)
     with out_fs.open(report_path, "w") as f:
         f.write(json.dumps(report))
@@ -131,9 +136,15 @@ def ingest(
 
     storage = storage or StorageOptions.from_env()
     cat = build_catalogue(
-        archive, version=layout, lists=lists, include_snow_cloud=include_snow_cloud,
-        include_no_19_labels=include_no_19_labels, patches=patches, limit=limit, storage=storage,
-    )  # fmt: skip
+        archive,
+        version=layout,
+        lists=lists,
+        include_snow_cloud=include_snow_cloud,
+        include_no_19_labels=include_no_19_labels,
+        patches=patches,
+        limit=limit,
+        storage=storage,
+    )
     plans = plan_shards(cat, shard_size)
     out_fs, out_root = open_fs(out, storage)
     fingerprint = _fingerprint(cat, plans)
@@ -143,15 +154,19 @@ def ingest(
     if out_fs.exists(plan_file):
         previous = json.loads(out_fs.cat(plan_file))
         if previous.get("fingerprint") != fingerprint:
-            raise IngestError(f"{out} holds a different ingest (other archive, subset or options); "
-                              "use another --out or pass --overwrite")  # fmt: skip
+            raise IngestError(
+                f"{out} holds a different ingest (other archive, subset or options); "
+                "use another --out or pass --overwrite"
+            )
         log.info("resuming the ingest in %s", out)
     else:
         out_fs.makedirs(join(out_root, STATE_DIR), exist_ok=True)
         with out_fs.open(plan_file, "w") as f:
             f.write(json.dumps({"fingerprint": fingerprint, "archive": archive, "shards": len(plans)}))
-    print(f"ingest: {len(cat):,} pairs of a {cat.version} archive ({cat.total:,} in its metadata) into "
-          f"{len(plans)} shards; excluded by policy: {cat.excluded_counts}")  # fmt: skip
+    print(
+        f"ingest: {len(cat):,} pairs of a {cat.version} archive ({cat.total:,} in its metadata) into "
+        f"{len(plans)} shards; excluded by policy: {cat.excluded_counts}"
+    )
 
     ensure_ray()
     items = [{"i": i} for i in range(len(plans))]
@@ -169,8 +184,10 @@ def ingest(
     manifest.save(out_fs, out_root)
     pq.write_table(cat.excluded, join(out_root, STATE_DIR, "excluded.parquet"), filesystem=out_fs)
     q = len(manifest.quarantined)
-    print(f"ingest: wrote {manifest.pairs:,} pairs {manifest.splits} in {len(manifest.shards)} shards to {out}; "
-          f"quarantined {q}; excluded {manifest.excluded}")  # fmt: skip
+    print(
+        f"ingest: wrote {manifest.pairs:,} pairs {manifest.splits} in {len(manifest.shards)} shards to {out}; "
+        f"quarantined {q}; excluded {manifest.excluded}"
+    )
     return manifest
 
 
@@ -194,5 +211,7 @@ def _manifest(cat: Catalogue, reports: list[dict[str, Any]], archive: str) -> Ma
 
 def quarantine_table(manifest: Manifest) -> pa.Table:
     """The quarantine as a table (patch_id, kind, reason)."""
-    return pa.Table.from_pylist(manifest.quarantined or [], schema=pa.schema(
-        [("patch_id", pa.string()), ("kind", pa.string()), ("reason", pa.string())]))  # fmt: skip
+    return pa.Table.from_pylist(
+        manifest.quarantined or [],
+        schema=pa.schema([("patch_id", pa.string()), ("kind", pa.string()), ("reason", pa.string())]),
+    )

@@ -83,9 +83,26 @@ BEN19: tuple[str, ...] = (
 
 #: `label_indices.json` "label_conversion": BEN19 index -> the BEN43 indices merged into it.
 LABEL_CONVERSION: tuple[tuple[int, ...], ...] = (
-    (0, 1), (2,), (11, 12, 13), (14, 15, 16, 18), (17,), (19,), (20,), (21,), (22,), (23,), (24,),
-    (25, 31), (26, 27), (28,), (29,), (33, 34), (35, 36), (38, 39), (40, 41, 42),
-)  # fmt: skip
+    (0, 1),
+    (2,),
+    (11, 12, 13),
+    (14, 15, 16, 18),
+    (17,),
+    (19,),
+    (20,),
+    (21,),
+    (22,),
+    (23,),
+    (24,),
+    (25, 31),
+    (26, 27),
+    (28,),
+    (29,),
+    (33, 34),
+    (35, 36),
+    (38, 39),
+    (40, 41, 42),
+)
 
 #: BEN43 index -> BEN19 index; the 11 dropped classes are absent.
 LABEL_CONVERTER: dict[int, int] = {i43: i19 for i19, members in enumerate(LABEL_CONVERSION) for i43 in members}

@@ -62,9 +62,13 @@ class ShardWriter:
     def __init__(self, fs: AbstractFileSystem, path: str, compression_level: int = 3) -> None:
         self._file = fs.open(path, "wb")
         self._writer = pq.ParquetWriter(
-            self._file, SHARD_SCHEMA, compression="zstd", compression_level=compression_level,
-            use_dictionary=META_COLUMNS, write_statistics=META_COLUMNS,
-        )  # fmt: skip
+            self._file,
+            SHARD_SCHEMA,
+            compression="zstd",
+            compression_level=compression_level,
+            use_dictionary=META_COLUMNS,
+            write_statistics=META_COLUMNS,
+        )
         self._buffer: list[dict[str, Any]] = []
         self.rows = 0
 
@@ -107,8 +111,10 @@ class Manifest:
             raise ShardFormatError(f"{path} not found: not a shard set written by `bigearth ingest`")
         doc = json.loads(fs.cat(path))
         if doc.get("format_version") != FORMAT_VERSION:
-            raise ShardFormatError(f"{path}: format version {doc.get('format_version')!r}, this code reads "
-                                   f"{FORMAT_VERSION!r}; re-run the ingest")  # fmt: skip
+            raise ShardFormatError(
+                f"{path}: format version {doc.get('format_version')!r}, this code reads "
+                f"{FORMAT_VERSION!r}; re-run the ingest"
+            )
         return cls(**doc)
 
     def save(self, fs: AbstractFileSystem, root: str) -> None:

@@ -31,7 +31,7 @@ class StorageOptions:
         """Read `BIGEARTH_S3_ENDPOINT` / `AWS_ENDPOINT_URL`, `BIGEARTH_S3_ANON`, `AWS_ACCESS_KEY_ID`,
         `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`; explicit overrides win. The values travel with the Ray tasks, so
         workers whose environment lacks them (a laptop cluster) still reach the store."""
-        env = {
+        env: dict[str, Any] = {
             "endpoint_url": os.environ.get("BIGEARTH_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
             "anon": os.environ.get("BIGEARTH_S3_ANON", "").lower() in {"1", "true", "yes"},
             "key": os.environ.get("AWS_ACCESS_KEY_ID"),
@@ -65,8 +65,10 @@ class StorageOptions:
         return asdict(self)
 
     def __repr__(self) -> str:  # never print the secret
-        return (f"StorageOptions(endpoint_url={self.endpoint_url!r}, anon={self.anon}, key={self.key!r}, "
-                f"secret={'***' if self.secret else None}, region={self.region!r})")
+        return (
+            f"StorageOptions(endpoint_url={self.endpoint_url!r}, anon={self.anon}, key={self.key!r}, "
+            f"secret={'***' if self.secret else None}, region={self.region!r})"
+        )
 
 
 def open_fs(url: str, options: StorageOptions | None = None) -> tuple[AbstractFileSystem, str]:

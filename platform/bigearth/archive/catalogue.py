@@ -55,7 +55,7 @@ V1_LISTS = {
 }
 V1_LISTS_HELP = """\
 BigEarthNet v1 needs the official lists, passed with --lists DIR (each file may also be .bz2-compressed):
-  s1_s2_mapping.csv                        S1<->S2 pairs (header s1_name,s2_name; bigearthnet_common, s1_s2_mapping.csv.bz2)
+  s1_s2_mapping.csv                        S1<->S2 pairs, header s1_name,s2_name (bigearthnet_common)
   train.csv, val.csv, test.csv             official BigEarthNet-MM 19-class splits (S2name,S1name, no header):
       https://git.tu-berlin.de/rsim/BigEarthNet-MM_19-classes_models/-/tree/master/splits
   patches_with_seasonal_snow.csv           http://bigearth.net/static/documents/patches_with_seasonal_snow.csv
@@ -140,7 +140,7 @@ def build_catalogue(
     pairs = table.filter(keep)
     if limit is not None:
         pairs = pairs.slice(0, limit)
-    opts = {"include_snow_cloud": include_snow_cloud, "include_no_19_labels": include_no_19_labels}
+    opts: dict[str, object] = {"include_snow_cloud": include_snow_cloud, "include_no_19_labels": include_no_19_labels}
     return Catalogue(v, Layout(v, root), pairs, excluded, total, opts)
 
 
@@ -185,7 +185,9 @@ def read_v2_metadata(fs: AbstractFileSystem, path: str) -> pa.Table:
 def _v2_table(fs: AbstractFileSystem, root: str) -> pa.Table:
     main = join(root, L.V2_METADATA)
     if not fs.exists(main):
-        raise ArchiveError(f"{main} not found: a v2.0 archive root holds metadata.parquet (Zenodo 10.5281/zenodo.10891137)")
+        raise ArchiveError(
+            f"{main} not found: a v2.0 archive root holds metadata.parquet (Zenodo 10.5281/zenodo.10891137)"
+        )
     parts = [read_v2_metadata(fs, main)]
     extra = join(root, L.V2_SNOW_CLOUD_METADATA)
     if fs.exists(extra):
@@ -238,8 +240,9 @@ def read_v1_lists(lists: str, storage: StorageOptions | None = None) -> dict[str
     out: dict[str, object] = {}
     mapping = pacsv.read_csv(io.BytesIO(_open_list(fs, root, V1_LISTS["mapping"])))
     if mapping.column_names != ["s1_name", "s2_name"]:
-        raise ArchiveError(f"{join(root, V1_LISTS['mapping'])}: expected header s1_name,s2_name, "
-                           f"got {','.join(mapping.column_names)}")  # fmt: skip
+        raise ArchiveError(
+            f"{join(root, V1_LISTS['mapping'])}: expected header s1_name,s2_name, got {','.join(mapping.column_names)}"
+        )
     out["mapping"] = mapping
     for split in SPLITS:
         out[split] = _read_pairs_csv(_open_list(fs, root, V1_LISTS[split]), ["s2_name", "s1_name"])
@@ -258,7 +261,7 @@ def _v1_table(lists: str, storage: StorageOptions | None) -> pa.Table:
     s2 = mapping["s2_name"].to_pylist()
     s1 = mapping["s1_name"].to_pylist()
     snow, cloud, no19 = (data[r] for r in EXCLUSION_REASONS)
-    tiles = []
+    tiles: list[str | None] = []
     for name in s1:
         try:
             tiles.append(parse_s1(name).tile)

@@ -74,8 +74,40 @@ def encode(
     n_strips = -(-height // rows_per_strip)
     counts = [min(rows_per_strip, height - i * rows_per_strip) * row_bytes for i in range(n_strips)]
     citation = f"WGS 84 / UTM zone {epsg - 32600}N|WGS 84|\0".encode()
-    geokeys = (1, 1, 0, 7, 1024, 0, 1, 1, 1025, 0, 1, 1, 1026, 34737, len(citation) - 8, 0,
-               2049, 34737, 7, len(citation) - 8, 2054, 0, 1, 9102, 3072, 0, 1, epsg, 3076, 0, 1, 9001)  # fmt: skip
+    geokeys = (
+        1,
+        1,
+        0,
+        7,
+        1024,
+        0,
+        1,
+        1,
+        1025,
+        0,
+        1,
+        1,
+        1026,
+        34737,
+        len(citation) - 8,
+        0,
+        2049,
+        34737,
+        7,
+        len(citation) - 8,
+        2054,
+        0,
+        1,
+        9102,
+        3072,
+        0,
+        1,
+        epsg,
+        3076,
+        0,
+        1,
+        9001,
+    )
     nodata_str = f"{nodata}\0".encode() if nodata is not None else None
 
     n_entries = 15 + (nodata_str is not None)
@@ -90,10 +122,7 @@ def encode(
 
     # GDAL writes the strip byte counts first, then the offsets, then the GeoTIFF tags.
     counts_fmt, counts_type = ("H", _SHORT) if short_strip_counts and n_strips > 1 else ("I", _LONG)
-    if n_strips > 1:
-        counts_pos = place(struct.pack(f"<{n_strips}{counts_fmt}", *counts))
-    else:
-        counts_pos = counts[0]
+    counts_pos = place(struct.pack(f"<{n_strips}{counts_fmt}", *counts)) if n_strips > 1 else counts[0]
     offsets_pos = place(b"\0" * 4 * n_strips) if n_strips > 1 else 0
     scale_pos = place(struct.pack("<3d", res, res, 0.0))
     tie_pos = place(struct.pack("<6d", 0.0, 0.0, 0.0, float(ulx), float(uly), 0.0))
@@ -114,12 +143,22 @@ def encode(
         first_offset = strip_offsets[0]
 
     entries = [
-        (256, _SHORT, 1, width), (257, _SHORT, 1, height), (258, _SHORT, 1, bits), (259, _SHORT, 1, 1),
-        (262, _SHORT, 1, 1), (273, _LONG, n_strips, first_offset), (277, _SHORT, 1, 1),
-        (278, _SHORT, 1, rows_per_strip), (279, counts_type, n_strips, counts_pos), (284, _SHORT, 1, 1),
-        (339, _SHORT, 1, sample_format), (33550, _DOUBLE, 3, scale_pos), (33922, _DOUBLE, 6, tie_pos),
-        (34735, _SHORT, len(geokeys), keys_pos), (34737, _ASCII, len(citation), ascii_pos),
-    ]  # fmt: skip
+        (256, _SHORT, 1, width),
+        (257, _SHORT, 1, height),
+        (258, _SHORT, 1, bits),
+        (259, _SHORT, 1, 1),
+        (262, _SHORT, 1, 1),
+        (273, _LONG, n_strips, first_offset),
+        (277, _SHORT, 1, 1),
+        (278, _SHORT, 1, rows_per_strip),
+        (279, counts_type, n_strips, counts_pos),
+        (284, _SHORT, 1, 1),
+        (339, _SHORT, 1, sample_format),
+        (33550, _DOUBLE, 3, scale_pos),
+        (33922, _DOUBLE, 6, tie_pos),
+        (34735, _SHORT, len(geokeys), keys_pos),
+        (34737, _ASCII, len(citation), ascii_pos),
+    ]
     if nodata_str is not None:
         entries.append((42113, _ASCII, len(nodata_str), nodata_val))
     ifd = bytearray(struct.pack("<H", len(entries)))

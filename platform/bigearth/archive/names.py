@@ -75,8 +75,9 @@ def parse_s2(name: str) -> S2Name:
     """Parse a v1 or v2 Sentinel-2 patch name; raises `PatchNameError` saying what was expected."""
     m = V2_S2_RE.match(name)
     if m:
-        return S2Name(name, 2, m["sat"], _day(name, m["date"]), m["time"], int(m["h"]), int(m["v"]), m["tile"],
-                      int(m["orbit"]))  # fmt: skip
+        return S2Name(
+            name, 2, m["sat"], _day(name, m["date"]), m["time"], int(m["h"]), int(m["v"]), m["tile"], int(m["orbit"])
+        )
     m = V1_S2_RE.match(name)
     if m:
         return S2Name(name, 1, m["sat"], _day(name, m["date"]), m["time"], int(m["h"]), int(m["v"]), None, None)

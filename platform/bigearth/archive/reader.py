@@ -22,7 +22,6 @@ from bigearth.archive.layout import Layout
 from bigearth.archive.names import PatchNameError, parse_s1, parse_s2
 from bigearth.bands import S1_BANDS, S2_BANDS, Band
 
-
 #: In-memory files have no sidecars: skip GDAL's directory scans and .aux.xml probing on every open.
 GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_PAM_ENABLED": "NO"}
 
@@ -98,8 +97,11 @@ def _band(blobs: dict[str, Any], path: str, band: Band) -> geotiff.Raster:
     if r.array.dtype.name != band.dtype:
         raise _Bad("wrong_dtype", f"{path}: expected {band.dtype} for {band.name}, got {r.array.dtype.name}")
     if r.array.shape != band.shape:
-        raise _Bad("wrong_shape", f"{path}: expected {band.shape[0]}x{band.shape[1]} pixels for {band.name}, "
-                                  f"got {r.array.shape[0]}x{r.array.shape[1]}")  # fmt: skip
+        raise _Bad(
+            "wrong_shape",
+            f"{path}: expected {band.shape[0]}x{band.shape[1]} pixels for {band.name}, "
+            f"got {r.array.shape[0]}x{r.array.shape[1]}",
+        )
     if r.epsg is None or not (32601 <= r.epsg <= 32660 or 32701 <= r.epsg <= 32760):
         raise _Bad("bad_georeference", f"{path}: expected a WGS 84 / UTM CRS, got EPSG {r.epsg}")
     if abs(r.res - band.gsd) > 1e-6:
@@ -120,8 +122,11 @@ def _json(blobs: dict[str, Any], path: str) -> dict[str, Any]:
 def _corner_agrees(doc: dict[str, Any], path: str, ulx: float, uly: float) -> None:
     c = doc.get("coordinates") or {}
     if "ulx" in c and "uly" in c and (abs(c["ulx"] - ulx) > 0.5 or abs(c["uly"] - uly) > 0.5):
-        raise _Bad("bad_georeference", f"{path}: coordinates ulx/uly {c['ulx']}/{c['uly']} disagree with the "
-                                       f"GeoTIFFs' upper-left corner {ulx}/{uly}")  # fmt: skip
+        raise _Bad(
+            "bad_georeference",
+            f"{path}: coordinates ulx/uly {c['ulx']}/{c['uly']} disagree with the "
+            f"GeoTIFFs' upper-left corner {ulx}/{uly}",
+        )
 
 
 def _pair(
@@ -136,8 +141,11 @@ def _pair(
     ref = s2["B02"]
     for name, r in s2.items():
         if (r.epsg, r.ulx, r.uly) != (ref.epsg, ref.ulx, ref.uly):
-            raise _Bad("georef_mismatch", f"{paths[name]}: CRS/upper-left corner EPSG {r.epsg} {r.ulx}/{r.uly} "
-                                          f"differs from B02's EPSG {ref.epsg} {ref.ulx}/{ref.uly}")  # fmt: skip
+            raise _Bad(
+                "georef_mismatch",
+                f"{paths[name]}: CRS/upper-left corner EPSG {r.epsg} {r.ulx}/{r.uly} "
+                f"differs from B02's EPSG {ref.epsg} {ref.ulx}/{ref.uly}",
+            )
     s1_name = row.get("s1_name")
     if not s1_name:
         raise _Bad("missing_s1", f"{pid}: the metadata names no Sentinel-1 partner")
@@ -147,8 +155,11 @@ def _pair(
     s1 = {b.name: _band(blobs, paths[b.name], b) for b in S1_BANDS}
     for name, r in s1.items():
         if (r.epsg, r.ulx, r.uly) != (ref.epsg, ref.ulx, ref.uly):
-            raise _Bad("georef_mismatch", f"{paths[name]}: S1 CRS/upper-left corner EPSG {r.epsg} {r.ulx}/{r.uly} "
-                                          f"differs from the S2 patch's EPSG {ref.epsg} {ref.ulx}/{ref.uly}")  # fmt: skip
+            raise _Bad(
+                "georef_mismatch",
+                f"{paths[name]}: S1 CRS/upper-left corner EPSG {r.epsg} {r.ulx}/{r.uly} "
+                f"differs from the S2 patch's EPSG {ref.epsg} {ref.ulx}/{ref.uly}",
+            )
         bad = int(np.count_nonzero(~np.isfinite(r.array)))
         if bad:
             raise _Bad("non_finite", f"{paths[name]}: {bad} non-finite value(s) (NaN/inf) in {name}")

@@ -59,6 +59,9 @@ class InputStem(nn.Module):
         perm = torch.empty(len(order), dtype=torch.long)
         perm[torch.tensor(order)] = torch.arange(len(order))
         self.register_buffer("perm", perm, persistent=False)
+        self.mean: torch.Tensor
+        self.std: torch.Tensor
+        self.perm: torch.Tensor
 
     @property
     def in_chans(self) -> int:
@@ -68,8 +71,7 @@ class InputStem(nn.Module):
         parts: list[torch.Tensor] = []
         for group, rows, _ in self.groups:
             if group not in batch:
-                raise KeyError(f"batch has no {group!r} group, needed for band(s) "
-                               f"{[GROUPS[group][r] for r in rows]}")  # fmt: skip
+                raise KeyError(f"batch has no {group!r} group, needed for band(s) {[GROUPS[group][r] for r in rows]}")
             x = batch[group].to(self.mean.device, non_blocking=True)
             x = x[:, rows].float() if len(rows) != x.shape[1] else x.float()
             if x.shape[-1] != self.size:

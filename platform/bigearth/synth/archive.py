@@ -82,8 +82,7 @@ def _shifted(product: str, scene: str, k: int) -> tuple[str, str]:
     t = datetime.strptime(p[2], "%Y%m%dT%H%M%S") + timedelta(days=k)
     s = scene.split("_")
     ts = datetime.strptime(s[4], "%Y%m%dT%H%M%S") + timedelta(days=k)
-    return ("_".join([*p[:2], t.strftime("%Y%m%dT%H%M%S"), *p[3:]]),
-            "_".join([*s[:4], ts.strftime("%Y%m%dT%H%M%S")]))  # fmt: skip
+    return ("_".join([*p[:2], t.strftime("%Y%m%dT%H%M%S"), *p[3:]]), "_".join([*s[:4], ts.strftime("%Y%m%dT%H%M%S")]))
 
 
 def _labels43(rng: np.random.Generator, labels19: Sequence[str]) -> list[str]:
@@ -107,9 +106,20 @@ def make_specs(pairs: int, seed: int, metadata: str | None = None, version: str 
         rows = table.take(np.sort(rng.choice(table.num_rows, size=pairs, replace=False))).to_pylist()
         for i, r in enumerate(rows):
             prng = np.random.default_rng([seed, i, 1])
-            specs.append(PairSpec(i, r["patch_id"], r["s2v1_name"], r["s1_name"], sorted(r["labels"]),
-                                  _labels43(prng, r["labels"]), r["split"], r["country"],
-                                  bool(r["contains_seasonal_snow"]), bool(r["contains_cloud_or_shadow"])))  # fmt: skip
+            specs.append(
+                PairSpec(
+                    i,
+                    r["patch_id"],
+                    r["s2v1_name"],
+                    r["s1_name"],
+                    sorted(r["labels"]),
+                    _labels43(prng, r["labels"]),
+                    r["split"],
+                    r["country"],
+                    bool(r["contains_seasonal_snow"]),
+                    bool(r["contains_cloud_or_shadow"]),
+                )
+            )
         return specs
     capacity = 90 * 90
     for i in range(pairs):
@@ -121,13 +131,23 @@ def make_specs(pairs: int, seed: int, metadata: str | None = None, version: str 
         tile = product[-5:]
         no19 = version == "v1" and prng.random() < NO19_P
         names19 = [] if no19 else [lab.BEN19[c] for c in sample_labels(prng)]
-        labels43 = ([lab.BEN43[int(prng.choice(lab.DROPPED_43))]] if no19 else _labels43(prng, names19))
+        labels43 = [lab.BEN43[int(prng.choice(lab.DROPPED_43))]] if no19 else _labels43(prng, names19)
         split = str(prng.choice(list(SPLIT_P), p=list(SPLIT_P.values())))
         flag = prng.random()
-        specs.append(PairSpec(
-            i, f"{product}_{h:02d}_{v:02d}", f"{product.split('_N9999')[0]}_{h}_{v}", f"{scene}_{tile}_{h}_{v}",
-            sorted(names19), labels43, split, country, flag < SNOW_P, SNOW_P <= flag < SNOW_P + CLOUD_P,
-        ))  # fmt: skip
+        specs.append(
+            PairSpec(
+                i,
+                f"{product}_{h:02d}_{v:02d}",
+                f"{product.split('_N9999')[0]}_{h}_{v}",
+                f"{scene}_{tile}_{h}_{v}",
+                sorted(names19),
+                labels43,
+                split,
+                country,
+                flag < SNOW_P,
+                SNOW_P <= flag < SNOW_P + CLOUD_P,
+            )
+        )
     return specs
 
 
@@ -163,8 +183,9 @@ def pair_files(layout: Layout, spec: PairSpec, seed: int) -> dict[str, bytes]:
     pid = spec.v2_id if v2 else spec.v1_name
     files = {}
     for b in S2_BANDS:
-        files[layout.s2_band(pid, b.name)] = geotiff.encode(arrays[b.name], epsg, ulx, uly, b.gsd,
-                                                            nodata=0 if v2 else None, short_strip_counts=v2)  # fmt: skip
+        files[layout.s2_band(pid, b.name)] = geotiff.encode(
+            arrays[b.name], epsg, ulx, uly, b.gsd, nodata=0 if v2 else None, short_strip_counts=v2
+        )
     for b in S1_BANDS:
         files[layout.s1_band(spec.s1_name, b.name)] = geotiff.encode(arrays[b.name], epsg, ulx, uly, b.gsd)
     if not v2:
@@ -179,14 +200,24 @@ def _v1_json(layout: Layout, spec: PairSpec, epsg: int, ulx: float, uly: float) 
     s1 = parse_s1(spec.s1_name)
     assert t2 is not None
     l1c = f"{s2.satellite}_MSIL1C_{_v1_time(spec.v2_id)}_N0205_R{s2.orbit:03d}_T{s2.tile}_{_v1_time(spec.v2_id)}.SAFE"
-    s2doc = {"labels": spec.labels43, "coordinates": coords, "projection": projection_wkt(epsg),
-             "tile_source": l1c, "acquisition_date": t2.strftime("%Y-%m-%d %H:%M:%S")}  # fmt: skip
+    s2doc = {
+        "labels": spec.labels43,
+        "coordinates": coords,
+        "projection": projection_wkt(epsg),
+        "tile_source": l1c,
+        "acquisition_date": t2.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     s1coords = {"ulx": coords["ulx"], "uly": coords["uly"], "lrx": coords["lrx"], "lly": coords["lry"]}  # the quirk
     stamp = s1.timestamp.strftime("%Y%m%dT%H%M%S")
     scene = f"{s1.satellite}_IW_GRDH_1SDV_{stamp}_{stamp}_017018_01C579_7EEC"
-    s1doc = {"labels": spec.labels43, "coordinates": s1coords, "projection": projection_wkt(epsg),
-             "corresponding_s2_patch": spec.v1_name, "scene_source": scene,
-             "acquisition_time": s1.timestamp.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+    s1doc = {
+        "labels": spec.labels43,
+        "coordinates": s1coords,
+        "projection": projection_wkt(epsg),
+        "corresponding_s2_patch": spec.v1_name,
+        "scene_source": scene,
+        "acquisition_time": s1.timestamp.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
     return {
         layout.s2_json(spec.v1_name) or "": json.dumps(s2doc).encode(),
         layout.s1_json(spec.s1_name) or "": json.dumps(s1doc).encode(),
@@ -194,17 +225,36 @@ def _v1_json(layout: Layout, spec: PairSpec, epsg: int, ulx: float, uly: float) 
 
 
 def _write_v2_metadata(fs: Any, root: str, specs: list[PairSpec]) -> None:
-    schema = pa.schema([
-        ("patch_id", pa.string()), ("labels", pa.list_(pa.field("element", pa.string()))), ("split", pa.string()),
-        ("country", pa.string()), ("s1_name", pa.string()), ("s2v1_name", pa.string()),
-        ("contains_seasonal_snow", pa.bool_()), ("contains_cloud_or_shadow", pa.bool_()),
-    ])  # fmt: skip
+    schema = pa.schema(
+        [
+            ("patch_id", pa.string()),
+            ("labels", pa.list_(pa.field("element", pa.string()))),
+            ("split", pa.string()),
+            ("country", pa.string()),
+            ("s1_name", pa.string()),
+            ("s2v1_name", pa.string()),
+            ("contains_seasonal_snow", pa.bool_()),
+            ("contains_cloud_or_shadow", pa.bool_()),
+        ]
+    )
     for name, keep in ((L.V2_METADATA, False), (L.V2_SNOW_CLOUD_METADATA, True)):
         rows = sorted((s for s in specs if (s.snow or s.cloud) == keep), key=lambda s: s.v2_id)
         table = pa.Table.from_pylist(
-            [{"patch_id": s.v2_id, "labels": s.labels, "split": s.split, "country": s.country, "s1_name": s.s1_name,
-              "s2v1_name": s.v1_name, "contains_seasonal_snow": s.snow, "contains_cloud_or_shadow": s.cloud}
-             for s in rows], schema=schema)  # fmt: skip
+            [
+                {
+                    "patch_id": s.v2_id,
+                    "labels": s.labels,
+                    "split": s.split,
+                    "country": s.country,
+                    "s1_name": s.s1_name,
+                    "s2v1_name": s.v1_name,
+                    "contains_seasonal_snow": s.snow,
+                    "contains_cloud_or_shadow": s.cloud,
+                }
+                for s in rows
+            ],
+            schema=schema,
+        )
         pq.write_table(table, join(root, name), filesystem=fs, compression="zstd")
 
 
@@ -221,8 +271,9 @@ def _write_v1_lists(fs: Any, root: str, specs: list[PairSpec]) -> str:
         V1_LISTS["no_19_class_label"]: "".join(s.v1_name + "\n" for s in no19),
     }
     for split in ("train", "validation", "test"):
-        texts[V1_LISTS[split]] = "".join(f"{s.v1_name},{s.s1_name}{crlf}" for s in specs
-                                         if s.split == split and s.index not in listed)  # fmt: skip
+        texts[V1_LISTS[split]] = "".join(
+            f"{s.v1_name},{s.s1_name}{crlf}" for s in specs if s.split == split and s.index not in listed
+        )
     for name, text in texts.items():
         fs.pipe_file(join(folder, name), text.encode())
     return folder
@@ -247,8 +298,10 @@ def synthesize(
     specs = make_specs(pairs, seed, metadata, layout)
     fs.makedirs(root, exist_ok=True)
     chunk = 64
-    jobs = [(out, layout, storage.as_dict(), seed, [asdict(s) for s in specs[i : i + chunk]])
-            for i in range(0, len(specs), chunk)]  # fmt: skip
+    jobs = [
+        (out, layout, storage.as_dict(), seed, [asdict(s) for s in specs[i : i + chunk]])
+        for i in range(0, len(specs), chunk)
+    ]
     workers = workers or (1 if pairs < 256 else min(os.cpu_count() or 1, 8))
     bar = tqdm(total=pairs, desc=f"synth {layout}", unit="pair", disable=not progress)
     if workers == 1:

@@ -24,10 +24,34 @@ _S2 = {
     "Broad-leaved forest": [300, 250, 450, 280, 700, 2400, 3000, 3300, 3400, 3200, 1600, 750],
     "Coniferous forest": [250, 200, 350, 200, 500, 1400, 1700, 1900, 2000, 1900, 950, 450],
     "Mixed forest": [270, 220, 400, 240, 600, 1900, 2350, 2600, 2700, 2550, 1250, 600],
-    "Natural grassland and sparsely vegetated areas": [600, 550, 800, 850, 1250, 1900, 2200, 2400, 2500, 2300, 2600,
-                                                       1900],  # fmt: skip
-    "Moors, heathland and sclerophyllous vegetation": [450, 400, 600, 550, 950, 1600, 1850, 2000, 2100, 1950, 1900,
-                                                       1200],  # fmt: skip
+    "Natural grassland and sparsely vegetated areas": [
+        600,
+        550,
+        800,
+        850,
+        1250,
+        1900,
+        2200,
+        2400,
+        2500,
+        2300,
+        2600,
+        1900,
+    ],
+    "Moors, heathland and sclerophyllous vegetation": [
+        450,
+        400,
+        600,
+        550,
+        950,
+        1600,
+        1850,
+        2000,
+        2100,
+        1950,
+        1900,
+        1200,
+    ],
     "Transitional woodland, shrub": [350, 300, 500, 400, 800, 1900, 2300, 2550, 2650, 2500, 1700, 900],
     "Beaches, dunes, sands": [1500, 1600, 1800, 2000, 2200, 2300, 2400, 2500, 2550, 2400, 2800, 2500],
     "Inland wetlands": [350, 320, 480, 400, 700, 1300, 1550, 1700, 1750, 1650, 1200, 700],
@@ -37,14 +61,26 @@ _S2 = {
 }
 # (VV, VH) in dB
 _S1 = {
-    "Urban fabric": (-2.0, -9.0), "Industrial or commercial units": (-3.0, -10.0), "Arable land": (-10.0, -17.0),
-    "Permanent crops": (-9.0, -16.0), "Pastures": (-11.0, -18.0), "Complex cultivation patterns": (-10.0, -16.5),
-    BEN19[6]: (-9.5, -16.0), "Agro-forestry areas": (-8.5, -15.0), "Broad-leaved forest": (-7.5, -13.0),
-    "Coniferous forest": (-7.0, -12.5), "Mixed forest": (-7.2, -12.8), BEN19[11]: (-12.0, -19.0),
-    BEN19[12]: (-11.0, -17.5), "Transitional woodland, shrub": (-8.5, -14.5), "Beaches, dunes, sands": (-16.0, -24.0),
-    "Inland wetlands": (-13.0, -20.0), "Coastal wetlands": (-14.0, -21.0), "Inland waters": (-20.0, -27.0),
+    "Urban fabric": (-2.0, -9.0),
+    "Industrial or commercial units": (-3.0, -10.0),
+    "Arable land": (-10.0, -17.0),
+    "Permanent crops": (-9.0, -16.0),
+    "Pastures": (-11.0, -18.0),
+    "Complex cultivation patterns": (-10.0, -16.5),
+    BEN19[6]: (-9.5, -16.0),
+    "Agro-forestry areas": (-8.5, -15.0),
+    "Broad-leaved forest": (-7.5, -13.0),
+    "Coniferous forest": (-7.0, -12.5),
+    "Mixed forest": (-7.2, -12.8),
+    BEN19[11]: (-12.0, -19.0),
+    BEN19[12]: (-11.0, -17.5),
+    "Transitional woodland, shrub": (-8.5, -14.5),
+    "Beaches, dunes, sands": (-16.0, -24.0),
+    "Inland wetlands": (-13.0, -20.0),
+    "Coastal wetlands": (-14.0, -21.0),
+    "Inland waters": (-20.0, -27.0),
     "Marine waters": (-19.0, -26.0),
-}  # fmt: skip
+}
 
 S2_SIGNATURES = np.array([_S2[n] for n in BEN19], dtype=np.float32)  # [19, 12]
 S1_SIGNATURES = np.array([_S1[n] for n in BEN19], dtype=np.float32)  # [19, 2]
@@ -53,12 +89,31 @@ CLOUD = np.array([6000, 6200, 6100, 6000, 6100, 6200, 6200, 6300, 6300, 5000, 52
 
 #: Patches containing each class in the real v2 metadata (all splits), in BEN19 order.
 CLASS_COUNTS = np.array(
-    [63758, 11142, 188025, 29588, 95605, 99598, 122709, 33181, 135928, 154941, 165780, 11882, 13894, 141150, 1316,
-     20919, 1397, 63212, 61832], dtype=np.float64,
-)  # fmt: skip
+    [
+        63758,
+        11142,
+        188025,
+        29588,
+        95605,
+        99598,
+        122709,
+        33181,
+        135928,
+        154941,
+        165780,
+        11882,
+        13894,
+        141150,
+        1316,
+        20919,
+        1397,
+        63212,
+        61832,
+    ],
+    dtype=np.float64,
+)
 #: Labels-per-patch histogram of the real v2 metadata: {n_labels: patches}.
-LABELS_PER_PATCH = {1: 86375, 2: 94649, 3: 135885, 4: 102036, 5: 45329, 6: 12963, 7: 2478, 8: 302, 9: 15, 10: 1,
-                    11: 5}  # fmt: skip
+LABELS_PER_PATCH = {1: 86375, 2: 94649, 3: 135885, 4: 102036, 5: 45329, 6: 12963, 7: 2478, 8: 302, 9: 15, 10: 1, 11: 5}
 
 
 def sample_labels(rng: np.random.Generator) -> list[int]:

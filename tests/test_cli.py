@@ -1,0 +1,70 @@
+"""The `bigearth` command and the job entrypoint, as users run them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from helpers import REAL_V1, REPO
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    return subprocess.run(
+        [sys.executable, "-m", "bigearth.cli", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def test_synth_ingest_stats_bench(tmp_path: Path) -> None:
+    archive, shards = tmp_path / "a", tmp_path / "s"
+    r = _run("synth", "--layout", "v2", "--pairs", "60", "--out", str(archive), "--seed", "2")
+    assert r.returncode == 0, r.stderr
+    assert f"synth: wrote 60 v2 pairs to {archive}" in r.stdout
+    r = _run("ingest", "--archive", str(archive), "--out", str(shards), "--shard-size", "20")
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((shards / "manifest.json").read_text())
+    assert f"ingest: wrote {manifest['pairs']} pairs" in r.stdout
+    assert set(manifest) >= {"pairs", "splits", "shards", "quarantined", "excluded", "format_version"}
+    r = _run("stats", "--shards", str(shards), "--out", str(tmp_path / "stats.json"))
+    assert r.returncode == 0, r.stderr
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert (
+        set(stats) == {"B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12", "VV", "VH"}
+        and stats["VV"]["mean"] < 0 < stats["B08"]["mean"]
+    )
+    r = _run("bench", "input", "--shards", str(shards), "--epochs", "1", "--batch-size", "16")
+    assert r.returncode == 0, r.stderr
+    line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert line["pairs"] == manifest["splits"]["train"] and line["pairs_per_s"] > 0 and line["cpus"] == 2
+
+
+@pytest.mark.real
+def test_v1_without_lists_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
+    r = _run("ingest", "--archive", str(REAL_V1), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2
+    assert "a v1.0 archive needs --lists" in r.stderr and "s1_s2_mapping.csv" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_not_an_archive(tmp_path: Path) -> None:
+    r = _run("ingest", "--archive", str(tmp_path), "--out", str(tmp_path / "x"))
+    assert r.returncode == 2 and "not a BigEarthNet archive root" in r.stderr
+
+
+def test_job_entrypoint_help() -> None:
+    r = subprocess.run([sys.executable, "jobs/ingest.py", "--help"], cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 0 and "--include-snow-cloud" in r.stdout and "--s3-endpoint" in r.stdout
