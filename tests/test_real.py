@@ -9,6 +9,8 @@ from pathlib import Path
 
 import lmdb
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import rasterio
@@ -149,7 +151,8 @@ def v2_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     shutil.copytree(REAL_V2 / "BigEarthNet-S2", root / "BigEarthNet-S2")
     shutil.copytree(REAL_V2 / "BigEarthNet-S1", root / "BigEarthNet-S1")
     meta = pq.read_table(LISTS_V2 / "metadata.parquet")
-    rows = [r for r in meta.to_pylist() if r["patch_id"] in V2_S2 or r["s1_name"] in V2_S1]
+    wanted = pc.or_(pc.is_in(meta["patch_id"], pa.array(list(V2_S2))), pc.is_in(meta["s1_name"], pa.array(list(V2_S1))))
+    rows = meta.filter(wanted).to_pylist()
     assert len(rows) == 5
     lay = Layout("v2", str(root))
     for i, r in enumerate(rows):
@@ -192,7 +195,8 @@ def test_v2_real_patches_bit_exact_with_geotiff_and_lmdb(v2_shards: Path) -> Non
 
 def test_v2_real_labels_and_splits(v2_shards: Path) -> None:
     rows = _rows(v2_shards)
-    meta = {r["patch_id"]: r for r in pq.read_table(LISTS_V2 / "metadata.parquet").to_pylist() if r["patch_id"] in rows}
+    table = pq.read_table(LISTS_V2 / "metadata.parquet")
+    meta = {r["patch_id"]: r for r in table.filter(pc.is_in(table["patch_id"], pa.array(list(rows)))).to_pylist()}
     for pid, row in rows.items():
         expected_split = V2_S2.get(pid) or V2_S1[row["s1_name"]]
         assert row["split"] == expected_split

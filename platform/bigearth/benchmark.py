@@ -32,24 +32,30 @@ def bench_input(
 
         model = InputStem("s1s2-12" if bands == "all" else bands)
 
-    def one_epoch() -> int:
-        n = 0
+    def one_epoch() -> tuple[int, int, float, float]:
+        """pairs, pairs after the first batch, seconds to the first batch, seconds in all"""
+        n, first_n, first_s, start = 0, 0, 0.0, time.perf_counter()
         for batch in iter_torch(ds, batch_size, bands=bands):
             if model is not None:
                 model(batch)
             n += len(batch["patch_id"])
-        return n
+            if not first_n:
+                first_n, first_s = n, time.perf_counter() - start
+        return n, n - first_n, first_s, time.perf_counter() - start
 
     one_epoch()  # warm-up: workers started, files cached by the OS like any later epoch
-    start = time.perf_counter()
-    pairs = sum(one_epoch() for _ in range(max(1, epochs)))
-    seconds = time.perf_counter() - start
+    runs = [one_epoch() for _ in range(max(1, epochs))]
+    pairs, seconds = sum(r[0] for r in runs), sum(r[3] for r in runs)
+    steady_pairs, steady_s = sum(r[1] for r in runs), sum(r[3] - r[2] for r in runs)
     cpus = int(ray.cluster_resources().get("CPU", 0))
     return {
         "pairs": pairs,
         "seconds": round(seconds, 3),
         "pairs_per_s": round(pairs / seconds, 1),
         "pairs_per_s_per_cpu": round(pairs / seconds / max(cpus, 1), 1),
+        # after the first batch of each epoch: Ray Data's per-epoch start-up (planning, task launch) left out
+        "steady_pairs_per_s_per_cpu": round(steady_pairs / max(steady_s, 1e-9) / max(cpus, 1), 1),
+        "first_batch_s": round(sum(r[2] for r in runs) / len(runs), 2),
         "cpus": cpus,
         "batch_size": batch_size,
         "split": split,

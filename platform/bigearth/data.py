@@ -12,29 +12,32 @@ moves bytes; normalisation and resampling happen on the device in `bigearth.mode
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from bigearth import labels as lab
 from bigearth.bands import BAND_SETS, BANDS, GROUPS
 from bigearth.shards import Manifest, ShardFormatError
-from bigearth.storage import StorageOptions, join, open_fs
+from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
 
 BandSet = Literal["all", "s1", "s2-10", "s2-12", "s1s2-10", "s1s2-12"]
 
 
-def groups_for(bands: str) -> dict[str, tuple[str, ...]]:
-    """The batch groups (and their bands) a band set needs; 'all' = every band."""
-    if bands == "all":
-        return dict(GROUPS)
-    if bands not in BAND_SETS:
-        raise ValueError(f"unknown band set {bands!r}; expected one of {['all', *BAND_SETS]}")
-    wanted = set(BAND_SETS[bands])
+def groups_for(bands: str | Sequence[str]) -> dict[str, tuple[str, ...]]:
+    """The batch groups (and their bands) a band set or band list needs; 'all' = every band."""
+    if isinstance(bands, str):
+        if bands == "all":
+            return dict(GROUPS)
+        if bands not in BAND_SETS:
+            raise ValueError(f"unknown band set {bands!r}; expected one of {['all', *BAND_SETS]}")
+        wanted = set(BAND_SETS[bands])
+    else:
+        wanted = set(bands)
     return {g: names for g, names in GROUPS.items() if wanted & set(names)}
 
 
@@ -101,31 +104,6 @@ def decode_batch(
     return out
 
 
-def arrow_filesystem(url: str, storage: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem for Ray Data's Parquet reader: native for local paths and S3 (fast listing and reads,
-    our endpoint and credentials), the fsspec one wrapped for any other protocol."""
-    protocol = url.split("://", 1)[0] if "://" in url else "file"
-    fs, root = open_fs(url, storage)
-    if protocol in ("file", "local"):
-        return pafs.LocalFileSystem(), root
-    if protocol in ("s3", "s3a"):
-        opts = storage or StorageOptions.from_env()
-        endpoint = opts.endpoint_url
-        scheme = None
-        if endpoint and "://" in endpoint:
-            scheme, endpoint = endpoint.split("://", 1)
-        s3 = pafs.S3FileSystem(
-            access_key=opts.key,
-            secret_key=opts.secret,
-            region=opts.region or "us-east-1",
-            endpoint_override=endpoint,
-            scheme=scheme or "https",
-            anonymous=opts.anon,
-        )
-        return s3, root
-    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
-
-
 def read_shards(
     batch: dict[str, np.ndarray],
     columns: list[str],
@@ -148,7 +126,7 @@ def open_split(
     shards: str,
     split: str | None = "train",
     *,
-    bands: str = "all",
+    bands: str | Sequence[str] = "all",
     nomenclature: int = 19,
     shuffle_files: bool = True,
     storage: StorageOptions | None = None,

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,14 +22,14 @@ import pyarrow.parquet as pq
 
 from bigearth.archive.catalogue import Catalogue, build_catalogue
 from bigearth.archive.layout import Layout, Version
-from bigearth.archive.reader import Excluded, Problem, read_pairs
+from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
 from bigearth.shards import Manifest, ShardWriter
-from bigearth.storage import StorageOptions, join, open_fs
+from bigearth.storage import BlobReader, StorageOptions, join, open_fs
 
 log = logging.getLogger(__name__)
 
 STATE_DIR = "_ingest"
-READ_BATCH = 32  # pairs fetched per concurrent GET batch inside a task
+READ_BATCH = 32  # pairs fetched per batch of concurrent GETs inside a task (the next batch is prefetched)
 
 
 class IngestError(RuntimeError):
@@ -79,8 +80,8 @@ def ingest_shard(
     plan: ShardPlan, version: Version, archive: str, out: str, storage: StorageOptions, include_no_19: bool
 ) -> dict[str, Any]:
     """Write one shard (or return its report if a previous run finished it)."""
-    src_fs, src_root = open_fs(archive, storage)
-    layout = Layout(version, src_root)
+    reader = BlobReader(archive, storage)
+    layout = Layout(version, reader.root)
     out_fs, out_root = open_fs(out, storage)
     report_path = join(out_root, plan.report_path)
     if out_fs.exists(report_path):
@@ -89,16 +90,15 @@ def ingest_shard(
     writer = ShardWriter(out_fs, join(out_root, plan.path))
     quarantined: list[dict[str, str]] = []
     excluded: dict[str, int] = {}
+    batches = [plan.rows[i : i + READ_BATCH] for i in range(0, len(plan.rows), READ_BATCH)]
     try:
-        for start in range(0, len(plan.rows), READ_BATCH):
-            batch = plan.rows[start : start + READ_BATCH]
-            for row, result in zip(batch, read_pairs(src_fs, layout, batch, include_no_19), strict=True):
-                if isinstance(result, Problem):
-                    quarantined.append({"patch_id": row["patch_id"], "kind": result.kind, "reason": result.message})
-                elif isinstance(result, Excluded):
-                    excluded[result.reason] = excluded.get(result.reason, 0) + 1
-                else:
-                    writer.write(result)
+        # Fetch batch k+1 (I/O threads) while batch k is decoded and validated.
+        with ThreadPoolExecutor(1) as prefetch:
+            pending = prefetch.submit(fetch_pairs, reader, layout, batches[0]) if batches else None
+            for k, batch in enumerate(batches):
+                blobs = pending.result() if pending else {}
+                pending = prefetch.submit(fetch_pairs, reader, layout, batches[k + 1]) if k + 1 < len(batches) else None
+                _consume(batch, read_pairs(reader, layout, batch, include_no_19, blobs), writer, quarantined, excluded)
     finally:
         writer.close()
     report = {
@@ -112,6 +112,22 @@ def ingest_shard(
     with out_fs.open(report_path, "w") as f:
         f.write(json.dumps(report))
     return report
+
+
+def _consume(
+    batch: list[dict[str, Any]],
+    results: list[Any],
+    writer: ShardWriter,
+    quarantined: list[dict[str, str]],
+    excluded: dict[str, int],
+) -> None:
+    for row, result in zip(batch, results, strict=True):
+        if isinstance(result, Problem):
+            quarantined.append({"patch_id": row["patch_id"], "kind": result.kind, "reason": result.message})
+        elif isinstance(result, Excluded):
+            excluded[result.reason] = excluded.get(result.reason, 0) + 1
+        else:
+            writer.write(result)
 
 
 def ingest(
@@ -169,16 +185,17 @@ def ingest(
     )
 
     ensure_ray()
-    items = [{"i": i} for i in range(len(plans))]
-    plans_ref = ray.put(plans)
-
-    def run(item: dict[str, Any]) -> dict[str, Any]:
-        plan = ray.get(plans_ref)[item["i"]]
-        return {"report": json.dumps(ingest_shard(plan, cat.version, archive, out, storage, include_no_19_labels))}
-
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items))).map(
-        run, concurrency=concurrency, num_cpus=1
-    )
+    # One item (= one block = one task) per shard, carrying its own rows: nothing large is shared or captured.
+    items = [{"plan": json.dumps({"path": p.path, "split": p.split, "rows": p.rows}, default=str)} for p in plans]
+    task_args = {
+        "version": cat.version,
+        "archive": archive,
+        "out": out,
+        "storage": storage,
+        "include_no_19": include_no_19_labels,
+    }
+    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds = ds.map(_run_shard, fn_kwargs=task_args, concurrency=concurrency, num_cpus=1)
     reports = [json.loads(r["report"]) for r in ds.iter_rows()]
     manifest = _manifest(cat, reports, archive)
     manifest.save(out_fs, out_root)
@@ -189,6 +206,12 @@ def ingest(
         f"quarantined {q}; excluded {manifest.excluded}"
     )
     return manifest
+
+
+def _run_shard(item: dict[str, Any], **task_args: Any) -> dict[str, Any]:
+    """Ray Data row UDF: one planned shard in, its report (JSON) out."""
+    plan = ShardPlan(**json.loads(item["plan"]))
+    return {"report": json.dumps(ingest_shard(plan, **task_args))}
 
 
 def _manifest(cat: Catalogue, reports: list[dict[str, Any]], archive: str) -> Manifest:

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import os
 import posixpath
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import fsspec
+import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 
 
@@ -90,3 +93,61 @@ def to_url(fs: AbstractFileSystem, path: str) -> str:
     """Full URL of `path` on `fs` (what Ray Data and users get back)."""
     protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
     return path if protocol in {"file", "local"} else f"{protocol}://{path}"
+
+
+def _protocol(url: str) -> str:
+    return url.split("://", 1)[0] if "://" in url else "file"
+
+
+def arrow_filesystem(url: str, options: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
+    """A pyarrow filesystem for `url`: native for local paths and S3 (C++ I/O, no Python request signing), the
+    fsspec one wrapped for any other protocol. Paths on it are the protocol-less ones `open_fs` returns."""
+    protocol = _protocol(url)
+    fs, root = open_fs(url, options)
+    if protocol in ("file", "local"):
+        return pafs.LocalFileSystem(), root
+    if protocol in ("s3", "s3a"):
+        opts = options or StorageOptions.from_env()
+        scheme, endpoint = "https", opts.endpoint_url
+        if endpoint and "://" in endpoint:
+            scheme, endpoint = endpoint.split("://", 1)
+        s3 = pafs.S3FileSystem(
+            access_key=opts.key,
+            secret_key=opts.secret,
+            region=opts.region or "us-east-1",
+            endpoint_override=endpoint,
+            scheme=scheme,
+            anonymous=opts.anon,
+        )
+        return s3, root
+    return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
+
+
+class BlobReader:
+    """Reads many whole files concurrently (a pool of threads over the pyarrow filesystem of `url`).
+
+    `read_many` never raises for a single file: a missing file comes back as a `FileNotFoundError` instance, any
+    other failure as the exception, so the caller can say which file was bad and go on.
+    """
+
+    def __init__(self, url: str, options: StorageOptions | None = None, threads: int = 16) -> None:
+        self.fs, self.root = arrow_filesystem(url, options)
+        self.threads = threads if _protocol(url) not in ("file", "local") else 1
+
+    def _read(self, path: str) -> bytes | BaseException:
+        try:
+            with self.fs.open_input_stream(path) as f:
+                data: bytes = f.read()
+                return data
+        except FileNotFoundError as e:
+            return e
+        except OSError as e:
+            if "does not exist" in str(e) or "NoSuchKey" in str(e) or "Not Found" in str(e):
+                return FileNotFoundError(path)
+            return e
+
+    def read_many(self, paths: Sequence[str]) -> dict[str, bytes | BaseException]:
+        if self.threads == 1:
+            return {p: self._read(p) for p in paths}
+        with ThreadPoolExecutor(self.threads) as pool:
+            return dict(zip(paths, pool.map(self._read, paths), strict=True))

@@ -14,13 +14,13 @@ from typing import Any
 
 import numpy as np
 import rasterio
-from fsspec import AbstractFileSystem
 
 from bigearth import labels as lab
 from bigearth.archive import geotiff
 from bigearth.archive.layout import Layout
 from bigearth.archive.names import PatchNameError, parse_s1, parse_s2
 from bigearth.bands import S1_BANDS, S2_BANDS, Band
+from bigearth.storage import BlobReader
 
 #: In-memory files have no sidecars: skip GDAL's directory scans and .aux.xml probing on every open.
 GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_PAM_ENABLED": "NO"}
@@ -58,18 +58,22 @@ def _paths(layout: Layout, row: dict[str, Any]) -> dict[str, str]:
     return out
 
 
+def fetch_pairs(reader: BlobReader, layout: Layout, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Every file of `rows` (14 bands, + 2 JSONs in v1) in one batch of concurrent GETs: path -> bytes | error."""
+    return reader.read_many([p for r in rows for p in _paths(layout, r).values()])
+
+
 def read_pairs(
-    fs: AbstractFileSystem,
+    reader: BlobReader,
     layout: Layout,
     rows: Sequence[dict[str, Any]],
     include_no_19_labels: bool = False,
+    blobs: dict[str, Any] | None = None,
 ) -> list[dict[str, Any] | Problem | Excluded]:
-    """Fetch every file of `rows` with one concurrent `cat` (s3fs runs the GETs in parallel) and validate."""
+    """Decode and validate `rows` (fetching their files first unless `blobs` already holds them)."""
     per_row = [_paths(layout, r) for r in rows]
-    wanted = [p for paths in per_row for p in paths.values()]
-    blobs = fs.cat(wanted, on_error="return") if wanted else {}
-    if isinstance(blobs, bytes):  # a single path comes back bare
-        blobs = {wanted[0]: blobs}
+    if blobs is None:
+        blobs = fetch_pairs(reader, layout, rows)
     out: list[dict[str, Any] | Problem | Excluded] = []
     with rasterio.Env(**GDAL_OPTIONS):
         for row, paths in zip(rows, per_row, strict=True):
@@ -129,6 +133,14 @@ def _corner_agrees(doc: dict[str, Any], path: str, ulx: float, uly: float) -> No
         )
 
 
+def _same_grid(path: str, r: geotiff.Raster, ref: geotiff.Raster, what: str, whose: str) -> None:
+    if (r.epsg, r.ulx, r.uly) != (ref.epsg, ref.ulx, ref.uly):
+        raise _Bad(
+            "georef_mismatch",
+            f"{path}: {what} EPSG {r.epsg} {r.ulx}/{r.uly} differs from {whose} EPSG {ref.epsg} {ref.ulx}/{ref.uly}",
+        )
+
+
 def _pair(
     layout: Layout, row: dict[str, Any], paths: dict[str, str], blobs: dict[str, Any], include_no_19: bool
 ) -> dict[str, Any] | Excluded:
@@ -140,12 +152,7 @@ def _pair(
     s2 = {b.name: _band(blobs, paths[b.name], b) for b in S2_BANDS}
     ref = s2["B02"]
     for name, r in s2.items():
-        if (r.epsg, r.ulx, r.uly) != (ref.epsg, ref.ulx, ref.uly):
-            raise _Bad(
-                "georef_mismatch",
-                f"{paths[name]}: CRS/upper-left corner EPSG {r.epsg} {r.ulx}/{r.uly} "
-                f"differs from B02's EPSG {ref.epsg} {ref.ulx}/{ref.uly}",
-            )
+        _same_grid(paths[name], r, ref, "CRS/upper-left corner", "B02's")
     s1_name = row.get("s1_name")
     if not s1_name:
         raise _Bad("missing_s1", f"{pid}: the metadata names no Sentinel-1 partner")
@@ -154,12 +161,7 @@ def _pair(
         raise _Bad("missing_s1", f"missing S1 partner {s1_name}: neither {vv} nor {vh} exists")
     s1 = {b.name: _band(blobs, paths[b.name], b) for b in S1_BANDS}
     for name, r in s1.items():
-        if (r.epsg, r.ulx, r.uly) != (ref.epsg, ref.ulx, ref.uly):
-            raise _Bad(
-                "georef_mismatch",
-                f"{paths[name]}: S1 CRS/upper-left corner EPSG {r.epsg} {r.ulx}/{r.uly} "
-                f"differs from the S2 patch's EPSG {ref.epsg} {ref.ulx}/{ref.uly}",
-            )
+        _same_grid(paths[name], r, ref, "S1 CRS/upper-left corner", "the S2 patch's")
         bad = int(np.count_nonzero(~np.isfinite(r.array)))
         if bad:
             raise _Bad("non_finite", f"{paths[name]}: {bad} non-finite value(s) (NaN/inf) in {name}")
