@@ -152,10 +152,10 @@ def open_split(
     label_column = "labels" if nomenclature == 19 else "labels43"
     columns = ["patch_id", label_column, *(b for g in groups.values() for b in g)]
     items = [{"path": join(root, s["path"]), "rows": s["rows"]} for s in shards_meta]
-    ds = ray.data.from_items(items, override_num_blocks=len(items))
+    ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
     if shuffle_files:
         ds = ds.randomize_block_order()
-    kwargs = {"columns": columns, "url": shards, "storage": storage}
+    kwargs: dict[str, Any] = {"columns": columns, "url": shards, "storage": storage}
     if decode:
         kwargs.update(decode_groups=groups, nomenclature=nomenclature)
     return ds.map_batches(read_shards, batch_size=1, batch_format="numpy", fn_kwargs=kwargs)

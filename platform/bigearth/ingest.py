@@ -194,7 +194,7 @@ def ingest(
         "storage": storage,
         "include_no_19": include_no_19_labels,
     }
-    ds = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+    ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map(_run_shard, fn_kwargs=task_args, concurrency=concurrency, num_cpus=1)
     reports = [json.loads(r["report"]) for r in ds.iter_rows()]
     manifest = _manifest(cat, reports, archive)

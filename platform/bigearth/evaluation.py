@@ -1,0 +1,180 @@
+"""Evaluate a checkpoint on a split: batch inference as a Ray Data job (one model per actor), the paper's metrics,
+a Markdown table, a per-class bar chart and the predictions as Parquet (`jobs/evaluate.py`)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bigearth import labels as lab
+from bigearth.storage import StorageOptions
+
+
+class Predictor:
+    """Ray Data callable class: loads the model once per actor; Arrow rows of a shard in, probabilities out."""
+
+    def __init__(self, checkpoint: str, device: str | None = None) -> None:
+        import torch
+
+        from bigearth.data import groups_for
+        from bigearth.training.checkpoints import load_model
+
+        self.model, self.meta = load_model(checkpoint)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.groups = groups_for(self.meta["bands"])
+        self.nomenclature = int(self.meta["num_classes"])
+
+    def __call__(self, table: pa.Table) -> dict[str, Any]:
+        import torch
+
+        from bigearth.data import decode_batch, to_torch
+
+        batch = to_torch(decode_batch(table, self.groups, self.nomenclature), self.device)
+        with torch.no_grad():
+            probs = torch.sigmoid(self.model(batch).float()).cpu().numpy()
+        column = "labels" if self.nomenclature == 19 else "labels43"
+        return {
+            "patch_id": np.asarray(batch["patch_id"], dtype=object),
+            "probabilities": probs,
+            "labels": np.asarray([json.dumps(v) for v in table.column(column).to_pylist()], dtype=object),
+        }
+
+
+def predict(
+    checkpoint: str,
+    data: str,
+    split: str,
+    storage: StorageOptions | None = None,
+    batch_size: int = 128,
+    actors: int = 1,
+    gpus_per_actor: float = 0,
+) -> Any:
+    """A Ray Dataset of `patch_id`, `probabilities`, `labels` (JSON list) for every pair of `split`, and the
+    checkpoint folder used."""
+    from bigearth.data import open_split
+    from bigearth.training.checkpoints import find_best, read_meta
+
+    best = str(find_best(checkpoint))
+    meta = read_meta(best)
+    ds = open_split(
+        data, split, bands=meta["bands"], nomenclature=meta["num_classes"], shuffle_files=False, storage=storage
+    )
+    preds = ds.map_batches(
+        Predictor,
+        fn_constructor_kwargs={"checkpoint": best},
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        concurrency=actors,
+        num_gpus=gpus_per_actor or None,
+    )
+    return preds, best
+
+
+def evaluate(
+    checkpoint: str, data: str, split: str, out: str, storage: StorageOptions | None = None, actors: int = 1
+) -> dict[str, Any]:
+    """Write metrics.json, metrics.md, per_class.png and predictions.parquet to `out`; return the metrics."""
+    from bigearth.raycluster import ensure_ray
+    from bigearth.training.checkpoints import read_meta
+    from bigearth.training.metrics import MultilabelMetrics
+
+    ensure_ray()
+    ds, best = predict(checkpoint, data, split, storage, actors=actors)
+    classes = int(read_meta(best)["num_classes"])
+    names = lab.class_names(classes)  # type: ignore[arg-type]
+    ids: list[str] = []
+    probs: list[np.ndarray] = []
+    truth: list[list[str]] = []
+    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+        ids.extend(str(x) for x in b["patch_id"])
+        probs.append(np.asarray(b["probabilities"], dtype=np.float32))
+        truth.extend(json.loads(x) for x in b["labels"])
+    p = np.concatenate(probs) if probs else np.zeros((0, classes), np.float32)
+    import torch
+
+    metrics = MultilabelMetrics(classes)
+    metrics.update(torch.from_numpy(p), torch.from_numpy(lab.encode_many(truth, classes)))  # type: ignore[arg-type]
+    result = {"checkpoint": best, "split": split, "data": data, **metrics.compute()}
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "metrics.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(os.path.join(out, "metrics.md"), "w") as f:
+        f.write(metrics_markdown(result))
+    with open(os.path.join(out, "per_class.png"), "wb") as f:
+        f.write(per_class_chart(result))
+    table = pa.table(
+        {
+            "patch_id": pa.array(ids, pa.string()),
+            "probabilities": pa.FixedSizeListArray.from_arrays(pa.array(p.reshape(-1), pa.float32()), classes),
+            "labels": pa.array(truth, pa.list_(pa.string())),
+        }
+    )
+    pq.write_table(table, os.path.join(out, "predictions.parquet"), compression="zstd")
+    result["class_names"] = list(names)
+    return result
+
+
+def _fmt(v: Any) -> str:
+    return "n/a" if v is None else f"{100 * v:.2f}"
+
+
+def metrics_markdown(m: dict[str, Any]) -> str:
+    lines = [
+        f"# Evaluation on `{m['split']}` ({m['samples']} pairs)",
+        "",
+        f"Checkpoint: `{m['checkpoint']}`",
+        "",
+        "| average | precision | recall | F1 | AP |",
+        "|---|---|---|---|---|",
+    ]
+    for avg in ("micro", "macro"):
+        lines.append(
+            f"| {avg} | {_fmt(m[f'{avg}_precision'])} | {_fmt(m[f'{avg}_recall'])} | "
+            f"{_fmt(m[f'{avg}_f1'])} | {_fmt(m[f'{avg}_ap'])} |"
+        )
+    lines += [
+        "",
+        "Scores in %, threshold 0.5 for precision / recall / F1.",
+        "",
+        "| class | precision | recall | F1 | AP | support |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, c in m["per_class"].items():
+        lines.append(
+            f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | "
+            f"{_fmt(c['ap'])} | {c['support']} |"
+        )
+    lines += ["", "![per-class scores](per_class.png)", ""]
+    return "\n".join(lines)
+
+
+def per_class_chart(m: dict[str, Any]) -> bytes:
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = list(m["per_class"])
+    y = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(9, 0.35 * len(names) + 1.5))
+    ax.barh(y - 0.2, [m["per_class"][n]["f1"] or 0 for n in names], height=0.4, label="F1")
+    ax.barh(y + 0.2, [m["per_class"][n]["ap"] or 0 for n in names], height=0.4, label="AP")
+    ax.set_yticks(y, [n if len(n) < 48 else n[:45] + "..." for n in names], fontsize=8)
+    ax.invert_yaxis()
+    ax.set_xlim(0, 1)
+    ax.set_xlabel("score")
+    ax.set_title(f"Per-class scores on {m['split']} (micro F1 {_fmt(m['micro_f1'])} %)")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()

@@ -1,0 +1,34 @@
+"""Model registry in timm's style: `create_model(name, **kwargs)`, `list_models()`, `@register_model`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """Register a builder under its function name (`_` becomes `-`)."""
+    _REGISTRY[fn.__name__.replace("_", "-")] = fn
+    return fn
+
+
+def list_models() -> list[str]:
+    _load_builtin()
+    return sorted(_REGISTRY)
+
+
+def create_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a registered model; `None` keyword arguments are dropped so generic CLI/config options never break
+    a builder that does not take them."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name](**{k: v for k, v in kwargs.items() if v is not None})
+
+
+def _load_builtin() -> None:
+    from bigearth.models import fusion  # noqa: F401  (registers the built-in models)

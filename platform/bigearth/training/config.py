@@ -1,0 +1,102 @@
+"""Typed training configuration: YAML files in configs/ parsed into pydantic models; `--set a.b=value` overrides.
+
+Unknown keys are errors that name the key (`optim.lrr: Extra inputs are not permitted`), so a typo never
+silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    name: str = Field("late", description="registered model: early, late, s1, s2, tiny")
+    backbone: str | None = Field(None, description="timm model name (resnet18, resnet50, ...)")
+    fusion: str | None = Field(None, description="tiny only: early, late, s1 or s2")
+    s2_bands: Literal[10, 12] | None = Field(None, description="Sentinel-2 bands: 10 (no B01/B09) or 12")
+    stats: str = Field("v2", description="normalisation statistics: v2 or v1 (published)")
+    pretrained: str | None = Field(None, description="state dict of the backbone: local file or URL")
+    drop_rate: float | None = Field(None, ge=0, lt=1, description="dropout before the head")
+    img_size: int | None = Field(None, ge=16, description="side the stem resamples every band to (default 120)")
+
+
+class DataConfig(_Strict):
+    batch_size: int = Field(256, ge=1, description="per worker")
+    local_shuffle_buffer: int = Field(2048, ge=0, description="rows in each worker's shuffle buffer (0 = off)")
+    nomenclature: Literal[19, 43] = 19
+    train_split: str = "train"
+    val_split: str = "validation"
+
+
+class OptimConfig(_Strict):
+    epochs: int = Field(20, ge=1)
+    lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW")
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up, then cosine decay to 0")
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
+
+
+class ScalingConfig(_Strict):
+    num_workers: int = Field(1, ge=1)
+    use_gpu: bool = False
+    cpus_per_worker: float = Field(1, gt=0)
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
+        "PACK", description="STRICT_SPREAD puts every worker on a different node"
+    )
+
+
+class RunConfig(_Strict):
+    seed: int = 0
+    patience: int = Field(5, ge=1, description="early stopping: epochs without a better val macro AP")
+    max_failures: int = Field(3, ge=0, description="worker-group restarts after a worker or node loss")
+    keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept by val macro AP (+ the latest)")
+
+
+class TrainConfig(_Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    optim: OptimConfig = OptimConfig()
+    scaling: ScalingConfig = ScalingConfig()
+    run: RunConfig = RunConfig()
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+def _set(tree: dict[str, Any], dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        node = node.setdefault(k, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted}: {k} is not a section")
+    node[keys[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> TrainConfig:
+    """Parse a YAML config and apply `key.sub=value` overrides (values parsed as YAML: 1e-3, true, null...)."""
+    tree: dict[str, Any] = {}
+    if path:
+        text = Path(path).read_text()
+        tree = yaml.safe_load(text) or {}
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. optim.lr=3e-4")
+        key, raw = item.split("=", 1)
+        _set(tree, key.strip(), yaml.safe_load(raw))
+    try:
+        return TrainConfig.model_validate(tree)
+    except ValidationError as e:
+        lines = [f"{'.'.join(str(p) for p in err['loc'])}: {err['msg']}" for err in e.errors()]
+        raise ConfigError(f"{path or 'config'}: " + "; ".join(lines)) from None

@@ -1,0 +1,149 @@
+"""The Ray Train per-worker loop: stream the worker's shard, train with AdamW + warm-up/cosine, validate, checkpoint
+and report every epoch, stop early on validation macro AP, resume from the latest checkpoint."""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from contextlib import nullcontext
+from typing import Any
+
+import numpy as np
+import torch
+
+from bigearth.data import iter_torch
+from bigearth.models.registry import create_model
+from bigearth.training import checkpoints
+from bigearth.training.config import TrainConfig
+from bigearth.training.metrics import MultilabelMetrics
+
+
+def lr_lambda(step: int, warmup: int, total: int) -> float:
+    if step < warmup:
+        return (step + 1) / max(1, warmup)
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray
+    import ray.train
+    import ray.train.torch
+
+    cfg = TrainConfig.model_validate(config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    torch.manual_seed(cfg.run.seed + rank)
+    np.random.seed(cfg.run.seed + rank)
+    device = ray.train.torch.get_device()
+    cuda = device.type == "cuda"
+    nodes = [ray.get_runtime_context().get_node_id()] * world
+    if torch.distributed.is_initialized():
+        torch.distributed.all_gather_object(nodes, nodes[0])
+
+    model_kwargs = cfg.model.model_dump(exclude={"name"}, exclude_none=True)
+    model = create_model(cfg.model.name, num_classes=cfg.data.nomenclature, **model_kwargs)
+    model = ray.train.torch.prepare_model(model)
+    core: Any = model.module if hasattr(model, "module") else model
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
+    steps_per_epoch = max(1, math.ceil(config["train_pairs"] / (cfg.data.batch_size * world)))
+    total = steps_per_epoch * cfg.optim.epochs
+    warmup = int(cfg.optim.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, warmup, total))
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+
+    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
+    resumed = ray.train.get_checkpoint()
+    if resumed:
+        with resumed.as_directory() as d:
+            core.load_state_dict(
+                torch.load(os.path.join(d, checkpoints.MODEL_FILE), map_location=device, weights_only=True)
+            )
+            saved = torch.load(os.path.join(d, checkpoints.STATE_FILE), map_location=device, weights_only=True)
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+        state = saved["loop"]
+
+    train_shard = ray.train.get_dataset_shard("train")
+    val_shard = ray.train.get_dataset_shard("validation")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    meta_model = cfg.model.model_dump(exclude_none=True)
+
+    for epoch in range(int(state["epoch"]), cfg.optim.epochs):
+        if state["bad_epochs"] >= cfg.run.patience:
+            break
+        model.train()
+        start, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
+        for batch in iter_torch(
+            train_shard,
+            cfg.data.batch_size,
+            device=device,
+            drop_last=False,
+            local_shuffle_buffer_size=cfg.data.local_shuffle_buffer or None,
+        ):
+            with autocast:
+                logits = model(batch)
+            loss = loss_fn(logits.float(), batch["labels"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.optim.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * len(batch["patch_id"])
+            seen += len(batch["patch_id"])
+        train_seconds = time.perf_counter() - start
+        totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(totals)
+
+        model.eval()
+        val = MultilabelMetrics(cfg.data.nomenclature, device=device)
+        val_loss = torch.zeros((), device=device)
+        with torch.no_grad():
+            for batch in iter_torch(val_shard, cfg.data.batch_size, device=device):
+                with autocast:
+                    logits = model(batch).float()
+                val_loss += loss_fn(logits, batch["labels"]) * len(batch["patch_id"])
+                val.update(torch.sigmoid(logits), batch["labels"])
+        if torch.distributed.is_initialized():
+            torch.distributed.all_reduce(val_loss)
+        scores = val.compute()
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": float(totals[0]) / max(float(totals[1]), 1.0),
+            "val_loss": float(val_loss) / max(int(scores["samples"]), 1),
+            **{f"val_{k}": v for k, v in scores.items() if k not in ("per_class", "samples")},
+            "lr": scheduler.get_last_lr()[0],
+            "train_samples_per_s": float(totals[1]) / max(train_seconds, 1e-9),
+            "workers": world,
+            "nodes": len(set(nodes)),
+        }
+        improved = (metrics["val_macro_ap"] or 0.0) > state["best"]
+        state = {
+            "epoch": epoch + 1,
+            "best": max(state["best"], metrics["val_macro_ap"] or 0.0),
+            "bad_epochs": 0 if improved else state["bad_epochs"] + 1,
+            "history": [*state["history"], metrics],
+        }
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if rank == 0:
+                meta = {
+                    "model": meta_model,
+                    "num_classes": cfg.data.nomenclature,
+                    "metrics": metrics,
+                    "epoch": epoch + 1,
+                    "config": cfg.model_dump(),
+                    "bands": list(core.bands),
+                }
+                train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loop": state}
+                checkpoints.save(tmp, core, meta, train_state)
+                checkpoint = ray.train.Checkpoint.from_directory(tmp)
+            ray.train.report({**metrics, "stop": state["bad_epochs"] >= cfg.run.patience}, checkpoint=checkpoint)
+        if rank == 0 and config.get("run_dir"):
+            from bigearth.training.curves import write_history
+
+            write_history(config["run_dir"], state["history"], config.get("storage"))

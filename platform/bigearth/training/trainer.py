@@ -1,0 +1,91 @@
+"""Build and run the Ray Train `TorchTrainer` (Train V2 API) for a config; the same call works on a laptop (a
+local Ray is started) and on a cluster (`ray job submit`), with checkpoints on a local folder or `s3://`."""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+from bigearth.data import open_split
+from bigearth.models.registry import create_model
+from bigearth.shards import Manifest
+from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.training.config import TrainConfig
+
+
+def model_bands(cfg: TrainConfig) -> tuple[str, ...]:
+    """The bands the configured model reads (decides which shard columns are streamed)."""
+    model = create_model(
+        cfg.model.name,
+        num_classes=cfg.data.nomenclature,
+        **cfg.model.model_dump(exclude={"name", "pretrained"}, exclude_none=True),
+    )
+    return tuple(model.bands)  # type: ignore[arg-type]
+
+
+def run_folder(storage: str, name: str) -> str:
+    return join(storage.rstrip("/"), name) if "://" in storage else os.path.join(os.path.abspath(storage), name)
+
+
+def train(
+    cfg: TrainConfig,
+    data: str,
+    storage: str,
+    name: str | None = None,
+    storage_options: StorageOptions | None = None,
+) -> Any:
+    """Train on the shard set `data`; checkpoints and metrics go to `storage/name` (re-run to resume)."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from bigearth.raycluster import ensure_ray
+    from bigearth.training.loop import train_loop_per_worker
+
+    ensure_ray()
+    so = storage_options or StorageOptions.from_env()
+    manifest = Manifest.load(*open_fs(data, so))
+    for split in (cfg.data.train_split, cfg.data.val_split):
+        if not manifest.splits.get(split):
+            raise ValueError(f"{data}: no {split!r} pairs; the shard set has {manifest.splits}")
+    bands = model_bands(cfg)
+    datasets = {
+        "train": open_split(data, cfg.data.train_split, bands=bands, nomenclature=cfg.data.nomenclature, storage=so),
+        "validation": open_split(
+            data, cfg.data.val_split, bands=bands, nomenclature=cfg.data.nomenclature, shuffle_files=False, storage=so
+        ),
+    }
+    name = name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    if "://" in storage:
+        fs, path = arrow_filesystem(storage, so)
+        storage_kw: dict[str, Any] = {"storage_path": path, "storage_filesystem": fs}
+    else:
+        os.makedirs(storage, exist_ok=True)
+        storage_kw = {"storage_path": os.path.abspath(storage)}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": cfg.model_dump(),
+            "train_pairs": manifest.splits[cfg.data.train_split],
+            "run_dir": run_folder(storage, name),
+            "storage": so,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.scaling.num_workers,
+            use_gpu=cfg.scaling.use_gpu,
+            placement_strategy=cfg.scaling.placement_strategy,
+            resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if cfg.scaling.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=cfg.run.keep_checkpoints,
+                checkpoint_score_attribute="val_macro_ap",
+                checkpoint_score_order="max",
+            ),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            **storage_kw,
+        ),
+        datasets=datasets,
+    )
+    return trainer.fit()

@@ -1,0 +1,132 @@
+"""Training with Ray Train on the local cluster: checkpoints, metrics and curves, resume, early stopping,
+evaluation outputs, checkpoint loading."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from bigearth.evaluation import evaluate
+from bigearth.labels import BEN19
+from bigearth.shards import Manifest
+from bigearth.storage import open_fs
+from bigearth.training.checkpoints import CheckpointError, find_best, load_model
+from bigearth.training.config import ConfigError, load_config
+from bigearth.training.trainer import train
+from helpers import REPO
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+TINY = str(REPO / "configs" / "tiny-cpu.yaml")
+
+
+def test_every_shipped_config_is_valid() -> None:
+    for path in sorted((REPO / "configs").glob("*.yaml")):
+        cfg = load_config(path)
+        assert cfg.model.name in {"tiny", "early", "late", "s1", "s2"}, path
+    assert load_config(TINY, ["optim.lr=3e-4", "scaling.num_workers=2"]).optim.lr == 3e-4
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("optim.lrr=1", "optim.lrr: Extra inputs are not permitted"),
+        ("optim.lr=-1", "optim.lr: Input should be greater than 0"),
+        ("model.s2_bands=11", "model.s2_bands: Input should be 10 or 12"),
+        ("optim", "expected key=value"),
+    ],
+)
+def test_bad_config_names_the_key(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(TINY, [override])
+
+
+@pytest.fixture(scope="module")
+def run(shards_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    storage = tmp_path_factory.mktemp("runs")
+    cfg = load_config(TINY, ["optim.epochs=2", "data.batch_size=16"])
+    train(cfg, str(shards_v2), str(storage), "tiny-run")
+    return storage / "tiny-run"
+
+
+def _history(run: Path) -> list[dict]:  # type: ignore[type-arg]
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_training_writes_checkpoints_metrics_and_curves(run: Path) -> None:
+    history = _history(run)
+    assert [h["epoch"] for h in history] == [1, 2]
+    for key in ("train_loss", "val_loss", "val_micro_f1", "val_macro_f1", "val_micro_ap", "val_macro_ap", "lr"):
+        assert all(h[key] is not None for h in history), key
+    assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    best = find_best(run)
+    assert {p.name for p in best.iterdir()} == {"meta.json", "model.pt", "train_state.pt"}
+    meta = json.loads((best / "meta.json").read_text())
+    assert meta["model"]["name"] == "tiny" and meta["num_classes"] == 19
+    assert meta["metrics"]["val_macro_ap"] == max(h["val_macro_ap"] for h in history)
+
+
+def test_rerun_with_the_same_name_resumes(run: Path, shards_v2: Path) -> None:
+    before = _history(run)
+    cfg = load_config(TINY, ["optim.epochs=3", "data.batch_size=16"])
+    train(cfg, str(shards_v2), str(run.parent), "tiny-run")
+    after = _history(run)
+    assert [h["epoch"] for h in after] == [1, 2, 3]
+    assert after[:2] == before  # epochs 1-2 come from the checkpoint, not from a new start
+
+
+def test_early_stopping(shards_v2: Path, tmp_path: Path) -> None:
+    # a learning rate too small to change anything: no better val macro AP after the first epoch
+    cfg = load_config(TINY, ["optim.epochs=6", "optim.lr=1e-12", "run.patience=1", "data.batch_size=32"])
+    train(cfg, str(shards_v2), str(tmp_path), "stops")
+    assert [h["epoch"] for h in _history(tmp_path / "stops")] == [1, 2]
+
+
+def test_evaluate_writes_the_paper_metrics(run: Path, shards_v2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    m = evaluate(str(run), str(shards_v2), "test", str(out))
+    test_pairs = Manifest.load(*open_fs(str(shards_v2))).splits["test"]
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["samples"] == test_pairs == m["samples"]
+    for key in (
+        "micro_precision",
+        "micro_recall",
+        "micro_f1",
+        "micro_ap",
+        "macro_precision",
+        "macro_recall",
+        "macro_f1",
+        "macro_ap",
+    ):
+        assert 0.0 <= saved[key] <= 1.0, key
+    assert list(saved["per_class"]) == list(BEN19)
+    assert sum(c["support"] for c in saved["per_class"].values()) > 0
+    md = (out / "metrics.md").read_text()
+    assert f"| micro | {100 * saved['micro_precision']:.2f} | {100 * saved['micro_recall']:.2f} |" in md
+    assert (out / "per_class.png").read_bytes()[:4] == b"\x89PNG"
+    preds = pq.read_table(out / "predictions.parquet")
+    assert preds.num_rows == test_pairs and preds.schema.field("probabilities").type.list_size == 19
+    probs = [p for row in preds["probabilities"].to_pylist() for p in row]
+    assert all(0.0 <= p <= 1.0 for p in probs)
+
+
+def test_checkpoint_loading_checks_what_it_loads(run: Path, tmp_path: Path) -> None:
+    model, meta = load_model(run, expect_model="tiny", expect_classes=19)
+    assert meta["num_classes"] == 19 and not model.training
+    with pytest.raises(CheckpointError, match="holds a 'tiny' model, expected 'late'"):
+        load_model(run, expect_model="late")
+    with pytest.raises(CheckpointError, match="trained for 19 classes, expected 43"):
+        load_model(run, expect_classes=43)
+    broken = tmp_path / "broken"
+    shutil.copytree(find_best(run), broken)
+    meta_doc = json.loads((broken / "meta.json").read_text())
+    meta_doc["model"]["fusion"] = "early"  # weights of a late-fusion model under an early-fusion name
+    (broken / "meta.json").write_text(json.dumps(meta_doc))
+    with pytest.raises(CheckpointError, match="weights do not fit model 'tiny'"):
+        load_model(broken)
+    with pytest.raises(CheckpointError, match=r"nothing: no checkpoint with val_macro_ap found"):
+        load_model(tmp_path / "nothing")
