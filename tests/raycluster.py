@@ -1,0 +1,146 @@
+"""A real multi-node Ray cluster on this machine: a head (with the dashboard, for `ray job submit`) and worker
+nodes started with `ray start` on distinct free ports and their own temp dir, stopped without touching any other
+Ray on the machine (only processes that mention our temp dir are killed)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+RAY = str(Path(sys.executable).with_name("ray"))
+
+
+def free_ports(n: int) -> list[int]:
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _node_args() -> list[str]:
+    nm, om, agent, agent_grpc, metrics, runtime_env, lo = free_ports(7)
+    lo = 20000 + (lo % 20) * 1000
+    return [
+        f"--node-manager-port={nm}",
+        f"--object-manager-port={om}",
+        f"--dashboard-agent-listen-port={agent}",
+        f"--dashboard-agent-grpc-port={agent_grpc}",
+        f"--metrics-export-port={metrics}",
+        f"--runtime-env-agent-port={runtime_env}",
+        f"--min-worker-port={lo}",
+        f"--max-worker-port={lo + 999}",
+    ]
+
+
+class LocalCluster:
+    def __init__(self, nodes: int = 2, cpus_per_node: int = 2) -> None:
+        self.nodes, self.cpus = nodes, cpus_per_node
+        self.tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths have a length limit
+        # the nodes run this environment's python, as a cluster's nodes run their image's (job entrypoints say `python`)
+        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
+        self.env.pop("RAY_ADDRESS", None)
+        self.gcs_port, self.dashboard_port, self.client_port = free_ports(3)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.gcs_port}"
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _run(self, args: list[str]) -> None:
+        done = subprocess.run([RAY, "start", *args], env=self.env, capture_output=True, text=True, timeout=180)
+        if done.returncode != 0:
+            raise RuntimeError(f"ray start {' '.join(args)} failed:\n{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+
+    def __enter__(self) -> LocalCluster:
+        try:
+            self._run(
+                [
+                    "--head",
+                    f"--port={self.gcs_port}",
+                    "--node-ip-address=127.0.0.1",
+                    f"--temp-dir={self.tmp}",
+                    f"--num-cpus={self.cpus}",
+                    "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1",
+                    f"--dashboard-port={self.dashboard_port}",
+                    f"--ray-client-server-port={self.client_port}",
+                    "--disable-usage-stats",
+                    *_node_args(),
+                ]
+            )
+            for _ in range(self.nodes - 1):
+                self._run(
+                    [
+                        f"--address={self.address}",
+                        "--node-ip-address=127.0.0.1",
+                        f"--num-cpus={self.cpus}",
+                        "--disable-usage-stats",
+                        *_node_args(),
+                    ]
+                )
+            self._wait_for_nodes()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_for_nodes(self, timeout: float = 60) -> None:
+        deadline = time.time() + timeout
+        code = (
+            f"import ray; ray.init(address='{self.address}', log_to_driver=False); "
+            "print(len([n for n in ray.nodes() if n['Alive']]))"
+        )
+        while time.time() < deadline:
+            out = subprocess.run([sys.executable, "-c", code], env=self.env, capture_output=True, text=True)
+            if out.returncode == 0 and out.stdout.strip().splitlines()[-1:] == [str(self.nodes)]:
+                return
+            time.sleep(1)
+        raise RuntimeError(f"the cluster at {self.address} did not reach {self.nodes} nodes")
+
+    def pids(self) -> list[int]:
+        found = []
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit():
+                try:
+                    if self.tmp.encode() in (proc / "cmdline").read_bytes():
+                        found.append(int(proc.name))
+                except OSError:
+                    continue
+        return found
+
+    def stop(self) -> None:
+        for _ in range(3):
+            pids = self.pids()
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            time.sleep(0.5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def job(self, *entrypoint: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+        """`ray job submit --working-dir <repo> -- <entrypoint>`, waiting for the end."""
+        repo = Path(__file__).resolve().parents[1]
+        cmd = [RAY, "job", "submit", "--address", self.dashboard, "--working-dir", str(repo), "--", *entrypoint]
+        return subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout, cwd=repo)

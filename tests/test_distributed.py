@@ -1,0 +1,193 @@
+"""Distributed behaviour on real Ray clusters: `ray job submit` to a 2-node cluster (workers on different nodes),
+a killed training worker, a killed job driver resubmitted under the same name."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import REPO
+from raycluster import LocalCluster
+
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
+
+TINY = "configs/tiny-cpu.yaml"
+
+
+def _history(run: Path) -> list[dict]:  # type: ignore[type-arg]
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _pids(*needles: str) -> list[int]:
+    out = []
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if all(n.encode() in cmd for n in needles):
+                out.append(int(proc.name))
+    return out
+
+
+def _checkpointed(run: Path) -> bool:
+    """Ray Train has registered a checkpoint of the run (what a resubmitted job resumes from)."""
+    snapshot = run / "checkpoint_manager_snapshot.json"
+    try:
+        return bool(json.loads(snapshot.read_text()).get("latest_checkpoint_result"))
+    except (OSError, ValueError):
+        return False
+
+
+def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def cluster():  # type: ignore[no-untyped-def]
+    with LocalCluster(nodes=2, cpus_per_node=2) as c:
+        yield c
+
+
+def test_job_submit_trains_on_two_nodes_then_evaluates(cluster, shards_v2: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    storage = tmp_path / "runs"
+    r = cluster.job(
+        "python",
+        "jobs/train.py",
+        "--config",
+        TINY,
+        "--data",
+        str(shards_v2),
+        "--storage",
+        str(storage),
+        "--name",
+        "two-nodes",
+        "--set",
+        "optim.epochs=2",
+        "--set",
+        "scaling.num_workers=2",
+        "--set",
+        "scaling.placement_strategy=STRICT_SPREAD",
+        "--set",
+        "data.batch_size=16",
+    )
+    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-2000:])
+    history = _history(storage / "two-nodes")
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)  # one worker per node
+    out = tmp_path / "eval"
+    r = cluster.job(
+        "python",
+        "jobs/evaluate.py",
+        "--checkpoint",
+        str(storage / "two-nodes"),
+        "--data",
+        str(shards_v2),
+        "--split",
+        "test",
+        "--out",
+        str(out),
+    )
+    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-2000:])
+    assert json.loads((out / "metrics.json").read_text())["samples"] > 0
+
+
+def test_killed_driver_resubmitted_resumes(cluster, shards_v2: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    storage, name = tmp_path / "runs", "driver-killed"
+    args = [
+        "python",
+        "jobs/train.py",
+        "--config",
+        TINY,
+        "--data",
+        str(shards_v2),
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        "--set",
+        "optim.epochs=3",
+        "--set",
+        "data.batch_size=16",
+    ]
+    cmd = [
+        str(Path(sys.executable).with_name("ray")),
+        "job",
+        "submit",
+        "--no-wait",
+        "--address",
+        cluster.dashboard,
+        "--working-dir",
+        str(REPO),
+        "--",
+        *args,
+    ]
+    subprocess.run(cmd, env=cluster.env, check=True, capture_output=True, timeout=120, cwd=REPO)
+    _wait(lambda: _checkpointed(storage / name), 300, "the first checkpoint")
+    drivers = _pids("jobs/train.py", name)
+    assert drivers, "the job's driver process was not found"
+    for pid in drivers:
+        os.kill(pid, signal.SIGKILL)
+    first = _history(storage / name)
+    assert len(first) < 3
+    r = cluster.job(*args)
+    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-2000:])
+    history = _history(storage / name)
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert history[: len(first)] == first  # resumed from the checkpoint, not started over
+
+
+def test_killed_worker_is_replaced_and_the_run_completes(shards_v2: Path, tmp_path: Path) -> None:
+    import ray
+
+    storage, name = tmp_path / "runs", "worker-killed"
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "jobs/train.py",
+            "--config",
+            TINY,
+            "--data",
+            str(shards_v2),
+            "--storage",
+            str(storage),
+            "--name",
+            name,
+            "--set",
+            "optim.epochs=3",
+            "--set",
+            "data.batch_size=16",
+        ],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        _wait(lambda: _checkpointed(storage / name), 300, "the first checkpoint")
+        workers = _pids("RayTrainWorker")
+        assert workers, "no Ray Train worker process found"
+        for pid in workers:
+            os.kill(pid, signal.SIGKILL)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    assert [h["epoch"] for h in _history(storage / name)] == [1, 2, 3]
