@@ -130,3 +130,18 @@ def test_checkpoint_loading_checks_what_it_loads(run: Path, tmp_path: Path) -> N
         load_model(broken)
     with pytest.raises(CheckpointError, match=r"nothing: no checkpoint with val_macro_ap found"):
         load_model(tmp_path / "nothing")
+
+
+@pytest.mark.slow
+def test_tiny_model_learns_the_synthetic_archive(tmp_path: Path) -> None:
+    """On a synthetic archive `tiny-cpu` reaches a test micro F1 of at least 0.85 (measured 0.89) in minutes."""
+    from bigearth.ingest import ingest
+    from bigearth.synth.archive import synthesize
+
+    archive, shards = tmp_path / "archive", tmp_path / "shards"
+    synthesize(str(archive), layout="v2", pairs=3000, seed=1, progress=False)
+    ingest(str(archive), str(shards), shard_size=250)
+    train(load_config(TINY, ["optim.epochs=10", "run.patience=10"]), str(shards), str(tmp_path / "runs"), "learn")
+    m = evaluate(str(tmp_path / "runs" / "learn"), str(shards), "test", str(tmp_path / "eval"))
+    assert m["micro_f1"] >= 0.85, m["micro_f1"]
+    assert m["macro_ap"] > 0.6

@@ -31,14 +31,34 @@ def _field(rng: np.random.Generator, u: np.ndarray, count: int | None = None) ->
     return np.einsum("ij,kjl,ml->kim", u, rng.standard_normal((count, n, n)).astype(np.float32), u)
 
 
+def _allocate(fields: np.ndarray, frac: np.ndarray) -> np.ndarray:
+    """Give class i the `frac[i]` share of the pixels where its smooth field is highest (largest share first),
+    so every labelled class is really in the patch, in connected, natural-looking regions."""
+    k = len(frac)
+    cover = np.full(fields.shape[1:], k - 1 if k else 0, dtype=np.int64)
+    free = np.ones(fields.shape[1:], dtype=bool)
+    left = free.size
+    for i in np.argsort(-frac)[:-1]:
+        n = min(left, round(float(frac[i]) * free.size))
+        if n <= 0:
+            continue
+        values = np.where(free, fields[i], -np.inf).ravel()
+        take = np.argpartition(values, -n)[-n:]
+        cover.ravel()[take] = i
+        free.ravel()[take] = False
+        left -= n
+    if k:
+        cover[free] = int(np.argsort(-frac)[-1])
+    return cover
+
+
 def render_pair(
     rng: np.random.Generator, classes: list[int], snow: bool = False, cloud: bool = False
 ) -> dict[str, np.ndarray]:
     """Arrays of all 14 bands at native size (uint16 S2 DN, float32 S1 dB) for a patch of `classes` (BEN19)."""
     k = len(classes)
-    frac = rng.dirichlet(np.full(k, 1.5))
-    score = _field(rng, _U8, k) + 1.5 * np.log(frac + 1e-3)[:, None, None].astype(np.float32)
-    cover = np.argmax(score, axis=0)  # [120,120] index into classes
+    frac = 0.4 / k + 0.6 * rng.dirichlet(np.full(k, 2.0))  # every labelled class covers at least 0.4/k
+    cover = _allocate(_field(rng, _U8, k), frac)  # [120,120] index into classes
 
     sig = S2_SIGNATURES[classes] * (1 + 0.06 * rng.standard_normal((k, 12))).astype(np.float32)
     illumination = np.float32(rng.uniform(0.85, 1.15))

@@ -82,7 +82,9 @@ _S1 = {
     "Marine waters": (-19.0, -26.0),
 }
 
-S2_SIGNATURES = np.array([_S2[n] for n in BEN19], dtype=np.float32)  # [19, 12]
+# A fixed per-class, per-band perturbation (+-12 %) so that neighbouring classes differ in more than one band.
+_FINGERPRINT = np.random.default_rng(1234).uniform(-0.12, 0.12, size=(len(BEN19), 12))
+S2_SIGNATURES = (np.array([_S2[n] for n in BEN19], dtype=np.float64) * (1 + _FINGERPRINT)).astype(np.float32)
 S1_SIGNATURES = np.array([_S1[n] for n in BEN19], dtype=np.float32)  # [19, 2]
 SNOW = np.array([9000, 9500, 9300, 9200, 9000, 8800, 8600, 8500, 8300, 8000, 900, 700], dtype=np.float32)
 CLOUD = np.array([6000, 6200, 6100, 6000, 6100, 6200, 6200, 6300, 6300, 5000, 5200, 4200], dtype=np.float32)
