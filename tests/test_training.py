@@ -63,7 +63,7 @@ def test_training_writes_checkpoints_metrics_and_curves(run: Path) -> None:
     for key in ("train_loss", "val_loss", "val_micro_f1", "val_macro_f1", "val_micro_ap", "val_macro_ap", "lr"):
         assert all(h[key] is not None for h in history), key
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    best = find_best(run)
+    best = Path(find_best(run))
     assert {p.name for p in best.iterdir()} == {"meta.json", "model.pt", "train_state.pt"}
     meta = json.loads((best / "meta.json").read_text())
     assert meta["model"]["name"] == "tiny" and meta["num_classes"] == 19
@@ -122,7 +122,7 @@ def test_checkpoint_loading_checks_what_it_loads(run: Path, tmp_path: Path) -> N
     with pytest.raises(CheckpointError, match="trained for 19 classes, expected 43"):
         load_model(run, expect_classes=43)
     broken = tmp_path / "broken"
-    shutil.copytree(find_best(run), broken)
+    shutil.copytree(Path(find_best(run)), broken)
     meta_doc = json.loads((broken / "meta.json").read_text())
     meta_doc["model"]["fusion"] = "early"  # weights of a late-fusion model under an early-fusion name
     (broken / "meta.json").write_text(json.dumps(meta_doc))

@@ -18,13 +18,13 @@ from bigearth.storage import StorageOptions
 class Predictor:
     """Ray Data callable class: loads the model once per actor; Arrow rows of a shard in, probabilities out."""
 
-    def __init__(self, checkpoint: str, device: str | None = None) -> None:
+    def __init__(self, checkpoint: str, device: str | None = None, storage: StorageOptions | None = None) -> None:
         import torch
 
         from bigearth.data import groups_for
         from bigearth.training.checkpoints import load_model
 
-        self.model, self.meta = load_model(checkpoint)
+        self.model, self.meta = load_model(checkpoint, storage=storage)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         self.model.to(self.device)
         self.groups = groups_for(self.meta["bands"])
@@ -60,14 +60,14 @@ def predict(
     from bigearth.data import open_split
     from bigearth.training.checkpoints import find_best, read_meta
 
-    best = str(find_best(checkpoint))
-    meta = read_meta(best)
+    best = find_best(checkpoint, storage=storage)
+    meta = read_meta(best, storage)
     ds = open_split(
         data, split, bands=meta["bands"], nomenclature=meta["num_classes"], shuffle_files=False, storage=storage
     )
     preds = ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"checkpoint": best},
+        fn_constructor_kwargs={"checkpoint": best, "storage": storage},
         batch_size=batch_size,
         batch_format="pyarrow",
         concurrency=actors,
@@ -86,7 +86,7 @@ def evaluate(
 
     ensure_ray()
     ds, best = predict(checkpoint, data, split, storage, actors=actors)
-    classes = int(read_meta(best)["num_classes"])
+    classes = int(read_meta(best, storage)["num_classes"])
     names = lab.class_names(classes)  # type: ignore[arg-type]
     ids: list[str] = []
     probs: list[np.ndarray] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 from pathlib import Path
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from bigearth.models.registry import create_model
+from bigearth.storage import StorageOptions, join, open_fs
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 
@@ -28,36 +30,44 @@ def save(directory: str, model: nn.Module, meta: dict[str, Any], train_state: di
         json.dump(meta, f, indent=1)
 
 
-def read_meta(directory: str | Path) -> dict[str, Any]:
-    path = Path(directory) / META_FILE
-    if not path.exists():
+def read_meta(directory: str | Path, storage: StorageOptions | None = None) -> dict[str, Any]:
+    """`meta.json` of a checkpoint folder (local path or URL)."""
+    fs, root = open_fs(str(directory), storage)
+    path = join(root, META_FILE)
+    if not fs.exists(path):
         raise CheckpointError(f"{directory}: not a bigearth checkpoint (no {META_FILE})")
-    meta: dict[str, Any] = json.loads(path.read_text())
+    meta: dict[str, Any] = json.loads(fs.cat(path))
     return meta
 
 
-def find_best(run_dir: str | Path, metric: str = "val_macro_ap") -> Path:
-    """The checkpoint folder of a run with the highest `metric` (a checkpoint folder is returned as is)."""
-    run = Path(run_dir)
-    if (run / META_FILE).exists():
-        return run
-    candidates = [
-        (read_meta(p).get("metrics", {}).get(metric), p)
-        for p in sorted(run.glob("checkpoint_*"))
-        if (p / META_FILE).exists()
-    ]
-    scored = [(m, p) for m, p in candidates if m is not None]
+def find_best(run_dir: str | Path, metric: str = "val_macro_ap", storage: StorageOptions | None = None) -> str:
+    """The checkpoint folder (path or URL) of a run with the highest `metric`; a checkpoint folder is returned as
+    is."""
+    url = str(run_dir)
+    fs, root = open_fs(url, storage)
+    if fs.exists(join(root, META_FILE)):
+        return url
+    scored = []
+    for meta_path in sorted(fs.glob(join(root, "checkpoint_*", META_FILE))):
+        value = json.loads(fs.cat(meta_path)).get("metrics", {}).get(metric)
+        if value is not None:
+            scored.append((value, meta_path.rsplit("/", 2)[-2]))
     if not scored:
         raise CheckpointError(f"{run_dir}: no checkpoint with {metric} found (expected checkpoint_*/{META_FILE})")
-    return max(scored, key=lambda mp: mp[0])[1]
+    best = max(scored)[1]
+    return url.rstrip("/") + "/" + best if "://" in url else os.path.join(url, best)
 
 
 def load_model(
-    checkpoint: str | Path, *, expect_model: str | None = None, expect_classes: int | None = None
+    checkpoint: str | Path,
+    *,
+    expect_model: str | None = None,
+    expect_classes: int | None = None,
+    storage: StorageOptions | None = None,
 ) -> tuple[nn.Module, dict[str, Any]]:
-    """Build the checkpoint's model and load its weights with `weights_only=True`."""
-    directory = find_best(checkpoint)
-    meta = read_meta(directory)
+    """Build the checkpoint's model and load its weights with `weights_only=True` (local path or URL)."""
+    directory = find_best(checkpoint, storage=storage)
+    meta = read_meta(directory, storage)
     name, classes = meta["model"]["name"], meta["num_classes"]
     if expect_model is not None and expect_model != name:
         raise CheckpointError(f"{directory}: holds a {name!r} model, expected {expect_model!r}")
@@ -65,7 +75,9 @@ def load_model(
         raise CheckpointError(f"{directory}: trained for {classes} classes, expected {expect_classes}")
     kwargs = {k: v for k, v in meta["model"].items() if k != "name"}
     model = create_model(name, num_classes=classes, **kwargs)
-    state = torch.load(directory / MODEL_FILE, map_location="cpu", weights_only=True)
+    fs, root = open_fs(directory, storage)
+    with fs.open(join(root, MODEL_FILE), "rb") as f:
+        state = torch.load(io.BytesIO(f.read()), map_location="cpu", weights_only=True)
     try:
         model.load_state_dict(state)
     except RuntimeError as e:

@@ -45,6 +45,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     model_kwargs = cfg.model.model_dump(exclude={"name"}, exclude_none=True)
     model = create_model(cfg.model.name, num_classes=cfg.data.nomenclature, **model_kwargs)
+    if cuda:  # the encoders feed channels-last tensors on CUDA; bf16 autocast below
+        model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     core: Any = model.module if hasattr(model, "module") else model
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
