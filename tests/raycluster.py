@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import shutil
 import signal
 import socket
@@ -30,9 +31,34 @@ def free_ports(n: int) -> list[int]:
     return ports
 
 
+_TAKEN: set[int] = set()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def worker_port_range(size: int = 400) -> tuple[int, int]:
+    """A range of free ports below the ephemeral range (where `free_ports` picks), clear of Ray's default worker
+    ports (10002-19999, used by the test session's own Ray) and of ranges given out before."""
+    rng = random.Random()
+    for _ in range(200):
+        lo = rng.randrange(20000, 32000 - size)
+        ports = range(lo, lo + size)
+        if not _TAKEN.intersection(ports) and all(_bindable(p) for p in ports):
+            _TAKEN.update(ports)
+            return lo, lo + size - 1
+    raise RuntimeError("no free range of worker ports found")
+
+
 def _node_args() -> list[str]:
-    nm, om, agent, agent_grpc, metrics, runtime_env, lo = free_ports(7)
-    lo = 20000 + (lo % 20) * 1000
+    nm, om, agent, agent_grpc, metrics, runtime_env = free_ports(6)
+    lo, hi = worker_port_range()
     return [
         f"--node-manager-port={nm}",
         f"--object-manager-port={om}",
@@ -41,7 +67,7 @@ def _node_args() -> list[str]:
         f"--metrics-export-port={metrics}",
         f"--runtime-env-agent-port={runtime_env}",
         f"--min-worker-port={lo}",
-        f"--max-worker-port={lo + 999}",
+        f"--max-worker-port={hi}",
     ]
 
 
@@ -115,14 +141,17 @@ class LocalCluster:
         raise RuntimeError(f"the cluster at {self.address} did not reach {self.nodes} nodes")
 
     def pids(self) -> list[int]:
+        """Processes of this cluster: those naming its temp dir or its GCS port (the client server does not)."""
+        marks = (self.tmp.encode(), f":{self.gcs_port}".encode(), f"--gcs-address={self.address}".encode())
         found = []
         for proc in Path("/proc").iterdir():
-            if proc.name.isdigit():
+            if proc.name.isdigit() and int(proc.name) != os.getpid():
                 try:
-                    if self.tmp.encode() in (proc / "cmdline").read_bytes():
-                        found.append(int(proc.name))
+                    cmd = (proc / "cmdline").read_bytes()
                 except OSError:
                     continue
+                if any(m in cmd for m in marks):
+                    found.append(int(proc.name))
         return found
 
     def stop(self) -> None:
