@@ -53,8 +53,9 @@ def test_fusion_variants_read_the_right_bands() -> None:
 def test_errors_name_what_was_expected() -> None:
     with pytest.raises(ValueError, match=r"unknown model 'vit-huge'; registered: early, late, s1, s2, tiny"):
         create_model("vit-huge")
-    with pytest.raises(ValueError, match="s2_bands must be 10 or 12, got 11"):
-        create_model("s2", backbone="test_resnet", s2_bands=11)
+    for name in ("s2", "early", "late"):
+        with pytest.raises(ValueError, match="s2_bands must be 10 or 12, got 11"):
+            create_model(name, backbone="test_resnet", s2_bands=11)
 
 
 def test_pretrained_weights_from_a_local_file(tmp_path: Path) -> None:

@@ -15,7 +15,6 @@ import timm
 import torch
 from torch import nn
 
-from bigearth.bands import BAND_SETS
 from bigearth.models.registry import register_model
 from bigearth.models.stem import InputStem
 
@@ -109,9 +108,7 @@ def early(
     **kwargs: Any,
 ) -> FusionClassifier:
     """S1 and S2 channels stacked into one backbone (12 or 14 channels)."""
-    bands = f"s1s2-{s2_bands}"
-    assert bands in BAND_SETS
-    enc = Encoder(bands, backbone, stats, pretrained, **kwargs)
+    enc = Encoder(f"s1{_s2_set(s2_bands)}", backbone, stats, pretrained, **kwargs)
     return FusionClassifier({"s1s2": enc}, num_classes, "early", drop_rate)
 
 
