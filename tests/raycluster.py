@@ -141,21 +141,32 @@ class LocalCluster:
         raise RuntimeError(f"the cluster at {self.address} did not reach {self.nodes} nodes")
 
     def pids(self) -> list[int]:
-        """Processes of this cluster: those naming its temp dir or its GCS port (the client server does not)."""
+        """Processes of this cluster: those naming its temp dir or its GCS port, and all their descendants (the
+        agents rename themselves `ray::DashboardAgent`, so only their parentage gives them away)."""
         marks = (self.tmp.encode(), f":{self.gcs_port}".encode(), f"--gcs-address={self.address}".encode())
-        found = []
+        found: set[int] = set()
+        children: dict[int, list[int]] = {}
         for proc in Path("/proc").iterdir():
-            if proc.name.isdigit() and int(proc.name) != os.getpid():
-                try:
-                    cmd = (proc / "cmdline").read_bytes()
-                except OSError:
-                    continue
-                if any(m in cmd for m in marks):
-                    found.append(int(proc.name))
-        return found
+            if not proc.name.isdigit() or int(proc.name) == os.getpid():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes()
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(ppid, []).append(int(proc.name))
+            if any(m in cmd for m in marks):
+                found.add(int(proc.name))
+        todo = list(found)
+        while todo:
+            for child in children.get(todo.pop(), []):
+                if child not in found:
+                    found.add(child)
+                    todo.append(child)
+        return sorted(found)
 
     def stop(self) -> None:
-        for _ in range(3):
+        for _ in range(20):  # until every process of the cluster is gone (at most ~10 s)
             pids = self.pids()
             if not pids:
                 break
