@@ -64,6 +64,33 @@ def shards_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory, ray_loca
     return out
 
 
+@pytest.fixture(scope="session")
+def tiny_run(shards_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`tiny-cpu` trained for 2 epochs on `shards_v2` (a run folder; treat as read-only)."""
+    from bigearth.training.config import load_config
+    from bigearth.training.trainer import train
+    from helpers import REPO
+
+    storage = tmp_path_factory.mktemp("runs")
+    train(
+        load_config(REPO / "configs" / "tiny-cpu.yaml", ["optim.epochs=2", "data.batch_size=16"]),
+        str(shards_v2),
+        str(storage),
+        "tiny",
+    )
+    return storage / "tiny"
+
+
+@pytest.fixture(scope="session")
+def index_v2(tiny_run: Path, shards_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every pair of `shards_v2` embedded by `tiny_run` in the embedded engine (collection `bigearthnet`)."""
+    from bigearth.retrieval.indexer import build_index
+
+    target = tmp_path_factory.mktemp("index") / "edge"
+    build_index(str(tiny_run), str(shards_v2), str(target), progress=False)
+    return target
+
+
 @pytest.fixture
 def archive_copy(tmp_path: Path):  # type: ignore[no-untyped-def]
     """Copy a read-only archive fixture to a writable folder (for planting faults)."""

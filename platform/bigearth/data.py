@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from bigearth import labels as lab
 from bigearth.bands import BAND_SETS, BANDS, GROUPS
-from bigearth.shards import Manifest, ShardFormatError
+from bigearth.shards import META_COLUMNS, Manifest, ShardFormatError
 from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
 
 BandSet = Literal["all", "s1", "s2-10", "s2-12", "s1s2-10", "s1s2-12"]
@@ -124,33 +124,42 @@ def read_shards(
 
 def open_split(
     shards: str,
-    split: str | None = "train",
+    split: str | Sequence[str] | None = "train",
     *,
     bands: str | Sequence[str] = "all",
     nomenclature: int = 19,
     shuffle_files: bool = True,
     storage: StorageOptions | None = None,
     decode: bool = False,
+    extra_columns: Sequence[str] = (),
 ) -> Any:
-    """A split (None = every split) of a shard set as a Ray Dataset.
+    """A split (several: a list; None = every split) of a shard set as a Ray Dataset.
 
     One block per shard file (so `shuffle_files` randomises the file order every epoch, and Ray Train splits
     files across workers); each read task streams its file row group by row group and reads only the columns the
     band set needs. By default rows stay Arrow and `iter_torch` decodes them in its collate step (zero-copy views
     of the Arrow buffers, one copy into the batch); `decode=True` yields the numpy batch dict instead, for
-    consumers other than torch.
+    consumers other than torch. `extra_columns` adds metadata columns (e.g. `country`) to the Arrow rows.
     """
     import ray
 
     fs, root = open_fs(shards, storage)
     manifest = Manifest.load(fs, root)
-    shards_meta = [s for s in manifest.shards if split is None or s["split"] == split]
-    if not shards_meta:
-        known = sorted({s["split"] for s in manifest.shards})
-        raise ShardFormatError(f"{shards}: no shards for split {split!r}; the shard set has {known}")
+    wanted = None if split is None else {split} if isinstance(split, str) else set(split)
+    shards_meta = [s for s in manifest.shards if wanted is None or s["split"] in wanted]
+    known = sorted({s["split"] for s in manifest.shards})
+    if not shards_meta or (wanted and wanted - set(known)):
+        missing = sorted(wanted - set(known)) if wanted else []
+        raise ShardFormatError(
+            f"{shards}: no shards for split {', '.join(map(repr, missing))}; the shard set has {known}"
+        )
     groups = groups_for(bands)
     label_column = "labels" if nomenclature == 19 else "labels43"
-    columns = ["patch_id", label_column, *(b for g in groups.values() for b in g)]
+    unknown = sorted(set(extra_columns) - set(META_COLUMNS))
+    if unknown:
+        raise ShardFormatError(f"extra_columns: unknown column(s) {unknown}; expected some of {META_COLUMNS}")
+    base = ["patch_id", label_column, *(b for g in groups.values() for b in g)]
+    columns = base + [c for c in extra_columns if c not in base]
     items = [{"path": join(root, s["path"]), "rows": s["rows"]} for s in shards_meta]
     ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
     if shuffle_files:
@@ -217,3 +226,31 @@ def iter_torch(
         local_shuffle_buffer_size=local_shuffle_buffer_size,
         **kwargs,
     )
+
+
+def read_columns(
+    shards: str,
+    columns: Sequence[str],
+    split: str | Sequence[str] | None = None,
+    storage: StorageOptions | None = None,
+    threads: int = 8,
+) -> pa.Table:
+    """Metadata columns (no pixels) of a split of a shard set as one Arrow table, read concurrently; for label
+    matrices and lookups, not for training."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    fs, root = open_fs(shards, storage)
+    manifest = Manifest.load(fs, root)
+    wanted = None if split is None else {split} if isinstance(split, str) else set(split)
+    paths = [join(root, s["path"]) for s in manifest.shards if wanted is None or s["split"] in wanted]
+    afs, _ = arrow_filesystem(shards, storage)
+
+    def one(path: str) -> pa.Table:
+        with afs.open_input_file(path) as f:
+            return pq.read_table(f, columns=list(columns))
+
+    with ThreadPoolExecutor(threads) as pool:
+        tables = list(pool.map(one, paths))
+    if not tables:
+        raise ShardFormatError(f"{shards}: no shards for split {split!r}")
+    return pa.concat_tables(tables)

@@ -1,0 +1,147 @@
+"""Fill an index with every pair of a shard set: a Ray Data actor pool embeds (the model loaded once per actor, a
+GPU each when asked for), the driver upserts into the index in batches (`jobs/index.py`)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from bigearth.retrieval.backends import DEFAULT_COLLECTION, IndexSettings, open_index
+from bigearth.storage import StorageOptions
+
+log = logging.getLogger(__name__)
+PAYLOAD_COLUMNS = [
+    "s1_name",
+    "labels",
+    "split",
+    "country",
+    "tile",
+    "s2_acquisition",
+    "epsg",
+    "ulx",
+    "uly",
+    "contains_seasonal_snow",
+    "contains_cloud_or_shadow",
+]
+
+
+class Embedder:
+    """Ray Data callable class: Arrow rows of a shard in; vectors (`v_<name>` columns) and JSON payloads out."""
+
+    def __init__(self, checkpoint: str, device: str | None = None, storage: StorageOptions | None = None) -> None:
+        import torch
+
+        from bigearth.data import groups_for
+        from bigearth.training.checkpoints import load_model
+
+        self.model, self.meta = load_model(checkpoint, storage=storage)
+        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        self.model.to(self.device)
+        self.groups = groups_for(self.meta["bands"])
+
+    def __call__(self, table: pa.Table) -> dict[str, Any]:
+        from bigearth.data import decode_batch, to_torch
+        from bigearth.retrieval.embed import embed
+        from bigearth.retrieval.schema import payloads
+
+        batch = to_torch(decode_batch(table, self.groups, 19), self.device)
+        _, vectors = embed(self.model, batch)
+        rows = {c: table.column(c).to_pylist() for c in ["patch_id", *PAYLOAD_COLUMNS]}
+        out: dict[str, Any] = {
+            "patch_id": np.asarray(rows["patch_id"], dtype=object),
+            "payload": np.asarray([json.dumps(p) for p in payloads(rows)], dtype=object),
+        }
+        for name, v in vectors.items():
+            out[f"v_{name}"] = v.cpu().numpy().astype(np.float32)
+        return out
+
+
+def build_index(
+    checkpoint: str,
+    data: str,
+    target: str,
+    collection: str = DEFAULT_COLLECTION,
+    splits: list[str] | None = None,
+    storage: StorageOptions | None = None,
+    api_key: str | None = None,
+    batch_size: int = 128,
+    upsert_batch: int = 512,
+    actors: int = 1,
+    gpus_per_actor: float = 0,
+    recreate: bool = False,
+    settings: IndexSettings | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Embed and upsert every pair of `splits` (default: all) of the shard set `data`; return a report."""
+    from tqdm import tqdm
+
+    from bigearth.data import open_split
+    from bigearth.models.registry import create_model
+    from bigearth.raycluster import ensure_ray
+    from bigearth.retrieval.embed import vector_sizes
+    from bigearth.shards import Manifest
+    from bigearth.storage import open_fs
+    from bigearth.training.checkpoints import find_best, read_meta
+
+    ensure_ray()
+    t0 = time.perf_counter()
+    best = find_best(checkpoint, storage=storage)
+    meta = read_meta(best, storage)
+    if int(meta["num_classes"]) != 19:
+        raise ValueError(f"{best}: the index uses the 19-class labels; this checkpoint has {meta['num_classes']}")
+    model_kwargs = {k: v for k, v in meta["model"].items() if k != "name"}
+    sizes = vector_sizes(create_model(meta["model"]["name"], num_classes=19, **model_kwargs))
+    manifest = Manifest.load(*open_fs(data, storage))
+    total = sum(s["rows"] for s in manifest.shards if splits is None or s["split"] in splits)
+
+    index = open_index(target, collection, api_key=api_key, settings=settings)
+    index.create(
+        sizes,
+        {"model": meta["model"], "checkpoint": best, "bands": meta["bands"], "num_classes": 19, "data": data},
+        recreate=recreate,
+    )
+    ds = open_split(
+        data, splits, bands=meta["bands"], shuffle_files=False, storage=storage, extra_columns=PAYLOAD_COLUMNS
+    ).map_batches(
+        Embedder,
+        fn_constructor_kwargs={"checkpoint": best, "storage": storage},
+        batch_size=batch_size,
+        batch_format="pyarrow",
+        concurrency=actors,
+        num_gpus=gpus_per_actor or None,
+    )
+    per_split: dict[str, int] = {}
+    upserted = 0
+    with tqdm(total=total, desc=f"index {collection}", unit="pair", disable=not progress) as bar:
+        for b in ds.iter_batches(batch_format="numpy", batch_size=upsert_batch):
+            ids = [str(x) for x in b["patch_id"]]
+            pl = [json.loads(x) for x in b["payload"]]
+            index.upsert(ids, {name: b[f"v_{name}"] for name in sizes}, pl)
+            for p in pl:
+                per_split[p["split"]] = per_split.get(p["split"], 0) + 1
+            upserted += len(ids)
+            bar.update(len(ids))
+    t_embed = time.perf_counter() - t0
+    index.finish()
+    count = index.count()
+    index.close()
+    report = {
+        "target": target,
+        "collection": collection,
+        "checkpoint": best,
+        "data": data,
+        "vectors": sizes,
+        "upserted": upserted,
+        "per_split": per_split,
+        "points_in_collection": count,
+        "embed_and_upsert_s": round(t_embed, 1),
+        "total_s": round(time.perf_counter() - t0, 1),
+    }
+    if upserted != total:
+        raise RuntimeError(f"indexed {upserted} pairs but the manifest lists {total} for splits {splits or 'all'}")
+    return report

@@ -1,0 +1,209 @@
+"""What the index stores and how it is queried, independent of the engine.
+
+One point per pair. Its id is a UUID5 of the patch id (so re-indexing a pair overwrites it); its named vectors
+are `fused` (the model's pooled fused features) and, for models with a separate S1 and S2 encoder, `s1` and `s2`
+(each modality's share of the class logits, a space the two modalities have in common: an S1 query can search S2
+vectors). The payload is `patch_id`, `s1_name`, `labels`, `split`, `country`, `tile`, `date` (S2 acquisition,
+RFC 3339), `season`, `location` (patch centre, WGS84 lat/lon), `snow` and `cloud` (and `flags`, the same two as
+a keyword list, which filters use).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, date, datetime, time
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from bigearth.labels import BEN19, BEN43
+
+POINT_NAMESPACE = uuid.UUID("6f0b7c2e-5b1a-5d8e-9c39-2b3f4e1d0a77")  # fixed: ids must stay stable across releases
+VECTOR_NAMES = ("fused", "s1", "s2")
+Season = Literal["winter", "spring", "summer", "autumn"]
+Split = Literal["train", "validation", "test"]
+KNOWN_LABELS = frozenset(BEN19) | frozenset(BEN43)
+PATCH_SIZE_M = 1200.0  # 120 px at 10 m
+
+
+def point_id(patch_id: str) -> str:
+    """The point id of a pair: UUID5 of its patch id (stable, so a re-run updates instead of duplicating)."""
+    return str(uuid.uuid5(POINT_NAMESPACE, patch_id))
+
+
+def season(month: int) -> Season:
+    """Meteorological season (the archive is European: northern hemisphere)."""
+    return ("winter", "spring", "summer", "autumn")[(month % 12) // 3]  # type: ignore[return-value]
+
+
+def centres_lonlat(epsg: np.ndarray, ulx: np.ndarray, uly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Patch centres (from the UTM upper-left corners) as WGS84 longitude, latitude."""
+    from rasterio.crs import CRS
+    from rasterio.warp import transform
+
+    lon = np.full(len(epsg), np.nan)
+    lat = np.full(len(epsg), np.nan)
+    for code in np.unique(epsg):
+        sel = np.flatnonzero(epsg == code)
+        xs, ys = transform(
+            CRS.from_epsg(int(code)),
+            CRS.from_epsg(4326),
+            (ulx[sel] + PATCH_SIZE_M / 2).tolist(),
+            (uly[sel] - PATCH_SIZE_M / 2).tolist(),
+        )
+        lon[sel], lat[sel] = xs, ys
+    return lon, lat
+
+
+def payloads(rows: dict[str, Any]) -> list[dict[str, Any]]:
+    """Payloads for a batch of shard rows (column name -> sequence, as Ray Data hands them)."""
+    epsg = np.asarray(rows["epsg"], dtype=np.int64)
+    lon, lat = centres_lonlat(epsg, np.asarray(rows["ulx"], float), np.asarray(rows["uly"], float))
+    out = []
+    for i, pid in enumerate(rows["patch_id"]):
+        when = _as_datetime(rows["s2_acquisition"][i])
+        out.append(
+            {
+                "patch_id": str(pid),
+                "s1_name": str(rows["s1_name"][i]),
+                "labels": [str(x) for x in rows["labels"][i]],
+                "split": str(rows["split"][i]),
+                "country": str(rows["country"][i]),
+                "tile": str(rows["tile"][i]),
+                "date": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+                "season": season(when.month),
+                "location": {"lat": round(float(lat[i]), 6), "lon": round(float(lon[i]), 6)},
+                "snow": bool(rows["contains_seasonal_snow"][i]),
+                "cloud": bool(rows["contains_cloud_or_shadow"][i]),
+            }
+        )
+        out[-1]["flags"] = flags(out[-1])
+    return out
+
+
+def flags(payload: dict[str, Any]) -> list[str]:
+    """The boolean flags as a keyword list, which is what filters use: qdrant-edge-py 0.9 turns a boolean
+    `MatchValue` into an integer that never matches a boolean payload."""
+    return [name for name in ("snow", "cloud") if payload.get(name)]
+
+
+def _as_datetime(value: Any) -> datetime:
+    if isinstance(value, np.datetime64):
+        value = value.astype("datetime64[ms]").astype(datetime)
+    if hasattr(value, "to_pydatetime"):
+        value = value.to_pydatetime()
+    if not isinstance(value, datetime):
+        raise ValueError(f"s2_acquisition: expected a timestamp, got {value!r}")
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+# Payload fields users filter by, and the index type each gets.
+PAYLOAD_INDEXES = {
+    "patch_id": "keyword",
+    "labels": "keyword",
+    "split": "keyword",
+    "country": "keyword",
+    "tile": "keyword",
+    "season": "keyword",
+    "date": "datetime",
+    "location": "geo",
+    "flags": "keyword",
+}
+
+
+class Near(BaseModel):
+    """Within `radius_km` of a point."""
+
+    model_config = ConfigDict(extra="forbid")
+    lat: float = Field(ge=-90, le=90)
+    lon: float = Field(ge=-180, le=180)
+    radius_km: float = Field(gt=0, le=5000)
+
+
+class SearchFilter(BaseModel):
+    """Payload filter for a search; every field set must hold (AND). Lists within a field are alternatives (OR),
+    except `labels_all`."""
+
+    model_config = ConfigDict(extra="forbid")
+    labels_any: list[str] | None = Field(None, description="at least one of these labels")
+    labels_all: list[str] | None = Field(None, description="every one of these labels")
+    split: list[Split] | None = None
+    country: list[str] | None = None
+    tile: list[str] | None = None
+    season: list[Season] | None = None
+    date_from: datetime | date | None = Field(None, description="acquired on or after (date or RFC 3339)")
+    date_to: datetime | date | None = Field(None, description="acquired on or before (a date includes that day)")
+    snow: bool | None = Field(None, description="true: only snow-covered pairs, false: none")
+    cloud: bool | None = Field(None, description="true: only cloudy pairs, false: none")
+    near: Near | None = None
+
+    @field_validator("split", "country", "tile", "season", "labels_any", "labels_all", mode="before")
+    @classmethod
+    def _one_or_many(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("labels_any", "labels_all")
+    @classmethod
+    def _known_labels(cls, v: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(v or ()) - KNOWN_LABELS)
+        if unknown:
+            raise ValueError(f"unknown label(s) {unknown}; expected names of the 19- or 43-class nomenclature")
+        return v
+
+    @model_validator(mode="after")
+    def _dates_in_order(self) -> SearchFilter:
+        lo, hi = self.bounds()
+        if lo and hi and lo > hi:
+            raise ValueError(f"date_from ({lo}) is after date_to ({hi})")
+        return self
+
+    def bounds(self) -> tuple[str | None, str | None]:
+        """The date range as RFC 3339 strings (a bare `date_to` date includes the whole day)."""
+        return _rfc3339(self.date_from, end=False), _rfc3339(self.date_to, end=True)
+
+    def conditions(self) -> list[tuple[Any, ...]]:
+        """Engine-neutral conditions: ("any", key, values), ("value", key, value), ("range", key, gte, lte),
+        ("near", key, lat, lon, metres), ("flag", "flags", name, present); all must hold."""
+        out: list[tuple[Any, ...]] = []
+        if self.labels_any:
+            out.append(("any", "labels", list(self.labels_any)))
+        for label in self.labels_all or ():
+            out.append(("value", "labels", label))
+        for key in ("split", "country", "tile", "season"):
+            values = getattr(self, key)
+            if values:
+                out.append(("any", key, list(values)))
+        for key in ("snow", "cloud"):
+            if getattr(self, key) is not None:
+                out.append(("flag", "flags", key, bool(getattr(self, key))))
+        lo, hi = self.bounds()
+        if lo or hi:
+            out.append(("range", "date", lo, hi))
+        if self.near:
+            out.append(("near", "location", self.near.lat, self.near.lon, self.near.radius_km * 1000.0))
+        return out
+
+
+def _rfc3339(value: datetime | date | None, end: bool) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, datetime):
+        value = datetime.combine(value, time.max if end else time.min)
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class Hit(BaseModel):
+    patch_id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class IndexRecord(BaseModel):
+    """What an index returns for a patch id: payload and (when asked for) vectors."""
+
+    patch_id: str
+    payload: dict[str, Any]
+    vectors: dict[str, list[float]] = Field(default_factory=dict)

@@ -1,0 +1,165 @@
+"""The two index engines against one contract: the embedded engine (qdrant-edge) and qdrant-client (local mode,
+the same client code path as a Qdrant server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from bigearth.retrieval import SearchFilter, VectorIndex, VectorIndexError, open_index, point_id
+from bigearth.retrieval.schema import centres_lonlat, flags, season
+
+N, DIM = 300, 32
+COUNTRIES = ["Austria", "Finland", "Portugal"]
+LABELS = ["Urban fabric", "Arable land", "Coniferous forest", "Inland waters"]
+
+
+def _corpus(seed: int = 0) -> tuple[list[str], dict[str, np.ndarray], list[dict]]:  # type: ignore[type-arg]
+    rng = np.random.default_rng(seed)
+    ids = [f"S2A_MSIL2A_20170613T101031_{i}_{i % 7}" for i in range(N)]
+    vectors = {"fused": rng.normal(size=(N, DIM)).astype(np.float32), "s1": rng.normal(size=(N, 4)).astype(np.float32)}
+    payloads = [
+        {
+            "patch_id": pid,
+            "labels": [LABELS[i % 4]] + ([LABELS[(i + 1) % 4]] if i % 3 == 0 else []),
+            "split": ["train", "validation", "test"][i % 3],
+            "country": COUNTRIES[(i // 3) % 3],
+            "tile": "33UUP",
+            "date": f"2017-{1 + i % 12:02d}-15T10:00:00Z",
+            "season": season(1 + i % 12),
+            "location": {"lat": 48.0 + (i % 10) * 0.1, "lon": 14.0},
+            "snow": i % 11 == 0,
+            "cloud": False,
+        }
+        for i, pid in enumerate(ids)
+    ]
+    for p in payloads:
+        p["flags"] = flags(p)
+    return ids, vectors, payloads
+
+
+@pytest.fixture(params=["edge", "qdrant-local"])
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[VectorIndex]:
+    target = str(tmp_path / "index") if request.param == "edge" else f"qdrant-local:{tmp_path / 'qdrant'}"
+    idx = open_index(target, "test")
+    ids, vectors, payloads = _corpus()
+    idx.create({"fused": DIM, "s1": 4}, {"model": "unit"})
+    for i in range(0, N, 128):
+        idx.upsert(ids[i : i + 128], {k: v[i : i + 128] for k, v in vectors.items()}, payloads[i : i + 128])
+    idx.finish()
+    yield idx
+    idx.close()
+
+
+def _exact(vectors: np.ndarray, q: np.ndarray, keep: np.ndarray, k: int) -> list[int]:
+    v = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    scores = v @ (q / np.linalg.norm(q))
+    scores[~keep] = -np.inf
+    return [int(i) for i in np.argsort(-scores)[:k] if keep[i]]
+
+
+def test_nearest_neighbours_match_exact_cosine(index: VectorIndex) -> None:
+    ids, vectors, _ = _corpus()
+    q = vectors["fused"][17]
+    hits = index.search(q, "fused", k=5, exact=True)
+    assert [h.patch_id for h in hits] == [ids[i] for i in _exact(vectors["fused"], q, np.ones(N, bool), 5)]
+    assert hits[0].patch_id == ids[17] and hits[0].score == pytest.approx(1.0, abs=1e-3)
+    assert hits[0].payload["country"] == COUNTRIES[(17 // 3) % 3]
+
+
+def test_filters(index: VectorIndex) -> None:
+    ids, vectors, payloads = _corpus()
+    q = vectors["fused"][3]
+    cases = {
+        "labels_any": (SearchFilter(labels_any=["Inland waters"]), lambda p: "Inland waters" in p["labels"]),
+        "labels_all": (
+            SearchFilter(labels_all=["Urban fabric", "Arable land"]),
+            lambda p: {"Urban fabric", "Arable land"} <= set(p["labels"]),
+        ),
+        "split+country": (
+            SearchFilter(split="train", country=["Finland", "Portugal"]),
+            lambda p: p["split"] == "train" and p["country"] in ("Finland", "Portugal"),
+        ),
+        "dates": (
+            SearchFilter(date_from="2017-03-01", date_to="2017-05-31"),
+            lambda p: "2017-03" <= p["date"][:7] <= "2017-05",
+        ),
+        "season+snow": (SearchFilter(season="winter", snow=False), lambda p: p["season"] == "winter" and not p["snow"]),
+        "snow": (SearchFilter(snow=True), lambda p: p["snow"]),
+        "near": (SearchFilter(near={"lat": 48.0, "lon": 14.0, "radius_km": 5}), lambda p: p["location"]["lat"] < 48.05),
+    }
+    for name, (flt, pred) in cases.items():
+        keep = np.array([pred(p) for p in payloads])
+        assert keep.any() and not keep.all(), name
+        assert index.count(flt) == int(keep.sum()), name
+        hits = index.search(q, "fused", k=8, flt=flt, exact=True)
+        assert [h.patch_id for h in hits] == [ids[i] for i in _exact(vectors["fused"], q, keep, 8)], name
+
+
+def test_exclude_and_named_vectors(index: VectorIndex) -> None:
+    ids, vectors, _ = _corpus()
+    hits = index.search(vectors["s1"][5], "s1", k=3, exclude=[ids[5]], exact=True)
+    assert ids[5] not in [h.patch_id for h in hits] and len(hits) == 3
+    with pytest.raises(VectorIndexError, match="no 's2' vectors; it has \\['fused', 's1'\\]"):
+        index.search(vectors["s1"][5], "s2")
+    with pytest.raises(ValueError, match="expected 4 finite numbers for 's1', got 32"):
+        index.search(vectors["fused"][5], "s1")
+
+
+def test_retrieve_by_patch_id_with_vectors(index: VectorIndex) -> None:
+    ids, vectors, payloads = _corpus()
+    got = index.retrieve([ids[2], ids[9], "S2A_MSIL2A_20170613T101031_unknown_1"], with_vectors=True)
+    assert set(got) == {ids[2], ids[9]}
+    assert got[ids[9]].payload == payloads[9]
+    v = np.asarray(got[ids[9]].vectors["s1"])
+    cos = v @ vectors["s1"][9] / np.linalg.norm(v) / np.linalg.norm(vectors["s1"][9])
+    assert cos == pytest.approx(1.0, abs=1e-4)
+
+
+def test_reindex_updates_instead_of_duplicating(index: VectorIndex) -> None:
+    ids, vectors, payloads = _corpus(seed=1)
+    changed = [dict(p, country="Ireland") for p in payloads[:50]]
+    index.create({"fused": DIM, "s1": 4}, {"model": "unit"})  # same vectors: kept, not recreated
+    index.upsert(ids[:50], {k: v[:50] for k, v in vectors.items()}, changed)
+    index.finish()
+    assert index.count() == N
+    assert index.count(SearchFilter(country="Ireland")) == 50
+    assert index.metadata()["model"] == "unit" and index.metadata()["vectors"] == {"fused": DIM, "s1": 4}
+
+
+def test_a_different_model_cannot_silently_reuse_a_collection(index: VectorIndex) -> None:
+    with pytest.raises(VectorIndexError, match=r"holds vectors .* this model gives"):
+        index.create({"fused": 64}, {"model": "other"})
+    index.create({"fused": 64}, {"model": "other"}, recreate=True)
+    assert index.count() == 0 and index.metadata()["vectors"] == {"fused": 64}
+
+
+def test_missing_collection_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(VectorIndexError, match=r"no such collection .* run jobs/index.py first"):
+        open_index(str(tmp_path), "nothing").count()
+
+
+def test_point_ids_are_stable_uuid5() -> None:
+    assert point_id("S2A_MSIL2A_20170613T101031_87_48") == point_id("S2A_MSIL2A_20170613T101031_87_48")
+    assert point_id("a") != point_id("b") and len(point_id("a")) == 36
+
+
+def test_filter_validation_names_the_field() -> None:
+    with pytest.raises(ValidationError, match="labels_any"):
+        SearchFilter(labels_any=["Moon base"])
+    with pytest.raises(ValidationError, match=r"date_from .* is after date_to"):
+        SearchFilter(date_from="2018-01-01", date_to="2017-01-01")
+    with pytest.raises(ValidationError, match="split"):
+        SearchFilter(split="holdout")
+    with pytest.raises(ValidationError, match="colour"):
+        SearchFilter.model_validate({"colour": "red"})
+
+
+def test_patch_centres_from_utm_corners() -> None:
+    # Patch 87_48 of tile 33UUP (FACTS.md): UL corner 404400 E, 5342400 N in EPSG:32633 -> near Linz, Austria.
+    lon, lat = centres_lonlat(np.array([32633]), np.array([404400.0]), np.array([5342400.0]))
+    assert 13.6 < lon[0] < 13.8 and 48.1 < lat[0] < 48.3
