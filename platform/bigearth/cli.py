@@ -1,4 +1,4 @@
-"""The `bigearth` command: synth, ingest, stats, bench, demo. Thin: parse, call the library, print."""
+"""The `bigearth` command: synth, ingest, stats, bench, demo, serve, query. Thin: parse, call the library, print."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
+from bigearth.api import ServiceError
 from bigearth.storage import StorageOptions
 
 
@@ -128,6 +129,78 @@ def run_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(a: argparse.Namespace) -> int:
+    import time
+
+    from ray import serve
+
+    from bigearth.raycluster import ensure_ray
+    from bigearth.serving.app import AppArgs, build
+
+    args = AppArgs(
+        checkpoint=a.checkpoint,
+        index=a.index,
+        data=a.data,
+        collection=a.collection,
+        classifier_replicas=a.replicas,
+        max_batch_size=a.max_batch_size,
+        replica_cpus=a.replica_cpus,
+        api_keys=a.api_keys or [],
+    )
+    ensure_ray()
+    serve.start(http_options={"host": a.host, "port": a.port})
+    serve.run(build(args), name="bigearth", route_prefix="/")
+    print(f"serving on http://{a.host}:{a.port} (OpenAPI: /docs); Ctrl-C stops", flush=True)
+    if a.no_block:
+        return 0
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        serve.shutdown()
+    return 0
+
+
+def run_query(a: argparse.Namespace) -> int:
+    from bigearth.client import Client
+
+    with Client(a.url, api_key=a.api_key, timeout=a.timeout) as c:
+        if a.call == "classify":
+            out: object = c.classify(*a.patch, patch_id=a.patch_id, threshold=a.threshold).model_dump()
+        elif a.call == "search":
+            flt = {
+                k: v
+                for k, v in {
+                    "labels_any": a.labels_any,
+                    "labels_all": a.labels_all,
+                    "split": a.split,
+                    "country": a.country,
+                    "season": a.season,
+                    "date_from": a.date_from,
+                    "date_to": a.date_to,
+                }.items()
+                if v
+            }
+            res = c.search(
+                *a.patch,
+                patch_id=a.patch_id,
+                k=a.k,
+                using=a.using,
+                query_modality=a.query_modality,
+                filter=flt or None,
+            )
+            out = res.model_dump()
+        elif a.call == "patch":
+            out = c.patch(a.patch_id).model_dump()
+        else:
+            data = c.rgb(a.patch_id, scale=a.scale)
+            with open(a.out, "wb") as f:
+                f.write(data)
+            out = {"written": a.out, "bytes": len(data)}
+    print(json.dumps(out, indent=1, default=str))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bigearth", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true")
@@ -171,6 +244,50 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=run_demo)
+
+    p = sub.add_parser("serve", help="run the classification + retrieval service locally (Ray Serve)")
+    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
+    p.add_argument("--index", required=True, help="embedded-engine folder or http(s):// Qdrant URL")
+    p.add_argument("--data", required=True, help="the shard set")
+    p.add_argument("--collection", default="bigearthnet")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--replicas", type=int, default=1, help="classifier replicas")
+    p.add_argument("--max-batch-size", type=int, default=32)
+    p.add_argument("--replica-cpus", type=float, default=1.0)
+    p.add_argument("--api-keys", nargs="*", help="require one of these in X-API-Key (also $BIGEARTH_API_KEYS)")
+    p.add_argument("--no-block", action="store_true", help="return once deployed (the service stays up in Ray)")
+    p.set_defaults(func=run_serve)
+
+    p = sub.add_parser("query", help="call a running service (classify, search, patch, rgb)")
+    p.add_argument("--url", default=None, help="service URL (default: $BIGEARTH_URL or http://127.0.0.1:8000)")
+    p.add_argument("--api-key", default=None, help="default: $BIGEARTH_API_KEY")
+    p.add_argument("--timeout", type=float, default=60.0)
+    q = p.add_subparsers(dest="call", required=True)
+    c = q.add_parser("classify", help="classify band folders/files, or --patch-id")
+    c.add_argument("patch", nargs="*", help="band GeoTIFF folders or files (S2 and S1 of one pair)")
+    c.add_argument("--patch-id")
+    c.add_argument("--threshold", type=float)
+    c = q.add_parser("search", help="similar pairs to --patch-id or to uploaded band folders")
+    c.add_argument("patch", nargs="*")
+    c.add_argument("--patch-id")
+    c.add_argument("--k", type=int, default=10)
+    c.add_argument("--using", default="fused", choices=["fused", "s1", "s2"])
+    c.add_argument("--query-modality", choices=["fused", "s1", "s2"])
+    c.add_argument("--labels-any", nargs="+")
+    c.add_argument("--labels-all", nargs="+")
+    c.add_argument("--split", nargs="+")
+    c.add_argument("--country", nargs="+")
+    c.add_argument("--season", nargs="+")
+    c.add_argument("--date-from")
+    c.add_argument("--date-to")
+    c = q.add_parser("patch", help="metadata of an archived pair")
+    c.add_argument("patch_id")
+    c = q.add_parser("rgb", help="true-colour quicklook PNG of an archived pair")
+    c.add_argument("patch_id")
+    c.add_argument("--out", required=True)
+    c.add_argument("--scale", type=int, default=1)
+    p.set_defaults(func=run_query)
     return parser
 
 
@@ -182,6 +299,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except ServiceError as e:
+        print(f"bigearth {args.command}: {e}", file=sys.stderr)
+        return 1
     except (ValueError, RuntimeError, OSError) as e:
         if args.verbose:
             raise

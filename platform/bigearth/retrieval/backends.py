@@ -41,6 +41,7 @@ class IndexSettings:
     hnsw_ef: int = 128  # search-time candidate list: recall against latency
     payload_m: int = 16  # extra links per payload-index value: fast filtered search
     quantization: str | None = "int8"  # scalar quantization of vectors over 64 dims (kept in RAM, rescored)
+    oversampling: float = 2.0  # quantized candidates fetched per result, then rescored with the full vectors
     full_scan_threshold_kb: int = 1000  # below this many KB of vectors a filtered query scans instead
 
 
@@ -262,7 +263,11 @@ class EdgeIndex(VectorIndex):
             query=qe.Query.Nearest(query, using=using),
             filter=self._filter(flt, exclude),
             with_payload=True,
-            params=qe.SearchParams(hnsw_ef=max(self.settings.hnsw_ef, k), exact=exact),
+            params=qe.SearchParams(
+                hnsw_ef=max(self.settings.hnsw_ef, k),
+                exact=exact,
+                quantization=qe.QuantizationSearchParams(rescore=True, oversampling=self.settings.oversampling),
+            ),
         )
         return [
             Hit(patch_id=p.payload["patch_id"], score=p.score, payload=p.payload) for p in self.shard.query(request)
@@ -422,7 +427,11 @@ class QdrantIndex(VectorIndex):
             using=using,
             limit=k,
             query_filter=self._filter(flt, exclude),
-            search_params=m.SearchParams(hnsw_ef=max(self.settings.hnsw_ef, k), exact=exact),
+            search_params=m.SearchParams(
+                hnsw_ef=max(self.settings.hnsw_ef, k),
+                exact=exact,
+                quantization=m.QuantizationSearchParams(rescore=True, oversampling=self.settings.oversampling),
+            ),
             with_payload=True,
         )
         return [Hit(patch_id=p.payload["patch_id"], score=p.score, payload=p.payload) for p in result.points]  # type: ignore[index]

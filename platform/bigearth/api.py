@@ -1,0 +1,142 @@
+"""The HTTP API's request and response models, shared by the Serve application and the client SDK (one
+definition, so the two cannot drift). Version: `/v1`."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from bigearth.retrieval.schema import SearchFilter
+
+API_VERSION = "v1"
+VectorName = Literal["fused", "s1", "s2"]
+MAX_K = 1000
+
+
+class ApiError(Exception):
+    """An error the API reports as `{"error", "message", "field"}` with an HTTP status (4xx for bad input)."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.field = status, message, field
+        self.code = code or {
+            400: "bad_request",
+            401: "unauthorized",
+            404: "not_found",
+            413: "too_large",
+            422: "invalid",
+            429: "busy",
+            503: "unavailable",
+        }.get(status, "error")
+
+    def body(self) -> dict[str, Any]:
+        return ErrorBody(error=self.code, message=self.message, field=self.field).model_dump()
+
+    def __reduce__(self) -> tuple[Any, ...]:  # keep the fields when Ray ships the exception between processes
+        return (ApiError, (self.status, self.message, self.field, self.code))
+
+
+class ServiceError(Exception):
+    """Client side: the service answered with an error: `status`, and its `error` code, `message` and `field`."""
+
+    def __init__(self, status: int, error: str, message: str, field: str | None = None) -> None:
+        super().__init__(f"{status} {error}: {message}" + (f" (field: {field})" if field else ""))
+        self.status, self.error, self.message, self.field = status, error, message, field
+
+
+class ErrorBody(BaseModel):
+    error: str = Field(description="a stable code: invalid, not_found, too_large, unauthorized, unavailable, ...")
+    message: str = Field(description="what was wrong and what was expected")
+    field: str | None = Field(None, description="the request field, band or parameter at fault")
+
+
+class ModelInfo(BaseModel):
+    name: str = Field(description="model name and fusion, e.g. 'tiny/late'")
+    version: str = Field(description="checkpoint folder and the first 12 hex digits of the weights' SHA-256")
+    bands: list[str]
+    num_classes: int
+    classes: list[str]
+
+
+class ClassifyByIdRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patch_id: str = Field(description="an archived pair (its S2 patch name)")
+    threshold: float = Field(0.5, gt=0, lt=1)
+
+
+class ClassifyResponse(BaseModel):
+    patch_id: str | None = None
+    probabilities: dict[str, float] = Field(description="class name -> probability, in the nomenclature's order")
+    labels: list[str] = Field(description="classes with probability >= threshold")
+    threshold: float
+    model: ModelInfo
+
+
+class SearchRequest(BaseModel):
+    """Query by `patch_id` (an archived pair's stored vector), by `vector`, or (multipart) by an uploaded patch."""
+
+    model_config = ConfigDict(extra="forbid")
+    patch_id: str | None = None
+    vector: list[float] | None = None
+    k: int = Field(10, ge=1, le=MAX_K)
+    using: VectorName = Field("fused", description="the archive's vectors to search")
+    query_modality: VectorName | None = Field(
+        None, description="which vector of the query to use (default: `using`); `s1` with `using=s2` is cross-modal"
+    )
+    filter: SearchFilter | None = None
+    exact: bool = Field(False, description="exact search instead of HNSW (slow at archive scale)")
+    include_query: bool = Field(False, description="keep the query pair itself among the results")
+
+    @model_validator(mode="after")
+    def _one_query(self) -> SearchRequest:
+        if self.patch_id is not None and self.vector is not None:
+            raise ValueError("give either patch_id or vector, not both")
+        if self.vector is not None and self.query_modality not in (None, self.using):
+            raise ValueError("query_modality applies to patch and upload queries; a vector is searched as given")
+        return self
+
+
+class Location(BaseModel):
+    lat: float
+    lon: float
+
+
+class PatchInfo(BaseModel):
+    patch_id: str
+    s1_name: str
+    labels: list[str]
+    labels43: list[str] | None = None
+    split: str
+    country: str
+    tile: str
+    s2_acquisition: str
+    s1_acquisition: str
+    epsg: int
+    ulx: float
+    uly: float
+    location: Location
+    snow: bool
+    cloud: bool
+
+
+class SearchHit(BaseModel):
+    patch_id: str
+    score: float
+    payload: dict[str, Any]
+
+
+class SearchResponse(BaseModel):
+    hits: list[SearchHit]
+    k: int
+    using: VectorName
+    query_modality: VectorName
+    query_patch_id: str | None = None
+    took_ms: float
+
+
+class Ready(BaseModel):
+    ready: bool
+    model: ModelInfo | None = None
+    index: dict[str, Any] | None = None
+    detail: str | None = None

@@ -1,0 +1,275 @@
+"""Python client for the BigEarthNet service (`bigearth.serving`): typed results, retries, clear errors.
+
+    from bigearth.client import Client
+    with Client("http://127.0.0.1:8000", api_key=None) as c:
+        c.classify("BigEarthNet-v1.0/S2A_..._87_48", "BigEarthNet-S1-v1.0/S1A_..._87_48")   # band folders
+        c.classify(patch_id="S2A_MSIL2A_...")                                              # an archived pair
+        c.search(patch_id="S2A_MSIL2A_...", k=10, filter={"labels_any": ["Inland waters"], "split": "train"})
+        c.search(patch=["S1A_..."], using="s2", query_modality="s1")                      # S1 upload -> S2
+        c.patch("S2A_MSIL2A_..."), c.rgb("S2A_MSIL2A_...")                                  # metadata, PNG
+
+`AsyncClient` has the same methods as coroutines. Request/response models are `bigearth.api`'s, the ones the
+server validates with.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import os
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bigearth.api import ClassifyResponse, PatchInfo, Ready, SearchRequest, SearchResponse, ServiceError
+from bigearth.retrieval.schema import SearchFilter
+from bigearth.serving.inputs import band_of
+
+PatchLike = str | Path | Sequence[str | Path] | Mapping[str, np.ndarray]
+RETRY_STATUS = {429, 502, 503, 504}
+__all__ = ["AsyncClient", "Client", "ServiceError", "patch_files"]
+
+
+def _raise_for(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        raise ServiceError(response.status_code, body.get("error", "error"), body.get("message", ""), body.get("field"))
+    except (ValueError, AttributeError):
+        raise ServiceError(response.status_code, "error", response.text[:500]) from None
+
+
+def patch_files(patch: PatchLike) -> list[tuple[str, tuple[str, bytes, str]]]:
+    """Multipart parts for a patch: band folders / band files (GeoTIFF), or a dict of arrays (sent as .npz)."""
+    if isinstance(patch, Mapping):
+        buf = io.BytesIO()
+        np.savez(buf, **{k: np.asarray(v) for k, v in patch.items()})
+        return [("patch.npz", ("patch.npz", buf.getvalue(), "application/octet-stream"))]
+    items = [patch] if isinstance(patch, (str, Path)) else list(patch)
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files.extend(sorted(p for p in item.iterdir() if p.suffix.lower() in (".tif", ".tiff")))
+        elif item.is_file():
+            files.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such band file or patch folder")
+    parts = []
+    for f in files:
+        band = band_of(f.name)
+        if band is None:
+            raise ValueError(
+                f"{f}: cannot tell which band this file is (expected a name ending in _B02.tif, _VV.tif, ...)"
+            )
+        parts.append((band, (f.name, f.read_bytes(), "image/tiff")))
+    if not parts:
+        raise ValueError(f"{patch}: no band GeoTIFFs found")
+    return parts
+
+
+def _search_body(
+    patch_id: str | None,
+    vector: Sequence[float] | None,
+    k: int,
+    using: str,
+    query_modality: str | None,
+    filter: SearchFilter | Mapping[str, Any] | None,
+    exact: bool,
+) -> dict[str, Any]:
+    flt = SearchFilter.model_validate(filter) if isinstance(filter, Mapping) else filter
+    req = SearchRequest(
+        patch_id=patch_id,
+        vector=None if vector is None else [float(x) for x in vector],
+        k=k,
+        using=using,  # type: ignore[arg-type]
+        query_modality=query_modality,  # type: ignore[arg-type]
+        filter=flt,
+        exact=exact,
+    )
+    return req.model_dump(mode="json", exclude_none=True)
+
+
+class _Base:
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 60.0,
+        retries: int = 4,
+        backoff: float = 0.25,
+    ) -> None:
+        self.base_url = (base_url or os.environ.get("BIGEARTH_URL") or "http://127.0.0.1:8000").rstrip("/")
+        key = api_key or os.environ.get("BIGEARTH_API_KEY")
+        self.headers = {"X-API-Key": key} if key else {}
+        self.timeout, self.retries, self.backoff = timeout, retries, backoff
+
+    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
+        after = response.headers.get("retry-after") if response is not None else None
+        if after and after.replace(".", "", 1).isdigit():
+            return float(after)
+        return float(self.backoff * 2**attempt)
+
+
+class Client(_Base):
+    """Synchronous client. Retries 429/502/503/504 and connection errors with exponential backoff."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            response = None
+            try:
+                response = self._http.request(method, path, **kwargs)
+                if response.status_code not in RETRY_STATUS or attempt == self.retries:
+                    _raise_for(response)
+                    return response
+            except httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+            time.sleep(self._delay(attempt, response))
+        raise AssertionError("unreachable")
+
+    def health(self) -> bool:
+        return bool(self._request("GET", "/healthz").json()["status"] == "ok")
+
+    def ready(self) -> Ready:
+        return Ready.model_validate(self._request("GET", "/readyz").json())
+
+    def classify(
+        self, *patch: PatchLike, patch_id: str | None = None, threshold: float | None = None
+    ) -> ClassifyResponse:
+        """Classify band folders/files or a dict of arrays (several folders: S2 and S1 of one pair), or an
+        archived pair by `patch_id`."""
+        params = {"threshold": threshold} if threshold is not None else None
+        if patch_id is not None:
+            if patch:
+                raise ValueError("give either a patch or a patch_id")
+            body = {"patch_id": patch_id} | ({"threshold": threshold} if threshold is not None else {})
+            r = self._request("POST", "/v1/classify", json=body)
+        else:
+            r = self._request("POST", "/v1/classify", files=_flatten(patch), params=params)
+        return ClassifyResponse.model_validate(r.json())
+
+    def search(
+        self,
+        *patch: PatchLike,
+        patch_id: str | None = None,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        using: str = "fused",
+        query_modality: str | None = None,
+        filter: SearchFilter | Mapping[str, Any] | None = None,
+        exact: bool = False,
+    ) -> SearchResponse:
+        """Similar archived pairs to a pair (`patch_id`), a vector, or an uploaded patch (positional)."""
+        if patch:
+            body = _search_body(None, None, k, using, query_modality, filter, exact)
+            r = self._request("POST", "/v1/search", files=_flatten(patch), data={"request": json.dumps(body)})
+        else:
+            body = _search_body(patch_id, vector, k, using, query_modality, filter, exact)
+            r = self._request("POST", "/v1/search", json=body)
+        return SearchResponse.model_validate(r.json())
+
+    def patch(self, patch_id: str) -> PatchInfo:
+        return PatchInfo.model_validate(self._request("GET", f"/v1/patches/{_quote(patch_id)}").json())
+
+    def rgb(self, patch_id: str, scale: int = 1) -> bytes:
+        """True-colour PNG quicklook of an archived pair."""
+        return self._request("GET", f"/v1/patches/{_quote(patch_id)}/rgb.png", params={"scale": scale}).content
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class AsyncClient(_Base):
+    """The same calls as coroutines (httpx.AsyncClient), for many concurrent requests."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
+
+    async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        for attempt in range(self.retries + 1):
+            response = None
+            try:
+                response = await self._http.request(method, path, **kwargs)
+                if response.status_code not in RETRY_STATUS or attempt == self.retries:
+                    _raise_for(response)
+                    return response
+            except httpx.TransportError:
+                if attempt == self.retries:
+                    raise
+            await asyncio.sleep(self._delay(attempt, response))
+        raise AssertionError("unreachable")
+
+    async def classify(
+        self, *patch: PatchLike, patch_id: str | None = None, threshold: float | None = None
+    ) -> ClassifyResponse:
+        if patch_id is not None:
+            body = {"patch_id": patch_id} | ({"threshold": threshold} if threshold is not None else {})
+            r = await self._request("POST", "/v1/classify", json=body)
+        else:
+            params = {"threshold": threshold} if threshold is not None else None
+            r = await self._request("POST", "/v1/classify", files=_flatten(patch), params=params)
+        return ClassifyResponse.model_validate(r.json())
+
+    async def search(
+        self,
+        *patch: PatchLike,
+        patch_id: str | None = None,
+        vector: Sequence[float] | None = None,
+        k: int = 10,
+        using: str = "fused",
+        query_modality: str | None = None,
+        filter: SearchFilter | Mapping[str, Any] | None = None,
+        exact: bool = False,
+    ) -> SearchResponse:
+        if patch:
+            body = _search_body(None, None, k, using, query_modality, filter, exact)
+            r = await self._request("POST", "/v1/search", files=_flatten(patch), data={"request": json.dumps(body)})
+        else:
+            body = _search_body(patch_id, vector, k, using, query_modality, filter, exact)
+            r = await self._request("POST", "/v1/search", json=body)
+        return SearchResponse.model_validate(r.json())
+
+    async def patch(self, patch_id: str) -> PatchInfo:
+        return PatchInfo.model_validate((await self._request("GET", f"/v1/patches/{_quote(patch_id)}")).json())
+
+    async def rgb(self, patch_id: str, scale: int = 1) -> bytes:
+        return (await self._request("GET", f"/v1/patches/{_quote(patch_id)}/rgb.png", params={"scale": scale})).content
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+
+def _flatten(patches: Sequence[PatchLike]) -> list[tuple[str, tuple[str, bytes, str]]]:
+    parts: list[tuple[str, tuple[str, bytes, str]]] = []
+    for p in patches:
+        parts.extend(patch_files(p))
+    return parts
+
+
+def _quote(patch_id: str) -> str:
+    from urllib.parse import quote
+
+    return quote(patch_id, safe="")

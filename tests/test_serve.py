@@ -1,0 +1,361 @@
+"""The Serve application over real HTTP on a real local Ray: tiny-cpu trained and indexed on a synthetic archive,
+REAL BigEarthNet patches from ../shared uploaded as GeoTIFFs; through the SDK, the CLI and raw HTTP."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from bigearth.api import ServiceError
+from bigearth.client import AsyncClient, Client
+from bigearth.data import read_columns
+from bigearth.labels import BEN19
+from helpers import REAL_V1
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+KEY = "test-key-1"
+S2_DIRS = sorted((REAL_V1 / "BigEarthNet-v1.0").iterdir()) if REAL_V1.exists() else []
+S1_DIRS = sorted((REAL_V1 / "BigEarthNet-S1-v1.0").iterdir()) if REAL_V1.exists() else []
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def url(tiny_run: Path, index_v2: Path, shards_v2: Path) -> Iterator[str]:
+    from ray import serve
+
+    from bigearth.serving.app import AppArgs, build
+
+    port = _free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = AppArgs(
+        checkpoint=str(tiny_run),
+        index=str(index_v2),
+        data=str(shards_v2),
+        replica_cpus=0.25,
+        max_batch_size=16,
+        batch_wait_timeout_s=0.05,
+        api_keys=[KEY],
+        max_body_mb=4,
+    )
+    serve.run(build(args), name="bigearth", route_prefix="/")
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while httpx.get(f"{base}/readyz").status_code != 200:
+        assert time.time() < deadline, httpx.get(f"{base}/readyz").text
+        time.sleep(0.5)
+    yield base
+    serve.shutdown()
+
+
+@pytest.fixture(scope="module")
+def client(url: str) -> Iterator[Client]:
+    with Client(url, api_key=KEY, timeout=60) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def ids(shards_v2: Path) -> dict[str, list[str]]:
+    rows = read_columns(str(shards_v2), ["patch_id", "split"]).to_pylist()
+    return {s: [r["patch_id"] for r in rows if r["split"] == s] for s in ("train", "validation", "test")}
+
+
+def _real_pair_files(i: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    files = [p for d in (S2_DIRS[i], S1_DIRS[i]) for p in sorted(d.glob("*.tif"))]
+    return [(p.stem.rsplit("_", 1)[-1], (p.name, p.read_bytes(), "image/tiff")) for p in files]
+
+
+# ------------------------------------------------------------------------------------------------ health
+def test_health_and_readiness(client: Client) -> None:
+    assert client.health()
+    ready = client.ready()
+    assert ready.ready and ready.model is not None and ready.model.name == "tiny/late"
+    assert ready.model.classes == list(BEN19) and "@" in ready.model.version
+    assert ready.index is not None and ready.index["points"] == ready.index["pairs_in_shards"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ classify
+@pytest.mark.real
+def test_classify_real_patches_uploaded_as_geotiffs(client: Client, url: str) -> None:
+    assert len(S2_DIRS) == len(S1_DIRS) >= 3
+    for s2, s1 in zip(S2_DIRS, S1_DIRS, strict=True):
+        r = client.classify(s2, s1, threshold=0.3)
+        assert list(r.probabilities) == list(BEN19)
+        assert all(0.0 <= p <= 1.0 for p in r.probabilities.values())
+        assert r.labels == [n for n, p in r.probabilities.items() if p >= 0.3]
+        assert r.model.name == "tiny/late"
+    raw = httpx.post(f"{url}/v1/classify", files=_real_pair_files(0), headers={"X-API-Key": KEY}, timeout=60)
+    assert raw.status_code == 200, raw.text
+    assert raw.json()["probabilities"] == pytest.approx(client.classify(S2_DIRS[0], S1_DIRS[0]).probabilities)
+
+
+def test_classify_by_patch_id_equals_classify_of_the_uploaded_arrays(
+    client: Client, ids: dict[str, list[str]], shards_v2: Path
+) -> None:
+    from bigearth.bands import GROUPS
+    from bigearth.patches import PatchStore
+
+    pid = ids["test"][0]
+    by_id = client.classify(patch_id=pid)
+    arrays = PatchStore(str(shards_v2)).arrays(pid, {g: GROUPS[g] for g in ("s1", "s2_10m", "s2_20m")})
+    by_upload = client.classify({g: a[0] for g, a in arrays.items()})  # sent as .npz
+    assert by_id.patch_id == pid and by_upload.patch_id is None
+    assert list(by_id.probabilities.values()) == pytest.approx(list(by_upload.probabilities.values()), abs=1e-5)
+
+
+def test_dynamic_batching_batches_concurrent_requests(url: str, ids: dict[str, list[str]]) -> None:
+    async def burst() -> None:
+        async with AsyncClient(url, api_key=KEY) as c:
+            await asyncio.gather(*(c.classify(patch_id=pid) for pid in ids["train"][:24]))
+
+    asyncio.run(burst())
+    metrics = httpx.get(f"{url}/metrics").text
+    count = _metric(metrics, "bigearth_classifier_batch_size_count")
+    total = _metric(metrics, "bigearth_classifier_batch_size_sum")
+    assert count >= 24 and total / count > 1.5, (total, count)  # requests shared model calls
+
+
+def _metric(text: str, name: str) -> float:
+    return sum(float(line.split()[-1]) for line in text.splitlines() if line.startswith(name))
+
+
+# ------------------------------------------------------------------------------------------------ search
+def test_search_by_patch_id_with_filters(client: Client, url: str, ids: dict[str, list[str]]) -> None:
+    pid = ids["test"][1]
+    label = client.patch(pid).labels[0]
+    r = client.search(patch_id=pid, k=5, filter={"split": "train", "labels_any": [label]})
+    assert 0 < len(r.hits) <= 5 and r.query_patch_id == pid
+    assert all(h.payload["split"] == "train" and label in h.payload["labels"] for h in r.hits)
+    assert [h.score for h in r.hits] == sorted((h.score for h in r.hits), reverse=True)
+    unfiltered = client.search(patch_id=pid, k=5)
+    assert pid not in [h.patch_id for h in unfiltered.hits]  # the query itself is left out
+    body = {"patch_id": pid, "k": 3, "using": "s2", "filter": {"date_from": "2017-01-01", "country": ["Austria"]}}
+    raw = httpx.post(f"{url}/v1/search", json=body, headers={"X-API-Key": KEY})
+    assert raw.status_code == 200, raw.text
+    assert all(h["payload"]["country"] == "Austria" for h in raw.json()["hits"])
+
+
+def test_search_by_vector(client: Client, ids: dict[str, list[str]], tiny_run: Path, shards_v2: Path) -> None:
+    import torch
+
+    from bigearth.bands import GROUPS
+    from bigearth.patches import PatchStore
+    from bigearth.retrieval.embed import embed
+    from bigearth.training.checkpoints import load_model
+
+    # the embedded index is open in the Retriever (one process per folder): compute the vector as the indexer did
+    pid = ids["validation"][0]
+    model, _ = load_model(tiny_run)
+    arrays = PatchStore(str(shards_v2)).arrays(pid, {"s1": GROUPS["s1"]})
+    _, vectors = embed(model, {"s1": torch.from_numpy(arrays["s1"])})
+    r = client.search(vector=vectors["s1"][0].tolist(), using="s1", k=3)
+    assert r.hits[0].patch_id == pid and r.hits[0].score == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.real
+def test_search_by_uploaded_real_patch_and_cross_modal(client: Client) -> None:
+    r = client.search(S2_DIRS[0], S1_DIRS[0], k=4, filter={"split": ["train", "validation"]})
+    assert len(r.hits) == 4 and all(h.payload["split"] in ("train", "validation") for h in r.hits)
+    cross = client.search(S1_DIRS[1], k=4, using="s2", query_modality="s1")  # S1 only, against S2 vectors
+    assert len(cross.hits) == 4 and cross.using == "s2" and cross.query_modality == "s1"
+    with pytest.raises(ServiceError) as e:
+        client.search(S1_DIRS[1], k=4, using="s2")  # the S2 vector of an S1-only upload cannot exist
+    assert e.value.status == 422 and e.value.field == "bands"
+
+
+# ------------------------------------------------------------------------------------------------ patches
+def test_patch_metadata_and_quicklook(client: Client, ids: dict[str, list[str]]) -> None:
+    from PIL import Image
+
+    pid = ids["train"][3]
+    info = client.patch(pid)
+    assert info.patch_id == pid and info.split == "train" and info.labels
+    assert -90 < info.location.lat < 90 and info.s2_acquisition.endswith("Z")
+    png = client.rgb(pid, scale=2)
+    img = Image.open(io.BytesIO(png))
+    assert img.format == "PNG" and img.size == (240, 240) and img.mode == "RGB"
+    assert np.asarray(img).std() > 5  # a stretched picture, not a flat fill
+
+
+# ------------------------------------------------------------------------------------------------ the CLI
+def test_query_cli(url: str, ids: dict[str, list[str]], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bigearth.cli import main
+
+    pid = ids["test"][2]
+    base = ["query", "--url", url, "--api-key", KEY]
+    assert main([*base, "search", "--patch-id", pid, "--k", "2", "--split", "train"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert len(out["hits"]) == 2 and all(h["payload"]["split"] == "train" for h in out["hits"])
+    assert main([*base, "rgb", pid, "--out", str(tmp_path / "q.png")]) == 0
+    assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
+    assert main([*base, "patch", "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_0_0"]) == 1
+    assert "404 not_found" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def _tiff_bytes(shape: tuple[int, int]) -> bytes:
+    from bigearth.archive.geotiff import encode
+
+    return encode(np.ones(shape, dtype="uint16"), epsg=32633, ulx=404400.0, uly=5342400.0, res=10.0)
+
+
+BAD_REQUESTS = {
+    "wrong band size": (
+        "classify-files",
+        [("B02", ("x_B02.tif", b"@size60", "image/tiff"))],
+        422,
+        "B02",
+        "expected 120x120",
+    ),
+    "missing bands": ("classify-files", [("B02", ("x_B02.tif", b"@good", "image/tiff"))], 422, "bands", "missing"),
+    "not a tiff": (
+        "classify-files",
+        [("B03", ("x_B03.tif", b"hello, not a tiff", "image/tiff"))],
+        422,
+        "B03",
+        "not a readable GeoTIFF",
+    ),
+    "corrupt npz": (
+        "classify-files",
+        [("p.npz", ("p.npz", b"PK\x03\x04broken", "application/zip"))],
+        422,
+        "npz",
+        "not a readable .npz",
+    ),
+    "unnamed band file": (
+        "classify-files",
+        [("file", ("photo.tif", b"x", "image/tiff"))],
+        422,
+        "file",
+        "cannot tell which band",
+    ),
+    "unknown patch id": (
+        "classify-json",
+        {"patch_id": "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_0_0"},
+        404,
+        "patch_id",
+        "not in the shard set",
+    ),
+    "malformed patch id": ("classify-json", {"patch_id": "../../etc/passwd"}, 422, "patch_id", "not a valid patch id"),
+    "bad threshold": ("classify-json", {"patch_id": "S2A_x", "threshold": 3}, 422, "threshold", "less than 1"),
+    "bad json": ("classify-raw", b"{not json", 422, None, "Invalid JSON"),
+    "wrong content type": ("classify-text", b"hello", 415, "content-type", "multipart/form-data"),
+    "k out of range": ("search", {"patch_id": "S2A_x", "k": 5000}, 422, "k", "less than or equal to 1000"),
+    "k zero": ("search", {"patch_id": "S2A_x", "k": 0}, 422, "k", "greater than or equal to 1"),
+    "malformed filter": (
+        "search",
+        {"patch_id": "S2A_x", "filter": {"colour": "red"}},
+        422,
+        "filter.colour",
+        "Extra inputs",
+    ),
+    "unknown label": (
+        "search",
+        {"patch_id": "S2A_x", "filter": {"labels_any": ["Moon base"]}},
+        422,
+        "filter.labels_any",
+        "unknown label",
+    ),
+    "43-class label on a 19-class index": (
+        "search",
+        {"patch_id": "PID", "filter": {"labels_any": ["Rice fields"]}},
+        422,
+        "filter",
+        "19-class",
+    ),
+    "bad date range": (
+        "search",
+        {"patch_id": "S2A_x", "filter": {"date_from": "2018-01-01", "date_to": "2017-01-01"}},
+        422,
+        "filter",
+        "after date_to",
+    ),
+    "unknown search patch": (
+        "search",
+        {"patch_id": "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_0_0"},
+        404,
+        "patch_id",
+        "not in the index",
+    ),
+    "vector of the wrong length": (
+        "search",
+        {"vector": [0.1, 0.2], "using": "s1"},
+        422,
+        "vector",
+        "expected 19 finite numbers",
+    ),
+    "no query": ("search", {"k": 3}, 422, "patch_id", "give a patch_id or a vector"),
+    "quicklook scale out of range": ("rgb", "scale=99", 422, "scale", "scale must be 1..8"),
+    "quicklook of an unknown patch": ("rgb-unknown", "scale=1", 404, "patch_id", "not in the shard set"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_REQUESTS))
+def test_bad_input_is_a_4xx_naming_the_field(url: str, case: str, ids: dict[str, list[str]], shards_v2: Path) -> None:
+    kind, payload, status, field, message = BAD_REQUESTS[case]
+    pid = ids["train"][0]
+    h = {"X-API-Key": KEY}
+    if kind == "classify-files":
+        files = []
+        for name, (fname, data, ctype) in payload:  # type: ignore[union-attr]
+            if data == b"@size60":
+                data = _tiff_bytes((60, 60))
+            elif data == b"@good":
+                data = _tiff_bytes((120, 120))
+            files.append((name, (fname, data, ctype)))
+        r = httpx.post(f"{url}/v1/classify", files=files, headers=h, timeout=60)
+    elif kind == "classify-json":
+        r = httpx.post(f"{url}/v1/classify", json=payload, headers=h, timeout=60)
+    elif kind == "classify-raw":
+        r = httpx.post(f"{url}/v1/classify", content=payload, headers={**h, "content-type": "application/json"})
+    elif kind == "classify-text":
+        r = httpx.post(f"{url}/v1/classify", content=payload, headers={**h, "content-type": "text/plain"})
+    elif kind == "search":
+        body = json.loads(json.dumps(payload).replace('"PID"', json.dumps(pid)))
+        r = httpx.post(f"{url}/v1/search", json=body, headers=h, timeout=60)
+    else:
+        target = pid if kind == "rgb" else "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_0_0"
+        r = httpx.get(f"{url}/v1/patches/{target}/rgb.png?{payload}", headers=h)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert set(body) == {"error", "message", "field"}
+    assert body["field"] == field and message in body["message"], body
+    assert httpx.get(f"{url}/healthz").status_code == 200
+
+
+def test_body_over_the_limit_and_auth(url: str, ids: dict[str, list[str]]) -> None:
+    big = [("B02", ("x_B02.tif", b"\0" * (5 * 1024 * 1024), "image/tiff"))]
+    r = httpx.post(f"{url}/v1/classify", files=big, headers={"X-API-Key": KEY}, timeout=60)
+    assert r.status_code == 413 and r.json()["field"] == "body"
+    r = httpx.post(f"{url}/v1/search", json={"patch_id": ids["train"][0]})
+    assert r.status_code == 401 and r.json()["field"] == "X-API-Key"
+    r = httpx.post(f"{url}/v1/search", json={"patch_id": ids["train"][0]}, headers={"X-API-Key": "wrong"})
+    assert r.status_code == 401
+    assert httpx.get(f"{url}/healthz").status_code == 200  # health needs no key
+    assert httpx.get(f"{url}/openapi.json").json()["paths"].keys() >= {
+        "/v1/classify",
+        "/v1/search",
+        "/v1/patches/{patch_id}",
+    }
+
+
+def test_service_still_answers_after_all_that(client: Client, ids: dict[str, list[str]]) -> None:
+    assert client.health() and client.ready().ready
+    assert client.classify(patch_id=ids["validation"][1]).probabilities
+    metrics = httpx.get(f"{client.base_url}/metrics").text
+    assert _metric(metrics, 'bigearth_requests_total{route="/v1/search",status="422"}') > 0
+    assert _metric(metrics, 'bigearth_requests_total{route="/v1/classify",status="200"}') > 0
+    assert 'status="500"' not in metrics
