@@ -37,8 +37,18 @@ def corpus(points: int, dim: int, seed: int) -> tuple[list[str], np.ndarray, lis
 
     t = pa.concat_tables(
         [
-            pq.read_table(LISTS / name, columns=["patch_id", "labels", "split", "country", "contains_seasonal_snow",
-                                                  "contains_cloud_or_shadow", "s1_name"])
+            pq.read_table(
+                LISTS / name,
+                columns=[
+                    "patch_id",
+                    "labels",
+                    "split",
+                    "country",
+                    "contains_seasonal_snow",
+                    "contains_cloud_or_shadow",
+                    "s1_name",
+                ],
+            )
             for name in ("metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
         ]
     )
@@ -59,11 +69,17 @@ def corpus(points: int, dim: int, seed: int) -> tuple[list[str], np.ndarray, lis
         day = 1 + i % 28
         month = 1 + (i // 28) % 12
         p = {
-            "patch_id": pid, "s1_name": r["s1_name"], "labels": r["labels"], "split": r["split"],
-            "country": r["country"], "tile": pid.split("_")[5] if pid.count("_") >= 5 else "",
-            "date": f"2017-{month:02d}-{day:02d}T10:00:00Z", "season": season(month),
+            "patch_id": pid,
+            "s1_name": r["s1_name"],
+            "labels": r["labels"],
+            "split": r["split"],
+            "country": r["country"],
+            "tile": pid.split("_")[5] if pid.count("_") >= 5 else "",
+            "date": f"2017-{month:02d}-{day:02d}T10:00:00Z",
+            "season": season(month),
             "location": {"lat": 40 + (i % 300) * 0.1, "lon": -8 + (i % 500) * 0.05},
-            "snow": bool(r["contains_seasonal_snow"]), "cloud": bool(r["contains_cloud_or_shadow"]),
+            "snow": bool(r["contains_seasonal_snow"]),
+            "cloud": bool(r["contains_cloud_or_shadow"]),
         }
         p["flags"] = flags(p)
         payloads.append(p)
@@ -151,8 +167,11 @@ def main() -> int:
             scores[~masks[key]] = -np.inf
             top = np.argpartition(-scores, a.k)[: a.k]
             truth.append({ids[j] for j in top})
-        selectivity = float(np.mean([masks[json.dumps(f.model_dump(mode="json") if f else None, sort_keys=True)].mean()
-                                     for f in filters]))
+        selectivity = float(
+            np.mean(
+                [masks[json.dumps(f.model_dump(mode="json") if f else None, sort_keys=True)].mean() for f in filters]
+            )
+        )
         per_ef = {}
         for ef in [int(v) for v in a.ef.split(",")]:
             index.settings = IndexSettings(hnsw_ef=ef)

@@ -359,3 +359,29 @@ def test_service_still_answers_after_all_that(client: Client, ids: dict[str, lis
     assert _metric(metrics, 'bigearth_requests_total{route="/v1/search",status="422"}') > 0
     assert _metric(metrics, 'bigearth_requests_total{route="/v1/classify",status="200"}') > 0
     assert 'status="500"' not in metrics
+
+
+# ------------------------------------------------------------------------------------------------ config
+def test_serve_config_is_a_valid_deploy_config_with_valid_args() -> None:
+    import yaml
+    from ray.serve.schema import ServeDeploySchema
+
+    from bigearth.serving.app import AppArgs
+    from helpers import REPO
+
+    cfg = yaml.safe_load((REPO / "serve" / "config.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(cfg)
+    (app,) = schema.applications
+    assert app.import_path == "bigearth.serving.app:build"
+    args = AppArgs.model_validate(app.args)
+    assert args.max_ongoing_requests > args.max_batch_size  # or @serve.batch never fills a batch
+
+
+def test_app_args_refuse_two_readers_of_one_embedded_index() -> None:
+    from pydantic import ValidationError
+
+    from bigearth.serving.app import AppArgs
+
+    with pytest.raises(ValidationError, match="opened by one process"):
+        AppArgs(checkpoint="c", index="/data/index", data="d", retriever_replicas=2)
+    assert AppArgs(checkpoint="c", index="http://qdrant:6333", data="d", retriever_replicas=2).retriever_replicas == 2

@@ -49,7 +49,8 @@ def patch_files(patch: PatchLike) -> list[tuple[str, tuple[str, bytes, str]]]:
     """Multipart parts for a patch: band folders / band files (GeoTIFF), or a dict of arrays (sent as .npz)."""
     if isinstance(patch, Mapping):
         buf = io.BytesIO()
-        np.savez(buf, **{k: np.asarray(v) for k, v in patch.items()})
+        arrays: dict[str, Any] = {k: np.asarray(v) for k, v in patch.items()}
+        np.savez(buf, **arrays)
         return [("patch.npz", ("patch.npz", buf.getvalue(), "application/octet-stream"))]
     items = [patch] if isinstance(patch, (str, Path)) else list(patch)
     files: list[Path] = []

@@ -270,7 +270,8 @@ class EdgeIndex(VectorIndex):
             ),
         )
         return [
-            Hit(patch_id=p.payload["patch_id"], score=p.score, payload=p.payload) for p in self.shard.query(request)
+            Hit.model_construct(patch_id=p.payload["patch_id"], score=p.score, payload=p.payload)
+            for p in self.shard.query(request)
         ]
 
     def retrieve(self, patch_ids: Sequence[str], with_vectors: bool = False) -> dict[str, IndexRecord]:
@@ -434,7 +435,9 @@ class QdrantIndex(VectorIndex):
             ),
             with_payload=True,
         )
-        return [Hit(patch_id=p.payload["patch_id"], score=p.score, payload=p.payload) for p in result.points]  # type: ignore[index]
+        return [
+            Hit.model_construct(patch_id=p.payload["patch_id"], score=p.score, payload=p.payload) for p in result.points
+        ]  # type: ignore[index]
 
     def retrieve(self, patch_ids: Sequence[str], with_vectors: bool = False) -> dict[str, IndexRecord]:
         records = self.client.retrieve(

@@ -1,0 +1,197 @@
+"""Benchmark: the Serve application under load, over real HTTP, in one run.
+
+    .venv/bin/python bench/serve.py [--model late:resnet18] [--seconds 20] [--load-seconds 60]
+
+(a) Classification (uploaded .npz patches) at 1, 8 and 32 concurrent clients, first with batch size 1, then with
+    dynamic batching (max_batch_size 32): requests/s, p50/p99 latency, mean batch size (from /metrics).
+(b) A load test: --load-seconds at 32 clients mixing classify and filtered search 50/50 with dynamic batching:
+    status codes (5xx must be zero), requests/s, p50/p99.
+
+Set-up (in --workdir): a synthetic v2 archive of --pairs pairs, ingested; the model with random weights saved as a
+checkpoint (throughput does not depend on training); its index in the embedded engine. Clients run in this process
+(asyncio + httpx) on the same machine as the service, so they take CPU from it: the ratio between the two modes
+is the figure to read, not the absolute rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import random
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def setup(workdir: Path, pairs: int, model_spec: str) -> tuple[str, str, str]:
+    from bigearth.ingest import ingest
+    from bigearth.models.registry import create_model
+    from bigearth.retrieval.indexer import build_index
+    from bigearth.synth.archive import synthesize
+    from bigearth.training.checkpoints import save
+
+    archive, shards, ckpt, index = (workdir / n for n in ("archive", "shards", "checkpoint", "index"))
+    if not (shards / "manifest.json").exists():
+        synthesize(str(archive), layout="v2", pairs=pairs, seed=5, progress=False)
+        ingest(str(archive), str(shards), shard_size=100)
+    name, _, backbone = model_spec.partition(":")
+    kwargs = {"fusion": "late"} if name == "tiny" else {"backbone": backbone or "resnet18"}
+    model = create_model(name, num_classes=19, **kwargs)
+    save(str(ckpt), model, {"model": {"name": name, **kwargs}, "num_classes": 19, "bands": list(model.bands)})
+    build_index(str(ckpt), str(shards), str(index), recreate=True, progress=False)
+    return str(ckpt), str(index), str(shards)
+
+
+def npz_bodies(shards: str, n: int) -> tuple[list[bytes], list[str]]:
+    from bigearth.bands import GROUPS
+    from bigearth.data import read_columns
+    from bigearth.patches import PatchStore
+
+    ids = read_columns(shards, ["patch_id"]).column(0).to_pylist()
+    store = PatchStore(shards)
+    bodies = []
+    for pid in ids[:n]:
+        arrays = store.arrays(pid, {g: GROUPS[g] for g in ("s1", "s2_10m", "s2_20m")})
+        buf = io.BytesIO()
+        np.savez(buf, **{g: a[0] for g, a in arrays.items()})
+        bodies.append(buf.getvalue())
+    return bodies, ids
+
+
+async def load(url: str, clients: int, seconds: float, make_request: Any) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    stop = time.perf_counter() + seconds
+
+    async def worker(i: int) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
+            while time.perf_counter() < stop:
+                t = time.perf_counter()
+                r = await make_request(c, i)
+                latencies.append(time.perf_counter() - t)
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(worker(i) for i in range(clients)))
+    wall = time.perf_counter() - t0
+    return {
+        "clients": clients,
+        "requests": len(latencies),
+        "rps": round(len(latencies) / wall, 2),
+        "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
+        "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+    }
+
+
+def batch_stats(url: str) -> tuple[float, float]:
+    import httpx
+
+    text = httpx.get(f"{url}/metrics").text
+    total = sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith("bigearth_classifier_batch_size_sum"))
+    count = sum(float(x.split()[-1]) for x in text.splitlines() if x.startswith("bigearth_classifier_batch_size_count"))
+    return total, count
+
+
+def deploy(url: str, ckpt: str, index: str, shards: str, max_batch_size: int) -> None:
+    import httpx
+    from ray import serve
+
+    from bigearth.serving.app import AppArgs, build
+
+    args = AppArgs(
+        checkpoint=ckpt,
+        index=index,
+        data=shards,
+        max_batch_size=max_batch_size,
+        replica_cpus=1,
+        batch_wait_timeout_s=0.01,
+        max_ongoing_requests=128,
+    )
+    serve.run(build(args), name="bigearth", route_prefix="/")
+    while httpx.get(f"{url}/readyz").status_code != 200:
+        time.sleep(0.5)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="late:resnet18", help="tiny, or late:<timm backbone>")
+    ap.add_argument("--pairs", type=int, default=300)
+    ap.add_argument("--seconds", type=float, default=20)
+    ap.add_argument("--load-seconds", type=float, default=60)
+    ap.add_argument("--clients", default="1,8,32")
+    ap.add_argument("--workdir", default=".bench/serve")
+    ap.add_argument("--out", help="also write the JSON here")
+    a = ap.parse_args()
+    import ray
+    from ray import serve
+
+    workdir = Path(a.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    ckpt, index, shards = setup(workdir, a.pairs, a.model)
+    bodies, ids = npz_bodies(shards, 32)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+
+    async def classify(c: Any, i: int) -> Any:
+        body = bodies[random.randrange(len(bodies))]
+        return await c.post("/v1/classify", files=[("patch.npz", ("patch.npz", body, "application/octet-stream"))])
+
+    result: dict[str, Any] = {"model": a.model, "machine": f"{platform.node()}, {os.cpu_count()} CPUs", "modes": {}}
+    for mode, mbs in (("batch size 1", 1), ("dynamic batching (max 32)", 32)):
+        deploy(url, ckpt, index, shards, mbs)
+        asyncio.run(load(url, 4, 3, classify))  # warm-up
+        rows = []
+        for n in [int(x) for x in a.clients.split(",")]:
+            before = batch_stats(url)
+            row = asyncio.run(load(url, n, a.seconds, classify))
+            after = batch_stats(url)
+            row["mean_batch"] = round((after[0] - before[0]) / max(after[1] - before[1], 1), 2)
+            rows.append(row)
+            print(mode, row, flush=True)
+        result["modes"][mode] = rows
+        serve.delete("bigearth")
+    top = {m: rows[-1]["rps"] for m, rows in result["modes"].items()}
+    result["speedup_at_max_clients"] = round(top["dynamic batching (max 32)"] / top["batch size 1"], 2)
+
+    deploy(url, ckpt, index, shards, 32)
+    train = [pid for pid in ids]
+
+    async def mixed(c: Any, i: int) -> Any:
+        if random.random() < 0.5:
+            return await classify(c, i)
+        body = {"patch_id": random.choice(train), "k": 10, "filter": {"split": "train"}}
+        return await c.post("/v1/search", json=body)
+
+    result["load_test"] = asyncio.run(load(url, 32, a.load_seconds, mixed))
+    result["load_test"]["mix"] = "50% classify (.npz upload), 50% search by patch id with a split filter"
+    result["load_test"]["5xx"] = sum(v for k, v in result["load_test"]["statuses"].items() if k.startswith("5"))
+    print("load test", result["load_test"], flush=True)
+    serve.shutdown()
+    ray.shutdown()
+    print(json.dumps(result, indent=1))
+    if a.out:
+        Path(a.out).write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO / "platform"))
+    sys.exit(main())
