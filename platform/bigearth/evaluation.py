@@ -4,7 +4,6 @@ a Markdown table, a per-class bar chart and the predictions as Parquet (`jobs/ev
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import numpy as np
@@ -12,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bigearth import labels as lab
-from bigearth.storage import StorageOptions
+from bigearth.storage import StorageOptions, join, open_fs
 
 
 class Predictor:
@@ -101,12 +100,13 @@ def evaluate(
     metrics = MultilabelMetrics(classes)
     metrics.update(torch.from_numpy(p), torch.from_numpy(lab.encode_many(truth, classes)))  # type: ignore[arg-type]
     result = {"checkpoint": best, "split": split, "data": data, **metrics.compute()}
-    os.makedirs(out, exist_ok=True)
-    with open(os.path.join(out, "metrics.json"), "w") as f:
+    fs, root = open_fs(out, storage)  # a local folder or a URL (s3://...: a RayJob on Kubernetes)
+    fs.makedirs(root, exist_ok=True)
+    with fs.open(join(root, "metrics.json"), "w") as f:
         json.dump(result, f, indent=1)
-    with open(os.path.join(out, "metrics.md"), "w") as f:
+    with fs.open(join(root, "metrics.md"), "w") as f:
         f.write(metrics_markdown(result))
-    with open(os.path.join(out, "per_class.png"), "wb") as f:
+    with fs.open(join(root, "per_class.png"), "wb") as f:
         f.write(per_class_chart(result))
     table = pa.table(
         {
@@ -115,7 +115,8 @@ def evaluate(
             "labels": pa.array(truth, pa.list_(pa.string())),
         }
     )
-    pq.write_table(table, os.path.join(out, "predictions.parquet"), compression="zstd")
+    with fs.open(join(root, "predictions.parquet"), "wb") as f:
+        pq.write_table(table, f, compression="zstd")
     result["class_names"] = list(names)
     return result
 

@@ -11,7 +11,6 @@ approximate index against exact search, on the same queries.
 from __future__ import annotations
 
 import json
-import os
 import time
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 from bigearth import labels as lab
 from bigearth.retrieval.backends import DEFAULT_COLLECTION, open_index
 from bigearth.retrieval.schema import SearchFilter
-from bigearth.storage import StorageOptions
+from bigearth.storage import StorageOptions, join, open_fs
 
 MODES = {"fused": ("fused", "fused"), "s1": ("s1", "s1"), "s2": ("s2", "s2"), "s1->s2": ("s1", "s2")}
 
@@ -123,10 +122,11 @@ def evaluate_retrieval(
         }
     index.close()
     if out:
-        os.makedirs(out, exist_ok=True)
-        with open(os.path.join(out, "retrieval.json"), "w") as f:
+        fs, root = open_fs(out, storage)
+        fs.makedirs(root, exist_ok=True)
+        with fs.open(join(root, "retrieval.json"), "w") as f:
             json.dump(result, f, indent=1)
-        with open(os.path.join(out, "retrieval.md"), "w") as f:
+        with fs.open(join(root, "retrieval.md"), "w") as f:
             f.write(retrieval_markdown(result))
     return result
 
