@@ -18,13 +18,14 @@ import pytest
 from bigearth.api import ServiceError
 from bigearth.client import AsyncClient, Client
 from bigearth.data import read_columns
+from bigearth.demo import find_real_patches
 from bigearth.labels import BEN19
-from helpers import REAL_V1
+from helpers import SHARED
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 KEY = "test-key-1"
-S2_DIRS = sorted((REAL_V1 / "BigEarthNet-v1.0").iterdir()) if REAL_V1.exists() else []
-S1_DIRS = sorted((REAL_V1 / "BigEarthNet-S1-v1.0").iterdir()) if REAL_V1.exists() else []
+PAIRS = find_real_patches(str(SHARED))  # (S2 folder, S1 folder), paired by the S1 metadata
+S2_DIRS, S1_DIRS = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
 
 
 def _free_port() -> int:

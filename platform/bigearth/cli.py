@@ -125,7 +125,7 @@ def run_bench(a: argparse.Namespace) -> int:
 def run_demo(a: argparse.Namespace) -> int:
     from bigearth.demo import run_demo as demo
 
-    demo(a.workdir, pairs=a.pairs, epochs=a.epochs, seed=a.seed)
+    demo(a.workdir, pairs=a.pairs, epochs=a.epochs, seed=a.seed, serve=a.serve, port=a.port, shared=a.shared)
     return 0
 
 
@@ -238,11 +238,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_storage_args(p)
     p.set_defaults(func=run_bench)
 
-    p = sub.add_parser("demo", help="the main job on embedded defaults: synth -> ingest -> stream batches")
+    p = sub.add_parser("demo", help="the whole platform on embedded defaults, end to end, with an HTML report")
     p.add_argument("--workdir", default="runs/demo")
     p.add_argument("--pairs", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--epochs", type=int, default=6)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--serve", action="store_true", help="keep the service running at the end (Ctrl-C stops)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--shared", help="the folder holding bigearthnet/real (default: $BIGEARTH_SHARED or ../shared)")
     p.set_defaults(func=run_demo)
 
     p = sub.add_parser("serve", help="run the classification + retrieval service locally (Ray Serve)")

@@ -18,6 +18,8 @@ class _Strict(BaseModel):
 
 
 class ModelConfig(_Strict):
+    """Which model to build (`bigearth.models.registry`) and its input."""
+
     name: str = Field("late", description="registered model: early, late, s1, s2, tiny")
     backbone: str | None = Field(None, description="timm model name (resnet18, resnet50, ...)")
     fusion: str | None = Field(None, description="tiny only: early, late, s1 or s2")
@@ -29,32 +31,40 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
+    """The input pipeline (`bigearth.data.open_split` / `iter_torch`)."""
+
     batch_size: int = Field(256, ge=1, description="per worker")
     local_shuffle_buffer: int = Field(2048, ge=0, description="rows in each worker's shuffle buffer (0 = off)")
-    nomenclature: Literal[19, 43] = 19
-    train_split: str = "train"
-    val_split: str = "validation"
+    nomenclature: Literal[19, 43] = Field(19, description="label nomenclature; 43 needs shards ingested from v1")
+    train_split: str = Field("train", description="split trained on")
+    val_split: str = Field("validation", description="split for validation metrics, early stopping, best checkpoint")
 
 
 class OptimConfig(_Strict):
-    epochs: int = Field(20, ge=1)
+    """AdamW with linear warm-up and cosine decay, bf16 autocast on GPUs."""
+
+    epochs: int = Field(20, ge=1, description="maximum epochs (early stopping may end sooner)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW")
-    weight_decay: float = Field(0.01, ge=0)
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
     warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up, then cosine decay to 0")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
 
 
 class ScalingConfig(_Strict):
-    num_workers: int = Field(1, ge=1)
-    use_gpu: bool = False
-    cpus_per_worker: float = Field(1, gt=0)
+    """Ray Train workers (data-parallel DDP)."""
+
+    num_workers: int = Field(1, ge=1, description="training workers (one GPU each with use_gpu)")
+    use_gpu: bool = Field(False, description="a GPU per worker")
+    cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker")
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="STRICT_SPREAD puts every worker on a different node"
     )
 
 
 class RunConfig(_Strict):
-    seed: int = 0
+    """Reproducibility, early stopping, fault tolerance, checkpoint retention."""
+
+    seed: int = Field(0, description="seeds torch, numpy and the shuffles")
     patience: int = Field(5, ge=1, description="early stopping: epochs without a better val macro AP")
     max_failures: int = Field(3, ge=0, description="worker-group restarts after a worker or node loss")
     keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept by val macro AP (+ the latest)")

@@ -1,0 +1,93 @@
+"""The newcomer's path: the demo end to end at a small size (synth -> ingest -> train -> evaluate -> index ->
+retrieval metrics -> serve -> SDK -> report), then the report rendered in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from helpers import SHARED
+
+pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    from bigearth.demo import run_demo
+
+    work = tmp_path_factory.mktemp("demo")
+    result = run_demo(str(work), pairs=400, epochs=2, port=0, shared=str(SHARED), samples=4, queries=2)
+    result["workdir"] = work
+    return result
+
+
+def test_the_demo_writes_a_report_holding_the_metrics_files_numbers(demo: dict[str, Any]) -> None:
+    work: Path = demo["workdir"]
+    report = work / "report"
+    data = json.loads((report / "report.json").read_text())
+    metrics = json.loads((work / "eval" / "metrics.json").read_text())
+    retrieval = json.loads((work / "retrieval" / "retrieval.json").read_text())
+    for key in ("micro_f1", "macro_ap", "micro_precision", "samples"):
+        assert data["metrics"][key] == metrics[key]
+    assert data["retrieval"]["modes"] == retrieval["modes"]
+    page = (report / "report.html").read_text()
+    assert f"{100 * metrics['micro_f1']:.1f}" in page and f"{100 * metrics['macro_ap']:.1f}" in page
+    history = [json.loads(x) for x in (work / "runs" / "tiny" / "metrics.jsonl").read_text().splitlines()]
+    assert data["history"] == history and len(history) == 2
+    srcs = re.findall(r'<img src="([^"]+)"', page)
+    assert len(srcs) >= 2 + 4 + 2 * 6  # curves, per-class, samples, queries with 5 neighbours each
+    assert all((report / s).stat().st_size > 100 for s in srcs)
+    assert len(data["samples"]) == 4 and all(s["pred"] is not None for s in data["samples"])
+    assert len(data["queries"]) == 2 and all(len(q["hits"]) == 5 for q in data["queries"])
+    for q in data["queries"]:
+        for h in q["hits"]:
+            assert h["shared"] == sorted(set(h["labels"]) & set(q["labels"]))
+    if (SHARED / "bigearthnet" / "real").exists():
+        assert len(data["real"]) >= 3 and all(len(x["top"]) == 3 for x in data["real"])
+
+
+def _chromium() -> str:
+    """The Chromium binary; installed from Debian (`apt-get install chromium`) when missing."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+        out = subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, text=True)
+        found = shutil.which("chromium")
+        if found:
+            return found
+        raise RuntimeError(f"apt-get install chromium failed: {out.stderr[-500:]}")
+    raise RuntimeError("chromium is not installed and cannot be installed here (needs root and apt-get)")
+
+
+def test_the_report_renders_in_headless_chromium(demo: dict[str, Any]) -> None:
+    page = Path(demo["report"])
+    out = subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--virtual-time-budget=10000",
+            "--dump-dom",
+            page.as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    dom = out.stdout
+    loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
+    assert loaded, dom[:500]
+    ok, total = map(int, loaded.groups())
+    assert total >= 18 and ok == total  # every image decoded (naturalWidth > 0), none broken
+    assert '<table id="metrics">' in dom and '<table id="retrieval">' in dom and "Neighbours of" in dom
