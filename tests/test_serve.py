@@ -386,3 +386,30 @@ def test_app_args_refuse_two_readers_of_one_embedded_index() -> None:
     with pytest.raises(ValidationError, match="opened by one process"):
         AppArgs(checkpoint="c", index="/data/index", data="d", retriever_replicas=2)
     assert AppArgs(checkpoint="c", index="http://qdrant:6333", data="d", retriever_replicas=2).retriever_replicas == 2
+
+
+# ------------------------------------------------------------------------------------------------ docs/api.md
+def test_the_api_docs_examples_run(url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Every Python block of docs/api.md runs against this service (its URL and API key swapped in)."""
+    import re
+
+    from helpers import REPO
+
+    text = (REPO / "docs" / "api.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(blocks) >= 3
+    monkeypatch.setenv("BIGEARTH_API_KEY", KEY)
+    monkeypatch.chdir(tmp_path)  # the examples write quicklook.png into the working folder
+    for block in blocks:
+        code = block.replace("http://127.0.0.1:8000", url).replace("../shared", str(SHARED))
+        exec(compile(code, "docs/api.md", "exec"), {"__name__": "docs_api"})
+    assert (tmp_path / "quicklook.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_patch_listing(client: Client, ids: dict[str, list[str]]) -> None:
+    page = client.patches(split="train", limit=7, offset=2)
+    assert page.patch_ids == ids["train"][2:9] and page.total == len(ids["train"])
+    assert client.patches(limit=1000).total == sum(len(v) for v in ids.values())
+    with pytest.raises(ServiceError) as e:
+        client.patches(split="holdout")
+    assert e.value.status == 422 and e.value.field == "split"

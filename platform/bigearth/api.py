@@ -120,6 +120,13 @@ class PatchInfo(BaseModel):
     cloud: bool
 
 
+class PatchList(BaseModel):
+    patch_ids: list[str]
+    offset: int
+    total: int = Field(description="patch ids in the split (or in the shard set)")
+    split: str | None = None
+
+
 class SearchHit(BaseModel):
     patch_id: str
     score: float

@@ -26,7 +26,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from bigearth.api import ClassifyResponse, PatchInfo, Ready, SearchRequest, SearchResponse, ServiceError
+from bigearth.api import ClassifyResponse, PatchInfo, PatchList, Ready, SearchRequest, SearchResponse, ServiceError
 from bigearth.retrieval.schema import SearchFilter
 from bigearth.serving.inputs import band_of
 
@@ -182,6 +182,11 @@ class Client(_Base):
     def patch(self, patch_id: str) -> PatchInfo:
         return PatchInfo.model_validate(self._request("GET", f"/v1/patches/{_quote(patch_id)}").json())
 
+    def patches(self, split: str | None = None, offset: int = 0, limit: int = 100) -> PatchList:
+        """Archived patch ids (of a split), a page at a time."""
+        params: dict[str, Any] = {"offset": offset, "limit": limit} | ({"split": split} if split else {})
+        return PatchList.model_validate(self._request("GET", "/v1/patches", params=params).json())
+
     def rgb(self, patch_id: str, scale: int = 1) -> bytes:
         """True-colour PNG quicklook of an archived pair."""
         return self._request("GET", f"/v1/patches/{_quote(patch_id)}/rgb.png", params={"scale": scale}).content
@@ -246,6 +251,10 @@ class AsyncClient(_Base):
             body = _search_body(patch_id, vector, k, using, query_modality, filter, exact)
             r = await self._request("POST", "/v1/search", json=body)
         return SearchResponse.model_validate(r.json())
+
+    async def patches(self, split: str | None = None, offset: int = 0, limit: int = 100) -> PatchList:
+        params: dict[str, Any] = {"offset": offset, "limit": limit} | ({"split": split} if split else {})
+        return PatchList.model_validate((await self._request("GET", "/v1/patches", params=params)).json())
 
     async def patch(self, patch_id: str) -> PatchInfo:
         return PatchInfo.model_validate((await self._request("GET", f"/v1/patches/{_quote(patch_id)}")).json())

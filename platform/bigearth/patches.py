@@ -36,6 +36,7 @@ class PatchStore:
         fs, root = open_fs(shards, storage)
         manifest = Manifest.load(fs, root)
         self._paths = [join(root, s["path"]) for s in manifest.shards]
+        self._by_split: dict[str, list[str]] = {}
         self._afs, _ = arrow_filesystem(shards, storage)
 
         def ids(path: str) -> list[tuple[int, int, list[str]]]:
@@ -49,15 +50,27 @@ class PatchStore:
         self._where: dict[str, tuple[int, int, int]] = {}
         with ThreadPoolExecutor(8) as pool:
             for file_no, groups in enumerate(pool.map(ids, self._paths)):
+                split = self._by_split.setdefault(manifest.shards[file_no]["split"], [])
                 for rg, _, names in groups:
                     for row, pid in enumerate(names):
                         self._where[pid] = (file_no, rg, row)
+                    split.extend(names)
         self._cache: OrderedDict[tuple[int, int, tuple[str, ...]], pa.Table] = OrderedDict()
         self._cache_size = cache_row_groups
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
         return len(self._where)
+
+    def ids(self, split: str | None = None, offset: int = 0, limit: int = 100) -> list[str]:
+        """Patch ids in shard order (of one split, or all), a page at a time."""
+        if split is not None and split not in self._by_split:
+            raise KeyError(f"no split {split!r}; the shard set has {sorted(self._by_split)}")
+        pool = self._by_split[split] if split else [p for ids in self._by_split.values() for p in ids]
+        return pool[offset : offset + limit]
+
+    def splits(self) -> dict[str, int]:
+        return {k: len(v) for k, v in self._by_split.items()}
 
     def __contains__(self, patch_id: str) -> bool:
         return patch_id in self._where

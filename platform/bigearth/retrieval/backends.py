@@ -435,9 +435,11 @@ class QdrantIndex(VectorIndex):
             ),
             with_payload=True,
         )
-        return [
-            Hit.model_construct(patch_id=p.payload["patch_id"], score=p.score, payload=p.payload) for p in result.points
-        ]  # type: ignore[index]
+        hits = []
+        for p in result.points:
+            payload = p.payload or {}
+            hits.append(Hit.model_construct(patch_id=payload["patch_id"], score=p.score, payload=payload))
+        return hits
 
     def retrieve(self, patch_ids: Sequence[str], with_vectors: bool = False) -> dict[str, IndexRecord]:
         records = self.client.retrieve(

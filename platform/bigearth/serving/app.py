@@ -26,6 +26,7 @@ from bigearth.api import (
     ClassifyResponse,
     ModelInfo,
     PatchInfo,
+    PatchList,
     Ready,
     SearchHit,
     SearchRequest,
@@ -173,6 +174,14 @@ class Retriever:
             raise ApiError(422, str(e), field="patch_id") from None
         except UnknownPatch as e:
             raise ApiError(404, str(e), field="patch_id") from None
+
+    def patch_ids(self, split: str | None, offset: int, limit: int) -> dict[str, Any]:
+        try:
+            ids = self.store.ids(split, offset, limit)
+        except KeyError as e:
+            raise ApiError(422, str(e.args[0]), field="split") from None
+        total = self.store.splits()[split] if split else len(self.store)
+        return {"patch_ids": ids, "offset": offset, "total": total, "split": split}
 
     def patch_info(self, patch_id: str) -> dict[str, Any]:
         self._patch(patch_id)
@@ -554,6 +563,15 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             encoders: dict[str, list[str]] = model["encoders"]
             groups = encoders[wanted] if wanted in encoders else sorted({g for gs in encoders.values() for g in gs})
             return {g: tuple(model["groups"][g]) for g in groups}
+
+        @app.get("/v1/patches", response_model=PatchList, summary="archived patch ids, a page at a time")
+        async def patches(self, split: str | None = None, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+            if offset < 0:
+                raise ApiError(422, f"offset must be >= 0, got {offset}", "offset")
+            if not 1 <= limit <= 10000:
+                raise ApiError(422, f"limit must be 1..10000, got {limit}", "limit")
+            page: dict[str, Any] = await self.retriever.patch_ids.remote(split, offset, limit)
+            return page
 
         @app.get("/v1/patches/{patch_id}", response_model=PatchInfo, summary="metadata of an archived pair")
         async def patch(self, patch_id: str) -> dict[str, Any]:
