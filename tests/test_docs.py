@@ -121,3 +121,30 @@ def test_relative_links_point_to_files() -> None:
         for target in re.findall(r"\]\(([^)#\s]+)\)", path.read_text()):
             if "://" not in target:
                 assert (path.parent / target).exists(), f"{path.relative_to(REPO)} links to a missing {target}"
+
+
+OURS = re.compile(r"^(?:[A-Z_]+=\S*\s+)*(?:\.venv/bin/)?(?:bigearth|make|python3? (?:jobs|bench)/)")
+
+
+def test_every_code_block_is_run_checked_or_marked() -> None:
+    """Each block is run by a test (docs/api.md's Python), parse-checked (our commands, above), or marked
+    `<!-- needs: ... -->` with what it needs (the real archive, a service, a cluster)."""
+    unmarked = []
+    for path in DOCS:
+        text = path.read_text()
+        for m in BLOCK.finditer(text):
+            lang, block = m.group(1), m.group(2)
+            if lang not in ("bash", "python"):
+                continue  # diagrams, folder trees, JSON examples
+            before = text[: m.start()].rstrip().splitlines()[-1:] or [""]
+            if before[0].startswith("<!-- needs:"):
+                continue
+            if lang == "python" and path.name == "api.md":
+                continue  # run by tests/test_serve.py::test_the_api_docs_examples_run
+            lines = [
+                x for x in re.sub(r"\\\n\s*", " ", block).splitlines() if x.strip() and not x.strip().startswith("#")
+            ]
+            if lang == "bash" and all(OURS.match(x.strip()) for x in lines):
+                continue  # parse-checked by test_every_documented_command_is_accepted_by_its_parser
+            unmarked.append(f"{path.relative_to(REPO)}: {block.strip().splitlines()[0][:80]}")
+    assert unmarked == []

@@ -199,3 +199,13 @@ def test_a_broken_builtin_and_a_broken_serve_config_fail() -> None:
     cfg["applications"][0]["route_prefix"] = 7
     with pytest.raises(ValidationError):
         ServeDeploySchema.model_validate(cfg)
+
+
+def test_the_qdrant_server_matches_the_client_minor() -> None:
+    from importlib.metadata import version
+
+    text = (INFRA / "base" / "qdrant.yaml").read_text()
+    tag = re.search(r"image: qdrant/qdrant:v(\d+)\.(\d+)", text)
+    assert tag, "no qdrant/qdrant:vX.Y image in infra/kuberay/base/qdrant.yaml"
+    client = version("qdrant-client").split(".")[:2]
+    assert list(tag.groups()) == client, f"server v{'.'.join(tag.groups())} vs qdrant-client {'.'.join(client)}"
