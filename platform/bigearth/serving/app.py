@@ -153,13 +153,13 @@ class Retriever:
 
         self.index = open_index(index, collection, api_key=api_key)
         self.meta = self.index.metadata()
-        self.points = self.index.count()
+        self.index.count()  # fail at start-up, not on the first request, when the index cannot be read
         self.store = PatchStore(data, StorageOptions.from_env())
 
     def ready(self) -> dict[str, Any]:
         return {
             "collection": self.index.collection,
-            "points": self.points,
+            "points": self.index.count(),  # live: a re-index into a server shows up
             "vectors": self.meta["vectors"],
             "model": self.meta.get("model"),
             "pairs_in_shards": len(self.store),
