@@ -14,7 +14,7 @@ _CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;max-width:1200px;color:#222}
 h1{margin-bottom:.2rem} h2{margin-top:2.2rem;border-bottom:1px solid #ddd;padding-bottom:.3rem}
 table{border-collapse:collapse;margin:.5rem 0} td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:right}
-th{background:#f3f3f3} td:first-child,th:first-child{text-align:left}
+th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} #summary td{text-align:left}
 .grid{display:flex;flex-wrap:wrap;gap:1rem} .card{width:180px;font-size:.8rem}
 .card img{width:180px;height:180px;image-rendering:pixelated;border:1px solid #999}
 .ok{color:#176f2c} .miss{color:#a0102a} .extra{color:#9a6700} .muted{color:#666}
@@ -64,11 +64,15 @@ def write_report(out: str, data: dict[str, Any]) -> str:
 
     m, r = data.get("metrics", {}), data.get("retrieval", {})
     body = [f"<h1>{html.escape(data.get('title', 'BigEarthNet demo'))}</h1>"]
-    body.append(
-        '<p class="muted">'
-        + " · ".join(f"{html.escape(str(k))}: {html.escape(str(v))}" for k, v in data.get("summary", {}).items())
-        + "</p>"
+
+    def show(v: Any) -> str:
+        return ", ".join(f"{k} {x}" for k, x in v.items()) if isinstance(v, dict) else str(v)
+
+    rows = "".join(
+        f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(show(v))}</td></tr>"
+        for k, v in data.get("summary", {}).items()
     )
+    body.append(f'<table id="summary">{rows}</table>')
     body.append("<h2>Training curves</h2>" + img(data.get("curves_png"), "training curves"))
     if m:
         body.append(f"<h2>Test metrics ({m.get('samples')} pairs)</h2>")
