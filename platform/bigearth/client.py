@@ -74,7 +74,17 @@ def patch_files(patch: PatchLike) -> list[tuple[str, tuple[str, bytes, str]]]:
     return parts
 
 
-def _search_body(
+def _classify_request(patch: Sequence[PatchLike], patch_id: str | None, threshold: float | None) -> dict[str, Any]:
+    """httpx keyword arguments of a classify call: JSON for an archived pair, multipart for a patch."""
+    if patch_id is not None:
+        if patch:
+            raise ValueError("give either a patch or a patch_id")
+        return {"json": {"patch_id": patch_id} | ({"threshold": threshold} if threshold is not None else {})}
+    return {"files": _flatten(patch), "params": {"threshold": threshold} if threshold is not None else None}
+
+
+def _search_request(
+    patch: Sequence[PatchLike],
     patch_id: str | None,
     vector: Sequence[float] | None,
     k: int,
@@ -83,6 +93,10 @@ def _search_body(
     filter: SearchFilter | Mapping[str, Any] | None,
     exact: bool,
 ) -> dict[str, Any]:
+    """httpx keyword arguments of a search call, validated with the server's `SearchRequest` before sending:
+    JSON for a patch id or a vector, multipart (files + a `request` field) for an uploaded patch."""
+    if patch and (patch_id is not None or vector is not None):
+        raise ValueError("give a patch, a patch_id or a vector, not several")
     flt = SearchFilter.model_validate(filter) if isinstance(filter, Mapping) else filter
     req = SearchRequest(
         patch_id=patch_id,
@@ -93,7 +107,14 @@ def _search_body(
         filter=flt,
         exact=exact,
     )
-    return req.model_dump(mode="json", exclude_none=True)
+    body = req.model_dump(mode="json", exclude_none=True)
+    if patch:
+        return {"files": _flatten(patch), "data": {"request": json.dumps(body)}}
+    return {"json": body}
+
+
+def _page(split: str | None, offset: int, limit: int) -> dict[str, Any]:
+    return {"offset": offset, "limit": limit} | ({"split": split} if split else {})
 
 
 class _Base:
@@ -149,14 +170,7 @@ class Client(_Base):
     ) -> ClassifyResponse:
         """Classify band folders/files or a dict of arrays (several folders: S2 and S1 of one pair), or an
         archived pair by `patch_id`."""
-        params = {"threshold": threshold} if threshold is not None else None
-        if patch_id is not None:
-            if patch:
-                raise ValueError("give either a patch or a patch_id")
-            body = {"patch_id": patch_id} | ({"threshold": threshold} if threshold is not None else {})
-            r = self._request("POST", "/v1/classify", json=body)
-        else:
-            r = self._request("POST", "/v1/classify", files=_flatten(patch), params=params)
+        r = self._request("POST", "/v1/classify", **_classify_request(patch, patch_id, threshold))
         return ClassifyResponse.model_validate(r.json())
 
     def search(
@@ -171,12 +185,8 @@ class Client(_Base):
         exact: bool = False,
     ) -> SearchResponse:
         """Similar archived pairs to a pair (`patch_id`), a vector, or an uploaded patch (positional)."""
-        if patch:
-            body = _search_body(None, None, k, using, query_modality, filter, exact)
-            r = self._request("POST", "/v1/search", files=_flatten(patch), data={"request": json.dumps(body)})
-        else:
-            body = _search_body(patch_id, vector, k, using, query_modality, filter, exact)
-            r = self._request("POST", "/v1/search", json=body)
+        request = _search_request(patch, patch_id, vector, k, using, query_modality, filter, exact)
+        r = self._request("POST", "/v1/search", **request)
         return SearchResponse.model_validate(r.json())
 
     def patch(self, patch_id: str) -> PatchInfo:
@@ -184,8 +194,7 @@ class Client(_Base):
 
     def patches(self, split: str | None = None, offset: int = 0, limit: int = 100) -> PatchList:
         """Archived patch ids (of a split), a page at a time."""
-        params: dict[str, Any] = {"offset": offset, "limit": limit} | ({"split": split} if split else {})
-        return PatchList.model_validate(self._request("GET", "/v1/patches", params=params).json())
+        return PatchList.model_validate(self._request("GET", "/v1/patches", params=_page(split, offset, limit)).json())
 
     def rgb(self, patch_id: str, scale: int = 1) -> bytes:
         """True-colour PNG quicklook of an archived pair."""
@@ -225,12 +234,7 @@ class AsyncClient(_Base):
     async def classify(
         self, *patch: PatchLike, patch_id: str | None = None, threshold: float | None = None
     ) -> ClassifyResponse:
-        if patch_id is not None:
-            body = {"patch_id": patch_id} | ({"threshold": threshold} if threshold is not None else {})
-            r = await self._request("POST", "/v1/classify", json=body)
-        else:
-            params = {"threshold": threshold} if threshold is not None else None
-            r = await self._request("POST", "/v1/classify", files=_flatten(patch), params=params)
+        r = await self._request("POST", "/v1/classify", **_classify_request(patch, patch_id, threshold))
         return ClassifyResponse.model_validate(r.json())
 
     async def search(
@@ -244,17 +248,13 @@ class AsyncClient(_Base):
         filter: SearchFilter | Mapping[str, Any] | None = None,
         exact: bool = False,
     ) -> SearchResponse:
-        if patch:
-            body = _search_body(None, None, k, using, query_modality, filter, exact)
-            r = await self._request("POST", "/v1/search", files=_flatten(patch), data={"request": json.dumps(body)})
-        else:
-            body = _search_body(patch_id, vector, k, using, query_modality, filter, exact)
-            r = await self._request("POST", "/v1/search", json=body)
+        request = _search_request(patch, patch_id, vector, k, using, query_modality, filter, exact)
+        r = await self._request("POST", "/v1/search", **request)
         return SearchResponse.model_validate(r.json())
 
     async def patches(self, split: str | None = None, offset: int = 0, limit: int = 100) -> PatchList:
-        params: dict[str, Any] = {"offset": offset, "limit": limit} | ({"split": split} if split else {})
-        return PatchList.model_validate((await self._request("GET", "/v1/patches", params=params)).json())
+        page = _page(split, offset, limit)
+        return PatchList.model_validate((await self._request("GET", "/v1/patches", params=page)).json())
 
     async def patch(self, patch_id: str) -> PatchInfo:
         return PatchInfo.model_validate((await self._request("GET", f"/v1/patches/{_quote(patch_id)}")).json())

@@ -93,9 +93,10 @@ def run_demo(
 
     t = _stage(3, f"training tiny-cpu (late fusion S1+S2) for {epochs} epochs with Ray Train -> {runs / 'tiny'}")
     config = Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu.yaml"
-    cfg = load_config(config if config.exists() else None, [f"optim.epochs={epochs}", f"run.patience={epochs}"])
-    if not config.exists():  # installed without the repository: the same settings inline
-        cfg = load_config(None, ["model.name=tiny", "model.fusion=late", f"optim.epochs={epochs}", "optim.lr=0.003"])
+    overrides = [f"optim.epochs={epochs}", f"run.patience={epochs}"]
+    if not config.exists():  # installed without the repository: tiny-cpu's essentials inline
+        overrides += ["model.name=tiny", "model.fusion=late", "optim.lr=0.003", "data.batch_size=32"]
+    cfg = load_config(config if config.exists() else None, overrides)
     train(cfg, str(shards), str(runs), "tiny")
     times["train"] = time.perf_counter() - t
 

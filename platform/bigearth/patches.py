@@ -3,6 +3,7 @@ classification of archived pairs). Training never uses this: it streams whole sh
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections import OrderedDict
 from typing import Any
@@ -66,8 +67,9 @@ class PatchStore:
         """Patch ids in shard order (of one split, or all), a page at a time."""
         if split is not None and split not in self._by_split:
             raise KeyError(f"no split {split!r}; the shard set has {sorted(self._by_split)}")
-        pool = self._by_split[split] if split else [p for ids in self._by_split.values() for p in ids]
-        return pool[offset : offset + limit]
+        if split:
+            return self._by_split[split][offset : offset + limit]
+        return list(itertools.islice(itertools.chain.from_iterable(self._by_split.values()), offset, offset + limit))
 
     def splits(self) -> dict[str, int]:
         return {k: len(v) for k, v in self._by_split.items()}

@@ -38,10 +38,8 @@ def vector_sizes(model: Any) -> dict[str, int]:
 def embed(model: Any, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
     """(class probabilities or None, vectors) for a batch; probabilities and `fused` need every encoder's input."""
     present = set(batch)
-    feats: dict[str, torch.Tensor] = {}
-    for name, enc in model.encoders.items():
-        if encoder_groups(model)[name] <= present:
-            feats[name] = enc(batch).float()
+    needs = encoder_groups(model)
+    feats = {name: enc(batch).float() for name, enc in model.encoders.items() if needs[name] <= present}
     vectors: dict[str, torch.Tensor] = {}
     weight = model.head.weight.float()
     offset = 0

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from bigearth.evaluation import Predictor
 from bigearth.retrieval.backends import DEFAULT_COLLECTION, IndexSettings, open_index
 from bigearth.storage import StorageOptions
 
@@ -30,26 +31,16 @@ PAYLOAD_COLUMNS = [
 ]
 
 
-class Embedder:
-    """Ray Data callable class: Arrow rows of a shard in; vectors (`v_<name>` columns) and JSON payloads out."""
-
-    def __init__(self, checkpoint: str, device: str | None = None, storage: StorageOptions | None = None) -> None:
-        import torch
-
-        from bigearth.data import groups_for
-        from bigearth.training.checkpoints import load_model
-
-        self.model, self.meta = load_model(checkpoint, storage=storage)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.to(self.device)
-        self.groups = groups_for(self.meta["bands"])
+class Embedder(Predictor):
+    """Ray Data callable class (the model loaded once per actor, as `Predictor`): Arrow rows of a shard in; vectors
+    (`v_<name>` columns) and JSON payloads out."""
 
     def __call__(self, table: pa.Table) -> dict[str, Any]:
         from bigearth.data import decode_batch, to_torch
         from bigearth.retrieval.embed import embed
         from bigearth.retrieval.schema import payloads
 
-        batch = to_torch(decode_batch(table, self.groups, 19), self.device)
+        batch = to_torch(decode_batch(table, self.groups, self.nomenclature), self.device)
         _, vectors = embed(self.model, batch)
         rows = {c: table.column(c).to_pylist() for c in ["patch_id", *PAYLOAD_COLUMNS]}
         out: dict[str, Any] = {

@@ -1,0 +1,167 @@
+"""The embedded engine: Qdrant's own HNSW engine in-process (`qdrant-edge-py`), persisted in a folder."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from bigearth.retrieval.backends import (
+    COLLECTION_META,
+    DEFAULT_COLLECTION,
+    IndexSettings,
+    VectorIndex,
+    VectorIndexError,
+    build_filter,
+)
+from bigearth.retrieval.schema import PAYLOAD_INDEXES, Hit, IndexRecord, SearchFilter, point_id
+
+
+class EdgeIndex(VectorIndex):
+    """Qdrant's engine in-process: HNSW, payload indexes, scalar quantization, persisted in a folder.
+
+    One process writes at a time (the indexing job); readers open the folder once and keep it open.
+    """
+
+    def __init__(
+        self, target: str, collection: str = DEFAULT_COLLECTION, settings: IndexSettings | None = None
+    ) -> None:
+        super().__init__(target, collection)
+        if "://" in target:
+            raise VectorIndexError(f"{target}: the embedded engine needs a local folder (or an http(s):// Qdrant URL)")
+        self.settings = settings or IndexSettings()
+        self.root = os.path.join(target, collection)
+        self._shard: Any = None
+        self._meta: dict[str, Any] | None = None
+
+    def exists(self) -> bool:
+        return os.path.exists(os.path.join(self.root, COLLECTION_META))
+
+    def metadata(self) -> dict[str, Any]:
+        if self._meta is None:
+            path = os.path.join(self.root, COLLECTION_META)
+            if not os.path.exists(path):
+                raise VectorIndexError(
+                    f"{self.describe()}: no such collection (expected {path}); run jobs/index.py first"
+                )
+            with open(path) as f:
+                self._meta = json.load(f)
+        return self._meta
+
+    def _create(self, vectors: dict[str, int], metadata: dict[str, Any]) -> None:
+        import qdrant_edge as qe
+
+        s = self.settings
+        params = {}
+        for name, size in vectors.items():
+            quant = None
+            if s.quantization == "int8" and size > 64:
+                quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+            params[name] = qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, quantization_config=quant)
+        config = qe.EdgeConfig(
+            vectors=params,
+            hnsw_config=qe.HnswIndexConfig(
+                m=s.m, ef_construct=s.ef_construct, full_scan_threshold=s.full_scan_threshold_kb, payload_m=s.payload_m
+            ),
+        )
+        os.makedirs(self.root, exist_ok=True)
+        self._shard = qe.EdgeShard.create(os.path.join(self.root, "shard"), config)
+        kinds = {
+            "keyword": qe.PayloadSchemaType.Keyword,
+            "datetime": qe.PayloadSchemaType.Datetime,
+            "geo": qe.PayloadSchemaType.Geo,
+            "bool": qe.PayloadSchemaType.Bool,
+        }
+        for field, kind in PAYLOAD_INDEXES.items():
+            self._shard.update(qe.UpdateOperation.create_field_index(field, kinds[kind]))
+        with open(os.path.join(self.root, COLLECTION_META), "w") as f:
+            json.dump({**metadata, "engine": "qdrant-edge", "settings": s.__dict__}, f, indent=1)
+        self._meta = None
+
+    def _drop(self) -> None:
+        import shutil
+
+        self.close()
+        shutil.rmtree(self.root)
+        self._meta = None
+
+    @property
+    def shard(self) -> Any:
+        if self._shard is None:
+            import qdrant_edge as qe
+
+            self.metadata()  # a clear error when the collection is missing
+            self._shard = qe.EdgeShard.load(os.path.join(self.root, "shard"))
+        return self._shard
+
+    def upsert(
+        self, patch_ids: Sequence[str], vectors: dict[str, np.ndarray], payloads: Sequence[dict[str, Any]]
+    ) -> None:
+        import qdrant_edge as qe
+
+        lists = {name: np.asarray(v, dtype=np.float32).tolist() for name, v in vectors.items()}
+        points = [
+            qe.Point(point_id(pid), {name: lists[name][i] for name in lists}, dict(payloads[i]))
+            for i, pid in enumerate(patch_ids)
+        ]
+        self.shard.update(qe.UpdateOperation.upsert_points(points))
+
+    def finish(self) -> None:
+        self.shard.flush()
+        self.shard.optimize()
+        self.shard.flush()
+
+    def _filter(self, flt: SearchFilter | None, exclude: Sequence[str] = ()) -> Any:
+        import qdrant_edge as qe
+
+        return build_filter(flt, exclude, qe, qe.RangeDateTime, lambda ids: qe.HasIdCondition(point_ids=set(ids)))
+
+    def search(
+        self,
+        vector: Sequence[float] | np.ndarray,
+        using: str,
+        k: int = 10,
+        flt: SearchFilter | None = None,
+        exact: bool = False,
+        exclude: Sequence[str] = (),
+    ) -> list[Hit]:
+        import qdrant_edge as qe
+
+        query = self.check_vector(using, vector)
+        request = qe.QueryRequest(
+            limit=k,
+            query=qe.Query.Nearest(query, using=using),
+            filter=self._filter(flt, exclude),
+            with_payload=True,
+            params=qe.SearchParams(
+                hnsw_ef=max(self.settings.hnsw_ef, k),
+                exact=exact,
+                quantization=qe.QuantizationSearchParams(rescore=True, oversampling=self.settings.oversampling),
+            ),
+        )
+        return [
+            Hit.model_construct(patch_id=p.payload["patch_id"], score=p.score, payload=p.payload)
+            for p in self.shard.query(request)
+        ]
+
+    def retrieve(self, patch_ids: Sequence[str], with_vectors: bool = False) -> dict[str, IndexRecord]:
+        records = self.shard.retrieve([point_id(p) for p in patch_ids], with_payload=True, with_vector=with_vectors)
+        out = {}
+        for r in records:
+            vectors = {k: list(v) for k, v in (r.vector or {}).items()} if with_vectors else {}
+            out[r.payload["patch_id"]] = IndexRecord(patch_id=r.payload["patch_id"], payload=r.payload, vectors=vectors)
+        return out
+
+    def count(self, flt: SearchFilter | None = None) -> int:
+        import qdrant_edge as qe
+
+        return int(self.shard.count(qe.CountRequest(filter=self._filter(flt), exact=True)))
+
+    def close(self) -> None:
+        if self._shard is not None:
+            self._shard.flush()
+            self._shard.close()
+            self._shard = None

@@ -1,0 +1,216 @@
+"""The two deployments behind the ingress: `Classifier` (model replicas; `build` wraps `infer` in `@serve.batch`)
+and `Retriever` (the vector index and the shard set)."""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from typing import Any
+
+import numpy as np
+
+from bigearth.api import (
+    ApiError,
+    ModelInfo,
+    PatchInfo,
+    SearchHit,
+    SearchRequest,
+    SearchResponse,
+)
+from bigearth.labels import BEN19 as _BEN19
+
+
+# ------------------------------------------------------------------------------------------------ Classifier
+class Classifier:
+    """Model replica: one model, requests batched by `@serve.batch` (set in `build`)."""
+
+    def __init__(self, checkpoint: str, cpus: float) -> None:
+        import torch
+
+        from bigearth.data import groups_for
+        from bigearth.labels import class_names
+        from bigearth.retrieval.embed import encoder_groups, vector_sizes
+        from bigearth.storage import StorageOptions, join, open_fs
+        from bigearth.training.checkpoints import MODEL_FILE, find_best, load_model
+
+        storage = StorageOptions.from_env()
+        best = find_best(checkpoint, storage=storage)
+        self.model, meta = load_model(best, storage=storage)
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.model.to(self.device)
+        if self.device.type == "cpu" and cpus >= 1:
+            torch.set_num_threads(int(cpus))
+        fs, root = open_fs(best, storage)
+        digest = hashlib.sha256(fs.cat(join(root, MODEL_FILE))).hexdigest()[:12]
+        classes = list(class_names(int(meta["num_classes"])))  # type: ignore[arg-type]
+        name = meta["model"]["name"] + (f"/{meta['model']['fusion']}" if "fusion" in meta["model"] else "")
+        self.info = ModelInfo(
+            name=name,
+            version=f"{best.rstrip('/').rsplit('/', 2)[-2]}/{best.rstrip('/').rsplit('/', 1)[-1]}@{digest}",
+            bands=list(meta["bands"]) if not isinstance(meta["bands"], str) else [meta["bands"]],
+            num_classes=len(classes),
+            classes=classes,
+        )
+        self.groups = {g: list(b) for g, b in groups_for(meta["bands"]).items()}
+        self.encoders = {n: sorted(g) for n, g in encoder_groups(self.model).items()}
+        self.vectors = vector_sizes(self.model)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "model": self.info.model_dump(),
+            "groups": self.groups,
+            "encoders": self.encoders,
+            "vectors": self.vectors,
+        }
+
+    async def infer(self, items: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        """A batch of patches (`{group: [1,C,H,W]}`; the same groups within a batch are stacked together) ->
+        per patch: probabilities (when every encoder's input is present), vectors, and the batch size."""
+        import torch
+
+        from bigearth.retrieval.embed import embed
+
+        results: list[dict[str, Any]] = [{} for _ in items]
+        by_keys: dict[tuple[str, ...], list[int]] = {}
+        for i, item in enumerate(items):
+            by_keys.setdefault(tuple(sorted(item)), []).append(i)
+        for keys, rows in by_keys.items():
+            batch = {k: torch.from_numpy(np.concatenate([items[i][k] for i in rows])).to(self.device) for k in keys}
+            probs, vectors = embed(self.model, batch)
+            for j, i in enumerate(rows):
+                results[i] = {
+                    "probabilities": None if probs is None else probs[j].cpu().numpy(),
+                    "vectors": {n: v[j].cpu().numpy() for n, v in vectors.items()},
+                    "batch_size": len(items),
+                }
+        return results
+
+
+# ------------------------------------------------------------------------------------------------ Retriever
+class Retriever:
+    """The vector index and the shard set (patch lookups)."""
+
+    def __init__(self, index: str, collection: str, data: str, api_key: str | None) -> None:
+        from bigearth.patches import PatchStore
+        from bigearth.retrieval import open_index
+        from bigearth.storage import StorageOptions
+
+        self.index = open_index(index, collection, api_key=api_key)
+        self.meta = self.index.metadata()
+        self.index.count()  # fail at start-up, not on the first request, when the index cannot be read
+        self.store = PatchStore(data, StorageOptions.from_env())
+
+    def ready(self) -> dict[str, Any]:
+        return {
+            "collection": self.index.collection,
+            "points": self.index.count(),  # live: a re-index into a server shows up
+            "vectors": self.meta["vectors"],
+            "model": self.meta.get("model"),
+            "pairs_in_shards": len(self.store),
+        }
+
+    def _patch(self, patch_id: str) -> None:
+        from bigearth.patches import UnknownPatch
+
+        try:
+            self.store.locate(patch_id)
+        except ValueError as e:
+            raise ApiError(422, str(e), field="patch_id") from None
+        except UnknownPatch as e:
+            raise ApiError(404, str(e), field="patch_id") from None
+
+    def patch_ids(self, split: str | None, offset: int, limit: int) -> dict[str, Any]:
+        try:
+            ids = self.store.ids(split, offset, limit)
+        except KeyError as e:
+            raise ApiError(422, str(e.args[0]), field="split") from None
+        total = self.store.splits()[split] if split else len(self.store)
+        return {"patch_ids": ids, "offset": offset, "total": total, "split": split}
+
+    def patch_info(self, patch_id: str) -> dict[str, Any]:
+        self._patch(patch_id)
+        m = self.store.metadata(patch_id)
+        return PatchInfo(
+            patch_id=m["patch_id"],
+            s1_name=m["s1_name"],
+            labels=m["labels"],
+            labels43=m["labels43"],
+            split=m["split"],
+            country=m["country"],
+            tile=m["tile"],
+            s2_acquisition=m["s2_acquisition"].isoformat() + "Z",
+            s1_acquisition=m["s1_acquisition"].isoformat() + "Z",
+            epsg=m["epsg"],
+            ulx=m["ulx"],
+            uly=m["uly"],
+            location=m["location"],
+            snow=m["contains_seasonal_snow"],
+            cloud=m["contains_cloud_or_shadow"],
+        ).model_dump()
+
+    def patch_arrays(self, patch_id: str, groups: dict[str, list[str]]) -> dict[str, np.ndarray]:
+        self._patch(patch_id)
+        return self.store.arrays(patch_id, {g: tuple(b) for g, b in groups.items()})
+
+    def rgb(self, patch_id: str, scale: int) -> bytes:
+        from bigearth.bands import GROUPS
+        from bigearth.quicklook import rgb_png
+
+        self._patch(patch_id)
+        return rgb_png(self.store.arrays(patch_id, {"s2_10m": GROUPS["s2_10m"]}), scale)
+
+    def search(self, req: dict[str, Any], query_vectors: dict[str, list[float]] | None) -> dict[str, Any]:
+        from bigearth.retrieval import SearchFilter, VectorIndexError
+
+        r = SearchRequest.model_validate(req)
+        sizes = self.meta["vectors"]
+        query_modality = r.query_modality or r.using
+        for field, name in (("using", r.using), ("query_modality", query_modality)):
+            if name not in sizes:
+                raise ApiError(422, f"this index has no {name!r} vectors; it has {sorted(sizes)}", field=field)
+        t = time.perf_counter()
+        exclude: list[str] = []
+        if r.vector is not None:
+            vector: Any = r.vector
+        elif query_vectors is not None:
+            if query_modality not in query_vectors:
+                raise ApiError(
+                    422,
+                    f"the uploaded patch gives {sorted(query_vectors)} vectors, not {query_modality!r}: upload "
+                    f"the bands of that modality",
+                    field="query_modality",
+                )
+            vector = query_vectors[query_modality]
+        elif r.patch_id is not None:
+            from bigearth.archive.names import PatchNameError, check_safe_id
+
+            try:
+                check_safe_id(r.patch_id)
+            except PatchNameError as e:
+                raise ApiError(422, str(e), field="patch_id") from None
+            record = self.index.retrieve([r.patch_id], with_vectors=True).get(r.patch_id)
+            if record is None:
+                raise ApiError(404, f"patch {r.patch_id!r} is not in the index", field="patch_id")
+            vector = record.vectors[query_modality]
+            exclude = [] if r.include_query else [r.patch_id]
+        else:
+            raise ApiError(422, "give a patch_id, a vector, or upload a patch", field="patch_id")
+        flt = r.filter or SearchFilter()
+        if self.meta.get("num_classes", 19) == 19:
+            bad = [x for x in [*(flt.labels_any or []), *(flt.labels_all or [])] if x not in _BEN19]
+            if bad:
+                raise ApiError(422, f"unknown 19-class label(s) {bad}; expected one of {list(_BEN19)}", field="filter")
+        try:
+            hits = self.index.search(vector, r.using, r.k, flt, exact=r.exact, exclude=exclude)
+        except VectorIndexError as e:
+            raise ApiError(422, str(e), field="using") from None
+        except ValueError as e:
+            raise ApiError(422, str(e), field="vector") from None
+        return SearchResponse(
+            hits=[SearchHit(patch_id=h.patch_id, score=h.score, payload=h.payload) for h in hits],
+            k=r.k,
+            using=r.using,
+            query_modality=query_modality,
+            query_patch_id=r.patch_id,
+            took_ms=round((time.perf_counter() - t) * 1000, 3),
+        ).model_dump()

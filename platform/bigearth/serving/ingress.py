@@ -1,0 +1,347 @@
+"""The ingress deployment: FastAPI routes, auth, body limits, errors as JSON, Prometheus metrics.
+
+No `from __future__ import annotations` here: FastAPI reads the route annotations (`Request`, ...) as objects.
+"""
+
+import hmac
+import logging
+import time
+from typing import Any
+
+import numpy as np
+from fastapi import Request, Response
+from pydantic import BaseModel, ValidationError
+
+from bigearth.api import (
+    ApiError,
+    ClassifyByIdRequest,
+    ClassifyResponse,
+    PatchInfo,
+    PatchList,
+    Ready,
+    SearchRequest,
+    SearchResponse,
+)
+from bigearth.serving.args import AppArgs
+
+log = logging.getLogger("bigearth.serve")
+
+
+def make_fastapi_app() -> Any:
+    from fastapi import FastAPI
+
+    return FastAPI(
+        title="BigEarthNet-MM classification and retrieval",
+        version="1",
+        description="Multi-label land-cover classification and content-based retrieval of Sentinel-1/Sentinel-2 "
+        "patch pairs. Errors are `{error, message, field}` JSON with a 4xx status.",
+    )
+
+
+_CLASSIFY_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": ClassifyByIdRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "description": "one GeoTIFF per band, the form field or file name naming the band "
+                    "(B01..B12, B8A, VV, VH), or one .npz file of arrays named by band or group",
+                    "additionalProperties": {"type": "string", "format": "binary"},
+                }
+            },
+        },
+        "required": True,
+    }
+}
+_SEARCH_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": SearchRequest.model_json_schema()},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "description": "an uploaded query patch (band GeoTIFFs or one .npz, as for /v1/classify) plus "
+                    "a `request` field holding the SearchRequest JSON without patch_id/vector",
+                    "properties": {"request": {"type": "string"}},
+                    "additionalProperties": {"type": "string", "format": "binary"},
+                }
+            },
+        },
+        "required": True,
+    }
+}
+
+
+def make_ingress(serve: Any, fastapi_app: Any) -> Any:
+    """The ingress deployment class bound to a FastAPI app (built in a function: no Ray import at module load)."""
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+
+    app = fastapi_app
+
+    replica: dict[str, Any] = {}  # this replica's Ingress instance, for the middleware
+
+    def _unwrap(exc: BaseException) -> ApiError | None:
+        """An ApiError, also when it comes back from another deployment wrapped by Ray."""
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, ApiError):
+            return cause
+        return exc if isinstance(exc, ApiError) and hasattr(exc, "status") else None
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        err = _unwrap(exc) or ApiError(500, str(exc))
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.middleware("http")
+    async def _guard(request: Request, call_next: Any) -> Response:
+        ingress = replica.get("ingress")
+        if ingress is None:
+            return JSONResponse(ApiError(503, "starting up").body(), 503)
+        t = time.perf_counter()
+        response: Response = await ingress._guarded(request, call_next, _unwrap)
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        ingress.requests.labels(route, str(response.status_code)).inc()
+        ingress.latency.labels(route).observe(time.perf_counter() - t)
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        err = exc.errors()[0]
+        field = ".".join(str(x) for x in err.get("loc", ()) if x not in ("body", "query", "path"))
+        return JSONResponse(ApiError(422, f"{field or 'request'}: {err.get('msg')}", field or None).body(), 422)
+
+    @serve.ingress(app)
+    class Ingress:
+        def __init__(self, classifier: Any, retriever: Any, args: dict[str, Any]) -> None:
+            self.classifier, self.retriever = classifier, retriever
+            self.args = AppArgs.model_validate(args)
+            self.keys = self.args.keys()
+            self.limit = int(self.args.max_body_mb * 1024 * 1024)
+            self._model: dict[str, Any] | None = None
+            self.registry = CollectorRegistry()
+            self.requests = Counter("bigearth_requests", "HTTP requests", ["route", "status"], registry=self.registry)
+            self.latency = Histogram(
+                "bigearth_request_seconds",
+                "request latency",
+                ["route"],
+                registry=self.registry,
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            )
+            self.batch_sizes = Histogram(
+                "bigearth_classifier_batch_size",
+                "batch size each classifier call ran in",
+                registry=self.registry,
+                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            )
+            replica["ingress"] = self
+
+        async def _guarded(self, request: Request, call_next: Any, unwrap: Any) -> Response:
+            path = request.url.path
+            open_paths = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
+            if self.keys and not path.startswith(open_paths):
+                given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
+                    "Bearer "
+                )
+                if not any(hmac.compare_digest(given.encode(), k.encode()) for k in self.keys):
+                    return JSONResponse(
+                        ApiError(401, "missing or wrong API key (header X-API-Key)", "X-API-Key").body(), 401
+                    )
+            length = request.headers.get("content-length")
+            if length is not None and (not length.isdigit() or int(length) > self.limit):
+                return JSONResponse(
+                    ApiError(
+                        413, f"request body of {length} bytes is over the limit of {self.limit} bytes", "body"
+                    ).body(),
+                    413,
+                )
+            try:
+                response: Response = await call_next(request)
+                return response
+            except Exception as e:  # the service must keep answering; log and report
+                err = unwrap(e)
+                if err is not None:
+                    return JSONResponse(err.body(), err.status)
+                log.exception("unhandled error on %s", path)
+                return JSONResponse(
+                    {"error": "internal", "message": f"{type(e).__name__}: {e}"[:500], "field": None}, 500
+                )
+
+        # ---------------------------------------------------------------- helpers
+        async def model(self) -> dict[str, Any]:
+            if self._model is None:
+                self._model = await self.classifier.describe.remote()
+            return self._model
+
+        async def _body(self, request: Request) -> bytes:
+            body = await request.body()
+            if len(body) > self.limit:
+                raise ApiError(413, f"request body is over the limit of {self.limit} bytes", "body")
+            return body
+
+        async def _upload(self, request: Request) -> tuple[dict[str, np.ndarray], str | None]:
+            """Bands from a multipart upload, and the `request` form field if any."""
+            from bigearth.serving.inputs import from_geotiffs, from_npz
+
+            await self._body(request)
+            try:
+                form = await request.form(max_files=32, max_fields=4, max_part_size=self.limit)
+            except Exception as e:  # a malformed multipart body is the client's error
+                raise ApiError(400, f"unreadable multipart body: {e}", "body") from None
+            files, extra = [], None
+            for key, value in form.multi_items():
+                if isinstance(value, str):
+                    if key != "request":
+                        raise ApiError(422, f"unexpected form field {key!r}; expected band files and `request`", key)
+                    extra = value
+                else:
+                    files.append((key, value.filename, await value.read()))
+            if not files:
+                raise ApiError(422, "no files uploaded: send band GeoTIFFs or one .npz", "files")
+            npz = [f for f in files if (f[1] or f[0]).lower().endswith(".npz")]
+            if npz:
+                if len(files) > 1:
+                    raise ApiError(422, "send either one .npz or band GeoTIFFs, not both", "files")
+                return from_npz(npz[0][2], npz[0][1] or npz[0][0]), extra
+            return from_geotiffs(files), extra
+
+        async def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+            result: dict[str, Any] = await self.classifier.infer.remote(inputs)
+            self.batch_sizes.observe(result["batch_size"])
+            return result
+
+        def _json(self, body: bytes, model: type[BaseModel]) -> Any:
+            try:
+                return model.model_validate_json(body)
+            except ValidationError as e:
+                err = e.errors()[0]
+                field = ".".join(str(x) for x in err["loc"]) or None
+                raise ApiError(422, f"{field or 'body'}: {err['msg']}", field) from None
+
+        # ---------------------------------------------------------------- routes
+        @app.get("/healthz", summary="liveness: the ingress answers")
+        async def healthz(self) -> dict[str, str]:
+            return {"status": "ok"}
+
+        @app.get("/readyz", response_model=Ready, summary="readiness: model and index loaded")
+        async def readyz(self) -> Response:
+            try:
+                model = await self.model()
+                index = await self.retriever.ready.remote()
+            except Exception as e:  # not ready yet is an answer, not an error
+                return JSONResponse(Ready(ready=False, detail=f"{type(e).__name__}: {e}"[:300]).model_dump(), 503)
+            return JSONResponse(Ready(ready=True, model=model["model"], index=index).model_dump())
+
+        @app.get("/metrics", summary="Prometheus metrics: requests, latency, classifier batch sizes")
+        async def metrics(self) -> Response:
+            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+
+        @app.post(
+            "/v1/classify",
+            response_model=ClassifyResponse,
+            openapi_extra=_CLASSIFY_BODY,
+            summary="classify a patch: uploaded band files, an .npz, or an archived patch id",
+        )
+        async def classify(self, request: Request, threshold: float | None = None) -> dict[str, Any]:
+            model = await self.model()
+            ctype = request.headers.get("content-type", "")
+            patch_id = None
+            if ctype.startswith("multipart/form-data"):
+                from bigearth.serving.inputs import assemble
+
+                bands, _ = await self._upload(request)
+                inputs = assemble(bands, {g: tuple(b) for g, b in model["groups"].items()})
+            elif ctype.startswith("application/json"):
+                req = self._json(await self._body(request), ClassifyByIdRequest)
+                patch_id = req.patch_id
+                threshold = threshold if threshold is not None else req.threshold
+                inputs = await self.retriever.patch_arrays.remote(patch_id, model["groups"])
+            else:
+                raise ApiError(
+                    415,
+                    f"content type {ctype or 'none'!r}: send multipart/form-data (band files or "
+                    '.npz) or application/json ({{"patch_id": ...}})',
+                    "content-type",
+                )
+            threshold = self.args.threshold if threshold is None else threshold
+            if not 0 < threshold < 1:
+                raise ApiError(422, f"threshold must be between 0 and 1, got {threshold}", "threshold")
+            result = await self._infer(inputs)
+            names = model["model"]["classes"]
+            probs = [float(p) for p in result["probabilities"]]
+            return ClassifyResponse(
+                patch_id=patch_id,
+                probabilities=dict(zip(names, probs, strict=True)),
+                labels=[n for n, p in zip(names, probs, strict=True) if p >= threshold],
+                threshold=threshold,
+                model=model["model"],
+            ).model_dump()
+
+        @app.post(
+            "/v1/search",
+            response_model=SearchResponse,
+            openapi_extra=_SEARCH_BODY,
+            summary="similar patches: by patch id, by vector, or by an uploaded patch; filters; cross-modal",
+        )
+        async def search(self, request: Request) -> dict[str, Any]:
+            ctype = request.headers.get("content-type", "")
+            if ctype.startswith("multipart/form-data"):
+                model = await self.model()
+                bands, extra = await self._upload(request)
+                req = self._json((extra or "{}").encode(), SearchRequest)
+                if req.patch_id is not None or req.vector is not None:
+                    raise ApiError(422, "an uploaded query takes no patch_id or vector", "request")
+                wanted = req.query_modality or req.using
+                groups = self._groups_for(model, wanted, bands)
+                from bigearth.serving.inputs import assemble
+
+                result = await self._infer(assemble(bands, groups))
+                vectors = {n: v.tolist() for n, v in result["vectors"].items()}
+                response: dict[str, Any] = await self.retriever.search.remote(req.model_dump(mode="json"), vectors)
+                return response
+            if ctype.startswith("application/json"):
+                req = self._json(await self._body(request), SearchRequest)
+                if req.patch_id is None and req.vector is None:
+                    raise ApiError(422, "give a patch_id or a vector (or upload a patch as multipart)", "patch_id")
+                response = await self.retriever.search.remote(req.model_dump(mode="json"), None)
+                return response
+            raise ApiError(
+                415, f"content type {ctype or 'none'!r}: send application/json or multipart/form-data", "content-type"
+            )
+
+        @staticmethod
+        def _groups_for(model: dict[str, Any], wanted: str, bands: dict[str, np.ndarray]) -> dict[str, tuple[str, ...]]:
+            """The groups an uploaded query must hold: every encoder's for `fused`, else that modality's."""
+            encoders: dict[str, list[str]] = model["encoders"]
+            groups = encoders[wanted] if wanted in encoders else sorted({g for gs in encoders.values() for g in gs})
+            return {g: tuple(model["groups"][g]) for g in groups}
+
+        @app.get("/v1/patches", response_model=PatchList, summary="archived patch ids, a page at a time")
+        async def patches(self, split: str | None = None, offset: int = 0, limit: int = 100) -> dict[str, Any]:
+            if offset < 0:
+                raise ApiError(422, f"offset must be >= 0, got {offset}", "offset")
+            if not 1 <= limit <= 10000:
+                raise ApiError(422, f"limit must be 1..10000, got {limit}", "limit")
+            page: dict[str, Any] = await self.retriever.patch_ids.remote(split, offset, limit)
+            return page
+
+        @app.get("/v1/patches/{patch_id}", response_model=PatchInfo, summary="metadata of an archived pair")
+        async def patch(self, patch_id: str) -> dict[str, Any]:
+            info: dict[str, Any] = await self.retriever.patch_info.remote(patch_id)
+            return info
+
+        @app.get(
+            "/v1/patches/{patch_id}/rgb.png",
+            summary="true-colour quicklook (B04/B03/B02, 2-98% stretch)",
+            response_class=Response,
+            responses={200: {"content": {"image/png": {}}}},
+        )
+        async def rgb(self, patch_id: str, scale: int = 1) -> Response:
+            if not 1 <= scale <= 8:
+                raise ApiError(422, f"scale must be 1..8, got {scale}", "scale")
+            data = await self.retriever.rgb.remote(patch_id, scale)
+            return Response(data, media_type="image/png")
+
+    return Ingress
