@@ -50,3 +50,49 @@ def test_encode_rejects_what_the_archive_never_holds() -> None:
         geotiff.encode(np.ones((4, 4), np.int32), 32633, 0, 0, 10)
     with pytest.raises(ValueError, match="326xx"):
         geotiff.encode(np.ones((4, 4), np.uint16), 4326, 0, 0, 10)
+
+
+@pytest.mark.parametrize("fast", [geotiff.decode_layout, geotiff.decode_fast])
+def test_fast_paths_are_bit_exact_with_rasterio_on_every_real_file(fast) -> None:  # type: ignore[no-untyped-def]
+    for path in _real_tifs():
+        data = path.read_bytes()
+        got, ref = fast(data), geotiff.decode(data, str(path))
+        assert got is not None, path  # every band file of the archive takes the fast path
+        assert got.array.dtype == ref.array.dtype and got.array.shape == ref.array.shape, path
+        assert np.array_equal(got.array, ref.array), path
+        assert (got.epsg, got.ulx, got.uly, got.res, got.nodata) == (ref.epsg, ref.ulx, ref.uly, ref.res, ref.nodata)
+
+
+def test_files_of_another_kind_fall_back_to_rasterio(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import rasterio
+    from rasterio.transform import from_origin
+
+    ref_map = next((REAL_V2 / "Reference_Maps").rglob("*.tif"))  # DEFLATE + predictor: not the fast paths' kind
+    data = ref_map.read_bytes()
+    assert geotiff.decode_layout(data) is None and geotiff.decode_fast(data) is None
+    assert geotiff.decode_archive(data, str(ref_map)).array.shape == (120, 120)
+    # big-endian: not the archive's layout, but tifffile reads it; PixelIsPoint: only rasterio gets the corner right
+    array = np.arange(400, dtype=np.uint16).reshape(20, 20)
+    with rasterio.MemoryFile() as mem:
+        profile = {"driver": "GTiff", "width": 20, "height": 20, "count": 1, "dtype": "uint16", "crs": "EPSG:32633"}
+        with mem.open(**profile, transform=from_origin(1000.0, 2000.0, 60, 60), ENDIANNESS="BIG") as ds:
+            ds.write(array, 1)
+        big = mem.read()
+    assert geotiff.decode_layout(big) is None
+    fast = geotiff.decode_fast(big)
+    assert (
+        fast is not None and np.array_equal(fast.array, array) and (fast.epsg, fast.ulx, fast.res) == (32633, 1000, 60)
+    )
+    point = bytearray(geotiff.encode(array, 32633, 1000.0, 2000.0, 60))
+    at = bytes(point).index(bytes([0x01, 0x04, 0x00, 0x00, 0x01, 0x00, 0x01, 0x00]))  # GTRasterTypeGeoKey = Area
+    point[at + 6] = 2  # PixelIsPoint
+    assert geotiff.decode_layout(bytes(point)) is None and geotiff.decode_fast(bytes(point)) is None
+    r = geotiff.decode_archive(bytes(point), "point.tif")
+    assert r.ulx == 1000.0 - 30  # GDAL shifts a PixelIsPoint tiepoint by half a pixel
+
+
+def test_fast_path_errors_stay_rasterio_s() -> None:
+    good = geotiff.encode(np.ones((20, 20), np.uint16), 32633, 0, 0, 60)
+    for bad in (b"not a tiff at all", good[:100], good[:-50]):
+        with pytest.raises(geotiff.RasterError, match=r"x_B01\.tif: not a readable GeoTIFF"):
+            geotiff.decode_archive(bad, "x_B01.tif")

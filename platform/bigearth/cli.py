@@ -45,6 +45,12 @@ def add_ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--patches", help="restrict to these S2 patch ids: a file with one id per line, or a comma list")
     p.add_argument("--limit", type=int, help="ingest at most this many pairs (after exclusions)")
     p.add_argument("--shard-size", type=int, default=1000, help="pairs per Parquet shard (default 1000)")
+    p.add_argument(
+        "--compression",
+        default="lz4",
+        choices=["lz4", "zstd", "none"],
+        help="shard compression (default lz4: fastest to read; zstd: about half the bytes; see docs/benchmarks.md)",
+    )
     p.add_argument("--concurrency", type=int, help="at most this many shard tasks at once (default: as many as CPUs)")
     p.add_argument("--overwrite", action="store_true", help="delete what --out holds first")
     add_storage_args(p)
@@ -72,6 +78,7 @@ def run_ingest(a: argparse.Namespace) -> int:
         patches=_patch_list(a.patches),
         limit=a.limit,
         shard_size=a.shard_size,
+        compression=a.compression,
         overwrite=a.overwrite,
         storage=storage_from_args(a),
         concurrency=a.concurrency,

@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from bigearth import labels as lab
 from bigearth.bands import BAND_SETS, BANDS, GROUPS
-from bigearth.shards import META_COLUMNS, Manifest, ShardFormatError
+from bigearth.shards import META_COLUMNS, Manifest, ShardFormatError, open_shard, read_row_group
 from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
 
 BandSet = Literal["all", "s1", "s2-10", "s2-12", "s1s2-10", "s1s2-12"]
@@ -42,10 +42,16 @@ def groups_for(bands: str | Sequence[str]) -> dict[str, tuple[str, ...]]:
 
 
 def _chunk_bytes(arr: pa.Array, name: str, nbytes: int) -> np.ndarray:
-    """`[rows, nbytes]` uint8 view of one chunk of a binary column whose values all have `nbytes` bytes (zero-copy)."""
+    """`[rows, nbytes]` uint8 view of one chunk of a band column (zero-copy): fixed-size binary (format 2), or
+    binary whose values must all have `nbytes` bytes (format 1)."""
     if arr.null_count:
         raise ShardFormatError(f"band column {name}: {arr.null_count} null value(s)")
     n = len(arr)
+    if pa.types.is_fixed_size_binary(arr.type):
+        if arr.type.byte_width != nbytes:
+            raise ShardFormatError(f"band column {name}: values of {arr.type.byte_width} bytes, expected {nbytes}")
+        data = arr.buffers()[1]
+        return np.frombuffer(data, dtype=np.uint8, count=n * nbytes, offset=arr.offset * nbytes).reshape(n, nbytes)
     _, offsets_buf, data_buf = arr.buffers()
     offsets = np.frombuffer(offsets_buf, dtype=np.int32, count=n + 1, offset=arr.offset * 4)
     sizes = np.diff(offsets)
@@ -100,7 +106,7 @@ def decode_batch(
             "shards ingested from a v1 archive"
         )
     out["labels"] = _labels_multi_hot(label_col, nomenclature)
-    out["patch_id"] = np.asarray(table.column("patch_id").to_pylist(), dtype=object)
+    out["patch_id"] = table.column("patch_id").to_numpy()  # object array built in C, no per-row Python
     return out
 
 
@@ -116,9 +122,9 @@ def read_shards(
     fs, _ = arrow_filesystem(url, storage)
     for path in batch["path"]:
         with fs.open_input_file(str(path)) as f:
-            pf = pq.ParquetFile(f)
+            pf = open_shard(f, str(path))
             for i in range(pf.num_row_groups):
-                table = pf.read_row_group(i, columns=columns, use_threads=False)
+                table = read_row_group(pf, i, columns, str(path))
                 yield table if decode_groups is None else decode_batch(table, decode_groups, nomenclature)
 
 
@@ -171,15 +177,20 @@ def open_split(
 
 
 def to_torch(batch: dict[str, np.ndarray], device: Any = None) -> dict[str, Any]:
-    """Arrays -> tensors (uint16 stays uint16: the stem casts on the device); `patch_id` stays a list of str."""
+    """Arrays -> tensors (uint16 stays uint16: the stem casts on the device); `patch_id` stays a list of str.
+    For a CUDA device the batch is copied into pinned memory and sent without blocking, so the copy overlaps the
+    previous step."""
     import torch
 
+    cuda = device is not None and torch.device(device).type == "cuda"
     out: dict[str, Any] = {}
     for key, value in batch.items():
         if key == "patch_id":
-            out[key] = [str(v) for v in value]
+            out[key] = value.tolist() if isinstance(value, np.ndarray) else list(value)
         else:
             tensor = torch.from_numpy(np.require(value, requirements="W"))  # Ray may hand out read-only arrays
+            if cuda:
+                tensor = tensor.pin_memory()
             out[key] = tensor.to(device, non_blocking=True) if device is not None else tensor
     return out
 

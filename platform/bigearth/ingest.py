@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from bigearth.archive.catalogue import Catalogue, build_catalogue
 from bigearth.archive.layout import Layout, Version
 from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
-from bigearth.shards import Manifest, ShardWriter
+from bigearth.shards import DEFAULT_COMPRESSION, FORMAT_VERSION, Manifest, ShardWriter
 from bigearth.storage import BlobReader, StorageOptions, join, open_fs
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def plan_shards(catalogue: Catalogue, shard_size: int) -> list[ShardPlan]:
     plans = []
     for split in sorted(by_split):
         rows = sorted(by_split[split], key=lambda r: r["patch_id"])
-        n = max(1, round(len(rows) / shard_size + 0.4999))
+        n = max(1, -(-len(rows) // shard_size))  # ceil: no shard ever exceeds shard_size
         size = -(-len(rows) // n)
         for i in range(n):
             chunk = rows[i * size : (i + 1) * size]
@@ -66,9 +66,11 @@ def plan_shards(catalogue: Catalogue, shard_size: int) -> list[ShardPlan]:
     return plans
 
 
-def _fingerprint(catalogue: Catalogue, plans: Iterable[ShardPlan]) -> str:
+def _fingerprint(catalogue: Catalogue, plans: Iterable[ShardPlan], compression: str) -> str:
     h = hashlib.sha256()
-    h.update(json.dumps({"version": catalogue.version, **catalogue.options}, sort_keys=True).encode())
+    # the shard format and compression too: a half-done ingest of another format or codec is never resumed into
+    options = {"version": catalogue.version, **catalogue.options, "format": FORMAT_VERSION, "compression": compression}
+    h.update(json.dumps(options, sort_keys=True).encode())
     for p in plans:
         h.update(p.path.encode())
         for r in p.rows:
@@ -77,7 +79,13 @@ def _fingerprint(catalogue: Catalogue, plans: Iterable[ShardPlan]) -> str:
 
 
 def ingest_shard(
-    plan: ShardPlan, version: Version, archive: str, out: str, storage: StorageOptions, include_no_19: bool
+    plan: ShardPlan,
+    version: Version,
+    archive: str,
+    out: str,
+    storage: StorageOptions,
+    include_no_19: bool,
+    compression: str = DEFAULT_COMPRESSION,
 ) -> dict[str, Any]:
     """Write one shard (or return its report if a previous run finished it)."""
     reader = BlobReader(archive, storage)
@@ -87,7 +95,7 @@ def ingest_shard(
     if out_fs.exists(report_path):
         return dict(json.loads(out_fs.cat(report_path)))
     out_fs.makedirs(join(out_root, plan.path.rsplit("/", 1)[0]), exist_ok=True)
-    writer = ShardWriter(out_fs, join(out_root, plan.path))
+    writer = ShardWriter(out_fs, join(out_root, plan.path), compression)
     quarantined: list[dict[str, str]] = []
     excluded: dict[str, int] = {}
     batches = [plan.rows[i : i + READ_BATCH] for i in range(0, len(plan.rows), READ_BATCH)]
@@ -141,6 +149,7 @@ def ingest(
     patches: Iterable[str] | None = None,
     limit: int | None = None,
     shard_size: int = 1000,
+    compression: str = DEFAULT_COMPRESSION,
     overwrite: bool = False,
     storage: StorageOptions | None = None,
     concurrency: int | None = None,
@@ -163,7 +172,7 @@ def ingest(
     )
     plans = plan_shards(cat, shard_size)
     out_fs, out_root = open_fs(out, storage)
-    fingerprint = _fingerprint(cat, plans)
+    fingerprint = _fingerprint(cat, plans, compression)
     plan_file = join(out_root, STATE_DIR, "plan.json")
     if overwrite and out_fs.exists(out_root):
         out_fs.rm(out_root, recursive=True)
@@ -193,11 +202,13 @@ def ingest(
         "out": out,
         "storage": storage,
         "include_no_19": include_no_19_labels,
+        "compression": compression,
     }
     ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     ds = ds.map(_run_shard, fn_kwargs=task_args, concurrency=concurrency, num_cpus=1)
     reports = [json.loads(r["report"]) for r in ds.iter_rows()]
     manifest = _manifest(cat, reports, archive)
+    manifest.source["compression"] = compression
     manifest.save(out_fs, out_root)
     pq.write_table(cat.excluded, join(out_root, STATE_DIR, "excluded.parquet"), filesystem=out_fs)
     q = len(manifest.quarantined)

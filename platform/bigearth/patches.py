@@ -10,10 +10,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bigearth.archive.names import PatchNameError, check_safe_id
-from bigearth.shards import META_COLUMNS, Manifest
+from bigearth.shards import META_COLUMNS, Manifest, open_shard, read_row_group
 from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
 
 
@@ -42,7 +41,7 @@ class PatchStore:
 
         def ids(path: str) -> list[tuple[int, int, list[str]]]:
             with self._afs.open_input_file(path) as f:
-                pf = pq.ParquetFile(f)
+                pf = open_shard(f, path)
                 return [
                     (rg, pf.metadata.row_group(rg).num_rows, pf.read_row_group(rg, ["patch_id"]).column(0).to_pylist())
                     for rg in range(pf.num_row_groups)
@@ -96,8 +95,9 @@ class PatchStore:
             if table is not None:
                 self._cache.move_to_end(key)
         if table is None:
-            with self._afs.open_input_file(self._paths[file_no]) as f:
-                table = pq.ParquetFile(f).read_row_group(rg, columns=columns)
+            path = self._paths[file_no]
+            with self._afs.open_input_file(path) as f:
+                table = read_row_group(open_shard(f, path), rg, columns, path)
             with self._lock:
                 self._cache[key] = table
                 while len(self._cache) > self._cache_size:

@@ -1,7 +1,9 @@
-"""The shard format: Parquet files of ~1,000 pairs, zstd, one row per pair, every band raw at native size.
+"""The shard format: Parquet files of ~1,000 pairs, one row per pair, every band raw at native size.
 
-See docs/data-format.md. Band columns hold the little-endian array bytes in row-major order, bit-exact with the
-GeoTIFF; their shapes and dtypes, and the format version, are in each file's schema metadata.
+See docs/data-format.md. Version 2: one fixed-size binary column per band holding the little-endian array bytes in
+row-major order, bit-exact with the GeoTIFF; lz4 by default (`zstd` and `none` on request, chosen from the table in
+docs/benchmarks.md); a CRC32 checksum on every page, verified when read. Shapes, dtypes, compression and the format
+version are in each file's schema metadata. Version 1 (variable-length binary, zstd, no checksums) stays readable.
 """
 
 from __future__ import annotations
@@ -17,9 +19,15 @@ from fsspec import AbstractFileSystem
 from bigearth.bands import ALL_BANDS
 from bigearth.storage import join
 
-FORMAT_VERSION = "1"
+FORMAT_VERSION = "2"
+READABLE_VERSIONS = ("1", "2")  # v1: 14 variable-length binary columns, zstd, no page checksums
 MANIFEST = "manifest.json"
 ROW_GROUP_PAIRS = 128  # rows per Parquet row group: bounds writer memory and lets readers stream
+
+#: `--compression` choices -> (Parquet codec, level). lz4: ~5x zstd's read rate for ~1.9x its bytes on real
+#: pixels (docs/benchmarks.md); zstd (level 3) for archives kept on slow or paid storage.
+COMPRESSIONS: dict[str, tuple[str, int | None]] = {"lz4": ("lz4", None), "zstd": ("zstd", 3), "none": ("none", None)}
+DEFAULT_COMPRESSION = "lz4"
 
 SCHEMA_METADATA = {
     "bigearth.format_version": FORMAT_VERSION,
@@ -45,7 +53,7 @@ SHARD_SCHEMA = pa.schema(
         ("uly", pa.float64()),
         ("contains_seasonal_snow", pa.bool_()),
         ("contains_cloud_or_shadow", pa.bool_()),
-        *[(b.name, pa.binary()) for b in ALL_BANDS],
+        *[(b.name, pa.binary(b.nbytes)) for b in ALL_BANDS],
     ],
     metadata={k.encode(): v.encode() for k, v in SCHEMA_METADATA.items()},
 )
@@ -59,16 +67,22 @@ class ShardFormatError(ValueError):
 class ShardWriter:
     """Streams rows into one Parquet shard, a row group at a time."""
 
-    def __init__(self, fs: AbstractFileSystem, path: str, compression_level: int = 3) -> None:
+    def __init__(self, fs: AbstractFileSystem, path: str, compression: str = DEFAULT_COMPRESSION) -> None:
+        if compression not in COMPRESSIONS:
+            raise ValueError(f"compression {compression!r}: expected one of {sorted(COMPRESSIONS)}")
+        codec, level = COMPRESSIONS[compression]
+        schema = SHARD_SCHEMA.with_metadata({**SHARD_SCHEMA.metadata, b"bigearth.compression": compression.encode()})
         self._file = fs.open(path, "wb")
         self._writer = pq.ParquetWriter(
             self._file,
-            SHARD_SCHEMA,
-            compression="zstd",
-            compression_level=compression_level,
+            schema,
+            compression=codec,
+            compression_level=level,
             use_dictionary=META_COLUMNS,
             write_statistics=META_COLUMNS,
+            write_page_checksum=True,
         )
+        self._schema = schema
         self._buffer: list[dict[str, Any]] = []
         self.rows = 0
 
@@ -79,7 +93,7 @@ class ShardWriter:
 
     def _flush(self) -> None:
         if self._buffer:
-            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=SHARD_SCHEMA))
+            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self._schema))
             self.rows += len(self._buffer)
             self._buffer = []
 
@@ -110,10 +124,11 @@ class Manifest:
         if not fs.exists(path):
             raise ShardFormatError(f"{path} not found: not a shard set written by `bigearth ingest`")
         doc = json.loads(fs.cat(path))
-        if doc.get("format_version") != FORMAT_VERSION:
+        if doc.get("format_version") not in READABLE_VERSIONS:
             raise ShardFormatError(
-                f"{path}: format version {doc.get('format_version')!r}, this code reads "
-                f"{FORMAT_VERSION!r}; re-run the ingest"
+                f"{path}: format version {doc.get('format_version')!r}, this code reads versions "
+                f"{', '.join(READABLE_VERSIONS)}; re-run `bigearth ingest --archive ... --out {root} --overwrite` "
+                "with this version to rewrite it"
             )
         return cls(**doc)
 
@@ -123,3 +138,23 @@ class Manifest:
 
     def shard_paths(self, root: str, split: str | None = None) -> list[str]:
         return [join(root, s["path"]) for s in self.shards if split is None or s["split"] == split]
+
+
+def open_shard(source: Any, where: str) -> pq.ParquetFile:
+    """A shard file opened for reading with every page's checksum verified (files without checksums, format 1,
+    are read as they are); a file that is not Parquet names itself in the error."""
+    try:
+        return pq.ParquetFile(source, page_checksum_verification=True)
+    except (OSError, pa.ArrowException) as e:
+        raise ShardFormatError(f"{where}: not a readable shard file ({e})") from None
+
+
+def read_row_group(pf: pq.ParquetFile, i: int, columns: list[str] | None, where: str) -> pa.Table:
+    """Row group `i` of a shard; a corrupted page (checksum mismatch, cut-short file, bad compressed data) is a
+    `ShardFormatError` that names the file and the row group, never data."""
+    try:
+        return pf.read_row_group(i, columns=columns, use_threads=False)
+    except (OSError, pa.ArrowException) as e:
+        raise ShardFormatError(
+            f"{where}: row group {i} is corrupted ({e}); re-run the ingest of this shard set"
+        ) from None

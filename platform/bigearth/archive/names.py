@@ -8,6 +8,7 @@ Quirks handled (FACTS.md 1.2, 2.2):
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -71,6 +72,7 @@ class S1Name:
         return self.name.rsplit("_", 3)[0]
 
 
+@functools.lru_cache(maxsize=1 << 16)  # a pair's 12 band paths parse its name 12 times; results are frozen
 def parse_s2(name: str) -> S2Name:
     """Parse a v1 or v2 Sentinel-2 patch name; raises `PatchNameError` saying what was expected."""
     m = V2_S2_RE.match(name)
@@ -87,6 +89,7 @@ def parse_s2(name: str) -> S2Name:
     )
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def parse_s1(name: str) -> S1Name:
     """Parse a Sentinel-1 patch name (the same in v1 and v2)."""
     m = S1_RE.match(name)

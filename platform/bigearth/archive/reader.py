@@ -95,7 +95,7 @@ def _blob(blobs: dict[str, Any], path: str) -> bytes:
 
 def _band(blobs: dict[str, Any], path: str, band: Band) -> geotiff.Raster:
     try:
-        r = geotiff.decode(_blob(blobs, path), path)
+        r = geotiff.decode_archive(_blob(blobs, path), path)
     except geotiff.RasterError as e:
         raise _Bad("corrupt_file", str(e)) from None
     if r.array.dtype.name != band.dtype:

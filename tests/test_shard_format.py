@@ -1,0 +1,118 @@
+"""Shard format 2: fixed-size band columns, the compression choice, page checksums verified on read (a corrupted
+or cut-short shard is an error naming the file, never data), format 1 shard sets still read, shards never exceed
+`--shard-size`."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from bigearth.bands import ALL_BANDS
+from bigearth.data import iter_torch, open_split
+from bigearth.ingest import ingest, plan_shards
+from bigearth.shards import MANIFEST, SHARD_SCHEMA, Manifest, ShardFormatError
+from bigearth.storage import open_fs
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def _epoch(shards: Path, split: str = "validation") -> dict[str, dict[str, np.ndarray]]:
+    out = {}
+    for batch in iter_torch(open_split(str(shards), split, shuffle_files=False), 16):
+        for i, pid in enumerate(batch["patch_id"]):
+            out[pid] = {k: v[i].numpy() for k, v in batch.items() if k != "patch_id"}
+    return out
+
+
+def _first_file(shards: Path, split: str = "validation") -> Path:
+    m = Manifest.load(*open_fs(str(shards)))
+    return Path(m.shard_paths(str(shards), split)[0])
+
+
+def test_band_columns_are_fixed_size_and_pages_carry_checksums(shards_v2: Path) -> None:
+    pf = pq.ParquetFile(_first_file(shards_v2))
+    for band in ALL_BANDS:
+        assert pf.schema_arrow.field(band.name).type == pa.binary(band.nbytes)
+    assert pf.schema_arrow.equals(SHARD_SCHEMA, check_metadata=False)
+    # a reader that verifies checksums accepts the file; flipping one byte of it is caught (next test)
+    pq.ParquetFile(_first_file(shards_v2), page_checksum_verification=True).read()
+
+
+def test_flipped_bytes_are_an_error_naming_the_file(shards_v2: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "s"
+    shutil.copytree(shards_v2, shards)
+    victim = _first_file(shards)
+    data = bytearray(victim.read_bytes())
+    middle = len(data) // 2  # inside the pixel pages, far from the footer
+    data[middle : middle + 8] = bytes(255 - b for b in data[middle : middle + 8])
+    victim.write_bytes(bytes(data))
+    # without the checksums the damage would be read as pixels: nothing else notices it
+    pq.ParquetFile(victim, page_checksum_verification=False).read()
+    with pytest.raises(Exception, match=rf"{victim.name}: row group \d+ is corrupted") as err:
+        _epoch(shards)
+    assert "ShardFormatError" in repr(err.value) or isinstance(err.value, ShardFormatError)
+
+
+def test_cut_short_file_is_an_error_naming_the_file(shards_v2: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "s"
+    shutil.copytree(shards_v2, shards)
+    victim = _first_file(shards)
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with pytest.raises(Exception, match=rf"{victim.name}: not a readable shard file"):
+        _epoch(shards)
+
+
+def test_format_1_shard_sets_stay_readable(shards_v2: Path, tmp_path: Path) -> None:
+    """A shard set as format 1 wrote it (variable-length binary bands, zstd, no checksums) reads the same."""
+    old = tmp_path / "v1"
+    shutil.copytree(shards_v2, old)
+    v1_schema = pa.schema(
+        [pa.field(f.name, pa.binary()) if f.name in {b.name for b in ALL_BANDS} else f for f in SHARD_SCHEMA]
+    )
+    for path in old.rglob("part-*.parquet"):
+        pq.write_table(pq.read_table(path).cast(v1_schema), path, compression="zstd", row_group_size=128)
+    doc = json.loads((old / MANIFEST).read_text())
+    (old / MANIFEST).write_text(json.dumps({**doc, "format_version": "1"}))
+    assert pq.ParquetFile(_first_file(old)).schema_arrow.field("B02").type == pa.binary()
+    new, legacy = _epoch(shards_v2), _epoch(old)
+    assert sorted(new) == sorted(legacy)
+    for pid, arrays in new.items():
+        for key, value in arrays.items():
+            assert np.array_equal(value, legacy[pid][key]), (pid, key)
+
+
+def test_unknown_format_version_names_the_command_that_rewrites_it(shards_v2: Path, tmp_path: Path) -> None:
+    shutil.copy(shards_v2 / MANIFEST, tmp_path / MANIFEST)
+    doc = json.loads((tmp_path / MANIFEST).read_text())
+    (tmp_path / MANIFEST).write_text(json.dumps({**doc, "format_version": "9"}))
+    with pytest.raises(ShardFormatError, match=r"format version '9'.*bigearth ingest --archive .* --overwrite"):
+        Manifest.load(*open_fs(str(tmp_path)))
+
+
+def test_zstd_on_request_holds_the_same_rows(synth_v2: Path, shards_v2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "zstd"
+    m = ingest(str(synth_v2), str(out), shard_size=30, compression="zstd")
+    assert m.source["compression"] == "zstd"
+    pf = pq.ParquetFile(_first_file(out))
+    assert pf.metadata.row_group(0).column(20).compression == "ZSTD"
+    assert pf.schema_arrow.metadata[b"bigearth.compression"] == b"zstd"
+    assert _epoch(out).keys() == _epoch(shards_v2).keys()
+    lz4 = sum(p.stat().st_size for p in shards_v2.rglob("part-*.parquet"))
+    zstd = sum(p.stat().st_size for p in out.rglob("part-*.parquet"))
+    assert zstd < lz4
+
+
+def test_shards_never_exceed_the_shard_size() -> None:
+    for n, size in ((20_001, 10_000), (20_000, 10_000), (1, 5), (29_999, 10_000), (3_001, 1_000)):
+        ids = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{i}_{i}" for i in range(n)]
+        cat = SimpleNamespace(pairs=pa.table({"patch_id": ids, "split": ["train"] * n}))
+        plans = plan_shards(cat, size)  # type: ignore[arg-type]
+        assert all(len(p.rows) <= size for p in plans), (n, size)
+        assert sum(len(p.rows) for p in plans) == n and len(plans) == -(-n // size)
