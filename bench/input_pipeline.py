@@ -106,7 +106,7 @@ def main() -> None:
     import ray
 
     from bigearth.archive.catalogue import build_catalogue
-    from bigearth.benchmark import bench_input, bench_read_alone
+    from bigearth.benchmark import bench_copy_alone, bench_input, bench_read_alone
     from bigearth.ingest import ingest
     from bigearth.synth.archive import synthesize
 
@@ -175,9 +175,11 @@ def main() -> None:
     t = reference_loader(cat.layout, train)
     result["d_reference_pairs_per_s_per_core"] = round(len(train) / t, 1)
 
-    # (e) pyarrow alone, one thread
+    # (e) pyarrow alone, one thread (and, for what bounds (f): without checksums; one copy of a pair's bytes)
     alone = bench_read_alone(str(out), "train")
     result["e_read_alone_pairs_per_s"] = alone["pairs_per_s"]
+    result["e_read_alone_unverified_pairs_per_s"] = bench_read_alone(str(out), "train", verify=False)["pairs_per_s"]
+    result["copy_alone_pairs_per_s"] = bench_copy_alone()["pairs_per_s"]
 
     # (f) the training input through Ray Data, on the full archive and on a quarter (memory must stay flat)
     quarter = work / "shards-bench-quarter"
@@ -186,6 +188,8 @@ def main() -> None:
         small = bench_input(str(quarter), "train", epochs=a.epochs)
     with PeakMemory() as mem_f:
         full = bench_input(str(out), "train", epochs=a.epochs)
+    # (f') Ray Data's row path on the same shards, for comparison (what training used before issue 9)
+    rows_path = bench_input(str(out), "train", epochs=a.epochs, path="rows")
     ray.shutdown()
     steady = full["steady_pairs_per_s_per_cpu"]
     result["f_input"] = full
@@ -196,6 +200,8 @@ def main() -> None:
     result["f_vs_e_times_cores"] = round(steady * cpus / (alone["pairs_per_s"] * cpus), 3)
     result["f_vs_d_per_core"] = round(steady / result["d_reference_pairs_per_s_per_core"], 1)
     result["f_peak_memory_mb"] = {"quarter": mem_q.delta_mb, "full": mem_f.delta_mb}
+    result["f_rows_path"] = rows_path
+    result["f_vs_rows_path_steady"] = round(steady / max(rows_path["steady_pairs_per_s_per_cpu"], 1e-9), 2)
     text = json.dumps(result, indent=1)
     print(text)
     if a.out:
@@ -225,6 +231,15 @@ def main() -> None:
         f"{r['f_epoch_start_s']} s | | later <= 0.25 s |"
     )
     print(f"| (f) peak memory, quarter / full archive | {mem_q.delta_mb} MB / {mem_f.delta_mb} MB | | flat |")
+    print(
+        f"| (f') Ray Data row path, steady state / first batch of a later epoch | "
+        f"{rows_path['steady_pairs_per_s_per_cpu']} / {rows_path['epoch_start_s']} s | "
+        f"(f) is {r['f_vs_rows_path_steady']}x | |"
+    )
+    print(
+        f"| bounds: (e) without checksums; copying a pair's 275 KB once | "
+        f"{r['e_read_alone_unverified_pairs_per_s']} / {r['copy_alone_pairs_per_s']} | | |"
+    )
 
 
 if __name__ == "__main__":

@@ -50,6 +50,12 @@ def test_synth_ingest_stats_bench(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     line = json.loads(r.stdout.strip().splitlines()[-1])
     assert line["pairs"] == manifest["splits"]["train"] and line["pairs_per_s"] > 0 and line["cpus"] == 2
+    assert line["path"] == "rowgroups" and line["steady_pairs_per_s_per_cpu"] > 0
+    assert line["first_batch_s"] > 0 and line["epoch_start_s"] > 0
+    r = _run("bench", "input", "--shards", str(shards), "--epochs", "2", "--batch-size", "16", "--path", "rows")
+    assert r.returncode == 0, r.stderr
+    line = json.loads(r.stdout.strip().splitlines()[-1])
+    assert line["path"] == "rows" and line["pairs"] == manifest["splits"]["train"] and line["epochs"] == 2
 
 
 @pytest.mark.real

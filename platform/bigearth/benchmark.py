@@ -16,20 +16,52 @@ def bench_input(
     bands: str = "all",
     storage: StorageOptions | None = None,
     stem: bool = False,
+    path: str = "rowgroups",
+    shuffle_buffer: int = 2048,
+    threads: int | None = None,
 ) -> dict[str, Any]:
-    """Pairs per second through `open_split` -> `iter_torch` (optionally the InputStem too) over `epochs` epochs.
+    """Pairs per second of the training input (optionally the InputStem too) over `epochs` epochs.
 
-    `first_batch_s` is the first epoch's wait for its first batch (cold: worker processes start, files are read
-    for the first time); `epoch_start_s` the slowest wait of a later epoch (what every epoch of a long run pays);
-    `steady_pairs_per_s_per_cpu` the rate after each later epoch's first batch. `cpus` is what the Ray cluster
-    offers."""
+    `path="rowgroups"`: what training uses (the plan as a Ray Dataset -> `bigearth.loader.RowGroupLoader`, one
+    worker's view, `threads` readers, default one per CPU); `path="rows"`: Ray Data's row path (`open_split` ->
+    `iter_torch`: read tasks -> object store -> collate), for comparison. Both shuffle with a buffer of
+    `shuffle_buffer` rows. `first_batch_s` is the first epoch's wait for its first batch (cold: processes and
+    threads start, files are read for the first time); `epoch_start_s` the slowest wait of a later epoch (what
+    every epoch of a long run pays); `steady_pairs_per_s_per_cpu` the rate after each later epoch's first batch.
+    `cpus` is what the Ray cluster offers."""
     import ray
 
     from bigearth.data import iter_torch, open_split
+    from bigearth.loader import RowGroupLoader, epoch_share, open_row_groups, plan_of
     from bigearth.raycluster import ensure_ray
 
+    if path not in ("rowgroups", "rows"):
+        raise ValueError(f"path {path!r}: expected 'rowgroups' or 'rows'")
     ensure_ray()
-    ds = open_split(shards, split, bands=bands, storage=storage)
+    cpus = int(ray.cluster_resources().get("CPU", 0))
+    epoch_no = 0
+    if path == "rows":
+        ds = open_split(shards, split, bands=bands, storage=storage)
+
+        def batches() -> Any:
+            return iter_torch(ds, batch_size, bands=bands, local_shuffle_buffer_size=shuffle_buffer or None)
+
+    else:
+        plan = plan_of(open_row_groups(shards, split, storage))
+
+        def batches() -> Any:
+            share, limit = epoch_share(plan, epoch_no, shuffle=True, equal=False)
+            return RowGroupLoader(
+                share,
+                batch_size,
+                bands=bands,
+                storage=storage,
+                shuffle_buffer=shuffle_buffer,
+                seed=epoch_no,
+                limit=limit,
+                threads=threads or max(1, cpus),
+            )
+
     model = None
     if stem:
         from bigearth.models.stem import InputStem
@@ -38,8 +70,10 @@ def bench_input(
 
     def one_epoch() -> tuple[int, int, float, float]:
         """pairs, pairs after the first batch, seconds to the first batch, seconds in all"""
+        nonlocal epoch_no
         n, first_n, first_s, start = 0, 0, 0.0, time.perf_counter()
-        for batch in iter_torch(ds, batch_size, bands=bands):
+        epoch_no += 1
+        for batch in batches():
             if model is not None:
                 model(batch)
             n += len(batch["patch_id"])
@@ -51,8 +85,8 @@ def bench_input(
     runs = [one_epoch() for _ in range(max(1, epochs - 1))]
     pairs, seconds = sum(r[0] for r in runs), sum(r[3] for r in runs)
     steady_pairs, steady_s = sum(r[1] for r in runs), sum(r[3] - r[2] for r in runs)
-    cpus = int(ray.cluster_resources().get("CPU", 0))
     return {
+        "path": path,
         "pairs": pairs,
         "seconds": round(seconds, 3),
         "pairs_per_s": round(pairs / seconds, 1),
@@ -66,13 +100,18 @@ def bench_input(
         "split": split,
         "bands": bands,
         "stem": stem,
+        "shuffle_buffer": shuffle_buffer,
     }
 
 
-def bench_read_alone(shards: str, split: str = "train", storage: StorageOptions | None = None) -> dict[str, Any]:
+def bench_read_alone(
+    shards: str, split: str = "train", storage: StorageOptions | None = None, verify: bool = True
+) -> dict[str, Any]:
     """pyarrow alone, one thread, no Ray: every row group of every shard of `split` read, decompressed and its
-    page checksums verified, exactly as the pipeline's read tasks do (files read once first, so the page cache is
-    as warm as in the pipeline's later epochs)."""
+    page checksums verified (`verify`), exactly as the training input reads them (files read once first, so the
+    page cache is as warm as in the pipeline's later epochs)."""
+    import pyarrow.parquet as pq
+
     from bigearth.bands import BAND_SETS
     from bigearth.shards import Manifest, open_shard, read_row_group
     from bigearth.storage import arrow_filesystem, open_fs
@@ -86,7 +125,7 @@ def bench_read_alone(shards: str, split: str = "train", storage: StorageOptions 
         n = 0
         for path in paths:
             with afs.open_input_file(path) as f:
-                pf = open_shard(f, path)
+                pf = open_shard(f, path) if verify else pq.ParquetFile(f)
                 for i in range(pf.num_row_groups):
                     n += read_row_group(pf, i, columns, path).num_rows
         return n
@@ -96,3 +135,20 @@ def bench_read_alone(shards: str, split: str = "train", storage: StorageOptions 
     pairs = read_all()
     seconds = time.perf_counter() - start
     return {"pairs": pairs, "seconds": round(seconds, 3), "pairs_per_s": round(pairs / seconds, 1)}
+
+
+def bench_copy_alone(pairs: int = 2000) -> dict[str, Any]:
+    """The floor of any pipeline that hands out batch arrays: one thread copying a pair's 275 KB of bands from one
+    buffer into another (numpy), as the loader's gather does once per pair."""
+    import numpy as np
+
+    from bigearth.bands import ALL_BANDS
+
+    nbytes = sum(b.nbytes for b in ALL_BANDS)
+    src = np.random.default_rng(0).integers(0, 255, (64, nbytes), dtype=np.uint8)
+    dst = np.empty_like(src)
+    start, n = time.perf_counter(), 0
+    while n < pairs:
+        np.copyto(dst, src)
+        n += len(src)
+    return {"pairs_per_s": round(n / (time.perf_counter() - start), 1), "bytes_per_pair": nbytes}

@@ -140,11 +140,12 @@ class Manifest:
         return [join(root, s["path"]) for s in self.shards if split is None or s["split"] == split]
 
 
-def open_shard(source: Any, where: str) -> pq.ParquetFile:
+def open_shard(source: Any, where: str, metadata: Any = None) -> pq.ParquetFile:
     """A shard file opened for reading with every page's checksum verified (files without checksums, format 1,
-    are read as they are); a file that is not Parquet names itself in the error."""
+    are read as they are); a file that is not Parquet names itself in the error. `metadata`: its footer, when
+    already read (saves a read per open)."""
     try:
-        return pq.ParquetFile(source, page_checksum_verification=True)
+        return pq.ParquetFile(source, metadata=metadata, page_checksum_verification=True)
     except (OSError, pa.ArrowException) as e:
         raise ShardFormatError(f"{where}: not a readable shard file ({e})") from None
 

@@ -31,10 +31,13 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """The input pipeline (`bigearth.data.open_split` / `iter_torch`)."""
+    """The input pipeline (`bigearth.loader`: row groups streamed into each worker)."""
 
     batch_size: int = Field(256, ge=1, description="per worker")
     local_shuffle_buffer: int = Field(2048, ge=0, description="rows in each worker's shuffle buffer (0 = off)")
+    reader_threads: int = Field(
+        2, ge=1, description="threads per worker reading and decompressing row groups (about one per core)"
+    )
     nomenclature: Literal[19, 43] = Field(19, description="label nomenclature; 43 needs shards ingested from v1")
     train_split: str = Field("train", description="split trained on")
     val_split: str = Field("validation", description="split for validation metrics, early stopping, best checkpoint")

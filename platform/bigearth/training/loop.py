@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigearth.data import iter_torch
+from bigearth.loader import RowGroupLoader, epoch_share, plan_of
 from bigearth.models.registry import create_model
 from bigearth.training import checkpoints
 from bigearth.training.config import TrainConfig
@@ -68,8 +68,18 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["loop"]
 
-    train_shard = ray.train.get_dataset_shard("train")
-    val_shard = ray.train.get_dataset_shard("validation")
+    # Every worker gets the whole plan (one entry per row group) once, and takes its share of it each epoch.
+    train_plan = plan_of(ray.train.get_dataset_shard("train"))
+    val_plan = plan_of(ray.train.get_dataset_shard("validation"))
+    val_share, _ = epoch_share(val_plan, 0, rank=rank, world=world, shuffle=False, equal=False)
+    bands = tuple(core.bands)
+    loader_kw: dict[str, Any] = {
+        "bands": bands,
+        "nomenclature": cfg.data.nomenclature,
+        "storage": config.get("storage"),
+        "device": device,
+        "threads": cfg.data.reader_threads,
+    }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
     meta_model = cfg.model.model_dump(exclude_none=True)
 
@@ -78,12 +88,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             break
         model.train()
         start, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-        for batch in iter_torch(
-            train_shard,
+        # the same permutation on every worker, disjoint shares, the same number of rows (so of steps) on each
+        share, limit = epoch_share(train_plan, epoch, cfg.run.seed, rank, world, shuffle=True, equal=True)
+        for batch in RowGroupLoader(
+            share,
             cfg.data.batch_size,
-            device=device,
-            drop_last=False,
-            local_shuffle_buffer_size=cfg.data.local_shuffle_buffer or None,
+            shuffle_buffer=cfg.data.local_shuffle_buffer,
+            seed=[cfg.run.seed, rank, epoch],
+            limit=limit,
+            **loader_kw,
         ):
             with autocast:
                 logits = model(batch)
@@ -105,7 +118,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val = MultilabelMetrics(cfg.data.nomenclature, device=device)
         val_loss = torch.zeros((), device=device)
         with torch.no_grad():
-            for batch in iter_torch(val_shard, cfg.data.batch_size, device=device):
+            for batch in RowGroupLoader(val_share, cfg.data.batch_size, **loader_kw):
                 with autocast:
                     logits = model(batch).float()
                 val_loss += loss_fn(logits, batch["labels"]) * len(batch["patch_id"])

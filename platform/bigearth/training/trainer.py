@@ -7,7 +7,7 @@ import os
 import time
 from typing import Any
 
-from bigearth.data import open_split
+from bigearth.loader import open_row_groups
 from bigearth.models.registry import create_model
 from bigearth.shards import Manifest
 from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
@@ -48,12 +48,14 @@ def train(
     for split in (cfg.data.train_split, cfg.data.val_split):
         if not manifest.splits.get(split):
             raise ValueError(f"{data}: no {split!r} pairs; the shard set has {manifest.splits}")
-    bands = model_bands(cfg)
+    model_bands(cfg)  # a bad model config fails here, before any worker starts (workers read these bands)
+    if cfg.data.nomenclature == 43 and manifest.source.get("layout") not in (None, "v1"):
+        raise ValueError(f"{data}: 43-class labels exist only in shards ingested from a v1 archive")
+    # The plan (one row per Parquet row group) goes to every worker whole: each takes its share per epoch
+    # (bigearth.loader.epoch_share), so all run the same number of steps and the split drops nothing.
     datasets = {
-        "train": open_split(data, cfg.data.train_split, bands=bands, nomenclature=cfg.data.nomenclature, storage=so),
-        "validation": open_split(
-            data, cfg.data.val_split, bands=bands, nomenclature=cfg.data.nomenclature, shuffle_files=False, storage=so
-        ),
+        "train": open_row_groups(data, cfg.data.train_split, so),
+        "validation": open_row_groups(data, cfg.data.val_split, so),
     }
     name = name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "://" in storage:
@@ -87,5 +89,6 @@ def train(
             **storage_kw,
         ),
         datasets=datasets,
+        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
     return trainer.fit()

@@ -1,0 +1,137 @@
+"""The worker-side training input (`bigearth.loader`): every pair once per epoch with the shards' exact values,
+disjoint equal shares per worker, seeded shuffling at two levels, limits, early stops, damaged files."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from bigearth import labels as lab
+from bigearth.bands import BANDS, GROUPS
+from bigearth.loader import RowGroup, RowGroupLoader, epoch_share, open_row_groups, plan_of, row_groups
+from bigearth.shards import Manifest, ShardFormatError
+from bigearth.storage import open_fs
+
+
+@pytest.fixture(scope="module")
+def fine(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
+    """The synthetic v2 archive in shards of 6 pairs: a dozen row groups per split to shuffle and share."""
+    from bigearth.ingest import ingest
+
+    out = tmp_path_factory.mktemp("fine") / "v2"
+    ingest(str(synth_v2), str(out), shard_size=6)
+    return out
+
+
+def _rows(shards: Path, split: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    m = Manifest.load(*open_fs(str(shards)))
+    return {r["patch_id"]: r for p in m.shard_paths(str(shards), split) for r in pq.read_table(p).to_pylist()}
+
+
+def test_every_pair_once_with_the_shards_values(fine: Path) -> None:
+    rows = _rows(fine, "train")
+    plan = row_groups(str(fine), "train")
+    assert sum(g.rows for g in plan) == len(rows)
+    loader = RowGroupLoader(plan, 16, shuffle_buffer=48, seed=1)
+    seen = []
+    for batch in loader:
+        n = len(batch["patch_id"])
+        assert batch["s1"].shape == (n, 2, 120, 120) and batch["s1"].dtype == torch.float32
+        assert batch["s2_10m"].dtype == torch.uint16 and batch["s2_60m"].shape == (n, 2, 20, 20)
+        for i, pid in enumerate(batch["patch_id"]):
+            row = rows[pid]
+            assert torch.equal(batch["labels"][i], torch.from_numpy(lab.encode(row["labels"])))
+            for group, names in GROUPS.items():
+                for c, name in enumerate(names):
+                    b = BANDS[name]
+                    expected = np.frombuffer(row[name], dtype=b.dtype).reshape(b.shape)
+                    assert np.array_equal(batch[group][i, c].numpy(), expected), (pid, name)
+        seen.extend(batch["patch_id"])
+    assert sorted(seen) == sorted(rows) and len(loader) == -(-len(rows) // 16)
+
+
+def test_shares_are_disjoint_cover_the_plan_and_run_equal_steps(fine: Path) -> None:
+    plan = row_groups(str(fine), "train")
+    for world in (1, 2, 3):
+        shares = [epoch_share(plan, 4, seed=7, rank=r, world=world) for r in range(world)]
+        groups = [g for share, _ in shares for g in share]
+        assert sorted(groups, key=lambda g: (g.path, g.index)) == sorted(plan, key=lambda g: (g.path, g.index))
+        limits = {limit for _, limit in shares}
+        assert len(limits) == 1  # every worker computes the same limit, without talking to the others
+        limit = limits.pop()
+        if world > 1:
+            assert limit == min(sum(g.rows for g in share) for share, _ in shares)
+            steps = {len(RowGroupLoader(share, 8, limit=limit)) for share, _ in shares}
+            assert len(steps) == 1
+    again = epoch_share(plan, 4, seed=7, rank=1, world=2)
+    assert again == epoch_share(plan, 4, seed=7, rank=1, world=2)  # reproducible
+    assert epoch_share(plan, 5, seed=7, rank=1, world=2)[0] != again[0]  # another epoch, another permutation
+    with pytest.raises(ValueError, match="rank 2 outside a world of 2"):
+        epoch_share(plan, 0, rank=2, world=2)
+
+
+def test_shuffling_is_seeded_and_mixes_row_groups(fine: Path) -> None:
+    plan = row_groups(str(fine), "train")
+
+    def order(seed: int, buffer: int) -> list[str]:
+        return [pid for b in RowGroupLoader(plan, 8, shuffle_buffer=buffer, seed=seed) for pid in b["patch_id"]]
+
+    assert order(3, 64) == order(3, 64)
+    assert order(3, 64) != order(4, 64) and sorted(order(3, 64)) == sorted(order(4, 64))
+    in_file_order = order(0, 0)
+    assert in_file_order == [pid for g in plan for pid in _group_ids(g)]  # no buffer: row groups as given
+    where = {pid: (g.path, g.index) for g in plan for pid in _group_ids(g)}
+    first = RowGroupLoader(plan, 16, shuffle_buffer=64, seed=5)
+    batch = next(iter(first))
+    assert len({where[p] for p in batch["patch_id"]}) > 1  # a shuffled batch draws from several row groups
+
+
+def _group_ids(g: RowGroup) -> list[str]:
+    return pq.ParquetFile(g.path).read_row_group(g.index, columns=["patch_id"]).column(0).to_pylist()
+
+
+def test_limit_drop_last_bands_and_an_early_stop(fine: Path) -> None:
+    plan = row_groups(str(fine), "validation")
+    total = sum(g.rows for g in plan)
+    got = [len(b["patch_id"]) for b in RowGroupLoader(plan, 7, limit=20)]
+    assert got == [7, 7, 6]
+    got = [len(b["patch_id"]) for b in RowGroupLoader(plan, 7, drop_last=True)]
+    assert got == [7] * (total // 7)
+    batch = next(iter(RowGroupLoader(plan, 4, bands="s1")))
+    assert set(batch) == {"s1", "labels", "patch_id"}
+    before = threading.active_count()
+    for _ in range(3):
+        for _b in RowGroupLoader(plan, 2, shuffle_buffer=16, seed=0, prefetch=1):
+            break  # the reader and assembler threads stop; nothing hangs
+    assert threading.active_count() <= before
+
+
+def test_damaged_shards_are_errors_naming_the_file(fine: Path, tmp_path: Path) -> None:
+    shards = tmp_path / "s"
+    shutil.copytree(fine, shards)
+    plan = row_groups(str(shards), "test")
+    victim = Path(plan[0].path)
+    data = bytearray(victim.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + 8] = bytes(255 - b for b in data[middle : middle + 8])
+    victim.write_bytes(bytes(data))
+    with pytest.raises(ShardFormatError, match=rf"{victim.name}: row group \d+ is corrupted"):
+        for _ in RowGroupLoader(plan, 8):
+            pass
+    wrong = [RowGroup(plan[1].url, plan[1].path, plan[1].index, plan[1].rows + 1)]
+    with pytest.raises(ShardFormatError, match="as the manifest implies"):
+        next(iter(RowGroupLoader(wrong, 8)))
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_the_plan_travels_as_a_ray_dataset(fine: Path) -> None:
+    ds = open_row_groups(str(fine), ["train", "validation"])
+    assert plan_of(ds) == row_groups(str(fine), ["train", "validation"])
+    with pytest.raises(ShardFormatError, match="no shards for split 'val'"):
+        row_groups(str(fine), "val")
