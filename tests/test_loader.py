@@ -92,6 +92,29 @@ def test_shuffling_is_seeded_and_mixes_row_groups(fine: Path) -> None:
     assert len({where[p] for p in batch["patch_id"]}) > 1  # a shuffled batch draws from several row groups
 
 
+def test_memory_is_bounded_by_the_buffer_not_the_epoch(fine: Path) -> None:
+    """However long the epoch, the row groups held at once are the buffer's slots plus the reads in flight."""
+    import weakref
+
+    plan = row_groups(str(fine), "train") * 4  # a long epoch: every row group four times
+    loader = RowGroupLoader(plan, 4, shuffle_buffer=12, seed=0, threads=1, prefetch=1)
+    alive: weakref.WeakSet[object] = weakref.WeakSet()
+    read = loader._read
+
+    def counted(group: RowGroup) -> object:
+        d = read(group)
+        alive.add(d)
+        return d
+
+    loader._read = counted  # type: ignore[method-assign]
+    peak, seen = 0, 0
+    for batch in loader:
+        peak, seen = max(peak, len(alive)), seen + len(batch["patch_id"])
+    slots = -(-12 // max(g.rows for g in plan))
+    assert seen == sum(g.rows for g in plan) and len(plan) > 4 * (2 * slots + 3)
+    assert peak <= 2 * slots + 3  # slots, reads in flight (threads + 2 + empty slots), the one being taken
+
+
 def _group_ids(g: RowGroup) -> list[str]:
     return pq.ParquetFile(g.path).read_row_group(g.index, columns=["patch_id"]).column(0).to_pylist()
 

@@ -18,9 +18,9 @@ worker, and remains the engine of ingest, evaluation, indexing and statistics.
 
 Batches are those of `bigearth.data.decode_batch`: `{"s1", "s2_10m", "s2_20m", "s2_60m", "labels", "patch_id"}`.
 Shuffling is two-level: the row groups of every shard file are permuted together each epoch (seeded, the same
-permutation on every worker, which then takes its share), and rows are drawn at random from a buffer of
-`shuffle_buffer` rows gathered from several row groups. Memory is bounded by the buffer, the reads in flight and
-`prefetch` ready batches, whatever the size of the archive.
+permutation on every worker, which then takes its share), and every batch draws its rows at random, in equal
+shares, from a buffer of row groups holding `shuffle_buffer` rows. Memory is bounded by that buffer, the reads in
+flight and `prefetch` ready batches, whatever the size of the archive.
 """
 
 from __future__ import annotations
@@ -190,9 +190,17 @@ class RowGroupLoader:
             return _Decoded(read_row_group(pf, group.index, self.columns, group.path), self.bands, self.nomenclature)
 
     def _batches(self, stop: threading.Event) -> Iterator[dict[str, np.ndarray]]:
+        """The shuffle buffer is a set of `slots` row groups (enough for `shuffle_buffer` rows), each with its rows
+        in a random order; every batch takes an equal share of its rows from each slot, and a slot that runs dry
+        takes the next row group. Memory is bounded by the slots (plus the reads in flight), whatever the length
+        of the epoch, and every batch mixes rows of `slots` different row groups. The slots fill one batch's
+        worth at a time (the first batch waits for one batch of rows, not for a full buffer), driven by the rows
+        read and never by timing, so a seed gives the same order every time."""
         rng = np.random.default_rng(self.seed)
         shuffle = self.shuffle_buffer > 0
-        want = max(self.shuffle_buffer, self.batch_size)
+        group_rows = max((g.rows for g in self.groups), default=ROW_GROUP_PAIRS)
+        per_batch = -(-self.batch_size // group_rows)  # row groups one batch needs
+        slots_max = max(per_batch, -(-self.shuffle_buffer // group_rows)) if shuffle else per_batch
         todo = iter(self.groups)
         inflight: list[Future[_Decoded]] = []
         buffer: list[tuple[_Decoded, np.ndarray]] = []  # group, its rows not yet used (in draw order)
@@ -200,11 +208,8 @@ class RowGroupLoader:
         with ThreadPoolExecutor(self.threads, thread_name_prefix="bigearth-read") as pool:
             try:
 
-                def buffered() -> int:
-                    return sum(len(r) for _, r in buffer)
-
-                def top_up() -> None:  # reads in flight: `threads + 2`, more while the buffer is filling
-                    while len(inflight) < self.threads + 2 or buffered() + ROW_GROUP_PAIRS * len(inflight) < want:
+                def top_up() -> None:  # reads in flight: enough to refill the slots, `threads + 2` ahead
+                    while len(inflight) < self.threads + 2 + max(0, slots_max - len(buffer)):
                         group = next(todo, None)
                         if group is None:
                             return
@@ -217,22 +222,18 @@ class RowGroupLoader:
                 top_up()
                 draw = 0
                 while left > 0 and not stop.is_set():
-                    # The buffer ramps up by a batch per draw (the first batch waits for one batch's rows only,
-                    # not for a full buffer) and stays at `want` rows; it depends on the rows read, never on
-                    # timing, so a seed gives the same order every time.
                     draw += 1
-                    while inflight and buffered() < min(want, draw * self.batch_size):
+                    want = min(left, self.batch_size)
+                    while inflight and (
+                        len(buffer) < min(slots_max, draw * per_batch) or sum(len(r) for _, r in buffer) < want
+                    ):
                         take_read()
                     top_up()
-                    available = sum(len(r) for _, r in buffer)
-                    n = min(self.batch_size, available, left)
+                    sizes = [len(r) for _, r in buffer]
+                    n = min(self.batch_size, sum(sizes), left)
                     if n == 0 or (self.drop_last and n < self.batch_size):
                         return
-                    counts = (
-                        rng.multivariate_hypergeometric([len(r) for _, r in buffer], n)
-                        if shuffle
-                        else _in_order([len(r) for _, r in buffer], n)
-                    )
+                    counts = _equal_shares(sizes, n, rng) if shuffle else _in_order(sizes, n)
                     yield self._assemble(buffer, counts, n)
                     buffer = [(d, r[k:]) for (d, r), k in zip(buffer, counts, strict=True) if len(r) > k]
                     left -= n
@@ -301,6 +302,24 @@ class RowGroupLoader:
                 with contextlib.suppress(queue.Empty):
                     ready.get(timeout=0.05)
             worker.join()
+
+
+def _equal_shares(sizes: Sequence[int], n: int, rng: np.random.Generator) -> np.ndarray:
+    """`n` rows taken as evenly as possible from groups holding `sizes` rows (the remainder to random groups; a
+    group short of its share gives the rest to the others)."""
+    counts = np.zeros(len(sizes), dtype=np.int64)
+    room = np.asarray(sizes, dtype=np.int64)
+    while n > 0:
+        active = np.flatnonzero(room > counts)
+        if not len(active):
+            break
+        share, extra = divmod(n, len(active))
+        add = np.full(len(active), share, dtype=np.int64)
+        add[rng.permutation(len(active))[:extra]] += 1
+        add = np.minimum(add, room[active] - counts[active])
+        counts[active] += add
+        n -= int(add.sum())
+    return counts
 
 
 def _in_order(sizes: Sequence[int], n: int) -> np.ndarray:
