@@ -265,10 +265,40 @@ def main() -> None:
         f"{rows_path['steady_pairs_per_s_per_cpu']} / {rows_path['epoch_start_s']} s | "
         f"(f) is {r['f_vs_rows_path_steady']}x | |"
     )
+    print()
+    print(projection(result))
     print(
         f"| bounds: (e) without checksums; copying a pair's 275 KB once | "
         f"{r['e_read_alone_unverified_pairs_per_s']} / {r['copy_alone_pairs_per_s']} | | |"
     )
+
+
+#: Published sizes (FACTS.md 1.1, 2.4): pairs of the whole archive and of its train split.
+ARCHIVES = {"v1 (BigEarthNet-MM)": (590_326, 269_695), "v2 (reBEN)": (549_488, 237_871)}
+#: ResNet-50 training throughput on one A100 (AMP, channels-last, 224 px): ~2,600 img/s (timm issue #1491,
+#: `benchmark.py`). At 120 px the convolutions have (224/120)^2 = 3.5x fewer pixels: ~9,000 pairs/s is an upper
+#: estimate (small images use a GPU less well; the 14-channel stem adds one convolution's worth).
+GPU_PAIRS_PER_S = {"A100 (ResNet-50, 120 px, estimate)": 9_000, "H100/H200 (about 2x A100, estimate)": 18_000}
+
+
+def projection(result: dict[str, Any]) -> str:
+    """Markdown: ingest and epoch times of the real archive from the measured per-core rates."""
+    ingest = result["b_ingest_local_pairs_per_s_per_core"]
+    epoch = result["f_steady_pairs_per_s_per_core"]
+    lines = [
+        "| archive | pairs / train pairs | cores | ingest (local folder rate) | one epoch of train (input only) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, (pairs, train) in ARCHIVES.items():
+        for cores in (16, 64, 256):
+            lines.append(
+                f"| {name} | {pairs:,} / {train:,} | {cores} | {pairs / (ingest * cores) / 60:.1f} min | "
+                f"{train / (epoch * cores):.1f} s |"
+            )
+    lines += ["", "| GPU | pairs/s it can consume | cores of input per GPU at the measured rate |", "|---|---|---|"]
+    for gpu, rate in GPU_PAIRS_PER_S.items():
+        lines.append(f"| {gpu} | {rate:,} | {rate / epoch:.1f} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":

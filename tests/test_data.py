@@ -154,3 +154,24 @@ def test_stem_normalises_resamples_and_orders_channels() -> None:
         InputStem("s3")
     custom = InputStem(["B04", "B03", "B02"], stats={"B04": (0.0, 1.0), "B03": (0.0, 1.0), "B02": (0.0, 1.0)})
     assert torch.equal(custom(batch)[:, 0], batch["s2_10m"][:, 2].float())
+
+
+def test_stem_orders_every_permutation_of_every_group() -> None:
+    """Each output channel is its band, normalised with that band's statistics, whatever the order asked for."""
+    import itertools
+
+    g = torch.Generator().manual_seed(1)
+    batch = {
+        "s1": torch.randn(2, 2, 120, 120, generator=g),
+        "s2_10m": torch.randint(1, 8000, (2, 4, 120, 120), generator=g).to(torch.uint16),
+        "s2_20m": torch.randint(1, 8000, (2, 6, 60, 60), generator=g).to(torch.uint16),
+        "s2_60m": torch.randint(1, 8000, (2, 2, 20, 20), generator=g).to(torch.uint16),
+    }
+    for group, names in GROUPS.items():
+        perms = list(itertools.permutations(names))
+        for order in perms[:: max(1, len(perms) // 24)] + [perms[-1]]:
+            x = InputStem(list(order), stats="v2", size=BANDS[names[0]].size)(batch)
+            for c, band in enumerate(order):
+                mean, std = STATS["v2"][band]
+                expected = (batch[group][:, names.index(band)].float() - mean) / std
+                assert torch.allclose(x[:, c], expected), (order, band)

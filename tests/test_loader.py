@@ -14,7 +14,7 @@ import torch
 
 from bigearth import labels as lab
 from bigearth.bands import BANDS, GROUPS
-from bigearth.loader import RowGroup, RowGroupLoader, epoch_share, open_row_groups, plan_of, row_groups
+from bigearth.loader import RowGroup, RowGroupLoader, epoch_share, open_row_groups, plan_of, row_groups, row_share
 from bigearth.shards import Manifest, ShardFormatError
 from bigearth.storage import open_fs
 
@@ -74,6 +74,24 @@ def test_shares_are_disjoint_cover_the_plan_and_run_equal_steps(fine: Path) -> N
     assert epoch_share(plan, 5, seed=7, rank=1, world=2)[0] != again[0]  # another epoch, another permutation
     with pytest.raises(ValueError, match="rank 2 outside a world of 2"):
         epoch_share(plan, 0, rank=2, world=2)
+
+
+def test_evaluation_shares_hold_every_row_once_and_none_is_empty(fine: Path) -> None:
+    plan = row_groups(str(fine), "validation")
+    in_order = [pid for b in RowGroupLoader(plan, 5) for pid in b["patch_id"]]
+    for world in (1, 2, 3, 7, len(in_order)):
+        got: list[str] = []
+        sizes = []
+        for rank in range(world):
+            groups, skip, rows = row_share(plan, rank, world)
+            ids = [pid for b in RowGroupLoader(groups, 4, skip=skip, limit=rows) for pid in b["patch_id"]]
+            assert len(ids) == rows and len(RowGroupLoader(groups, 4, skip=skip, limit=rows)) == -(-rows // 4)
+            sizes.append(rows)
+            got += ids
+        assert got == in_order, world  # contiguous shares, in plan order: every row exactly once
+        assert min(sizes) >= 1 and max(sizes) - min(sizes) <= 1
+    with pytest.raises(ValueError, match="skip is for unshuffled reading"):
+        RowGroupLoader(plan, 4, skip=1, shuffle_buffer=8)
 
 
 def test_shuffling_is_seeded_and_mixes_row_groups(fine: Path) -> None:

@@ -7,6 +7,8 @@
     plan = plan_of(ray.train.get_dataset_shard("train"))               # once per run
     mine, limit = epoch_share(plan, epoch, seed, rank, world, shuffle=True, equal=True)
     for batch in RowGroupLoader(mine, 256, limit=limit, ...): ...
+    groups, skip, rows = row_share(val_plan, rank, world)              # evaluation: every row exactly once
+    for batch in RowGroupLoader(groups, 256, skip=skip, limit=rows): ...
 
 Why not Ray Data's row path (`bigearth.data.open_split` -> `iter_torch`, still available and measured beside this
 one in bench/input_pipeline.py): there, read tasks decompress into the object store and the trainer copies each
@@ -112,6 +114,25 @@ def epoch_share(
     return shares[rank], limit
 
 
+def row_share(plan: Sequence[RowGroup], rank: int = 0, world: int = 1) -> tuple[list[RowGroup], int, int]:
+    """For evaluation: rows `[rank * n // world, (rank + 1) * n // world)` of the plan in its order, as (the row
+    groups holding them, rows to skip in the first, rows to yield). Shares differ by at most one row, none is
+    empty while the plan has at least `world` rows, nothing is dropped and nothing read twice."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} outside a world of {world}")
+    total = sum(g.rows for g in plan)
+    start, stop = rank * total // world, (rank + 1) * total // world
+    groups: list[RowGroup] = []
+    skip, at = 0, 0
+    for g in plan:
+        if at + g.rows > start and at < stop:
+            if not groups:
+                skip = start - at
+            groups.append(g)
+        at += g.rows
+    return groups, skip, stop - start
+
+
 class _Decoded:
     """A row group read and decompressed: zero-copy per-band views of its Arrow buffers, multi-hot labels, ids."""
 
@@ -156,6 +177,7 @@ class RowGroupLoader:
         shuffle_buffer: int = 0,
         seed: Any = None,
         limit: int | None = None,
+        skip: int = 0,
         drop_last: bool = False,
         threads: int = 2,
         prefetch: int = 2,
@@ -166,6 +188,9 @@ class RowGroupLoader:
         self.bands = groups_for(bands)
         self.nomenclature, self.storage, self.device = nomenclature, storage, device
         self.shuffle_buffer, self.seed, self.limit, self.drop_last = shuffle_buffer, seed, limit, drop_last
+        if skip and shuffle_buffer:
+            raise ValueError("skip is for unshuffled reading (evaluation shares from row_share)")
+        self.skip = skip
         self.threads, self.prefetch = max(1, threads), max(1, prefetch)
         label = "labels" if nomenclature == 19 else "labels43"
         self.columns = ["patch_id", label, *(b for names in self.bands.values() for b in names)]
@@ -173,7 +198,7 @@ class RowGroupLoader:
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        rows = sum(g.rows for g in self.groups)
+        rows = sum(g.rows for g in self.groups) - self.skip
         rows = min(rows, self.limit) if self.limit is not None else rows
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
@@ -204,7 +229,9 @@ class RowGroupLoader:
         todo = iter(self.groups)
         inflight: list[Future[_Decoded]] = []
         buffer: list[tuple[_Decoded, np.ndarray]] = []  # group, its rows not yet used (in draw order)
-        left = self.limit if self.limit is not None else sum(g.rows for g in self.groups)
+        left = sum(g.rows for g in self.groups) - self.skip
+        left = min(left, self.limit) if self.limit is not None else left
+        skip = self.skip
         with ThreadPoolExecutor(self.threads, thread_name_prefix="bigearth-read") as pool:
             try:
 
@@ -216,8 +243,10 @@ class RowGroupLoader:
                         inflight.append(pool.submit(self._read, group))
 
                 def take_read() -> None:
+                    nonlocal skip
                     d = inflight.pop(0).result()
-                    buffer.append((d, rng.permutation(d.rows) if shuffle else np.arange(d.rows)))
+                    buffer.append((d, rng.permutation(d.rows) if shuffle else np.arange(skip, d.rows)))
+                    skip = 0
 
                 top_up()
                 draw = 0

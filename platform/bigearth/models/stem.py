@@ -73,7 +73,8 @@ class InputStem(nn.Module):
             if group not in batch:
                 raise KeyError(f"batch has no {group!r} group, needed for band(s) {[GROUPS[group][r] for r in rows]}")
             x = batch[group].to(self.mean.device, non_blocking=True)
-            x = x[:, rows].float() if len(rows) != x.shape[1] else x.float()
+            # select and order the group's rows (a permutation of the whole group is a reordering too)
+            x = x[:, rows].float() if rows != list(range(x.shape[1])) else x.float()
             if x.shape[-1] != self.size:
                 x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, align_corners=False)
             parts.append(x)

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigearth.loader import RowGroupLoader, epoch_share, plan_of
+from bigearth.loader import RowGroupLoader, epoch_share, plan_of, row_share
 from bigearth.models.registry import create_model
 from bigearth.training import checkpoints
 from bigearth.training.config import TrainConfig
@@ -71,7 +71,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     # Every worker gets the whole plan (one entry per row group) once, and takes its share of it each epoch.
     train_plan = plan_of(ray.train.get_dataset_shard("train"))
     val_plan = plan_of(ray.train.get_dataset_shard("validation"))
-    val_share, _ = epoch_share(val_plan, 0, rank=rank, world=world, shuffle=False, equal=False)
+    # validation: each worker a contiguous, non-empty share of the rows (sizes differ by at most one)
+    val_groups, val_skip, val_rows = row_share(val_plan, rank, world)
     bands = tuple(core.bands)
     loader_kw: dict[str, Any] = {
         "bands": bands,
@@ -118,9 +119,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val = MultilabelMetrics(cfg.data.nomenclature, device=device)
         val_loss = torch.zeros((), device=device)
         with torch.no_grad():
-            for batch in RowGroupLoader(val_share, cfg.data.batch_size, **loader_kw):
-                with autocast:
-                    logits = model(batch).float()
+            for batch in RowGroupLoader(val_groups, cfg.data.batch_size, skip=val_skip, limit=val_rows, **loader_kw):
+                with autocast:  # the bare module: no DDP collective in a forward whose count differs by worker
+                    logits = core(batch).float()
                 val_loss += loss_fn(logits, batch["labels"]) * len(batch["patch_id"])
                 val.update(torch.sigmoid(logits), batch["labels"])
         if torch.distributed.is_initialized():
