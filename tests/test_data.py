@@ -169,7 +169,7 @@ def test_stem_orders_every_permutation_of_every_group() -> None:
     }
     for group, names in GROUPS.items():
         perms = list(itertools.permutations(names))
-        for order in perms[:: max(1, len(perms) // 24)] + [perms[-1]]:
+        for order in [*perms[:: max(1, len(perms) // 24)], perms[-1]]:
             x = InputStem(list(order), stats="v2", size=BANDS[names[0]].size)(batch)
             for c, band in enumerate(order):
                 mean, std = STATS["v2"][band]
