@@ -13,3 +13,32 @@ REAL_V2 = BEN / "real" / "v2"
 LISTS_V1 = BEN / "lists" / "v1"
 LISTS_V2 = BEN / "lists" / "v2"
 FACTS = BEN / "FACTS.md"
+
+
+def split_rows(shards: Path, split: str) -> dict[str, dict]:  # type: ignore[type-arg]
+    """The rows of one split of a shard set, by patch id (pixels as the bytes the shards hold)."""
+    import pyarrow.parquet as pq
+
+    from bigearth.shards import Manifest
+    from bigearth.storage import open_fs
+
+    m = Manifest.load(*open_fs(str(shards)))
+    return {r["patch_id"]: r for p in m.shard_paths(str(shards), split) for r in pq.read_table(p).to_pylist()}
+
+
+def assert_batch_holds_rows(batch: dict, rows: dict[str, dict]) -> None:  # type: ignore[type-arg]
+    """Every pair of a torch batch has its shard row's labels and, band by band, its exact pixels."""
+    import numpy as np
+    import torch
+
+    from bigearth import labels as lab
+    from bigearth.bands import BANDS, GROUPS
+
+    for i, pid in enumerate(batch["patch_id"]):
+        row = rows[pid]
+        assert torch.equal(batch["labels"][i], torch.from_numpy(lab.encode(row["labels"])))
+        for group, names in GROUPS.items():
+            for c, name in enumerate(names):
+                b = BANDS[name]
+                expected = np.frombuffer(row[name], dtype=b.dtype).reshape(b.shape)
+                assert np.array_equal(batch[group][i, c].numpy(), expected), (pid, name)

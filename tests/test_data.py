@@ -17,6 +17,7 @@ from bigearth.models.stem import InputStem
 from bigearth.shards import Manifest, ShardFormatError
 from bigearth.stats import band_stats
 from bigearth.storage import open_fs
+from helpers import assert_batch_holds_rows
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -35,14 +36,7 @@ def test_torch_batches_have_the_documented_shapes_and_values(shards_v2: Path) ->
         assert batch["s2_10m"].shape == (n, 4, 120, 120) and batch["s2_10m"].dtype == torch.uint16
         assert batch["s2_20m"].shape == (n, 6, 60, 60) and batch["s2_60m"].shape == (n, 2, 20, 20)
         assert batch["labels"].shape == (n, 19) and batch["labels"].dtype == torch.float32
-        for i, pid in enumerate(batch["patch_id"]):
-            row = rows[pid]
-            assert torch.equal(batch["labels"][i], torch.from_numpy(lab.encode(row["labels"])))
-            for group, names in GROUPS.items():
-                for c, name in enumerate(names):
-                    b = BANDS[name]
-                    expected = np.frombuffer(row[name], dtype=b.dtype).reshape(b.shape)
-                    assert np.array_equal(batch[group][i, c].numpy(), expected), (pid, name)
+        assert_batch_holds_rows(batch, rows)
         seen.extend(batch["patch_id"])
     assert sorted(seen) == sorted(rows)  # each train pair exactly once per epoch
 

@@ -7,16 +7,13 @@ import shutil
 import threading
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bigearth import labels as lab
-from bigearth.bands import BANDS, GROUPS
 from bigearth.loader import RowGroup, RowGroupLoader, epoch_share, open_row_groups, plan_of, row_groups, row_share
-from bigearth.shards import Manifest, ShardFormatError
-from bigearth.storage import open_fs
+from bigearth.shards import ShardFormatError
+from helpers import assert_batch_holds_rows, split_rows
 
 
 @pytest.fixture(scope="module")
@@ -29,13 +26,8 @@ def fine(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: No
     return out
 
 
-def _rows(shards: Path, split: str) -> dict[str, dict]:  # type: ignore[type-arg]
-    m = Manifest.load(*open_fs(str(shards)))
-    return {r["patch_id"]: r for p in m.shard_paths(str(shards), split) for r in pq.read_table(p).to_pylist()}
-
-
 def test_every_pair_once_with_the_shards_values(fine: Path) -> None:
-    rows = _rows(fine, "train")
+    rows = split_rows(fine, "train")
     plan = row_groups(str(fine), "train")
     assert sum(g.rows for g in plan) == len(rows)
     loader = RowGroupLoader(plan, 16, shuffle_buffer=48, seed=1)
@@ -44,14 +36,7 @@ def test_every_pair_once_with_the_shards_values(fine: Path) -> None:
         n = len(batch["patch_id"])
         assert batch["s1"].shape == (n, 2, 120, 120) and batch["s1"].dtype == torch.float32
         assert batch["s2_10m"].dtype == torch.uint16 and batch["s2_60m"].shape == (n, 2, 20, 20)
-        for i, pid in enumerate(batch["patch_id"]):
-            row = rows[pid]
-            assert torch.equal(batch["labels"][i], torch.from_numpy(lab.encode(row["labels"])))
-            for group, names in GROUPS.items():
-                for c, name in enumerate(names):
-                    b = BANDS[name]
-                    expected = np.frombuffer(row[name], dtype=b.dtype).reshape(b.shape)
-                    assert np.array_equal(batch[group][i, c].numpy(), expected), (pid, name)
+        assert_batch_holds_rows(batch, rows)
         seen.extend(batch["patch_id"])
     assert sorted(seen) == sorted(rows) and len(loader) == -(-len(rows) // 16)
 

@@ -89,15 +89,27 @@ def decode_batch(
     n = table.num_rows
     for group, names in groups.items():
         first = BANDS[names[0]]
-        dtype = np.dtype(first.dtype).newbyteorder("<")
         stacked = np.empty((n, len(names), first.size, first.size), dtype=first.dtype)
         for i, name in enumerate(names):
             row0 = 0
             for chunk in table.column(name).chunks:  # copy each Arrow chunk once, straight into the batch
-                raw = _chunk_bytes(chunk, name, BANDS[name].nbytes)
-                stacked[row0 : row0 + len(chunk), i] = raw.view(dtype).reshape(len(chunk), first.size, first.size)
+                stacked[row0 : row0 + len(chunk), i] = band_view(chunk, name)
                 row0 += len(chunk)
         out[group] = stacked
+    out["labels"] = label_matrix(table, nomenclature)
+    out["patch_id"] = table.column("patch_id").to_numpy()  # object array built in C, no per-row Python
+    return out
+
+
+def band_view(chunk: pa.Array, name: str) -> np.ndarray:
+    """`[rows, size, size]` view of one chunk of band column `name`, in the band's dtype (zero-copy)."""
+    b = BANDS[name]
+    raw = _chunk_bytes(chunk, name, b.nbytes)
+    return raw.view(np.dtype(b.dtype).newbyteorder("<")).reshape(len(chunk), b.size, b.size)
+
+
+def label_matrix(table: pa.Table, nomenclature: int = 19) -> np.ndarray:
+    """Multi-hot `[rows, 19|43]` of a shard table's `labels` (19) or `labels43` (43, v1 shards only)."""
     column = "labels" if nomenclature == 19 else "labels43"
     label_col = table.column(column)
     if label_col.null_count:
@@ -105,9 +117,7 @@ def decode_batch(
             f"{label_col.null_count} row(s) have no {column}: 43-class labels exist only in "
             "shards ingested from a v1 archive"
         )
-    out["labels"] = _labels_multi_hot(label_col, nomenclature)
-    out["patch_id"] = table.column("patch_id").to_numpy()  # object array built in C, no per-row Python
-    return out
+    return _labels_multi_hot(label_col, nomenclature)
 
 
 def read_shards(

@@ -39,7 +39,7 @@ import numpy as np
 import pyarrow as pa
 
 from bigearth.bands import BANDS
-from bigearth.data import _chunk_bytes, _labels_multi_hot, groups_for, to_torch
+from bigearth.data import band_view, groups_for, label_matrix, to_torch
 from bigearth.shards import ROW_GROUP_PAIRS, Manifest, ShardFormatError, open_shard, read_row_group
 from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
 
@@ -143,18 +143,8 @@ class _Decoded:
         for names in groups.values():
             for name in names:
                 col = table.column(name)
-                chunk = col.chunk(0) if col.num_chunks == 1 else col.combine_chunks()
-                b = BANDS[name]
-                dtype = np.dtype(b.dtype).newbyteorder("<")
-                self.bands[name] = _chunk_bytes(chunk, name, b.nbytes).view(dtype).reshape(self.rows, b.size, b.size)
-        column = "labels" if nomenclature == 19 else "labels43"
-        labels = table.column(column)
-        if labels.null_count:
-            raise ShardFormatError(
-                f"{labels.null_count} row(s) have no {column}: 43-class labels exist only in "
-                "shards ingested from a v1 archive"
-            )
-        self.labels = _labels_multi_hot(labels, nomenclature)
+                self.bands[name] = band_view(col.chunk(0) if col.num_chunks == 1 else col.combine_chunks(), name)
+        self.labels = label_matrix(table, nomenclature)
         self.ids = table.column("patch_id").to_numpy()
 
 
@@ -195,15 +185,22 @@ class RowGroupLoader:
         label = "labels" if nomenclature == 19 else "labels43"
         self.columns = ["patch_id", label, *(b for names in self.bands.values() for b in names)]
         self._metadata: dict[str, Any] = {}  # footer of each file, read once per loader
+        self._filesystems: dict[str, Any] = {}  # one pyarrow filesystem per shard set, made once per loader
 
     def __len__(self) -> int:
         """Batches per epoch."""
-        rows = sum(g.rows for g in self.groups) - self.skip
-        rows = min(rows, self.limit) if self.limit is not None else rows
+        rows = self._rows()
         return rows // self.batch_size if self.drop_last else -(-rows // self.batch_size)
 
+    def _rows(self) -> int:
+        """Rows this loader yields in an epoch."""
+        rows = sum(g.rows for g in self.groups) - self.skip
+        return min(rows, self.limit) if self.limit is not None else rows
+
     def _read(self, group: RowGroup) -> _Decoded:
-        fs, _ = arrow_filesystem(group.url, self.storage)
+        fs = self._filesystems.get(group.url)
+        if fs is None:
+            fs = self._filesystems[group.url] = arrow_filesystem(group.url, self.storage)[0]
         with fs.open_input_file(group.path) as f:
             pf = open_shard(f, group.path, self._metadata.get(group.path))
             self._metadata[group.path] = pf.metadata
@@ -229,9 +226,7 @@ class RowGroupLoader:
         todo = iter(self.groups)
         inflight: list[Future[_Decoded]] = []
         buffer: list[tuple[_Decoded, np.ndarray]] = []  # group, its rows not yet used (in draw order)
-        left = sum(g.rows for g in self.groups) - self.skip
-        left = min(left, self.limit) if self.limit is not None else left
-        skip = self.skip
+        left, skip = self._rows(), self.skip
         with ThreadPoolExecutor(self.threads, thread_name_prefix="bigearth-read") as pool:
             try:
 

@@ -73,6 +73,35 @@ def _geokeys(values: tuple[int, ...]) -> dict[int, int]:
     return out
 
 
+def _georeferenced(
+    array: np.ndarray, keys: dict[int, int], scale: Any, tie: Any, nodata: str | bytes | None
+) -> Raster | None:
+    """The Raster of a fast path, or None unless its georeferencing is the archive's kind: a WGS 84 / UTM EPSG
+    code, PixelIsArea, a tiepoint at pixel 0/0 and a square pixel scale (what rasterio reports the same way)."""
+    epsg = keys.get(_PROJECTED_CRS)
+    if (
+        epsg is None
+        or epsg == _USER_DEFINED
+        or keys.get(_RASTER_TYPE, _PIXEL_IS_AREA) != _PIXEL_IS_AREA
+        or scale is None
+        or tie is None
+        or len(tie) != 6
+        or tie[0] != 0
+        or tie[1] != 0
+        or scale[0] != scale[1]
+    ):
+        return None
+    text = nodata.decode("ascii") if isinstance(nodata, bytes) else nodata
+    return Raster(
+        array.astype(array.dtype.newbyteorder("="), copy=False),
+        int(epsg),
+        float(tie[3]),
+        float(tie[4]),
+        float(scale[0]),
+        float(text.strip("\0 ")) if text is not None else None,
+    )
+
+
 def decode_fast(data: bytes) -> Raster | None:
     """The archive's kind of GeoTIFF decoded with tifffile, bit-exact with `decode`; None when the file is of
     another kind (compressed, tiled, several bands, a rotation, PixelIsPoint, no EPSG code) or does not parse."""
@@ -92,37 +121,18 @@ def decode_fast(data: bytes) -> Raster | None:
                 or _TRANSFORM in tags
             ):
                 return None
-            keys = _geokeys(tuple(tags.valueof(_GEOKEYS, ())))
-            epsg = keys.get(_PROJECTED_CRS)
-            scale = tags.valueof(_SCALE)
-            tie = tags.valueof(_TIEPOINT)
-            if (
-                epsg is None
-                or epsg == _USER_DEFINED
-                or keys.get(_RASTER_TYPE, _PIXEL_IS_AREA) != _PIXEL_IS_AREA
-                or scale is None
-                or tie is None
-                or len(tie) != 6
-                or tie[0] != 0
-                or tie[1] != 0
-                or scale[0] != scale[1]
-            ):
-                return None
             offset, nbytes = page.dataoffsets[0], sum(page.databytecounts)
             height, width = page.shape
             dtype = np.dtype(page.dtype).newbyteorder(tif.byteorder)
             if nbytes != height * width * dtype.itemsize or offset + nbytes > len(data):
                 return None
             array = np.frombuffer(data, dtype=dtype, count=height * width, offset=offset).reshape(height, width)
-            nodata_text = tags.valueof(_GDAL_NODATA)
-            nodata = float(str(nodata_text).strip("\0 ")) if nodata_text is not None else None
-            return Raster(
-                array.astype(array.dtype.newbyteorder("=")),
-                int(epsg),
-                float(tie[3]),
-                float(tie[4]),
-                float(scale[0]),
-                nodata,
+            return _georeferenced(
+                array,
+                _geokeys(tuple(tags.valueof(_GEOKEYS, ()))),
+                tags.valueof(_SCALE),
+                tags.valueof(_TIEPOINT),
+                tags.valueof(_GDAL_NODATA),
             )
     except Exception:
         return None
@@ -179,30 +189,13 @@ def decode_layout(data: bytes) -> Raster | None:
         start = int(offsets[0])
         if start + nbytes > len(data):
             return None
-        keys = _geokeys(tuple(tags.get(_GEOKEYS, ())))
-        epsg, scale, tie = keys.get(_PROJECTED_CRS), tags.get(_SCALE), tags.get(_TIEPOINT)
-        if (
-            epsg is None
-            or epsg == _USER_DEFINED
-            or keys.get(_RASTER_TYPE, _PIXEL_IS_AREA) != _PIXEL_IS_AREA
-            or scale is None
-            or tie is None
-            or len(tie) != 6
-            or tie[0] != 0
-            or tie[1] != 0
-            or scale[0] != scale[1]
-        ):
-            return None
-        nodata_raw = tags.get(_GDAL_NODATA)
-        nodata = float(bytes(nodata_raw).strip(b"\0 ")) if nodata_raw is not None else None
         array = np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=start)
-        return Raster(
-            array.reshape(int(height), int(width)).astype(dtype.newbyteorder("="), copy=False),
-            int(epsg),
-            float(tie[3]),
-            float(tie[4]),
-            float(scale[0]),
-            nodata,
+        return _georeferenced(
+            array.reshape(int(height), int(width)),
+            _geokeys(tuple(tags.get(_GEOKEYS, ()))),
+            tags.get(_SCALE),
+            tags.get(_TIEPOINT),
+            tags.get(_GDAL_NODATA),
         )
     except (KeyError, IndexError, ValueError, struct.error):
         return None
