@@ -15,14 +15,14 @@ import torch
 from rasterio.enums import Resampling
 
 from bigearth import labels as lab
-from bigearth.archive.layout import Layout
+from bigearth.archive.layouts import ArchiveLayout
 
 TORCHGEO_S2_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 TORCHGEO_S1_ORDER = ("VH", "VV")  # sorted(glob): the docstring says VV, VH
 
 
 class TorchgeoStyleDataset(torch.utils.data.Dataset):  # type: ignore[type-arg]
-    def __init__(self, layout: Layout, rows: list[dict[str, Any]]) -> None:
+    def __init__(self, layout: ArchiveLayout, rows: list[dict[str, Any]]) -> None:
         self.layout, self.rows = layout, rows
 
     def __len__(self) -> int:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from bigearth.archive.catalogue import ArchiveError, build_catalogue, detect_version
+from bigearth.archive.catalogue import ArchiveError, build_catalogue, detect_layout
 from bigearth.storage import open_fs
 from helpers import LISTS_V1, LISTS_V2, REAL_V1
 
@@ -98,7 +98,7 @@ def test_v2_subset_and_limit(v2_root: Path) -> None:
 def test_detection_errors(tmp_path: Path) -> None:
     fs, root = open_fs(str(tmp_path))
     with pytest.raises(ArchiveError, match="not a BigEarthNet archive root"):
-        detect_version(fs, root)
+        detect_layout(fs, root)
     (tmp_path / "BigEarthNet-S2").mkdir()
     with pytest.raises(ArchiveError, match=r"metadata\.parquet not found"):
         build_catalogue(str(tmp_path))

@@ -16,7 +16,7 @@ import pytest
 import rasterio
 
 from bigearth.archive import geotiff
-from bigearth.archive.layout import Layout
+from bigearth.archive.layouts import layout_for
 from bigearth.bands import ALL_BANDS
 from bigearth.ingest import IngestError, ingest
 from bigearth.labels import BEN19
@@ -45,7 +45,7 @@ def test_shards_are_bit_exact_and_complete(synth_v2: Path, shards_v2: Path) -> N
     assert sum(m.splits.values()) == m.pairs == sum(s["rows"] for s in m.shards)
     rows = _rows(shards_v2)
     assert sorted(r["patch_id"] for r in rows) == sorted(meta["patch_id"].to_pylist())
-    layout = Layout("v2", str(synth_v2))
+    layout = layout_for("v2", str(synth_v2))
     by_id = {r["patch_id"]: r for r in meta.to_pylist()}
     for row in rows[:: max(1, len(rows) // 10)]:
         src = by_id[row["patch_id"]]
@@ -96,7 +96,7 @@ def _rewrite(path: str, array: np.ndarray, like: geotiff.Raster, **kw) -> None: 
 
 def test_planted_faults_are_quarantined_exactly(synth_v2: Path, archive_copy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = archive_copy(synth_v2)
-    lay = Layout("v2", str(root))
+    lay = layout_for("v2", str(root))
     meta_path = root / "metadata.parquet"
     table = pq.read_table(meta_path)
     rows = table.to_pylist()
@@ -197,7 +197,7 @@ def test_planted_faults_are_quarantined_exactly(synth_v2: Path, archive_copy, tm
 
 def test_v1_json_faults(synth_v1: Path, archive_copy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     root = archive_copy(synth_v1)
-    lay = Layout("v1", str(root))
+    lay = layout_for("v1", str(root))
     train = (root / "lists" / "train.csv").read_text().splitlines()
     (a, _a1), (b, _b1), (c, _c1) = (line.split(",") for line in train[:3])
     doc = json.loads(Path(lay.s2_json(a)).read_text())  # type: ignore[arg-type]

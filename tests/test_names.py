@@ -4,7 +4,7 @@ from datetime import datetime
 
 import pytest
 
-from bigearth.archive.layout import Layout
+from bigearth.archive.layouts import layout_for
 from bigearth.archive.names import PatchNameError, check_safe_id, parse_s1, parse_s2
 
 
@@ -23,11 +23,11 @@ def test_v2_names_and_folders() -> None:
     assert n.tile_product == "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP"
     s1 = parse_s1("S1A_IW_GRDH_1SDV_20170613T165043_35VPK_9_89")  # v2 keeps the unpadded v1 S1 name
     assert (s1.tile, s1.h, s1.v, s1.scene) == ("35VPK", 9, 89, "S1A_IW_GRDH_1SDV_20170613T165043")
-    lay = Layout("v2", "/a")
+    lay = layout_for("v2", "/a")
     assert lay.s2_band(pid, "B8A") == f"/a/BigEarthNet-S2/{n.tile_product}/{pid}/{pid}_B8A.tif"
     assert lay.s1_band(s1.name, "VV") == f"/a/BigEarthNet-S1/{s1.scene}/{s1.name}/{s1.name}_VV.tif"
     assert lay.s2_json(pid) is None
-    v1 = Layout("v1", "/b")
+    v1 = layout_for("v1", "/b")
     assert v1.s2_band("S2B_MSIL2A_20170924T93020_69_24", "B01").startswith("/b/BigEarthNet-v1.0/S2B_")
     assert v1.s1_json(s1.name) == f"/b/BigEarthNet-S1-v1.0/{s1.name}/{s1.name}_labels_metadata.json"
 

@@ -17,7 +17,7 @@ import rasterio
 from safetensors.numpy import load as load_safetensors
 
 from bigearth.archive import geotiff
-from bigearth.archive.layout import Layout
+from bigearth.archive.layouts import ArchiveLayout, layout_for
 from bigearth.archive.names import parse_s1
 from bigearth.bands import ALL_BANDS, BANDS, S1_BANDS, S2_BANDS
 from bigearth.ingest import ingest
@@ -91,7 +91,7 @@ def test_v1_real_pairs_bit_exact(v1_shards: Path) -> None:
     m = Manifest.load(*open_fs(str(v1_shards)))
     assert m.pairs == 6 and not m.quarantined
     rows = _rows(v1_shards)
-    lay = Layout("v1", str(REAL_V1))
+    lay = layout_for("v1", str(REAL_V1))
     for pid, row in rows.items():
         for band in ALL_BANDS:
             path = lay.s2_band(pid, band.name) if band.sensor == "s2" else lay.s1_band(row["s1_name"], band.name)
@@ -128,7 +128,7 @@ def test_v1_real_default_policy_excludes_the_snowy_pair(tmp_path: Path) -> None:
     assert m.pairs == 5 and m.excluded == {"seasonal_snow": 1, "cloud_or_shadow": 0, "no_19_class_label": 0}
 
 
-def _write_partner(lay: Layout, s1_name: str | None, pid: str | None, like: Path, seed: int) -> None:
+def _write_partner(lay: ArchiveLayout, s1_name: str | None, pid: str | None, like: Path, seed: int) -> None:
     """Synthesise the missing half of a real patch on exactly its grid (the real partner is not in ../shared)."""
     with rasterio.open(like) as ds:
         epsg, ulx, uly = ds.crs.to_epsg(), ds.transform.c, ds.transform.f
@@ -154,7 +154,7 @@ def v2_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wanted = pc.or_(pc.is_in(meta["patch_id"], pa.array(list(V2_S2))), pc.is_in(meta["s1_name"], pa.array(list(V2_S1))))
     rows = meta.filter(wanted).to_pylist()
     assert len(rows) == 5
-    lay = Layout("v2", str(root))
+    lay = layout_for("v2", str(root))
     for i, r in enumerate(rows):
         if r["patch_id"] in V2_S2:
             _write_partner(lay, r["s1_name"], None, Path(lay.s2_band(r["patch_id"], "B02")), i)
@@ -171,7 +171,7 @@ def test_v2_real_patches_bit_exact_with_geotiff_and_lmdb(v2_shards: Path) -> Non
     assert m.pairs == 5 and not m.quarantined
     rows = _rows(v2_shards)
     by_s1 = {r["s1_name"]: r for r in rows.values()}
-    lay = Layout("v2", str(REAL_V2))
+    lay = layout_for("v2", str(REAL_V2))
     for pid in V2_S2:
         for b in S2_BANDS:
             with rasterio.open(lay.s2_band(pid, b.name)) as ds:

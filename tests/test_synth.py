@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import rasterio
 
-from bigearth.archive.layout import Layout
+from bigearth.archive.layouts import layout_for
 from bigearth.archive.names import parse_s1, parse_s2
 from bigearth.synth.archive import synthesize
 from bigearth.synth.grid import patch_corner, tile_origin
@@ -66,7 +66,7 @@ def test_v2_files_and_metadata_match_the_real_format(synth_v2: Path) -> None:
     ours = pq.read_table(synth_v2 / "metadata.parquet")
     assert ours.schema.equals(pq.read_schema(LISTS_V2 / "metadata.parquet"), check_metadata=False)
     assert ours["patch_id"].to_pylist() == sorted(ours["patch_id"].to_pylist())
-    lay = Layout("v2", str(synth_v2))
+    lay = layout_for("v2", str(synth_v2))
     for row in ours.to_pylist()[:20]:
         name = parse_s2(row["patch_id"])
         assert Path(lay.s2_band(row["patch_id"], "B8A")).exists() and Path(lay.s1_band(row["s1_name"], "VH")).exists()
@@ -125,7 +125,7 @@ def test_metadata_mode_takes_real_rows(tmp_path: Path) -> None:
 
 
 def test_classes_are_separable_but_not_trivially(synth_v2: Path) -> None:
-    lay = Layout("v2", str(synth_v2))
+    lay = layout_for("v2", str(synth_v2))
     nir: dict[str, list[float]] = {}
     for row in pq.read_table(synth_v2 / "metadata.parquet").to_pylist():
         if len(row["labels"]) == 1:

@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from bigearth.api import ServiceError
+from bigearth.archive.layouts import list_layouts
 from bigearth.storage import StorageOptions
 
 
@@ -28,9 +29,14 @@ def storage_from_args(a: argparse.Namespace) -> StorageOptions:
 
 
 def add_ingest_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--archive", required=True, help="archive root: local path or fsspec URL (s3://bucket/prefix)")
+    p.add_argument(
+        "--archive",
+        required=True,
+        help="archive root: local path or fsspec URL (s3://bucket/prefix, https://mirror/record): the extracted "
+        "folders or the published downloads (*.tar.zst / *.tar.gz under their names, read as streams)",
+    )
     p.add_argument("--out", required=True, help="shard set to write: local path or fsspec URL")
-    p.add_argument("--layout", default="auto", choices=["auto", "v1", "v2"])
+    p.add_argument("--layout", default="auto", choices=["auto", *list_layouts()], help="default: detected")
     p.add_argument("--lists", help="v1: folder with the official lists and splits (see docs/data-format.md)")
     p.add_argument(
         "--include-snow-cloud",

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bigearth.archive.catalogue import Catalogue, build_catalogue
-from bigearth.archive.layout import Layout, Version
+from bigearth.archive.layouts import layout_for
 from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
 from bigearth.shards import DEFAULT_COMPRESSION, FORMAT_VERSION, Manifest, ShardWriter
 from bigearth.storage import BlobReader, StorageOptions, join, open_fs
@@ -80,7 +80,7 @@ def _fingerprint(catalogue: Catalogue, plans: Iterable[ShardPlan], compression: 
 
 def ingest_shard(
     plan: ShardPlan,
-    version: Version,
+    layout: str,
     archive: str,
     out: str,
     storage: StorageOptions,
@@ -89,7 +89,7 @@ def ingest_shard(
 ) -> dict[str, Any]:
     """Write one shard (or return its report if a previous run finished it)."""
     reader = BlobReader(archive, storage)
-    layout = Layout(version, reader.root)
+    lay = layout_for(layout, reader.root)
     out_fs, out_root = open_fs(out, storage)
     report_path = join(out_root, plan.report_path)
     if out_fs.exists(report_path):
@@ -102,11 +102,11 @@ def ingest_shard(
     try:
         # Fetch batch k+1 (I/O threads) while batch k is decoded and validated.
         with ThreadPoolExecutor(1) as prefetch:
-            pending = prefetch.submit(fetch_pairs, reader, layout, batches[0]) if batches else None
+            pending = prefetch.submit(fetch_pairs, reader, lay, batches[0]) if batches else None
             for k, batch in enumerate(batches):
                 blobs = pending.result() if pending else {}
-                pending = prefetch.submit(fetch_pairs, reader, layout, batches[k + 1]) if k + 1 < len(batches) else None
-                _consume(batch, read_pairs(reader, layout, batch, include_no_19, blobs), writer, quarantined, excluded)
+                pending = prefetch.submit(fetch_pairs, reader, lay, batches[k + 1]) if k + 1 < len(batches) else None
+                _consume(batch, read_pairs(reader, lay, batch, include_no_19, blobs), writer, quarantined, excluded)
     finally:
         writer.close()
     report = {
@@ -197,7 +197,7 @@ def ingest(
     # One item (= one block = one task) per shard, carrying its own rows: nothing large is shared or captured.
     items = [{"plan": json.dumps({"path": p.path, "split": p.split, "rows": p.rows}, default=str)} for p in plans]
     task_args = {
-        "version": cat.version,
+        "layout": cat.layout.name,
         "archive": archive,
         "out": out,
         "storage": storage,

@@ -17,7 +17,7 @@ import rasterio
 
 from bigearth import labels as lab
 from bigearth.archive import geotiff
-from bigearth.archive.layout import Layout
+from bigearth.archive.layouts import ArchiveLayout
 from bigearth.archive.names import PatchNameError, parse_s1, parse_s2
 from bigearth.bands import S1_BANDS, S2_BANDS, Band
 from bigearth.storage import BlobReader
@@ -47,25 +47,18 @@ class _Bad(Exception):
         self.problem = Problem(kind, message)
 
 
-def _paths(layout: Layout, row: dict[str, Any]) -> dict[str, str]:
-    out = {b.name: layout.s2_band(row["patch_id"], b.name) for b in S2_BANDS}
-    if row.get("s1_name"):
-        out.update({b.name: layout.s1_band(row["s1_name"], b.name) for b in S1_BANDS})
-    if layout.version == "v1":
-        out["s2_json"] = layout.s2_json(row["patch_id"])  # type: ignore[assignment]
-        if row.get("s1_name"):
-            out["s1_json"] = layout.s1_json(row["s1_name"])  # type: ignore[assignment]
-    return out
+def _paths(layout: ArchiveLayout, row: dict[str, Any]) -> dict[str, str]:
+    return layout.files(row)
 
 
-def fetch_pairs(reader: BlobReader, layout: Layout, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+def fetch_pairs(reader: BlobReader, layout: ArchiveLayout, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Every file of `rows` (14 bands, + 2 JSONs in v1) in one batch of concurrent GETs: path -> bytes | error."""
     return reader.read_many([p for r in rows for p in _paths(layout, r).values()])
 
 
 def read_pairs(
     reader: BlobReader,
-    layout: Layout,
+    layout: ArchiveLayout,
     rows: Sequence[dict[str, Any]],
     include_no_19_labels: bool = False,
     blobs: dict[str, Any] | None = None,
@@ -142,7 +135,7 @@ def _same_grid(path: str, r: geotiff.Raster, ref: geotiff.Raster, what: str, who
 
 
 def _pair(
-    layout: Layout, row: dict[str, Any], paths: dict[str, str], blobs: dict[str, Any], include_no_19: bool
+    layout: ArchiveLayout, row: dict[str, Any], paths: dict[str, str], blobs: dict[str, Any], include_no_19: bool
 ) -> dict[str, Any] | Excluded:
     pid = row["patch_id"]
     try:
@@ -172,7 +165,7 @@ def _pair(
 
     labels43: list[str] | None = None
     s2_time: datetime | None = s2name.timestamp
-    if layout.version == "v1":
+    if "s2_json" in paths:  # labels in the patch JSONs (v1), else in the metadata row (v2)
         s2doc = _json(blobs, paths["s2_json"])
         s1doc = _json(blobs, paths["s1_json"])
         _corner_agrees(s2doc, paths["s2_json"], ref.ulx, ref.uly)

@@ -22,9 +22,9 @@ from tqdm import tqdm
 
 from bigearth import labels as lab
 from bigearth.archive import geotiff
-from bigearth.archive import layout as L
-from bigearth.archive.catalogue import V1_LISTS
-from bigearth.archive.layout import Layout
+from bigearth.archive.layouts import ArchiveLayout, layout_for
+from bigearth.archive.layouts.v1 import V1_S2_DIR
+from bigearth.archive.metadata import V1_LISTS, V2_METADATA, V2_SNOW_CLOUD_METADATA
 from bigearth.archive.names import parse_s1, parse_s2
 from bigearth.bands import S1_BANDS, S2_BANDS
 from bigearth.storage import StorageOptions, join, open_fs
@@ -98,7 +98,7 @@ def make_specs(pairs: int, seed: int, metadata: str | None = None, version: str 
     specs = []
     if metadata:
         table = pq.read_table(metadata)
-        extra = os.path.join(os.path.dirname(metadata), L.V2_SNOW_CLOUD_METADATA)
+        extra = os.path.join(os.path.dirname(metadata), V2_SNOW_CLOUD_METADATA)
         if os.path.exists(extra):
             table = pa.concat_tables([table, pq.read_table(extra).cast(table.schema)])
         if pairs > table.num_rows:
@@ -159,7 +159,7 @@ def _slot_position(seed: int, slot: int) -> tuple[int, int]:
 def _write_chunk(args: tuple[str, str, dict[str, Any], int, list[dict[str, Any]]]) -> int:
     out, version, storage, seed, specs = args
     fs, root = open_fs(out, StorageOptions(**storage))
-    layout = Layout(version, root)  # type: ignore[arg-type]
+    layout = layout_for(version, root)
     files: dict[str, bytes] = {}
     for d in specs:
         spec = PairSpec(**d)
@@ -171,7 +171,7 @@ def _write_chunk(args: tuple[str, str, dict[str, Any], int, list[dict[str, Any]]
     return len(specs)
 
 
-def pair_files(layout: Layout, spec: PairSpec, seed: int) -> dict[str, bytes]:
+def pair_files(layout: ArchiveLayout, spec: PairSpec, seed: int) -> dict[str, bytes]:
     """Every file of one pair, path -> bytes."""
     rng = np.random.default_rng([seed, spec.index])
     classes = [lab.label_index(n) for n in spec.labels] or [0]
@@ -193,7 +193,7 @@ def pair_files(layout: Layout, spec: PairSpec, seed: int) -> dict[str, bytes]:
     return files
 
 
-def _v1_json(layout: Layout, spec: PairSpec, epsg: int, ulx: float, uly: float) -> dict[str, bytes]:
+def _v1_json(layout: ArchiveLayout, spec: PairSpec, epsg: int, ulx: float, uly: float) -> dict[str, bytes]:
     coords = {"ulx": int(ulx), "uly": int(uly), "lrx": int(ulx) + PATCH_M, "lry": int(uly) - PATCH_M}
     s2 = parse_s2(spec.v2_id)
     t2 = s2.timestamp
@@ -237,7 +237,7 @@ def _write_v2_metadata(fs: Any, root: str, specs: list[PairSpec]) -> None:
             ("contains_cloud_or_shadow", pa.bool_()),
         ]
     )
-    for name, keep in ((L.V2_METADATA, False), (L.V2_SNOW_CLOUD_METADATA, True)):
+    for name, keep in ((V2_METADATA, False), (V2_SNOW_CLOUD_METADATA, True)):
         rows = sorted((s for s in specs if (s.snow or s.cloud) == keep), key=lambda s: s.v2_id)
         table = pa.Table.from_pylist(
             [
@@ -316,6 +316,6 @@ def synthesize(
     if layout == "v2":
         _write_v2_metadata(fs, root, specs)
     else:
-        fs.makedirs(join(root, L.V1_S2_DIR), exist_ok=True)
+        fs.makedirs(join(root, V1_S2_DIR), exist_ok=True)
         lists = _write_v1_lists(fs, root, specs)
     return SynthResult(out, layout, pairs, lists)
