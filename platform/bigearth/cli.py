@@ -59,6 +59,12 @@ def add_ingest_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--concurrency", type=int, help="at most this many shard tasks at once (default: as many as CPUs)")
     p.add_argument("--overwrite", action="store_true", help="delete what --out holds first")
+    p.add_argument(
+        "--staging",
+        help="downloads only: where decompressed members wait for their shard, reachable by every node "
+        "(default: OUT/_ingest/staged; needs about the downloads' uncompressed size)",
+    )
+    p.add_argument("--keep-staging", action="store_true", help="downloads only: keep the staged members at the end")
     add_storage_args(p)
 
 
@@ -88,6 +94,8 @@ def run_ingest(a: argparse.Namespace) -> int:
         overwrite=a.overwrite,
         storage=storage_from_args(a),
         concurrency=a.concurrency,
+        staging=a.staging,
+        keep_staging=a.keep_staging,
     )
     if m.quarantined:
         print(f"quarantined pairs (first 20 of {len(m.quarantined)}; all in {a.out}/manifest.json):")
@@ -107,9 +115,10 @@ def run_synth(a: argparse.Namespace) -> int:
         metadata=a.metadata,
         storage=storage_from_args(a),
         workers=a.workers,
+        packed=a.packed,
     )
     print(
-        f"synth: wrote {r.pairs} {r.layout} pairs to {r.out}"
+        f"synth: wrote {r.pairs} {r.layout} pairs to {r.out}{' as the published downloads' if a.packed else ''}"
         + (f"; official-format lists in {r.lists}" if r.lists else "")
     )
     return 0
@@ -237,6 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--metadata", help="the real v2 metadata.parquet: take real ids, labels, splits, countries")
     p.add_argument("--workers", type=int, help="processes (default: all cores)")
+    p.add_argument(
+        "--packed",
+        action="store_true",
+        help="write the published downloads (v2: *.tar.zst, one zstd frame each; v1: *.tar.gz) instead of folders",
+    )
     add_storage_args(p)
     p.set_defaults(func=run_synth)
 

@@ -1,14 +1,19 @@
-"""Ingest: archive (v1 or v2, any fsspec URL) -> Parquet shards + manifest.json, as a Ray Data job.
+"""Ingest: archive (v1 or v2, extracted or as published downloads, any fsspec URL) -> Parquet shards + manifest.
 
 The catalogue is cut into shards of ~`shard_size` pairs per split (a deterministic plan). Each shard is one Ray
-task: it fetches the files of its pairs in batches of concurrent GETs, decodes with rasterio, validates, streams the
-good pairs into its Parquet file and writes a small report (rows, quarantined pairs with reasons, exclusions). A
-shard is done when its report exists, so a killed ingest re-run with the same arguments redoes only the unfinished
-shards and ends with every pair exactly once. The manifest is written last from the reports.
+task: it fetches the files of its pairs in batches of concurrent GETs, decodes, validates, streams the good pairs
+into its Parquet file and writes a small report (rows, quarantined pairs with reasons, exclusions). A shard is done
+when its report exists, so a killed ingest re-run with the same arguments redoes only the unfinished shards and
+ends with every pair exactly once. The manifest is written last from the reports.
+
+From the published downloads (`*.tar.zst` / `*.tar.gz`), a staging stage comes first: one task per download file
+decompresses it once and routes every member to its shard's bucket (bigearth.archive.staging); shard tasks then
+read their pairs' files from the buckets instead of the archive.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,6 +28,15 @@ import pyarrow.parquet as pq
 from bigearth.archive.catalogue import Catalogue, build_catalogue
 from bigearth.archive.layouts import layout_for
 from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
+from bigearth.archive.staging import (
+    StagedSource,
+    download_problems,
+    missing_record,
+    record_path,
+    shard_entries,
+    stage_download,
+    staged_download_summary,
+)
 from bigearth.shards import DEFAULT_COMPRESSION, FORMAT_VERSION, Manifest, ShardWriter
 from bigearth.storage import BlobReader, StorageOptions, join, open_fs
 
@@ -86,8 +100,14 @@ def ingest_shard(
     storage: StorageOptions,
     include_no_19: bool,
     compression: str = DEFAULT_COMPRESSION,
+    staging: str | None = None,
+    staged: list[list[Any]] | None = None,
+    problems: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """Write one shard (or return its report if a previous run finished it)."""
+    """Write one shard (or return its report if a previous run finished it).
+
+    From downloads, `staged` lists the (download, spill, row group) holding this shard's files under `staging`.
+    """
     reader = BlobReader(archive, storage)
     lay = layout_for(layout, reader.root)
     out_fs, out_root = open_fs(out, storage)
@@ -99,6 +119,19 @@ def ingest_shard(
     quarantined: list[dict[str, str]] = []
     excluded: dict[str, int] = {}
     batches = [plan.rows[i : i + READ_BATCH] for i in range(0, len(plan.rows), READ_BATCH)]
+    if staged is not None:
+        assert staging is not None
+        _from_staged(
+            StagedSource(staging, storage, staged, problems or {}),
+            lay,
+            reader,
+            batches,
+            include_no_19,
+            writer,
+            quarantined,
+            excluded,
+        )
+        batches = []
     try:
         # Fetch batch k+1 (I/O threads) while batch k is decoded and validated.
         with ThreadPoolExecutor(1) as prefetch:
@@ -120,6 +153,25 @@ def ingest_shard(
     with out_fs.open(report_path, "w") as f:
         f.write(json.dumps(report))
     return report
+
+
+def _from_staged(
+    source: StagedSource,
+    lay: Any,
+    reader: BlobReader,
+    batches: list[list[dict[str, Any]]],
+    include_no_19: bool,
+    writer: ShardWriter,
+    quarantined: list[dict[str, str]],
+    excluded: dict[str, int],
+) -> None:
+    try:
+        for batch in batches:
+            results = read_pairs(reader, lay, batch, include_no_19, source.fetch(lay, batch))
+            _consume(batch, results, writer, quarantined, excluded)
+    except BaseException:
+        writer.close()
+        raise
 
 
 def _consume(
@@ -153,8 +205,15 @@ def ingest(
     overwrite: bool = False,
     storage: StorageOptions | None = None,
     concurrency: int | None = None,
+    staging: str | None = None,
+    keep_staging: bool = False,
+    progress: bool = True,
 ) -> Manifest:
-    """Run the ingest job on the current Ray cluster (started locally if there is none)."""
+    """Run the ingest job on the current Ray cluster (started locally if there is none).
+
+    `staging` (downloads only): where the decompressed members wait for their shard, reachable by every node
+    (default: `<out>/_ingest/staged`); deleted when the manifest is written unless `keep_staging`.
+    """
     import ray
 
     from bigearth.raycluster import ensure_ray
@@ -194,8 +253,20 @@ def ingest(
     )
 
     ensure_ray()
+    todo = [i for i, p in enumerate(plans) if not out_fs.exists(join(out_root, p.report_path))]
+    staging_url = join(staging or join(out, STATE_DIR, "staged"), fingerprint[:16])
+    records: list[dict[str, Any]] = []
+    if cat.layout.downloads:
+        records = _stage(cat, plans, todo, archive, staging_url, storage, progress)
+    problems = download_problems(records)
     # One item (= one block = one task) per shard, carrying its own rows: nothing large is shared or captured.
-    items = [{"plan": json.dumps({"path": p.path, "split": p.split, "rows": p.rows}, default=str)} for p in plans]
+    items = [
+        {
+            "plan": json.dumps({"path": p.path, "split": p.split, "rows": p.rows}, default=str),
+            "staged": json.dumps(shard_entries(records, i) if cat.layout.downloads else None),
+        }
+        for i, p in enumerate(plans)
+    ]
     task_args = {
         "layout": cat.layout.name,
         "archive": archive,
@@ -203,6 +274,8 @@ def ingest(
         "storage": storage,
         "include_no_19": include_no_19_labels,
         "compression": compression,
+        "staging": staging_url,
+        "problems": problems,
     }
     ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # Each task's output is a few-byte report: Ray Data's per-operator resource reservation (sized for operators
@@ -212,6 +285,8 @@ def ingest(
     reports = [json.loads(r["report"]) for r in ds.iter_rows()]
     manifest = _manifest(cat, reports, archive)
     manifest.source["compression"] = compression
+    if cat.layout.downloads:
+        manifest.source["downloads"] = staged_download_summary(records) or _previous_downloads(out_fs, out_root)
     manifest.save(out_fs, out_root)
     pq.write_table(cat.excluded, join(out_root, STATE_DIR, "excluded.parquet"), filesystem=out_fs)
     q = len(manifest.quarantined)
@@ -219,13 +294,89 @@ def ingest(
         f"ingest: wrote {manifest.pairs:,} pairs {manifest.splits} in {len(manifest.shards)} shards to {out}; "
         f"quarantined {q}; excluded {manifest.excluded}"
     )
+    if cat.layout.downloads:
+        _report_downloads(manifest.source["downloads"])
+        if not keep_staging:
+            sfs, sroot = open_fs(staging_url, storage)
+            if sfs.exists(sroot):
+                sfs.rm(sroot, recursive=True)
+            parent = sroot.rsplit("/", 1)[0]
+            if staging is None and sfs.exists(parent) and not sfs.ls(parent):
+                sfs.rm(parent, recursive=True)
     return manifest
+
+
+def _stage(
+    cat: Catalogue,
+    plans: list[ShardPlan],
+    todo: list[int],
+    archive: str,
+    staging: str,
+    storage: StorageOptions,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Stage every download the unfinished shards need (one task per file, in parallel); return their records."""
+    import ray
+
+    fs, root = open_fs(archive, storage)
+    sfs, sroot = open_fs(staging, storage)
+    key_column = {"s2": "patch_id", "reference_maps": "patch_id", "s1": "s1_name"}
+    refs, records = [], []
+    remote = ray.remote(num_cpus=1)(stage_download)
+    for d in cat.layout.downloads:
+        present = fs.exists(join(root, d.name))
+        if not present:
+            if d.required:
+                records.append(missing_record(d))
+            continue
+        if not todo and not sfs.exists(record_path(sroot, d.name)):
+            continue  # every shard is written: nothing to stage
+        col = key_column[d.kind]
+        names = [r[col] for i in todo for r in plans[i].rows if r.get(col)]
+        shards = [i for i in todo for r in plans[i].rows if r.get(col)]
+        route = pa.table({"name": pa.array(names, pa.string()), "shard": pa.array(shards, pa.int32())})
+        known = cat.known.column(col).combine_chunks() if cat.known is not None else pa.array([], pa.string())
+        refs.append(
+            remote.remote(dataclasses.asdict(d), archive, staging, storage, ray.put(route), ray.put(known), progress)
+        )
+    records.extend(ray.get(refs))
+    return records
+
+
+def _previous_downloads(fs: Any, root: str) -> dict[str, Any]:
+    """A re-run with nothing left to stage keeps what the previous manifest said of the downloads."""
+    try:
+        return dict(Manifest.load(fs, root).source.get("downloads") or {})
+    except Exception:
+        return {}
+
+
+def _report_downloads(downloads: dict[str, Any]) -> None:
+    """What the summary must not bury: md5 mismatches, damage, skipped members."""
+    for name, d in sorted(downloads.items()):
+        if d.get("missing"):
+            print(f"ingest: WARNING {name} is not in the archive folder: its pairs are quarantined (missing_file)")
+            continue
+        if not d.get("md5_matches", True):
+            print(
+                f"ingest: WARNING {name}: md5 {d['md5']} differs from the published download's {d['published_md5']}. "
+                "If this is the file from Zenodo, it is damaged: fetch it again. (A repacked or synthetic archive "
+                "under the published name differs by design.) Every pair was still validated on its own."
+            )
+        if d.get("error"):
+            print(f"ingest: WARNING {name}: {d['error']}; the pairs whose files were not reached are quarantined")
+        for damage in d.get("damage") or []:
+            print(f"ingest: WARNING {name}: {damage}")
+        c = d.get("counts") or {}
+        skipped = {k: c[k] for k in ("unknown", "unexpected") if c.get(k)}
+        if skipped:
+            print(f"ingest: {name}: members skipped {skipped} (examples in manifest.json source.downloads)")
 
 
 def _run_shard(item: dict[str, Any], **task_args: Any) -> dict[str, Any]:
     """Ray Data row UDF: one planned shard in, its report (JSON) out."""
     plan = ShardPlan(**json.loads(item["plan"]))
-    return {"report": json.dumps(ingest_shard(plan, **task_args))}
+    return {"report": json.dumps(ingest_shard(plan, staged=json.loads(item["staged"]), **task_args))}
 
 
 def _manifest(cat: Catalogue, reports: list[dict[str, Any]], archive: str) -> Manifest:

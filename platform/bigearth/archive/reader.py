@@ -41,6 +41,10 @@ class Excluded:
     reason: str
 
 
+class MissingMember(FileNotFoundError):
+    """A pair's file is not in its download; the message says why (absent, or the download damaged or missing)."""
+
+
 class _Bad(Exception):
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
@@ -79,6 +83,8 @@ def read_pairs(
 
 def _blob(blobs: dict[str, Any], path: str) -> bytes:
     data = blobs.get(path)
+    if isinstance(data, MissingMember):
+        raise _Bad("missing_file", f"missing file: {path} ({data})")
     if data is None or isinstance(data, FileNotFoundError):
         raise _Bad("missing_file", f"missing file: {path}")
     if isinstance(data, BaseException):
@@ -151,7 +157,8 @@ def _pair(
         raise _Bad("missing_s1", f"{pid}: the metadata names no Sentinel-1 partner")
     vv, vh = paths["VV"], paths["VH"]
     if isinstance(blobs.get(vv), FileNotFoundError) and isinstance(blobs.get(vh), FileNotFoundError):
-        raise _Bad("missing_s1", f"missing S1 partner {s1_name}: neither {vv} nor {vh} exists")
+        why = f" ({blobs[vv]})" if isinstance(blobs.get(vv), MissingMember) else ""
+        raise _Bad("missing_s1", f"missing S1 partner {s1_name}: neither {vv} nor {vh} exists{why}")
     s1 = {b.name: _band(blobs, paths[b.name], b) for b in S1_BANDS}
     for name, r in s1.items():
         _same_grid(paths[name], r, ref, "S1 CRS/upper-left corner", "the S2 patch's")

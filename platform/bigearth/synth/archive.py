@@ -289,10 +289,26 @@ def synthesize(
     storage: StorageOptions | None = None,
     workers: int | None = None,
     progress: bool = True,
+    packed: bool = False,
 ) -> SynthResult:
-    """Write `pairs` synthetic pairs to `out` in the `layout` of BigEarthNet v1.0 or v2.0."""
+    """Write `pairs` synthetic pairs to `out` in the `layout` of BigEarthNet v1.0 or v2.0.
+
+    `packed`: write them as the published downloads instead (bigearth.synth.packed: the tar members, order and
+    compression of the real files), from an extracted copy in a temporary folder.
+    """
     if layout not in ("v1", "v2"):
         raise ValueError(f"layout must be v1 or v2, got {layout!r}")
+    if packed:
+        import tempfile
+
+        from bigearth.synth.packed import pack_archive
+
+        with tempfile.TemporaryDirectory(prefix="bigearth-synth-") as tmp:
+            synthesize(
+                tmp, layout=layout, pairs=pairs, seed=seed, metadata=metadata, workers=workers, progress=progress
+            )
+            pack_archive(tmp, out, layout, storage)
+        return SynthResult(out, layout, pairs, join(out, "lists") if layout == "v1" else None)
     storage = storage or StorageOptions.from_env()
     fs, root = open_fs(out, storage)
     specs = make_specs(pairs, seed, metadata, layout)

@@ -1,0 +1,288 @@
+"""Stage the published downloads into shard-keyed buckets, so shard tasks can join S1 and S2 with bounded memory.
+
+The S2 download lists pairs by S2 product and the S1 download by S1 scene: no single pass can pair them. Each
+download is decompressed once, from its start (one zstd frame or gzip stream, no seek table), by one task that
+hashes the compressed bytes (md5) in the same pass. Every member is routed to the planned shard of its pair and
+buffered; when the buffer holds `SPILL_BYTES`, it is written as one *spill* (a Parquet file: `shard`, `member`,
+`data`, one row group per shard present), so memory never grows with the archive. A shard task then reads, from
+every spill that lists its shard, just that row group, and has every file of its pairs at hand.
+
+A download's record (`<staging>/<download>.json`, written last) says it is staged, with its md5, byte count, what
+it skipped and why, and the spills. A spill is skipped on a re-run when its marker exists, so a killed staging is
+decompressed again from the start (the stream cannot be entered in the middle) but writes nothing twice; a staged
+download is never read again. Spills are deleted once the ingest's manifest is written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from bigearth.archive.layouts import ArchiveLayout, Download
+from bigearth.archive.layouts.downloads import split_locator
+from bigearth.archive.reader import MissingMember
+from bigearth.archive.tarstream import open_download
+from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
+
+log = logging.getLogger(__name__)
+
+SPILL_BYTES = 64 << 20  # member bytes buffered per download before they are written as one spill
+SPILL_SCHEMA = pa.schema([("shard", pa.int32()), ("member", pa.string()), ("data", pa.binary())])
+EXAMPLES = 20  # names kept per kind of skipped member
+
+
+def record_path(staging_root: str, download: str) -> str:
+    return join(staging_root, f"{download}.json")
+
+
+def _key(member: str) -> str | None:
+    """The patch folder a member belongs to: `<top>/.../<patch>/<patch>_<suffix>` -> `<patch>`."""
+    parts = member.split("/")
+    if len(parts) < 3 or not parts[-1].startswith(parts[-2] + "_"):
+        return None
+    return parts[-2]
+
+
+class NameIndex:
+    """name -> int for many names in 12 bytes each (sorted 64-bit hashes + values), not a dict of strings."""
+
+    def __init__(self, names: Sequence[str], values: Sequence[int] | None = None) -> None:
+        hashes = np.fromiter((_hash(n) for n in names), dtype=np.uint64, count=len(names))
+        order = np.argsort(hashes, kind="stable")
+        self._hashes = hashes[order]
+        vals = np.zeros(len(names), np.int32) if values is None else np.asarray(values, np.int32)
+        self._values = vals[order]
+
+    def get(self, name: str) -> int | None:
+        h = np.uint64(_hash(name))
+        i = int(np.searchsorted(self._hashes, h))
+        if i < len(self._hashes) and self._hashes[i] == h:
+            return int(self._values[i])
+        return None
+
+    def __contains__(self, name: str) -> bool:
+        return self.get(name) is not None
+
+
+def _hash(name: str) -> int:
+    return int.from_bytes(hashlib.blake2b(name.encode(), digest_size=8).digest(), "little")
+
+
+def stage_download(
+    download: dict[str, Any],
+    archive: str,
+    staging: str,
+    storage: StorageOptions,
+    shard_of: pa.Table,
+    known: pa.Array,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Decompress one download and write its members into spills; return (and write) its record.
+
+    `shard_of`: (name, shard) for every pair of the shards still to write, name = the patch folder's name in this
+    download (S2 patch id, or S1 name); `known`: every name of that kind the metadata describes.
+    """
+    d = Download(**download)
+    fs, root = open_fs(staging, storage)
+    rec_path = record_path(root, d.name)
+    if fs.exists(rec_path):
+        return dict(json.loads(fs.cat_file(rec_path)))
+    fs.makedirs(join(root, d.name), exist_ok=True)
+    route = NameIndex(shard_of.column("name").to_pylist(), shard_of.column("shard").to_pylist())
+    known_set = NameIndex(known.to_pylist())
+    afs, aroot = arrow_filesystem(archive, storage)
+    path = join(aroot, d.name)
+    size = afs.get_file_info(path).size
+    bar = _bar(d.name, size, progress)
+    counts = {"members": 0, "staged": 0, "not_selected": 0, "unknown": 0, "unexpected": 0}
+    examples: dict[str, list[str]] = {"unknown": [], "unexpected": []}
+    spills: list[dict[str, Any]] = []
+    buffer: list[tuple[int, str, bytes]] = []
+    buffered = 0
+    started = time.perf_counter()
+    shown = 0
+    with afs.open_input_stream(path, compression=None) as f:  # pyarrow would un-zstd a .zst itself
+        stream, reader = open_download(f, d.compression)  # type: ignore[arg-type]
+        try:
+            for m in stream:
+                counts["members"] += 1
+                if counts["members"] % 256 == 0 and bar is not None:
+                    bar.update(reader.bytes - shown)
+                    shown = reader.bytes
+                key = _key(m.name) if m.name.startswith(d.top + "/") else None
+                if key is None:
+                    _skip(counts, examples, "unexpected", m.name)
+                    continue
+                shard = route.get(key)
+                if shard is None:
+                    _skip(counts, examples, "not_selected" if key in known_set else "unknown", m.name)
+                    continue
+                buffer.append((shard, m.name, m.data))
+                buffered += len(m.data)
+                counts["staged"] += 1
+                if buffered >= SPILL_BYTES:
+                    spills.append(_spill(fs, root, d.name, len(spills), buffer))
+                    buffer, buffered = [], 0
+            if buffer:
+                spills.append(_spill(fs, root, d.name, len(spills), buffer))
+        finally:
+            reader.close()
+    if bar is not None:
+        bar.update(reader.bytes - shown)
+        bar.close()
+    error = stream.error or (f"{d.name}: {reader.error}" if reader.error else None)
+    if error is None and not stream.ended_cleanly:
+        error = "the tar stream has no end-of-archive marker (truncated download)"
+    md5 = reader.md5.hexdigest()
+    record = {
+        "download": d.name,
+        "bytes": reader.bytes,
+        "size": size,
+        "md5": md5,
+        "published_md5": d.md5,
+        "md5_matches": md5 == d.md5,
+        "seconds": round(time.perf_counter() - started, 3),
+        "error": error,
+        "damage": stream.damage,
+        "counts": counts,
+        "examples": {k: v for k, v in examples.items() if v},
+        "spills": spills,
+    }
+    with fs.open(rec_path, "w") as out:
+        out.write(json.dumps(record))
+    return record
+
+
+def _skip(counts: dict[str, int], examples: dict[str, list[str]], kind: str, name: str) -> None:
+    counts[kind] += 1
+    if kind in examples and len(examples[kind]) < EXAMPLES:
+        examples[kind].append(name)
+
+
+def _spill(fs: Any, root: str, download: str, k: int, buffer: list[tuple[int, str, bytes]]) -> dict[str, Any]:
+    """Write one spill (one row group per shard) unless a previous run wrote it; return its index entry."""
+    rel = join(download, f"spill-{k:05d}.parquet")
+    marker = join(root, download, f"spill-{k:05d}.json")
+    if fs.exists(marker):
+        return dict(json.loads(fs.cat_file(marker)))
+    buffer.sort(key=lambda e: (e[0], e[1]))
+    groups: dict[str, int] = {}
+    with fs.open(join(root, rel), "wb") as f:
+        writer = pq.ParquetWriter(f, SPILL_SCHEMA, compression="none", use_dictionary=False, write_statistics=False)
+        start = 0
+        while start < len(buffer):
+            shard = buffer[start][0]
+            end = start
+            while end < len(buffer) and buffer[end][0] == shard:
+                end += 1
+            chunk = buffer[start:end]
+            writer.write_table(
+                pa.table(
+                    {
+                        "shard": pa.array([e[0] for e in chunk], pa.int32()),
+                        "member": pa.array([e[1] for e in chunk], pa.string()),
+                        "data": pa.array([e[2] for e in chunk], pa.binary()),
+                    },
+                    schema=SPILL_SCHEMA,
+                ),
+                row_group_size=len(chunk),
+            )
+            groups[str(shard)] = len(groups)
+            start = end
+        writer.close()
+    entry = {"path": rel, "groups": groups, "members": len(buffer)}
+    with fs.open(marker, "w") as f:
+        f.write(json.dumps(entry))
+    return entry
+
+
+def _bar(name: str, size: int, progress: bool) -> Any:
+    if not progress:
+        return None
+    try:
+        import ray
+        from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+
+        if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+            return ray_tqdm(desc=f"decompress {name}", total=size, unit="B")
+    except Exception:  # progress is best effort
+        pass
+    from tqdm import tqdm
+
+    return tqdm(desc=f"decompress {name}", total=size, unit="B", unit_scale=True)
+
+
+def shard_entries(records: Sequence[dict[str, Any]], shard: int) -> list[list[Any]]:
+    """(download, spill path, row group) of every spill holding members of `shard`."""
+    out = []
+    for r in records:
+        for s in r.get("spills", []):
+            g = s["groups"].get(str(shard))
+            if g is not None:
+                out.append([r["download"], s["path"], g])
+    return out
+
+
+def download_problems(records: Sequence[dict[str, Any]]) -> dict[str, str]:
+    """Download name -> why some of its members may be missing (absent file, truncated or corrupt stream)."""
+    out = {}
+    for r in records:
+        if r.get("missing"):
+            out[r["download"]] = f"the download {r['download']} is not in the archive folder"
+        elif r.get("error"):
+            out[r["download"]] = f"{r['download']} could not be read to the end: {r['error']}"
+        elif r.get("damage"):
+            out[r["download"]] = f"{r['download']} is damaged: {'; '.join(r['damage'][:3])}"
+    return out
+
+
+class StagedSource:
+    """The files of one shard's pairs, read from the spills: locator (`<download>:<member>`) -> bytes."""
+
+    def __init__(
+        self, staging: str, storage: StorageOptions, entries: Sequence[Sequence[Any]], problems: dict[str, str]
+    ) -> None:
+        fs, root = open_fs(staging, storage)
+        self.problems = problems
+        self.blobs: dict[str, bytes] = {}
+        for download, rel, group in entries:
+            with fs.open(join(root, rel), "rb") as f:  # the footer and this row group: ranged reads
+                table = pq.ParquetFile(f).read_row_group(group)
+            for member, data in zip(table.column("member").to_pylist(), table.column("data").to_pylist(), strict=True):
+                self.blobs[f"{download}:{member}"] = data
+
+    def fetch(self, layout: ArchiveLayout, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for row in rows:
+            for loc in layout.files(row).values():
+                data = self.blobs.get(loc)
+                if data is None:
+                    download, member = split_locator(loc)
+                    problem = self.problems.get(download)
+                    if problem and problem.startswith("the download "):  # the whole file is absent
+                        out[loc] = MissingMember(problem)
+                    else:
+                        why = f"{download} has no member {member}"
+                        out[loc] = MissingMember(f"{why}; {problem}" if problem else why)
+                else:
+                    out[loc] = data
+        return out
+
+
+def staged_download_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """What the manifest keeps of each download: md5 (with the published one), bytes, counts, damage."""
+    keep = ("bytes", "size", "md5", "published_md5", "md5_matches", "error", "damage", "counts", "examples", "missing")
+    return {r["download"]: {k: r[k] for k in keep if k in r} for r in records}
+
+
+def missing_record(download: Download) -> dict[str, Any]:
+    """The record of a download that is not in the archive folder (its pairs are quarantined, naming it)."""
+    return {"download": download.name, "missing": True, "published_md5": download.md5, "spills": []}

@@ -1,0 +1,357 @@
+"""Ingest straight from the published downloads (.tar.zst for v2, .tar.gz for v1): the same shards as from the
+extracted folders, every fault quarantined with the download and member named, resume, S3, HTTP, bounded memory."""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import http.server
+import io
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import threading
+import time
+import tracemalloc
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import zstandard
+
+from bigearth.archive import staging, tarstream
+from bigearth.archive.layouts import detect_layout, layout_for
+from bigearth.archive.staging import stage_download
+from bigearth.archive.tarstream import open_download
+from bigearth.ingest import STATE_DIR, ingest
+from bigearth.shards import Manifest
+from bigearth.storage import StorageOptions, open_fs
+from bigearth.synth.archive import synthesize
+from bigearth.synth.packed import pack_archive
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+S2, S1 = "BigEarthNet-S2.tar.zst", "BigEarthNet-S1.tar.zst"
+
+
+@pytest.fixture(scope="session")
+def packed_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("packed-v2")
+    pack_archive(str(synth_v2), str(out), "v2")
+    return out
+
+
+def _members(path: Path, compression: str) -> list[str]:
+    with open(path, "rb") as f:
+        stream, _ = open_download(f, compression)  # type: ignore[arg-type]
+        return [m.name for m in stream]
+
+
+def assert_same_shards(a: Path, b: Path) -> None:
+    ma, mb = Manifest.load(*open_fs(str(a))), Manifest.load(*open_fs(str(b)))
+    assert (ma.pairs, ma.splits, ma.shards, ma.excluded) == (mb.pairs, mb.splits, mb.shards, mb.excluded)
+    assert [(q["patch_id"], q["kind"]) for q in ma.quarantined] == [(q["patch_id"], q["kind"]) for q in mb.quarantined]
+    for s in ma.shards:
+        assert pq.read_table(a / s["path"]).equals(pq.read_table(b / s["path"])), s["path"]
+
+
+def test_packed_downloads_have_the_published_shape(packed_v2: Path, synth_v2: Path) -> None:
+    assert sorted(os.listdir(packed_v2)) == sorted(
+        [S1, S2, "metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet"]
+    )
+    for name in (S1, S2):
+        data = (packed_v2 / name).read_bytes()
+        # ONE zstd frame: the first frame spans the whole file
+        frame = zstandard.frame_header_size(data)
+        assert frame > 0
+        dobj = zstandard.ZstdDecompressor().decompressobj()
+        raw = dobj.decompress(data)
+        assert dobj.eof and not dobj.unused_data
+        # a GNU tar of files only, in sorted order
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:") as t:
+            infos = t.getmembers()
+        assert all(i.isfile() for i in infos)
+        names = [i.name for i in infos]
+        assert names == sorted(names)
+        assert raw[257:265] == b"ustar  \x00"  # GNU magic (the first header is the long-name entry)
+        assert _members(packed_v2 / name, "zstd") == names  # our reader sees exactly the tar's members
+    # S2 members come in S2 product order, S1 in S1 scene order: the pair orders differ
+    lay = layout_for("v2", "")
+    meta = pq.read_table(synth_v2 / "metadata.parquet").to_pylist()
+    s2_of = {r["s1_name"]: r["patch_id"] for r in meta}
+    s2_order = [m.split("/")[2] for m in _members(packed_v2 / S2, "zstd") if m.endswith("_B01.tif")]
+    s1_order = [
+        s2_of[m.split("/")[2]]
+        for m in _members(packed_v2 / S1, "zstd")
+        if m.endswith("_VV.tif") and m.split("/")[2] in s2_of
+    ]
+    assert s2_order != [p for p in s1_order if p in set(s2_order)]
+    assert lay.s2_band(meta[0]["patch_id"], "B02").startswith("BigEarthNet-S2/")
+    assert detect_layout(*open_fs(str(packed_v2))).name == "v2-downloads"
+    assert detect_layout(*open_fs(str(synth_v2))).name == "v2"
+
+
+def test_v2_downloads_ingest_to_the_same_shards_as_the_folders(
+    packed_v2: Path, shards_v2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "from-downloads"
+    m = ingest(str(packed_v2), str(out), shard_size=30, progress=False)
+    assert_same_shards(shards_v2, out)
+    d = m.source["downloads"]
+    assert set(d) == {S1, S2}
+    for name in (S1, S2):
+        raw = (packed_v2 / name).read_bytes()
+        assert d[name]["md5"] == hashlib.md5(raw).hexdigest() and d[name]["bytes"] == len(raw)
+        assert d[name]["md5_matches"] is False  # a synthetic file under the published name
+        assert d[name]["error"] is None and d[name]["counts"]["unknown"] == 0
+    printed = capsys.readouterr().out
+    assert f"WARNING {S2}: md5" in printed and "fetch it again" in printed
+    assert not (out / STATE_DIR / "staged").exists()  # staging is removed once the manifest is written
+
+
+def test_v1_downloads_ingest_to_the_same_shards_as_the_folders(synth_v1: Path, tmp_path: Path) -> None:
+    packed = tmp_path / "v1-downloads"
+    pack_archive(str(synth_v1), str(packed), "v1")
+    assert {"BigEarthNet-S2-v1.0.tar.gz", "BigEarthNet-S1-v1.0.tar.gz", "lists"} <= set(os.listdir(packed))
+    names = _members(packed / "BigEarthNet-S2-v1.0.tar.gz", "gzip")
+    assert names[0].startswith("BigEarthNet-v1.0/") and any(n.endswith("_labels_metadata.json") for n in names)
+    a, b = tmp_path / "folder", tmp_path / "downloads"
+    ingest(str(synth_v1), str(a), lists=str(synth_v1 / "lists"), shard_size=40)
+    m = ingest(str(packed), str(b), lists=str(packed / "lists"), shard_size=40, progress=False)
+    assert m.source["layout"] == "v1" and set(m.source["downloads"]) == {
+        "BigEarthNet-S2-v1.0.tar.gz",
+        "BigEarthNet-S1-v1.0.tar.gz",
+    }
+    assert m.excluded["no_19_class_label"] >= 0
+    assert_same_shards(a, b)
+
+
+def _recompress(path: Path, edit) -> None:  # type: ignore[no-untyped-def]
+    raw = bytearray(zstandard.ZstdDecompressor().decompressobj().decompress(path.read_bytes()))
+    edit(raw)
+    path.write_bytes(zstandard.ZstdCompressor(level=6).compress(bytes(raw)))
+
+
+def test_faults_are_quarantined_naming_the_download_and_member(synth_v2: Path, archive_copy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    root = archive_copy(synth_v2)
+    lay = layout_for("v2", str(root))
+    rows = pq.read_table(root / "metadata.parquet").to_pylist()
+    corrupt, missing, header = rows[3], rows[10], rows[20]
+    Path(lay.s2_band(corrupt["patch_id"], "B03")).write_bytes(b"II*\x00 this is not a GeoTIFF")
+    Path(lay.s2_band(missing["patch_id"], "B8A")).unlink()
+    # a patch folder the metadata does not know
+    first = rows[0]["patch_id"]
+    stray = Path(lay.s2_dir(first).replace(first, first.rsplit("_", 2)[0] + "_99_99"))
+    shutil.copytree(lay.s2_dir(first), stray)
+    for f in stray.iterdir():
+        f.rename(stray / f.name.replace(first, stray.name))
+    packed = tmp_path / "packed"
+    pack_archive(str(root), str(packed), "v2")
+
+    # a damaged tar header (inside a valid zstd frame): that member is lost, the reader resyncs on the next one
+    victim = lay.s2_band(header["patch_id"], "B05").split(str(root) + "/", 1)[1]
+
+    def damage(raw: bytearray) -> None:
+        long_name = raw.find(victim.encode())  # the GNU long-name entry's data block
+        assert long_name > 0
+        real_header = long_name + 512  # the member's own header follows its long-name data
+        raw[real_header + 148] ^= 0x55  # its checksum no longer matches
+
+    _recompress(packed / S2, damage)
+    # the S1 download cut short: every pair whose S1 files lie beyond the cut is quarantined, those before kept
+    s1 = (packed / S1).read_bytes()
+    (packed / S1).write_bytes(s1[: int(len(s1) * 0.6)])
+
+    m = ingest(str(packed), str(tmp_path / "out"), shard_size=30, progress=False)
+    q = {x["patch_id"]: x for x in m.quarantined}
+    assert q[corrupt["patch_id"]]["kind"] == "corrupt_file"
+    assert (
+        f"{S2}:BigEarthNet-S2/" in q[corrupt["patch_id"]]["reason"] and "_B03.tif" in q[corrupt["patch_id"]]["reason"]
+    )
+    assert q[missing["patch_id"]]["kind"] == "missing_file"
+    assert f"{S2} has no member BigEarthNet-S2/" in q[missing["patch_id"]]["reason"]
+    assert q[header["patch_id"]]["kind"] == "missing_file" and "_B05.tif" in q[header["patch_id"]]["reason"]
+    assert "damaged" in q[header["patch_id"]]["reason"]
+    d = m.source["downloads"]
+    assert d[S2]["counts"]["unknown"] == 12 and stray.name in d[S2]["examples"]["unknown"][0]
+    assert d[S2]["damage"] and d[S2]["error"] is None
+    assert "ends early" in d[S1]["error"]
+    # the truncation: exactly the pairs whose S1 files come after the last member read are missing their partner
+    selected = {r["patch_id"] for r in rows if not (r["contains_seasonal_snow"] or r["contains_cloud_or_shadow"])}
+    cut = [x for x in m.quarantined if x["kind"] == "missing_s1"]
+    assert cut and all(S1 in x["reason"] and "ends early" in x["reason"] for x in cut)
+    with open(packed / S1, "rb") as f:
+        stream, _ = open_download(f, "zstd")
+        read = {mem.name.split("/")[2] for mem in stream}
+    s2_of = {r["s1_name"]: r["patch_id"] for r in rows}
+    cut_ids = {x["patch_id"] for x in cut}
+    for s1_name, pid in s2_of.items():
+        if pid in selected and pid not in {corrupt["patch_id"], missing["patch_id"], header["patch_id"]}:
+            assert (pid in cut_ids) == (s1_name not in read), pid
+    written = {
+        r
+        for s in m.shards
+        for r in pq.read_table(tmp_path / "out" / s["path"], columns=["patch_id"])["patch_id"].to_pylist()
+    }
+    assert written | set(q) == selected and not written & set(q)  # every pair written or quarantined, never both
+
+
+def test_a_missing_download_quarantines_its_pairs(
+    packed_v2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    partial = tmp_path / "partial"
+    shutil.copytree(packed_v2, partial)
+    (partial / S1).unlink()
+    m = ingest(str(partial), str(tmp_path / "out"), shard_size=30, limit=12, progress=False)
+    assert m.pairs == 0 and len(m.quarantined) == 12
+    assert all(x["kind"] == "missing_s1" and f"{S1} is not in the archive folder" in x["reason"] for x in m.quarantined)
+    assert m.source["downloads"][S1]["missing"] is True
+    assert f"WARNING {S1} is not in the archive folder" in capsys.readouterr().out
+
+
+def test_killed_after_staging_resumes_without_decompressing_again(
+    packed_v2: Path, shards_v2: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    cmd = [
+        sys.executable,
+        "-m",
+        "bigearth.cli",
+        "ingest",
+        "--archive",
+        str(packed_v2),
+        "--out",
+        str(out),
+        "--shard-size",
+        "10",
+        "--concurrency",
+        "1",
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    reports = out / STATE_DIR / "reports"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (reports.exists() and any(reports.rglob("*.json"))):
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    records = sorted((out / STATE_DIR / "staged").rglob("*.tar.zst.json"))
+    assert len(records) == 2, "killed before staging finished"
+    done = list(reports.rglob("*.json"))
+    assert 0 < len(done) < 12, "the first run was not killed half way"
+    stamps = {r: r.stat().st_mtime_ns for r in records}
+    m = ingest(str(packed_v2), str(out), shard_size=10, progress=False, keep_staging=True)
+    assert {r: r.stat().st_mtime_ns for r in records} == stamps  # staged downloads not decompressed again
+    ids = [p for s in m.shards for p in pq.read_table(out / s["path"], columns=["patch_id"])["patch_id"].to_pylist()]
+    assert len(ids) == len(set(ids)) == Manifest.load(*open_fs(str(shards_v2))).pairs
+
+
+def test_staging_memory_does_not_grow_with_the_archive(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(staging, "SPILL_BYTES", 2 << 20)
+    monkeypatch.setattr(tarstream, "READ_CHUNK", 256 << 10)  # so that both archives exceed every buffer
+    peaks = []
+    for pairs in (60, 240):
+        src = tmp_path / f"src{pairs}"
+        synthesize(str(src), layout="v2", pairs=pairs, seed=1, progress=False)
+        packed = tmp_path / f"packed{pairs}"
+        pack_archive(str(src), str(packed), "v2")
+        rows = pq.read_table(src / "metadata.parquet", columns=["patch_id"])["patch_id"]
+        route = pa.table({"name": rows, "shard": pa.array([i % 7 for i in range(len(rows))], pa.int32())})
+        d = layout_for("v2-downloads", str(packed)).downloads[0]
+        tracemalloc.start()
+        pool = pa.default_memory_pool()
+        rec = stage_download(
+            dataclasses.asdict(d),
+            str(packed),
+            str(tmp_path / f"stage{pairs}"),
+            StorageOptions(),
+            route,
+            rows,
+            progress=False,
+        )
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        peaks.append(peak + pool.max_memory())
+        assert rec["counts"]["staged"] == 12 * len(rows) and len(rec["spills"]) >= 1
+    # 4x the pairs (and bytes), about the same peak: bounded by the spill buffer and the decompression window
+    assert peaks[1] < 1.5 * peaks[0] + (4 << 20), peaks
+
+
+class _RangeHandler(http.server.SimpleHTTPRequestHandler):
+    """A static file server that honours `Range` (as Zenodo and any mirror do)."""
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        rng = self.headers.get("Range")
+        path = self.translate_path(self.path)
+        if not rng or not os.path.isfile(path):
+            return super().send_head()
+        size = os.path.getsize(path)
+        start_s, end_s = rng.split("=", 1)[1].split("-")
+        start, end = int(start_s), min(int(end_s) if end_s else size - 1, size - 1)
+        f = open(path, "rb")  # noqa: SIM115  (closed by the base class)
+        f.seek(start)
+        self.send_response(206)
+        self.send_header("Content-Range", f"bytes {start}-{end}/{size}")
+        self.send_header("Content-Length", str(end - start + 1))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        return _Limited(f, end - start + 1)
+
+
+class _Limited(io.RawIOBase):
+    def __init__(self, f: io.BufferedReader, n: int) -> None:
+        self.f, self.n = f, n
+
+    def read(self, size: int = -1) -> bytes:
+        size = self.n if size < 0 else min(size, self.n)
+        data = self.f.read(size)
+        self.n -= len(data)
+        return data
+
+    def close(self) -> None:
+        self.f.close()
+
+
+@pytest.fixture()
+def http_mirror(packed_v2: Path) -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(_RangeHandler, directory=str(packed_v2))
+    )
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_ingest_from_an_http_mirror(http_mirror: str, shards_v2: Path, tmp_path: Path) -> None:
+    out = tmp_path / "from-http"
+    ingest(http_mirror, str(out), shard_size=30, progress=False)
+    assert_same_shards(shards_v2, out)
+
+
+@pytest.mark.s3
+def test_ingest_downloads_from_s3(s3, packed_v2: Path, shards_v2: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    bucket = s3.make_bucket("bigearth-downloads")
+    s3.fs().put(str(packed_v2), f"{bucket}/zenodo", recursive=True)
+    out = tmp_path / "from-s3"
+    storage = s3.storage_options()
+    ingest(
+        f"s3://{bucket}/zenodo",
+        str(out),
+        shard_size=30,
+        storage=storage,
+        progress=False,
+        staging=str(tmp_path / "stage"),
+    )
+    assert_same_shards(shards_v2, out)
