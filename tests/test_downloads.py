@@ -103,6 +103,8 @@ def test_v2_downloads_ingest_to_the_same_shards_as_the_folders(
     out = tmp_path / "from-downloads"
     m = ingest(str(packed_v2), str(out), shard_size=30, progress=False)
     assert_same_shards(shards_v2, out)
+    assert "reference_map" not in pq.read_schema(next(out.rglob("part-*.parquet"))).names  # none in the archive
+    assert "reference_maps" not in m.source
     d = m.source["downloads"]
     assert set(d) == {S1, S2}
     for name in (S1, S2):
@@ -355,3 +357,36 @@ def test_ingest_downloads_from_s3(s3, packed_v2: Path, shards_v2: Path, tmp_path
         staging=str(tmp_path / "stage"),
     )
     assert_same_shards(shards_v2, out)
+
+
+def test_reference_maps_become_an_optional_column_bit_exact(tmp_path: Path) -> None:
+    import numpy as np
+    import rasterio
+
+    src = tmp_path / "src"
+    synthesize(str(src), layout="v2", pairs=40, seed=5, progress=False, reference_maps=True)
+    lay = layout_for("v2", str(src))
+    rows = pq.read_table(src / "metadata.parquet").to_pylist()
+    Path(lay.reference_map(rows[1]["patch_id"])).unlink()  # a patch without its map: kept, listed
+    packed = tmp_path / "packed"
+    pack_archive(str(src), str(packed), "v2")
+    assert "Reference_Maps.tar.zst" in os.listdir(packed)
+    a, b = tmp_path / "a", tmp_path / "b"
+    ma = ingest(str(src), str(a), shard_size=20)
+    mb = ingest(str(packed), str(b), shard_size=20, progress=False)
+    assert_same_shards(a, b)
+    assert ma.source["reference_maps"] == mb.source["reference_maps"]
+    assert ma.source["reference_maps"]["missing"] == [rows[1]["patch_id"]]
+    assert "Reference_Maps.tar.zst" in mb.source["downloads"]
+    t = pa.concat_tables([pq.read_table(b / s["path"]) for s in mb.shards])
+    assert t.schema.field("reference_map").type == pa.binary(120 * 120 * 2)
+    checked = 0
+    for r in t.select(["patch_id", "reference_map"]).to_pylist():
+        if r["reference_map"] is None:
+            assert r["patch_id"] == rows[1]["patch_id"]
+            continue
+        with rasterio.open(lay.reference_map(r["patch_id"])) as ds:
+            expected = ds.read(1)
+        assert np.array_equal(np.frombuffer(r["reference_map"], "<u2").reshape(120, 120), expected)
+        checked += 1
+    assert checked == mb.pairs - 1

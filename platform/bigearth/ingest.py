@@ -103,6 +103,7 @@ def ingest_shard(
     staging: str | None = None,
     staged: list[list[Any]] | None = None,
     problems: dict[str, str] | None = None,
+    reference_maps: bool = False,
 ) -> dict[str, Any]:
     """Write one shard (or return its report if a previous run finished it).
 
@@ -110,12 +111,13 @@ def ingest_shard(
     """
     reader = BlobReader(archive, storage)
     lay = layout_for(layout, reader.root)
+    lay.reference_maps = reference_maps
     out_fs, out_root = open_fs(out, storage)
     report_path = join(out_root, plan.report_path)
     if out_fs.exists(report_path):
         return dict(json.loads(out_fs.cat(report_path)))
     out_fs.makedirs(join(out_root, plan.path.rsplit("/", 1)[0]), exist_ok=True)
-    writer = ShardWriter(out_fs, join(out_root, plan.path), compression)
+    writer = ShardWriter(out_fs, join(out_root, plan.path), compression, reference_maps)
     quarantined: list[dict[str, str]] = []
     excluded: dict[str, int] = {}
     batches = [plan.rows[i : i + READ_BATCH] for i in range(0, len(plan.rows), READ_BATCH)]
@@ -143,6 +145,7 @@ def ingest_shard(
     finally:
         writer.close()
     report = {
+        "reference_map_missing": writer.reference_map_missing,
         "path": plan.path,
         "split": plan.split,
         "rows": writer.rows,
@@ -187,6 +190,8 @@ def _consume(
         elif isinstance(result, Excluded):
             excluded[result.reason] = excluded.get(result.reason, 0) + 1
         else:
+            if writer.reference_maps and result.get("reference_map") is None:
+                writer.reference_map_missing.append(row["patch_id"])
             writer.write(result)
 
 
@@ -276,6 +281,7 @@ def ingest(
         "compression": compression,
         "staging": staging_url,
         "problems": problems,
+        "reference_maps": cat.layout.reference_maps,
     }
     ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
     # Each task's output is a few-byte report: Ray Data's per-operator resource reservation (sized for operators
@@ -285,6 +291,9 @@ def ingest(
     reports = [json.loads(r["report"]) for r in ds.iter_rows()]
     manifest = _manifest(cat, reports, archive)
     manifest.source["compression"] = compression
+    if cat.layout.reference_maps:
+        missing = sorted(p for r in reports for p in r.get("reference_map_missing", []))
+        manifest.source["reference_maps"] = {"rows": manifest.pairs - len(missing), "missing": missing}
     if cat.layout.downloads:
         manifest.source["downloads"] = staged_download_summary(records) or _previous_downloads(out_fs, out_root)
     manifest.save(out_fs, out_root)

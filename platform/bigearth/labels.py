@@ -132,6 +132,9 @@ _CLC_CODES_19: dict[str, tuple[int, ...]] = {
     "Marine waters": (521, 522, 523),
 }
 
+#: BEN19 index -> a CLC code of that class (the first listed), for synthetic reference maps.
+CLC_CODE_OF_19: tuple[int, ...] = tuple(_CLC_CODES_19[name][0] for name in BEN19)
+
 #: v2 reference-map CLC codes (pipeline `clc_metadata.json`) -> BEN19 index.
 CLC_CODE_TO_19: dict[int, int] = {code: BEN19.index(name) for name, codes in _CLC_CODES_19.items() for code in codes}
 

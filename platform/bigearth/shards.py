@@ -58,6 +58,8 @@ SHARD_SCHEMA = pa.schema(
     metadata={k.encode(): v.encode() for k, v in SCHEMA_METADATA.items()},
 )
 META_COLUMNS = [f.name for f in SHARD_SCHEMA if f.name not in {b.name for b in ALL_BANDS}]
+#: The optional v2 reference-map column (ingests of archives that have them): CLC codes, uint16 120x120, nullable.
+REFERENCE_MAP = pa.field("reference_map", pa.binary(120 * 120 * 2))
 
 
 class ShardFormatError(ValueError):
@@ -67,11 +69,19 @@ class ShardFormatError(ValueError):
 class ShardWriter:
     """Streams rows into one Parquet shard, a row group at a time."""
 
-    def __init__(self, fs: AbstractFileSystem, path: str, compression: str = DEFAULT_COMPRESSION) -> None:
+    def __init__(
+        self, fs: AbstractFileSystem, path: str, compression: str = DEFAULT_COMPRESSION, reference_maps: bool = False
+    ) -> None:
         if compression not in COMPRESSIONS:
             raise ValueError(f"compression {compression!r}: expected one of {sorted(COMPRESSIONS)}")
         codec, level = COMPRESSIONS[compression]
-        schema = SHARD_SCHEMA.with_metadata({**SHARD_SCHEMA.metadata, b"bigearth.compression": compression.encode()})
+        schema = SHARD_SCHEMA.append(REFERENCE_MAP) if reference_maps else SHARD_SCHEMA
+        extra = {b"bigearth.compression": compression.encode()}
+        if reference_maps:
+            extra[b"bigearth.reference_map"] = b'{"shape": [120, 120], "dtype": "uint16", "values": "CLC code"}'
+        schema = schema.with_metadata({**SHARD_SCHEMA.metadata, **extra})
+        self.reference_maps = reference_maps
+        self.reference_map_missing: list[str] = []  # patch ids written without one (the archive has none)
         self._file = fs.open(path, "wb")
         self._writer = pq.ParquetWriter(
             self._file,

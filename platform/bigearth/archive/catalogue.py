@@ -73,6 +73,7 @@ def build_catalogue(
     """Catalogue of the archive at `archive` (any fsspec URL); `patches`/`limit` restrict it to a subset."""
     fs, root = open_fs(archive, storage)
     lay = detect_layout(fs, root) if version == "auto" else layout_for(version, root)
+    lay.probe(fs)
     table = lay.catalogue_table(fs, archive, lists, storage)
     total = table.num_rows
     known = table.select(["patch_id", "s1_name"])
@@ -87,6 +88,8 @@ def build_catalogue(
     if limit is not None:
         pairs = pairs.slice(0, limit)
     opts: dict[str, object] = {"include_snow_cloud": include_snow_cloud, "include_no_19_labels": include_no_19_labels}
+    if lay.reference_maps:
+        opts["reference_maps"] = True
     return Catalogue(lay.version, lay, pairs, excluded, total, opts, known)
 
 

@@ -338,3 +338,27 @@ def read_file(path: str) -> Raster:
     with rasterio.open(path) as ds:
         t = ds.transform
         return Raster(ds.read(1), ds.crs.to_epsg() if ds.crs else None, t.c, t.f, t.a, ds.nodata)
+
+
+def encode_reference_map(array: np.ndarray, epsg: int, ulx: float, uly: float) -> bytes:
+    """A v2 reference map as the archive stores it (FACTS.md 2.3): uint16 CLC codes, DEFLATE with the horizontal
+    predictor, strips of 34 rows, nodata 0, on the 10 m grid of the patch (through GDAL)."""
+    if array.shape != (120, 120) or array.dtype != np.uint16:
+        raise ValueError(f"expected a 120x120 uint16 array, got {array.dtype} {array.shape}")
+    profile = {
+        "driver": "GTiff",
+        "dtype": "uint16",
+        "width": 120,
+        "height": 120,
+        "count": 1,
+        "crs": f"EPSG:{epsg}",
+        "transform": rasterio.Affine(10.0, 0.0, ulx, 0.0, -10.0, uly),
+        "nodata": 0,
+        "compress": "deflate",
+        "predictor": 2,
+        "blockysize": 34,
+    }
+    with MemoryFile() as mem:
+        with mem.open(**profile) as ds:
+            ds.write(array, 1)
+        return bytes(mem.read())

@@ -215,7 +215,29 @@ def _pair(
     }
     for name, r in {**s2, **s1}.items():
         out[name] = np.ascontiguousarray(r.array, dtype=r.array.dtype.newbyteorder("<")).tobytes()
+    if "reference_map" in paths:
+        out["reference_map"] = _reference_map(blobs, paths["reference_map"], ref)
     return out
+
+
+def _reference_map(blobs: dict[str, Any], path: str, ref: geotiff.Raster) -> bytes | None:
+    """The v2 reference map (CLC codes, uint16, the 10 m grid) as little-endian bytes; None if the archive has
+    none for this patch (the ingest lists those), a quarantine if it is there but damaged."""
+    data = blobs.get(path)
+    if data is None or isinstance(data, FileNotFoundError):
+        return None
+    try:
+        r = geotiff.decode(_blob(blobs, path), path)
+    except geotiff.RasterError as e:
+        raise _Bad("corrupt_file", str(e)) from None
+    if r.array.dtype.name != "uint16" or r.array.shape != (120, 120):
+        raise _Bad(
+            "wrong_shape",
+            f"{path}: expected a 120x120 uint16 reference map, got {r.array.dtype.name} "
+            f"{r.array.shape[0]}x{r.array.shape[1]}",
+        )
+    _same_grid(path, r, ref, "reference map CRS/upper-left corner", "B02's")
+    return np.ascontiguousarray(r.array, dtype="<u2").tobytes()
 
 
 def _parse_time(value: Any, path: str, key: str) -> datetime | None:

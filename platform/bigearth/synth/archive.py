@@ -156,14 +156,14 @@ def _slot_position(seed: int, slot: int) -> tuple[int, int]:
     return divmod(int(perm[slot]), 90)
 
 
-def _write_chunk(args: tuple[str, str, dict[str, Any], int, list[dict[str, Any]]]) -> int:
-    out, version, storage, seed, specs = args
+def _write_chunk(args: tuple[str, str, dict[str, Any], int, list[dict[str, Any]], bool]) -> int:
+    out, version, storage, seed, specs, reference_maps = args
     fs, root = open_fs(out, StorageOptions(**storage))
     layout = layout_for(version, root)
     files: dict[str, bytes] = {}
     for d in specs:
         spec = PairSpec(**d)
-        files.update(pair_files(layout, spec, seed))
+        files.update(pair_files(layout, spec, seed, reference_maps))
     if fs.protocol in ("file", "local") or "file" in fs.protocol:
         for p in {p.rsplit("/", 1)[0] for p in files}:
             fs.makedirs(p, exist_ok=True)
@@ -171,8 +171,8 @@ def _write_chunk(args: tuple[str, str, dict[str, Any], int, list[dict[str, Any]]
     return len(specs)
 
 
-def pair_files(layout: ArchiveLayout, spec: PairSpec, seed: int) -> dict[str, bytes]:
-    """Every file of one pair, path -> bytes."""
+def pair_files(layout: ArchiveLayout, spec: PairSpec, seed: int, reference_maps: bool = False) -> dict[str, bytes]:
+    """Every file of one pair, path -> bytes (with `reference_maps`, v2: also its reference map)."""
     rng = np.random.default_rng([seed, spec.index])
     classes = [lab.label_index(n) for n in spec.labels] or [0]
     arrays = render_pair(rng, classes, spec.snow, spec.cloud)
@@ -190,6 +190,9 @@ def pair_files(layout: ArchiveLayout, spec: PairSpec, seed: int) -> dict[str, by
         files[layout.s1_band(spec.s1_name, b.name)] = geotiff.encode(arrays[b.name], epsg, ulx, uly, b.gsd)
     if not v2:
         files.update(_v1_json(layout, spec, epsg, ulx, uly))
+    rm = layout.reference_map(pid) if reference_maps else None
+    if rm:
+        files[rm] = geotiff.encode_reference_map(arrays["reference_map"], epsg, ulx, uly)
     return files
 
 
@@ -290,11 +293,13 @@ def synthesize(
     workers: int | None = None,
     progress: bool = True,
     packed: bool = False,
+    reference_maps: bool = False,
 ) -> SynthResult:
     """Write `pairs` synthetic pairs to `out` in the `layout` of BigEarthNet v1.0 or v2.0.
 
     `packed`: write them as the published downloads instead (bigearth.synth.packed: the tar members, order and
-    compression of the real files), from an extracted copy in a temporary folder.
+    compression of the real files), from an extracted copy in a temporary folder. `reference_maps` (v2): also
+    write each patch's reference map (the CLC codes of the rendered classes, as the archive's GeoTIFFs).
     """
     if layout not in ("v1", "v2"):
         raise ValueError(f"layout must be v1 or v2, got {layout!r}")
@@ -305,7 +310,14 @@ def synthesize(
 
         with tempfile.TemporaryDirectory(prefix="bigearth-synth-") as tmp:
             synthesize(
-                tmp, layout=layout, pairs=pairs, seed=seed, metadata=metadata, workers=workers, progress=progress
+                tmp,
+                layout=layout,
+                pairs=pairs,
+                seed=seed,
+                metadata=metadata,
+                workers=workers,
+                progress=progress,
+                reference_maps=reference_maps,
             )
             pack_archive(tmp, out, layout, storage)
         return SynthResult(out, layout, pairs, join(out, "lists") if layout == "v1" else None)
@@ -315,7 +327,7 @@ def synthesize(
     fs.makedirs(root, exist_ok=True)
     chunk = 64
     jobs = [
-        (out, layout, storage.as_dict(), seed, [asdict(s) for s in specs[i : i + chunk]])
+        (out, layout, storage.as_dict(), seed, [asdict(s) for s in specs[i : i + chunk]], reference_maps)
         for i in range(0, len(specs), chunk)
     ]
     workers = workers or (1 if pairs < 256 else min(os.cpu_count() or 1, 8))

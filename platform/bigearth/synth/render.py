@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 
 from bigearth.bands import S1_BANDS, S2_BANDS
+from bigearth.labels import CLC_CODE_OF_19
 from bigearth.synth.signatures import CLOUD, S1_SIGNATURES, S2_SIGNATURES, SNOW
 
 
@@ -82,4 +83,6 @@ def render_pair(
     db = 10 * np.log10(np.maximum(linear * speckle, 1e-6))
     for i, band in enumerate(S1_BANDS):
         out[band.name] = db[..., i].astype(np.float32)
+    # the v2 reference map: the CLC code of each pixel's class (uint16, 10 m grid)
+    out["reference_map"] = np.asarray(CLC_CODE_OF_19, np.uint16)[np.asarray(classes)[cover]]
     return out

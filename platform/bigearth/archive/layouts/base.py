@@ -47,6 +47,12 @@ class ArchiveLayout(ABC):
 
     def __init__(self, root: str) -> None:
         self.root = root
+        #: whether the archive holds reference maps (see `probe`): each pair then has one more file
+        self.reference_maps = False
+
+    def probe(self, fs: AbstractFileSystem) -> None:
+        """Look at the optional parts the archive at `root` holds (reference maps; none unless a layout says)."""
+        self.reference_maps = False
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.root!r})"
@@ -93,7 +99,8 @@ class ArchiveLayout(ABC):
         return None
 
     def files(self, row: dict[str, Any]) -> dict[str, str]:
-        """Every file of one catalogue row: key (band name, `s2_json`, `s1_json`) -> where its bytes are."""
+        """Every file of one catalogue row: key (band name, `s2_json`, `s1_json`, `reference_map`) -> where its
+        bytes are."""
         out = {b.name: self.s2_band(row["patch_id"], b.name) for b in S2_BANDS}
         s1_name = row.get("s1_name")
         if s1_name:
@@ -104,4 +111,7 @@ class ArchiveLayout(ABC):
             s1_json = self.s1_json(s1_name) if s1_name else None
             if s1_json:
                 out["s1_json"] = s1_json
+        reference_map = self.reference_map(row["patch_id"]) if self.reference_maps else None
+        if reference_map:
+            out["reference_map"] = reference_map
         return out

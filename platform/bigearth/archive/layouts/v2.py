@@ -35,6 +35,9 @@ class V2Folders(ArchiveLayout):
     ) -> pa.Table:
         return v2_table(fs, self.root)
 
+    def probe(self, fs: AbstractFileSystem) -> None:
+        self.reference_maps = bool(fs.exists(join(self.root, V2_REFERENCE_MAPS_DIR)))
+
     def s2_dir(self, patch_id: str) -> str:
         return join(self.root, V2_S2_DIR, parse_s2(patch_id).tile_product, patch_id)
 

@@ -14,7 +14,7 @@ from bigearth.archive.layouts.base import Download
 from bigearth.archive.layouts.downloads import DownloadsLayout
 from bigearth.archive.layouts.v2 import V2_REFERENCE_MAPS_DIR, V2_S1_DIR, V2_S2_DIR, V2Folders
 from bigearth.archive.metadata import v2_table
-from bigearth.storage import StorageOptions
+from bigearth.storage import StorageOptions, join
 
 V2_DOWNLOADS = (
     Download("BigEarthNet-S2.tar.zst", V2_S2_DIR, "s2", "zstd", "2245ed2d1a93f6ce637d839bc856396e", 63_251_710_377),
@@ -38,6 +38,9 @@ class V2Downloads(DownloadsLayout):
     priority = 30
     downloads = V2_DOWNLOADS
     tree = V2Folders
+
+    def probe(self, fs: AbstractFileSystem) -> None:
+        self.reference_maps = bool(fs.exists(join(self.root, V2_DOWNLOADS[2].name)))
 
     def catalogue_table(
         self, fs: AbstractFileSystem, archive: str, lists: str | None, storage: StorageOptions | None
