@@ -116,6 +116,7 @@ def run_synth(a: argparse.Namespace) -> int:
         storage=storage_from_args(a),
         workers=a.workers,
         packed=a.packed,
+        reference_maps=a.reference_maps,
     )
     print(
         f"synth: wrote {r.pairs} {r.layout} pairs to {r.out}{' as the published downloads' if a.packed else ''}"
@@ -251,6 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="write the published downloads (v2: *.tar.zst, one zstd frame each; v1: *.tar.gz) instead of folders",
     )
+    p.add_argument("--reference-maps", action="store_true", help="v2: also write each patch's reference map")
     add_storage_args(p)
     p.set_defaults(func=run_synth)
 

@@ -3,9 +3,10 @@
 The S2 download lists pairs by S2 product and the S1 download by S1 scene: no single pass can pair them. Each
 download is decompressed once, from its start (one zstd frame or gzip stream, no seek table), by one task that
 hashes the compressed bytes (md5) in the same pass. Every member is routed to the planned shard of its pair and
-buffered; when the buffer holds `SPILL_BYTES`, it is written as one *spill* (a Parquet file: `shard`, `member`,
-`data`, one row group per shard present), so memory never grows with the archive. A shard task then reads, from
-every spill that lists its shard, just that row group, and has every file of its pairs at hand.
+buffered; when the buffer holds `SPILL_BYTES`, it is written as one *spill*, so memory never grows with the
+archive. A spill is one segment per shard present, each segment `<u64 index length><index JSON: [[member, size],
+...]><the members' bytes>`; its marker says where each shard's segment lies. A shard task reads, from every spill
+that lists its shard, just that byte range (one ranged read), and has every file of its pairs at hand.
 
 A download's record (`<staging>/<download>.json`, written last) says it is staged, with its md5, byte count, what
 it skipped and why, and the spills. A spill is skipped on a re-run when its marker exists, so a killed staging is
@@ -16,15 +17,17 @@ download is never read again. Spills are deleted once the ingest's manifest is w
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
+import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from bigearth.archive.layouts import ArchiveLayout, Download
 from bigearth.archive.layouts.downloads import split_locator
@@ -35,7 +38,6 @@ from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
 log = logging.getLogger(__name__)
 
 SPILL_BYTES = 64 << 20  # member bytes buffered per download before they are written as one spill
-SPILL_SCHEMA = pa.schema([("shard", pa.int32()), ("member", pa.string()), ("data", pa.binary())])
 EXAMPLES = 20  # names kept per kind of skipped member
 
 
@@ -103,6 +105,7 @@ def stage_download(
     size = afs.get_file_info(path).size
     bar = _bar(d.name, size, progress)
     counts = {"members": 0, "staged": 0, "not_selected": 0, "unknown": 0, "unexpected": 0}
+    last_key, last_shard = None, None  # the members of a patch are adjacent: look each patch up once
     examples: dict[str, list[str]] = {"unknown": [], "unexpected": []}
     spills: list[dict[str, Any]] = []
     buffer: list[tuple[int, str, bytes]] = []
@@ -121,7 +124,9 @@ def stage_download(
                 if key is None:
                     _skip(counts, examples, "unexpected", m.name)
                     continue
-                shard = route.get(key)
+                if key != last_key:
+                    last_key, last_shard = key, route.get(key)
+                shard = last_shard
                 if shard is None:
                     _skip(counts, examples, "not_selected" if key in known_set else "unknown", m.name)
                     continue
@@ -168,40 +173,40 @@ def _skip(counts: dict[str, int], examples: dict[str, list[str]], kind: str, nam
 
 
 def _spill(fs: Any, root: str, download: str, k: int, buffer: list[tuple[int, str, bytes]]) -> dict[str, Any]:
-    """Write one spill (one row group per shard) unless a previous run wrote it; return its index entry."""
-    rel = join(download, f"spill-{k:05d}.parquet")
+    """Write one spill (one segment per shard) unless a previous run wrote it; return its index entry."""
+    rel = join(download, f"spill-{k:05d}.bin")
     marker = join(root, download, f"spill-{k:05d}.json")
     if fs.exists(marker):
         return dict(json.loads(fs.cat_file(marker)))
     buffer.sort(key=lambda e: (e[0], e[1]))
-    groups: dict[str, int] = {}
+    groups: dict[str, list[int]] = {}
+    offset = 0
     with fs.open(join(root, rel), "wb") as f:
-        writer = pq.ParquetWriter(f, SPILL_SCHEMA, compression="none", use_dictionary=False, write_statistics=False)
-        start = 0
-        while start < len(buffer):
-            shard = buffer[start][0]
-            end = start
-            while end < len(buffer) and buffer[end][0] == shard:
-                end += 1
-            chunk = buffer[start:end]
-            writer.write_table(
-                pa.table(
-                    {
-                        "shard": pa.array([e[0] for e in chunk], pa.int32()),
-                        "member": pa.array([e[1] for e in chunk], pa.string()),
-                        "data": pa.array([e[2] for e in chunk], pa.binary()),
-                    },
-                    schema=SPILL_SCHEMA,
-                ),
-                row_group_size=len(chunk),
-            )
-            groups[str(shard)] = len(groups)
-            start = end
-        writer.close()
+        for shard, entries in itertools.groupby(buffer, key=lambda e: e[0]):
+            chunk = list(entries)
+            index = json.dumps([[name, len(data)] for _, name, data in chunk]).encode()
+            f.write(struct.pack("<Q", len(index)))
+            f.write(index)
+            size = 8 + len(index)
+            for _, _, data in chunk:
+                f.write(data)
+                size += len(data)
+            groups[str(shard)] = [offset, size]
+            offset += size
     entry = {"path": rel, "groups": groups, "members": len(buffer)}
     with fs.open(marker, "w") as f:
         f.write(json.dumps(entry))
     return entry
+
+
+def read_segment(data: bytes) -> Iterator[tuple[str, memoryview]]:
+    """The (member, bytes) of one spill segment."""
+    (n,) = struct.unpack_from("<Q", data, 0)
+    view = memoryview(data)
+    pos = 8 + n
+    for name, size in json.loads(bytes(view[8:pos])):
+        yield name, view[pos : pos + size]
+        pos += size
 
 
 def _bar(name: str, size: int, progress: bool) -> Any:
@@ -211,7 +216,7 @@ def _bar(name: str, size: int, progress: bool) -> Any:
         import ray
         from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
-        if ray.is_initialized() and ray.get_runtime_context().worker.mode == ray.WORKER_MODE:
+        if ray.is_initialized():  # in a Ray task: the bar is drawn by the driver, one line per download
             return ray_tqdm(desc=f"decompress {name}", total=size, unit="B")
     except Exception:  # progress is best effort
         pass
@@ -221,7 +226,7 @@ def _bar(name: str, size: int, progress: bool) -> Any:
 
 
 def shard_entries(records: Sequence[dict[str, Any]], shard: int) -> list[list[Any]]:
-    """(download, spill path, row group) of every spill holding members of `shard`."""
+    """(download, spill path, [offset, size]) of every spill holding members of `shard`."""
     out = []
     for r in records:
         for s in r.get("spills", []):
@@ -252,12 +257,19 @@ class StagedSource:
     ) -> None:
         fs, root = open_fs(staging, storage)
         self.problems = problems
-        self.blobs: dict[str, bytes] = {}
-        for download, rel, group in entries:
-            with fs.open(join(root, rel), "rb") as f:  # the footer and this row group: ranged reads
-                table = pq.ParquetFile(f).read_row_group(group)
-            for member, data in zip(table.column("member").to_pylist(), table.column("data").to_pylist(), strict=True):
-                self.blobs[f"{download}:{member}"] = data
+        self.blobs: dict[str, Any] = {}
+
+        def load(entry: Sequence[Any]) -> tuple[str, bytes]:
+            download, rel, (offset, size) = entry
+            segment = fs.cat_file(join(root, rel), start=offset, end=offset + size)  # one ranged read
+            if len(segment) != size:
+                raise OSError(f"{join(root, rel)}: staged segment cut short ({len(segment)} of {size} bytes)")
+            return download, segment
+
+        with ThreadPoolExecutor(8) as pool:  # concurrent ranged reads (object storage, or the page cache)
+            for download, segment in pool.map(load, entries):
+                for member, data in read_segment(segment):
+                    self.blobs[f"{download}:{member}"] = data
 
     def fetch(self, layout: ArchiveLayout, rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -279,7 +291,19 @@ class StagedSource:
 
 def staged_download_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """What the manifest keeps of each download: md5 (with the published one), bytes, counts, damage."""
-    keep = ("bytes", "size", "md5", "published_md5", "md5_matches", "error", "damage", "counts", "examples", "missing")
+    keep = (
+        "bytes",
+        "size",
+        "md5",
+        "published_md5",
+        "md5_matches",
+        "seconds",
+        "error",
+        "damage",
+        "counts",
+        "examples",
+        "missing",
+    )
     return {r["download"]: {k: r[k] for k in keep if k in r} for r in records}
 
 

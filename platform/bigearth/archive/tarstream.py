@@ -119,12 +119,12 @@ def _octal(field_: bytes) -> int:
 
 
 def _valid_header(h: bytes) -> bool:
+    field_ = h[148:156]
     try:
-        stored = _octal(h[148:156])
+        stored = int(field_.split(b"\0", 1)[0].strip() or b"0", 8)
     except ValueError:
         return False
-    unsigned = sum(h[:148]) + 8 * 32 + sum(h[156:])
-    return stored == unsigned
+    return stored == sum(h) - sum(field_) + 8 * 32  # the checksum field counts as spaces
 
 
 def _pax(data: bytes) -> dict[str, str]:
@@ -182,7 +182,7 @@ class TarStream:
         long_name: str | None = None
         pax: dict[str, str] = {}
         skipping_from: int | None = None
-        while fill(BLOCK):
+        while len(buf) - pos >= BLOCK or fill(BLOCK):
             header = buf[pos : pos + BLOCK]
             if header == _ZERO:
                 if skipping_from is None:
@@ -213,7 +213,7 @@ class TarStream:
             if "size" in pax:
                 size = int(pax["size"])
             padded = -(-size // BLOCK) * BLOCK
-            if not fill(BLOCK + padded):
+            if len(buf) - pos < BLOCK + padded and not fill(BLOCK + padded):
                 # the stream ended inside this member: it is lost (the caller reports the missing files)
                 return
             data = buf[pos + BLOCK : pos + BLOCK + size]
