@@ -261,11 +261,10 @@ def test_staging_memory_does_not_grow_with_the_archive(tmp_path: Path, monkeypat
     monkeypatch.setattr(tarstream, "READ_CHUNK", 256 << 10)  # so that both archives exceed every buffer
     peaks = []
     for pairs in (60, 240):
-        src = tmp_path / f"src{pairs}"
-        synthesize(str(src), layout="v2", pairs=pairs, seed=1, progress=False)
         packed = tmp_path / f"packed{pairs}"
-        pack_archive(str(src), str(packed), "v2")
-        rows = pq.read_table(src / "metadata.parquet", columns=["patch_id"])["patch_id"]
+        synthesize(str(packed), layout="v2", pairs=pairs, seed=1, progress=False, packed=True)
+        assert not (packed / "BigEarthNet-S2").exists()  # only the downloads and the metadata
+        rows = pq.read_table(packed / "metadata.parquet", columns=["patch_id"])["patch_id"]
         route = pa.table({"name": rows, "shard": pa.array([i % 7 for i in range(len(rows))], pa.int32())})
         d = layout_for("v2-downloads", str(packed)).downloads[0]
         tracemalloc.start()

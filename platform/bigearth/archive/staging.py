@@ -108,8 +108,9 @@ def stage_download(
     last_key, last_shard = None, None  # the members of a patch are adjacent: look each patch up once
     examples: dict[str, list[str]] = {"unknown": [], "unexpected": []}
     spills: list[dict[str, Any]] = []
-    buffer: list[tuple[int, str, bytes]] = []
-    buffered = 0
+    buffer, spare = SpillBuffer(SPILL_BYTES), SpillBuffer(SPILL_BYTES)  # one filled while the other is written
+    writer = ThreadPoolExecutor(1)
+    pending: Any = None
     started = time.perf_counter()
     shown = 0
     with afs.open_input_stream(path, compression=None) as f:  # pyarrow would un-zstd a .zst itself
@@ -130,16 +131,24 @@ def stage_download(
                 if shard is None:
                     _skip(counts, examples, "not_selected" if key in known_set else "unknown", m.name)
                     continue
-                buffer.append((shard, m.name, m.data))
-                buffered += len(m.data)
+                if not buffer.fits(len(m.data)):
+                    if pending is not None:
+                        spills.append(pending.result())
+                    pending = writer.submit(_spill, fs, root, d.name, len(spills), buffer)
+                    buffer, spare = spare, buffer
+                    buffer.clear()
+                buffer.add(shard, m.name, m.data)
                 counts["staged"] += 1
-                if buffered >= SPILL_BYTES:
-                    spills.append(_spill(fs, root, d.name, len(spills), buffer))
-                    buffer, buffered = [], 0
-            if buffer:
+            if pending is not None:
+                spills.append(pending.result())
+                pending = None
+            if buffer.entries:
                 spills.append(_spill(fs, root, d.name, len(spills), buffer))
         finally:
             reader.close()
+            if pending is not None:
+                pending.result()
+            writer.shutdown()
     if bar is not None:
         bar.update(reader.bytes - shown)
         bar.close()
@@ -172,28 +181,52 @@ def _skip(counts: dict[str, int], examples: dict[str, list[str]], kind: str, nam
         examples[kind].append(name)
 
 
-def _spill(fs: Any, root: str, download: str, k: int, buffer: list[tuple[int, str, bytes]]) -> dict[str, Any]:
+class SpillBuffer:
+    """Members copied into one preallocated buffer (no per-member objects kept: memory is exactly bounded)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.data = bytearray(capacity)
+        self.used = 0
+        self.entries: list[tuple[int, str, int, int]] = []  # shard, member, offset, size
+
+    def fits(self, n: int) -> bool:
+        return self.used + n <= len(self.data) or not self.entries
+
+    def add(self, shard: int, name: str, data: bytes) -> None:
+        end = self.used + len(data)
+        if end > len(self.data):  # a member larger than the whole buffer: grow for it alone
+            self.data.extend(bytes(end - len(self.data)))
+        self.data[self.used : end] = data
+        self.entries.append((shard, name, self.used, len(data)))
+        self.used = end
+
+    def clear(self) -> None:
+        self.used = 0
+        self.entries = []
+
+
+def _spill(fs: Any, root: str, download: str, k: int, buffer: SpillBuffer) -> dict[str, Any]:
     """Write one spill (one segment per shard) unless a previous run wrote it; return its index entry."""
     rel = join(download, f"spill-{k:05d}.bin")
     marker = join(root, download, f"spill-{k:05d}.json")
     if fs.exists(marker):
         return dict(json.loads(fs.cat_file(marker)))
-    buffer.sort(key=lambda e: (e[0], e[1]))
+    order = sorted(buffer.entries, key=lambda e: (e[0], e[1]))
     groups: dict[str, list[int]] = {}
     offset = 0
-    with fs.open(join(root, rel), "wb") as f:
-        for shard, entries in itertools.groupby(buffer, key=lambda e: e[0]):
+    with fs.open(join(root, rel), "wb") as f, memoryview(buffer.data) as view:
+        for shard, entries in itertools.groupby(order, key=lambda e: e[0]):
             chunk = list(entries)
-            index = json.dumps([[name, len(data)] for _, name, data in chunk]).encode()
+            index = json.dumps([[name, n] for _, name, _, n in chunk]).encode()
             f.write(struct.pack("<Q", len(index)))
             f.write(index)
             size = 8 + len(index)
-            for _, _, data in chunk:
-                f.write(data)
-                size += len(data)
+            for _, _, start, n in chunk:
+                f.write(view[start : start + n])
+                size += n
             groups[str(shard)] = [offset, size]
             offset += size
-    entry = {"path": rel, "groups": groups, "members": len(buffer)}
+    entry = {"path": rel, "groups": groups, "members": len(order)}
     with fs.open(marker, "w") as f:
         f.write(json.dumps(entry))
     return entry

@@ -23,6 +23,7 @@ BLOCK = 512
 _ZERO = bytes(BLOCK)
 READ_CHUNK = 8 << 20  # compressed bytes per read from storage (at most QUEUED + 2 chunks in memory)
 QUEUED = 3
+DECOMPRESS_PIECE = 1 << 20  # compressed bytes per decompress call
 
 
 @dataclass(frozen=True)
@@ -33,27 +34,34 @@ class Member:
 
 
 class _Counting:
-    """Reads `f` in chunks on a thread (overlapping storage with decompression), hashing every byte read."""
+    """Reads `f` in chunks on a thread, hashing every byte read (and decompressing it there if asked), so storage
+    and md5 overlap with the consumer's work."""
 
-    def __init__(self, f: BinaryIO, chunk: int | None = None, on_bytes: Any = None) -> None:
+    def __init__(self, f: BinaryIO, compression: str = "none", chunk: int | None = None, on_bytes: Any = None) -> None:
         self.md5 = hashlib.md5()
         self.bytes = 0
         self.error: BaseException | None = None
+        self.compression = compression
+        self.state: dict[str, Any] = {}
         self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED)
         self._on_bytes = on_bytes
         self._stop = False
         self._t = threading.Thread(target=self._run, args=(f, chunk or READ_CHUNK), daemon=True)
         self._t.start()
 
+    def _raw(self, f: BinaryIO, chunk: int) -> Iterator[bytes]:
+        while not self._stop:
+            data = f.read(chunk)
+            if not data:
+                return
+            self.md5.update(data)
+            self.bytes += len(data)
+            yield data
+
     def _run(self, f: BinaryIO, chunk: int) -> None:
         try:
-            while not self._stop:
-                data = f.read(chunk)
-                if not data:
-                    break
-                self.md5.update(data)
-                self.bytes += len(data)
-                self._q.put(data)
+            for out in _decompressed(self._raw(f, chunk), self.compression, self.state):
+                self._q.put(out)
         except BaseException as e:  # a storage error ends the stream; the reader reports it
             self.error = e
         finally:
@@ -91,22 +99,26 @@ def _decompressed(chunks: Iterator[bytes], compression: str, state: dict[str, An
         errors = ()
     else:
         raise ValueError(f"unknown compression {compression!r}")
-    for chunk in chunks:
-        compressed += len(chunk)
+    for big in chunks:
         if d is None:
-            yield chunk
+            compressed += len(big)
+            yield big
             continue
-        try:
-            out = d.decompress(chunk)
-            while compression == "gzip" and d.eof and d.unused_data:  # concatenated gzip members
-                rest = d.unused_data
-                d = zlib.decompressobj(wbits=31)
-                out += d.decompress(rest)
-        except errors as e:
-            state["error"] = f"the {compression} stream is corrupt near compressed byte {compressed:,} ({e})"
-            return
-        if out:
-            yield out
+        view = memoryview(big)
+        for i in range(0, len(view), DECOMPRESS_PIECE):  # small outputs: no large transient buffers
+            chunk = view[i : i + DECOMPRESS_PIECE]
+            compressed += len(chunk)
+            try:
+                out = d.decompress(chunk)
+                while compression == "gzip" and d.eof and d.unused_data:  # concatenated gzip members
+                    rest = d.unused_data
+                    d = zlib.decompressobj(wbits=31)
+                    out += d.decompress(rest)
+            except errors as e:
+                state["error"] = f"the {compression} stream is corrupt near compressed byte {compressed:,} ({e})"
+                return
+            if out:
+                yield out
     if d is not None and not d.eof:
         state["error"] = f"the {compression} stream ends early, after {compressed:,} bytes (truncated download)"
 
@@ -240,5 +252,7 @@ class TarStream:
 
 def open_download(f: BinaryIO, compression: str, on_bytes: Any = None) -> tuple[TarStream, _Counting]:
     """A TarStream over the file object `f`, and the reader that hashes its compressed bytes (`.md5`, `.bytes`)."""
+    # Decompression stays in the consuming thread: python-zstandard holds the GIL while it decompresses
+    # (measured: two threads no faster than one), so a thread would only add hand-offs.
     reader = _Counting(f, on_bytes=on_bytes)
-    return TarStream(reader, compression), reader
+    return TarStream(reader, compression, state=reader.state), reader
