@@ -19,6 +19,7 @@ import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -389,3 +390,91 @@ def test_reference_maps_become_an_optional_column_bit_exact(tmp_path: Path) -> N
         assert np.array_equal(np.frombuffer(r["reference_map"], "<u2").reshape(120, 120), expected)
         checked += 1
     assert checked == mb.pairs - 1
+
+
+def _tar(names_sizes: list[tuple[str, int]]) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.GNU_FORMAT) as t:
+        for name, size in names_sizes:
+            info = tarfile.TarInfo(name)
+            info.size = size
+            t.addfile(info, io.BytesIO(bytes([len(name) % 251]) * size))
+    return buf.getvalue()
+
+
+MEMBERS = [(f"BigEarthNet-S2/P/p{i}/p{i}_B0{i % 9}.tif", 1000 + 37 * i) for i in range(40)]
+
+
+def _read(data: bytes, compression: str) -> tuple[list[str], Any]:
+    stream, reader = open_download(io.BytesIO(data), compression)  # type: ignore[arg-type]
+    names = [m.name for m in stream]
+    reader.drain()
+    return names, stream
+
+
+def test_gzip_padding_concatenated_members_and_multi_frame_zstd_are_read_whole() -> None:
+    import gzip
+
+    raw = _tar(MEMBERS)
+    half = len(raw) // 2 // 512 * 512
+    cases = {
+        "gzip + zero padding": ("gzip", gzip.compress(raw, mtime=0) + bytes(4096)),
+        "two gzip members": ("gzip", gzip.compress(raw[:half], mtime=0) + gzip.compress(raw[half:], mtime=0)),
+        "two zstd frames": ("zstd", zstandard.compress(raw[:half]) + zstandard.compress(raw[half:])),
+    }
+    for what, (compression, data) in cases.items():
+        names, stream = _read(data, compression)
+        assert names == [n for n, _ in MEMBERS], what
+        assert stream.error is None and stream.ended_cleanly and not stream.damage, what
+
+
+def test_a_garbage_size_field_or_a_damaged_last_header_is_damage_not_a_hang() -> None:
+    raw = bytearray(_tar(MEMBERS))
+    with tarfile.open(fileobj=io.BytesIO(bytes(raw))) as t:
+        offsets = [m.offset for m in t.getmembers()]
+    # member 5: a huge size with a matching checksum (only the size field is wrong)
+    h = offsets[5]
+    raw[h + 124 : h + 136] = b"77777777777\0"
+    raw[h + 148 : h + 156] = b" " * 8
+    raw[h + 148 : h + 156] = f"{sum(raw[h : h + 512]):06o}\0 ".encode()
+    # the last member's header: checksum broken, right before the end-of-archive marker
+    last = offsets[-1]
+    raw[last + 148] ^= 0x11
+    names, stream = _read(zstandard.compress(bytes(raw)), "zstd")
+    expected = [n for i, (n, _) in enumerate(MEMBERS) if i not in (5, len(MEMBERS) - 1)]
+    assert names == expected
+    assert stream.error is None and stream.ended_cleanly and len(stream.damage) == 2
+
+
+class _Dropping(_RangeHandler):
+    """Sends the first 1 MB of a file, then closes the connection (a storage fault, not a damaged file)."""
+
+    def send_head(self):  # type: ignore[no-untyped-def]
+        path = self.translate_path(self.path)
+        if self.command == "HEAD" or not path.endswith(".tar.zst"):
+            return super().send_head()
+        size = os.path.getsize(path)
+        self.send_response(200)
+        self.send_header("Content-Length", str(size))
+        self.end_headers()
+        with open(path, "rb") as f:
+            self.wfile.write(f.read(1 << 20))
+        self.close_connection = True
+        return None
+
+
+def test_a_storage_fault_mid_download_stops_with_a_rerun_message_and_records_nothing(
+    packed_v2: Path, tmp_path: Path
+) -> None:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Dropping, directory=str(packed_v2)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_address[1]}"
+    ids = pq.read_table(packed_v2 / "metadata.parquet", columns=["patch_id"])["patch_id"]
+    route = pa.table({"name": ids, "shard": pa.array([0] * len(ids), pa.int32())})
+    d = layout_for("v2-downloads", url).downloads[0]
+    try:
+        with pytest.raises(OSError, match=r"BigEarthNet-S2\.tar\.zst: reading stopped after .* re-run the ingest"):
+            stage_download(dataclasses.asdict(d), url, str(tmp_path / "stage"), StorageOptions(), route, ids, False)
+    finally:
+        server.shutdown()
+    assert not list((tmp_path / "stage").glob("*.json"))  # no record: a re-run reads the download again

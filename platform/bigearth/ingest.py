@@ -17,7 +17,7 @@ import dataclasses
 import hashlib
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -124,7 +124,7 @@ def ingest_shard(
     if staged is not None:
         assert staging is not None
         _from_staged(
-            StagedSource(staging, storage, staged, problems or {}),
+            lambda: StagedSource(staging, storage, staged, problems or {}),
             lay,
             reader,
             batches,
@@ -159,7 +159,7 @@ def ingest_shard(
 
 
 def _from_staged(
-    source: StagedSource,
+    make_source: Callable[[], StagedSource],
     lay: Any,
     reader: BlobReader,
     batches: list[list[dict[str, Any]]],
@@ -169,6 +169,7 @@ def _from_staged(
     excluded: dict[str, int],
 ) -> None:
     try:
+        source = make_source()  # inside the try: a failed segment read still closes the shard writer
         for batch in batches:
             results = read_pairs(reader, lay, batch, include_no_19, source.fetch(lay, batch))
             _consume(batch, results, writer, quarantined, excluded)

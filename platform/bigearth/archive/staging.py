@@ -144,6 +144,7 @@ def stage_download(
                 pending = None
             if buffer.entries:
                 spills.append(_spill(fs, root, d.name, len(spills), buffer))
+            reader.drain()  # the md5 covers the bytes after the tar's end too
         finally:
             reader.close()
             if pending is not None:
@@ -152,7 +153,15 @@ def stage_download(
     if bar is not None:
         bar.update(reader.bytes - shown)
         bar.close()
-    error = stream.error or (f"{d.name}: {reader.error}" if reader.error else None)
+    if reader.error is not None or (size is not None and reader.bytes < size and not stream.error):
+        # storage stopped answering (not a damaged file): no record, so a re-run reads the download again
+        why = f"{type(reader.error).__name__}: {reader.error}" if reader.error else "the read ended early"
+        raise OSError(
+            f"{join(archive, d.name)}: reading stopped after {reader.bytes:,}"
+            f"{'' if size is None else f' of {size:,}'} bytes ({why}); "
+            "nothing was recorded for this download: re-run the ingest to read it again"
+        )
+    error = stream.error
     if error is None and not stream.ended_cleanly:
         error = "the tar stream has no end-of-archive marker (truncated download)"
     md5 = reader.md5.hexdigest()

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import queue
 import threading
+import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -24,6 +25,7 @@ _ZERO = bytes(BLOCK)
 READ_CHUNK = 8 << 20  # compressed bytes per read from storage (at most QUEUED + 2 chunks in memory)
 QUEUED = 3
 DECOMPRESS_PIECE = 1 << 20  # compressed bytes per decompress call
+MAX_MEMBER = 1 << 30  # no archive file comes near this: a larger size field is damage
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class _Counting:
         self._q: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUED)
         self._on_bytes = on_bytes
         self._stop = False
+        self._finished = False
         self._t = threading.Thread(target=self._run, args=(f, chunk or READ_CHUNK), daemon=True)
         self._t.start()
 
@@ -68,17 +71,25 @@ class _Counting:
             self._q.put(None)
 
     def __iter__(self) -> Iterator[bytes]:
-        while True:
+        while not self._finished:
             data = self._q.get()
             if data is None:
+                self._finished = True  # the end was handed out once: a later iteration (drain) ends at once
                 return
             if self._on_bytes is not None:
                 self._on_bytes(len(data))
             yield data
 
-    def close(self) -> None:
+    def drain(self) -> None:
+        """Read (and hash) the rest of the file: the md5 covers every byte even when the tar ended before it."""
+        for _ in self:
+            pass
+
+    def close(self, timeout: float = 30.0) -> None:
+        """Stop the reader thread; a read stalled in the storage client is left behind (a daemon) after `timeout`."""
         self._stop = True
-        while self._t.is_alive():
+        deadline = time.monotonic() + timeout
+        while self._t.is_alive() and time.monotonic() < deadline:
             with contextlib.suppress(queue.Empty):
                 self._q.get(timeout=0.1)
 
@@ -99,6 +110,7 @@ def _decompressed(chunks: Iterator[bytes], compression: str, state: dict[str, An
         errors = ()
     else:
         raise ValueError(f"unknown compression {compression!r}")
+    done = False  # the last frame/member ended and only zero padding followed
     for big in chunks:
         if d is None:
             compressed += len(big)
@@ -106,21 +118,36 @@ def _decompressed(chunks: Iterator[bytes], compression: str, state: dict[str, An
             continue
         view = memoryview(big)
         for i in range(0, len(view), DECOMPRESS_PIECE):  # small outputs: no large transient buffers
-            chunk = view[i : i + DECOMPRESS_PIECE]
+            chunk = bytes(view[i : i + DECOMPRESS_PIECE])
             compressed += len(chunk)
+            out = b""
             try:
-                out = d.decompress(chunk)
-                while compression == "gzip" and d.eof and d.unused_data:  # concatenated gzip members
-                    rest = d.unused_data
-                    d = zlib.decompressobj(wbits=31)
-                    out += d.decompress(rest)
+                while chunk:
+                    if d.eof:  # another gzip member or zstd frame, or the zero padding some tools add
+                        if not chunk.strip(b"\0"):
+                            done = True
+                            break
+                        d = _decoder(compression)
+                    done = False
+                    out += d.decompress(chunk)
+                    chunk = d.unused_data if d.eof else b""
             except errors as e:
+                if out:
+                    yield out
                 state["error"] = f"the {compression} stream is corrupt near compressed byte {compressed:,} ({e})"
                 return
             if out:
                 yield out
-    if d is not None and not d.eof:
+    if d is not None and not (d.eof or done):
         state["error"] = f"the {compression} stream ends early, after {compressed:,} bytes (truncated download)"
+
+
+def _decoder(compression: str) -> Any:
+    if compression == "zstd":
+        import zstandard
+
+        return zstandard.ZstdDecompressor().decompressobj()
+    return zlib.decompressobj(wbits=31)
 
 
 def _octal(field_: bytes) -> int:
@@ -200,6 +227,13 @@ class TarStream:
                 if skipping_from is None:
                     self.ended_cleanly = True
                     return
+                if (len(buf) - pos >= 2 * BLOCK or fill(2 * BLOCK)) and buf[pos + BLOCK : pos + 2 * BLOCK] == _ZERO:
+                    self.damage.append(
+                        f"tar bytes {skipping_from:,}-{base + pos:,} hold no valid header (checksum mismatch): "
+                        "the member(s) there were skipped"
+                    )
+                    self.ended_cleanly = True  # the end-of-archive marker, after the damage
+                    return
                 pos += BLOCK  # zeros inside damage: keep looking for the next header
                 continue
             if not _valid_header(header):
@@ -215,15 +249,22 @@ class TarStream:
                 )
                 skipping_from = None
             offset = base + pos
-            size = _octal(header[124:136])
+            try:
+                size = int(pax["size"]) if "size" in pax else _octal(header[124:136])
+            except ValueError:
+                size = -1
+            if not 0 <= size <= MAX_MEMBER:  # a garbage size field: treat the header as damaged
+                if skipping_from is None:
+                    skipping_from = base + pos
+                long_name, pax = None, {}
+                pos += BLOCK
+                continue
             kind = header[156:157]
             name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
             if header[257:263] == b"ustar\x00":  # POSIX ustar: a prefix field
                 prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
                 if prefix:
                     name = f"{prefix}/{name}"
-            if "size" in pax:
-                size = int(pax["size"])
             padded = -(-size // BLOCK) * BLOCK
             if len(buf) - pos < BLOCK + padded and not fill(BLOCK + padded):
                 # the stream ended inside this member: it is lost (the caller reports the missing files)
