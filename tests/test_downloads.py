@@ -478,3 +478,21 @@ def test_a_storage_fault_mid_download_stops_with_a_rerun_message_and_records_not
     finally:
         server.shutdown()
     assert not list((tmp_path / "stage").glob("*.json"))  # no record: a re-run reads the download again
+
+
+def test_a_staging_interrupted_mid_stream_rewrites_no_spill(
+    packed_v2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(staging, "SPILL_BYTES", 1 << 20)  # many spills
+    ids = pq.read_table(packed_v2 / "metadata.parquet", columns=["patch_id"])["patch_id"]
+    route = pa.table({"name": ids, "shard": pa.array([i % 4 for i in range(len(ids))], pa.int32())})
+    d = dataclasses.asdict(layout_for("v2-downloads", str(packed_v2)).downloads[0])
+    where = tmp_path / "stage"
+    first = stage_download(d, str(packed_v2), str(where), StorageOptions(), route, ids, progress=False)
+    assert len(first["spills"]) > 3
+    # as if killed before the record was written: the spills and their markers are there, the record is not
+    (where / "BigEarthNet-S2.tar.zst.json").unlink()
+    stamps = {p: p.stat().st_mtime_ns for p in where.rglob("spill-*")}
+    again = stage_download(d, str(packed_v2), str(where), StorageOptions(), route, ids, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in where.rglob("spill-*")} == stamps  # decompressed again, nothing rewritten
+    assert again["spills"] == first["spills"] and again["md5"] == first["md5"]
