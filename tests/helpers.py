@@ -42,3 +42,27 @@ def assert_batch_holds_rows(batch: dict, rows: dict[str, dict]) -> None:  # type
                 b = BANDS[name]
                 expected = np.frombuffer(row[name], dtype=b.dtype).reshape(b.shape)
                 assert np.array_equal(batch[group][i, c].numpy(), expected), (pid, name)
+
+
+def kill_cli_ingest(archive: Path, out: Path, shard_size: int, reports: int, timeout: float) -> list[Path]:
+    """Run `bigearth ingest` (one shard task at a time, attached to the session's Ray) and SIGKILL it once `reports`
+    shard reports exist; return the reports written. Fails if the ingest ends before it could be interrupted."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import ray
+
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    cmd = [sys.executable, "-m", "bigearth.cli", "ingest", "--archive", str(archive), "--out", str(out)]
+    cmd += ["--shard-size", str(shard_size), "--concurrency", "1"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    folder = out / "_ingest" / "reports"
+    deadline = time.time() + timeout
+    while time.time() < deadline and len(list(folder.rglob("*.json"))) < reports:
+        assert proc.poll() is None, "the ingest finished before it could be interrupted"
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    return list(folder.rglob("*.json"))

@@ -10,12 +10,8 @@ import http.server
 import io
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import tarfile
 import threading
-import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +31,7 @@ from bigearth.shards import Manifest
 from bigearth.storage import StorageOptions, open_fs
 from bigearth.synth.archive import synthesize
 from bigearth.synth.packed import pack_archive
+from helpers import kill_cli_ingest
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -222,33 +219,9 @@ def test_killed_after_staging_resumes_without_decompressing_again(
     packed_v2: Path, shards_v2: Path, tmp_path: Path
 ) -> None:
     out = tmp_path / "out"
-    import ray
-
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    cmd = [
-        sys.executable,
-        "-m",
-        "bigearth.cli",
-        "ingest",
-        "--archive",
-        str(packed_v2),
-        "--out",
-        str(out),
-        "--shard-size",
-        "10",
-        "--concurrency",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    reports = out / STATE_DIR / "reports"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (reports.exists() and any(reports.rglob("*.json"))):
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    done = kill_cli_ingest(packed_v2, out, shard_size=10, reports=1, timeout=240)
     records = sorted((out / STATE_DIR / "staged").rglob("*.tar.zst.json"))
     assert len(records) == 2, "killed before staging finished"
-    done = list(reports.rglob("*.json"))
     assert 0 < len(done) < 12, "the first run was not killed half way"
     stamps = {r: r.stat().st_mtime_ns for r in records}
     m = ingest(str(packed_v2), str(out), shard_size=10, progress=False, keep_staging=True)

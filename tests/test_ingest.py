@@ -4,10 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +18,7 @@ from bigearth.ingest import IngestError, ingest
 from bigearth.labels import BEN19
 from bigearth.shards import SHARD_SCHEMA, Manifest
 from bigearth.storage import open_fs
+from helpers import kill_cli_ingest
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -243,33 +240,9 @@ def test_v1_ingest_labels_and_policy(synth_v1: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_ingest_resumes_without_duplicates_or_losses(synth_v2: Path, tmp_path: Path) -> None:
-    import ray
-
     out = tmp_path / "resume"
-    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    cmd = [
-        sys.executable,
-        "-m",
-        "bigearth.cli",
-        "ingest",
-        "--archive",
-        str(synth_v2),
-        "--out",
-        str(out),
-        "--shard-size",
-        "8",
-        "--concurrency",
-        "1",
-    ]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    reports = out / "_ingest" / "reports"
-    deadline = time.time() + 120
-    while time.time() < deadline and len(list(reports.rglob("*.json"))) < 3:
-        assert proc.poll() is None, "the ingest finished before it could be interrupted"
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
-    done = {p: p.stat().st_mtime_ns for p in reports.rglob("*.json")}
+    reports = kill_cli_ingest(synth_v2, out, shard_size=8, reports=3, timeout=120)
+    done = {p: p.stat().st_mtime_ns for p in reports}
     assert 3 <= len(done) < 12 and not (out / "manifest.json").exists()
 
     m = ingest(str(synth_v2), str(out), shard_size=8)

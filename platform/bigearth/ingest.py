@@ -13,7 +13,6 @@ read their pairs' files from the buckets instead of the archive.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import logging
@@ -28,15 +27,8 @@ import pyarrow.parquet as pq
 from bigearth.archive.catalogue import Catalogue, build_catalogue
 from bigearth.archive.layouts import layout_for
 from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
-from bigearth.archive.staging import (
-    StagedSource,
-    download_problems,
-    missing_record,
-    record_path,
-    shard_entries,
-    stage_download,
-    staged_download_summary,
-)
+from bigearth.archive.staging import StagedSource, download_problems, shard_entries
+from bigearth.ingest_downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
 from bigearth.shards import DEFAULT_COMPRESSION, FORMAT_VERSION, Manifest, ShardWriter
 from bigearth.storage import BlobReader, StorageOptions, join, open_fs
 
@@ -263,7 +255,7 @@ def ingest(
     staging_url = join(staging or join(out, STATE_DIR, "staged"), fingerprint[:16])
     records: list[dict[str, Any]] = []
     if cat.layout.downloads:
-        records = _stage(cat, plans, todo, archive, staging_url, storage, progress)
+        records = stage_downloads(cat, {i: plans[i].rows for i in todo}, archive, staging_url, storage, progress)
     problems = download_problems(records)
     # One item (= one block = one task) per shard, carrying its own rows: nothing large is shared or captured.
     items = [
@@ -296,7 +288,7 @@ def ingest(
         missing = sorted(p for r in reports for p in r.get("reference_map_missing", []))
         manifest.source["reference_maps"] = {"rows": manifest.pairs - len(missing), "missing": missing}
     if cat.layout.downloads:
-        manifest.source["downloads"] = staged_download_summary(records) or _previous_downloads(out_fs, out_root)
+        manifest.source["downloads"] = downloads_summary(records, out_fs, out_root)
     manifest.save(out_fs, out_root)
     pq.write_table(cat.excluded, join(out_root, STATE_DIR, "excluded.parquet"), filesystem=out_fs)
     q = len(manifest.quarantined)
@@ -305,82 +297,10 @@ def ingest(
         f"quarantined {q}; excluded {manifest.excluded}"
     )
     if cat.layout.downloads:
-        _report_downloads(manifest.source["downloads"])
+        report_downloads(manifest.source["downloads"])
         if not keep_staging:
-            sfs, sroot = open_fs(staging_url, storage)
-            if sfs.exists(sroot):
-                sfs.rm(sroot, recursive=True)
-            parent = sroot.rsplit("/", 1)[0]
-            if staging is None and sfs.exists(parent) and not sfs.ls(parent):
-                sfs.rm(parent, recursive=True)
+            remove_staging(staging_url, storage, remove_empty_parent=staging is None)
     return manifest
-
-
-def _stage(
-    cat: Catalogue,
-    plans: list[ShardPlan],
-    todo: list[int],
-    archive: str,
-    staging: str,
-    storage: StorageOptions,
-    progress: bool,
-) -> list[dict[str, Any]]:
-    """Stage every download the unfinished shards need (one task per file, in parallel); return their records."""
-    import ray
-
-    fs, root = open_fs(archive, storage)
-    sfs, sroot = open_fs(staging, storage)
-    key_column = {"s2": "patch_id", "reference_maps": "patch_id", "s1": "s1_name"}
-    refs, records = [], []
-    remote = ray.remote(num_cpus=1)(stage_download)
-    for d in cat.layout.downloads:
-        present = fs.exists(join(root, d.name))
-        if not present:
-            if d.required:
-                records.append(missing_record(d))
-            continue
-        if not todo and not sfs.exists(record_path(sroot, d.name)):
-            continue  # every shard is written: nothing to stage
-        col = key_column[d.kind]
-        names = [r[col] for i in todo for r in plans[i].rows if r.get(col)]
-        shards = [i for i in todo for r in plans[i].rows if r.get(col)]
-        route = pa.table({"name": pa.array(names, pa.string()), "shard": pa.array(shards, pa.int32())})
-        known = cat.known.column(col).combine_chunks() if cat.known is not None else pa.array([], pa.string())
-        refs.append(
-            remote.remote(dataclasses.asdict(d), archive, staging, storage, ray.put(route), ray.put(known), progress)
-        )
-    records.extend(ray.get(refs))
-    return records
-
-
-def _previous_downloads(fs: Any, root: str) -> dict[str, Any]:
-    """A re-run with nothing left to stage keeps what the previous manifest said of the downloads."""
-    try:
-        return dict(Manifest.load(fs, root).source.get("downloads") or {})
-    except Exception:
-        return {}
-
-
-def _report_downloads(downloads: dict[str, Any]) -> None:
-    """What the summary must not bury: md5 mismatches, damage, skipped members."""
-    for name, d in sorted(downloads.items()):
-        if d.get("missing"):
-            print(f"ingest: WARNING {name} is not in the archive folder: its pairs are quarantined (missing_file)")
-            continue
-        if not d.get("md5_matches", True):
-            print(
-                f"ingest: WARNING {name}: md5 {d['md5']} differs from the published download's {d['published_md5']}. "
-                "If this is the file from Zenodo, it is damaged: fetch it again. (A repacked or synthetic archive "
-                "under the published name differs by design.) Every pair was still validated on its own."
-            )
-        if d.get("error"):
-            print(f"ingest: WARNING {name}: {d['error']}; the pairs whose files were not reached are quarantined")
-        for damage in d.get("damage") or []:
-            print(f"ingest: WARNING {name}: {damage}")
-        c = d.get("counts") or {}
-        skipped = {k: c[k] for k in ("unknown", "unexpected") if c.get(k)}
-        if skipped:
-            print(f"ingest: {name}: members skipped {skipped} (examples in manifest.json source.downloads)")
 
 
 def _run_shard(item: dict[str, Any], **task_args: Any) -> dict[str, Any]:

@@ -1,0 +1,97 @@
+"""The download side of the ingest job (bigearth.ingest): stage every published download file as one Ray task,
+summarise and report what the downloads held, and remove the staged members at the end. The staging itself (one
+pass over one download, the spills, a shard's view of them) is bigearth.archive.staging."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pyarrow as pa
+
+from bigearth.archive.catalogue import Catalogue
+from bigearth.archive.staging import missing_record, record_path, stage_download, staged_download_summary
+from bigearth.shards import Manifest
+from bigearth.storage import StorageOptions, join, open_fs
+
+
+def stage_downloads(
+    cat: Catalogue,
+    todo: dict[int, list[dict[str, Any]]],
+    archive: str,
+    staging: str,
+    storage: StorageOptions,
+    progress: bool,
+) -> list[dict[str, Any]]:
+    """Stage every download the unfinished shards need (one Ray task per file, in parallel); return their records.
+
+    `todo`: planned shard index -> its catalogue rows, for the shards not yet written.
+    """
+    import ray
+
+    fs, root = open_fs(archive, storage)
+    sfs, sroot = open_fs(staging, storage)
+    key_column = {"s2": "patch_id", "reference_maps": "patch_id", "s1": "s1_name"}
+    refs, records = [], []
+    remote = ray.remote(num_cpus=1)(stage_download)
+    for d in cat.layout.downloads:
+        present = fs.exists(join(root, d.name))
+        if not present:
+            if d.required:
+                records.append(missing_record(d))
+            continue
+        if not todo and not sfs.exists(record_path(sroot, d.name)):
+            continue  # every shard is written: nothing to stage
+        col = key_column[d.kind]
+        names = [r[col] for rows in todo.values() for r in rows if r.get(col)]
+        shards = [i for i, rows in todo.items() for r in rows if r.get(col)]
+        route = pa.table({"name": pa.array(names, pa.string()), "shard": pa.array(shards, pa.int32())})
+        known = cat.known.column(col).combine_chunks() if cat.known is not None else pa.array([], pa.string())
+        refs.append(
+            remote.remote(dataclasses.asdict(d), archive, staging, storage, ray.put(route), ray.put(known), progress)
+        )
+    records.extend(ray.get(refs))
+    return records
+
+
+def downloads_summary(records: list[dict[str, Any]], fs: Any, root: str) -> dict[str, Any]:
+    """The manifest's `source.downloads`; a re-run with nothing left to stage keeps the previous manifest's."""
+    summary = staged_download_summary(records)
+    if summary:
+        return summary
+    try:
+        return dict(Manifest.load(fs, root).source.get("downloads") or {})
+    except Exception:
+        return {}
+
+
+def report_downloads(downloads: dict[str, Any]) -> None:
+    """What the summary must not bury: md5 mismatches, damage, skipped members."""
+    for name, d in sorted(downloads.items()):
+        if d.get("missing"):
+            print(f"ingest: WARNING {name} is not in the archive folder: its pairs are quarantined (missing_file)")
+            continue
+        if not d.get("md5_matches", True):
+            print(
+                f"ingest: WARNING {name}: md5 {d['md5']} differs from the published download's {d['published_md5']}. "
+                "If this is the file from Zenodo, it is damaged: fetch it again. (A repacked or synthetic archive "
+                "under the published name differs by design.) Every pair was still validated on its own."
+            )
+        if d.get("error"):
+            print(f"ingest: WARNING {name}: {d['error']}; the pairs whose files were not reached are quarantined")
+        for damage in d.get("damage") or []:
+            print(f"ingest: WARNING {name}: {damage}")
+        c = d.get("counts") or {}
+        skipped = {k: c[k] for k in ("unknown", "unexpected") if c.get(k)}
+        if skipped:
+            print(f"ingest: {name}: members skipped {skipped} (examples in manifest.json source.downloads)")
+
+
+def remove_staging(staging: str, storage: StorageOptions, remove_empty_parent: bool) -> None:
+    """Delete the staged members once the manifest is written (and the default `staged/` folder if now empty)."""
+    fs, root = open_fs(staging, storage)
+    if fs.exists(root):
+        fs.rm(root, recursive=True)
+    parent = root.rsplit("/", 1)[0]
+    if remove_empty_parent and fs.exists(parent) and not fs.ls(parent):
+        fs.rm(parent, recursive=True)
