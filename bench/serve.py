@@ -36,10 +36,10 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 def setup(workdir: Path, pairs: int, model_spec: str) -> tuple[str, str, str]:
     from bigearth.ingest import ingest
+    from bigearth.models.checkpoints import save
     from bigearth.models.registry import create_model
     from bigearth.retrieval.indexer import build_index
     from bigearth.synth.archive import synthesize
-    from bigearth.training.checkpoints import save
 
     archive, shards, ckpt, index = (workdir / n for n in ("archive", "shards", "checkpoint", "index"))
     if not (shards / "manifest.json").exists():

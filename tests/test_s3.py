@@ -86,7 +86,7 @@ def test_wrong_credentials_fail_with_a_clear_error(s3, bucket: str) -> None:  # 
 
 def test_training_checkpoints_and_evaluation_on_s3(s3, bucket: str, shards_v2: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     from bigearth.evaluation import evaluate
-    from bigearth.training.checkpoints import find_best, load_model
+    from bigearth.models.checkpoints import find_best, load
     from bigearth.training.config import load_config
     from bigearth.training.trainer import train
     from helpers import REPO
@@ -98,7 +98,7 @@ def test_training_checkpoints_and_evaluation_on_s3(s3, bucket: str, shards_v2: P
     assert fs.cat(f"{bucket}/runs/on-s3/metrics.jsonl").count(b"\n") == 1
     best = find_best(f"s3://{bucket}/runs/on-s3", storage=storage)
     assert best.startswith(f"s3://{bucket}/runs/on-s3/checkpoint_")
-    _, meta = load_model(best, storage=storage)
+    meta = load(best, storage=storage).meta
     assert meta["model"]["name"] == "tiny"
     m = evaluate(f"s3://{bucket}/runs/on-s3", str(shards_v2), "test", str(tmp_path / "eval"), storage)
     assert m["checkpoint"] == best and m["samples"] > 0

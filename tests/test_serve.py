@@ -153,15 +153,15 @@ def test_search_by_vector(client: Client, ids: dict[str, list[str]], tiny_run: P
     import torch
 
     from bigearth.bands import GROUPS
+    from bigearth.models.checkpoints import load
     from bigearth.patches import PatchStore
-    from bigearth.retrieval.embed import embed
-    from bigearth.training.checkpoints import load_model
 
     # the embedded index is open in the Retriever (one process per folder): compute the vector as the indexer did
     pid = ids["validation"][0]
-    model, _ = load_model(tiny_run)
+    model = load(tiny_run).model
     arrays = PatchStore(str(shards_v2)).arrays(pid, {"s1": GROUPS["s1"]})
-    _, vectors = embed(model, {"s1": torch.from_numpy(arrays["s1"])})
+    with torch.no_grad():
+        vectors = model.embed({"s1": torch.from_numpy(arrays["s1"])})
     r = client.search(vector=vectors["s1"][0].tolist(), using="s1", k=3)
     assert r.hits[0].patch_id == pid and r.hits[0].score == pytest.approx(1.0, abs=1e-3)
 

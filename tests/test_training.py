@@ -12,9 +12,9 @@ import pytest
 
 from bigearth.evaluation import evaluate
 from bigearth.labels import BEN19
+from bigearth.models.checkpoints import CheckpointError, find_best, load
 from bigearth.shards import Manifest
 from bigearth.storage import open_fs
-from bigearth.training.checkpoints import CheckpointError, find_best, load_model
 from bigearth.training.config import ConfigError, load_config
 from bigearth.training.trainer import train
 from helpers import REPO
@@ -115,21 +115,21 @@ def test_evaluate_writes_the_paper_metrics(run: Path, shards_v2: Path, tmp_path:
 
 
 def test_checkpoint_loading_checks_what_it_loads(run: Path, tmp_path: Path) -> None:
-    model, meta = load_model(run, expect_model="tiny", expect_classes=19)
-    assert meta["num_classes"] == 19 and not model.training
+    loaded = load(run, expect_model="tiny", expect_classes=19)
+    assert loaded.meta["num_classes"] == 19 and not loaded.model.training
     with pytest.raises(CheckpointError, match="holds a 'tiny' model, expected 'late'"):
-        load_model(run, expect_model="late")
+        load(run, expect_model="late")
     with pytest.raises(CheckpointError, match="trained for 19 classes, expected 43"):
-        load_model(run, expect_classes=43)
+        load(run, expect_classes=43)
     broken = tmp_path / "broken"
     shutil.copytree(Path(find_best(run)), broken)
     meta_doc = json.loads((broken / "meta.json").read_text())
     meta_doc["model"]["fusion"] = "early"  # weights of a late-fusion model under an early-fusion name
     (broken / "meta.json").write_text(json.dumps(meta_doc))
     with pytest.raises(CheckpointError, match="weights do not fit model 'tiny'"):
-        load_model(broken)
+        load(broken)
     with pytest.raises(CheckpointError, match=r"nothing: no checkpoint with val_macro_ap found"):
-        load_model(tmp_path / "nothing")
+        load(tmp_path / "nothing")
 
 
 @pytest.mark.slow

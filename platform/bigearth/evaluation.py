@@ -11,32 +11,26 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from bigearth import labels as lab
+from bigearth.models.checkpoints import Checkpoint
 from bigearth.storage import StorageOptions, join, open_fs
 
 
 class Predictor:
-    """Ray Data callable class: loads the model once per actor; Arrow rows of a shard in, probabilities out."""
+    """Ray Data callable class: loads the model once per actor (a `ModelRunner`); Arrow rows of a shard in,
+    probabilities out."""
 
-    def __init__(self, checkpoint: str, device: str | None = None, storage: StorageOptions | None = None) -> None:
-        import torch
+    def __init__(
+        self, checkpoint: str | Checkpoint, device: str | None = None, storage: StorageOptions | None = None
+    ) -> None:
+        from bigearth.models.checkpoints import load
+        from bigearth.models.runner import ModelRunner
 
-        from bigearth.data import groups_for
-        from bigearth.training.checkpoints import load_model
-
-        self.model, self.meta = load_model(checkpoint, storage=storage)
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model.to(self.device)
-        self.groups = groups_for(self.meta["bands"])
-        self.nomenclature = int(self.meta["num_classes"])
+        self.runner = ModelRunner(load(checkpoint, storage=storage), device)
+        self.nomenclature = self.runner.nomenclature
 
     def __call__(self, table: pa.Table) -> dict[str, Any]:
-        import torch
-
-        from bigearth.data import decode_batch, to_torch
-
-        batch = to_torch(decode_batch(table, self.groups, self.nomenclature), self.device)
-        with torch.no_grad():
-            probs = torch.sigmoid(self.model(batch).float()).cpu().numpy()
+        batch = self.runner.batch_from_table(table)
+        probs = self.runner.predict(batch).cpu().numpy()
         column = "labels" if self.nomenclature == 19 else "labels43"
         return {
             "patch_id": np.asarray(batch["patch_id"], dtype=object),
@@ -46,7 +40,7 @@ class Predictor:
 
 
 def predict(
-    checkpoint: str,
+    checkpoint: str | Checkpoint,
     data: str,
     split: str,
     storage: StorageOptions | None = None,
@@ -55,24 +49,24 @@ def predict(
     gpus_per_actor: float = 0,
 ) -> Any:
     """A Ray Dataset of `patch_id`, `probabilities`, `labels` (JSON list) for every pair of `split`, and the
-    checkpoint folder used."""
+    checkpoint used (resolved once, here)."""
     from bigearth.data import open_split
-    from bigearth.training.checkpoints import find_best, read_meta
+    from bigearth.models.checkpoints import resolve
 
-    best = find_best(checkpoint, storage=storage)
-    meta = read_meta(best, storage)
+    ref = resolve(checkpoint, storage=storage)
+    spec = ref.spec
     ds = open_split(
-        data, split, bands=meta["bands"], nomenclature=meta["num_classes"], shuffle_files=False, storage=storage
+        data, split, bands=list(spec.bands), nomenclature=spec.num_classes, shuffle_files=False, storage=storage
     )
     preds = ds.map_batches(
         Predictor,
-        fn_constructor_kwargs={"checkpoint": best, "storage": storage},
+        fn_constructor_kwargs={"checkpoint": ref, "storage": storage},
         batch_size=batch_size,
         batch_format="pyarrow",
         concurrency=actors,
         num_gpus=gpus_per_actor or None,
     )
-    return preds, best
+    return preds, ref
 
 
 def evaluate(
@@ -80,12 +74,12 @@ def evaluate(
 ) -> dict[str, Any]:
     """Write metrics.json, metrics.md, per_class.png and predictions.parquet to `out`; return the metrics."""
     from bigearth.raycluster import ensure_ray
-    from bigearth.training.checkpoints import read_meta
     from bigearth.training.metrics import MultilabelMetrics
 
     ensure_ray()
-    ds, best = predict(checkpoint, data, split, storage, actors=actors)
-    classes = int(read_meta(best, storage)["num_classes"])
+    ds, ref = predict(checkpoint, data, split, storage, actors=actors)
+    best = ref.path
+    classes = ref.spec.num_classes
     names = lab.class_names(classes)  # type: ignore[arg-type]
     ids: list[str] = []
     probs: list[np.ndarray] = []

@@ -1,9 +1,9 @@
 """S1/S2 multi-label classifiers: early fusion, late fusion, and single-modality models on timm backbones.
 
-Every model takes the batch of the input pipeline, runs the shared `InputStem` on its device and exposes the same
-surface: `forward_features(batch) -> embedding` (pooled; retrieval uses it), `forward_head(embedding) -> logits`,
-`forward(batch) -> logits`, `num_features`, `num_classes`. Late fusion also gives per-modality embeddings
-(`forward_modalities`), so retrieval can search one modality with the other.
+Every model takes the batch of the input pipeline, runs the shared `InputStem` on its device and implements the
+model contract (`bigearth.models.base`). Vectors: `fused` (the pooled features the head sees, L2-normalised) and,
+for each encoder of a modality (`s1`, `s2`), that modality's share of the class logits, `W[:, slice] @ features`:
+both live in the label space, which makes an S1 query against S2 vectors meaningful without a second objective.
 """
 
 from __future__ import annotations
@@ -13,8 +13,10 @@ from typing import Any
 
 import timm
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from bigearth.models.base import BigEarthModel, VectorSpec
 from bigearth.models.registry import register_model
 from bigearth.models.stem import InputStem
 
@@ -59,7 +61,10 @@ class Encoder(nn.Module):
         return out
 
 
-class FusionClassifier(nn.Module):
+MODALITY_VECTORS = ("s1", "s2")
+
+
+class FusionClassifier(BigEarthModel):
     """One encoder per modality group (one for early fusion), features concatenated, a linear head."""
 
     def __init__(self, encoders: dict[str, Encoder], num_classes: int, fusion: str, drop_rate: float = 0.0) -> None:
@@ -70,10 +75,47 @@ class FusionClassifier(nn.Module):
         self.num_classes = num_classes
         self.drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
+        first: Any = next(iter(encoders.values())).stem
+        self.stats = first.stats_name
+        self.img_size, self.resample = first.size, first.mode
 
     @property
-    def bands(self) -> tuple[str, ...]:
+    def bands(self) -> tuple[str, ...]:  # type: ignore[override]
         return tuple(b for e in self.encoders.values() for b in e.stem.bands)  # type: ignore[union-attr]
+
+    def encoder_groups(self) -> dict[str, tuple[str, ...]]:
+        """Encoder name -> the batch groups it reads (`{"s1": ("s1",), "s2": ("s2_10m", "s2_20m")}`)."""
+        from bigearth.data import groups_for
+
+        return {name: tuple(groups_for(list(enc.stem.bands))) for name, enc in self._encoders().items()}
+
+    def _encoders(self) -> dict[str, Encoder]:
+        return dict(self.encoders.items())  # type: ignore[arg-type]
+
+    def vector_specs(self) -> dict[str, VectorSpec]:
+        specs = {"fused": VectorSpec(int(self.num_features), self.input_groups(), "features")}
+        for name, groups in self.encoder_groups().items():
+            if name in MODALITY_VECTORS:
+                specs[name] = VectorSpec(int(self.num_classes), groups, "logits")
+        return specs
+
+    def infer(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        present = set(batch)
+        needs = self.encoder_groups()
+        feats = {n: enc(batch).float() for n, enc in self.encoders.items() if set(needs[n]) <= present}
+        vectors: dict[str, torch.Tensor] = {}
+        weight = self.head.weight.float()
+        offset = 0
+        for name, enc in self._encoders().items():
+            if name in feats and name in MODALITY_VECTORS:
+                vectors[name] = feats[name] @ weight[:, offset : offset + enc.num_features].T
+            offset += enc.num_features
+        logits = None
+        if len(feats) == len(self.encoders):
+            fused = torch.cat([feats[n] for n in self.encoders], dim=1)
+            logits = self.forward_head(fused).float()
+            vectors["fused"] = F.normalize(fused, dim=1)
+        return logits, vectors
 
     def forward_modalities(self, batch: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-encoder embeddings: `{"s1": ..., "s2": ...}` (late fusion), `{"s1s2": ...}` (early)."""
@@ -83,12 +125,12 @@ class FusionClassifier(nn.Module):
         parts = list(self.forward_modalities(batch).values())
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.head(self.drop(features))
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.drop(x)
+        if pre_logits:
+            return x
+        out: torch.Tensor = self.head(x)
         return out
-
-    def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        return self.forward_head(self.forward_features(batch))
 
 
 def _s2_set(s2_bands: int) -> str:

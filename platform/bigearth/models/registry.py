@@ -1,4 +1,7 @@
-"""Model registry in timm's style: `create_model(name, **kwargs)`, `list_models()`, `@register_model`."""
+"""Model registry in timm's style: `create_model(name, **kwargs)`, `list_models()`, `@register_model`.
+
+A builder returns a `bigearth.models.base.BigEarthModel`; `create_model` records the registry name and the
+arguments on it, so its checkpoint can rebuild it."""
 
 from __future__ import annotations
 
@@ -27,7 +30,11 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
     _load_builtin()
     if name not in _REGISTRY:
         raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
-    return _REGISTRY[name](**{k: v for k, v in kwargs.items() if v is not None})
+    args = {k: v for k, v in kwargs.items() if v is not None}
+    model: Any = _REGISTRY[name](**args)
+    model.registry_name = name
+    model.builder_kwargs = {k: v for k, v in args.items() if k != "num_classes"}
+    return model  # type: ignore[no-any-return]
 
 
 def _load_builtin() -> None:

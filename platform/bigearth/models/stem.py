@@ -42,6 +42,7 @@ class InputStem(nn.Module):
         super().__init__()
         self.bands = resolve_bands(bands)
         table = STATS[stats] if isinstance(stats, str) else stats
+        self.stats_name: str | None = stats if isinstance(stats, str) else None
         missing = [b for b in self.bands if b not in table]
         if missing:
             raise ValueError(f"no normalisation statistics for band(s) {missing}")

@@ -36,12 +36,9 @@ class Embedder(Predictor):
     (`v_<name>` columns) and JSON payloads out."""
 
     def __call__(self, table: pa.Table) -> dict[str, Any]:
-        from bigearth.data import decode_batch, to_torch
-        from bigearth.retrieval.embed import embed
         from bigearth.retrieval.schema import payloads
 
-        batch = to_torch(decode_batch(table, self.groups, self.nomenclature), self.device)
-        _, vectors = embed(self.model, batch)
+        _, vectors = self.runner.infer(self.runner.batch_from_table(table))
         rows = {c: table.column(c).to_pylist() for c in ["patch_id", *PAYLOAD_COLUMNS]}
         out: dict[str, Any] = {
             "patch_id": np.asarray(rows["patch_id"], dtype=object),
@@ -72,21 +69,18 @@ def build_index(
     from tqdm import tqdm
 
     from bigearth.data import open_split
-    from bigearth.models.registry import create_model
+    from bigearth.models.checkpoints import resolve
     from bigearth.raycluster import ensure_ray
-    from bigearth.retrieval.embed import vector_sizes
     from bigearth.shards import Manifest
     from bigearth.storage import open_fs
-    from bigearth.training.checkpoints import find_best, read_meta
 
     ensure_ray()
     t0 = time.perf_counter()
-    best = find_best(checkpoint, storage=storage)
-    meta = read_meta(best, storage)
-    if int(meta["num_classes"]) != 19:
-        raise ValueError(f"{best}: the index uses the 19-class labels; this checkpoint has {meta['num_classes']}")
-    model_kwargs = {k: v for k, v in meta["model"].items() if k != "name"}
-    sizes = vector_sizes(create_model(meta["model"]["name"], num_classes=19, **model_kwargs))
+    ref = resolve(checkpoint, storage=storage)
+    best, meta, spec = ref.path, ref.meta, ref.spec
+    if spec.num_classes != 19:
+        raise ValueError(f"{best}: the index uses the 19-class labels; this checkpoint has {spec.num_classes}")
+    sizes = spec.vector_sizes
     manifest = Manifest.load(*open_fs(data, storage))
     total = sum(s["rows"] for s in manifest.shards if splits is None or s["split"] in splits)
 
@@ -97,10 +91,10 @@ def build_index(
         recreate=recreate,
     )
     ds = open_split(
-        data, splits, bands=meta["bands"], shuffle_files=False, storage=storage, extra_columns=PAYLOAD_COLUMNS
+        data, splits, bands=list(spec.bands), shuffle_files=False, storage=storage, extra_columns=PAYLOAD_COLUMNS
     ).map_batches(
         Embedder,
-        fn_constructor_kwargs={"checkpoint": best, "storage": storage},
+        fn_constructor_kwargs={"checkpoint": ref, "storage": storage},
         batch_size=batch_size,
         batch_format="pyarrow",
         concurrency=actors,

@@ -3,7 +3,6 @@ and `Retriever` (the vector index and the shard set)."""
 
 from __future__ import annotations
 
-import hashlib
 import time
 from typing import Any
 
@@ -25,64 +24,36 @@ class Classifier:
     """Model replica: one model, requests batched by `@serve.batch` (set in `build`)."""
 
     def __init__(self, checkpoint: str, cpus: float) -> None:
-        import torch
+        from bigearth.models.checkpoints import load
+        from bigearth.models.runner import ModelRunner
+        from bigearth.storage import StorageOptions
 
-        from bigearth.data import groups_for
-        from bigearth.labels import class_names
-        from bigearth.retrieval.embed import encoder_groups, vector_sizes
-        from bigearth.storage import StorageOptions, join, open_fs
-        from bigearth.training.checkpoints import MODEL_FILE, find_best, load_model
-
-        storage = StorageOptions.from_env()
-        best = find_best(checkpoint, storage=storage)
-        self.model, meta = load_model(best, storage=storage)
-        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.model.to(self.device)
-        if self.device.type == "cpu" and cpus >= 1:
-            torch.set_num_threads(int(cpus))
-        fs, root = open_fs(best, storage)
-        digest = hashlib.sha256(fs.cat(join(root, MODEL_FILE))).hexdigest()[:12]
-        classes = list(class_names(int(meta["num_classes"])))  # type: ignore[arg-type]
-        name = meta["model"]["name"] + (f"/{meta['model']['fusion']}" if "fusion" in meta["model"] else "")
+        loaded = load(checkpoint, storage=StorageOptions.from_env())  # resolved, read and digested once
+        self.runner = ModelRunner(loaded, threads=int(cpus) if cpus >= 1 else None)
+        spec = loaded.spec
+        m = loaded.meta["model"]
         self.info = ModelInfo(
-            name=name,
-            version=f"{best.rstrip('/').rsplit('/', 2)[-2]}/{best.rstrip('/').rsplit('/', 1)[-1]}@{digest}",
-            bands=list(meta["bands"]) if not isinstance(meta["bands"], str) else [meta["bands"]],
-            num_classes=len(classes),
-            classes=classes,
+            name=m["name"] + (f"/{m['fusion']}" if "fusion" in m else ""),
+            version=loaded.version,
+            bands=list(spec.bands),
+            num_classes=spec.num_classes,
+            classes=list(spec.classes),
         )
-        self.groups = {g: list(b) for g, b in groups_for(meta["bands"]).items()}
-        self.encoders = {n: sorted(g) for n, g in encoder_groups(self.model).items()}
-        self.vectors = vector_sizes(self.model)
 
     def describe(self) -> dict[str, Any]:
         return {
             "model": self.info.model_dump(),
-            "groups": self.groups,
-            "encoders": self.encoders,
-            "vectors": self.vectors,
+            "groups": {g: list(b) for g, b in self.runner.groups.items()},
+            "vector_groups": {n: list(g) for n, g in self.runner.vector_groups.items()},
+            "vectors": self.runner.spec.vector_sizes,
         }
 
     async def infer(self, items: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
         """A batch of patches (`{group: [1,C,H,W]}`; the same groups within a batch are stacked together) ->
-        per patch: probabilities (when every encoder's input is present), vectors, and the batch size."""
-        import torch
-
-        from bigearth.retrieval.embed import embed
-
-        results: list[dict[str, Any]] = [{} for _ in items]
-        by_keys: dict[tuple[str, ...], list[int]] = {}
-        for i, item in enumerate(items):
-            by_keys.setdefault(tuple(sorted(item)), []).append(i)
-        for keys, rows in by_keys.items():
-            batch = {k: torch.from_numpy(np.concatenate([items[i][k] for i in rows])).to(self.device) for k in keys}
-            probs, vectors = embed(self.model, batch)
-            for j, i in enumerate(rows):
-                results[i] = {
-                    "probabilities": None if probs is None else probs[j].cpu().numpy(),
-                    "vectors": {n: v[j].cpu().numpy() for n, v in vectors.items()},
-                    "batch_size": len(items),
-                }
+        per patch: probabilities (when every group the head needs is present), vectors, and the batch size."""
+        results = self.runner.infer_items(items)
+        for r in results:
+            r["batch_size"] = len(items)
         return results
 
 

@@ -313,9 +313,10 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
 
         @staticmethod
         def _groups_for(model: dict[str, Any], wanted: str, bands: dict[str, np.ndarray]) -> dict[str, tuple[str, ...]]:
-            """The groups an uploaded query must hold: every encoder's for `fused`, else that modality's."""
-            encoders: dict[str, list[str]] = model["encoders"]
-            groups = encoders[wanted] if wanted in encoders else sorted({g for gs in encoders.values() for g in gs})
+            """The groups an uploaded query must hold: those the model's vector `wanted` is computed from (all of
+            the model's groups for a vector it does not make, so the error names what is missing)."""
+            vector_groups: dict[str, list[str]] = model["vector_groups"]
+            groups = vector_groups.get(wanted) or list(model["groups"])
             return {g: tuple(model["groups"][g]) for g in groups}
 
         @app.get("/v1/patches", response_model=PatchList, summary="archived patch ids, a page at a time")

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 
 from bigearth.loader import RowGroupLoader, epoch_share, plan_of, row_share
+from bigearth.models import checkpoints
 from bigearth.models.registry import create_model
-from bigearth.training import checkpoints
 from bigearth.training.config import TrainConfig
 from bigearth.training.metrics import MultilabelMetrics
 
