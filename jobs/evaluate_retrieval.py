@@ -2,7 +2,7 @@
 
     python jobs/evaluate_retrieval.py --index TARGET --data SHARDS_URI --out DIR [--k 10] [--queries 500]
 
-Writes DIR/retrieval.json and DIR/retrieval.md (mAP@k, P@k, R@k, NDCG@k for fused, s1, s2 and s1->s2, and the
+Writes DIR/retrieval.json and DIR/retrieval.md (mAP@k, P@k, R@k, NDCG@k for fused, s1, s2, s1->s2 and s2->s1, and the
 index's recall@k against exact search).
 """
 

@@ -26,8 +26,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--recreate", action="store_true", help="drop the collection first if it holds other vectors")
     p.add_argument("--report", help="also write the JSON report here")
+    p.add_argument(
+        "--quantization",
+        choices=["none", "int8", "binary"],
+        default="int8",
+        help="in-RAM copy of vectors over 64 dims, rescored with the full vectors (docs/benchmarks.md)",
+    )
     add_storage_args(p)
     a = p.parse_args(argv)
+    from bigearth.retrieval.backends import IndexSettings
     from bigearth.retrieval.indexer import build_index
 
     report = build_index(
@@ -42,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
         actors=a.actors,
         gpus_per_actor=a.gpus_per_actor,
         recreate=a.recreate,
+        settings=IndexSettings(quantization=a.quantization),
     )
     print(json.dumps(report))
     if a.report:

@@ -23,7 +23,9 @@ def test_one_point_per_pair_with_its_metadata(index_v2: Path, shards_v2: Path) -
     index = open_index(str(index_v2))
     try:
         assert index.count() == len(rows)
-        assert index.metadata()["vectors"] == {"fused": index.metadata()["vectors"]["fused"], "s1": 19, "s2": 19}
+        meta = index.metadata()
+        assert meta["vectors"] == {"fused": meta["vectors"]["fused"], "s1": 128, "s2": 128}
+        assert meta["vector_kinds"] == {"fused": "features", "s1": "aligned", "s2": "aligned"}
         for split in ("train", "validation", "test"):
             assert index.count(SearchFilter(split=split)) == sum(r["split"] == split for r in rows)
         got = index.retrieve([r["patch_id"] for r in rows[:20]])
@@ -73,13 +75,17 @@ def test_evaluate_retrieval_job(index_v2: Path, shards_v2: Path, tmp_path: Path)
 
     assert job.main(["--index", str(index_v2), "--data", str(shards_v2), "--out", str(tmp_path), "--k", "5"]) == 0
     r = json.loads((tmp_path / "retrieval.json").read_text())
-    assert set(r["modes"]) == {"fused", "s1", "s2", "s1->s2"}
+    assert set(r["modes"]) == {"fused", "s1", "s2", "s1->s2", "s2->s1"}
+    assert r["vector_kinds"] == {"fused": "features", "s1": "aligned", "s2": "aligned"}
     for m in r["modes"].values():
         assert all(0.0 <= m[key] <= 1.0 for key in ("map@5", "precision@5", "recall@5", "ndcg@5"))
         assert m["index_recall@5_vs_exact"] >= 0.9
     # a model trained on this archive retrieves same-label pairs far above chance
     assert r["modes"]["fused"]["precision@5"] > 0.5
-    assert "| s1->s2 |" in (tmp_path / "retrieval.md").read_text()
+    assert (
+        "| s1->s2 |" in (tmp_path / "retrieval.md").read_text()
+        and "`s1` aligned" in (tmp_path / "retrieval.md").read_text()
+    )
 
 
 def test_ranking_metrics_by_hand() -> None:
@@ -100,3 +106,26 @@ def test_evaluating_an_index_without_the_queries_is_a_clear_error(index_v2: Path
 
     with pytest.raises(VectorIndexError, match="no such collection"):
         evaluate_retrieval(str(index_v2), str(tmp_path), collection="missing")
+
+
+def test_an_early_fusion_index_refuses_cross_modal_search_and_says_why(shards_v2: Path, tmp_path: Path) -> None:
+    from bigearth.api import ApiError
+    from bigearth.serving.deployments import Retriever, missing_vectors
+
+    pid = read_columns(str(shards_v2), ["patch_id"], "test").column("patch_id")[0].as_py()
+    index = open_index(str(tmp_path / "early"))
+    index.create({"fused": 4}, {"model": {"name": "tiny", "fusion": "early"}, "vector_kinds": {"fused": "features"}})
+    index.upsert([pid], {"fused": np.ones((1, 4), np.float32)}, [{"patch_id": pid, "labels": [], "split": "test"}])
+    index.finish()
+    index.close()
+    retriever = Retriever(str(tmp_path / "early"), "bigearthnet", str(shards_v2), None)
+    with pytest.raises(ApiError) as e:
+        retriever.search({"patch_id": pid, "using": "s2", "query_modality": "s1"}, None)
+    assert e.value.status == 422 and e.value.field == "using"
+    assert "no 's2' vectors; it has ['fused'] (an early-fusion model stacks S1 and S2" in str(e.value)
+    # an upload to an early-fusion Classifier asking for one modality's vector is refused the same way
+    msg = missing_vectors("s1", ["fused"], "tiny/early")
+    assert msg.startswith("this model makes no 's1' vectors; it makes ['fused'] (an early-fusion model")
+    assert "early" not in missing_vectors("s1", ["fused", "s2"], "s2")
+    ok = retriever.search({"patch_id": pid, "using": "fused", "include_query": True, "k": 1}, None)
+    assert ok["hits"][0]["patch_id"] == pid and ok["vector_kind"] == "features"

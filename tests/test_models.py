@@ -74,9 +74,9 @@ def test_pretrained_weights_from_a_local_file(tmp_path: Path) -> None:
         backbone("test_resnet", 2, str(path))
 
 
-def _small(name: str) -> BigEarthModel:
+def _small(name: str, retrieval: dict[str, Any] | None = None) -> BigEarthModel:
     kwargs = {} if name == "tiny" else {"backbone": "test_resnet"}
-    model: BigEarthModel = create_model(name, **kwargs)
+    model: BigEarthModel = create_model(name, retrieval=retrieval, **kwargs)
     return model
 
 
@@ -84,11 +84,16 @@ def _serve_items(batch: dict[str, torch.Tensor], groups: list[str] | tuple[str, 
     return [{g: batch[g][i : i + 1].numpy() for g in groups} for i in range(len(batch["s1"]))]
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_every_model_embeds_saves_loads_and_serves_through_the_contract(name: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("name", "retrieval"),
+    [(n, None) for n in list_models()] + [(n, {"cross_modal": "aligned", "dim": 16}) for n in ("late", "tiny")],
+)
+def test_every_model_embeds_saves_loads_and_serves_through_the_contract(
+    name: str, retrieval: dict[str, Any] | None, tmp_path: Path
+) -> None:
     from bigearth.serving.deployments import Classifier
 
-    model = _small(name).eval()
+    model = _small(name, retrieval).eval()
     spec = model.spec
     assert spec.name == name and spec.num_classes == 19 and len(spec.classes) == 19 and spec.vectors
     assert ModelSpec.from_dict(spec.to_dict()) == spec
@@ -164,8 +169,104 @@ def test_a_model_that_is_not_a_fusion_classifier_is_one_registered_class(tmp_pat
 
         (out,) = asyncio.run(clf.infer(_serve_items(_batch(1), ["s2_10m"])))
         assert out["probabilities"].shape == (19,) and set(out["vectors"]) == {"fused", "s2"}
+        from bigearth.training.config import TrainConfig  # a builder without `retrieval` is not given one
+
+        assert "retrieval" not in TrainConfig.model_validate({"model": {"name": "mean-bands"}}).model_kwargs()
+        assert "retrieval" in TrainConfig.model_validate({"model": {"name": "tiny"}}).model_kwargs()
         runner = ModelRunner(load(tmp_path / "ck"), "cpu")
         with pytest.raises(ValueError, match="lacks groups the model needs"):
             runner.predict({"s1": _batch(1)["s1"]})
     finally:
         _REGISTRY.pop("mean-bands", None)
+
+
+# ------------------------------------------------------------------------------------------------ aligned vectors
+ALIGNED = {"cross_modal": "aligned", "dim": 16}
+
+
+def test_aligned_late_fusion_projects_s1_and_s2_into_one_space_without_touching_the_classifier() -> None:
+    torch.manual_seed(0)
+    aligned = create_model("tiny", retrieval=ALIGNED)
+    torch.manual_seed(0)
+    logits_model = create_model("tiny", retrieval={"cross_modal": "logits"})
+    plain = {k: v for k, v in aligned.state_dict().items() if not k.startswith("align.")}
+    assert plain.keys() == logits_model.state_dict().keys()  # same classifier, same initial weights
+    assert all(torch.equal(v, logits_model.state_dict()[k]) for k, v in plain.items())
+    spec = aligned.spec.vectors
+    assert (spec["s1"].size, spec["s1"].kind, spec["s2"].kind) == (16, "aligned", "aligned")
+    assert logits_model.spec.vectors["s1"].kind == "logits" and logits_model.spec.vectors["s1"].size == 19
+    batch = {**_batch(6), "labels": (torch.rand(6, 19, generator=torch.Generator().manual_seed(1)) > 0.7).float()}
+    aligned.eval(), logits_model.eval()
+    logits, aux = aligned(batch, aux=True)
+    assert torch.allclose(logits, logits_model(batch), atol=1e-6) and aux is not None and torch.isfinite(aux)
+    assert logits_model(batch, aux=True)[1] is None  # logits: training is what it was
+    aux.backward()
+    assert all(p.grad is None for p in aligned.encoders.parameters())  # the alignment never reaches the encoders
+    assert all(p.grad is None for p in aligned.head.parameters())
+    assert all(p.grad is not None for p in aligned.align.parameters())
+    with torch.no_grad():
+        s1_only = aligned.embed({"s1": batch["s1"]})
+    assert set(s1_only) == {"s1"} and torch.allclose(s1_only["s1"].norm(dim=1), torch.ones(6), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["early", "s1", "s2"])
+def test_models_without_two_modality_encoders_have_nothing_to_align(name: str) -> None:
+    model = create_model(name, backbone="test_resnet", retrieval=ALIGNED)
+    assert not model.aligned and not hasattr(model, "align")
+    assert all(v.kind in ("features", "logits") for v in model.spec.vectors.values())
+    assert model(_batch(2), aux=True)[1] is None
+    if name == "early":  # one network on stacked channels: only fused vectors, nothing from one modality
+        assert set(model.spec.vectors) == {"fused"} and model.embed({"s1": _batch(2)["s1"]}) == {}
+
+
+def test_alignment_loss_rewards_matched_pairs_and_label_positives() -> None:
+    import torch.nn.functional as F
+
+    from bigearth.models.align import AlignConfig, alignment_loss, soft_targets
+
+    labels = torch.tensor([[1, 0, 0], [1, 1, 0], [0, 0, 1], [0, 0, 1]], dtype=torch.float32)
+    t = soft_targets(labels, 4, 0.5, torch.device("cpu"))
+    assert torch.allclose(t.sum(1), torch.ones(4)) and torch.all(t.diagonal() >= 0.5)
+    assert t[0, 2] == 0 and t[2, 3] > 0 and t[0, 1] > 0  # no shared label: no pull; shared: some
+    g = torch.Generator().manual_seed(0)
+    z = F.normalize(torch.randn(32, 8, generator=g), dim=1)
+    cfg = AlignConfig(cross_modal="aligned", label_positives=0.0, intra=0.0)
+    matched = alignment_loss(z, z, None, cfg)
+    shuffled = alignment_loss(z, z[torch.randperm(32, generator=g)], None, cfg)
+    assert matched < shuffled
+    # label-aware: with labels, a batch whose S2 side is ordered by label beats one that is not
+    y = torch.eye(4)[torch.arange(32) % 4]
+    by_label = F.normalize(y @ torch.randn(4, 8, generator=g) + 0.05 * torch.randn(32, 8, generator=g), dim=1)
+    full = AlignConfig(cross_modal="aligned")
+    assert alignment_loss(by_label, by_label, y, full) < alignment_loss(by_label, z, y, full)
+    for n in (1, 2):  # tiny batches and batches where no pair shares a label stay finite
+        assert torch.isfinite(alignment_loss(z[:n], z[:n], torch.eye(n), full))
+    # a pair without labels (its target: itself) and an intra term that keeps only some rows
+    partial = torch.tensor([[0, 0, 0], [1, 0, 0], [1, 0, 0], [0, 1, 0]], dtype=torch.float32)
+    assert torch.allclose(soft_targets(partial, 4, 1.0, torch.device("cpu"))[0], torch.eye(4)[0])
+    loss = alignment_loss(z[:4], z[:4], partial, full)
+    assert torch.isfinite(loss) and loss > 0
+    # both directions of the cross term see targets that sum to 1 (the S2 -> S1 direction uses the same rows)
+    z1, z2 = z[:4].clone().requires_grad_(), z[4:8].clone().requires_grad_()
+    alignment_loss(z1, z2, partial, AlignConfig(cross_modal="aligned", intra=0.0)).backward()
+    assert z1.grad is not None and z2.grad is not None and torch.isfinite(z2.grad).all()
+    with pytest.raises(ValueError, match=r"retrieval\.cross_modal must be one of"):
+        AlignConfig.from_dict({"cross_modal": "both"})
+
+
+def test_a_checkpoint_written_before_specs_and_aligned_vectors_loads_as_it_was(tmp_path: Path) -> None:
+    """meta.json without `spec` and a model section without `retrieval`: the logits vectors it was indexed with."""
+    import json
+
+    model = _small("late").eval()  # no retrieval argument: the model of older checkpoints
+    save(str(tmp_path / "ck"), model, {"model": {"name": "late", "backbone": "test_resnet"}, "num_classes": 19})
+    meta = json.loads((tmp_path / "ck" / "meta.json").read_text())
+    del meta["spec"]
+    (tmp_path / "ck" / "meta.json").write_text(json.dumps(meta))
+    ref = resolve(tmp_path / "ck")
+    assert "spec" not in ref.meta and ref.spec.vectors["s1"] == VectorSpec(19, ("s1",), "logits")
+    loaded = load(ref)
+    assert not hasattr(loaded.model, "align") and loaded.spec == model.spec
+    batch = _batch(2)
+    with torch.no_grad():
+        assert torch.allclose(loaded.model.embed(batch)["s2"], model.embed(batch)["s2"])

@@ -163,3 +163,68 @@ def test_patch_centres_from_utm_corners() -> None:
     # Patch 87_48 of tile 33UUP (FACTS.md): UL corner 404400 E, 5342400 N in EPSG:32633 -> near Linz, Austria.
     lon, lat = centres_lonlat(np.array([32633]), np.array([404400.0]), np.array([5342400.0]))
     assert 13.6 < lon[0] < 13.8 and 48.1 < lat[0] < 48.3
+
+
+@pytest.mark.parametrize("engine", ["edge", "qdrant-local"])
+@pytest.mark.parametrize("quantization", ["none", "int8", "binary"])
+def test_quantized_indexes_rescore_to_the_exact_neighbours(engine: str, quantization: str, tmp_path: Path) -> None:
+    """Both engines quantize the same vectors (over 64 dims; a 19-d one never) and rescore with the full ones."""
+    import dataclasses
+
+    from bigearth.retrieval import IndexSettings
+    from bigearth.retrieval.backends import quantization_for
+
+    settings = IndexSettings(quantization=quantization, oversampling=4.0, indexing_threshold_kb=1)  # index it all
+    assert quantization_for(settings, 19) is None and quantization_for(settings, 128) == (
+        None if quantization == "none" else quantization
+    )
+    target = str(tmp_path / "index") if engine == "edge" else f"qdrant-local:{tmp_path / 'qdrant'}"
+    idx = open_index(target, "q", settings=settings)
+    rng = np.random.default_rng(3)
+    ids, _, payloads = _corpus()
+    centres = rng.normal(size=(10, 128))
+    big = (centres[np.arange(N) % 10] + 0.3 * rng.normal(size=(N, 128))).astype(np.float32)
+    idx.create({"fused": 128, "s1": 19}, {"model": "unit"})
+    idx.upsert(ids, {"fused": big, "s1": rng.normal(size=(N, 19)).astype(np.float32)}, payloads)
+    idx.finish()
+    try:
+        if engine == "qdrant-local":  # what a Qdrant server is asked to store (local mode itself is exact)
+            params = idx.client.get_collection("q").config.params.vectors  # type: ignore[attr-defined]
+            assert params["s1"].quantization_config is None
+            assert (params["fused"].quantization_config is None) == (quantization == "none")
+        else:  # the engine indexed the segment, so its searches go through the quantized copy
+            assert idx.shard.info().indexed_vectors_count >= N  # type: ignore[attr-defined]
+            idx.settings = dataclasses.replace(settings, rescore=False)
+            raw = [idx.search(big[j], "fused", k=1)[0].score for j in range(0, N, 7)]
+            exact_self = [1.0] * len(raw)  # cosine of a vector with itself
+            quantized_scores_differ = not np.allclose(raw, exact_self, atol=1e-5)
+            assert quantized_scores_differ == (quantization != "none"), raw[:3]
+            idx.settings = settings
+        recall = []
+        for j in range(0, N, 7):
+            hits = idx.search(big[j], "fused", k=5)
+            exact = [ids[i] for i in _exact(big, big[j], np.ones(N, bool), 5)]
+            assert hits[0].patch_id == ids[j] and hits[0].score == pytest.approx(1.0, abs=1e-4)  # rescored: exact
+            recall.append(len({h.patch_id for h in hits} & set(exact)) / 5)
+        assert np.mean(recall) >= (0.6 if quantization == "binary" else 0.9), np.mean(recall)
+    finally:
+        idx.close()
+    with pytest.raises(ValueError, match="quantization must be one of"):
+        quantization_for(IndexSettings(quantization="pq"), 128)
+
+
+def test_a_collection_is_not_silently_reused_with_another_quantization(tmp_path: Path) -> None:
+    from bigearth.retrieval import IndexSettings
+
+    idx = open_index(str(tmp_path / "index"), "q", settings=IndexSettings(quantization="int8"))
+    idx.create({"fused": 128}, {"model": "unit", "vector_kinds": {"fused": "features"}})
+    idx.create({"fused": 128}, {"model": "unit", "vector_kinds": {"fused": "features"}})  # the same: reused
+    idx.close()
+    other = open_index(str(tmp_path / "index"), "q", settings=IndexSettings(quantization="binary"))
+    with pytest.raises(VectorIndexError, match=r"stores its vectors differently \(quantization 'int8' there"):
+        other.create({"fused": 128}, {"model": "unit", "vector_kinds": {"fused": "features"}})
+    with pytest.raises(VectorIndexError, match=r"vector_kinds .* there, .* asked"):
+        other.create({"fused": 128}, {"model": "unit", "vector_kinds": {"fused": "aligned"}})
+    other.create({"fused": 128}, {"model": "unit"}, recreate=True)
+    assert other.metadata()["quantization"] == "binary"
+    other.close()

@@ -167,11 +167,23 @@ def test_search_by_vector(client: Client, ids: dict[str, list[str]], tiny_run: P
 
 
 @pytest.mark.real
-def test_search_by_uploaded_real_patch_and_cross_modal(client: Client) -> None:
+def test_search_by_uploaded_real_patch_and_cross_modal(
+    client: Client, url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bigearth.cli import main
+
     r = client.search(S2_DIRS[0], S1_DIRS[0], k=4, filter={"split": ["train", "validation"]})
     assert len(r.hits) == 4 and all(h.payload["split"] in ("train", "validation") for h in r.hits)
+    assert r.vector_kind == "features"
     cross = client.search(S1_DIRS[1], k=4, using="s2", query_modality="s1")  # S1 only, against S2 vectors
     assert len(cross.hits) == 4 and cross.using == "s2" and cross.query_modality == "s1"
+    assert cross.vector_kind == "aligned"  # the answer says which vectors were searched
+    # the same through `bigearth query`: the VV and VH GeoTIFFs of a radar patch against the optical archive
+    argv = ["query", "--url", url, "--api-key", KEY, "search", str(S1_DIRS[1]), "--using", "s2"]
+    assert main([*argv, "--query-modality", "s1", "--k", "4"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert [h["patch_id"] for h in out["hits"]] == [h.patch_id for h in cross.hits]
+    assert (out["using"], out["query_modality"], out["vector_kind"]) == ("s2", "s1", "aligned")
     with pytest.raises(ServiceError) as e:
         client.search(S1_DIRS[1], k=4, using="s2")  # the S2 vector of an S1-only upload cannot exist
     assert e.value.status == 422 and e.value.field == "bands"

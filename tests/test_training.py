@@ -38,6 +38,7 @@ def test_every_shipped_config_is_valid() -> None:
         ("optim.lr=-1", "optim.lr: Input should be greater than 0"),
         ("model.s2_bands=11", "model.s2_bands: Input should be 10 or 12"),
         ("optim", "expected key=value"),
+        ("retrieval.cross_modal=both", "retrieval.cross_modal: Input should be 'aligned' or 'logits'"),
     ],
 )
 def test_bad_config_names_the_key(override: str, message: str) -> None:
@@ -68,6 +69,10 @@ def test_training_writes_checkpoints_metrics_and_curves(run: Path) -> None:
     meta = json.loads((best / "meta.json").read_text())
     assert meta["model"]["name"] == "tiny" and meta["num_classes"] == 19
     assert meta["metrics"]["val_macro_ap"] == max(h["val_macro_ap"] for h in history)
+    # the default retrieval.cross_modal: aligned trains the projection heads; its loss is logged apart
+    assert meta["model"]["retrieval"]["cross_modal"] == "aligned"
+    assert meta["spec"]["vectors"]["s1"] == {"size": 128, "groups": ["s1"], "kind": "aligned"}
+    assert all(0 < h["train_align_loss"] < 100 for h in history)
 
 
 def test_rerun_with_the_same_name_resumes(run: Path, shards_v2: Path) -> None:

@@ -139,6 +139,11 @@ class SearchResponse(BaseModel):
     using: VectorName
     query_modality: VectorName
     query_patch_id: str | None = None
+    vector_kind: str | None = Field(
+        None,
+        description="what the searched vectors are: aligned (S1 and S2 in one trained space), logits (each "
+        "modality's share of the class logits) or features (the fused pooled features)",
+    )
     took_ms: float
 
 

@@ -35,6 +35,10 @@ def _pct(v: Any) -> str:
     return "n/a" if v is None else f"{100 * float(v):.1f}"
 
 
+def _recall(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.3f}"
+
+
 def _labels(true: list[str], pred: list[str]) -> str:
     parts = []
     for label in sorted(set(true) | set(pred)):
@@ -105,7 +109,7 @@ def write_report(out: str, data: dict[str, Any]) -> str:
             body.append(
                 f"<tr><td>{html.escape(mode)}</td><td>{_pct(v[f'map@{k}'])}</td>"
                 f"<td>{_pct(v[f'precision@{k}'])}</td><td>{_pct(v[f'recall@{k}'])}</td>"
-                f"<td>{_pct(v[f'ndcg@{k}'])}</td><td>{v[f'index_recall@{k}_vs_exact']:.3f}</td></tr>"
+                f"<td>{_pct(v[f'ndcg@{k}'])}</td><td>{_recall(v[f'index_recall@{k}_vs_exact'])}</td></tr>"
             )
         body.append("</table>")
     for q in data.get("queries", []):

@@ -6,7 +6,8 @@ new model is one new file with a `@register_model` builder and no change anywher
 - `forward_features(batch) -> [B, num_features]`: the pooled features the head sees.
 - `forward_head(x, pre_logits=False)`: the head (`pre_logits=True`: what enters its last linear layer).
 - `forward(batch) -> logits`; `forward(batch, aux=True) -> (logits, auxiliary loss or None)` in training, so a
-  model that owns a second objective computes it inside the one forward DDP sees.
+  model that owns a second objective computes it inside the one forward DDP sees; `aux_parameters()` lists the
+  parameters only that objective trains.
 - `vector_specs() -> {vector name: VectorSpec(size, batch groups it needs)}`: the vectors it writes to an index.
 - `infer(batch) -> (logits or None, {vector name: [B, size]})`: one pass for both; logits need every group, a
   vector only the groups of its `VectorSpec` (an S1-only query gives the vectors S1 alone can make).
@@ -110,6 +111,11 @@ class BigEarthModel(nn.Module):
     def forward(self, batch: Mapping[str, torch.Tensor], aux: bool = False) -> Any:
         logits = self.forward_head(self.forward_features(batch))
         return (logits, None) if aux else logits
+
+    def aux_parameters(self) -> list[nn.Parameter]:
+        """Parameters trained only by the model's own second objective (`forward(aux=True)`): training clips their
+        gradients apart from the classifier's, so that objective never rescales the classifier's step."""
+        return []
 
     def input_groups(self) -> tuple[str, ...]:
         from bigearth.data import groups_for

@@ -14,6 +14,7 @@ import io
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +38,7 @@ class Checkpoint:
     path: str
     meta: dict[str, Any]
 
-    @property
+    @cached_property
     def spec(self) -> ModelSpec:
         """The model's spec; checkpoints written before specs were saved get it by building the model (no
         weights)."""
@@ -130,8 +131,9 @@ def resolve(
 
 
 def build(meta: dict[str, Any]) -> BigEarthModel:
-    """The (untrained) model a checkpoint's meta describes."""
-    kwargs = {k: v for k, v in meta["model"].items() if k != "name"}
+    """The (untrained) model a checkpoint's meta describes (`pretrained` is not read again: the checkpoint's weights
+    replace it)."""
+    kwargs = {k: v for k, v in meta["model"].items() if k not in ("name", "pretrained")}
     model: Any = create_model(meta["model"]["name"], num_classes=meta["num_classes"], **kwargs)
     if not isinstance(model, BigEarthModel):
         raise CheckpointError(f"model {meta['model']['name']!r} is not a BigEarthModel (bigearth.models.base)")

@@ -2,8 +2,13 @@
 
 Every model takes the batch of the input pipeline, runs the shared `InputStem` on its device and implements the
 model contract (`bigearth.models.base`). Vectors: `fused` (the pooled features the head sees, L2-normalised) and,
-for each encoder of a modality (`s1`, `s2`), that modality's share of the class logits, `W[:, slice] @ features`:
-both live in the label space, which makes an S1 query against S2 vectors meaningful without a second objective.
+for each encoder of a modality (`s1`, `s2`):
+
+- `cross_modal: aligned` (models with an S1 and an S2 encoder: `late`, `tiny` late): a projection head per modality
+  into one normalised space, trained with a contrastive objective between the two halves of a pair
+  (`bigearth.models.align`); an S1 query is searched against S2 vectors in that space.
+- `cross_modal: logits` (and every model with one encoder): that modality's share of the class logits,
+  `W[:, slice] @ features`, in the label space.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bigearth.models.align import AlignConfig, Projection, alignment_loss
 from bigearth.models.base import BigEarthModel, VectorSpec
 from bigearth.models.registry import register_model
 from bigearth.models.stem import InputStem
@@ -67,7 +73,14 @@ MODALITY_VECTORS = ("s1", "s2")
 class FusionClassifier(BigEarthModel):
     """One encoder per modality group (one for early fusion), features concatenated, a linear head."""
 
-    def __init__(self, encoders: dict[str, Encoder], num_classes: int, fusion: str, drop_rate: float = 0.0) -> None:
+    def __init__(
+        self,
+        encoders: dict[str, Encoder],
+        num_classes: int,
+        fusion: str,
+        drop_rate: float = 0.0,
+        retrieval: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__()
         self.encoders = nn.ModuleDict(encoders)
         self.fusion = fusion
@@ -75,6 +88,14 @@ class FusionClassifier(BigEarthModel):
         self.num_classes = num_classes
         self.drop = nn.Dropout(drop_rate)
         self.head = nn.Linear(self.num_features, num_classes)
+        # the projection heads come last, so the encoders and the head start from the same weights either way
+        self.align_cfg = AlignConfig.from_dict(retrieval)
+        self.aligned = self.align_cfg.cross_modal == "aligned" and set(encoders) == set(MODALITY_VECTORS)
+        if self.aligned:
+            with torch.random.fork_rng(devices=[]):  # the global RNG as without heads: same dropout masks after
+                self.align = nn.ModuleDict(
+                    {n: Projection(encoders[n].num_features, self.align_cfg.dim) for n in MODALITY_VECTORS}
+                )
         first: Any = next(iter(encoders.values())).stem
         self.stats = first.stats_name
         self.img_size, self.resample = first.size, first.mode
@@ -82,6 +103,9 @@ class FusionClassifier(BigEarthModel):
     @property
     def bands(self) -> tuple[str, ...]:  # type: ignore[override]
         return tuple(b for e in self.encoders.values() for b in e.stem.bands)  # type: ignore[union-attr]
+
+    def aux_parameters(self) -> list[nn.Parameter]:
+        return list(self.align.parameters()) if self.aligned else []
 
     def encoder_groups(self) -> dict[str, tuple[str, ...]]:
         """Encoder name -> the batch groups it reads (`{"s1": ("s1",), "s2": ("s2_10m", "s2_20m")}`)."""
@@ -96,19 +120,26 @@ class FusionClassifier(BigEarthModel):
         specs = {"fused": VectorSpec(int(self.num_features), self.input_groups(), "features")}
         for name, groups in self.encoder_groups().items():
             if name in MODALITY_VECTORS:
-                specs[name] = VectorSpec(int(self.num_classes), groups, "logits")
+                if self.aligned:
+                    specs[name] = VectorSpec(self.align_cfg.dim, groups, "aligned")
+                else:
+                    specs[name] = VectorSpec(int(self.num_classes), groups, "logits")
         return specs
+
+    def _modality_vector(self, name: str, feats: torch.Tensor, offset: int) -> torch.Tensor:
+        if self.aligned:
+            return F.normalize(self.align[name](feats), dim=1)
+        return feats @ self.head.weight.float()[:, offset : offset + feats.shape[1]].T
 
     def infer(self, batch: Mapping[str, torch.Tensor]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
         present = set(batch)
         needs = self.encoder_groups()
         feats = {n: enc(batch).float() for n, enc in self.encoders.items() if set(needs[n]) <= present}
         vectors: dict[str, torch.Tensor] = {}
-        weight = self.head.weight.float()
         offset = 0
         for name, enc in self._encoders().items():
             if name in feats and name in MODALITY_VECTORS:
-                vectors[name] = feats[name] @ weight[:, offset : offset + enc.num_features].T
+                vectors[name] = self._modality_vector(name, feats[name], offset)
             offset += enc.num_features
         logits = None
         if len(feats) == len(self.encoders):
@@ -124,6 +155,21 @@ class FusionClassifier(BigEarthModel):
     def forward_features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         parts = list(self.forward_modalities(batch).values())
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def forward(self, batch: Mapping[str, torch.Tensor], aux: bool = False) -> Any:
+        """Logits; with `aux=True` also the alignment loss (None unless aligned), from the same encoder pass.
+        The projection heads see the features detached (unless `retrieval.encoders` names encoders to train), so by
+        default the alignment never changes the classifier."""
+        if not (aux and self.aligned):
+            return super().forward(batch, aux)
+        feats = self.forward_modalities(batch)
+        logits = self.forward_head(torch.cat(list(feats.values()), dim=1))
+        trained = {"none": (), "s1": ("s1",), "both": ("s1", "s2")}[self.align_cfg.encoders]
+        src = {n: f if n in trained else f.detach() for n, f in feats.items()}
+        with torch.autocast(logits.device.type, enabled=False):  # small heads and a softmax: float32 throughout
+            z = {n: F.normalize(self.align[n](src[n].float()), dim=1) for n in MODALITY_VECTORS}
+            loss = alignment_loss(z["s1"], z["s2"], batch.get("labels"), self.align_cfg)
+        return logits, self.align_cfg.weight * loss
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         x = self.drop(x)
@@ -147,11 +193,13 @@ def early(
     stats: str = "v2",
     pretrained: str | None = None,
     drop_rate: float = 0.0,
+    retrieval: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> FusionClassifier:
-    """S1 and S2 channels stacked into one backbone (12 or 14 channels)."""
+    """S1 and S2 channels stacked into one backbone (12 or 14 channels). One network sees both modalities, so it
+    makes only `fused` vectors: no S1-only or S2-only query, no cross-modal search (`retrieval` has no effect)."""
     enc = Encoder(f"s1{_s2_set(s2_bands)}", backbone, stats, pretrained, **kwargs)
-    return FusionClassifier({"s1s2": enc}, num_classes, "early", drop_rate)
+    return FusionClassifier({"s1s2": enc}, num_classes, "early", drop_rate, retrieval)
 
 
 @register_model
@@ -162,14 +210,16 @@ def late(
     stats: str = "v2",
     pretrained: str | None = None,
     drop_rate: float = 0.0,
+    retrieval: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> FusionClassifier:
-    """An S1 encoder and an S2 encoder; pooled features concatenated, then the head."""
+    """An S1 encoder and an S2 encoder; pooled features concatenated, then the head. `retrieval`
+    (`bigearth.models.align.AlignConfig`; default `cross_modal: logits`) adds the aligned S1/S2 projections."""
     encoders = {
         "s1": Encoder("s1", backbone, stats, None, **kwargs),
         "s2": Encoder(_s2_set(s2_bands), backbone, stats, pretrained, **kwargs),
     }
-    return FusionClassifier(encoders, num_classes, "late", drop_rate)
+    return FusionClassifier(encoders, num_classes, "late", drop_rate, retrieval)
 
 
 @register_model
@@ -179,10 +229,12 @@ def s1(
     stats: str = "v2",
     pretrained: str | None = None,
     drop_rate: float = 0.0,
+    retrieval: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> FusionClassifier:
-    """Sentinel-1 only (VV, VH)."""
-    return FusionClassifier({"s1": Encoder("s1", backbone, stats, pretrained, **kwargs)}, num_classes, "s1", drop_rate)
+    """Sentinel-1 only (VV, VH): `fused` and `s1` (logits) vectors; nothing to align (`retrieval` has no effect)."""
+    enc = Encoder("s1", backbone, stats, pretrained, **kwargs)
+    return FusionClassifier({"s1": enc}, num_classes, "s1", drop_rate, retrieval)
 
 
 @register_model
@@ -193,11 +245,12 @@ def s2(
     stats: str = "v2",
     pretrained: str | None = None,
     drop_rate: float = 0.0,
+    retrieval: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> FusionClassifier:
-    """Sentinel-2 only (10 or 12 bands)."""
+    """Sentinel-2 only (10 or 12 bands): `fused` and `s2` (logits) vectors; `retrieval` has no effect."""
     enc = Encoder(_s2_set(s2_bands), backbone, stats, pretrained, **kwargs)
-    return FusionClassifier({"s2": enc}, num_classes, "s2", drop_rate)
+    return FusionClassifier({"s2": enc}, num_classes, "s2", drop_rate, retrieval)
 
 
 @register_model
@@ -207,6 +260,7 @@ def tiny(
     s2_bands: int = 10,
     stats: str = "v2",
     img_size: int = 60,
+    retrieval: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> FusionClassifier:
     """timm's `test_resnet` backbone in any fusion, on inputs resampled to `img_size` (60 px by default, a
@@ -217,5 +271,11 @@ def tiny(
     extra = {} if fusion == "s1" else {"s2_bands": s2_bands}
     build: Any = builders[fusion]
     return build(  # type: ignore[no-any-return]
-        backbone="test_resnet", num_classes=num_classes, stats=stats, img_size=img_size, **extra, **kwargs
+        backbone="test_resnet",
+        num_classes=num_classes,
+        stats=stats,
+        img_size=img_size,
+        retrieval=retrieval,
+        **extra,
+        **kwargs,
     )

@@ -19,6 +19,17 @@ def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
     return fn
 
 
+def accepts(name: str, param: str) -> bool:
+    """Whether the builder of `name` declares the keyword `param` (not only through `**kwargs`)."""
+    import inspect
+
+    _load_builtin()
+    if name not in _REGISTRY:
+        return False
+    p = inspect.signature(_REGISTRY[name]).parameters.get(param)
+    return p is not None and p.kind is not inspect.Parameter.VAR_KEYWORD
+
+
 def list_models() -> list[str]:
     _load_builtin()
     return sorted(_REGISTRY)

@@ -36,9 +36,23 @@ class IndexSettings:
     ef_construct: int = 128
     hnsw_ef: int = 128  # search-time candidate list: recall against latency
     payload_m: int = 16  # extra links per payload-index value: fast filtered search
-    quantization: str | None = "int8"  # scalar quantization of vectors over 64 dims (kept in RAM, rescored)
+    quantization: str | None = "int8"  # none | int8 | binary: the in-RAM copy of vectors over `quantize_above` dims
     oversampling: float = 2.0  # quantized candidates fetched per result, then rescored with the full vectors
+    rescore: bool = True  # rescore the quantized candidates with the full vectors (False: quantized scores)
+    quantize_above: int = 64  # smaller vectors (19-d logits) are stored as they are, in both engines
     full_scan_threshold_kb: int = 1000  # below this many KB of vectors a filtered query scans instead
+    indexing_threshold_kb: int | None = None  # segments over this many KB get HNSW and quantization (engine default)
+
+
+QUANTIZATIONS = ("none", "int8", "binary")
+
+
+def quantization_for(settings: IndexSettings, size: int) -> str | None:
+    """The quantization a vector of `size` dims gets in either engine: None, "int8" or "binary"."""
+    q = settings.quantization or "none"
+    if q not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {list(QUANTIZATIONS)}, got {q!r}")
+    return None if q == "none" or size <= settings.quantize_above else q
 
 
 class VectorIndex(ABC):
@@ -92,17 +106,31 @@ class VectorIndex(ABC):
 
     # ---- shared logic
     def create(self, vectors: dict[str, int], metadata: dict[str, Any] | None = None, recreate: bool = False) -> None:
-        """Create the collection, or check that the existing one has the same vectors (a re-run updates it)."""
-        meta = {**(metadata or {}), "vectors": dict(vectors)}
+        """Create the collection, or check that the existing one stores the same vectors the same way (the same
+        sizes, kinds and quantization): then a re-run updates it in place."""
+        settings: IndexSettings = getattr(self, "settings", None) or IndexSettings()
+        meta = {**(metadata or {}), "vectors": dict(vectors), "quantization": settings.quantization or "none"}
         if self.exists():
-            have = self.metadata().get("vectors")
-            if have == dict(vectors) and not recreate:
-                return
-            if not recreate:
+            old = self.metadata()
+            have = old.get("vectors")
+            if have != dict(vectors) and not recreate:
                 raise VectorIndexError(
                     f"{self.describe()}: holds vectors {have}, this model gives {dict(vectors)}; "
                     "index into another collection or pass recreate=True (--recreate) to replace it"
                 )
+            differs = {  # collections made before a key existed: int8 was the only quantization; kinds unknown
+                key: (old.get(key, default), meta.get(key))
+                for key, default in (("quantization", "int8"), ("vector_kinds", meta.get("vector_kinds")))
+                if old.get(key, default) != meta.get(key)
+            }
+            if differs and not recreate:
+                said = "; ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in differs.items())
+                raise VectorIndexError(
+                    f"{self.describe()}: stores its vectors differently ({said}); index into another collection "
+                    "or pass recreate=True (--recreate) to replace it"
+                )
+            if not recreate:
+                return
             self._drop()
         self._create(dict(vectors), meta)
 

@@ -16,6 +16,7 @@ from bigearth.retrieval.backends import (
     VectorIndex,
     VectorIndexError,
     build_filter,
+    quantization_for,
 )
 from bigearth.retrieval.schema import PAYLOAD_INDEXES, Hit, IndexRecord, SearchFilter, point_id
 
@@ -57,15 +58,19 @@ class EdgeIndex(VectorIndex):
         s = self.settings
         params = {}
         for name, size in vectors.items():
-            quant = None
-            if s.quantization == "int8" and size > 64:
+            kind = quantization_for(s, size)
+            quant: Any = None
+            if kind == "int8":
                 quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
+            elif kind == "binary":
+                quant = qe.BinaryQuantizationConfig(always_ram=True)
             params[name] = qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, quantization_config=quant)
         config = qe.EdgeConfig(
             vectors=params,
             hnsw_config=qe.HnswIndexConfig(
                 m=s.m, ef_construct=s.ef_construct, full_scan_threshold=s.full_scan_threshold_kb, payload_m=s.payload_m
             ),
+            optimizers=qe.EdgeOptimizersConfig(indexing_threshold=s.indexing_threshold_kb),
         )
         os.makedirs(self.root, exist_ok=True)
         self._shard = qe.EdgeShard.create(os.path.join(self.root, "shard"), config)
@@ -139,7 +144,9 @@ class EdgeIndex(VectorIndex):
             params=qe.SearchParams(
                 hnsw_ef=max(self.settings.hnsw_ef, k),
                 exact=exact,
-                quantization=qe.QuantizationSearchParams(rescore=True, oversampling=self.settings.oversampling),
+                quantization=qe.QuantizationSearchParams(
+                    rescore=self.settings.rescore, oversampling=self.settings.oversampling
+                ),
             ),
         )
         return [

@@ -3,9 +3,10 @@
 For each query and its top k: precision@k and recall@k (relevant = shares at least one label; recall's denominator
 is every relevant pair of the archive split), AP@k (sum of precision@i at each relevant rank i, divided by
 min(k, relevant pairs in the archive)), NDCG@k (gain 2^g - 1 with g = number of shared labels; the ideal ranking is
-computed from the archive's labels). Modes: `fused`, `s1`, `s2` (query and archive vectors of the same kind) and
-`s1->s2` (cross-modal: the S1 vector of the query against the S2 vectors of the archive). Plus recall@k of the
-approximate index against exact search, on the same queries.
+computed from the archive's labels). Modes: `fused`, `s1`, `s2` (query and archive vectors of the same kind),
+`s1->s2` (cross-modal: the S1 vector of the query against the S2 vectors of the archive) and `s2->s1`. Plus
+recall@k of the approximate index against exact search, on the same queries. The result names the kind of every
+vector (`features`, `logits`, `aligned`: see `bigearth.models.align`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,13 @@ from bigearth.retrieval.backends import DEFAULT_COLLECTION, open_index
 from bigearth.retrieval.schema import SearchFilter
 from bigearth.storage import StorageOptions, join, open_fs
 
-MODES = {"fused": ("fused", "fused"), "s1": ("s1", "s1"), "s2": ("s2", "s2"), "s1->s2": ("s1", "s2")}
+MODES = {
+    "fused": ("fused", "fused"),
+    "s1": ("s1", "s1"),
+    "s2": ("s2", "s2"),
+    "s1->s2": ("s1", "s2"),
+    "s2->s1": ("s2", "s1"),
+}
 
 
 def ranking_metrics(query: np.ndarray, retrieved: np.ndarray, archive: np.ndarray, k: int) -> dict[str, float]:
@@ -63,7 +70,8 @@ def evaluate_retrieval(
     from bigearth.data import read_columns
 
     index = open_index(target, collection, api_key=api_key)
-    sizes = index.metadata()["vectors"]
+    meta = index.metadata()
+    sizes = meta["vectors"]
     table = read_columns(data, ["patch_id", "labels", "split"], [query_split, archive_split], storage)
     split = np.asarray(table.column("split").to_pylist())
     ids = np.asarray(table.column("patch_id").to_pylist(), dtype=object)
@@ -91,6 +99,7 @@ def evaluate_retrieval(
         "query_split": query_split,
         "archive_split": archive_split,
         "archive_pairs": int(archive_sel.sum()),
+        "vector_kinds": meta.get("vector_kinds", {}),
         "modes": {},
     }
     for mode, (q_name, a_name) in MODES.items():
@@ -116,7 +125,7 @@ def evaluate_retrieval(
             f"precision@{k}": sums["precision"] / n,
             f"recall@{k}": sums["recall"] / n,
             f"ndcg@{k}": sums["ndcg"] / n,
-            f"index_recall@{k}_vs_exact": overlap / max(n_exact, 1),
+            f"index_recall@{k}_vs_exact": overlap / n_exact if n_exact else None,
             "search_ms_p50": float(np.percentile(latencies, 50) * 1000),
             "search_ms_p99": float(np.percentile(latencies, 99) * 1000),
         }
@@ -131,11 +140,17 @@ def evaluate_retrieval(
     return result
 
 
+def _recall(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def retrieval_markdown(r: dict[str, Any]) -> str:
     k = r["k"]
     lines = [
         f"# Retrieval: {r['queries']} `{r['query_split']}` queries against {r['archive_pairs']} "
         f"`{r['archive_split']}` pairs (k = {k})",
+        "",
+        "Vectors: " + (", ".join(f"`{n}` {kind}" for n, kind in r.get("vector_kinds", {}).items()) or "n/a"),
         "",
         f"| mode | mAP@{k} | P@{k} | R@{k} | NDCG@{k} | index recall@{k} vs exact | p50 ms | p99 ms |",
         "|---|---|---|---|---|---|---|---|",
@@ -143,7 +158,7 @@ def retrieval_markdown(r: dict[str, Any]) -> str:
     for mode, m in r["modes"].items():
         lines.append(
             f"| {mode} | {100 * m[f'map@{k}']:.2f} | {100 * m[f'precision@{k}']:.2f} | {100 * m[f'recall@{k}']:.2f} | "
-            f"{100 * m[f'ndcg@{k}']:.2f} | {m[f'index_recall@{k}_vs_exact']:.3f} | {m['search_ms_p50']:.2f} | "
+            f"{100 * m[f'ndcg@{k}']:.2f} | {_recall(m[f'index_recall@{k}_vs_exact'])} | {m['search_ms_p50']:.2f} | "
             f"{m['search_ms_p99']:.2f} |"
         )
     return "\n".join(lines) + "\n"

@@ -87,7 +87,14 @@ def build_index(
     index = open_index(target, collection, api_key=api_key, settings=settings)
     index.create(
         sizes,
-        {"model": meta["model"], "checkpoint": best, "bands": meta["bands"], "num_classes": 19, "data": data},
+        {
+            "model": meta["model"],
+            "checkpoint": best,
+            "bands": list(spec.bands),
+            "num_classes": 19,
+            "data": data,
+            "vector_kinds": {n: v.kind for n, v in spec.vectors.items()},
+        },
         recreate=recreate,
     )
     ds = open_split(
@@ -121,6 +128,7 @@ def build_index(
         "checkpoint": best,
         "data": data,
         "vectors": sizes,
+        "vector_kinds": {n: v.kind for n, v in spec.vectors.items()},
         "upserted": upserted,
         "per_split": per_split,
         "points_in_collection": count,

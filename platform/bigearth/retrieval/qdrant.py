@@ -10,7 +10,14 @@ from typing import Any
 
 import numpy as np
 
-from bigearth.retrieval.backends import DEFAULT_COLLECTION, IndexSettings, VectorIndex, VectorIndexError, build_filter
+from bigearth.retrieval.backends import (
+    DEFAULT_COLLECTION,
+    IndexSettings,
+    VectorIndex,
+    VectorIndexError,
+    build_filter,
+    quantization_for,
+)
 from bigearth.retrieval.schema import PAYLOAD_INDEXES, Hit, IndexRecord, SearchFilter, point_id
 
 
@@ -60,18 +67,27 @@ class QdrantIndex(VectorIndex):
         from qdrant_client import models as m
 
         s = self.settings
-        quant = None
-        if s.quantization == "int8":
-            quant = m.ScalarQuantization(scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8, always_ram=True))
+
+        def quant(size: int) -> Any:  # the embedded engine's rule (`quantization_for`), per vector
+            kind = quantization_for(s, size)
+            if kind == "int8":
+                return m.ScalarQuantization(
+                    scalar=m.ScalarQuantizationConfig(type=m.ScalarType.INT8, quantile=0.99, always_ram=True)
+                )
+            if kind == "binary":
+                return m.BinaryQuantization(binary=m.BinaryQuantizationConfig(always_ram=True))
+            return None
+
         self.client.create_collection(
             self.collection,
             vectors_config={
-                name: m.VectorParams(size=size, distance=m.Distance.COSINE) for name, size in vectors.items()
+                name: m.VectorParams(size=size, distance=m.Distance.COSINE, quantization_config=quant(size))
+                for name, size in vectors.items()
             },
             hnsw_config=m.HnswConfigDiff(
                 m=s.m, ef_construct=s.ef_construct, payload_m=s.payload_m, full_scan_threshold=s.full_scan_threshold_kb
             ),
-            quantization_config=quant,
+            optimizers_config=m.OptimizersConfigDiff(indexing_threshold=s.indexing_threshold_kb),
             metadata={**metadata, "engine": "qdrant"},
         )
         kinds = {
@@ -133,7 +149,9 @@ class QdrantIndex(VectorIndex):
             search_params=m.SearchParams(
                 hnsw_ef=max(self.settings.hnsw_ef, k),
                 exact=exact,
-                quantization=m.QuantizationSearchParams(rescore=True, oversampling=self.settings.oversampling),
+                quantization=m.QuantizationSearchParams(
+                    rescore=self.settings.rescore, oversampling=self.settings.oversampling
+                ),
             ),
             with_payload=True,
         )

@@ -19,6 +19,22 @@ from bigearth.api import (
 from bigearth.labels import BEN19 as _BEN19
 
 
+def _why(early: bool) -> str:
+    """Why a model has no single-modality vectors, when it is an early-fusion one."""
+    if not early:
+        return ""
+    return (
+        " (an early-fusion model stacks S1 and S2 channels into one network, so it makes only fused vectors; "
+        "single-modality and cross-modal search need a model with an encoder per modality, e.g. late)"
+    )
+
+
+def missing_vectors(name: str, have: list[str], model_name: str) -> str:
+    """The message for a query vector a model does not make (`model_name` as in `ModelInfo`: `late`, `tiny/early`)."""
+    early = "early" in model_name.split("/")
+    return f"this model makes no {name!r} vectors; it makes {sorted(have)}{_why(early)}"
+
+
 # ------------------------------------------------------------------------------------------------ Classifier
 class Classifier:
     """Model replica: one model, requests batched by `@serve.batch` (set in `build`)."""
@@ -138,7 +154,9 @@ class Retriever:
         query_modality = r.query_modality or r.using
         for field, name in (("using", r.using), ("query_modality", query_modality)):
             if name not in sizes:
-                raise ApiError(422, f"this index has no {name!r} vectors; it has {sorted(sizes)}", field=field)
+                m = self.meta.get("model")
+                early = isinstance(m, dict) and "early" in (m.get("name"), m.get("fusion"))
+                raise ApiError(422, f"this index has no {name!r} vectors; it has {sorted(sizes)}{_why(early)}", field)
         t = time.perf_counter()
         exclude: list[str] = []
         if r.vector is not None:
@@ -183,5 +201,6 @@ class Retriever:
             using=r.using,
             query_modality=query_modality,
             query_patch_id=r.patch_id,
+            vector_kind=(self.meta.get("vector_kinds") or {}).get(r.using),
             took_ms=round((time.perf_counter() - t) * 1000, 3),
         ).model_dump()

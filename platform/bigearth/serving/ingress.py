@@ -294,7 +294,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 if req.patch_id is not None or req.vector is not None:
                     raise ApiError(422, "an uploaded query takes no patch_id or vector", "request")
                 wanted = req.query_modality or req.using
-                groups = self._groups_for(model, wanted, bands)
+                groups = self._groups_for(model, wanted, "query_modality" if req.query_modality else "using")
                 from bigearth.serving.inputs import assemble
 
                 result = await self._infer(assemble(bands, groups))
@@ -312,11 +312,15 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             )
 
         @staticmethod
-        def _groups_for(model: dict[str, Any], wanted: str, bands: dict[str, np.ndarray]) -> dict[str, tuple[str, ...]]:
-            """The groups an uploaded query must hold: those the model's vector `wanted` is computed from (all of
-            the model's groups for a vector it does not make, so the error names what is missing)."""
+        def _groups_for(model: dict[str, Any], wanted: str, field: str) -> dict[str, tuple[str, ...]]:
+            """The groups an uploaded query must hold: those the model's vector `wanted` is computed from; a vector
+            the model does not make is a 422 that says which it makes (and why, for early fusion)."""
+            from bigearth.serving.deployments import missing_vectors
+
             vector_groups: dict[str, list[str]] = model["vector_groups"]
-            groups = vector_groups.get(wanted) or list(model["groups"])
+            if wanted not in vector_groups:
+                raise ApiError(422, missing_vectors(wanted, list(vector_groups), model["model"]["name"]), field)
+            groups = vector_groups[wanted]
             return {g: tuple(model["groups"][g]) for g in groups}
 
         @app.get("/v1/patches", response_model=PatchList, summary="archived patch ids, a page at a time")

@@ -12,6 +12,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from bigearth.models.align import AlignConfig
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -73,12 +75,52 @@ class RunConfig(_Strict):
     keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept by val macro AP (+ the latest)")
 
 
+_ALIGN = AlignConfig()  # the model's defaults (bigearth.models.align), but `aligned` when training
+
+
+class RetrievalConfig(_Strict):
+    """The vectors written to an index (`bigearth.models.align`): `aligned` trains projection heads that map S1 and
+    S2 into one space (models with an encoder per modality); `logits` keeps each modality's share of the class
+    logits."""
+
+    cross_modal: Literal["aligned", "logits"] = Field(
+        "aligned", description="s1/s2 vectors: aligned (one S1/S2 space, contrastive) or logits (label space)"
+    )
+    dim: int = Field(_ALIGN.dim, ge=8, le=4096, description="size of the aligned s1/s2 vectors")
+    temperature: float = Field(_ALIGN.temperature, gt=0, le=1, description="contrastive temperature")
+    label_positives: float = Field(
+        _ALIGN.label_positives,
+        ge=0,
+        le=1,
+        description="share of each pair's target spread over pairs with shared labels (Jaccard)",
+    )
+    intra: float = Field(_ALIGN.intra, ge=0, description="weight of the same-modality term (S1-S1, S2-S2)")
+    weight: float = Field(
+        _ALIGN.weight, gt=0, description="weight of the alignment loss beside the classification loss"
+    )
+    encoders: Literal["none", "s1", "both"] = Field(
+        _ALIGN.encoders,  # type: ignore[arg-type]
+        description="encoders the alignment loss trains besides the projection heads (s1: S2 as the teacher)",
+    )
+
+
 class TrainConfig(_Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
     optim: OptimConfig = OptimConfig()
     scaling: ScalingConfig = ScalingConfig()
     run: RunConfig = RunConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+
+    def model_kwargs(self) -> dict[str, Any]:
+        """What the model builder gets (besides `num_classes`) and a checkpoint records: the `model` section and,
+        as `retrieval`, the `retrieval` section (for builders that take it)."""
+        from bigearth.models.registry import accepts
+
+        kwargs = self.model.model_dump(exclude={"name"}, exclude_none=True)
+        if accepts(self.model.name, "retrieval"):
+            kwargs["retrieval"] = self.retrieval.model_dump()
+        return kwargs
 
 
 class ConfigError(ValueError):

@@ -3,6 +3,7 @@ and report every epoch, stop early on validation macro AP, resume from the lates
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import tempfile
@@ -43,12 +44,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if torch.distributed.is_initialized():
         torch.distributed.all_gather_object(nodes, nodes[0])
 
-    model_kwargs = cfg.model.model_dump(exclude={"name"}, exclude_none=True)
+    model_kwargs = cfg.model_kwargs()
+    resumed = ray.train.get_checkpoint()
+    if resumed:  # a run resumes as the model it started as (a run begun before `retrieval` existed: logits)
+        with resumed.as_directory() as d, open(os.path.join(d, checkpoints.META_FILE)) as f:
+            started = json.load(f)["model"].get("retrieval")
+        if started != model_kwargs.get("retrieval"):
+            said = model_kwargs.get("retrieval")
+            print(f"resuming with the run's own retrieval settings {started} (the config says {said})")
+            model_kwargs = {k: v for k, v in model_kwargs.items() if k != "retrieval"}
+            if started is not None:
+                model_kwargs["retrieval"] = started
     model = create_model(cfg.model.name, num_classes=cfg.data.nomenclature, **model_kwargs)
     if cuda:  # the encoders feed channels-last tensors on CUDA; bf16 autocast below
         model = model.to(memory_format=torch.channels_last)
     model = ray.train.torch.prepare_model(model)
     core: Any = model.module if hasattr(model, "module") else model
+    aux_ids = {id(p) for p in core.aux_parameters()}
+    main_params = [p for p in model.parameters() if id(p) not in aux_ids]
+    aux_params = [p for p in model.parameters() if id(p) in aux_ids]
+    had_aux = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     steps_per_epoch = max(1, math.ceil(config["train_pairs"] / (cfg.data.batch_size * world)))
     total = steps_per_epoch * cfg.optim.epochs
@@ -57,7 +72,6 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
-    resumed = ray.train.get_checkpoint()
     if resumed:
         with resumed.as_directory() as d:
             core.load_state_dict(
@@ -82,13 +96,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "threads": cfg.data.reader_threads,
     }
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
-    meta_model = cfg.model.model_dump(exclude_none=True)
+    meta_model = {"name": cfg.model.name, **model_kwargs}
 
     for epoch in range(int(state["epoch"]), cfg.optim.epochs):
         if state["bad_epochs"] >= cfg.run.patience:
             break
         model.train()
         start, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
+        align_sum = torch.zeros((), device=device)
         # the same permutation on every worker, disjoint shares, the same number of rows (so of steps) on each
         share, limit = epoch_share(train_plan, epoch, cfg.run.seed, rank, world, shuffle=True, equal=True)
         for batch in RowGroupLoader(
@@ -100,18 +115,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             **loader_kw,
         ):
             with autocast:
-                logits = model(batch)
-            loss = loss_fn(logits.float(), batch["labels"])
+                logits, aux = model(batch, aux=True)  # aux: the model's own second objective, if any
+            loss = cls_loss = loss_fn(logits.float(), batch["labels"])
+            if aux is not None:
+                loss = cls_loss + aux.float()
+                align_sum += aux.detach().float() * len(batch["patch_id"])
+                had_aux = True
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            if cfg.optim.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.optim.grad_clip)
+            if cfg.optim.grad_clip:  # the second objective's parameters apart: it never rescales the classifier's step
+                torch.nn.utils.clip_grad_norm_(main_params, cfg.optim.grad_clip)
+                if aux_params:
+                    torch.nn.utils.clip_grad_norm_(aux_params, cfg.optim.grad_clip)
             optimizer.step()
             scheduler.step()
-            loss_sum += loss.detach() * len(batch["patch_id"])
+            loss_sum += cls_loss.detach() * len(batch["patch_id"])
             seen += len(batch["patch_id"])
         train_seconds = time.perf_counter() - start
-        totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device)])
+        totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device), align_sum])
         if torch.distributed.is_initialized():
             torch.distributed.all_reduce(totals)
 
@@ -130,6 +151,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = {
             "epoch": epoch + 1,
             "train_loss": float(totals[0]) / max(float(totals[1]), 1.0),
+            **({"train_align_loss": float(totals[2]) / max(float(totals[1]), 1.0)} if had_aux else {}),
             "val_loss": float(val_loss) / max(int(scores["samples"]), 1),
             **{f"val_{k}": v for k, v in scores.items() if k not in ("per_class", "samples")},
             "lr": scheduler.get_last_lr()[0],

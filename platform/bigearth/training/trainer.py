@@ -16,11 +16,8 @@ from bigearth.training.config import TrainConfig
 
 def model_bands(cfg: TrainConfig) -> tuple[str, ...]:
     """The bands the configured model reads (decides which shard columns are streamed)."""
-    model = create_model(
-        cfg.model.name,
-        num_classes=cfg.data.nomenclature,
-        **cfg.model.model_dump(exclude={"name", "pretrained"}, exclude_none=True),
-    )
+    kwargs = {k: v for k, v in cfg.model_kwargs().items() if k != "pretrained"}
+    model = create_model(cfg.model.name, num_classes=cfg.data.nomenclature, **kwargs)  # fails here, not in workers
     return tuple(model.bands)  # type: ignore[arg-type]
 
 
