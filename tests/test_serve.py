@@ -308,7 +308,7 @@ BAD_REQUESTS = {
         {"vector": [0.1, 0.2], "using": "s1"},
         422,
         "vector",
-        "expected 19 finite numbers",
+        "expected 128 finite numbers",
     ),
     "no query": ("search", {"k": 3}, 422, "patch_id", "give a patch_id or a vector"),
     "quicklook scale out of range": ("rgb", "scale=99", 422, "scale", "scale must be 1..8"),

@@ -40,6 +40,7 @@ class IndexSettings:
     oversampling: float = 2.0  # quantized candidates fetched per result, then rescored with the full vectors
     rescore: bool = True  # rescore the quantized candidates with the full vectors (False: quantized scores)
     quantize_above: int = 64  # smaller vectors (19-d logits) are stored as they are, in both engines
+    full_vectors_on_disk: bool = True  # a quantized vector's full copy on disk (read to rescore): what saves RAM
     full_scan_threshold_kb: int = 1000  # below this many KB of vectors a filtered query scans instead
     indexing_threshold_kb: int | None = None  # segments over this many KB get HNSW and quantization (engine default)
 

@@ -64,7 +64,10 @@ class EdgeIndex(VectorIndex):
                 quant = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
             elif kind == "binary":
                 quant = qe.BinaryQuantizationConfig(always_ram=True)
-            params[name] = qe.EdgeVectorParams(size=size, distance=qe.Distance.Cosine, quantization_config=quant)
+            on_disk = bool(kind) and s.full_vectors_on_disk
+            params[name] = qe.EdgeVectorParams(
+                size=size, distance=qe.Distance.Cosine, quantization_config=quant, on_disk=on_disk
+            )
         config = qe.EdgeConfig(
             vectors=params,
             hnsw_config=qe.HnswIndexConfig(

@@ -81,7 +81,12 @@ class QdrantIndex(VectorIndex):
         self.client.create_collection(
             self.collection,
             vectors_config={
-                name: m.VectorParams(size=size, distance=m.Distance.COSINE, quantization_config=quant(size))
+                name: m.VectorParams(
+                    size=size,
+                    distance=m.Distance.COSINE,
+                    quantization_config=quant(size),
+                    on_disk=bool(quantization_for(s, size)) and s.full_vectors_on_disk,
+                )
                 for name, size in vectors.items()
             },
             hnsw_config=m.HnswConfigDiff(
