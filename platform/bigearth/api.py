@@ -68,7 +68,7 @@ class ClassifyByIdRequest(BaseModel):
 class ClassifyResponse(BaseModel):
     patch_id: str | None = None
     probabilities: dict[str, float] = Field(description="class name -> probability, in the nomenclature's order")
-    labels: list[str] = Field(description="classes with probability >= threshold")
+    labels: list[str] = Field(description="classes with probability above threshold (as the evaluation metrics)")
     threshold: float
     model: ModelInfo
 

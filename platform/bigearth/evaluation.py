@@ -119,23 +119,36 @@ def _fmt(v: Any) -> str:
     return "n/a" if v is None else f"{100 * v:.2f}"
 
 
+def _plain(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
 def metrics_markdown(m: dict[str, Any]) -> str:
     lines = [
         f"# Evaluation on `{m['split']}` ({m['samples']} pairs)",
         "",
         f"Checkpoint: `{m['checkpoint']}`",
         "",
-        "| average | precision | recall | F1 | AP |",
-        "|---|---|---|---|---|",
+        "| average | precision | recall | F1 | F2 | AP |",
+        "|---|---|---|---|---|---|",
     ]
-    for avg in ("micro", "macro"):
-        lines.append(
-            f"| {avg} | {_fmt(m[f'{avg}_precision'])} | {_fmt(m[f'{avg}_recall'])} | "
-            f"{_fmt(m[f'{avg}_f1'])} | {_fmt(m[f'{avg}_ap'])} |"
-        )
+    for avg in ("micro", "macro", "samples"):
+        cells = [_fmt(m.get(f"{avg}_{k}")) for k in ("precision", "recall", "f1", "f2", "ap")]
+        lines.append(f"| {avg} | " + " | ".join(cells) + " |")
+    missing = m.get("classes_without_positives") or []
     lines += [
         "",
-        "Scores in %, threshold 0.5 for precision / recall / F1.",
+        "Scores in %, threshold 0.5 for precision / recall / F1 / F2 (a class counts when its probability is above"
+        " it); macro figures average over the classes with positives in the split"
+        + (f" (none for: {', '.join(missing)})" if missing else "")
+        + ".",
+        "",
+        "| Hamming loss | subset accuracy | one-error | coverage | ranking loss | LRAP |",
+        "|---|---|---|---|---|---|",
+        f"| {_fmt(m.get('hamming_loss'))} | {_fmt(m.get('subset_accuracy'))} | {_fmt(m.get('one_error'))} | "
+        f"{_plain(m.get('coverage'))} | {_fmt(m.get('ranking_loss'))} | {_fmt(m.get('lrap'))} |",
+        "",
+        "In %, except coverage (labels down the ranking to reach every true label, 1 = the top one).",
         "",
         "| class | precision | recall | F1 | AP | support |",
         "|---|---|---|---|---|---|",

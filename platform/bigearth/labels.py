@@ -202,9 +202,9 @@ def encode_many(rows: Sequence[Sequence[str]], nomenclature: Nomenclature = 19) 
 
 
 def decode(vector: Sequence[float] | np.ndarray, nomenclature: Nomenclature = 19, threshold: float = 0.5) -> list[str]:
-    """Names whose entry is at least `threshold`, in official order."""
+    """Names whose entry is above `threshold` (as the metrics), in official order."""
     arr = np.asarray(vector)
     names = _NAMES[nomenclature]
     if arr.shape != (len(names),):
         raise ValueError(f"expected a vector of {len(names)} entries, got shape {arr.shape}")
-    return [names[i] for i in np.flatnonzero(arr >= threshold)]
+    return [names[i] for i in np.flatnonzero(arr > threshold)]

@@ -274,7 +274,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             return ClassifyResponse(
                 patch_id=patch_id,
                 probabilities=dict(zip(names, probs, strict=True)),
-                labels=[n for n, p in zip(names, probs, strict=True) if p >= threshold],
+                labels=[n for n, p in zip(names, probs, strict=True) if p > threshold],
                 threshold=threshold,
                 model=model["model"],
             ).model_dump()
