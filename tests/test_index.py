@@ -78,7 +78,8 @@ def test_evaluate_retrieval_job(index_v2: Path, shards_v2: Path, tmp_path: Path)
     assert set(r["modes"]) == {"fused", "s1", "s2", "s1->s2", "s2->s1"}
     assert r["vector_kinds"] == {"fused": "features", "s1": "aligned", "s2": "aligned"}
     for m in r["modes"].values():
-        assert all(0.0 <= m[key] <= 1.0 for key in ("map@5", "precision@5", "recall@5", "ndcg@5"))
+        assert all(0.0 <= m[f"{key}@5"] <= 1.0 for key in ("map", "map_retrieved", "precision", "recall", "ndcg", "f1"))
+        assert m["map_retrieved@5"] >= m["map@5"] - 1e-9  # hits <= min(k, relevant)
         assert m["index_recall@5_vs_exact"] >= 0.9
     # a model trained on this archive retrieves same-label pairs far above chance
     assert r["modes"]["fused"]["precision@5"] > 0.5
@@ -99,6 +100,35 @@ def test_ranking_metrics_by_hand() -> None:
     dcg = 3 / np.log2(3) + 1 / np.log2(4)
     idcg = 3 / np.log2(2) + 1 / np.log2(3) + 1 / np.log2(4)
     assert m["ndcg"] == pytest.approx(dcg / idcg)
+    # the second normalisation: by the 2 relevant pairs among the 3 retrieved
+    assert m["map_retrieved"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    # shared labels 0, 2, 1: ACG@3 = 3/3; ACG@i at the relevant ranks 2 and 3: 2/2, 3/3 -> WAP = (1 + 1) / 2
+    assert m["acg"] == pytest.approx(1.0)
+    assert m["wap"] == pytest.approx(1.0)
+    # F1 per item: 2 g / (2 + labels of the item): 0, 2*2/(2+2), 2*1/(2+1); mean over k = 3
+    assert m["f1"] == pytest.approx((0 + 1 + 2 / 3) / 3)
+    # the query in the archive (row 1, same split): not counted as relevant (2 others remain)
+    m = ranking_metrics(query, archive[[0, 3]], archive, k=2, exclude=1)
+    assert m["recall"] == pytest.approx(1.0) and m["map"] == pytest.approx(1.0)
+    assert m["wap"] == pytest.approx((1 / 1 + 2 / 2) / 2)  # g = 1, 1: ACG@1 = 1, ACG@2 = 1
+
+
+def test_retrieval_against_the_same_split_never_returns_the_query(index_v2: Path, shards_v2: Path) -> None:
+    r = evaluate_retrieval(
+        str(index_v2), str(shards_v2), k=5, queries=20, query_split="train", archive_split="train", exact_queries=5
+    )
+    assert r["query_excluded"] is True
+    fused = r["modes"]["fused"]
+    # with the query among its own results the fused precision would be near 1 (it is its own nearest neighbour)
+    assert 0 <= fused["precision@5"] <= 1 and fused["index_recall@5_vs_exact"] >= 0.9
+    index = open_index(str(index_v2))
+    try:
+        pid = read_columns(str(shards_v2), ["patch_id"], "train").column("patch_id")[0].as_py()
+        rec = index.retrieve([pid], with_vectors=True)[pid]
+        hits = index.search(rec.vectors["fused"], "fused", k=1)
+        assert hits[0].patch_id == pid  # what the evaluation has to drop
+    finally:
+        index.close()
 
 
 def test_evaluating_an_index_without_the_queries_is_a_clear_error(index_v2: Path, tmp_path: Path) -> None:

@@ -1,12 +1,15 @@
 """Retrieval quality of an index: queries from one split against the pairs of another (`jobs/evaluate_retrieval.py`).
 
-For each query and its top k: precision@k and recall@k (relevant = shares at least one label; recall's denominator
-is every relevant pair of the archive split), AP@k (sum of precision@i at each relevant rank i, divided by
-min(k, relevant pairs in the archive)), NDCG@k (gain 2^g - 1 with g = number of shared labels; the ideal ranking is
-computed from the archive's labels). Modes: `fused`, `s1`, `s2` (query and archive vectors of the same kind),
-`s1->s2` (cross-modal: the S1 vector of the query against the S2 vectors of the archive) and `s2->s1`. Plus
-recall@k of the approximate index against exact search, on the same queries. The result names the kind of every
-vector (`features`, `logits`, `aligned`: see `bigearth.models.align`).
+For each query and its top k (relevant = shares at least one label; g = number of shared labels): precision@k,
+recall@k (denominator: every relevant pair of the archive split), AP@k under two normalisations (sum of precision@i
+at each relevant rank i, divided by min(k, relevant pairs in the archive) -> `map`, or by the relevant pairs
+retrieved -> `map_retrieved`), NDCG@k (gain 2^g - 1; the ideal ranking from the archive's labels), ACG@k (mean g
+over the k), WAP@k (ACG@i at each relevant rank i over the relevant retrieved), F1@k (per item 2 g / (|query labels|
++ |item labels|), mean over the k). When the query split is the archive split, the query is never one of its own
+results nor counted as relevant. Modes: `fused`, `s1`, `s2` (query and archive vectors of the same kind), `s1->s2`
+(cross-modal: the S1 vector of the query against the S2 vectors of the archive) and `s2->s1`. Plus recall@k of the
+approximate index against exact search, on the same queries. The result names the kind of every vector (`features`,
+`logits`, `aligned`: see `bigearth.models.align`).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from bigearth.retrieval.backends import DEFAULT_COLLECTION, open_index
 from bigearth.retrieval.schema import SearchFilter
 from bigearth.storage import StorageOptions, join, open_fs
 
+#: per-query metrics, averaged over the queries (`<name>@<k>` in retrieval.json; formulas in docs/retrieval.md)
+METRICS = ("map", "map_retrieved", "precision", "recall", "ndcg", "acg", "wap", "f1")
 MODES = {
     "fused": ("fused", "fused"),
     "s1": ("s1", "s1"),
@@ -31,24 +36,37 @@ MODES = {
 }
 
 
-def ranking_metrics(query: np.ndarray, retrieved: np.ndarray, archive: np.ndarray, k: int) -> dict[str, float]:
-    """Metrics for one query: `query` [C] and `retrieved` [n<=k, C] multi-hot, `archive` [N, C] multi-hot."""
+def ranking_metrics(
+    query: np.ndarray, retrieved: np.ndarray, archive: np.ndarray, k: int, exclude: int | None = None
+) -> dict[str, float]:
+    """Metrics for one query (docs/retrieval.md has the formulas): `query` [C] and `retrieved` [n<=k, C] multi-hot,
+    `archive` [N, C] multi-hot; `exclude`: the query's own row of `archive` (same split), not counted."""
     overlap_all = archive @ query
+    if exclude is not None:
+        overlap_all = np.delete(overlap_all, exclude)
     total_relevant = int((overlap_all > 0).sum())
-    g = retrieved @ query if len(retrieved) else np.zeros(0)
+    g = retrieved @ query if len(retrieved) else np.zeros(0)  # shared labels of each retrieved item
     rel = (g > 0).astype(np.float64)
     hits = rel.sum()
-    precision_at_i = np.cumsum(rel) / np.arange(1, len(rel) + 1) if len(rel) else rel
-    ap = float((precision_at_i * rel).sum() / min(k, total_relevant)) if total_relevant else 0.0
+    ranks = np.arange(1, len(rel) + 1)
+    precision_at_i = np.cumsum(rel) / ranks if len(rel) else rel
+    acg_at_i = np.cumsum(g) / ranks if len(g) else g
+    found = float((precision_at_i * rel).sum())
     discounts = 1.0 / np.log2(np.arange(2, k + 2))
     dcg = float(((2.0**g - 1) * discounts[: len(g)]).sum())
     ideal = np.sort(overlap_all)[::-1][:k]
     idcg = float(((2.0**ideal - 1) * discounts[: len(ideal)]).sum())
+    item_labels = retrieved.sum(1) if len(retrieved) else np.zeros(0)
+    f1 = 2 * g / np.maximum(query.sum() + item_labels, 1)
     return {
         "precision": float(hits / k),
         "recall": float(hits / total_relevant) if total_relevant else 0.0,
-        "map": ap,
+        "map": found / min(k, total_relevant) if total_relevant else 0.0,
+        "map_retrieved": found / hits if hits else 0.0,
         "ndcg": dcg / idcg if idcg else 0.0,
+        "acg": float(g.sum() / k),
+        "wap": float((acg_at_i * rel).sum() / hits) if hits else 0.0,
+        "f1": float(f1.sum() / k),
     }
 
 
@@ -91,6 +109,8 @@ def evaluate_retrieval(
     if missing:
         raise ValueError(f"{len(missing)} query pair(s) of {query_split!r} are not in the index, e.g. {missing[0]}")
     only_archive = SearchFilter(split=[archive_split])
+    same = int(query_split == archive_split)  # the query is in the archive: searched for k + 1, then dropped
+    archive_row = {pid: i for i, pid in enumerate(ids[archive_sel])}
     result: dict[str, Any] = {
         "target": target,
         "collection": collection,
@@ -99,32 +119,33 @@ def evaluate_retrieval(
         "query_split": query_split,
         "archive_split": archive_split,
         "archive_pairs": int(archive_sel.sum()),
+        "query_excluded": bool(same),
         "vector_kinds": meta.get("vector_kinds", {}),
         "modes": {},
     }
     for mode, (q_name, a_name) in MODES.items():
         if q_name not in sizes or a_name not in sizes:
             continue
-        sums = {"precision": 0.0, "recall": 0.0, "map": 0.0, "ndcg": 0.0}
+        sums = dict.fromkeys(METRICS, 0.0)
         overlap, n_exact, latencies = 0.0, 0, []
         for j, qid in enumerate(query_ids):
             vector = records[qid].vectors[q_name]
             t = time.perf_counter()
-            hits = index.search(vector, a_name, k=k, flt=only_archive)
+            hits = index.search(vector, a_name, k=k + same, flt=only_archive)
             latencies.append(time.perf_counter() - t)
+            hits = [h for h in hits if h.patch_id != qid][:k] if same else hits  # never the query itself
             retrieved = multi_hot[[row_of[h.patch_id] for h in hits]] if hits else np.zeros((0, 19))
-            for key, v in ranking_metrics(multi_hot[row_of[qid]], retrieved, archive, k).items():
+            own = archive_row.get(qid) if same else None
+            for key, v in ranking_metrics(multi_hot[row_of[qid]], retrieved, archive, k, own).items():
                 sums[key] += v
             if j < exact_queries:
-                exact = {h.patch_id for h in index.search(vector, a_name, k=k, flt=only_archive, exact=True)}
+                found = index.search(vector, a_name, k=k + same, flt=only_archive, exact=True)
+                exact = {h.patch_id for h in ([h for h in found if h.patch_id != qid][:k] if same else found)}
                 overlap += len(exact & {h.patch_id for h in hits}) / max(len(exact), 1)
                 n_exact += 1
         n = len(query_ids)
         result["modes"][mode] = {
-            f"map@{k}": sums["map"] / n,
-            f"precision@{k}": sums["precision"] / n,
-            f"recall@{k}": sums["recall"] / n,
-            f"ndcg@{k}": sums["ndcg"] / n,
+            **{f"{name}@{k}": sums[name] / n for name in METRICS},
             f"index_recall@{k}_vs_exact": overlap / n_exact if n_exact else None,
             "search_ms_p50": float(np.percentile(latencies, 50) * 1000),
             "search_ms_p99": float(np.percentile(latencies, 99) * 1000),
@@ -152,13 +173,21 @@ def retrieval_markdown(r: dict[str, Any]) -> str:
         "",
         "Vectors: " + (", ".join(f"`{n}` {kind}" for n, kind in r.get("vector_kinds", {}).items()) or "n/a"),
         "",
-        f"| mode | mAP@{k} | P@{k} | R@{k} | NDCG@{k} | index recall@{k} vs exact | p50 ms | p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| mode | mAP@{k} | mAP@{k} (by retrieved) | P@{k} | R@{k} | NDCG@{k} | ACG@{k} | WAP@{k} | F1@{k} "
+        f"| index recall@{k} vs exact | p50 ms | p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for mode, m in r["modes"].items():
+        pct = [f"{100 * m[f'{n}@{k}']:.2f}" for n in ("map", "map_retrieved", "precision", "recall", "ndcg")]
+        rest = [f"{m[f'acg@{k}']:.3f}", f"{m[f'wap@{k}']:.3f}", f"{100 * m[f'f1@{k}']:.2f}"]
         lines.append(
-            f"| {mode} | {100 * m[f'map@{k}']:.2f} | {100 * m[f'precision@{k}']:.2f} | {100 * m[f'recall@{k}']:.2f} | "
-            f"{100 * m[f'ndcg@{k}']:.2f} | {_recall(m[f'index_recall@{k}_vs_exact'])} | {m['search_ms_p50']:.2f} | "
-            f"{m['search_ms_p99']:.2f} |"
+            f"| {mode} | " + " | ".join(pct + rest) + f" | {_recall(m[f'index_recall@{k}_vs_exact'])} | "
+            f"{m['search_ms_p50']:.2f} | {m['search_ms_p99']:.2f} |"
         )
+    lines += [
+        "",
+        "In %, except ACG and WAP (in shared labels). mAP@k divides by min(k, relevant pairs in the archive); "
+        "mAP@k by retrieved divides by the relevant pairs among the k. "
+        + ("The query itself is never counted (it is in the archive split)." if r.get("query_excluded") else ""),
+    ]
     return "\n".join(lines) + "\n"
