@@ -162,8 +162,7 @@ def test_stem_orders_every_permutation_of_every_group() -> None:
         "s2_60m": torch.randint(1, 8000, (2, 2, 20, 20), generator=g).to(torch.uint16),
     }
     for group, names in GROUPS.items():
-        perms = list(itertools.permutations(names))
-        for order in [*perms[:: max(1, len(perms) // 24)], perms[-1]]:
+        for order in itertools.permutations(names):  # all of them: 2 + 24 + 720 + 2
             x = InputStem(list(order), stats="v2", size=BANDS[names[0]].size)(batch)
             for c, band in enumerate(order):
                 mean, std = STATS["v2"][band]

@@ -71,8 +71,11 @@ BAND_SETS: dict[str, tuple[str, ...]] = {
 BAND_SETS["s1s2-10"] = BAND_SETS["s1"] + BAND_SETS["s2-10"]
 BAND_SETS["s1s2-12"] = BAND_SETS["s1"] + BAND_SETS["s2-12"]
 
-#: Published per-band mean / std (DN for S2, dB for S1) at native resolution.
-#: "v2": ConfigILM BENv2_utils (official v2 train split; S1 from v1). "v1": bigearthnet_common BAND_STATS_S2/S1.
+#: Published per-band mean / std (DN for S2, dB for S1).
+#: "v2": ConfigILM BENv2_utils `no_interpolation` (official v2 train split; S1 from v1), at native resolution.
+#: "v2-120-nearest" / "v2-120-bilinear": the same file's tables after resampling every band to 120 px that way
+#: (`120_nearest` equals `no_interpolation`: nearest upsampling by 2x / 6x repeats pixels; the reBEN recipe).
+#: "v1": bigearthnet_common BAND_STATS_S2/S1 (the BigEarthNet-MM models).
 STATS: dict[str, dict[str, tuple[float, float]]] = {
     "v2": {
         "B01": (361.0767822265625, 575.0687255859375),
@@ -106,4 +109,22 @@ STATS: dict[str, dict[str, tuple[float, float]]] = {
         "VV": (-12.619993741972035, 5.115911777546365),
         "VH": (-19.29044597721542, 5.464428464912864),
     },
+}
+
+STATS["v2-120-nearest"] = dict(STATS["v2"])
+STATS["v2-120-bilinear"] = {
+    "B01": (360.64678955078125, 563.1734008789062),
+    "B02": (438.3720703125, 607.02685546875),
+    "B03": (614.0556640625, 603.2968139648438),
+    "B04": (588.4096069335938, 684.56884765625),
+    "B05": (942.7476806640625, 727.5784301757812),
+    "B06": (1769.8486328125, 1087.4288330078125),
+    "B07": (2049.475830078125, 1261.4302978515625),
+    "B08": (2193.2919921875, 1369.3717041015625),
+    "B8A": (2235.48681640625, 1342.490478515625),
+    "B09": (2241.10595703125, 1294.35546875),
+    "B11": (1568.2115478515625, 1063.9197998046875),
+    "B12": (997.715087890625, 806.8846435546875),
+    "VH": (-19.352558135986328, 5.590505599975586),
+    "VV": (-12.643863677978516, 5.133493900299072),
 }

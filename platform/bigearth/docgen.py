@@ -16,8 +16,10 @@ docs/configuration.md`); `tests/test_docs.py` fails when this page and the code 
 ## Training configs (`configs/*.yaml`, `jobs/train.py --config FILE --set section.key=value`)
 
 Every key is optional (the default applies); an unknown key is an error naming it. Shipped configs:
-`tiny-cpu.yaml` (tests and the demo), `resnet50-s1s2-late.yaml` and `resnet50-s1s2-early.yaml` (the paper's fused
-models), `resnet50-s2.yaml`, `resnet50-s1.yaml`.
+`tiny-cpu.yaml` (tests and the demo); `reben/<arch>-{s1,s2,all}.yaml` (the published reBEN models and their recipe)
+and `bigearthnet-mm/` (the v1 models), docs/reproduce.md; `resnet50-s1s2-early.yaml` (the papers' early fusion with
+this project's defaults), `resnet50-s1s2-late.yaml` (this project's late-fusion extension: S1-only, S2-only and
+cross-modal vectors), `resnet50-s2.yaml`, `resnet50-s1.yaml`.
 """
 
 SERVE = """

@@ -13,7 +13,8 @@ for each encoder of a modality (`s1`, `s2`):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import timm
@@ -26,11 +27,33 @@ from bigearth.models.base import BigEarthModel, VectorSpec
 from bigearth.models.registry import register_model
 from bigearth.models.stem import InputStem
 
+logger = logging.getLogger(__name__)
+
+
+#: timm arguments some architectures do not take; left out for those (with a warning), as ConfigILM does
+OPTIONAL_TIMM_ARGS = ("img_size", "drop_path_rate")
+
+
+def create_timm(name: str, **kwargs: Any) -> nn.Module:
+    """`timm.create_model(name, pretrained=False, **kwargs)`. `img_size` (a ViT's position embeddings are sized by
+    it; a ResNet has no such argument) and `drop_path_rate` (ConvMixer has none) go only to architectures that take
+    them: ConfigILM drops an argument a timm model refuses, so the published reBEN models were built that way."""
+    while True:
+        try:
+            return timm.create_model(name, pretrained=False, **kwargs)
+        except TypeError as e:
+            refused = [k for k in OPTIONAL_TIMM_ARGS if k in kwargs and f"'{k}'" in str(e)]
+            if not refused:
+                raise
+            if refused[0] != "img_size":  # every CNN refuses img_size: only the others are worth a word
+                logger.warning("timm %s takes no %s: built without it (as ConfigILM does)", name, refused[0])
+            kwargs.pop(refused[0])
+
 
 def backbone(name: str, in_chans: int, pretrained: str | None = None, **kwargs: Any) -> nn.Module:
     """A timm model as a pooled feature extractor (`num_classes=0`) for `in_chans` channels, trained from scratch
     unless `pretrained` names a local file or URL of a state dict."""
-    model = timm.create_model(name, pretrained=False, num_classes=0, in_chans=in_chans, **kwargs)
+    model = create_timm(name, num_classes=0, in_chans=in_chans, **kwargs)
     if pretrained:
         if "://" in pretrained:
             state = torch.hub.load_state_dict_from_url(pretrained, map_location="cpu", weights_only=True)
@@ -52,11 +75,18 @@ class Encoder(nn.Module):
     """InputStem for a band set + a backbone: batch -> pooled embedding."""
 
     def __init__(
-        self, bands: str, backbone_name: str, stats: str, pretrained: str | None, img_size: int = 120, **kwargs: Any
+        self,
+        bands: str | Sequence[str],
+        backbone_name: str,
+        stats: str,
+        pretrained: str | None,
+        img_size: int = 120,
+        resample: str = "bilinear",
+        **kwargs: Any,
     ) -> None:
         super().__init__()
-        self.stem = InputStem(bands, stats=stats, size=img_size)
-        self.backbone = backbone(backbone_name, self.stem.in_chans, pretrained, **kwargs)
+        self.stem = InputStem(bands, stats=stats, size=img_size, mode=resample)
+        self.backbone = backbone(backbone_name, self.stem.in_chans, pretrained, img_size=img_size, **kwargs)
         self.num_features: int = self.backbone.num_features  # type: ignore[assignment]
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -179,6 +209,20 @@ class FusionClassifier(BigEarthModel):
         return out
 
 
+def _bands(bands: Sequence[str] | None, default: str, sensors: str) -> str | tuple[str, ...]:
+    """`bands` (an explicit channel order, e.g. an imported checkpoint's) or the default band set; an explicit
+    list must hold the sensors the model is for (`s1s2`: both)."""
+    if bands is None:
+        return default
+    from bigearth.bands import BANDS
+
+    have = {BANDS[b].sensor for b in bands if b in BANDS}
+    want = {"s1s2": {"s1", "s2"}, "s1": {"s1"}, "s2": {"s2"}}[sensors]
+    if have != want:
+        raise ValueError(f"bands {list(bands)}: expected {' and '.join(sorted(want))} bands for this model")
+    return tuple(bands)
+
+
 def _s2_set(s2_bands: int) -> str:
     if s2_bands not in (10, 12):
         raise ValueError(f"s2_bands must be 10 or 12, got {s2_bands}")
@@ -194,11 +238,12 @@ def early(
     pretrained: str | None = None,
     drop_rate: float = 0.0,
     retrieval: dict[str, Any] | None = None,
+    bands: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> FusionClassifier:
     """S1 and S2 channels stacked into one backbone (12 or 14 channels). One network sees both modalities, so it
     makes only `fused` vectors: no S1-only or S2-only query, no cross-modal search (`retrieval` has no effect)."""
-    enc = Encoder(f"s1{_s2_set(s2_bands)}", backbone, stats, pretrained, **kwargs)
+    enc = Encoder(_bands(bands, f"s1{_s2_set(s2_bands)}", "s1s2"), backbone, stats, pretrained, **kwargs)
     return FusionClassifier({"s1s2": enc}, num_classes, "early", drop_rate, retrieval)
 
 
@@ -230,10 +275,11 @@ def s1(
     pretrained: str | None = None,
     drop_rate: float = 0.0,
     retrieval: dict[str, Any] | None = None,
+    bands: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> FusionClassifier:
     """Sentinel-1 only (VV, VH): `fused` and `s1` (logits) vectors; nothing to align (`retrieval` has no effect)."""
-    enc = Encoder("s1", backbone, stats, pretrained, **kwargs)
+    enc = Encoder(_bands(bands, "s1", "s1"), backbone, stats, pretrained, **kwargs)
     return FusionClassifier({"s1": enc}, num_classes, "s1", drop_rate, retrieval)
 
 
@@ -246,10 +292,11 @@ def s2(
     pretrained: str | None = None,
     drop_rate: float = 0.0,
     retrieval: dict[str, Any] | None = None,
+    bands: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> FusionClassifier:
     """Sentinel-2 only (10 or 12 bands): `fused` and `s2` (logits) vectors; `retrieval` has no effect."""
-    enc = Encoder(_s2_set(s2_bands), backbone, stats, pretrained, **kwargs)
+    enc = Encoder(_bands(bands, _s2_set(s2_bands), "s2"), backbone, stats, pretrained, **kwargs)
     return FusionClassifier({"s2": enc}, num_classes, "s2", drop_rate, retrieval)
 
 

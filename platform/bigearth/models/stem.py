@@ -1,8 +1,8 @@
 """InputStem: batch of native-size bands -> normalised model input, on whatever device the model runs.
 
-Per-band normalisation with published or computed statistics, bilinear resampling of the 20 m and 60 m bands to
-the 10 m grid (120 px), and band selection in a fixed channel order. Training, evaluation and serving all call it,
-so their preprocessing cannot drift apart.
+Per-band normalisation with published or computed statistics, resampling of the 20 m and 60 m bands to the 10 m grid
+(120 px; bilinear by default, `nearest` as the reBEN recipe), and band selection in a fixed channel order. Training,
+evaluation and serving all call it, so their preprocessing cannot drift apart.
 """
 
 from __future__ import annotations
@@ -40,6 +40,8 @@ class InputStem(nn.Module):
         mode: str = "bilinear",
     ) -> None:
         super().__init__()
+        if mode not in ("nearest", "bilinear", "bicubic"):
+            raise ValueError(f"unknown resampling {mode!r}; expected nearest, bilinear or bicubic")
         self.bands = resolve_bands(bands)
         table = STATS[stats] if isinstance(stats, str) else stats
         self.stats_name: str | None = stats if isinstance(stats, str) else None
@@ -77,7 +79,8 @@ class InputStem(nn.Module):
             # select and order the group's rows (a permutation of the whole group is a reordering too)
             x = x[:, rows].float() if rows != list(range(x.shape[1])) else x.float()
             if x.shape[-1] != self.size:
-                x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, align_corners=False)
+                corners = False if self.mode in ("bilinear", "bicubic") else None  # nearest takes no such option
+                x = F.interpolate(x, size=(self.size, self.size), mode=self.mode, align_corners=corners)
             parts.append(x)
         x = torch.cat(parts, dim=1)[:, self.perm]
         return (x - self.mean) / self.std

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bigearth.models.align import AlignConfig
 
@@ -26,16 +26,33 @@ class ModelConfig(_Strict):
     backbone: str | None = Field(None, description="timm model name (resnet18, resnet50, ...)")
     fusion: str | None = Field(None, description="tiny only: early, late, s1 or s2")
     s2_bands: Literal[10, 12] | None = Field(None, description="Sentinel-2 bands: 10 (no B01/B09) or 12")
-    stats: str = Field("v2", description="normalisation statistics: v2 or v1 (published)")
+    bands: list[str] | None = Field(
+        None, description="early/s1/s2: an explicit channel order (e.g. the v1 models': S2 first), instead of s2_bands"
+    )
+    stats: str = Field(
+        "v2",
+        description="normalisation statistics (bigearth.bands.STATS): v2, v1 (native size), v2-120-nearest, "
+        "v2-120-bilinear (ConfigILM's, after resampling to 120 px)",
+    )
     pretrained: str | None = Field(None, description="state dict of the backbone: local file or URL")
     drop_rate: float | None = Field(None, ge=0, lt=1, description="dropout before the head")
+    drop_path_rate: float | None = Field(None, ge=0, lt=1, description="stochastic depth of the timm backbone")
     img_size: int | None = Field(None, ge=16, description="side the stem resamples every band to (default 120)")
+    resample: Literal["nearest", "bilinear", "bicubic"] | None = Field(
+        None, description="how the stem resamples the 20 m / 60 m bands to img_size (default bilinear)"
+    )
 
 
 class DataConfig(_Strict):
     """The input pipeline (`bigearth.loader`: row groups streamed into each worker)."""
 
-    batch_size: int = Field(256, ge=1, description="per worker")
+    batch_size: int = Field(256, ge=1, description="per worker (ignored when global_batch_size is set)")
+    global_batch_size: int | None = Field(
+        None, ge=1, description="pairs per optimizer step over all workers; must divide by scaling.num_workers"
+    )
+    augment: Literal["none", "flips"] = Field(
+        "none", description="flips: random left-right and top-bottom flips per pair, on the device"
+    )
     local_shuffle_buffer: int = Field(2048, ge=0, description="rows in each worker's shuffle buffer (0 = off)")
     reader_threads: int = Field(
         2, ge=1, description="threads per worker reading and decompressing row groups (about one per core)"
@@ -51,7 +68,10 @@ class OptimConfig(_Strict):
     epochs: int = Field(20, ge=1, description="maximum epochs (early stopping may end sooner)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay")
-    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up, then cosine decay to 0")
+    warmup_epochs: float = Field(1.0, ge=0, description="linear warm-up, then cosine decay (per batch)")
+    warmup_steps: int | None = Field(None, ge=0, description="warm-up in optimizer steps (instead of warmup_epochs)")
+    warmup_start: float = Field(0.0, ge=0, le=1, description="learning rate the warm-up starts from, as a share of lr")
+    final_lr: float = Field(0.0, ge=0, le=1, description="learning rate the cosine ends at, as a share of lr")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
 
 
@@ -111,6 +131,27 @@ class TrainConfig(_Strict):
     scaling: ScalingConfig = ScalingConfig()
     run: RunConfig = RunConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+
+    @model_validator(mode="after")
+    def _batch_divides(self) -> TrainConfig:
+        self.worker_batch_size()
+        return self
+
+    def worker_batch_size(self, workers: int | None = None) -> int:
+        """Pairs per worker and step: `global_batch_size / workers` when set (it must divide), else `batch_size`."""
+        workers = workers or self.scaling.num_workers
+        if self.data.global_batch_size is None:
+            return self.data.batch_size
+        per, left = divmod(self.data.global_batch_size, workers)
+        if left or per < 1:
+            g = self.data.global_batch_size
+            near = sorted({max(workers, g // workers * workers), -(-g // workers) * workers})
+            raise ConfigError(
+                f"data.global_batch_size {self.data.global_batch_size} does not divide among {workers} workers "
+                f"(scaling.num_workers): every worker takes the same batch, so use a multiple of {workers} "
+                f"(e.g. {' or '.join(str(n) for n in near)}) or another number of workers"
+            )
+        return per
 
     def model_kwargs(self) -> dict[str, Any]:
         """What the model builder gets (besides `num_classes`) and a checkpoint records: the `model` section and,

@@ -17,15 +17,22 @@ import torch
 from bigearth.loader import RowGroupLoader, epoch_share, plan_of, row_share
 from bigearth.models import checkpoints
 from bigearth.models.registry import create_model
+from bigearth.training.augment import augmenter
 from bigearth.training.config import TrainConfig
 from bigearth.training.metrics import MultilabelMetrics
 
 
-def lr_lambda(step: int, warmup: int, total: int) -> float:
+def lr_lambda(step: int, warmup: int, total: int, start: float = 0.0, end: float = 0.0) -> float:
+    """The learning rate of optimizer step `step` as a share of the peak: a linear warm-up over `warmup` steps
+    from `start`, then a cosine from 1 down to `end` at `total`. With `start > 0` this is exactly ConfigILM's (and
+    pl_bolts') `LinearWarmupCosineAnnealingLR` (step 0 at `start`, step warmup - 1 at the peak), which reBEN uses;
+    with `start = 0` the first step already takes 1/warmup of the peak (a step at lr 0 would be wasted)."""
     if step < warmup:
-        return (step + 1) / max(1, warmup)
+        if start == 0 or warmup == 1:
+            return start + (1 - start) * (step + 1) / warmup
+        return start + (1 - start) * step / (warmup - 1)
     progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -65,10 +72,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     aux_params = [p for p in model.parameters() if id(p) in aux_ids]
     had_aux = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
-    steps_per_epoch = max(1, math.ceil(config["train_pairs"] / (cfg.data.batch_size * world)))
+    batch_size = cfg.worker_batch_size(world)
+    steps_per_epoch = max(1, math.ceil(config["train_pairs"] / (batch_size * world)))
     total = steps_per_epoch * cfg.optim.epochs
-    warmup = int(cfg.optim.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_lambda(s, warmup, total))
+    o = cfg.optim
+    warmup = o.warmup_steps if o.warmup_steps is not None else int(o.warmup_epochs * steps_per_epoch)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_lambda(s, warmup, total, o.warmup_start, o.final_lr)
+    )
     loss_fn = torch.nn.BCEWithLogitsLoss()
 
     state: dict[str, Any] = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
@@ -106,14 +117,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         align_sum = torch.zeros((), device=device)
         # the same permutation on every worker, disjoint shares, the same number of rows (so of steps) on each
         share, limit = epoch_share(train_plan, epoch, cfg.run.seed, rank, world, shuffle=True, equal=True)
+        augment = augmenter(cfg.data.augment, hash((cfg.run.seed, rank, epoch)) % 2**63)
         for batch in RowGroupLoader(
             share,
-            cfg.data.batch_size,
+            batch_size,
             shuffle_buffer=cfg.data.local_shuffle_buffer,
             seed=[cfg.run.seed, rank, epoch],
             limit=limit,
             **loader_kw,
         ):
+            if augment:
+                batch = augment(batch)
             with autocast:
                 logits, aux = model(batch, aux=True)  # aux: the model's own second objective, if any
             loss = cls_loss = loss_fn(logits.float(), batch["labels"])
@@ -140,7 +154,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         val = MultilabelMetrics(cfg.data.nomenclature, device=device)
         val_loss = torch.zeros((), device=device)
         with torch.no_grad():
-            for batch in RowGroupLoader(val_groups, cfg.data.batch_size, skip=val_skip, limit=val_rows, **loader_kw):
+            for batch in RowGroupLoader(val_groups, batch_size, skip=val_skip, limit=val_rows, **loader_kw):
                 with autocast:  # the bare module: no DDP collective in a forward whose count differs by worker
                     logits = core(batch).float()
                 val_loss += loss_fn(logits, batch["labels"]) * len(batch["patch_id"])
@@ -153,7 +167,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "train_loss": float(totals[0]) / max(float(totals[1]), 1.0),
             **({"train_align_loss": float(totals[2]) / max(float(totals[1]), 1.0)} if had_aux else {}),
             "val_loss": float(val_loss) / max(int(scores["samples"]), 1),
-            **{f"val_{k}": v for k, v in scores.items() if k not in ("per_class", "samples")},
+            **{
+                f"val_{k}": v
+                for k, v in scores.items()
+                if k not in ("per_class", "samples", "classes_without_positives")
+            },
             "lr": scheduler.get_last_lr()[0],
             "train_samples_per_s": float(totals[1]) / max(train_seconds, 1e-9),
             "workers": world,

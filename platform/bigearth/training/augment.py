@@ -1,0 +1,47 @@
+"""Augmentation of a training batch, on whatever device the batch is on (the loader delivers it there).
+
+`flips`: each pair is flipped left-right with probability 0.5 and, independently, top-bottom with probability 0.5
+(the reBEN recipe). The S1 and S2 groups of one pair always flip together. The flags come from a seeded CPU
+generator (one per worker and epoch), so a run is reproducible; the flips themselves run on the device.
+
+The groups are flipped at their native size, before the stem resamples them: with the archive's integer ratios
+(20 m and 60 m bands to 120 px: 2x, 6x) both nearest and bilinear resampling commute with a flip, so this is the
+same as flipping the resampled input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from bigearth.bands import GROUPS
+
+AUGMENTATIONS = ("none", "flips")
+
+
+def random_flips(batch: Mapping[str, Any], generator: torch.Generator) -> dict[str, Any]:
+    """A new batch with every band group of each pair flipped as that pair's two coin tosses say."""
+    groups = [g for g in GROUPS if g in batch]
+    if not groups:
+        return dict(batch)
+    n = len(batch[groups[0]])
+    flags = torch.rand((2, n), generator=generator) < 0.5  # [left-right, top-bottom] per pair
+    out = dict(batch)
+    for g in groups:
+        x = batch[g]
+        h, v = (f.to(x.device, non_blocking=True).view(-1, 1, 1, 1) for f in flags)
+        x = torch.where(h, x.flip(-1), x)
+        out[g] = torch.where(v, x.flip(-2), x)
+    return out
+
+
+def augmenter(name: str, seed: int) -> Any:
+    """`batch -> batch` for a config's `data.augment` (None for `none`)."""
+    if name not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {name!r}; expected one of {list(AUGMENTATIONS)}")
+    if name == "none":
+        return None
+    gen = torch.Generator().manual_seed(seed)
+    return lambda batch: random_flips(batch, gen)
