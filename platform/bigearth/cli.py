@@ -137,6 +137,25 @@ def run_stats(a: argparse.Namespace) -> int:
     return 0
 
 
+def run_import_reben(a: argparse.Namespace) -> int:
+    from bigearth.models import checkpoints
+    from bigearth.models.reben import import_checkpoint
+
+    bands = [b.strip() for b in a.bands.split(",")] if a.bands else None
+    out = import_checkpoint(a.src, a.out, version=a.version, bands=bands, storage=storage_from_args(a))
+    ref = checkpoints.resolve(out, storage=storage_from_args(a))
+    spec = ref.spec
+    print(json.dumps({"checkpoint": out, "model": ref.name, "bands": list(spec.bands), "stats": spec.stats}, indent=1))
+    return 0
+
+
+def run_reproduce_table(a: argparse.Namespace) -> int:
+    from bigearth.reproduce import write_table
+
+    print(write_table(a.eval_root, a.out, storage_from_args(a)), end="")
+    return 0
+
+
 def run_bench(a: argparse.Namespace) -> int:
     from bigearth.benchmark import bench_input
 
@@ -266,6 +285,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="also write the JSON here")
     add_storage_args(p)
     p.set_defaults(func=run_stats)
+
+    p = sub.add_parser("import-reben", help="an official reBEN (ConfigILM) checkpoint -> a bigearth checkpoint folder")
+    p.add_argument("src", help="folder (or its model.safetensors) with config.json, local or URL")
+    p.add_argument("out", help="checkpoint folder to write (local or URL)")
+    p.add_argument("--version", default="v0.2.0", choices=["v0.2.0", "v0.1.1"], help="the band order it was trained on")
+    p.add_argument("--bands", help="explicit channel order, comma-separated (overrides --version)")
+    add_storage_args(p)
+    p.set_defaults(func=run_import_reben)
+
+    p = sub.add_parser(
+        "reproduce-table", help="the reBEN model cards' test figures beside our evaluations (docs/reproduce.md)"
+    )
+    p.add_argument("eval_root", help="folder of <config name>/metrics.json (jobs/evaluate.py --out)")
+    p.add_argument("--out", help="also write the Markdown table here")
+    add_storage_args(p)
+    p.set_defaults(func=run_reproduce_table)
 
     p = sub.add_parser("bench", help="benchmarks; `bench input` measures the training input pipeline")
     p.add_argument("what", choices=["input"])

@@ -86,9 +86,18 @@ def read_meta(directory: str | Path, storage: StorageOptions | None = None) -> d
     fs, root = open_fs(str(directory), storage)
     path = join(root, META_FILE)
     if not fs.exists(path):
+        _refuse_foreign(fs, root, str(directory))
         raise CheckpointError(f"{directory}: not a bigearth checkpoint (no {META_FILE})")
     meta: dict[str, Any] = json.loads(fs.cat(path))
     return meta
+
+
+def _refuse_foreign(fs: Any, root: str, url: str) -> None:
+    if fs.exists(join(root, "config.json")) and fs.exists(join(root, "model.safetensors")):
+        raise CheckpointError(
+            f"{url}: a reBEN (ConfigILM) checkpoint, not a bigearth one: import it first with "
+            f"`bigearth import-reben {url} OUT` (bigearth.models.reben)"
+        )
 
 
 def find_best(run_dir: str | Path, metric: str = "val_macro_ap", storage: StorageOptions | None = None) -> str:
@@ -104,6 +113,7 @@ def find_best(run_dir: str | Path, metric: str = "val_macro_ap", storage: Storag
         if value is not None:
             scored.append((value, meta_path.rsplit("/", 2)[-2]))
     if not scored:
+        _refuse_foreign(fs, root, url)
         raise CheckpointError(f"{run_dir}: no checkpoint with {metric} found (expected checkpoint_*/{META_FILE})")
     best = max(scored)[1]
     return url.rstrip("/") + "/" + best if "://" in url else os.path.join(url, best)
