@@ -164,6 +164,8 @@ def test_an_imported_checkpoint_evaluates_and_indexes(configilm: Path, shards_v2
     report = build_index(out, str(shards_v2), str(target), progress=False)
     index = open_index(str(target))
     try:
-        assert index.count() == report["upserted"] > 0 and set(index.metadata()["vectors"]) == {"fused"}  # early fusion: fused only
+        assert index.count() == report["upserted"] > 0 and set(index.metadata()["vectors"]) == {
+            "fused"
+        }  # early fusion: fused only
     finally:
         index.close()

@@ -61,7 +61,7 @@ def test_reben_configs_follow_the_published_recipe(path: Path) -> None:
         0.1,
         0,
     )
-    assert (o.epochs, r.patience, r.seed) == (100, 5, 42)
+    assert (o.epochs, r.patience, r.seed, o.precision) == (100, 5, 42, "fp32")
     assert cfg.worker_batch_size() * cfg.scaling.num_workers == 512
     modality = path.stem.rsplit("-", 1)[1]
     assert m.name == {"s1": "s1", "s2": "s2", "all": "early"}[modality]

@@ -63,7 +63,7 @@ class DataConfig(_Strict):
 
 
 class OptimConfig(_Strict):
-    """AdamW with linear warm-up and cosine decay, bf16 autocast on GPUs."""
+    """AdamW with linear warm-up and cosine decay (per step), bf16 autocast on GPUs unless `precision: fp32`."""
 
     epochs: int = Field(20, ge=1, description="maximum epochs (early stopping may end sooner)")
     lr: float = Field(1e-3, gt=0, description="peak learning rate of AdamW")
@@ -73,6 +73,11 @@ class OptimConfig(_Strict):
     warmup_start: float = Field(0.0, ge=0, le=1, description="learning rate the warm-up starts from, as a share of lr")
     final_lr: float = Field(0.0, ge=0, le=1, description="learning rate the cosine ends at, as a share of lr")
     grad_clip: float = Field(1.0, ge=0, description="max gradient norm (0 = off)")
+    precision: Literal["bf16", "fp32"] = Field(
+        "bf16",
+        description="on GPUs: bf16 autocast, or fp32 weights and activations with reduced-precision matmuls "
+        "(torch.set_float32_matmul_precision('medium'), as reBEN)",
+    )
 
 
 class ScalingConfig(_Strict):

@@ -106,7 +106,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         "device": device,
         "threads": cfg.data.reader_threads,
     }
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else nullcontext()
+    if cuda and cfg.optim.precision == "fp32":
+        torch.set_float32_matmul_precision("medium")  # reBEN's setting: fp32 tensors, reduced-precision matmuls
+    bf16 = cuda and cfg.optim.precision == "bf16"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
     meta_model = {"name": cfg.model.name, **model_kwargs}
 
     for epoch in range(int(state["epoch"]), cfg.optim.epochs):
