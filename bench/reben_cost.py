@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         "--tflops",
         type=float,
         default=40.0,
-        help="sustained TFLOP/s assumed per GPU (bf16 autocast; ~60 is what ResNet-50 at 224 px reaches on an A100)",
+        help="sustained TFLOP/s assumed per GPU (TF32/bf16 matmuls; ResNet-50 at 224 px reaches ~60 on an A100)",
     )
     p.add_argument(
         "--input-pairs-per-core",

@@ -19,6 +19,9 @@ def _case(seed: int, n: int = 240, c: int = 19) -> tuple[np.ndarray, np.ndarray]
     p[:20, 3] = p[:20, 4]  # tied scores, one true and one false label in many rows
     p[:20, 7] = 0.5  # exactly at the threshold
     p[20:40] = np.where(y[20:40] == 1, 0.9, 0.1)  # perfect rows: subset accuracy is not 0
+    y[40] = 0  # a row without labels (coverage 0, LRAP 1, as scikit-learn)
+    y[41] = 1  # and one with every label but the empty class
+    y[41, 5] = 0
     return y, p
 
 

@@ -15,7 +15,7 @@ import torch
 
 import configilm_env
 from bigearth import labels as lab
-from bigearth.bands import BANDS, GROUPS, STATS
+from bigearth.bands import BAND_SETS, BANDS, GROUPS, STATS
 from bigearth.models import checkpoints
 from bigearth.models.checkpoints import CheckpointError
 from bigearth.models.reben import V011, import_checkpoint
@@ -92,7 +92,9 @@ def test_reben_checkpoint_gives_configilm_probabilities(configilm: Path, tmp_pat
     loaded = checkpoints.load(out)
     assert loaded.spec.name == model_name and loaded.spec.resample == "nearest"
     assert loaded.spec.stats == "v2-120-nearest"
-    assert list(loaded.spec.bands) == (order or list(loaded.spec.bands))
+    assert list(loaded.spec.bands) == (
+        order or list(BAND_SETS[{"s1": "s1", "s2": "s2-10", "early": "s1s2-10"}[model_name]])
+    )
     assert loaded.meta["source"]["format"] == "reben"
 
     theirs = np.load(src / "probabilities.npy")

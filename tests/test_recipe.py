@@ -37,7 +37,7 @@ def test_every_config_builds_its_model(path: Path) -> None:
         rates = [m.drop_prob for m in model.modules() if type(m).__name__ == "DropPath"]
         assert rates and max(rates) == pytest.approx(cfg.model.drop_path_rate), path
     if cfg.model.name == "early":
-        assert {"VV", "VH"} < set(spec.bands) and "vectors" and set(spec.vectors) == {"fused"}
+        assert {"VV", "VH"} < set(spec.bands) and set(spec.vectors) == {"fused"}
 
 
 @pytest.mark.parametrize("path", REBEN, ids=lambda p: p.stem)

@@ -31,6 +31,12 @@ class CheckpointError(ValueError):
     """A checkpoint is missing, unreadable, or does not fit the model asked for."""
 
 
+def display_name(meta: dict[str, Any]) -> str:
+    """`late`, or `tiny/late` for a model built with a fusion argument: what a service and the CLI call it."""
+    m = meta["model"]
+    return str(m["name"]) + (f"/{m['fusion']}" if "fusion" in m else "")
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """A resolved checkpoint folder (local path or URL) and its meta, weights not read."""
@@ -48,9 +54,7 @@ class Checkpoint:
 
     @property
     def name(self) -> str:
-        """`late`, or `tiny/late` for a model built with a fusion argument."""
-        m = self.meta["model"]
-        return str(m["name"]) + (f"/{m['fusion']}" if "fusion" in m else "")
+        return display_name(self.meta)
 
 
 @dataclass
@@ -63,6 +67,10 @@ class LoadedModel:
     meta: dict[str, Any]
     path: str
     digest: str
+
+    @property
+    def name(self) -> str:
+        return display_name(self.meta)
 
     @property
     def version(self) -> str:

@@ -260,6 +260,8 @@ def late(
 ) -> FusionClassifier:
     """An S1 encoder and an S2 encoder; pooled features concatenated, then the head. `retrieval`
     (`bigearth.models.align.AlignConfig`; default `cross_modal: logits`) adds the aligned S1/S2 projections."""
+    if "bands" in kwargs:
+        raise ValueError("late fusion takes no `bands`: its encoders read the S1 and the S2 band sets (s2_bands)")
     encoders = {
         "s1": Encoder("s1", backbone, stats, None, **kwargs),
         "s2": Encoder(_s2_set(s2_bands), backbone, stats, pretrained, **kwargs),

@@ -17,6 +17,7 @@ writes a checkpoint folder that evaluation, indexing and serving load like any o
 from __future__ import annotations
 
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -30,23 +31,19 @@ from bigearth.models import checkpoints
 from bigearth.models.checkpoints import CheckpointError
 from bigearth.storage import StorageOptions, join, open_fs
 
+logger = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 PREFIX = "model.vision_encoder."
 #: channels -> (model here, band order of the v0.2.0 checkpoints)
 V020 = {2: ("s1", BAND_SETS["s1"]), 10: ("s2", BAND_SETS["s2-10"]), 12: ("early", BAND_SETS["s1s2-10"])}
-#: the band order of the v0.1.1 checkpoints (their model cards)
+#: the band order of the v0.1.1 checkpoints, as their model cards state it (S1: VH, VV; S2: the list below; S1+S2:
+#: the S2 list, then VH, VV); their preprocessing is taken to be v0.2.0's (nearest, 120_nearest): not verified
 V011 = {
     2: ("s1", ("VH", "VV")),
     10: ("s2", ("B02", "B03", "B04", "B08", "B05", "B06", "B07", "B11", "B12", "B8A")),
     12: ("early", ("B02", "B03", "B04", "B08", "B05", "B06", "B07", "B11", "B12", "B8A", "VH", "VV")),
 }
 ORDERS = {"v0.2.0": V020, "v0.1.1": V011}
-
-
-def is_reben(directory: str, storage: StorageOptions | None = None) -> bool:
-    """A folder with reBEN's two files and no bigearth `meta.json`."""
-    fs, root = open_fs(directory, storage)
-    return fs.exists(join(root, CONFIG_FILE)) and not fs.exists(join(root, checkpoints.META_FILE))
 
 
 def _read(src: str, storage: StorageOptions | None) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
@@ -170,6 +167,12 @@ def import_checkpoint(
 ) -> str:
     """Read a reBEN checkpoint (folder or its `model.safetensors`, local or URL) and write it to `out` as a
     bigearth checkpoint folder (local or URL); return `out`."""
+    if version == "v0.1.1":
+        logger.warning(
+            "%s: v0.1.1 band order from the model cards; resampling and statistics assumed to be v0.2.0's "
+            "(nearest, 120_nearest): check against the card before trusting its scores",
+            src,
+        )
     config, state = _read(src, storage)
     model, builder = convert(config, state, version, bands)
     meta = {

@@ -70,6 +70,15 @@ def ranking_metrics(
     }
 
 
+def search_others(
+    index: Any, vector: Any, using: str, k: int, flt: SearchFilter, query_id: str | None, exact: bool = False
+) -> list[Any]:
+    """The top k of `index.search`; with `query_id` (the query is in the archive split) k + 1 are asked for and the
+    query dropped, so it is never its own result."""
+    hits = index.search(vector, using, k=k + (query_id is not None), flt=flt, exact=exact)
+    return hits if query_id is None else [h for h in hits if h.patch_id != query_id][:k]
+
+
 def evaluate_retrieval(
     target: str,
     data: str,
@@ -131,16 +140,15 @@ def evaluate_retrieval(
         for j, qid in enumerate(query_ids):
             vector = records[qid].vectors[q_name]
             t = time.perf_counter()
-            hits = index.search(vector, a_name, k=k + same, flt=only_archive)
+            hits = search_others(index, vector, a_name, k, only_archive, qid if same else None)
             latencies.append(time.perf_counter() - t)
-            hits = [h for h in hits if h.patch_id != qid][:k] if same else hits  # never the query itself
             retrieved = multi_hot[[row_of[h.patch_id] for h in hits]] if hits else np.zeros((0, 19))
             own = archive_row.get(qid) if same else None
             for key, v in ranking_metrics(multi_hot[row_of[qid]], retrieved, archive, k, own).items():
                 sums[key] += v
             if j < exact_queries:
-                found = index.search(vector, a_name, k=k + same, flt=only_archive, exact=True)
-                exact = {h.patch_id for h in ([h for h in found if h.patch_id != qid][:k] if same else found)}
+                found = search_others(index, vector, a_name, k, only_archive, qid if same else None, exact=True)
+                exact = {h.patch_id for h in found}
                 overlap += len(exact & {h.patch_id for h in hits}) / max(len(exact), 1)
                 n_exact += 1
         n = len(query_ids)

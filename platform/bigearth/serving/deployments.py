@@ -47,9 +47,8 @@ class Classifier:
         loaded = load(checkpoint, storage=StorageOptions.from_env())  # resolved, read and digested once
         self.runner = ModelRunner(loaded, threads=int(cpus) if cpus >= 1 else None)
         spec = loaded.spec
-        m = loaded.meta["model"]
         self.info = ModelInfo(
-            name=m["name"] + (f"/{m['fusion']}" if "fusion" in m else ""),
+            name=loaded.name,
             version=loaded.version,
             bands=list(spec.bands),
             num_classes=spec.num_classes,

@@ -4,9 +4,10 @@
 (the reBEN recipe). The S1 and S2 groups of one pair always flip together. The flags come from a seeded CPU
 generator (one per worker and epoch), so a run is reproducible; the flips themselves run on the device.
 
-The groups are flipped at their native size, before the stem resamples them: with the archive's integer ratios
-(20 m and 60 m bands to 120 px: 2x, 6x) both nearest and bilinear resampling commute with a flip, so this is the
-same as flipping the resampled input.
+The groups are flipped at their native size, before the stem resamples them: upsampling to 120 px by the archive's
+integer ratios (20 m and 60 m bands: 2x, 6x) commutes with a flip for nearest and bilinear resampling, so this is
+the same as flipping the resampled input. (Downsampling, e.g. the tiny model's 60 px, picks other pixels of a
+flipped patch: still a flip of the patch, one pixel off the flipped resampled one.)
 """
 
 from __future__ import annotations

@@ -86,6 +86,10 @@ class ScalingConfig(_Strict):
     num_workers: int = Field(1, ge=1, description="training workers (one GPU each with use_gpu)")
     use_gpu: bool = Field(False, description="a GPU per worker")
     cpus_per_worker: float = Field(1, gt=0, description="CPUs reserved per worker")
+    sync_batchnorm: bool = Field(
+        False,
+        description="GPU workers: BatchNorm statistics over the global batch (SyncBatchNorm), not each worker's share",
+    )
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = Field(
         "PACK", description="STRICT_SPREAD puts every worker on a different node"
     )

@@ -28,9 +28,9 @@ def lr_lambda(step: int, warmup: int, total: int, start: float = 0.0, end: float
     pl_bolts') `LinearWarmupCosineAnnealingLR` (step 0 at `start`, step warmup - 1 at the peak), which reBEN uses;
     with `start = 0` the first step already takes 1/warmup of the peak (a step at lr 0 would be wasted)."""
     if step < warmup:
-        if start == 0 or warmup == 1:
-            return start + (1 - start) * (step + 1) / warmup
-        return start + (1 - start) * step / (warmup - 1)
+        if start == 0:
+            return (step + 1) / warmup
+        return start + (1 - start) * step / max(1, warmup - 1)
     progress = (step - warmup) / max(1, total - warmup)
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
@@ -65,6 +65,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     model = create_model(cfg.model.name, num_classes=cfg.data.nomenclature, **model_kwargs)
     if cuda:  # the encoders feed channels-last tensors on CUDA; bf16 autocast below
         model = model.to(memory_format=torch.channels_last)
+    if cfg.scaling.sync_batchnorm and world > 1:  # the statistics of the global batch, as on one device
+        if cuda:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif rank == 0:  # torch's SyncBatchNorm runs on accelerators only
+            print("scaling.sync_batchnorm: not on CPU workers; BatchNorm uses each worker's share of the batch")
     model = ray.train.torch.prepare_model(model)
     core: Any = model.module if hasattr(model, "module") else model
     aux_ids = {id(p) for p in core.aux_parameters()}
