@@ -1,13 +1,13 @@
 """Run by the configilm venv (tests/configilm_env.py), never imported by the suite.
 
-`python configilm_reference.py ARCH CHANNELS SEED INPUT.npz OUT_DIR [BANDS]`: builds reBEN's classifier with the
-real `configilm` (random weights, BatchNorm statistics and affine parameters randomised so every layer matters),
-saves it as the reBEN training scripts do (`PyTorchModelHubMixin.save_pretrained(dir, config=ILMConfiguration)`:
-config.json + model.safetensors), and writes the probabilities reBEN's evaluation path gives for the raw bands in
-INPUT.npz (one array per band, `[B, H, W]` at native size; BANDS: a channel order other than v0.2.0's):
-`stack_and_interpolate` (nearest, 120 px), the `120_nearest` statistics of `band_combi_to_mean_std`, ConfigILM's
-`default_transform`, the model, a sigmoid. Output: OUT_DIR/probabilities.npy and OUT_DIR/classes.json (ConfigILM's
-class order), OUT_DIR/stats.json (its tables).
+`python configilm_reference.py CASES.json` (each case: ARCH, CHANNELS, SEED, INPUT.npz, OUT_DIR, BANDS): builds
+reBEN's classifier with the real `configilm` (random weights, BatchNorm statistics and affine parameters randomised
+so every layer matters), saves it as the reBEN training scripts do (`PyTorchModelHubMixin.save_pretrained(dir,
+config=ILMConfiguration)`: config.json + model.safetensors), and writes the probabilities reBEN's evaluation path
+gives for the raw bands in INPUT.npz (one array per band, `[B, H, W]` at native size; BANDS: a channel order other
+than v0.2.0's): `stack_and_interpolate` (nearest, 120 px), the `120_nearest` statistics of `band_combi_to_mean_std`,
+ConfigILM's `default_transform`, the model, a sigmoid. Output: OUT_DIR/probabilities.npy and OUT_DIR/classes.json
+(ConfigILM's class order), OUT_DIR/stats.json (its tables).
 """
 
 import json
@@ -35,8 +35,7 @@ class BigEarthNetv2_0_ImageClassifier(torch.nn.Module, PyTorchModelHubMixin):
         return self.model(batch)
 
 
-def main() -> None:
-    arch, channels, seed, inputs, out = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+def build(arch: str, channels: int, seed: int, inputs: str, out: str, bands: list[str] | None) -> None:
     torch.manual_seed(seed)
     config = ILMConfiguration(
         network_type=ILMType.IMAGE_CLASSIFICATION,
@@ -58,7 +57,7 @@ def main() -> None:
     model.eval()
     model.save_pretrained(out, config=config)
 
-    bands = sys.argv[6].split(",") if len(sys.argv) > 6 else BENv2_utils.STANDARD_BANDS[channels]
+    bands = bands or BENv2_utils.STANDARD_BANDS[channels]
     mean, std = BENv2_utils.band_combi_to_mean_std(bands, "120_nearest")
     transform = default_transform((120, 120), mean, std)
     raw = np.load(inputs)
@@ -76,6 +75,13 @@ def main() -> None:
         json.dump(list(BENv2_utils.NEW_LABELS), f)
     with open(f"{out}/stats.json", "w") as f:
         json.dump({k: {"means": BENv2_utils.means[k], "stds": BENv2_utils.stds[k]} for k in BENv2_utils.means}, f)
+
+
+def main() -> None:
+    """`CASES.json`: a list of {arch, channels, seed, inputs, out, bands (or null)}, built in one process."""
+    with open(sys.argv[1]) as f:
+        for case in json.load(f):
+            build(case["arch"], case["channels"], case["seed"], case["inputs"], case["out"], case.get("bands"))
 
 
 if __name__ == "__main__":

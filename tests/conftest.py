@@ -13,6 +13,9 @@ from helpers import BEN
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # extra `ray start --address` nodes need it on this Ray
 os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+# Ray Train's controller polls its workers every 2 s by default; each of the suite's ~12 training runs waits on a
+# few polls to start and end (measured: 19.1 -> 15.7 s for a one-report run at 0.2 s)
+os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -48,23 +48,20 @@ def _batch(raw: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
     return {g: torch.from_numpy(np.stack([raw[b] for b in names], axis=1)) for g, names in GROUPS.items()}
 
 
-def _reference(python: Path, tmp: Path, arch: str, channels: int, bands: list[str] | None = None) -> Path:
+def _reference(python: Path, tmp: Path, cases: dict[str, tuple[str, int, list[str] | None]]) -> dict[str, Path]:
+    """Build every case `{name: (arch, channels, band order or None)}` with the real configilm, in one process."""
     raw = _raw()
     np.savez(tmp / "input.npz", **raw)
-    out = tmp / "reben"
-    cmd = [
-        str(python),
-        str(HERE / "configilm_reference.py"),
-        arch,
-        str(channels),
-        "3",
-        str(tmp / "input.npz"),
-        str(out),
+    spec = [
+        {"arch": a, "channels": c, "seed": 3, "inputs": str(tmp / "input.npz"), "out": str(tmp / n), "bands": b}
+        for n, (a, c, b) in cases.items()
     ]
+    (tmp / "cases.json").write_text(json.dumps(spec))
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    r = subprocess.run(cmd + ([",".join(bands)] if bands else []), capture_output=True, text=True, env=env)
+    cmd = [str(python), str(HERE / "configilm_reference.py"), str(tmp / "cases.json")]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr[-3000:]
-    return out
+    return {n: tmp / n for n in cases}
 
 
 CASES = {
@@ -76,12 +73,22 @@ CASES = {
 }
 
 
+@pytest.fixture(scope="module")
+def references(configilm: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Every case of CASES built and saved by configilm (one process: its imports take seconds)."""
+    cases = {
+        name: (arch, channels, list(V011[channels][1]) if version == "v0.1.1" else None)
+        for name, (arch, channels, _, version) in CASES.items()
+    }
+    return _reference(configilm, tmp_path_factory.mktemp("reben"), cases)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("case", list(CASES))
-def test_reben_checkpoint_gives_configilm_probabilities(configilm: Path, tmp_path: Path, case: str) -> None:
+def test_reben_checkpoint_gives_configilm_probabilities(references: dict[str, Path], tmp_path: Path, case: str) -> None:
     arch, channels, model_name, version = CASES[case]
     order = list(V011[channels][1]) if version == "v0.1.1" else None
-    src = _reference(configilm, tmp_path, arch, channels, order)
+    src = references[case]
     assert {"config.json", "model.safetensors"} <= {p.name for p in src.iterdir()}
     config = json.loads((src / "config.json").read_text())
     assert config["timm_model_name"] == arch and config["channels"] == channels and config["network_type"] == 0
@@ -153,12 +160,14 @@ def test_the_recipe_schedule_is_configilms(configilm: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("ray_local")
-def test_an_imported_checkpoint_evaluates_and_indexes(configilm: Path, shards_v2: Path, tmp_path: Path) -> None:
+def test_an_imported_checkpoint_evaluates_and_indexes(
+    references: dict[str, Path], shards_v2: Path, tmp_path: Path
+) -> None:
     from bigearth.evaluation import evaluate
     from bigearth.retrieval import open_index
     from bigearth.retrieval.indexer import build_index
 
-    src = _reference(configilm, tmp_path, "resnet18", 12)
+    src = references["resnet18-all"]
     out = import_checkpoint(str(src), str(tmp_path / "resnet18-all"))
     m = evaluate(out, str(shards_v2), "test", str(tmp_path / "eval"))
     assert m["samples"] > 0 and m["macro_ap"] is not None
