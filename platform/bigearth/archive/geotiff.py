@@ -42,12 +42,20 @@ class Raster:
     nodata: float | None
 
 
-def decode(data: bytes, where: str) -> Raster:
-    """Decode one single-band GeoTIFF; `where` (the file's path) goes into every error message."""
+def decode(data: bytes, where: str, expect: tuple[tuple[int, int], str] | None = None) -> Raster:
+    """Decode one single-band GeoTIFF; `where` (the file's path) goes into every error message. `expect`
+    (`(height, width), dtype`): checked from the header before any pixel is read or inflated (an upload that
+    claims 100,000 x 100,000 pixels is refused without allocating them)."""
     try:
         with MemoryFile(data) as mem, mem.open() as ds:
             if ds.count != 1:
                 raise RasterError(f"{where}: expected 1 band, found {ds.count}")
+            if expect is not None:
+                (height, width), dtype = expect
+                if (ds.height, ds.width) != (height, width):
+                    raise RasterError(f"{where}: {ds.height}x{ds.width} pixels, expected {height}x{width}")
+                if ds.dtypes[0] != dtype:
+                    raise RasterError(f"{where}: dtype {ds.dtypes[0]}, expected {dtype} (as in the archive)")
             array = ds.read(1)
             t = ds.transform
             epsg = ds.crs.to_epsg() if ds.crs else None

@@ -36,20 +36,38 @@ def band_of(*names: str | None) -> str | None:
     return None
 
 
+#: Limits checked before anything is decoded or inflated (decompression bombs within the body limit): the largest
+#: legitimate `.npz` member is a group of one patch, `s1` or `s2_10m`: 115,328 bytes with its header.
+NPZ_MAX_MEMBERS = 32
+NPZ_MAX_MEMBER_BYTES = 1 << 20
+NPZ_MAX_TOTAL_BYTES = 8 << 20
+
+
 def _check_band(name: str, array: np.ndarray, where: str) -> np.ndarray:
     band = BANDS[name]
+    if array.ndim != 2:
+        raise ApiError(
+            422,
+            f"{where}: band {name} is a {array.ndim}-d array of shape {list(array.shape)}, expected 2-d "
+            f"{band.shape[0]}x{band.shape[1]} ({band.gsd} m)",
+            field=name,
+        )
     if array.shape != band.shape:
         raise ApiError(
             422,
-            f"{where}: band {name} is {array.shape[0]}x{array.shape[1] if array.ndim > 1 else '?'} pixels, "
+            f"{where}: band {name} is {array.shape[0]}x{array.shape[1]} pixels, "
             f"expected {band.shape[0]}x{band.shape[1]} ({band.gsd} m)",
             field=name,
         )
-    if array.dtype != np.dtype(band.dtype):
-        if not (np.issubdtype(array.dtype, np.number) and np.isfinite(array).all()):
-            raise ApiError(422, f"{where}: band {name} has dtype {array.dtype}, expected {band.dtype}", field=name)
-        array = array.astype(band.dtype)
-    if not np.isfinite(array.astype(np.float32, copy=False)).all():
+    if array.dtype.newbyteorder("=") != np.dtype(band.dtype):  # never cast: a float is not a DN, uint8 not dB
+        kind = "Sentinel-2 digital numbers" if band.sensor == "s2" else "Sentinel-1 backscatter in dB"
+        raise ApiError(
+            422,
+            f"{where}: band {name} has dtype {array.dtype}, expected {band.dtype} ({kind}, as in the archive)",
+            field=name,
+        )
+    array = array.astype(band.dtype, copy=False)  # native byte order
+    if band.sensor == "s1" and not np.isfinite(array).all():
         raise ApiError(422, f"{where}: band {name} holds NaN or infinite values", field=name)
     return array
 
@@ -71,8 +89,9 @@ def from_geotiffs(files: Iterable[tuple[str, str | None, bytes]]) -> dict[str, n
             raise ApiError(422, f"{where}: band {name} given twice", field=name)
         if not data:
             raise ApiError(422, f"{where}: empty file for band {name}", field=name)
-        try:
-            raster = decode(data, where)
+        band = BANDS[name]
+        try:  # size and dtype from the header, before a pixel is decoded
+            raster = decode(data, where, expect=(band.shape, band.dtype))
         except RasterError as e:
             raise ApiError(422, str(e), field=name) from None
         bands[name] = _check_band(name, raster.array, where)
@@ -82,9 +101,23 @@ def from_geotiffs(files: Iterable[tuple[str, str | None, bytes]]) -> dict[str, n
 def from_npz(data: bytes, where: str = "upload.npz") -> dict[str, np.ndarray]:
     """An `.npz` of band arrays (`B02`: `[120,120]`) or group arrays (`s2_10m`: `[4,120,120]`) -> bands."""
     try:
+        with zipfile.ZipFile(io.BytesIO(data)) as z:  # sizes as the archive states them, before inflating
+            members = z.infolist()
+        if len(members) > NPZ_MAX_MEMBERS:
+            raise ApiError(422, f"{where}: {len(members)} arrays, at most {NPZ_MAX_MEMBERS}", field="npz")
+        for m in members:
+            if m.file_size > NPZ_MAX_MEMBER_BYTES:
+                raise ApiError(
+                    413,
+                    f"{where}: array {m.filename.removesuffix('.npy')!r} inflates to {m.file_size} bytes, "
+                    f"more than one patch's ({NPZ_MAX_MEMBER_BYTES})",
+                    field="npz",
+                )
+        if sum(m.file_size for m in members) > NPZ_MAX_TOTAL_BYTES:
+            raise ApiError(413, f"{where}: inflates to more than {NPZ_MAX_TOTAL_BYTES} bytes", field="npz")
         npz = np.load(io.BytesIO(data), allow_pickle=False)
         arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError) as e:
+    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as e:
         raise ApiError(422, f"{where}: not a readable .npz ({e})", field="npz") from None
     bands: dict[str, np.ndarray] = {}
     for key, arr in arrays.items():
