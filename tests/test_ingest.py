@@ -252,3 +252,26 @@ def test_killed_ingest_resumes_without_duplicates_or_losses(synth_v2: Path, tmp_
     assert sorted(ids) == sorted(meta)
     for p, mtime in done.items():  # finished shards were not redone
         assert p.stat().st_mtime_ns == mtime
+
+
+def test_overwrite_deletes_only_a_shard_set_of_ours(synth_v2: Path, shards_v2: Path, tmp_path: Path) -> None:
+    import shutil
+
+    home = tmp_path / "home"  # a typo'd --out: somebody's folder
+    (home / "thesis").mkdir(parents=True)
+    (home / "thesis" / "chapter1.tex").write_text("years of work")
+    with pytest.raises(IngestError, match=r"not a shard set written by bigearth ingest.*nothing deleted"):
+        ingest(str(synth_v2), str(home), shard_size=30, overwrite=True)
+    assert (home / "thesis" / "chapter1.tex").read_text() == "years of work"
+
+    ours = tmp_path / "ours"
+    shutil.copytree(shards_v2, ours)
+    (ours / "train" / "notes.txt").write_text("mine")  # something else put inside a shard set
+    with pytest.raises(IngestError, match=r"holds 'train', which bigearth ingest does not write"):
+        ingest(str(synth_v2), str(ours), shard_size=30, overwrite=True)
+    assert (ours / "train" / "notes.txt").exists() and (ours / "manifest.json").exists()
+    (ours / "train" / "notes.txt").unlink()
+    (ours / "train" / "part-00000.parquet").write_bytes(b"stale")  # ours, however broken: replaced
+    ingest(str(synth_v2), str(ours), shard_size=30, overwrite=True)
+    assert Manifest.load(*open_fs(str(ours))).splits == Manifest.load(*open_fs(str(shards_v2))).splits
+    assert pq.read_metadata(ours / "train" / "part-00000.parquet").num_rows > 0

@@ -358,6 +358,8 @@ def test_body_over_the_limit_and_auth(url: str, ids: dict[str, list[str]]) -> No
     r = httpx.post(f"{url}/v1/search", json={"patch_id": ids["train"][0]}, headers={"X-API-Key": "wrong"})
     assert r.status_code == 401
     assert httpx.get(f"{url}/healthz").status_code == 200  # health needs no key
+    for path in ("/healthzz", "/metrics/x", "/docs-private", "/readyz.json", "/openapi.json/../v1/search"):
+        assert httpx.get(f"{url}{path}").status_code == 401, path  # exact paths only, not prefixes
     assert httpx.get(f"{url}/openapi.json").json()["paths"].keys() >= {
         "/v1/classify",
         "/v1/search",
@@ -425,3 +427,17 @@ def test_patch_listing(client: Client, ids: dict[str, list[str]]) -> None:
     with pytest.raises(ServiceError) as e:
         client.patches(split="holdout")
     assert e.value.status == 422 and e.value.field == "split"
+
+
+def test_a_500_names_an_error_id_in_the_log_not_the_exception(caplog: pytest.LogCaptureFixture) -> None:
+    from bigearth.serving.ingress import internal_error
+
+    try:
+        raise KeyError("/secret/path/of/the/server token=abc")
+    except KeyError as e:
+        with caplog.at_level("ERROR", logger="bigearth.serve"):
+            body, error_id = internal_error(e, "/v1/classify")
+    assert set(body) == {"error", "message", "field"} and error_id in body["message"]
+    assert "secret" not in json.dumps(body) and "KeyError" not in json.dumps(body)
+    logged = [r for r in caplog.records if error_id in r.getMessage()]
+    assert logged and logged[0].exc_info is not None and "secret" in str(logged[0].exc_info[1])

@@ -58,7 +58,11 @@ def add_ingest_args(p: argparse.ArgumentParser) -> None:
         help="shard compression (default lz4: fastest to read; zstd: about half the bytes; see docs/benchmarks.md)",
     )
     p.add_argument("--concurrency", type=int, help="at most this many shard tasks at once (default: as many as CPUs)")
-    p.add_argument("--overwrite", action="store_true", help="delete what --out holds first")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the shard set --out holds first (refused for a folder that is not one bigearth ingest wrote)",
+    )
     p.add_argument(
         "--staging",
         help="downloads only: where decompressed members wait for their shard, reachable by every node "

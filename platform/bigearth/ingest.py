@@ -53,6 +53,31 @@ class ShardPlan:
         return join(STATE_DIR, "reports", self.path.replace(".parquet", ".json"))
 
 
+def refuse_foreign_output(fs: Any, root: str, url: str) -> None:
+    """`--overwrite` deletes only an empty folder or a shard set this tool wrote: its `_ingest/plan.json` or
+    `manifest.json` is there and every entry is one an ingest writes (the manifest, `_ingest/`, split folders of
+    `part-*.parquet`). Anything else (a typo'd `--out` pointing at a home folder, a bucket prefix holding other
+    data) is refused, naming what is there."""
+    entries = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(root, detail=False)]
+    if not entries:
+        return
+    if "manifest.json" not in entries and not fs.exists(join(root, STATE_DIR, "plan.json")):
+        raise IngestError(
+            f"--overwrite: {url} is not a shard set written by bigearth ingest (no manifest.json or "
+            f"{STATE_DIR}/plan.json; it holds {sorted(entries)[:5]}): nothing deleted; pass another --out"
+        )
+    for name in entries:
+        if name in ("manifest.json", STATE_DIR):
+            continue
+        path = join(root, name)
+        inside = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)] if fs.isdir(path) else None
+        if inside is None or not all(p.startswith("part-") and p.endswith(".parquet") for p in inside):
+            raise IngestError(
+                f"--overwrite: {url} holds {name!r}, which bigearth ingest does not write: nothing deleted; "
+                "move it away or pass another --out"
+            )
+
+
 def plan_shards(catalogue: Catalogue, shard_size: int) -> list[ShardPlan]:
     """Deterministic: rows grouped by split, sorted by patch id, cut into shards of at most `shard_size`."""
     if shard_size < 1:
@@ -232,6 +257,7 @@ def ingest(
     fingerprint = _fingerprint(cat, plans, compression)
     plan_file = join(out_root, STATE_DIR, "plan.json")
     if overwrite and out_fs.exists(out_root):
+        refuse_foreign_output(out_fs, out_root, out)
         out_fs.rm(out_root, recursive=True)
     if out_fs.exists(plan_file):
         previous = json.loads(out_fs.cat(plan_file))

@@ -26,6 +26,20 @@ from bigearth.serving.args import AppArgs
 
 log = logging.getLogger("bigearth.serve")
 
+#: Paths answered without an API key: exactly these (a prefix match would also open `/metricsX`, `/docs-private`).
+OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+
+
+def internal_error(exc: BaseException, where: str) -> tuple[dict[str, Any], str]:
+    """The body of a 500 and its error id: the exception (type, message, traceback) goes to the service log under
+    that id, never into the answer, which may reach anyone."""
+    import uuid
+
+    error_id = uuid.uuid4().hex[:12]
+    log.error("unhandled error %s on %s", error_id, where, exc_info=(type(exc), exc, exc.__traceback__))
+    body = {"error": "internal", "message": f"internal error {error_id}: reported in the service log", "field": None}
+    return body, error_id
+
 
 def make_fastapi_app() -> Any:
     from fastapi import FastAPI
@@ -92,7 +106,9 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        err = _unwrap(exc) or ApiError(500, str(exc))
+        err = _unwrap(exc)
+        if err is None:
+            return JSONResponse(internal_error(exc, request.url.path)[0], status_code=500)
         return JSONResponse(err.body(), status_code=err.status)
 
     @app.middleware("http")
@@ -140,8 +156,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
 
         async def _guarded(self, request: Request, call_next: Any, unwrap: Any) -> Response:
             path = request.url.path
-            open_paths = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
-            if self.keys and not path.startswith(open_paths):
+            if self.keys and path not in OPEN_PATHS:
                 given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
                     "Bearer "
                 )
@@ -164,10 +179,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 err = unwrap(e)
                 if err is not None:
                     return JSONResponse(err.body(), err.status)
-                log.exception("unhandled error on %s", path)
-                return JSONResponse(
-                    {"error": "internal", "message": f"{type(e).__name__}: {e}"[:500], "field": None}, 500
-                )
+                return JSONResponse(internal_error(e, path)[0], 500)
 
         # ---------------------------------------------------------------- helpers
         async def model(self) -> dict[str, Any]:
@@ -230,8 +242,9 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             try:
                 model = await self.model()
                 index = await self.retriever.ready.remote()
-            except Exception as e:  # not ready yet is an answer, not an error
-                return JSONResponse(Ready(ready=False, detail=f"{type(e).__name__}: {e}"[:300]).model_dump(), 503)
+            except Exception as e:  # not ready yet is an answer, not an error; what failed goes to the log only
+                log.warning("not ready: %s: %s", type(e).__name__, e)
+                return JSONResponse(Ready(ready=False, detail="model or index not loaded yet").model_dump(), 503)
             return JSONResponse(Ready(ready=True, model=model["model"], index=index).model_dump())
 
         @app.get("/metrics", summary="Prometheus metrics: requests, latency, classifier batch sizes")
