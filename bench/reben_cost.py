@@ -45,6 +45,7 @@ def cost(path: Path) -> dict[str, object]:
         "train_gflops_per_pair": train_flops / 1e9,
         "eval_gflops_per_pair": eval_flops / 1e9,
         "epoch_pflops": (train_flops * TRAIN + eval_flops * VALIDATION) / 1e15,
+        "cpus_per_worker": cfg.scaling.cpus_per_worker,
     }
 
 
@@ -76,9 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for path in paths:
         r = cost(path)
-        from bigearth.training.config import load_config
-
-        cpus = load_config(path).scaling.cpus_per_worker
+        cpus = r["cpus_per_worker"]
         compute = r["epoch_pflops"] * 1e15 / (a.tflops * 1e12 * a.gpus)  # type: ignore[operator]
         feed = (TRAIN + VALIDATION) / (a.input_pairs_per_core * cpus * a.gpus)
         seconds = max(compute, feed)

@@ -108,13 +108,8 @@ def describe(config: dict[str, Any], version: str = "v0.2.0", bands: Sequence[st
         kwargs["drop_path_rate"] = float(config["drop_path_rate"])
     if name != "s1":
         kwargs["s2_bands"] = 10 if not {"B01", "B09"} & set(order) else 12
-    if tuple(order) != tuple(_default_bands(name, kwargs.get("s2_bands", 10))):
-        kwargs["bands"] = list(order)
+    kwargs["bands"] = list(order)  # always explicit: the checkpoint's channel order is the builder's input
     return kwargs
-
-
-def _default_bands(name: str, s2_bands: int) -> tuple[str, ...]:
-    return {"s1": BAND_SETS["s1"], "s2": BAND_SETS[f"s2-{s2_bands}"], "early": BAND_SETS[f"s1s2-{s2_bands}"]}[name]
 
 
 def convert(
