@@ -14,6 +14,8 @@ directory if the Python process that started it dies without cleaning up (SIGKIL
 Authentication: SeaweedFS without `-s3.config` accepts ANY request (anonymous, any key/secret). By default
 (`auth=True`) an identities file with one admin identity (key "bigearth" / secret "bigearth-secret") is
 passed, so signatures are really checked and a job that forgets its credentials fails as it would on AWS.
+STS is on as well (`-s3.iam.config`: a signing key and one role the admin may assume, full S3 access):
+`assume_role()` hands out real temporary credentials (key, secret, session token), checked on every request.
 """
 
 from __future__ import annotations
@@ -37,6 +39,8 @@ from typing import Any
 ACCESS_KEY = "bigearth"
 SECRET_KEY = "bigearth-secret"
 REGION = "us-east-1"
+IDENTITY = "bigearth-test"
+ROLE_ARN = "arn:aws:iam::000000000000:role/BigearthTestRole"  # SeaweedFS's account is always 000000000000
 
 # Never hand out these ports: Ray's GCS / dashboard / client server.
 RESERVED_PORTS = frozenset({6379, 8265, 10001})
@@ -117,6 +121,50 @@ for path in sockets:
     except OSError:
         pass
 """
+
+
+def _iam_config() -> dict[str, Any]:
+    """SeaweedFS's advanced IAM config: STS with a fresh signing key, one role the test identity may assume."""
+    import base64
+
+    return {
+        "sts": {
+            "tokenDuration": "1h",
+            "maxSessionLength": "12h",
+            "issuer": "seaweedfs-sts",
+            "signingKey": base64.b64encode(os.urandom(32)).decode(),
+        },
+        "policy": {"defaultEffect": "Deny"},
+        "roles": [
+            {
+                "roleName": ROLE_ARN.rsplit("/", 1)[1],
+                "roleArn": ROLE_ARN,
+                "trustPolicy": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {
+                            "Effect": "Allow",
+                            "Principal": {"AWS": f"arn:aws:iam::000000000000:user/{IDENTITY}"},
+                            "Action": ["sts:AssumeRole"],
+                        }
+                    ],
+                },
+                "attachedPolicies": ["S3FullAccess"],
+            }
+        ],
+        "policies": [
+            {
+                "name": "S3FullAccess",
+                "document": {
+                    "Version": "2012-10-17",
+                    "Statement": [
+                        {"Effect": "Allow", "Action": ["s3:*"], "Resource": ["arn:aws:s3:::*", "arn:aws:s3:::*/*"]},
+                        {"Effect": "Allow", "Action": ["sts:ValidateSession"], "Resource": ["*"]},
+                    ],
+                },
+            }
+        ],
+    }
 
 
 class SeaweedS3:
@@ -232,6 +280,20 @@ class SeaweedS3:
             "BIGEARTH_S3_ENDPOINT": self.endpoint,
         }
 
+    def assume_role(self, seconds: int = 900) -> dict[str, str]:
+        """Real temporary credentials from the server's STS: AccessKeyId, SecretAccessKey, SessionToken."""
+        import botocore.session
+
+        sts = botocore.session.get_session().create_client(
+            "sts",
+            endpoint_url=self.endpoint,
+            region_name=self.region,
+            aws_access_key_id=self.access_key,
+            aws_secret_access_key=self.secret_key,
+        )
+        got = sts.assume_role(RoleArn=ROLE_ARN, RoleSessionName="bigearth-tests", DurationSeconds=seconds)
+        return {k: got["Credentials"][k] for k in ("AccessKeyId", "SecretAccessKey", "SessionToken")}
+
     def s3fs_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for `s3fs.S3FileSystem` / `fsspec.filesystem("s3", ...)`."""
         return {
@@ -339,12 +401,15 @@ class SeaweedS3:
         if self.auth:
             config = d / "s3.json"
             identity = {
-                "name": "bigearth-test",
+                "name": IDENTITY,
                 "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
             }
             config.write_text(json.dumps({"identities": [identity]}))
             args.append(f"-s3.config={config}")
+            iam = d / "iam.json"
+            iam.write_text(json.dumps(_iam_config()))
+            args.append(f"-s3.iam.config={iam}")
         args += list(self.extra_args)
 
         env = {k: v for k, v in os.environ.items() if not k.startswith("WEED_") and k != "S3_EXTERNAL_URL"}

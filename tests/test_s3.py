@@ -102,3 +102,85 @@ def test_training_checkpoints_and_evaluation_on_s3(s3, bucket: str, shards_v2: P
     assert meta["model"]["name"] == "tiny"
     m = evaluate(f"s3://{bucket}/runs/on-s3", str(shards_v2), "test", str(tmp_path / "eval"), storage)
     assert m["checkpoint"] == best and m["samples"] > 0
+
+
+def test_no_key_means_the_aws_credential_chain_in_both_stacks(  # type: ignore[no-untyped-def]
+    s3, bucket: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With no key anywhere, s3fs and pyarrow each resolve the standard chain (here: the shared credentials file and
+    AWS_PROFILE); a wrong profile fails in both."""
+    import dataclasses
+
+    from bigearth.storage import BlobReader, StorageOptions
+
+    s3.fs().pipe(f"{bucket}/chain/x.bin", b"through the chain")
+    creds = tmp_path / "credentials"
+    creds.write_text(
+        f"[default]\naws_access_key_id = {s3.access_key}\naws_secret_access_key = {s3.secret_key}\n"
+        f"[stale]\naws_access_key_id = {s3.access_key}\naws_secret_access_key = not-the-secret\n"
+    )
+    (tmp_path / "config").write_text("")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(creds))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+
+    def read_both() -> tuple[bytes, bytes | BaseException]:
+        opts = StorageOptions.from_env(endpoint_url=s3.endpoint, region=s3.region)
+        assert opts.key is None and opts.token is None
+        fs, root = open_fs(f"s3://{bucket}/chain", dataclasses.replace(opts, extra={"skip_instance_cache": True}))
+        got = BlobReader(f"s3://{bucket}/chain", opts).read_many([f"{root}/x.bin"])[f"{root}/x.bin"]
+        return fs.cat(f"{root}/x.bin"), got
+
+    assert read_both() == (b"through the chain", b"through the chain")
+    monkeypatch.setenv("AWS_PROFILE", "stale")
+    with pytest.raises(PermissionError):
+        read_both()
+    opts = StorageOptions.from_env(endpoint_url=s3.endpoint, region=s3.region)
+    got = BlobReader(f"s3://{bucket}/chain", opts).read_many([f"{bucket}/chain/x.bin"])[f"{bucket}/chain/x.bin"]
+    assert isinstance(got, OSError) and not isinstance(got, FileNotFoundError), got  # refused, not "missing"
+
+
+def test_storage_options_refuse_half_credentials() -> None:
+    from bigearth.storage import StorageOptions
+
+    with pytest.raises(ValueError, match="a key without a secret"):
+        StorageOptions(key="k")
+    with pytest.raises(ValueError, match="a session token without the temporary key"):
+        StorageOptions(token="t")
+    with pytest.raises(ValueError, match="anonymous access and a key"):
+        StorageOptions(anon=True, key="k", secret="s")
+    opts = StorageOptions(key="k", secret="s3cr3t", token="sess10n")
+    assert opts.for_protocol("s3")["token"] == "sess10n"
+    assert "sess10n" not in repr(opts) and "s3cr3t" not in repr(opts)
+
+
+def test_temporary_credentials_with_a_session_token_in_both_stacks(  # type: ignore[no-untyped-def]
+    s3, bucket: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Real STS credentials from the server: AWS_SESSION_TOKEN reaches s3fs and pyarrow through StorageOptions; the
+    same temporary key without its token, or with another token, is refused by both."""
+    import dataclasses
+
+    from bigearth.storage import BlobReader, StorageOptions
+
+    creds = s3.assume_role()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", creds["SecretAccessKey"])
+    monkeypatch.setenv("AWS_SESSION_TOKEN", creds["SessionToken"])
+    opts = StorageOptions.from_env(endpoint_url=s3.endpoint, region=s3.region)
+    assert opts.token == creds["SessionToken"]
+    fs, root = open_fs(f"s3://{bucket}/temporary", dataclasses.replace(opts, extra={"skip_instance_cache": True}))
+    fs.pipe(f"{root}/x.bin", b"written with a session token")
+    got = BlobReader(f"s3://{bucket}/temporary", opts).read_many([f"{root}/x.bin"])
+    assert got[f"{root}/x.bin"] == b"written with a session token"
+
+    other = s3.assume_role()["SessionToken"]
+    for token in (None, other):
+        bad = dataclasses.replace(opts, token=token, extra={"skip_instance_cache": True})
+        fs, root = open_fs(f"s3://{bucket}/temporary", bad)
+        with pytest.raises(PermissionError):
+            fs.cat(f"{root}/x.bin")
+        refused = BlobReader(f"s3://{bucket}/temporary", bad).read_many([f"{root}/x.bin"])[f"{root}/x.bin"]
+        assert isinstance(refused, OSError) and not isinstance(refused, FileNotFoundError), refused

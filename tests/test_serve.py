@@ -4,6 +4,7 @@ REAL BigEarthNet patches from ../shared uploaded as GeoTIFFs; through the SDK, t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import socket
@@ -35,11 +36,14 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def url(tiny_run: Path, index_v2: Path, shards_v2: Path) -> Iterator[str]:
+def url(tiny_run: Path, index_v2: Path, shards_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     from ray import serve
+    from ray.serve._private.build_app import build_app
 
     from bigearth.serving.app import AppArgs, build
 
+    keys = tmp_path_factory.mktemp("secrets") / "api-keys"
+    keys.write_text(f"# comment lines are not keys\n{KEY}\n")
     port = _free_port()
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(
@@ -49,10 +53,15 @@ def url(tiny_run: Path, index_v2: Path, shards_v2: Path) -> Iterator[str]:
         replica_cpus=0.25,
         max_batch_size=16,
         batch_wait_timeout_s=0.05,
-        api_keys=[KEY],
+        api_keys_file=str(keys),
         max_body_mb=4,
+        body_timeout_s=3,
     )
-    serve.run(build(args), name="bigearth", route_prefix="/")
+    app = build(args)
+    stored = [d._replica_config.serialized_init_args for d in build_app(app, name="bigearth").deployments]
+    assert not [a for a in stored if KEY.encode() in a]  # what Serve keeps holds the file's name, never the key
+    assert [a for a in stored if str(keys).encode() in a]
+    serve.run(app, name="bigearth", route_prefix="/")
     base = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while httpx.get(f"{base}/readyz").status_code != 200:
@@ -367,6 +376,80 @@ def test_body_over_the_limit_and_auth(url: str, ids: dict[str, list[str]]) -> No
     }
 
 
+def _raw_request(url: str, head: str, chunks: Iterator[bytes], pause: float = 0.0) -> tuple[bytes, int]:
+    """Send `head` then `chunks` over a raw socket, stopping as soon as the server answers: (the answer, bytes of
+    body sent). httpx cannot show this: it sends the whole body before it reads a response."""
+    import select
+
+    host, port = url.removeprefix("http://").split(":")
+    sent = 0
+    with socket.create_connection((host, int(port)), timeout=30) as sock:
+        sock.sendall(head.encode())
+        for chunk in chunks:
+            if select.select([sock], [], [], pause)[0]:
+                break
+            try:
+                sock.sendall(chunk)
+            except (BrokenPipeError, ConnectionResetError):
+                break
+            sent += len(chunk)
+        answer = b""
+        sock.settimeout(30)
+        with contextlib.suppress(ConnectionResetError):
+            while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+                got = sock.recv(65536)
+                if not got:
+                    break
+                answer += got
+    return answer, sent
+
+
+def _status_and_json(answer: bytes) -> tuple[int, dict[str, object]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if b"transfer-encoding: chunked" in head.lower():  # one chunk: "<hex>\r\n<json>\r\n0\r\n\r\n"
+        body = body.split(b"\r\n", 1)[1].rsplit(b"\r\n0\r\n", 1)[0]
+    return int(head.split()[1]), json.loads(body.strip() or b"{}")
+
+
+def test_a_chunked_body_stops_at_the_limit_while_it_streams(url: str) -> None:
+    """No Content-Length: the service counts the body as it arrives and answers 413 long before 64 MB are sent."""
+    head = (
+        f"POST /v1/classify HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+        "Content-Type: multipart/form-data; boundary=b\r\nTransfer-Encoding: chunked\r\n\r\n"
+    )
+    block = b"\0" * (256 * 1024)
+    chunks = (f"{len(block):x}\r\n".encode() + block + b"\r\n" for _ in range(256))  # 64 MB if all sent
+    answer, sent = _raw_request(url, head, chunks, pause=0.01)  # ~25 MB/s: a fast link, slower than loopback
+    status, body = _status_and_json(answer)
+    assert status == 413 and body["field"] == "body" and "over the limit" in str(body["message"]), answer[:500]
+    print(f"413 after {sent / 2**20:.1f} MiB of a 64 MiB chunked body (limit 4 MiB)")
+    assert sent < 32 * 1024 * 1024, sent  # answered at the limit, not after the whole body
+
+
+def test_a_stalled_body_times_out_with_a_408(url: str) -> None:
+    head = (
+        f"POST /v1/search HTTP/1.1\r\nHost: x\r\nX-API-Key: {KEY}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    t = time.monotonic()
+    answer, _ = _raw_request(url, head, iter([b'{"patch_id": ']), pause=0.0)
+    status, body = _status_and_json(answer)
+    assert status == 408 and body["field"] == "body" and "within 3 s" in str(body["message"]), answer[:500]
+    assert time.monotonic() - t < 25  # the body timeout (3 s here), not a hang
+
+
+def test_a_multipart_body_of_thousands_of_parts_is_refused(url: str) -> None:
+    part = '--b\r\nContent-Disposition: form-data; name="f{i}"; filename="f{i}.tif"\r\n\r\nx\r\n'
+    parts = "".join(part.format(i=i) for i in range(5000))
+    r = httpx.post(
+        f"{url}/v1/classify",
+        content=(parts + "--b--\r\n").encode(),
+        headers={"X-API-Key": KEY, "content-type": "multipart/form-data; boundary=b"},
+        timeout=60,
+    )
+    assert r.status_code == 400 and r.json()["field"] == "body" and "Too many files" in r.json()["message"], r.text
+
+
 def test_service_still_answers_after_all_that(client: Client, ids: dict[str, list[str]]) -> None:
     assert client.health() and client.ready().ready
     assert client.classify(patch_id=ids["validation"][1]).probabilities
@@ -390,6 +473,26 @@ def test_serve_config_is_a_valid_deploy_config_with_valid_args() -> None:
     assert app.import_path == "bigearth.serving.app:build"
     args = AppArgs.model_validate(app.args)
     assert args.max_ongoing_requests > args.max_batch_size  # or @serve.batch never fills a batch
+
+
+def test_app_args_refuse_secrets_and_unknown_fields(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from bigearth.serving.app import AppArgs
+
+    base = {"checkpoint": "c", "index": "/data/index", "data": "d"}
+    with pytest.raises(ValidationError, match=r"api_keys: keys are not arguments .* BIGEARTH_API_KEYS"):
+        AppArgs.model_validate({**base, "api_keys": ["k"]})
+    with pytest.raises(ValidationError, match=r"qdrant_api_key: keys are not arguments .* QDRANT_API_KEY"):
+        AppArgs.model_validate({**base, "qdrant_api_key": "k"})
+    with pytest.raises(ValidationError, match="max_batch"):
+        AppArgs.model_validate({**base, "max_batch": 8})  # a typo is refused, not ignored
+    keys = tmp_path / "keys"
+    keys.write_text("a\n\n  b  \n")
+    monkeypatch.setenv("BIGEARTH_API_KEYS", "c,")
+    assert AppArgs.model_validate({**base, "api_keys_file": str(keys)}).keys() == {"a", "b", "c"}
+    with pytest.raises(RuntimeError, match="api_keys_file: cannot read '/nonexistent/keys' on this node"):
+        AppArgs.model_validate({**base, "api_keys_file": "/nonexistent/keys"}).keys()
 
 
 def test_app_args_refuse_two_readers_of_one_embedded_index() -> None:

@@ -24,6 +24,7 @@ class ApiError(Exception):
             400: "bad_request",
             401: "unauthorized",
             404: "not_found",
+            408: "timeout",
             413: "too_large",
             422: "invalid",
             429: "busy",

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -186,6 +187,16 @@ def run_demo(a: argparse.Namespace) -> int:
     return 0
 
 
+def _private_keys_file(keys: list[str]) -> str:
+    """The keys in a file only this user can read: the replicas read it at start (keys are never Serve arguments)."""
+    import tempfile
+
+    fd, path = tempfile.mkstemp(prefix="bigearth-api-keys-", suffix=".txt")  # mode 0600
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write("\n".join(keys) + "\n")
+    return path
+
+
 def run_serve(a: argparse.Namespace) -> int:
     import time
 
@@ -194,6 +205,7 @@ def run_serve(a: argparse.Namespace) -> int:
     from bigearth.raycluster import ensure_ray
     from bigearth.serving.app import AppArgs, build
 
+    keys_file = a.api_keys_file or (_private_keys_file(a.api_keys) if a.api_keys else None)
     args = AppArgs(
         checkpoint=a.checkpoint,
         index=a.index,
@@ -202,7 +214,7 @@ def run_serve(a: argparse.Namespace) -> int:
         classifier_replicas=a.replicas,
         max_batch_size=a.max_batch_size,
         replica_cpus=a.replica_cpus,
-        api_keys=a.api_keys or [],
+        api_keys_file=keys_file,
     )
     ensure_ray()
     serve.start(http_options={"host": a.host, "port": a.port})
@@ -215,6 +227,9 @@ def run_serve(a: argparse.Namespace) -> int:
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.shutdown()
+    finally:
+        if keys_file and not a.api_keys_file:
+            os.unlink(keys_file)
     return 0
 
 
@@ -346,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch-size", type=int, default=32)
     p.add_argument("--replica-cpus", type=float, default=1.0)
     p.add_argument("--api-keys", nargs="*", help="require one of these in X-API-Key (also $BIGEARTH_API_KEYS)")
+    p.add_argument("--api-keys-file", help="file of accepted keys, one per line (a mounted secret)")
     p.add_argument("--no-block", action="store_true", help="return once deployed (the service stays up in Ray)")
     p.set_defaults(func=run_serve)
 

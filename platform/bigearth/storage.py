@@ -20,28 +20,53 @@ from fsspec import AbstractFileSystem
 
 @dataclass(frozen=True)
 class StorageOptions:
-    """Options for object stores. Unset values fall back to the environment (AWS_* variables, ~/.aws)."""
+    """Options for object stores: the one place that maps credentials onto both filesystem stacks (fsspec's s3fs
+    and pyarrow's native S3).
+
+    Credentials: an explicit key and secret (and, for temporary credentials, a session `token`), or none at all,
+    in which case each process that opens the store uses the standard AWS credential chain (environment, the shared
+    credentials/config files and `AWS_PROFILE`, web identity, container and instance metadata), as boto and the
+    AWS C++ SDK do.
+    """
 
     endpoint_url: str | None = None
     anon: bool = False
     key: str | None = None
     secret: str | None = None
     region: str | None = None
+    token: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if bool(self.key) != bool(self.secret):
+            have, lacks = ("key", "secret") if self.key else ("secret", "key")
+            raise ValueError(f"S3 credentials: a {have} without a {lacks} (give both, or neither for the AWS chain)")
+        if self.token and not self.key:
+            raise ValueError("S3 credentials: a session token without the temporary key and secret it belongs to")
+        if self.anon and self.key:
+            raise ValueError("S3 credentials: anonymous access and a key at once (choose one)")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> StorageOptions:
         """Read `BIGEARTH_S3_ENDPOINT` / `AWS_ENDPOINT_URL`, `BIGEARTH_S3_ANON`, `AWS_ACCESS_KEY_ID`,
-        `AWS_SECRET_ACCESS_KEY`, `AWS_REGION`; explicit overrides win. The values travel with the Ray tasks, so
-        workers whose environment lacks them (a laptop cluster) still reach the store."""
+        `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`; explicit overrides win (an explicit key
+        replaces the environment's key, secret and token together). The values travel with the Ray tasks, so
+        workers whose environment lacks them (a laptop cluster) still reach the store. With no key anywhere,
+        every process resolves the AWS credential chain itself (a pod's service account, an instance profile)."""
         env: dict[str, Any] = {
             "endpoint_url": os.environ.get("BIGEARTH_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
             "anon": os.environ.get("BIGEARTH_S3_ANON", "").lower() in {"1", "true", "yes"},
-            "key": os.environ.get("AWS_ACCESS_KEY_ID"),
-            "secret": os.environ.get("AWS_SECRET_ACCESS_KEY"),
+            "key": os.environ.get("AWS_ACCESS_KEY_ID") or None,
+            "secret": os.environ.get("AWS_SECRET_ACCESS_KEY") or None,
+            "token": os.environ.get("AWS_SESSION_TOKEN") or None,
             "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
         }
-        env.update({k: v for k, v in overrides.items() if v is not None})
+        given = {k: v for k, v in overrides.items() if v is not None}
+        if "key" in given:
+            env.update(secret=None, token=None)
+        if given.get("anon"):
+            env.update(key=None, secret=None, token=None)
+        env.update(given)
         return cls(**env)
 
     def for_protocol(self, protocol: str) -> dict[str, Any]:
@@ -53,6 +78,8 @@ class StorageOptions:
                 opts["key"] = self.key
             if self.secret:
                 opts["secret"] = self.secret
+            if self.token:
+                opts["token"] = self.token
             client: dict[str, Any] = {}
             if self.endpoint_url:
                 client["endpoint_url"] = self.endpoint_url
@@ -70,7 +97,7 @@ class StorageOptions:
     def __repr__(self) -> str:  # never print the secret
         return (
             f"StorageOptions(endpoint_url={self.endpoint_url!r}, anon={self.anon}, key={self.key!r}, "
-            f"secret={'***' if self.secret else None}, region={self.region!r})"
+            f"secret={'***' if self.secret else None}, token={'***' if self.token else None}, region={self.region!r})"
         )
 
 
@@ -114,6 +141,7 @@ def arrow_filesystem(url: str, options: StorageOptions | None = None) -> tuple[p
         s3 = pafs.S3FileSystem(
             access_key=opts.key,
             secret_key=opts.secret,
+            session_token=opts.token,
             region=opts.region or "us-east-1",
             endpoint_override=endpoint,
             scheme=scheme,

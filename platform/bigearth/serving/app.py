@@ -11,7 +11,6 @@ GET /v1/patches/{id}/rgb.png, GET /healthz, GET /readyz, GET /metrics. Bad input
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from bigearth.serving.args import AppArgs
@@ -24,7 +23,6 @@ def build(args: AppArgs) -> Any:
     """The application: `Ingress(Classifier, Retriever)` with replicas, batching and resources from `args`."""
     from ray import serve
 
-    key = args.qdrant_api_key or os.environ.get("QDRANT_API_KEY")
     cls_opts: dict[str, Any] = {
         "max_ongoing_requests": args.max_ongoing_requests,
         "ray_actor_options": {"num_cpus": args.replica_cpus, "num_gpus": args.gpus_per_classifier},
@@ -54,7 +52,7 @@ def build(args: AppArgs) -> Any:
         num_replicas=args.retriever_replicas,
         max_ongoing_requests=args.max_ongoing_requests,
         ray_actor_options={"num_cpus": min(args.replica_cpus, 1.0)},
-    )(Retriever).bind(args.index, args.collection, args.data, key)
+    )(Retriever).bind(args.index, args.collection, args.data, args.qdrant_api_key_file)
     from bigearth.serving.ingress import make_fastapi_app, make_ingress
 
     ingress_cls = make_ingress(serve, make_fastapi_app())

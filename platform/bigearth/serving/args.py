@@ -1,21 +1,60 @@
-"""The Serve application's typed arguments (`serve/config.yaml` `args:`, `serve run ... key=value`)."""
+"""The Serve application's typed arguments (`serve/config.yaml` `args:`, `serve run ... key=value`).
+
+Secrets are never arguments: the arguments end up in the Serve deployment config (the dashboard, `serve status`,
+the controller's checkpoint). Each replica reads its keys when it starts, from its environment (a Kubernetes Secret
+through `env`) or from a file (a mounted Secret).
+"""
 
 from __future__ import annotations
 
 import os
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SECRET_FIELDS = {
+    "api_keys": "set BIGEARTH_API_KEYS in the replicas' environment, or api_keys_file",
+    "qdrant_api_key": "set QDRANT_API_KEY in the replicas' environment, or qdrant_api_key_file",
+}
+
+
+def _read_secret_file(path: str, field: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as f:
+            return f.read()
+    except OSError as e:
+        raise RuntimeError(f"{field}: cannot read {path!r} on this node ({e.strerror or e})") from e
+
+
+def read_api_keys(path: str | None) -> set[str]:
+    """Accepted API keys, read now: `$BIGEARTH_API_KEYS` (comma-separated) and the lines of the file `path` (lines
+    starting with `#` are comments)."""
+    found = os.environ.get("BIGEARTH_API_KEYS", "").split(",")
+    if path:
+        lines = _read_secret_file(path, "api_keys_file").splitlines()
+        found += [x for x in lines if not x.lstrip().startswith("#")]
+    return {k.strip() for k in found if k.strip()}
+
+
+def read_qdrant_key(path: str | None) -> str | None:
+    """The Qdrant API key, read now: the file `path`, else `$QDRANT_API_KEY`."""
+    if path:
+        return _read_secret_file(path, "qdrant_api_key_file").strip() or None
+    return os.environ.get("QDRANT_API_KEY") or None
 
 
 class AppArgs(BaseModel):
     """Arguments of the application builder (`serve run ... key=value`, or `args:` in serve/config.yaml)."""
 
+    model_config = ConfigDict(extra="forbid")
+
     checkpoint: str = Field(description="checkpoint folder or run folder (its best checkpoint); path or URL")
     index: str = Field(description="embedded-engine folder, or http(s):// Qdrant URL")
     data: str = Field(description="the shard set (patch lookups, quicklooks, classify by patch id)")
     collection: str = "bigearthnet"
-    qdrant_api_key: str | None = Field(None, description="default: $QDRANT_API_KEY")
+    qdrant_api_key_file: str | None = Field(
+        None, description="file holding the Qdrant API key, read by each replica (else $QDRANT_API_KEY)"
+    )
     classifier_replicas: int = Field(1, ge=1)
     classifier_max_replicas: int | None = Field(None, description="> classifier_replicas: autoscale up to this")
     max_batch_size: int = Field(32, ge=1, le=1024)
@@ -24,14 +63,22 @@ class AppArgs(BaseModel):
     replica_cpus: float = Field(1.0, ge=0, description="CPUs reserved per classifier replica")
     retriever_replicas: int = Field(1, ge=1, description="keep 1 for the embedded engine (one process per folder)")
     max_ongoing_requests: int = Field(128, ge=1, description="per replica; must exceed max_batch_size to batch")
-    api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values (+ $BIGEARTH_API_KEYS)")
-    max_body_mb: float = Field(16.0, gt=0)
+    api_keys_file: str | None = Field(
+        None, description="file of accepted X-API-Key values, one per line, read by each replica (+ $BIGEARTH_API_KEYS)"
+    )
+    max_body_mb: float = Field(16.0, gt=0, description="larger bodies are refused (413) as they stream in")
+    body_timeout_s: float = Field(30.0, gt=0, description="a body not received within this is refused (408)")
     threshold: float = Field(0.5, gt=0, lt=1)
 
-    @field_validator("api_keys", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _split(cls, v: Any) -> Any:
-        return [k for k in v.split(",") if k] if isinstance(v, str) else v
+    def _no_secrets(cls, v: Any) -> Any:
+        if isinstance(v, dict):
+            for name, instead in SECRET_FIELDS.items():
+                if name in v:
+                    stored = "they would be stored in the Serve config"
+                    raise ValueError(f"{name}: keys are not arguments ({stored}); {instead}")
+        return v
 
     @model_validator(mode="after")
     def _one_reader_per_folder(self) -> AppArgs:
@@ -43,5 +90,5 @@ class AppArgs(BaseModel):
         return self
 
     def keys(self) -> set[str]:
-        env = os.environ.get("BIGEARTH_API_KEYS", "")
-        return {k.strip() for k in [*self.api_keys, *env.split(",")] if k.strip()}
+        """The accepted API keys, read now (at replica start). Empty: no auth."""
+        return read_api_keys(self.api_keys_file)

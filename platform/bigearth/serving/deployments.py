@@ -76,12 +76,14 @@ class Classifier:
 class Retriever:
     """The vector index and the shard set (patch lookups)."""
 
-    def __init__(self, index: str, collection: str, data: str, api_key: str | None) -> None:
+    def __init__(self, index: str, collection: str, data: str, api_key_file: str | None = None) -> None:
         from bigearth.patches import PatchStore
         from bigearth.retrieval import open_index
+        from bigearth.serving.args import read_qdrant_key
         from bigearth.storage import StorageOptions
 
-        self.index = open_index(index, collection, api_key=api_key)
+        # read here, in the replica: a key passed as an argument would be stored in the Serve config
+        self.index = open_index(index, collection, api_key=read_qdrant_key(api_key_file))
         self.meta = self.index.metadata()
         self.index.count()  # fail at start-up, not on the first request, when the index cannot be read
         self.store = PatchStore(data, StorageOptions.from_env())

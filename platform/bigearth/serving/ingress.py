@@ -3,6 +3,7 @@
 No `from __future__ import annotations` here: FastAPI reads the route annotations (`Request`, ...) as objects.
 """
 
+import asyncio
 import hmac
 import logging
 import time
@@ -188,9 +189,32 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             return self._model
 
         async def _body(self, request: Request) -> bytes:
-            body = await request.body()
-            if len(body) > self.limit:
-                raise ApiError(413, f"request body is over the limit of {self.limit} bytes", "body")
+            """The body, counted while it streams in: a chunked body (no Content-Length) stops at the limit, a
+            client that stalls stops at `body_timeout_s`; neither is buffered whole first."""
+            from starlette.requests import ClientDisconnect
+
+            cached: bytes | None = getattr(request, "_body", None)
+            if cached is not None:
+                return cached
+            loop = asyncio.get_running_loop()
+            deadline, timeout = loop.time() + self.args.body_timeout_s, self.args.body_timeout_s
+            chunks, size = [], 0
+            stream = request.stream().__aiter__()
+            while True:
+                try:
+                    chunk = await asyncio.wait_for(stream.__anext__(), max(deadline - loop.time(), 0.001))
+                except StopAsyncIteration:
+                    break
+                except TimeoutError:
+                    raise ApiError(408, f"request body not received within {timeout:g} s", "body") from None
+                except ClientDisconnect:
+                    raise ApiError(400, "the client disconnected before sending the whole body", "body") from None
+                size += len(chunk)
+                if size > self.limit:
+                    raise ApiError(413, f"request body is over the limit of {self.limit} bytes", "body")
+                chunks.append(chunk)
+            body = b"".join(chunks)
+            request._body = body  # what Starlette's own body() keeps: form() parses it from here
             return body
 
         async def _upload(self, request: Request) -> tuple[dict[str, np.ndarray], str | None]:
