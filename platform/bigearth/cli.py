@@ -217,7 +217,7 @@ def run_serve(a: argparse.Namespace) -> int:
         api_keys_file=keys_file,
     )
     ensure_ray()
-    serve.start(http_options={"host": a.host, "port": a.port})
+    serve.start(http_options={"host": a.host, "port": a.port, "request_timeout_s": 120})
     serve.run(build(args), name="bigearth", route_prefix="/")
     print(f"serving on http://{a.host}:{a.port} (OpenAPI: /docs); Ctrl-C stops", flush=True)
     if a.no_block:
