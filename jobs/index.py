@@ -23,7 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--api-key", help="Qdrant API key (default: $QDRANT_API_KEY)")
     p.add_argument("--actors", type=int, default=1, help="embedding actors (one model each)")
     p.add_argument("--gpus-per-actor", type=float, default=0)
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="pairs per model call")
+    p.add_argument("--upsert-batch", type=int, default=512, help="points per write to the index")
     p.add_argument("--recreate", action="store_true", help="drop the collection first if it holds other vectors")
     p.add_argument("--report", help="also write the JSON report here")
     p.add_argument(
@@ -46,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         storage=storage_from_args(a),
         api_key=a.api_key,
         batch_size=a.batch_size,
+        upsert_batch=a.upsert_batch,
         actors=a.actors,
         gpus_per_actor=a.gpus_per_actor,
         recreate=a.recreate,
