@@ -360,12 +360,26 @@ class SeaweedS3:
 
     # ------------------------------------------------------------------ internals
 
-    def _launch(self, weed: str, attempt: int) -> None:
+    def crash(self) -> None:
+        """SIGKILL the server as a crash would, keeping its data and ports for `restart()`."""
+        self._kill()
+
+    def restart(self) -> float:
+        """Start the crashed server again on the same ports over the same data; seconds until it answered."""
+        if self._proc is not None:
+            raise RuntimeError("SeaweedS3 is running: crash() it first")
+        t0 = time.monotonic()
+        self._launch(self.weed or find_weed(), 9, keep_ports=True)
+        self._wait_ready(t0)
+        return time.monotonic() - t0
+
+    def _launch(self, weed: str, attempt: int, keep_ports: bool = False) -> None:
         assert self.data_dir is not None
-        held = _reserve_ports(2 * len(_ROLES))
-        ports = [s.getsockname()[1] for s in held]
-        self.ports = {role: ports[i] for i, role in enumerate(_ROLES)}
-        self.ports.update({f"{role}.grpc": ports[len(_ROLES) + i] for i, role in enumerate(_ROLES)})
+        held = [] if keep_ports else _reserve_ports(2 * len(_ROLES))
+        if not keep_ports:
+            ports = [s.getsockname()[1] for s in held]
+            self.ports = {role: ports[i] for i, role in enumerate(_ROLES)}
+            self.ports.update({f"{role}.grpc": ports[len(_ROLES) + i] for i, role in enumerate(_ROLES)})
         d = self.data_dir
         self.log_path = d / f"weed.{attempt}.log"
         args = [

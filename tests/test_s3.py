@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -184,3 +186,69 @@ def test_temporary_credentials_with_a_session_token_in_both_stacks(  # type: ign
             fs.cat(f"{root}/x.bin")
         refused = BlobReader(f"s3://{bucket}/temporary", bad).read_many([f"{root}/x.bin"])[f"{root}/x.bin"]
         assert isinstance(refused, OSError) and not isinstance(refused, FileNotFoundError), refused
+
+
+def _crash_after(server, reports: Path, shards: int, then_restart_after: float | None) -> threading.Thread:  # type: ignore[no-untyped-def]
+    """A thread that SIGKILLs the S3 server once `shards` shard reports exist, and restarts it after a pause."""
+
+    def run() -> None:
+        deadline = time.monotonic() + 300
+        while len(list(reports.glob("**/*.json"))) < shards and time.monotonic() < deadline:
+            time.sleep(0.05)
+        server.crash()
+        if then_restart_after is not None:
+            time.sleep(then_restart_after)
+            server.restart()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _ids_once(out: Path, expected: list[str]) -> None:
+    m = Manifest.load(*open_fs(str(out)))
+    ids = [i for s in m.shards for i in pq.read_table(out / s["path"], columns=["patch_id"]).column(0).to_pylist()]
+    assert sorted(ids) == sorted(expected) and not m.quarantined  # every pair exactly once, none quarantined
+
+
+def test_an_ingest_survives_the_s3_server_restarting_and_resumes_after_a_long_outage(
+    synth_v2: Path, shards_v2: Path, tmp_path: Path
+) -> None:
+    """The server is SIGKILLed in the middle of an ingest reading from it. Back within seconds: the reads retry
+    and the ingest completes. Down for longer than `retry_s`: the ingest stops with an error that says to re-run,
+    and the re-run, once the server is back, ends with every pair exactly once."""
+    import dataclasses
+
+    from bigearth.storage import StorageUnavailable
+    from seaweed import SeaweedS3
+
+    expected = read_columns_ids(shards_v2)
+    with SeaweedS3() as server:
+        bucket = server.make_bucket("restarts")
+        server.fs().put(str(synth_v2), f"{bucket}/archive", recursive=True)
+        archive = f"s3://{bucket}/archive"
+        storage = dataclasses.replace(server.storage_options(), retry_s=60.0)
+
+        out = tmp_path / "survived"
+        crash = _crash_after(server, out / "_ingest" / "reports", 2, then_restart_after=3.0)
+        ingest(archive, str(out), shard_size=10, storage=storage, concurrency=1, progress=False)
+        crash.join(60)
+        _ids_once(out, expected)
+
+        out = tmp_path / "resumed"
+        crash = _crash_after(server, out / "_ingest" / "reports", 2, then_restart_after=None)
+        impatient = dataclasses.replace(storage, retry_s=1.0)
+        with pytest.raises(StorageUnavailable, match="re-run the same command to resume"):
+            ingest(archive, str(out), shard_size=10, storage=impatient, concurrency=1, progress=False)
+        crash.join(60)
+        done_before = len(list((out / "_ingest" / "reports").glob("**/*.json")))
+        assert 2 <= done_before < 12
+        server.restart()
+        ingest(archive, str(out), shard_size=10, storage=storage, concurrency=1, progress=False)
+        _ids_once(out, expected)
+
+
+def read_columns_ids(shards: Path) -> list[str]:
+    from bigearth.data import read_columns
+
+    return list(read_columns(str(shards), ["patch_id"]).column(0).to_pylist())

@@ -30,7 +30,7 @@ from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
 from bigearth.archive.staging import StagedSource, download_problems, shard_entries
 from bigearth.ingest_downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
 from bigearth.shards import DEFAULT_COMPRESSION, FORMAT_VERSION, Manifest, ShardWriter
-from bigearth.storage import BlobReader, StorageOptions, join, open_fs
+from bigearth.storage import BlobReader, StorageOptions, StorageUnavailable, join, open_fs
 
 log = logging.getLogger(__name__)
 
@@ -307,7 +307,13 @@ def ingest(
     # that pass data on) held this one to 1 task of 2 CPUs for much of a run (measured: 202 -> 396 pairs/s).
     ds.context.op_resource_reservation_enabled = False
     ds = ds.map(_run_shard, fn_kwargs=task_args, concurrency=concurrency, num_cpus=1)
-    reports = [json.loads(r["report"]) for r in ds.iter_rows()]
+    try:
+        reports = [json.loads(r["report"]) for r in ds.iter_rows()]
+    except Exception as e:
+        gone = _storage_fault(e)
+        if gone is not None:  # the store's fault, said plainly (Ray Data wraps it twice)
+            raise StorageUnavailable(gone) from None
+        raise
     manifest = _manifest(cat, reports, archive)
     manifest.source["compression"] = compression
     if cat.layout.reference_maps:
@@ -327,6 +333,16 @@ def ingest(
         if not keep_staging:
             remove_staging(staging_url, storage, remove_empty_parent=staging is None)
     return manifest
+
+
+def _storage_fault(exc: BaseException) -> str | None:
+    """The message of a `StorageUnavailable` raised in a shard task. Ray Data re-raises it as a
+    `UserCodeException` inside a `RayTaskError`; the original's chain does not survive the trip between
+    processes, its text (the remote traceback) does."""
+    import re
+
+    found = re.search(r"bigearth\.storage\.StorageUnavailable: ([^\n]+)", str(exc))
+    return found.group(1) if found else None
 
 
 def _run_shard(item: dict[str, Any], **task_args: Any) -> dict[str, Any]:

@@ -6,6 +6,7 @@ which open their own filesystem with it.
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 from collections.abc import Sequence
@@ -16,6 +17,8 @@ from typing import Any
 import fsspec
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -35,6 +38,7 @@ class StorageOptions:
     secret: str | None = None
     region: str | None = None
     token: str | None = None
+    retry_s: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -45,6 +49,8 @@ class StorageOptions:
             raise ValueError("S3 credentials: a session token without the temporary key and secret it belongs to")
         if self.anon and self.key:
             raise ValueError("S3 credentials: anonymous access and a key at once (choose one)")
+        if self.retry_s < 0:
+            raise ValueError(f"retry_s: expected seconds >= 0, got {self.retry_s}")
 
     @classmethod
     def from_env(cls, **overrides: Any) -> StorageOptions:
@@ -151,16 +157,25 @@ def arrow_filesystem(url: str, options: StorageOptions | None = None) -> tuple[p
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
 
 
+class StorageUnavailable(OSError):
+    """The store kept failing (down, unreachable, refusing) for longer than `StorageOptions.retry_s`."""
+
+
 class BlobReader:
     """Reads many whole files concurrently (a pool of threads over the pyarrow filesystem of `url`).
 
     `read_many` never raises for a single file: a missing file comes back as a `FileNotFoundError` instance, any
-    other failure as the exception, so the caller can say which file was bad and go on.
+    other failure as the exception, so the caller can say which file was bad and go on. A failure other than
+    "missing" is a fault of the store, not of the file (a restart, a network blip, throttling): those files are
+    read again with exponential back-off for up to `retry_s` seconds; what still fails comes back as
+    `StorageUnavailable`.
     """
 
     def __init__(self, url: str, options: StorageOptions | None = None, threads: int = 16) -> None:
         self.fs, self.root = arrow_filesystem(url, options)
         self.threads = threads if _protocol(url) not in ("file", "local") else 1
+        self.retry_s = (options or StorageOptions.from_env()).retry_s
+        self.retried = 0  # files read again after a store error, over this reader's life
 
     def _read(self, path: str) -> bytes | BaseException:
         try:
@@ -174,8 +189,31 @@ class BlobReader:
                 return FileNotFoundError(path)
             return e
 
-    def read_many(self, paths: Sequence[str]) -> dict[str, bytes | BaseException]:
-        if self.threads == 1:
+    def _read_all(self, paths: Sequence[str]) -> dict[str, bytes | BaseException]:
+        if self.threads == 1 or len(paths) == 1:
             return {p: self._read(p) for p in paths}
-        with ThreadPoolExecutor(self.threads) as pool:
+        with ThreadPoolExecutor(min(self.threads, len(paths))) as pool:
             return dict(zip(paths, pool.map(self._read, paths), strict=True))
+
+    def read_many(self, paths: Sequence[str]) -> dict[str, bytes | BaseException]:
+        import time
+
+        out = self._read_all(paths)
+        start, wait = time.monotonic(), 0.5
+        while True:
+            failing = [p for p, v in out.items() if isinstance(v, Exception) and not isinstance(v, FileNotFoundError)]
+            if not failing:
+                return out
+            left = self.retry_s - (time.monotonic() - start)
+            if left <= 0:
+                for p in failing:
+                    err = out[p]
+                    out[p] = StorageUnavailable(
+                        f"{p}: the store kept failing for {self.retry_s:g} s ({type(err).__name__}: {err})"[:600]
+                    )
+                return out
+            log.warning("%d file(s) failed to read (%s); retrying in %.1f s", len(failing), out[failing[0]], wait)
+            time.sleep(min(wait, left))
+            wait = min(wait * 2, 8.0)
+            self.retried += len(failing)
+            out.update(self._read_all(failing))
