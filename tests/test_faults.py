@@ -120,3 +120,100 @@ def test_an_index_job_killed_half_way_and_re_run_holds_one_point_per_pair(
         assert sorted(got) == sorted(ids) and all(r.payload["patch_id"] == pid for pid, r in got.items())
     finally:
         index.close()
+
+
+# ------------------------------------------------------------------------------------------------ Serve
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_classifier_replica_killed_under_load(tiny_run: Path, index_v2: Path, shards_v2: Path) -> None:
+    """32 clients classify while one of two Classifier replicas is killed: every SDK call succeeds (its retries);
+    raw HTTP failures are 503s with a JSON body, only around the kill; the service is whole again after."""
+    import asyncio
+    from collections import Counter
+
+    import httpx
+    import ray
+    from ray import serve
+
+    from bigearth.client import AsyncClient
+    from bigearth.serving.app import AppArgs, build
+
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = AppArgs(
+        checkpoint=str(tiny_run), index=str(index_v2), data=str(shards_v2), classifier_replicas=2, replica_cpus=0.25
+    )
+    serve.run(build(args), name="faults", route_prefix="/")
+    ids = read_columns(str(shards_v2), ["patch_id"]).column(0).to_pylist()
+    deadline = time.time() + 120
+    while httpx.get(f"{url}/readyz").status_code != 200:
+        assert time.time() < deadline
+        time.sleep(0.5)
+
+    def classifier_replicas() -> list[str]:
+        return [
+            a["name"]
+            for a in ray.util.list_named_actors(all_namespaces=True)
+            if a["name"].startswith("SERVE_REPLICA::faults#Classifier#")
+        ]
+
+    kill_at, stop_at = 3.0, 14.0
+    sdk_ok, sdk_failed, raw = [0], [], Counter()  # type: ignore[var-annotated]
+    raw_failures: list[tuple[float, int, object]] = []
+
+    async def sdk_worker(i: int, t0: float) -> None:
+        async with AsyncClient(url, timeout=60) as c:
+            while time.monotonic() - t0 < stop_at:
+                try:
+                    await c.classify(patch_id=ids[i % len(ids)])
+                    sdk_ok[0] += 1
+                except Exception as e:
+                    sdk_failed.append(repr(e))
+                i += 32
+
+    async def raw_worker(i: int, t0: float) -> None:
+        async with httpx.AsyncClient(base_url=url, timeout=60) as h:
+            while time.monotonic() - t0 < stop_at:
+                r = await h.post("/v1/classify", json={"patch_id": ids[i % len(ids)]})
+                raw[r.status_code] += 1
+                if r.status_code != 200:
+                    raw_failures.append((time.monotonic() - t0, r.status_code, r.json()))
+                i += 32
+
+    async def killer(t0: float) -> str:
+        await asyncio.sleep(kill_at)
+        victim = classifier_replicas()[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        return victim
+
+    async def main() -> str:
+        t0 = time.monotonic()
+        tasks = [sdk_worker(i, t0) for i in range(24)] + [raw_worker(24 + i, t0) for i in range(8)]
+        victim, *_ = await asyncio.gather(killer(t0), *tasks)
+        return str(victim)
+
+    try:
+        victim = asyncio.run(main())
+        print(f"killed {victim}; SDK calls ok {sdk_ok[0]}, failed {len(sdk_failed)}; raw statuses {dict(raw)}")
+        assert not sdk_failed, sdk_failed[:3]
+        assert sdk_ok[0] > 100 and raw[200] > 20
+        assert set(raw) <= {200, 503}, raw_failures[:3]
+        for t, status, body in raw_failures:
+            assert status == 503 and isinstance(body, dict) and body["error"] == "unavailable", body
+            assert kill_at - 0.5 <= t <= kill_at + 10, (t, body)  # only around the kill
+        deadline = time.time() + 120
+        while len(classifier_replicas()) < 2 or victim in classifier_replicas():
+            assert time.time() < deadline, classifier_replicas()
+            time.sleep(0.5)
+        assert httpx.get(f"{url}/readyz").status_code == 200
+        assert httpx.post(f"{url}/v1/classify", json={"patch_id": ids[0]}, timeout=60).status_code == 200
+    finally:
+        serve.delete("faults")
+        serve.shutdown()

@@ -42,6 +42,20 @@ def internal_error(exc: BaseException, where: str) -> tuple[dict[str, Any], str]
     return body, error_id
 
 
+def _replica_gone() -> tuple[type[BaseException], ...]:
+    """What a call to another deployment raises while its replica is dead, restarting or overloaded."""
+    from ray.exceptions import ActorUnavailableError, RayActorError
+    from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError, ReplicaUnavailableError
+
+    return (
+        RayActorError,
+        ActorUnavailableError,
+        BackPressureError,
+        DeploymentUnavailableError,
+        ReplicaUnavailableError,
+    )
+
+
 def make_fastapi_app() -> Any:
     from fastapi import FastAPI
 
@@ -180,6 +194,10 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 err = unwrap(e)
                 if err is not None:
                     return JSONResponse(err.body(), err.status)
+                if isinstance(e, _replica_gone()):  # a model/index replica died or is restarting: try again
+                    log.warning("%s: a replica was unavailable (%s: %s)", path, type(e).__name__, str(e)[:200])
+                    gone = ApiError(503, "a model or index replica is restarting; retry shortly", None)
+                    return JSONResponse(gone.body(), 503, headers={"Retry-After": "1"})
                 return JSONResponse(internal_error(e, path)[0], 500)
 
         # ---------------------------------------------------------------- helpers
