@@ -131,9 +131,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _classify_count(metrics: str) -> float:
+    lines = [x for x in metrics.splitlines() if x.startswith('bigearth_requests_total{route="/v1/classify"')]
+    return sum(float(x.rsplit(" ", 1)[1]) for x in lines)
+
+
 def test_a_classifier_replica_killed_under_load(tiny_run: Path, index_v2: Path, shards_v2: Path) -> None:
     """32 clients classify while one of two Classifier replicas is killed: every SDK call succeeds (its retries);
-    raw HTTP failures are 503s with a JSON body, only around the kill; the service is whole again after."""
+    raw HTTP failures are 503s with a JSON body, only around the kill; the service is whole again after. Two
+    ingress replicas answer; /metrics counts the requests of both, whichever answers."""
     import asyncio
     from collections import Counter
 
@@ -148,7 +154,12 @@ def test_a_classifier_replica_killed_under_load(tiny_run: Path, index_v2: Path, 
     url = f"http://127.0.0.1:{port}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(
-        checkpoint=str(tiny_run), index=str(index_v2), data=str(shards_v2), classifier_replicas=2, replica_cpus=0.25
+        checkpoint=str(tiny_run),
+        index=str(index_v2),
+        data=str(shards_v2),
+        classifier_replicas=2,
+        ingress_replicas=2,
+        replica_cpus=0.25,
     )
     serve.run(build(args), name="faults", route_prefix="/")
     ids = read_columns(str(shards_v2), ["patch_id"]).column(0).to_pylist()
@@ -214,6 +225,13 @@ def test_a_classifier_replica_killed_under_load(tiny_run: Path, index_v2: Path, 
             time.sleep(0.5)
         assert httpx.get(f"{url}/readyz").status_code == 200
         assert httpx.post(f"{url}/v1/classify", json={"patch_id": ids[0]}, timeout=60).status_code == 200
+
+        time.sleep(2.5)  # every replica's last tally sent (each flushes every second)
+        reads = [httpx.get(f"{url}/metrics").text for _ in range(6)]
+        counts = {_classify_count(m) for m in reads}
+        assert len(counts) == 1, counts  # the same whole-application figure from whichever replica answered
+        assert counts.pop() >= sdk_ok[0] + sum(raw.values()) + 1  # SDK retries count too
+        assert all("bigearth_ingress_replicas_reporting 2.0" in m for m in reads), reads[0][-800:]
     finally:
         serve.delete("faults")
         serve.shutdown()

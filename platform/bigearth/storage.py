@@ -208,6 +208,7 @@ class BlobReader:
             if left <= 0:
                 for p in failing:
                     err = out[p]
+                    assert isinstance(err, BaseException)
                     out[p] = StorageUnavailable(
                         f"{p}: the store kept failing for {self.retry_s:g} s ({type(err).__name__}: {err})"[:600]
                     )

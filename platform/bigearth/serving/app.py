@@ -15,8 +15,9 @@ from typing import Any
 
 from bigearth.serving.args import AppArgs
 from bigearth.serving.deployments import Classifier, Retriever
+from bigearth.serving.metrics import MetricsHub
 
-__all__ = ["AppArgs", "Classifier", "Retriever", "build"]
+__all__ = ["AppArgs", "Classifier", "MetricsHub", "Retriever", "build"]
 
 
 def build(args: AppArgs) -> Any:
@@ -56,7 +57,13 @@ def build(args: AppArgs) -> Any:
     from bigearth.serving.ingress import make_fastapi_app, make_ingress
 
     ingress_cls = make_ingress(serve, make_fastapi_app())
+    metrics = serve.deployment(
+        name="Metrics", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}
+    )(MetricsHub).bind()
     ingress = serve.deployment(
-        name="Ingress", max_ongoing_requests=args.max_ongoing_requests * 2, ray_actor_options={"num_cpus": 0}
+        name="Ingress",
+        num_replicas=args.ingress_replicas,
+        max_ongoing_requests=args.max_ongoing_requests * 2,
+        ray_actor_options={"num_cpus": 0},
     )(ingress_cls)
-    return ingress.bind(classifier, retriever, args.model_dump())
+    return ingress.bind(classifier, retriever, metrics, args.model_dump())

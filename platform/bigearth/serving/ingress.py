@@ -7,6 +7,7 @@ import asyncio
 import hmac
 import logging
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -24,6 +25,7 @@ from bigearth.api import (
     SearchResponse,
 )
 from bigearth.serving.args import AppArgs
+from bigearth.serving.metrics import FLUSH_S, Pending
 
 log = logging.getLogger("bigearth.serve")
 
@@ -40,6 +42,14 @@ def internal_error(exc: BaseException, where: str) -> tuple[dict[str, Any], str]
     log.error("unhandled error %s on %s", error_id, where, exc_info=(type(exc), exc, exc.__traceback__))
     body = {"error": "internal", "message": f"internal error {error_id}: reported in the service log", "field": None}
     return body, error_id
+
+
+def _merged(a: Pending, b: Pending) -> Pending:
+    """Two tallies as one (a flush that failed is kept for the next)."""
+    out = Pending(a.requests + b.requests, dict(a.latency), a.batch_sizes + b.batch_sizes)
+    for route, values in b.latency.items():
+        out.latency[route] = out.latency.get(route, []) + values
+    return out
 
 
 def _replica_gone() -> tuple[type[BaseException], ...]:
@@ -106,7 +116,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
     """The ingress deployment class bound to a FastAPI app (built in a function: no Ray import at module load)."""
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
-    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST
 
     app = fastapi_app
 
@@ -134,8 +144,8 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
         t = time.perf_counter()
         response: Response = await ingress._guarded(request, call_next, _unwrap)
         route = getattr(request.scope.get("route"), "path", "unmatched")
-        ingress.requests.labels(route, str(response.status_code)).inc()
-        ingress.latency.labels(route).observe(time.perf_counter() - t)
+        ingress.pending.request(route, response.status_code, time.perf_counter() - t)
+        ingress.start_flushing()
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -146,27 +156,15 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
 
     @serve.ingress(app)
     class Ingress:
-        def __init__(self, classifier: Any, retriever: Any, args: dict[str, Any]) -> None:
-            self.classifier, self.retriever = classifier, retriever
+        def __init__(self, classifier: Any, retriever: Any, metrics: Any, args: dict[str, Any]) -> None:
+            self.classifier, self.retriever, self.hub = classifier, retriever, metrics
             self.args = AppArgs.model_validate(args)
             self.keys = self.args.keys()
             self.limit = int(self.args.max_body_mb * 1024 * 1024)
             self._model: dict[str, Any] | None = None
-            self.registry = CollectorRegistry()
-            self.requests = Counter("bigearth_requests", "HTTP requests", ["route", "status"], registry=self.registry)
-            self.latency = Histogram(
-                "bigearth_request_seconds",
-                "request latency",
-                ["route"],
-                registry=self.registry,
-                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-            )
-            self.batch_sizes = Histogram(
-                "bigearth_classifier_batch_size",
-                "batch size each classifier call ran in",
-                registry=self.registry,
-                buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
-            )
+            self.pending = Pending()
+            self.replica_id = uuid.uuid4().hex[:8]
+            self._flusher: asyncio.Task[None] | None = None
             replica["ingress"] = self
 
         async def _guarded(self, request: Request, call_next: Any, unwrap: Any) -> Response:
@@ -201,6 +199,27 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 return JSONResponse(internal_error(e, path)[0], 500)
 
         # ---------------------------------------------------------------- helpers
+        def start_flushing(self) -> None:
+            if self._flusher is None or self._flusher.done():
+                self._flusher = asyncio.get_running_loop().create_task(self._flush_every())
+
+        async def _flush_every(self) -> None:
+            while True:
+                await asyncio.sleep(FLUSH_S)
+                try:
+                    await self.flush()
+                except Exception as e:  # the hub restarting: keep counting, send with the next flush
+                    log.warning("metrics not sent (%s: %s); retrying", type(e).__name__, e)
+
+        async def flush(self) -> None:
+            pending, self.pending = self.pending, Pending()
+            if pending:
+                try:
+                    await self.hub.merge.remote(self.replica_id, pending.as_dict())
+                except Exception:
+                    self.pending = _merged(pending, self.pending)
+                    raise
+
         async def model(self) -> dict[str, Any]:
             if self._model is None:
                 self._model = await self.classifier.describe.remote()
@@ -263,7 +282,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
 
         async def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
             result: dict[str, Any] = await self.classifier.infer.remote(inputs)
-            self.batch_sizes.observe(result["batch_size"])
+            self.pending.batch_sizes.append(result["batch_size"])
             return result
 
         def _json(self, body: bytes, model: type[BaseModel]) -> Any:
@@ -289,9 +308,10 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 return JSONResponse(Ready(ready=False, detail="model or index not loaded yet").model_dump(), 503)
             return JSONResponse(Ready(ready=True, model=model["model"], index=index).model_dump())
 
-        @app.get("/metrics", summary="Prometheus metrics: requests, latency, classifier batch sizes")
+        @app.get("/metrics", summary="Prometheus metrics of the whole application: requests, latency, batch sizes")
         async def metrics(self) -> Response:
-            return Response(generate_latest(self.registry), media_type=CONTENT_TYPE_LATEST)
+            await self.flush()
+            return Response(await self.hub.render.remote(), media_type=CONTENT_TYPE_LATEST)
 
         @app.post(
             "/v1/classify",
