@@ -235,3 +235,63 @@ def test_a_classifier_replica_killed_under_load(tiny_run: Path, index_v2: Path, 
     finally:
         serve.delete("faults")
         serve.shutdown()
+
+
+# ------------------------------------------------------------------------------------------------ Ray cluster
+def _bigearth(args: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    pipe = subprocess.PIPE
+    return subprocess.Popen(
+        [sys.executable, "-m", "bigearth.cli", *args], cwd=REPO, env=env, stdout=pipe, stderr=pipe, text=True
+    )
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    return {**env, "RAY_AUTH_MODE": "disabled", **extra}
+
+
+def test_an_unreachable_cluster_is_an_error_naming_it_and_a_stale_record_runs_locally(
+    synth_v2: Path, tmp_path: Path
+) -> None:
+    from raycluster import free_ports
+
+    (dead,) = free_ports(1)
+    t = time.monotonic()
+    env = _env(RAY_ADDRESS=f"127.0.0.1:{dead}")
+    proc = _bigearth(["ingest", "--archive", str(synth_v2), "--out", str(tmp_path / "a")], env)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and time.monotonic() - t < 60, err[-2000:]
+    assert f"the Ray cluster at 127.0.0.1:{dead} (RAY_ADDRESS) does not answer" in err and "unset RAY_ADDRESS" in err
+
+    import tempfile
+
+    short = Path(tempfile.mkdtemp(prefix="rt", dir="/tmp"))  # Ray's socket paths must stay under 108 bytes
+    (short / "ray").mkdir()
+    (short / "ray" / "ray_current_cluster").write_text(f"127.0.0.1:{dead}")  # a head killed without `ray stop`
+    env = _env(RAY_TMPDIR=str(short), BIGEARTH_RAY_PROBE_S="3")
+    proc = _bigearth(["ingest", "--archive", str(synth_v2), "--out", str(tmp_path / "b"), "--shard-size", "60"], env)
+    try:
+        out, err = proc.communicate(timeout=300)
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+    assert proc.returncode == 0, err[-3000:]
+    assert "does not answer: starting a local Ray instead" in err and "ingest: wrote 104 pairs" in out
+
+
+def test_a_command_whose_cluster_dies_stops_naming_it(synth_v2: Path, tmp_path: Path) -> None:
+    from raycluster import LocalCluster
+
+    with LocalCluster(nodes=1, cpus_per_node=1) as cluster:
+        env = _env(RAY_ADDRESS=cluster.address, BIGEARTH_RAY_LOST_AFTER_S="8")
+        proc = _bigearth(["ingest", "--archive", str(synth_v2), "--out", str(tmp_path / "s"), "--shard-size", "4"], env)
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("ingest: 104 pairs"), first + (proc.stderr.read() if proc.stderr else "")
+        time.sleep(2)
+        cluster.stop()  # SIGKILL every process of the cluster, as a node loss would
+        killed = time.monotonic()
+        _, err = proc.communicate(timeout=120)
+    assert time.monotonic() - killed < 60, err[-2000:]
+    assert proc.returncode == 75, (proc.returncode, err[-3000:])
+    assert re.search(rf"the Ray cluster at [\d.]+:{cluster.gcs_port} stopped answering", err), err[-3000:]
+    assert "re-run the command" in err

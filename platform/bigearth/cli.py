@@ -403,8 +403,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from bigearth import raycluster
+
     try:
         return int(args.func(args))
+    except KeyboardInterrupt:
+        if raycluster.LOST is None:
+            raise
+        print(f"bigearth {args.command}: error: {raycluster.LOST}", file=sys.stderr)
+        return raycluster.EXIT_CODE
     except ServiceError as e:
         print(f"bigearth {args.command}: {e}", file=sys.stderr)
         return 1

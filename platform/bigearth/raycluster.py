@@ -1,12 +1,72 @@
-"""Connecting to Ray: the cluster a job was submitted to, or a local one started on demand."""
+"""Connecting to Ray: the cluster a job was submitted to, or a local one started on demand, and never a hang.
+
+`ray.init` retries an unreachable GCS for ever (measured: still waiting after 200 s for a closed port), and a
+driver whose cluster is torn down under it can wait on tasks that no node will run. So, before attaching, the
+GCS address (`RAY_ADDRESS`, or the record of the last `ray start` in `$RAY_TMPDIR/ray_current_cluster`) is probed:
+an explicit address that does not answer within `PROBE_S` is an error naming it; a stale record is reported and a
+local Ray is started instead. Once attached, a watchdog thread probes the GCS every few seconds; when it has not
+answered for `LOST_AFTER_S`, it logs what happened and what to do, interrupts the main thread (a
+`KeyboardInterrupt`, which `bigearth` turns into that message), and a non-interactive process that is still
+stuck 15 s later exits with status 75. `BIGEARTH_RAY_PROBE_S` and `BIGEARTH_RAY_LOST_AFTER_S` change the two
+waits.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
+import threading
+import time
 from typing import Any
 
 log = logging.getLogger(__name__)
+
+PROBE_S = float(os.environ.get("BIGEARTH_RAY_PROBE_S", 15))  # how long an address may take to answer
+LOST_AFTER_S = float(os.environ.get("BIGEARTH_RAY_LOST_AFTER_S", 30))  # silence before the command stops
+EXIT_CODE = 75  # EX_TEMPFAIL: try again once the cluster is back
+
+#: Set by the watchdog when the cluster went away: why, and what to do.
+LOST: str | None = None
+_watchdog: threading.Thread | None = None
+_watched: str | None = None
+
+
+class ClusterUnreachable(RuntimeError):
+    """The Ray cluster to attach to does not answer."""
+
+
+def _answers(address: str, timeout: float = 2.0) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
+            return True
+    except (OSError, ValueError):
+        return False
+
+
+def _probe(address: str, within: float) -> bool:
+    deadline = time.monotonic() + within
+    while True:
+        if _answers(address):
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.5)
+
+
+def _target(kwargs: dict[str, Any]) -> tuple[str | None, str]:
+    """The GCS address a bare `ray.init` would attach to, and where it comes from."""
+    from ray._private.utils import read_ray_address
+
+    given = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
+    if given and given not in ("auto", "local"):
+        return given, "RAY_ADDRESS" if not kwargs.get("address") else "the address given"
+    if given == "local":
+        return None, "local"
+    recorded = read_ray_address()
+    return (recorded, "record") if recorded else (None, "local")
 
 
 def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
@@ -19,7 +79,23 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
 
     if ray.is_initialized():
         return
-    if not os.environ.get("RAY_ADDRESS"):
+    address, source = _target(kwargs)
+    if address is not None and not address.startswith("ray://") and not _probe(address, PROBE_S):
+        if source == "record":
+            from ray._private.utils import get_ray_address_file
+
+            log.warning(
+                "the last `ray start` cluster (%s, recorded in %s) does not answer: starting a local Ray instead",
+                address,
+                get_ray_address_file(None),
+            )
+            kwargs["address"], address = "local", None
+        else:
+            raise ClusterUnreachable(
+                f"the Ray cluster at {address} ({source}) does not answer after {PROBE_S:g} s: start it "
+                "(`ray start --head`), fix the address, or unset RAY_ADDRESS to run on a local Ray"
+            )
+    if address is None:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         kwargs.setdefault("num_cpus", num_cpus)
         kwargs.setdefault("include_dashboard", False)
@@ -28,3 +104,52 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     log.info("Ray resources: %s", ray.cluster_resources())
+    watch_cluster(ray.get_runtime_context().gcs_address)
+
+
+def watch_cluster(gcs_address: str, every: float = 3.0) -> None:
+    """Start (once) the watchdog of the attached cluster's GCS (see the module docstring)."""
+    global _watchdog, _watched
+    if _watchdog is not None and _watchdog.is_alive() and _watched == gcs_address:
+        return
+    _watched = gcs_address
+    _watchdog = threading.Thread(target=_watch, args=(gcs_address, every), name="bigearth-ray-watchdog", daemon=True)
+    _watchdog.start()
+
+
+def _interactive() -> bool:
+    return bool(hasattr(sys, "ps1") or sys.flags.interactive or "ipykernel" in sys.modules)
+
+
+def _watch(gcs_address: str, every: float) -> None:
+    import _thread
+
+    global LOST
+    import ray
+
+    def attached() -> bool:  # a shutdown, or a connection to another cluster, ends this watch
+        try:
+            return ray.is_initialized() and _watched == ray.get_runtime_context().gcs_address == gcs_address
+        except Exception:
+            return False
+
+    silent_since: float | None = None
+    while attached():
+        if _answers(gcs_address):
+            silent_since = None
+        else:
+            silent_since = silent_since or time.monotonic()
+            if time.monotonic() - silent_since >= LOST_AFTER_S:
+                LOST = (
+                    f"the Ray cluster at {gcs_address} stopped answering {LOST_AFTER_S:g} s ago (its head was "
+                    "stopped or the network is down): start it again and re-run the command (ingest and training "
+                    "resume where they stopped), or unset RAY_ADDRESS to run on a local Ray"
+                )
+                log.error(LOST)
+                print(f"error: {LOST}", file=sys.stderr, flush=True)
+                _thread.interrupt_main()
+                time.sleep(15)
+                if not _interactive():
+                    os._exit(EXIT_CODE)
+                return
+        time.sleep(every)
