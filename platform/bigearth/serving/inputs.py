@@ -117,10 +117,14 @@ def from_npz(data: bytes, where: str = "upload.npz") -> dict[str, np.ndarray]:
             raise ApiError(413, f"{where}: inflates to more than {NPZ_MAX_TOTAL_BYTES} bytes", field="npz")
         npz = np.load(io.BytesIO(data), allow_pickle=False)
         arrays = {k: npz[k] for k in npz.files}
-    except (ValueError, OSError, zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as e:
-        raise ApiError(422, f"{where}: not a readable .npz ({e})", field="npz") from None
+    except ApiError:
+        raise
+    except Exception as e:  # numpy's .npy header parser fails in open-ended ways (SyntaxError, ...) on bad bytes
+        raise ApiError(422, f"{where}: not a readable .npz ({type(e).__name__}: {e})"[:500], field="npz") from None
     bands: dict[str, np.ndarray] = {}
     for key, arr in arrays.items():
+        if not isinstance(arr, np.ndarray):  # numpy hands back the raw bytes of a member that is not an .npy
+            raise ApiError(422, f"{where}: member {key!r} is not a NumPy array (.npy)", field=key)
         if key in GROUPS:
             names = GROUPS[key]
             arr = arr[0] if arr.ndim == 4 and arr.shape[0] == 1 else arr

@@ -1,0 +1,147 @@
+"""Property-based tests (Hypothesis) of what the service parses from strangers: band GeoTIFFs, `.npz` archives and
+the JSON request models. Whatever the bytes, the answer is a band dict or a 4xx `ApiError` (a pydantic
+`ValidationError` for the models, which the ingress turns into a 422); never another exception, which would be a
+500. The run is bounded and derandomised (the same examples every run) so that CI stays reproducible."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import zipfile
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from bigearth.api import ApiError, ClassifyByIdRequest, SearchRequest
+from bigearth.archive.geotiff import encode
+from bigearth.serving.inputs import from_geotiffs, from_npz
+
+BOUNDED = settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+BANDS = ["B02", "B8A", "B05", "VV", "VH", "B01", "s2_10m", "s1", "x", ""]
+
+
+def _valid_tiff(band: str) -> bytes:
+    size = {"B05": 60, "B8A": 60, "B01": 20}.get(band, 120)
+    dtype = np.float32 if band in ("VV", "VH") else np.uint16
+    return encode(np.ones((size, size), dtype), epsg=32633, ulx=404400.0, uly=5342400.0, res=10.0)
+
+
+def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def _client_error(call: Any) -> None:
+    try:
+        call()
+    except ApiError as e:
+        assert 400 <= e.status < 500, (e.status, str(e))
+        assert str(e), "an error must say what was wrong"
+
+
+def _mutate(data: bytes, edits: list[tuple[int, int]], cut: int | None) -> bytes:
+    out = bytearray(data)
+    for offset, value in edits:
+        out[offset % len(out)] = value
+    return bytes(out[:cut] if cut is not None else out)
+
+
+@BOUNDED
+@given(st.binary(max_size=4096), st.sampled_from(BANDS), st.sampled_from(["x.tif", "B02.tif", None, "a.npz"]))
+def test_random_bytes_as_a_band_geotiff(data: bytes, field: str, filename: str | None) -> None:
+    _client_error(lambda: from_geotiffs([(field, filename, data)]))
+
+
+@BOUNDED
+@given(
+    st.sampled_from(["B02", "B05", "VV", "B01"]),
+    st.lists(st.tuples(st.integers(0, 400), st.integers(0, 255)), min_size=1, max_size=12),
+    st.one_of(st.none(), st.integers(0, 600)),
+)
+def test_a_geotiff_with_random_header_and_tag_bytes(band: str, edits: list[tuple[int, int]], cut: int | None) -> None:
+    """Bytes changed in the first 400 bytes (the TIFF header and its tag directory: sizes, offsets, types,
+    compression, sample format) or the file cut short."""
+    data = _mutate(_valid_tiff(band), edits, cut)
+    _client_error(lambda: from_geotiffs([(band, f"x_{band}.tif", data)]))
+
+
+@BOUNDED
+@given(st.binary(max_size=4096))
+def test_random_bytes_as_an_npz(data: bytes) -> None:
+    _client_error(lambda: from_npz(data))
+
+
+arrays = st.builds(
+    lambda shape, dtype: np.zeros(shape, dtype),
+    st.lists(st.integers(0, 130), min_size=0, max_size=3).map(tuple),
+    st.sampled_from([np.uint16, np.float32, np.uint8, np.float64, np.int64, np.bool_]),
+)
+
+
+@BOUNDED
+@given(st.dictionaries(st.sampled_from(BANDS), arrays, max_size=4))
+def test_random_arrays_in_an_npz(members: dict[str, np.ndarray]) -> None:
+    data = _npz({k or "empty": v for k, v in members.items()})
+    _client_error(lambda: from_npz(data))
+
+
+@BOUNDED
+@given(
+    st.lists(st.tuples(st.sampled_from([*BANDS, "../B02", "B02/x", "B02.npy"]), st.binary(max_size=512)), max_size=6)
+)
+def test_random_zip_archives_as_an_npz(members: list[tuple[str, bytes]]) -> None:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as z:
+        for name, content in members:
+            z.writestr(name if name.endswith(".npy") else f"{name}.npy", content)
+    _client_error(lambda: from_npz(buf.getvalue()))
+
+
+@BOUNDED
+@given(
+    st.lists(st.tuples(st.integers(0, 2000), st.integers(0, 255)), min_size=1, max_size=16),
+    st.one_of(st.none(), st.integers(0, 3000)),
+)
+def test_a_valid_npz_with_random_bytes_changed(edits: list[tuple[int, int]], cut: int | None) -> None:
+    data = _mutate(_npz({"B02": np.ones((120, 120), np.uint16), "VV": np.ones((120, 120), np.float32)}), edits, cut)
+    _client_error(lambda: from_npz(data))
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=30),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+request_fields = st.sampled_from(
+    ["patch_id", "vector", "k", "using", "filter", "threshold", "labels_any", "labels_all", "split", "country"]
+)
+filter_fields = st.sampled_from(["labels_any", "labels_all", "split", "country", "season", "date_from", "date_to"])
+
+
+@BOUNDED
+@given(
+    st.dictionaries(request_fields, json_values, max_size=5),
+    st.dictionaries(filter_fields, json_values, max_size=4),
+)
+@pytest.mark.parametrize("model", [SearchRequest, ClassifyByIdRequest])
+def test_random_json_requests(model: type, fields: dict[str, Any], flt: dict[str, Any]) -> None:
+    import json
+
+    body = json.dumps({**fields, "filter": flt} if flt else fields)
+    try:
+        model.model_validate_json(body)  # type: ignore[attr-defined]
+    except (ValidationError, ApiError) as e:
+        assert not isinstance(e, ApiError) or 400 <= e.status < 500
+
+
+@BOUNDED
+@given(st.binary(max_size=256))
+def test_random_bytes_as_a_json_request(body: bytes) -> None:
+    for model in (SearchRequest, ClassifyByIdRequest):
+        with contextlib.suppress(ValidationError):  # a 422; anything else escapes and fails the test
+            model.model_validate_json(body)
