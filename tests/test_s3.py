@@ -113,7 +113,7 @@ def test_no_key_means_the_aws_credential_chain_in_both_stacks(  # type: ignore[n
     AWS_PROFILE); a wrong profile fails in both."""
     import dataclasses
 
-    from bigearth.storage import BlobReader, StorageOptions
+    from bigearth.storage import BlobReader, StorageAccessDenied, StorageOptions
 
     s3.fs().pipe(f"{bucket}/chain/x.bin", b"through the chain")
     creds = tmp_path / "credentials"
@@ -141,7 +141,7 @@ def test_no_key_means_the_aws_credential_chain_in_both_stacks(  # type: ignore[n
         read_both()
     opts = StorageOptions.from_env(endpoint_url=s3.endpoint, region=s3.region)
     got = BlobReader(f"s3://{bucket}/chain", opts).read_many([f"{bucket}/chain/x.bin"])[f"{bucket}/chain/x.bin"]
-    assert isinstance(got, OSError) and not isinstance(got, FileNotFoundError), got  # refused, not "missing"
+    assert isinstance(got, StorageAccessDenied), got  # refused at once (not retried), not "missing"
 
 
 def test_storage_options_refuse_half_credentials() -> None:
@@ -165,7 +165,7 @@ def test_temporary_credentials_with_a_session_token_in_both_stacks(  # type: ign
     same temporary key without its token, or with another token, is refused by both."""
     import dataclasses
 
-    from bigearth.storage import BlobReader, StorageOptions
+    from bigearth.storage import BlobReader, StorageAccessDenied, StorageOptions
 
     creds = s3.assume_role()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
@@ -185,7 +185,7 @@ def test_temporary_credentials_with_a_session_token_in_both_stacks(  # type: ign
         with pytest.raises(PermissionError):
             fs.cat(f"{root}/x.bin")
         refused = BlobReader(f"s3://{bucket}/temporary", bad).read_many([f"{root}/x.bin"])[f"{root}/x.bin"]
-        assert isinstance(refused, OSError) and not isinstance(refused, FileNotFoundError), refused
+        assert isinstance(refused, StorageAccessDenied), refused  # at once: refused credentials are not retried
 
 
 def _crash_after(server, reports: Path, shards: int, then_restart_after: float | None) -> threading.Thread:  # type: ignore[no-untyped-def]

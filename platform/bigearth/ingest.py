@@ -30,7 +30,15 @@ from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
 from bigearth.archive.staging import StagedSource, download_problems, shard_entries
 from bigearth.ingest_downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
 from bigearth.shards import DEFAULT_COMPRESSION, FORMAT_VERSION, Manifest, ShardWriter
-from bigearth.storage import BlobReader, StorageOptions, StorageUnavailable, join, open_fs
+from bigearth.storage import (
+    BlobReader,
+    StorageAccessDenied,
+    StorageError,
+    StorageOptions,
+    StorageUnavailable,
+    join,
+    open_fs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -310,9 +318,9 @@ def ingest(
     try:
         reports = [json.loads(r["report"]) for r in ds.iter_rows()]
     except Exception as e:
-        gone = _storage_fault(e)
-        if gone is not None:  # the store's fault, said plainly (Ray Data wraps it twice)
-            raise StorageUnavailable(gone) from None
+        fault = _storage_fault(e)
+        if fault is not None:  # the store's fault, said plainly (Ray Data wraps it twice)
+            raise fault from None
         raise
     manifest = _manifest(cat, reports, archive)
     manifest.source["compression"] = compression
@@ -335,14 +343,17 @@ def ingest(
     return manifest
 
 
-def _storage_fault(exc: BaseException) -> str | None:
-    """The message of a `StorageUnavailable` raised in a shard task. Ray Data re-raises it as a
+def _storage_fault(exc: BaseException) -> StorageError | None:
+    """The `StorageUnavailable` / `StorageAccessDenied` raised in a shard task. Ray Data re-raises it as a
     `UserCodeException` inside a `RayTaskError`; the original's chain does not survive the trip between
     processes, its text (the remote traceback) does."""
     import re
 
-    found = re.search(r"bigearth\.storage\.StorageUnavailable: ([^\n]+)", str(exc))
-    return found.group(1) if found else None
+    found = re.search(r"bigearth\.storage\.(StorageUnavailable|StorageAccessDenied): ([^\n]+)", str(exc))
+    if not found:
+        return None
+    kind = StorageUnavailable if found.group(1) == "StorageUnavailable" else StorageAccessDenied
+    return kind(found.group(2))
 
 
 def _run_shard(item: dict[str, Any], **task_args: Any) -> dict[str, Any]:

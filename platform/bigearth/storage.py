@@ -157,18 +157,30 @@ def arrow_filesystem(url: str, options: StorageOptions | None = None) -> tuple[p
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
 
 
-class StorageUnavailable(OSError):
-    """The store kept failing (down, unreachable, refusing) for longer than `StorageOptions.retry_s`."""
+class StorageError(OSError):
+    """The store, not a file, is at fault: the whole job stops (a re-run resumes), nothing is quarantined."""
+
+
+class StorageUnavailable(StorageError):
+    """The store kept failing (down, unreachable, throttling) for longer than `StorageOptions.retry_s`."""
+
+
+class StorageAccessDenied(StorageError, PermissionError):
+    """The store refused the credentials (403): retrying cannot help."""
+
+
+#: What S3 and the two client stacks say when the credentials are refused.
+_DENIED = ("ACCESS_DENIED", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "HTTP status 403")
 
 
 class BlobReader:
     """Reads many whole files concurrently (a pool of threads over the pyarrow filesystem of `url`).
 
     `read_many` never raises for a single file: a missing file comes back as a `FileNotFoundError` instance, any
-    other failure as the exception, so the caller can say which file was bad and go on. A failure other than
-    "missing" is a fault of the store, not of the file (a restart, a network blip, throttling): those files are
-    read again with exponential back-off for up to `retry_s` seconds; what still fails comes back as
-    `StorageUnavailable`.
+    other failure as the exception, so the caller can say which file was bad and go on. Refused credentials come
+    back at once as `StorageAccessDenied`. Any other failure is a fault of the store, not of the file (a restart,
+    a network blip, throttling): those files are read again with exponential back-off for up to `retry_s`
+    seconds; what still fails comes back as `StorageUnavailable`.
     """
 
     def __init__(self, url: str, options: StorageOptions | None = None, threads: int = 16) -> None:
@@ -184,9 +196,13 @@ class BlobReader:
                 return data
         except FileNotFoundError as e:
             return e
+        except PermissionError as e:
+            return StorageAccessDenied(f"{path}: access denied ({e})"[:600])
         except OSError as e:
             if "does not exist" in str(e) or "NoSuchKey" in str(e) or "Not Found" in str(e):
                 return FileNotFoundError(path)
+            if any(word in str(e) for word in _DENIED):
+                return StorageAccessDenied(f"{path}: access denied ({e})"[:600])
             return e
 
     def _read_all(self, paths: Sequence[str]) -> dict[str, bytes | BaseException]:
@@ -201,7 +217,11 @@ class BlobReader:
         out = self._read_all(paths)
         start, wait = time.monotonic(), 0.5
         while True:
-            failing = [p for p, v in out.items() if isinstance(v, Exception) and not isinstance(v, FileNotFoundError)]
+            failing = [
+                p
+                for p, v in out.items()
+                if isinstance(v, Exception) and not isinstance(v, (FileNotFoundError, StorageAccessDenied))
+            ]
             if not failing:
                 return out
             left = self.retry_s - (time.monotonic() - start)

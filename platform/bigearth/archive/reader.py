@@ -20,7 +20,7 @@ from bigearth.archive import geotiff
 from bigearth.archive.layouts import ArchiveLayout
 from bigearth.archive.names import PatchNameError, parse_s1, parse_s2
 from bigearth.bands import S1_BANDS, S2_BANDS, Band
-from bigearth.storage import BlobReader, StorageUnavailable
+from bigearth.storage import BlobReader, StorageAccessDenied, StorageUnavailable
 
 #: In-memory files have no sidecars: skip GDAL's directory scans and .aux.xml probing on every open.
 GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_PAM_ENABLED": "NO"}
@@ -87,6 +87,8 @@ def _blob(blobs: dict[str, Any], path: str) -> bytes:
         raise _Bad("missing_file", f"missing file: {path} ({data})")
     if data is None or isinstance(data, FileNotFoundError):
         raise _Bad("missing_file", f"missing file: {path}")
+    if isinstance(data, StorageAccessDenied):
+        raise StorageAccessDenied(f"{data}: check the credentials (AWS_* or --s3-key/--s3-secret) and the policy")
     if isinstance(data, BaseException):
         # a store fault is not a property of the pair: stop (finished shards are kept) instead of quarantining it
         raise StorageUnavailable(
