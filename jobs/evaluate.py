@@ -6,9 +6,11 @@ import json
 import sys
 
 from bigearth.cli import add_storage_args, storage_from_args
+from bigearth.raycluster import arm
 
 
 def main(argv: list[str] | None = None) -> int:
+    arm()  # a lost cluster stops this job with a message (bigearth.raycluster)
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True)

@@ -7,10 +7,12 @@ import json
 import sys
 
 from bigearth.cli import add_storage_args, storage_from_args
+from bigearth.raycluster import arm
 from bigearth.training.config import ConfigError, load_config
 
 
 def main(argv: list[str] | None = None) -> int:
+    arm()  # a lost cluster stops this job with a message (bigearth.raycluster)
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--config", help="YAML file under configs/ (defaults for every key otherwise)")
     p.add_argument("--data", required=True, help="shard set written by `bigearth ingest` (path or URL)")

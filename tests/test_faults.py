@@ -177,7 +177,7 @@ def test_a_classifier_replica_killed_under_load(tiny_run: Path, index_v2: Path, 
 
     kill_at, stop_at = 3.0, 14.0
     sdk_ok, sdk_failed, raw = [0], [], Counter()  # type: ignore[var-annotated]
-    raw_failures: list[tuple[float, int, object]] = []
+    raw_failures: list[tuple[float, int, object, str | None]] = []
 
     async def sdk_worker(i: int, t0: float) -> None:
         async with AsyncClient(url, timeout=60) as c:
@@ -195,7 +195,7 @@ def test_a_classifier_replica_killed_under_load(tiny_run: Path, index_v2: Path, 
                 r = await h.post("/v1/classify", json={"patch_id": ids[i % len(ids)]})
                 raw[r.status_code] += 1
                 if r.status_code != 200:
-                    raw_failures.append((time.monotonic() - t0, r.status_code, r.json()))
+                    raw_failures.append((time.monotonic() - t0, r.status_code, r.json(), r.headers.get("retry-after")))
                 i += 32
 
     async def killer(t0: float) -> str:
@@ -216,8 +216,9 @@ def test_a_classifier_replica_killed_under_load(tiny_run: Path, index_v2: Path, 
         assert not sdk_failed, sdk_failed[:3]
         assert sdk_ok[0] > 100 and raw[200] > 20
         assert set(raw) <= {200, 503}, raw_failures[:3]
-        for t, status, body in raw_failures:
+        for t, status, body, retry_after in raw_failures:
             assert status == 503 and isinstance(body, dict) and body["error"] == "unavailable", body
+            assert retry_after == "1", retry_after
             assert kill_at - 0.5 <= t <= kill_at + 10, (t, body)  # only around the kill
         deadline = time.time() + 120
         while len(classifier_replicas()) < 2 or victim in classifier_replicas():
@@ -290,8 +291,53 @@ def test_a_command_whose_cluster_dies_stops_naming_it(synth_v2: Path, tmp_path: 
         time.sleep(2)
         cluster.stop()  # SIGKILL every process of the cluster, as a node loss would
         killed = time.monotonic()
-        _, err = proc.communicate(timeout=120)
+        try:
+            _, err = proc.communicate(timeout=120)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
     assert time.monotonic() - killed < 60, err[-2000:]
     assert proc.returncode == 75, (proc.returncode, err[-3000:])
     assert re.search(rf"the Ray cluster at [\d.]+:{cluster.gcs_port} stopped answering", err), err[-3000:]
     assert "re-run the command" in err
+
+
+def test_the_watchdog_targets_the_address_ray_would_and_spares_library_callers(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Which address `ensure_ray` probes (as `ray.init` picks it), IPv6 brackets, and that an unarmed process (a
+    notebook, a service embedding the library) is never interrupted: the watchdog only logs."""
+    import socket
+    import threading
+
+    from bigearth import raycluster
+
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
+    assert raycluster._target({}) == ("10.0.0.1:6379", "RAY_ADDRESS")
+    assert raycluster._target({"address": "auto"}) == ("10.0.0.1:6379", "RAY_ADDRESS")  # ray.init: the variable wins
+    assert raycluster._target({"address": "10.0.0.2:6379"}) == ("10.0.0.2:6379", "the address given")
+    assert raycluster._target({"address": "local"}) == (None, "local")
+    monkeypatch.delenv("RAY_ADDRESS")
+    (tmp_path / "ray_current_cluster").write_text("10.0.0.3:6379")
+    assert raycluster._target({"_temp_dir": str(tmp_path)}) == ("10.0.0.3:6379", "record")
+
+    with socket.socket(socket.AF_INET6) as s6:
+        s6.bind(("::1", 0))
+        s6.listen()
+        assert raycluster._answers(f"[::1]:{s6.getsockname()[1]}")
+    with socket.socket() as s4:
+        s4.bind(("127.0.0.1", 0))
+        port = s4.getsockname()[1]
+    assert not raycluster._answers(f"127.0.0.1:{port}")
+
+    # an unarmed watchdog whose cluster goes silent logs, and neither interrupts nor exits this (pytest) process
+    monkeypatch.setattr(raycluster, "_ARMED", False)
+    monkeypatch.setattr(raycluster, "LOST_AFTER_S", 0.2)
+    monkeypatch.setattr(raycluster, "_watched", f"127.0.0.1:{port}")
+    monkeypatch.setattr("ray.is_initialized", lambda: True)
+    monkeypatch.setattr("ray.get_runtime_context", lambda: type("Ctx", (), {"gcs_address": f"127.0.0.1:{port}"})())
+    t = threading.Thread(target=raycluster._watch, args=(f"127.0.0.1:{port}", 0.05))
+    t.start()
+    t.join(10)
+    assert not t.is_alive() and raycluster.LOST and f"127.0.0.1:{port} stopped answering" in raycluster.LOST
+    monkeypatch.setattr(raycluster, "LOST", None)

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -94,6 +94,7 @@ def test_random_arrays_in_an_npz(members: dict[str, np.ndarray]) -> None:
 @given(
     st.lists(st.tuples(st.sampled_from([*BANDS, "../B02", "B02/x", "B02.npy"]), st.binary(max_size=512)), max_size=6)
 )
+@example([("B02", b"")])  # found by this test: numpy hands back raw bytes for it (was a 500)
 def test_random_zip_archives_as_an_npz(members: list[tuple[str, bytes]]) -> None:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w") as z:
@@ -145,3 +146,14 @@ def test_random_bytes_as_a_json_request(body: bytes) -> None:
     for model in (SearchRequest, ClassifyByIdRequest):
         with contextlib.suppress(ValidationError):  # a 422; anything else escapes and fails the test
             model.model_validate_json(body)
+
+
+def test_a_corrupted_npy_header_is_a_422() -> None:
+    """Found by the fuzzing above: numpy parses the .npy header with `ast.literal_eval`, and a flipped byte in it
+    raised SyntaxError (a 500)."""
+    data = _npz({"B02": np.ones((120, 120), np.uint16)})
+    broken = data.replace(b"'shape': (", b"'shape{: (", 1)
+    assert broken != data
+    with pytest.raises(ApiError) as e:
+        from_npz(broken)
+    assert e.value.status == 422 and "not a readable .npz" in str(e.value)

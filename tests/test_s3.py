@@ -153,6 +153,13 @@ def test_storage_options_refuse_half_credentials() -> None:
         StorageOptions(token="t")
     with pytest.raises(ValueError, match="anonymous access and a key"):
         StorageOptions(anon=True, key="k", secret="s")
+    env = {"BIGEARTH_S3_ANON": "1", "AWS_ACCESS_KEY_ID": "k", "AWS_SECRET_ACCESS_KEY": "s"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        anon = StorageOptions.from_env()  # exported keys do not break an anonymous set-up: anon wins
+        assert anon.anon and anon.key is None
+        assert StorageOptions.from_env(key="k2", secret="s2").key == "k2"
     opts = StorageOptions(key="k", secret="s3cr3t", token="sess10n")
     assert opts.for_protocol("s3")["token"] == "sess10n"
     assert "sess10n" not in repr(opts) and "s3cr3t" not in repr(opts)
@@ -188,14 +195,18 @@ def test_temporary_credentials_with_a_session_token_in_both_stacks(  # type: ign
         assert isinstance(refused, StorageAccessDenied), refused  # at once: refused credentials are not retried
 
 
-def _crash_after(server, reports: Path, shards: int, then_restart_after: float | None) -> threading.Thread:  # type: ignore[no-untyped-def]
-    """A thread that SIGKILLs the S3 server once `shards` shard reports exist, and restarts it after a pause."""
+def _crash_after(  # type: ignore[no-untyped-def]
+    server, reports: Path, shards: int, then_restart_after: float | None, crashed: list[float]
+) -> threading.Thread:
+    """A thread that SIGKILLs the S3 server once `shards` shard reports exist (noting when in `crashed`), and
+    restarts it after a pause."""
 
     def run() -> None:
         deadline = time.monotonic() + 300
         while len(list(reports.glob("**/*.json"))) < shards and time.monotonic() < deadline:
             time.sleep(0.05)
         server.crash()
+        crashed.append(time.monotonic())
         if then_restart_after is not None:
             time.sleep(then_restart_after)
             server.restart()
@@ -229,14 +240,17 @@ def test_an_ingest_survives_the_s3_server_restarting_and_resumes_after_a_long_ou
         archive = f"s3://{bucket}/archive"
         storage = dataclasses.replace(server.storage_options(), retry_s=60.0)
 
-        out = tmp_path / "survived"
-        crash = _crash_after(server, out / "_ingest" / "reports", 2, then_restart_after=3.0)
+        out, crashed = tmp_path / "survived", []
+        crash = _crash_after(server, out / "_ingest" / "reports", 2, then_restart_after=3.0, crashed=crashed)
         ingest(archive, str(out), shard_size=10, storage=storage, concurrency=1, progress=False)
+        ended = time.monotonic()
         crash.join(60)
+        assert crashed and crashed[0] < ended  # the server really went down while the ingest ran
+        assert len(list((out / "_ingest" / "reports").glob("**/*.json"))) == 12
         _ids_once(out, expected)
 
         out = tmp_path / "resumed"
-        crash = _crash_after(server, out / "_ingest" / "reports", 2, then_restart_after=None)
+        crash = _crash_after(server, out / "_ingest" / "reports", 2, then_restart_after=None, crashed=[])
         impatient = dataclasses.replace(storage, retry_s=1.0)
         with pytest.raises(StorageUnavailable, match="re-run the same command to resume"):
             ingest(archive, str(out), shard_size=10, storage=impatient, concurrency=1, progress=False)

@@ -434,7 +434,8 @@ def test_a_stalled_body_times_out_with_a_408(url: str) -> None:
     t = time.monotonic()
     answer, _ = _raw_request(url, head, iter([b'{"patch_id": ']), pause=0.0)
     status, body = _status_and_json(answer)
-    assert status == 408 and body["field"] == "body" and "within 3 s" in str(body["message"]), answer[:500]
+    assert status == 408 and body["field"] == "body", answer[:500]
+    assert "nothing received for 3 s" in str(body["message"]), answer[:500]
     assert time.monotonic() - t < 25  # the body timeout (3 s here), not a hang
 
 

@@ -198,14 +198,26 @@ def _private_keys_file(keys: list[str]) -> str:
 
 
 def run_serve(a: argparse.Namespace) -> int:
+    keys_file = a.api_keys_file or (_private_keys_file(a.api_keys) if a.api_keys else None)
+    left_running = False
+    try:
+        code = _serve(a, keys_file)
+        left_running = a.no_block  # the replicas read the keys file whenever one (re)starts: keep it
+        return code
+    finally:
+        if keys_file and not a.api_keys_file and not left_running:
+            os.unlink(keys_file)  # a failed start, Ctrl-C or a lost cluster: no key left behind in /tmp
+
+
+def _serve(a: argparse.Namespace, keys_file: str | None) -> int:
     import time
 
     from ray import serve
 
+    from bigearth import raycluster
     from bigearth.raycluster import ensure_ray
     from bigearth.serving.app import AppArgs, build
 
-    keys_file = a.api_keys_file or (_private_keys_file(a.api_keys) if a.api_keys else None)
     args = AppArgs(
         checkpoint=a.checkpoint,
         index=a.index,
@@ -226,10 +238,9 @@ def run_serve(a: argparse.Namespace) -> int:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
+        if raycluster.LOST:
+            raise  # nothing to shut down: main() reports the lost cluster
         serve.shutdown()
-    finally:
-        if keys_file and not a.api_keys_file:
-            os.unlink(keys_file)
     return 0
 
 
@@ -405,6 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     from bigearth import raycluster
 
+    raycluster.arm()
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

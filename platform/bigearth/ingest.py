@@ -32,7 +32,6 @@ from bigearth.ingest_downloads import downloads_summary, remove_staging, report_
 from bigearth.shards import DEFAULT_COMPRESSION, FORMAT_VERSION, Manifest, ShardWriter
 from bigearth.storage import (
     BlobReader,
-    StorageAccessDenied,
     StorageError,
     StorageOptions,
     StorageUnavailable,
@@ -344,16 +343,13 @@ def ingest(
 
 
 def _storage_fault(exc: BaseException) -> StorageError | None:
-    """The `StorageUnavailable` / `StorageAccessDenied` raised in a shard task. Ray Data re-raises it as a
+    """The `StorageUnavailable` raised in a shard task. Ray Data re-raises it as a
     `UserCodeException` inside a `RayTaskError`; the original's chain does not survive the trip between
     processes, its text (the remote traceback) does."""
     import re
 
-    found = re.search(r"bigearth\.storage\.(StorageUnavailable|StorageAccessDenied): ([^\n]+)", str(exc))
-    if not found:
-        return None
-    kind = StorageUnavailable if found.group(1) == "StorageUnavailable" else StorageAccessDenied
-    return kind(found.group(2))
+    found = re.findall(r"bigearth\.storage\.StorageUnavailable: ([^\n]+)", str(exc))
+    return StorageUnavailable(found[-1]) if found else None  # the last: the one the task died of
 
 
 def _run_shard(item: dict[str, Any], **task_args: Any) -> dict[str, Any]:

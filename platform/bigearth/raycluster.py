@@ -5,10 +5,11 @@ driver whose cluster is torn down under it can wait on tasks that no node will r
 GCS address (`RAY_ADDRESS`, or the record of the last `ray start` in `$RAY_TMPDIR/ray_current_cluster`) is probed:
 an explicit address that does not answer within `PROBE_S` is an error naming it; a stale record is reported and a
 local Ray is started instead. Once attached, a watchdog thread probes the GCS every few seconds; when it has not
-answered for `LOST_AFTER_S`, it logs what happened and what to do, interrupts the main thread (a
-`KeyboardInterrupt`, which `bigearth` turns into that message), and a non-interactive process that is still
-stuck 15 s later exits with status 75. `BIGEARTH_RAY_PROBE_S` and `BIGEARTH_RAY_LOST_AFTER_S` change the two
-waits.
+answered for `LOST_AFTER_S`, it logs what happened and what to do. In a command (`bigearth ...`, `jobs/*.py`:
+they call `arm()`) it also interrupts the main thread (a `KeyboardInterrupt`, which `bigearth` turns into that
+message), and exits with status 75 if the cluster is still silent 15 s later; a library caller (a notebook, a
+service embedding bigearth) only gets the log. Ray Client (`ray://`) connections are not watched.
+`BIGEARTH_RAY_PROBE_S` and `BIGEARTH_RAY_LOST_AFTER_S` change the two waits.
 """
 
 from __future__ import annotations
@@ -29,8 +30,18 @@ EXIT_CODE = 75  # EX_TEMPFAIL: try again once the cluster is back
 
 #: Set by the watchdog when the cluster went away: why, and what to do.
 LOST: str | None = None
+_ARMED = False  # set by the commands: interrupt and exit on a lost cluster (library callers only get the log)
+
+
+def arm() -> None:
+    """Let the watchdog stop this process when its cluster is lost (for command-line entry points only)."""
+    global _ARMED
+    _ARMED = True
+
+
 _watchdog: threading.Thread | None = None
 _watched: str | None = None
+_main_thread_caller = True
 
 
 class ClusterUnreachable(RuntimeError):
@@ -39,6 +50,7 @@ class ClusterUnreachable(RuntimeError):
 
 def _answers(address: str, timeout: float = 2.0) -> bool:
     host, _, port = address.rpartition(":")
+    host = host.strip("[]")  # Ray writes IPv6 addresses as [::1]:6379
     try:
         with socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout):
             return True
@@ -60,13 +72,19 @@ def _target(kwargs: dict[str, Any]) -> tuple[str | None, str]:
     """The GCS address a bare `ray.init` would attach to, and where it comes from."""
     from ray._private.utils import read_ray_address
 
-    given = kwargs.get("address") or os.environ.get("RAY_ADDRESS")
-    if given and given not in ("auto", "local"):
-        return given, "RAY_ADDRESS" if not kwargs.get("address") else "the address given"
+    given = kwargs.get("address")
+    if given in (None, "auto") and os.environ.get("RAY_ADDRESS"):  # as ray.init: the variable wins over these
+        given, source = os.environ["RAY_ADDRESS"], "RAY_ADDRESS"
+    else:
+        source = "the address given"
     if given == "local":
         return None, "local"
-    recorded = read_ray_address()
-    return (recorded, "record") if recorded else (None, "local")
+    if given and given != "auto":
+        return given, source
+    recorded = read_ray_address(kwargs.get("_temp_dir"))
+    if recorded:
+        return recorded, "record"
+    return None, "local"
 
 
 def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
@@ -80,7 +98,8 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     if ray.is_initialized():
         return
     address, source = _target(kwargs)
-    if address is not None and not address.startswith("ray://") and not _probe(address, PROBE_S):
+    client = address is not None and "://" in address  # ray://, or another client builder: Ray checks those
+    if address is not None and not client and not _probe(address, 1.0 if source == "record" else PROBE_S):
         if source == "record":
             from ray._private.utils import get_ray_address_file
 
@@ -90,6 +109,8 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
                 get_ray_address_file(None),
             )
             kwargs["address"], address = "local", None
+        elif kwargs.get("address") == "auto":
+            raise ClusterUnreachable(f"address='auto': the recorded Ray cluster at {address} does not answer")
         else:
             raise ClusterUnreachable(
                 f"the Ray cluster at {address} ({source}) does not answer after {PROBE_S:g} s: start it "
@@ -104,15 +125,17 @@ def ensure_ray(num_cpus: int | None = None, **kwargs: Any) -> None:
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = True
     log.info("Ray resources: %s", ray.cluster_resources())
-    watch_cluster(ray.get_runtime_context().gcs_address)
+    if not client:
+        watch_cluster(ray.get_runtime_context().gcs_address)
 
 
 def watch_cluster(gcs_address: str, every: float = 3.0) -> None:
     """Start (once) the watchdog of the attached cluster's GCS (see the module docstring)."""
-    global _watchdog, _watched
+    global _watchdog, _watched, _main_thread_caller, LOST
     if _watchdog is not None and _watchdog.is_alive() and _watched == gcs_address:
         return
-    _watched = gcs_address
+    _watched, LOST = gcs_address, None
+    _main_thread_caller = threading.current_thread() is threading.main_thread()
     _watchdog = threading.Thread(target=_watch, args=(gcs_address, every), name="bigearth-ray-watchdog", daemon=True)
     _watchdog.start()
 
@@ -146,10 +169,13 @@ def _watch(gcs_address: str, every: float) -> None:
                     "resume where they stopped), or unset RAY_ADDRESS to run on a local Ray"
                 )
                 log.error(LOST)
+                if not _ARMED:
+                    return
                 print(f"error: {LOST}", file=sys.stderr, flush=True)
-                _thread.interrupt_main()
+                if _main_thread_caller:
+                    _thread.interrupt_main()
                 time.sleep(15)
-                if not _interactive():
-                    os._exit(EXIT_CODE)
+                if attached() and not _answers(gcs_address) and not _interactive():
+                    os._exit(EXIT_CODE)  # the interrupt did not end it: a wait in native code
                 return
         time.sleep(every)

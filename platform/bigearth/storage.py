@@ -70,6 +70,8 @@ class StorageOptions:
         given = {k: v for k, v in overrides.items() if v is not None}
         if "key" in given:
             env.update(secret=None, token=None)
+        if env["anon"] and "key" not in given:  # BIGEARTH_S3_ANON=1 wins over exported AWS keys
+            env.update(key=None, secret=None, token=None)
         if given.get("anon"):
             env.update(key=None, secret=None, token=None)
         env.update(given)
@@ -166,20 +168,64 @@ class StorageUnavailable(StorageError):
 
 
 class StorageAccessDenied(StorageError, PermissionError):
-    """The store refused the credentials (403): retrying cannot help."""
+    """The store refused the request (403): retrying cannot help. (S3 also answers 403 for a missing key when the
+    role may not list the bucket, so a reader treats this per file.)"""
 
 
-#: What S3 and the two client stacks say when the credentials are refused.
-_DENIED = ("ACCESS_DENIED", "AccessDenied", "SignatureDoesNotMatch", "InvalidAccessKeyId", "HTTP status 403")
+#: What S3 and the two client stacks (s3fs: CamelCase, pyarrow: UPPER_CASE) say when a request is refused.
+_DENIED = (
+    "ACCESS_DENIED",
+    "AccessDenied",
+    "SignatureDoesNotMatch",
+    "SIGNATURE_DOES_NOT_MATCH",
+    "InvalidAccessKeyId",
+    "INVALID_ACCESS_KEY_ID",
+    "InvalidClientTokenId",
+    "INVALID_CLIENT_TOKEN_ID",
+    "ExpiredToken",
+    "EXPIRED_TOKEN",
+    "RequestExpired",
+    "REQUEST_EXPIRED",
+    "HTTP status 403",
+)
+#: What a store says while it is down, unreachable, restarting or throttling: worth reading again.
+_TRANSIENT = (
+    "NETWORK_CONNECTION",
+    "curlCode",
+    "Connection refused",
+    "Could not connect",
+    "connection reset",
+    "timed out",
+    "Timeout",
+    "TIMEOUT",
+    "SLOW_DOWN",
+    "SlowDown",
+    "Throttl",
+    "THROTTL",
+    "SERVICE_UNAVAILABLE",
+    "ServiceUnavailable",
+    "INTERNAL_FAILURE",
+    "InternalError",
+    "HTTP status 5",
+    "Broken pipe",
+    "temporarily",
+)
+
+
+def is_transient(e: BaseException) -> bool:
+    """A store fault that may go away (connection, timeout, throttling, 5xx), not a property of the file."""
+    if isinstance(e, (ConnectionError, TimeoutError)):
+        return True
+    return not isinstance(e, (FileNotFoundError, PermissionError)) and any(w in str(e) for w in _TRANSIENT)
 
 
 class BlobReader:
     """Reads many whole files concurrently (a pool of threads over the pyarrow filesystem of `url`).
 
     `read_many` never raises for a single file: a missing file comes back as a `FileNotFoundError` instance, any
-    other failure as the exception, so the caller can say which file was bad and go on. Refused credentials come
-    back at once as `StorageAccessDenied`. Any other failure is a fault of the store, not of the file (a restart,
-    a network blip, throttling): those files are read again with exponential back-off for up to `retry_s`
+    other failure as the exception, so the caller can say which file was bad and go on. A refused request comes
+    back at once as `StorageAccessDenied`. A fault of the store rather than of the file (a restart, a network
+    blip, throttling, a 5xx: `is_transient`) is read again with exponential back-off for up to `retry_s`
     seconds; what still fails comes back as `StorageUnavailable`.
     """
 
@@ -197,12 +243,16 @@ class BlobReader:
         except FileNotFoundError as e:
             return e
         except PermissionError as e:
+            if isinstance(self.fs, pafs.LocalFileSystem):
+                return e
             return StorageAccessDenied(f"{path}: access denied ({e})"[:600])
         except OSError as e:
             if "does not exist" in str(e) or "NoSuchKey" in str(e) or "Not Found" in str(e):
                 return FileNotFoundError(path)
-            if any(word in str(e) for word in _DENIED):
+            if any(word in str(e) for word in _DENIED) and not isinstance(self.fs, pafs.LocalFileSystem):
                 return StorageAccessDenied(f"{path}: access denied ({e})"[:600])
+            return e
+        except Exception as e:  # another stack's errors (fsspec-wrapped protocols: aiohttp, ...)
             return e
 
     def _read_all(self, paths: Sequence[str]) -> dict[str, bytes | BaseException]:
@@ -217,11 +267,7 @@ class BlobReader:
         out = self._read_all(paths)
         start, wait = time.monotonic(), 0.5
         while True:
-            failing = [
-                p
-                for p, v in out.items()
-                if isinstance(v, Exception) and not isinstance(v, (FileNotFoundError, StorageAccessDenied))
-            ]
+            failing = [p for p, v in out.items() if isinstance(v, Exception) and is_transient(v)]
             if not failing:
                 return out
             left = self.retry_s - (time.monotonic() - start)

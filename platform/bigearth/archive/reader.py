@@ -20,7 +20,7 @@ from bigearth.archive import geotiff
 from bigearth.archive.layouts import ArchiveLayout
 from bigearth.archive.names import PatchNameError, parse_s1, parse_s2
 from bigearth.bands import S1_BANDS, S2_BANDS, Band
-from bigearth.storage import BlobReader, StorageAccessDenied, StorageUnavailable
+from bigearth.storage import BlobReader, StorageUnavailable
 
 #: In-memory files have no sidecars: skip GDAL's directory scans and .aux.xml probing on every open.
 GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_PAM_ENABLED": "NO"}
@@ -87,15 +87,13 @@ def _blob(blobs: dict[str, Any], path: str) -> bytes:
         raise _Bad("missing_file", f"missing file: {path} ({data})")
     if data is None or isinstance(data, FileNotFoundError):
         raise _Bad("missing_file", f"missing file: {path}")
-    if isinstance(data, StorageAccessDenied):
-        raise StorageAccessDenied(f"{data}: check the credentials (AWS_* or --s3-key/--s3-secret) and the policy")
-    if isinstance(data, BaseException):
-        # a store fault is not a property of the pair: stop (finished shards are kept) instead of quarantining it
+    if isinstance(data, StorageUnavailable):
+        # an outage is not a property of the pair: stop (finished shards are kept) instead of quarantining it
         raise StorageUnavailable(
             f"{data}; re-run the same command to resume (finished shards are kept, this one is redone)"
-            if isinstance(data, StorageUnavailable)
-            else f"{path}: could not be read ({type(data).__name__}: {data}); re-run the same command to resume"
         )
+    if isinstance(data, BaseException):  # refused (403) or unreadable for good: this file, recorded and skipped
+        raise _Bad("unreadable_file", f"{path}: could not be read ({type(data).__name__}: {data})"[:600])
     return bytes(data)
 
 

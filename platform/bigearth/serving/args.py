@@ -68,7 +68,7 @@ class AppArgs(BaseModel):
         None, description="file of accepted X-API-Key values, one per line, read by each replica (+ $BIGEARTH_API_KEYS)"
     )
     max_body_mb: float = Field(16.0, gt=0, description="larger bodies are refused (413) as they stream in")
-    body_timeout_s: float = Field(30.0, gt=0, description="a body not received within this is refused (408)")
+    body_timeout_s: float = Field(30.0, gt=0, description="a body that sends nothing for this long is refused (408)")
     threshold: float = Field(0.5, gt=0, lt=1)
 
     @model_validator(mode="before")
@@ -76,7 +76,7 @@ class AppArgs(BaseModel):
     def _no_secrets(cls, v: Any) -> Any:
         if isinstance(v, dict):
             for name, instead in SECRET_FIELDS.items():
-                if name in v:
+                if v.get(name):  # an empty list / null is harmless
                     stored = "they would be stored in the Serve config"
                     raise ValueError(f"{name}: keys are not arguments ({stored}); {instead}")
         return v
