@@ -68,8 +68,8 @@ class StorageOptions:
             "region": os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION"),
         }
         given = {k: v for k, v in overrides.items() if v is not None}
-        if "key" in given:
-            env.update(secret=None, token=None)
+        if "key" in given:  # an explicit key replaces the environment's credentials, anonymity included
+            env.update(secret=None, token=None, anon=False)
         if env["anon"] and "key" not in given:  # BIGEARTH_S3_ANON=1 wins over exported AWS keys
             env.update(key=None, secret=None, token=None)
         if given.get("anon"):
