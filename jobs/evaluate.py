@@ -5,7 +5,7 @@ import argparse
 import json
 import sys
 
-from bigearth.cli import add_storage_args, storage_from_args
+from bigearth.cli.common import add_storage_args, storage_from_args
 from bigearth.raycluster import arm
 
 

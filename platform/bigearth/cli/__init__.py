@@ -1,0 +1,76 @@
+"""The `bigearth` command: synth, ingest, stats, import-reben, reproduce-table, bench, demo, serve, query.
+
+One module per command (`add(subparsers)` registers it, `run(args)` does it). Thin: parse, call the library,
+print.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from bigearth.api import ServiceError
+from bigearth.cli import (
+    bench,
+    demo,
+    import_reben,
+    ingest,
+    query,
+    reproduce_table,
+    serve,
+    stats,
+    synth,
+)
+from bigearth.cli.common import add_storage_args, storage_from_args
+
+__all__ = ["add_storage_args", "build_parser", "main", "storage_from_args"]
+
+COMMANDS = (
+    synth,
+    ingest,
+    stats,
+    serve,
+    query,
+    demo,
+    bench,
+    import_reben,
+    reproduce_table,
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bigearth", description=(__doc__ or "").split("\n\n")[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in COMMANDS:
+        command.add(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    from bigearth import raycluster
+
+    raycluster.arm()
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        if raycluster.LOST is None:
+            raise
+        print(f"bigearth {args.command}: error: {raycluster.LOST}", file=sys.stderr)
+        return raycluster.EXIT_CODE
+    except ServiceError as e:
+        print(f"bigearth {args.command}: {e}", file=sys.stderr)
+        return 1
+    except (ValueError, RuntimeError, OSError) as e:
+        if args.verbose:
+            raise
+        # Library errors name the file/field and what was expected: show them without a traceback.
+        print(f"bigearth {args.command}: error: {e}", file=sys.stderr)
+        return 2

@@ -1,0 +1,5 @@
+import sys
+
+from bigearth.cli import main
+
+sys.exit(main())

@@ -1,0 +1,85 @@
+"""`bigearth ingest` (and jobs/ingest.py): archive -> Parquet shards + manifest.json, a Ray Data job."""
+
+from __future__ import annotations
+
+import argparse
+
+from bigearth.archive.layouts import list_layouts
+from bigearth.cli.common import add_storage_args, patch_list, storage_from_args
+
+
+def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("ingest", help="archive -> Parquet shards + manifest.json (a Ray Data job)")
+    add_arguments(p)
+    p.set_defaults(func=run)
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--archive",
+        required=True,
+        help="archive root: local path or fsspec URL (s3://bucket/prefix, https://mirror/record): the extracted "
+        "folders or the published downloads (*.tar.zst / *.tar.gz under their names, read as streams)",
+    )
+    p.add_argument("--out", required=True, help="shard set to write: local path or fsspec URL")
+    p.add_argument("--layout", default="auto", choices=["auto", *list_layouts()], help="default: detected")
+    p.add_argument("--lists", help="v1: folder with the official lists and splits (see docs/data-format.md)")
+    p.add_argument(
+        "--include-snow-cloud",
+        action="store_true",
+        help="keep patches with seasonal snow, cloud or shadow (excluded by default, as recommended)",
+    )
+    p.add_argument(
+        "--include-no-19-labels",
+        action="store_true",
+        help="keep v1 patches with no 19-class label (excluded by default)",
+    )
+    p.add_argument("--patches", help="restrict to these S2 patch ids: a file with one id per line, or a comma list")
+    p.add_argument("--limit", type=int, help="ingest at most this many pairs (after exclusions)")
+    p.add_argument("--shard-size", type=int, default=1000, help="pairs per Parquet shard (default 1000)")
+    p.add_argument(
+        "--compression",
+        default="lz4",
+        choices=["lz4", "zstd", "none"],
+        help="shard compression (default lz4: fastest to read; zstd: about half the bytes; see docs/benchmarks.md)",
+    )
+    p.add_argument("--concurrency", type=int, help="at most this many shard tasks at once (default: as many as CPUs)")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="delete the shard set --out holds first (refused for a folder that is not one bigearth ingest wrote)",
+    )
+    p.add_argument(
+        "--staging",
+        help="downloads only: where decompressed members wait for their shard, reachable by every node "
+        "(default: OUT/_ingest/staged; needs about the downloads' uncompressed size)",
+    )
+    p.add_argument("--keep-staging", action="store_true", help="downloads only: keep the staged members at the end")
+    add_storage_args(p)
+
+
+def run(a: argparse.Namespace) -> int:
+    from bigearth.ingest import ingest
+
+    m = ingest(
+        a.archive,
+        a.out,
+        layout=a.layout,
+        lists=a.lists,
+        include_snow_cloud=a.include_snow_cloud,
+        include_no_19_labels=a.include_no_19_labels,
+        patches=patch_list(a.patches),
+        limit=a.limit,
+        shard_size=a.shard_size,
+        compression=a.compression,
+        overwrite=a.overwrite,
+        storage=storage_from_args(a),
+        concurrency=a.concurrency,
+        staging=a.staging,
+        keep_staging=a.keep_staging,
+    )
+    if m.quarantined:
+        print(f"quarantined pairs (first 20 of {len(m.quarantined)}; all in {a.out}/manifest.json):")
+        for q in m.quarantined[:20]:
+            print(f"  {q['patch_id']}: {q['reason']}")
+    return 0
