@@ -1,65 +1,13 @@
-"""Index entrypoint: embed every pair of a shard set and upsert it into a Qdrant collection.
+"""`ray job submit -- python jobs/index.py ...`: the same command and options as `bigearth index`
+(`python jobs/index.py --help`); a shim, so the KubeRay manifests may call either."""
 
-    python jobs/index.py --checkpoint RUN_OR_CHECKPOINT --data SHARDS_URI --index TARGET [--collection NAME]
-
-TARGET: a folder (the embedded engine, no server) or an http(s):// Qdrant URL (API key: --api-key or
-QDRANT_API_KEY). Re-running updates the points in place (ids are UUID5 of the patch ids).
-"""
-
-import argparse
-import json
 import sys
 
-from bigearth.cli.common import add_storage_args, storage_from_args
-from bigearth.raycluster import arm
+from bigearth import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    arm()  # a lost cluster stops this job with a message (bigearth.raycluster)
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its best checkpoint)")
-    p.add_argument("--data", required=True, help="shard set (folder or URL)")
-    p.add_argument("--index", required=True, help="folder (embedded engine) or http(s):// Qdrant URL")
-    p.add_argument("--collection", default="bigearthnet")
-    p.add_argument("--splits", nargs="+", help="splits to index (default: all)")
-    p.add_argument("--api-key", help="Qdrant API key (default: $QDRANT_API_KEY)")
-    p.add_argument("--actors", type=int, default=1, help="embedding actors (one model each)")
-    p.add_argument("--gpus-per-actor", type=float, default=0)
-    p.add_argument("--batch-size", type=int, default=128, help="pairs per model call")
-    p.add_argument("--upsert-batch", type=int, default=512, help="points per write to the index")
-    p.add_argument("--recreate", action="store_true", help="drop the collection first if it holds other vectors")
-    p.add_argument("--report", help="also write the JSON report here")
-    p.add_argument(
-        "--quantization",
-        choices=["none", "int8", "binary"],
-        default="int8",
-        help="in-RAM copy of vectors over 64 dims, rescored with the full vectors (docs/benchmarks.md)",
-    )
-    add_storage_args(p)
-    a = p.parse_args(argv)
-    from bigearth.retrieval.backends import IndexSettings
-    from bigearth.retrieval.indexer import build_index
-
-    report = build_index(
-        a.checkpoint,
-        a.data,
-        a.index,
-        a.collection,
-        splits=a.splits,
-        storage=storage_from_args(a),
-        api_key=a.api_key,
-        batch_size=a.batch_size,
-        upsert_batch=a.upsert_batch,
-        actors=a.actors,
-        gpus_per_actor=a.gpus_per_actor,
-        recreate=a.recreate,
-        settings=IndexSettings(quantization=a.quantization),
-    )
-    print(json.dumps(report))
-    if a.report:
-        with open(a.report, "w") as f:
-            json.dump(report, f, indent=1)
-    return 0
+    return cli.main(["index", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

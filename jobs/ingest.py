@@ -1,11 +1,14 @@
-"""Ingest entrypoint for `ray job submit -- python jobs/ingest.py --archive URI --out URI [...]`.
-
-Same options as `bigearth ingest` (see `python jobs/ingest.py --help`).
-"""
+"""`ray job submit -- python jobs/ingest.py ...`: the same command and options as `bigearth ingest`
+(`python jobs/ingest.py --help`); a shim, so the KubeRay manifests may call either."""
 
 import sys
 
-from bigearth.cli import main
+from bigearth import cli
+
+
+def main(argv: list[str] | None = None) -> int:
+    return cli.main(["ingest", *(sys.argv[1:] if argv is None else argv)])
+
 
 if __name__ == "__main__":
-    sys.exit(main(["ingest", *sys.argv[1:]]))
+    sys.exit(main())

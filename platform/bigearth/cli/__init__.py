@@ -1,4 +1,5 @@
-"""The `bigearth` command: synth, ingest, stats, import-reben, reproduce-table, bench, demo, serve, query.
+"""The `bigearth` command: every stage (synth, ingest, stats, train, evaluate, index, evaluate-retrieval, serve, query,
+demo, bench, import-reben, reproduce-table).
 
 One module per command (`add(subparsers)` registers it, `run(args)` does it). Thin: parse, call the library,
 print.
@@ -15,13 +16,17 @@ from bigearth.api import ServiceError
 from bigearth.cli import (
     bench,
     demo,
+    evaluate,
+    evaluate_retrieval,
     import_reben,
+    index,
     ingest,
     query,
     reproduce_table,
     serve,
     stats,
     synth,
+    train,
 )
 from bigearth.cli.common import add_storage_args, storage_from_args
 
@@ -31,6 +36,10 @@ COMMANDS = (
     synth,
     ingest,
     stats,
+    train,
+    evaluate,
+    index,
+    evaluate_retrieval,
     serve,
     query,
     demo,
@@ -40,9 +49,25 @@ COMMANDS = (
 )
 
 
+def version() -> str:
+    """`bigearth X.Y.Z (Ray ..., torch ..., Python ...)`: what a bug report needs, read without importing them."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as of
+
+    def v(dist: str) -> str:
+        try:
+            return of(dist)
+        except PackageNotFoundError:
+            return "not installed"
+
+    py = ".".join(map(str, sys.version_info[:3]))
+    return f"bigearth {v('bigearth')} (Ray {v('ray')}, torch {v('torch')}, timm {v('timm')}, Python {py})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bigearth", description=(__doc__ or "").split("\n\n")[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--version", action="version", version=version())
     sub = parser.add_subparsers(dest="command", required=True)
     for command in COMMANDS:
         command.add(sub)

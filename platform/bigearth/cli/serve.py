@@ -4,23 +4,55 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any, get_args
+
+from pydantic import BaseModel
+
+from bigearth.serving.args import SECRET_FIELDS, AppArgs
+
+# Flags kept from before the application's fields were all exposed (the field's own flag works too).
+ALIASES = {"classifier_replicas": ["--replicas"]}
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("serve", help="run the classification + retrieval service locally (Ray Serve)")
-    p.add_argument("--checkpoint", required=True, help="checkpoint or run folder")
-    p.add_argument("--index", required=True, help="embedded-engine folder or http(s):// Qdrant URL")
-    p.add_argument("--data", required=True, help="the shard set")
-    p.add_argument("--collection", default="bigearthnet")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--replicas", type=int, default=1, help="classifier replicas")
-    p.add_argument("--max-batch-size", type=int, default=32)
-    p.add_argument("--replica-cpus", type=float, default=1.0)
-    p.add_argument("--api-keys", nargs="*", help="require one of these in X-API-Key (also $BIGEARTH_API_KEYS)")
-    p.add_argument("--api-keys-file", help="file of accepted keys, one per line (a mounted secret)")
-    p.add_argument("--no-block", action="store_true", help="return once deployed (the service stays up in Ray)")
+    p = sub.add_parser(
+        "serve",
+        help="run the classification + retrieval service locally (Ray Serve)",
+        description="Every application argument (AppArgs: serve/config.yaml `args:`) has its flag; "
+        "docs/configuration.md describes them.",
+    )
+    g = p.add_argument_group("the service on this machine")
+    g.add_argument("--host", default="127.0.0.1")
+    g.add_argument("--port", type=int, default=8000)
+    g.add_argument("--api-keys", nargs="*", help="require one of these in X-API-Key (also $BIGEARTH_API_KEYS)")
+    g.add_argument("--no-block", action="store_true", help="return once deployed (the service stays up in Ray)")
+    add_model_arguments(p.add_argument_group("the application (AppArgs)"), AppArgs, ALIASES)
     p.set_defaults(func=run)
+
+
+def add_model_arguments(
+    g: argparse._ArgumentGroup, model: type[BaseModel], aliases: dict[str, list[str]] | None = None
+) -> None:
+    """One flag per field of `model` (`--field-name`), typed from its annotation; an unset flag keeps the field's
+    default, so the model validates every value and names the field it refuses."""
+    for name, field in model.model_fields.items():
+        if name in SECRET_FIELDS:
+            continue  # refused as arguments (they would be stored in the Serve config): never a flag
+        kind = next((t for t in (get_args(field.annotation) or (field.annotation,)) if t is not type(None)), str)
+        flags = ["--" + name.replace("_", "-"), *(aliases or {}).get(name, [])]
+        text = field.description or ""
+        if field.is_required():
+            g.add_argument(*flags, dest=name, type=kind, required=True, help=text)
+        elif kind is bool:
+            g.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
+        else:
+            shown = f"default: {field.default}"
+            g.add_argument(*flags, dest=name, type=kind, default=None, help=f"{text} ({shown})" if text else shown)
+
+
+def model_values(a: argparse.Namespace, model: type[BaseModel]) -> dict[str, Any]:
+    """The fields given on the command line."""
+    return {k: getattr(a, k) for k in model.model_fields if getattr(a, k, None) is not None}
 
 
 def _private_keys_file(keys: list[str]) -> str:
@@ -52,18 +84,9 @@ def _serve(a: argparse.Namespace, keys_file: str | None) -> int:
 
     from bigearth import raycluster
     from bigearth.raycluster import ensure_ray
-    from bigearth.serving.app import AppArgs, build
+    from bigearth.serving.app import build
 
-    args = AppArgs(
-        checkpoint=a.checkpoint,
-        index=a.index,
-        data=a.data,
-        collection=a.collection,
-        classifier_replicas=a.replicas,
-        max_batch_size=a.max_batch_size,
-        replica_cpus=a.replica_cpus,
-        api_keys_file=keys_file,
-    )
+    args = AppArgs(**{**model_values(a, AppArgs), "api_keys_file": keys_file})
     ensure_ray()
     serve.start(http_options={"host": a.host, "port": a.port, "request_timeout_s": 120})
     serve.run(build(args), name="bigearth", route_prefix="/")

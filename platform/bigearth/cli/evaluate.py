@@ -1,0 +1,34 @@
+"""`bigearth evaluate` (and jobs/evaluate.py): a checkpoint's metrics on a split (a Ray Data actor pool).
+
+    bigearth evaluate --checkpoint PATH --data SHARDS --split test --out DIR
+
+PATH is a checkpoint folder or a run folder (its best checkpoint by validation macro AP).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from bigearth.cli.common import add_storage_args, storage_from_args
+
+SUMMARY = ("micro_precision", "micro_recall", "micro_f1", "micro_ap", "macro_f1", "macro_ap", "samples")
+
+
+def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("evaluate", help="metrics of a checkpoint on a split: metrics.json/.md, per-class chart")
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder, or a run folder (its best checkpoint)")
+    p.add_argument("--data", required=True, help="shard set (folder or URL)")
+    p.add_argument("--split", default="test")
+    p.add_argument("--out", required=True, help="folder for metrics.json, metrics.md, per_class.png, predictions")
+    p.add_argument("--actors", type=int, default=1, help="inference actors (one model each)")
+    add_storage_args(p)
+    p.set_defaults(func=run)
+
+
+def run(a: argparse.Namespace) -> int:
+    from bigearth.evaluation import evaluate
+
+    m = evaluate(a.checkpoint, a.data, a.split, a.out, storage_from_args(a), actors=a.actors)
+    print(json.dumps({"out": a.out, **{k: m[k] for k in SUMMARY}}))
+    return 0
