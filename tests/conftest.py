@@ -26,6 +26,18 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 item.add_marker(skip)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Every training run of the session is tracked in one MLflow store in a temporary folder (`MLFLOW_TRACKING_URI`,
+    never a developer's own server): a new SQLite store costs ~7 s of schema migrations. `tiny_run` uses the default
+    store instead (`<storage>/mlflow.db`)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlflow.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", uri)
+        mp.setenv("MLFLOW_DISABLE_TELEMETRY", "true")  # no usage reports from the tests' runs
+        yield uri
+
+
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
     """One local Ray for the whole session (2 CPUs, no dashboard)."""
@@ -68,19 +80,22 @@ def shards_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory, ray_loca
 
 
 @pytest.fixture(scope="session")
-def tiny_run(shards_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`tiny-cpu` trained for 2 epochs on `shards_v2` (a run folder; treat as read-only)."""
+def tiny_run(shards_v2: Path, tmp_path_factory: pytest.TempPathFactory, mlflow_store: str) -> Path:
+    """`tiny-cpu` trained for 2 epochs on `shards_v2` (a run folder; treat as read-only), tracked in MLflow's default
+    store of its storage folder (`tiny_run.parent / "mlflow.db"`, tests/test_tracking.py)."""
     from bigearth.training.config import load_config
     from bigearth.training.trainer import train
     from helpers import REPO
 
     storage = tmp_path_factory.mktemp("runs")
-    train(
-        load_config(REPO / "configs" / "tiny-cpu.yaml", ["optim.epochs=2", "data.batch_size=16"]),
-        str(shards_v2),
-        str(storage),
-        "tiny",
-    )
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI")  # the default store, not the session's
+        train(
+            load_config(REPO / "configs" / "tiny-cpu.yaml", ["optim.epochs=2", "data.batch_size=16"]),
+            str(shards_v2),
+            str(storage),
+            "tiny",
+        )
     return storage / "tiny"
 
 

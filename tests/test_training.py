@@ -4,6 +4,7 @@ evaluation outputs, checkpoint loading."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -82,6 +83,20 @@ def test_rerun_with_the_same_name_resumes(run: Path, shards_v2: Path) -> None:
     after = _history(run)
     assert [h["epoch"] for h in after] == [1, 2, 3]
     assert after[:2] == before  # epochs 1-2 come from the checkpoint, not from a new start
+    # the same MLflow run goes on (the session's store, tests/conftest.py): one point per epoch, the new epoch count
+    # a tag (parameters cannot change)
+    from mlflow.tracking import MlflowClient
+
+    from bigearth.training.tracking import RUN_DIR_TAG
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("bigearth")
+    assert experiment is not None
+    (tracked,) = client.search_runs([experiment.experiment_id], f"tags.`{RUN_DIR_TAG}` = '{run}'")
+    assert tracked.info.status == "FINISHED" and tracked.info.run_name == "tiny-run"
+    assert tracked.data.params["optim.epochs"] == "2" and tracked.data.tags["resumed.optim.epochs"] == "3"
+    points = client.get_metric_history(tracked.info.run_id, "val_macro_ap")
+    assert [(p.step, p.value) for p in points] == [(h["epoch"], pytest.approx(h["val_macro_ap"])) for h in after]
 
 
 def test_early_stopping(shards_v2: Path, tmp_path: Path) -> None:

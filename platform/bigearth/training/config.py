@@ -133,6 +133,20 @@ class RetrievalConfig(_Strict):
     )
 
 
+class TrackingConfig(_Strict):
+    """Experiment tracking with MLflow (`bigearth.training.tracking`): parameters, metrics per epoch and the
+    artefacts, logged from rank 0. Without a URI a local folder storage gets its own store, `<storage>/mlflow.db`
+    (SQLite, no server); object storage without one is not tracked (its run folder keeps metrics and curves)."""
+
+    mlflow: bool = Field(True, description="log the run to MLflow")
+    tracking_uri: str | None = Field(
+        None,
+        description="MLflow tracking URI (`http(s)://server`, `sqlite:///file.db`, ...); default "
+        "`MLFLOW_TRACKING_URI`, else `sqlite:///<storage>/mlflow.db` for a local storage",
+    )
+    experiment: str = Field("bigearth", min_length=1, description="MLflow experiment the run is logged under")
+
+
 class TrainConfig(_Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -140,6 +154,7 @@ class TrainConfig(_Strict):
     scaling: ScalingConfig = ScalingConfig()
     run: RunConfig = RunConfig()
     retrieval: RetrievalConfig = RetrievalConfig()
+    tracking: TrackingConfig = TrackingConfig()
 
     @model_validator(mode="after")
     def _batch_divides(self) -> TrainConfig:

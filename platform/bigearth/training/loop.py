@@ -98,6 +98,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         scheduler.load_state_dict(saved["scheduler"])
         state = saved["loop"]
 
+    tracker = None  # rank 0 logs to MLflow (bigearth.training.tracking), epochs of an earlier attempt included
+    if rank == 0 and config.get("tracking"):
+        from bigearth.training.tracking import EpochLogger
+
+        tracker = EpochLogger(config["tracking"], state["history"])
+    scores: dict[str, Any] | None = None  # the last validation of this attempt (its per-class chart is logged)
+
     # Every worker gets the whole plan (one entry per row group) once, and takes its share of it each epoch.
     train_plan = plan_of(ray.train.get_dataset_shard("train"))
     val_plan = plan_of(ray.train.get_dataset_shard("validation"))
@@ -211,3 +218,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             from bigearth.training.curves import write_history
 
             write_history(config["run_dir"], state["history"], config.get("storage"))
+        if tracker:
+            tracker.epoch(metrics)
+    if tracker:
+        tracker.finish(state["history"], scores, cfg.data.val_split)

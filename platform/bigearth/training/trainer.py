@@ -11,6 +11,7 @@ from bigearth.loader import open_row_groups
 from bigearth.models.registry import create_model
 from bigearth.shards import Manifest
 from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.training import tracking
 from bigearth.training.config import TrainConfig
 
 
@@ -32,7 +33,8 @@ def train(
     name: str | None = None,
     storage_options: StorageOptions | None = None,
 ) -> Any:
-    """Train on the shard set `data`; checkpoints and metrics go to `storage/name` (re-run to resume)."""
+    """Train on the shard set `data`; checkpoints and metrics go to `storage/name` (re-run to resume), and to MLflow
+    (`cfg.tracking`, `bigearth.training.tracking`)."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -61,13 +63,28 @@ def train(
     else:
         os.makedirs(storage, exist_ok=True)
         storage_kw = {"storage_path": os.path.abspath(storage)}
+    run_dir = run_folder(storage, name)
+    target = tracking.start_run(
+        cfg,
+        storage,
+        run_dir,
+        name,
+        {
+            "shards": data,
+            "storage": storage,
+            "world_size": cfg.scaling.num_workers,
+            "train_pairs": manifest.splits[cfg.data.train_split],
+            "val_pairs": manifest.splits[cfg.data.val_split],
+        },
+    )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "cfg": cfg.model_dump(),
             "train_pairs": manifest.splits[cfg.data.train_split],
-            "run_dir": run_folder(storage, name),
+            "run_dir": run_dir,
             "storage": so,
+            "tracking": target,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers,
@@ -88,4 +105,10 @@ def train(
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
-    return trainer.fit()
+    try:
+        result = trainer.fit()
+    except BaseException as e:
+        tracking.end_run(target, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    tracking.end_run(target, "FINISHED")
+    return result

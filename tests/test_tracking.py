@@ -1,0 +1,152 @@
+"""Experiment tracking with MLflow: the session's tiny run in its storage folder's default store (parameters, one
+metric point per epoch, the artefacts), where runs are tracked, and a failing backend that only warns."""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import threading
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from bigearth.labels import BEN19
+from bigearth.training import tracking
+from bigearth.training.config import TrackingConfig, load_config
+from helpers import REPO
+
+TINY = str(REPO / "configs" / "tiny-cpu.yaml")
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == tracking.__name__ and r.levelno == logging.WARNING]
+
+
+def test_the_tiny_run_is_tracked_in_its_storage_folder(tiny_run: Path, shards_v2: Path, tmp_path: Path) -> None:
+    client = MlflowClient(f"sqlite:///{tiny_run.parent}/mlflow.db")
+    experiment = client.get_experiment_by_name("bigearth")
+    assert experiment is not None
+    assert experiment.artifact_location.endswith(str(tiny_run.parent / "mlartifacts"))
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.run_name == "tiny" and run.info.status == "FINISHED"
+    assert run.data.tags[tracking.RUN_DIR_TAG] == str(tiny_run)
+    params = run.data.params
+    assert params["model.name"] == "tiny" and params["optim.epochs"] == "2" and params["data.batch_size"] == "16"
+    assert params["optim.lr"] == "0.003" and params["model.s2_bands"] == "10" and params["model.backbone"] == "None"
+    assert params["shards"] == str(shards_v2) and params["world_size"] == "1" and int(params["train_pairs"]) > 0
+    assert not any(k.startswith("tracking.") for k in params)
+
+    history = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    for key in ("train_loss", "val_loss", "val_micro_ap", "val_macro_ap", "val_micro_f1", "val_macro_f1", "lr"):
+        points = client.get_metric_history(run.info.run_id, key)
+        assert [(p.step, p.value) for p in points] == [(h["epoch"], pytest.approx(h[key])) for h in history], key
+
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "curves.png",
+        "metrics.jsonl",
+        "per_class.png",
+        "metrics.json",
+    }
+    out = Path(client.download_artifacts(run.info.run_id, "", str(tmp_path)))
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "per_class.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "metrics.jsonl").read_text() == (tiny_run / "metrics.jsonl").read_text()
+    last = json.loads((out / "metrics.json").read_text())
+    assert last["epoch"] == 2 and last["split"] == "validation" and list(last["per_class"]) == list(BEN19)
+    assert last["macro_ap"] == pytest.approx(history[-1]["val_macro_ap"])
+
+
+def test_where_a_run_is_tracked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
+    default = TrackingConfig()
+    assert tracking.resolve_uri(default, str(tmp_path)) == f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.resolve_uri(default, "s3://bucket/runs") is None  # no store on object storage without a URI
+    assert tracking.resolve_uri(TrackingConfig(mlflow=False), str(tmp_path)) is None
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://mlflow.example:5000")
+    assert tracking.resolve_uri(default, "s3://bucket/runs") == "http://mlflow.example:5000"
+    explicit = TrackingConfig(tracking_uri="sqlite:////data/mlflow.db")
+    assert tracking.resolve_uri(explicit, str(tmp_path)) == "sqlite:////data/mlflow.db"
+    assert tracking.artifact_root("sqlite:////data/mlflow.db") == "/data/mlartifacts"
+    assert tracking.artifact_root("http://mlflow.example:5000") is None
+    assert tracking.start_run(load_config(TINY, ["tracking.mlflow=false"]), str(tmp_path), "x", "x", {}) is None
+    assert tracking.flatten({"a": {"b": [1, 2], "c": None}, "d": "e"}) == {"a.b": "[1, 2]", "a.c": "None", "d": "e"}
+
+
+def test_an_unreachable_backend_at_start_only_warns(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, not after MLflow's back-off
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    for uri in (f"http://127.0.0.1:{port}", "nosuchscheme://nowhere"):
+        caplog.clear()
+        cfg = load_config(TINY, [f"tracking.tracking_uri={uri}"])
+        assert tracking.start_run(cfg, "/tmp/unused", "/tmp/unused/x", "x", {}) is None
+        (warning,) = _warnings(caplog)
+        assert uri in warning and "training goes on without tracking" in warning
+
+
+class _Flaky:
+    """An MLflow client whose backend goes away after the first epoch."""
+
+    calls: ClassVar[list[str]] = []
+
+    def __init__(self, uri: str) -> None:
+        pass
+
+    def get_metric_history(self, run_id: str, key: str) -> list[Any]:
+        return []
+
+    def log_batch(self, run_id: str, metrics: Any = (), **kw: Any) -> None:
+        self.calls.append(f"epoch {metrics[0].step}")
+        if len(self.calls) > 1:
+            raise ConnectionError("tracking server gone")
+
+    def log_artifacts(self, run_id: str, path: str) -> None:
+        self.calls.append("artefacts")
+
+
+def test_a_backend_failing_mid_run_warns_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr("mlflow.tracking.MlflowClient", _Flaky)
+    _Flaky.calls = []
+    logger = tracking.EpochLogger({"uri": "flaky://", "run_id": "r"})
+    for epoch in (1, 2, 3):
+        logger.epoch({"epoch": epoch, "train_loss": 0.5, "val_macro_ap": None, "workers": 1})
+    history = [{"epoch": e, "train_loss": 0.5, "val_loss": 0.4} for e in (1, 2, 3)]
+    assert logger.finish(history, None, "validation") is False
+    assert _Flaky.calls == ["epoch 1", "epoch 2"]  # nothing tried after the failure
+    (warning,) = _warnings(caplog)
+    assert "logging epoch failed (ConnectionError: tracking server gone)" in warning
+
+
+def test_a_broken_or_hung_backend_never_holds_up_training(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = tracking.EpochLogger({"uri": "nosuchscheme://nowhere", "run_id": "r"}, [{"epoch": 1, "train_loss": 1.0}])
+    broken.epoch({"epoch": 2, "train_loss": 0.9})
+    assert broken.finish([], None, "validation") is False
+    assert len(_warnings(caplog)) == 1
+
+    caplog.clear()
+    release = threading.Event()
+
+    class Hung(_Flaky):
+        def log_batch(self, run_id: str, metrics: Any = (), **kw: Any) -> None:
+            release.wait()
+
+    monkeypatch.setattr("mlflow.tracking.MlflowClient", Hung)
+    try:
+        hung = tracking.EpochLogger({"uri": "hung://", "run_id": "r"})
+        for epoch in (1, 2, 3):  # returns at once although the backend never answers
+            hung.epoch({"epoch": epoch, "train_loss": 0.5})
+        assert hung.finish([], None, "validation", timeout=0.2) is False
+        (warning,) = _warnings(caplog)
+        assert "still busy after" in warning
+    finally:
+        release.set()
