@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BIGEARTH_SHARED", REPO.parent / "shared"))
@@ -13,6 +15,44 @@ REAL_V2 = BEN / "real" / "v2"
 LISTS_V1 = BEN / "lists" / "v1"
 LISTS_V2 = BEN / "lists" / "v2"
 FACTS = BEN / "FACTS.md"
+
+
+def free_ports(n: int) -> list[int]:
+    """`n` distinct TCP ports free on 127.0.0.1 now (all bound at once, then released)."""
+    socks, ports = [], []
+    for _ in range(n):
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        socks.append(s)
+        ports.append(s.getsockname()[1])
+    for s in socks:
+        s.close()
+    return ports
+
+
+def wait_ready(url: str, timeout: float = 120) -> None:
+    """Poll `url`/readyz every 0.5 s until it answers 200; fail with its last answer after `timeout` s."""
+    import time
+
+    import httpx
+
+    deadline = time.time() + timeout
+    while (r := httpx.get(f"{url}/readyz")).status_code != 200:
+        assert time.time() < deadline, r.text
+        time.sleep(0.5)
+
+
+def deploy_app(app: Any, name: str, timeout: float = 120) -> str:
+    """Start Serve's HTTP proxy on a free local port, run `app` at `/` as `name`, wait until it is ready: its base
+    URL. The caller tears down (`serve.delete(name)` / `serve.shutdown()`)."""
+    from ray import serve
+
+    (port,) = free_ports(1)
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    serve.run(app, name=name, route_prefix="/")
+    url = f"http://127.0.0.1:{port}"
+    wait_ready(url, timeout)
+    return url
 
 
 def split_rows(shards: Path, split: str) -> dict[str, dict]:  # type: ignore[type-arg]

@@ -16,19 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from helpers import free_ports
+
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def free_ports(n: int) -> list[int]:
-    socks, ports = [], []
-    for _ in range(n):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
-        socks.append(s)
-        ports.append(s.getsockname()[1])
-    for s in socks:
-        s.close()
-    return ports
 
 
 _TAKEN: set[int] = set()
@@ -71,6 +61,9 @@ def _node_args() -> list[str]:
     ]
 
 
+# Not ray.cluster_utils.Cluster: its users submit jobs / run subprocesses that attach by address and SIGKILL the
+# cluster, and Cluster (same process as the session's `ray_local` driver) rewrites the address record and resets
+# this process's internal KV on shutdown.
 class LocalCluster:
     def __init__(self, nodes: int = 2, cpus_per_node: int = 2) -> None:
         self.nodes, self.cpus = nodes, cpus_per_node

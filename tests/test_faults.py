@@ -17,7 +17,7 @@ import pytest
 from bigearth.data import read_columns
 from bigearth.shards import Manifest
 from bigearth.storage import open_fs
-from helpers import REPO
+from helpers import REPO, deploy_app, free_ports
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -123,14 +123,6 @@ def test_an_index_job_killed_half_way_and_re_run_holds_one_point_per_pair(
 
 
 # ------------------------------------------------------------------------------------------------ Serve
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _classify_count(metrics: str) -> float:
     lines = [x for x in metrics.splitlines() if x.startswith('bigearth_requests_total{route="/v1/classify"')]
     return sum(float(x.rsplit(" ", 1)[1]) for x in lines)
@@ -150,9 +142,6 @@ def test_a_classifier_replica_killed_under_load(tiny_run: Path, index_v2: Path, 
     from bigearth.client import AsyncClient
     from bigearth.serving.app import AppArgs, build
 
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(
         checkpoint=str(tiny_run),
         index=str(index_v2),
@@ -161,12 +150,8 @@ def test_a_classifier_replica_killed_under_load(tiny_run: Path, index_v2: Path, 
         ingress_replicas=2,
         replica_cpus=0.25,
     )
-    serve.run(build(args), name="faults", route_prefix="/")
+    url = deploy_app(build(args), "faults")
     ids = read_columns(str(shards_v2), ["patch_id"]).column(0).to_pylist()
-    deadline = time.time() + 120
-    while httpx.get(f"{url}/readyz").status_code != 200:
-        assert time.time() < deadline
-        time.sleep(0.5)
 
     def classifier_replicas() -> list[str]:
         return [
@@ -251,11 +236,82 @@ def _env(**extra: str) -> dict[str, str]:
     return {**env, "RAY_AUTH_MODE": "disabled", **extra}
 
 
+def test_the_sdk_retries_busy_answers_and_dropped_connections_honouring_retry_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Client and AsyncClient against a scripted transport: 429/502/503/504 and connection errors are tried again
+    (`retries` more times) after Retry-After or `backoff * 2**n`; other errors, and the last try's, are raised."""
+    import asyncio
+
+    import httpx
+    import tenacity
+
+    from bigearth.api import ServiceError
+    from bigearth.client import AsyncClient, Client
+
+    answers: list[httpx.Response | Exception] = []
+    waits: list[float] = []
+    wait = Client._wait
+
+    def spy(self: Client | AsyncClient, state: tenacity.RetryCallState) -> float:
+        waits.append(wait(self, state))
+        return waits[-1]
+
+    for cls in (Client, AsyncClient):
+        monkeypatch.setattr(cls, "_wait", spy)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        answer = answers.pop(0)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def busy(status: int, after: str | None = None) -> httpx.Response:
+        headers = {"Retry-After": after} if after else {}
+        return httpx.Response(status, headers=headers, json={"error": "unavailable", "message": "busy"})
+
+    ok = httpx.Response(200, json={"status": "ok"})
+    transport = httpx.MockTransport(handler)
+    with Client("http://svc", retries=3, backoff=0.001) as c:
+        c._http.close()
+        c._http = httpx.Client(base_url="http://svc", transport=transport)
+        answers[:] = [httpx.ConnectError("refused"), busy(503, "0.02"), busy(429), ok]
+        assert c.health() and not answers and waits == [0.001, 0.02, 0.004]
+        answers[:] = [busy(502), busy(504), busy(503), busy(503, "0")]
+        with pytest.raises(ServiceError, match="503 unavailable: busy") as e:
+            c.health()  # 4 tries, then the last answer
+        assert e.value.status == 503 and not answers and waits[3:6] == [0.001, 0.002, 0.004]
+        waits.clear()
+        answers[:] = [httpx.Response(422, json={"error": "invalid", "message": "no", "field": "k"})]
+        with pytest.raises(ServiceError, match="422 invalid") as e:
+            c.health()  # not retried
+        assert e.value.field == "k" and not waits
+        answers[:] = [httpx.ConnectError("refused")] * 4
+        with pytest.raises(httpx.ConnectError, match="refused"):
+            c.health()
+        assert not answers
+
+    async def run_async() -> None:
+        async with AsyncClient("http://svc", retries=1, backoff=0.001) as ac:
+            await ac._http.aclose()
+            ac._http = httpx.AsyncClient(base_url="http://svc", transport=transport)
+            answers[:] = [
+                httpx.ReadTimeout("slow"),
+                httpx.Response(200, json={"patch_ids": [], "offset": 0, "total": 0}),
+            ]
+            assert (await ac.patches()).total == 0 and not answers
+            answers[:] = [busy(503, "0.01"), busy(503)]
+            with pytest.raises(ServiceError, match="503"):
+                await ac.patches()
+
+    waits.clear()
+    asyncio.run(run_async())
+    assert waits[:2] == [0.001, 0.01] and not answers
+
+
 def test_an_unreachable_cluster_is_an_error_naming_it_and_a_stale_record_runs_locally(
     synth_v2: Path, tmp_path: Path
 ) -> None:
-    from raycluster import free_ports
-
     (dead,) = free_ports(1)
     t = time.monotonic()
     env = _env(RAY_ADDRESS=f"127.0.0.1:{dead}")
@@ -282,6 +338,7 @@ def test_an_unreachable_cluster_is_an_error_naming_it_and_a_stale_record_runs_lo
 def test_a_command_whose_cluster_dies_stops_naming_it(synth_v2: Path, tmp_path: Path) -> None:
     from raycluster import LocalCluster
 
+    # `ray start` nodes, not ray.cluster_utils.Cluster: a subprocess attaches by address and the cluster is SIGKILLed
     with LocalCluster(nodes=1, cpus_per_node=1) as cluster:
         env = _env(RAY_ADDRESS=cluster.address, BIGEARTH_RAY_LOST_AFTER_S="8")
         proc = _bigearth(["ingest", "--archive", str(synth_v2), "--out", str(tmp_path / "s"), "--shard-size", "4"], env)

@@ -114,14 +114,14 @@ def test_every_model_embeds_saves_loads_and_serves_through_the_contract(
     probs = runner.predict(batch)
     assert torch.allclose(probs, torch.sigmoid(logits), atol=1e-5)
     # the Serve Classifier (its replica class, without Serve): full uploads and one-vector uploads in one batch
-    clf = Classifier(str(tmp_path / "ck"), cpus=1)
+    clf = Classifier(str(tmp_path / "ck"), cpus=1, max_batch_size=8, batch_wait_timeout_s=0)
     described = clf.describe()
     assert described["vectors"] == spec.vector_sizes and described["model"]["version"].endswith(loaded.digest)
     vname = sorted(spec.vectors, key=lambda n: len(spec.vectors[n].groups))[0]
     items = _serve_items(batch, list(spec.groups)) + _serve_items(batch, described["vector_groups"][vname])
     import asyncio
 
-    out = asyncio.run(clf.infer(items))
+    out = asyncio.run(Classifier.infer.__wrapped__(clf, items))  # the batch function, without Serve's queue
     assert len(out) == 6 and all(o["batch_size"] == 6 for o in out)
     assert np.allclose(np.stack([o["probabilities"] for o in out[:3]]), probs.numpy(), atol=1e-5)
     for i in range(3):
@@ -162,12 +162,12 @@ def test_a_model_that_is_not_a_fusion_classifier_is_one_registered_class(tmp_pat
     try:
         model = create_model("mean-bands").eval()
         save(str(tmp_path / "ck"), model, {"model": {"name": "mean-bands"}, "num_classes": 19})
-        clf = Classifier(str(tmp_path / "ck"), cpus=1)
+        clf = Classifier(str(tmp_path / "ck"), cpus=1, max_batch_size=8, batch_wait_timeout_s=0)
         assert clf.describe()["groups"] == {"s2_10m": ["B02", "B03", "B04", "B08"]}
         assert clf.describe()["vectors"] == {"fused": 8, "s2": 19}
         import asyncio
 
-        (out,) = asyncio.run(clf.infer(_serve_items(_batch(1), ["s2_10m"])))
+        (out,) = asyncio.run(Classifier.infer.__wrapped__(clf, _serve_items(_batch(1), ["s2_10m"])))
         assert out["probabilities"].shape == (19,) and set(out["vectors"]) == {"fused", "s2"}
         from bigearth.training.config import TrainConfig  # a builder without `retrieval` is not given one
 

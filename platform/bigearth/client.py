@@ -14,17 +14,16 @@ server validates with.
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
+import tenacity
 
 from bigearth.api import ClassifyResponse, PatchInfo, PatchList, Ready, SearchRequest, SearchResponse, ServiceError
 from bigearth.retrieval.schema import SearchFilter
@@ -131,11 +130,24 @@ class _Base:
         self.headers = {"X-API-Key": key} if key else {}
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
 
-    def _delay(self, attempt: int, response: httpx.Response | None) -> float:
-        after = response.headers.get("retry-after") if response is not None else None
+    def _retrying(self) -> dict[str, Any]:
+        """tenacity's arguments: up to `retries` more tries of a 429/502/503/504 or a connection error, then the
+        last response (which `_raise_for` raises) or error."""
+        return {
+            "retry": tenacity.retry_if_exception_type(httpx.TransportError)
+            | tenacity.retry_if_result(lambda r: r.status_code in RETRY_STATUS),
+            "stop": tenacity.stop_after_attempt(self.retries + 1),
+            "wait": self._wait,
+            "retry_error_callback": lambda state: state.outcome.result(),
+        }
+
+    def _wait(self, state: tenacity.RetryCallState) -> float:
+        """The server's Retry-After (seconds) when it gives one, else `backoff * 2**(n - 1)` after the n-th try."""
+        outcome = state.outcome
+        after = outcome.result().headers.get("retry-after") if outcome and not outcome.failed else None
         if after and after.replace(".", "", 1).isdigit():
             return float(after)
-        return float(self.backoff * 2**attempt)
+        return float(self.backoff * 2 ** (state.attempt_number - 1))
 
 
 class Client(_Base):
@@ -146,18 +158,9 @@ class Client(_Base):
         self._http = httpx.Client(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
 
     def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            response = None
-            try:
-                response = self._http.request(method, path, **kwargs)
-                if response.status_code not in RETRY_STATUS or attempt == self.retries:
-                    _raise_for(response)
-                    return response
-            except httpx.TransportError:
-                if attempt == self.retries:
-                    raise
-            time.sleep(self._delay(attempt, response))
-        raise AssertionError("unreachable")
+        response: httpx.Response = tenacity.Retrying(**self._retrying())(self._http.request, method, path, **kwargs)
+        _raise_for(response)
+        return response
 
     def health(self) -> bool:
         return bool(self._request("GET", "/healthz").json()["status"] == "ok")
@@ -218,18 +221,10 @@ class AsyncClient(_Base):
         self._http = httpx.AsyncClient(base_url=self.base_url, headers=self.headers, timeout=self.timeout)
 
     async def _request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        for attempt in range(self.retries + 1):
-            response = None
-            try:
-                response = await self._http.request(method, path, **kwargs)
-                if response.status_code not in RETRY_STATUS or attempt == self.retries:
-                    _raise_for(response)
-                    return response
-            except httpx.TransportError:
-                if attempt == self.retries:
-                    raise
-            await asyncio.sleep(self._delay(attempt, response))
-        raise AssertionError("unreachable")
+        retrying = tenacity.AsyncRetrying(**self._retrying())  # one per call: it holds the call's state
+        response: httpx.Response = await retrying(self._http.request, method, path, **kwargs)
+        _raise_for(response)
+        return response
 
     async def classify(
         self, *patch: PatchLike, patch_id: str | None = None, threshold: float | None = None

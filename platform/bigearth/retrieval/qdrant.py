@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import tenacity
 
 from bigearth.retrieval.backends import (
     DEFAULT_COLLECTION,
@@ -119,14 +119,11 @@ class QdrantIndex(VectorIndex):
             m.PointStruct(id=point_id(pid), vector={name: lists[name][i] for name in lists}, payload=dict(payloads[i]))
             for i, pid in enumerate(patch_ids)
         ]
-        for attempt in range(4):  # a busy server may time out: retry with backoff, upserts are idempotent
-            try:
-                self.client.upsert(self.collection, points=points, wait=True)
-                return
-            except Exception:
-                if attempt == 3:
-                    raise
-                time.sleep(0.5 * 2**attempt)
+        # a busy server may time out: 3 more tries 0.5, 1 and 2 s apart (upserts are idempotent), then its error
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_exponential(0.5), reraise=True
+        )
+        retrying(self.client.upsert, self.collection, points=points, wait=True)
 
     def _filter(self, flt: SearchFilter | None, exclude: Sequence[str] = ()) -> Any:
         from qdrant_client import models as m
@@ -179,6 +176,19 @@ class QdrantIndex(VectorIndex):
 
     def count(self, flt: SearchFilter | None = None) -> int:
         return int(self.client.count(self.collection, count_filter=self._filter(flt), exact=True).count)
+
+    def scroll(
+        self, flt: SearchFilter | None = None, limit: int = 24, cursor: str | None = None
+    ) -> tuple[list[IndexRecord], str | None]:
+        records, after = self.client.scroll(
+            self.collection, scroll_filter=self._filter(flt), limit=limit, offset=cursor, with_payload=True
+        )
+        page = [IndexRecord(patch_id=(r.payload or {})["patch_id"], payload=r.payload or {}) for r in records]
+        return page, None if after is None else str(after)
+
+    def facet(self, key: str, flt: SearchFilter | None = None, limit: int = 100) -> dict[str, int]:
+        found = self.client.facet(self.collection, key, facet_filter=self._filter(flt), limit=limit, exact=True)
+        return {str(h.value): int(h.count) for h in found.hits}
 
     def close(self) -> None:
         self.client.close()

@@ -14,15 +14,16 @@ from __future__ import annotations
 from typing import Any
 
 from bigearth.serving.args import AppArgs
-from bigearth.serving.deployments import Classifier, Retriever
 from bigearth.serving.metrics import MetricsHub
 
-__all__ = ["AppArgs", "Classifier", "MetricsHub", "Retriever", "build"]
+__all__ = ["AppArgs", "MetricsHub", "build"]
 
 
 def build(args: AppArgs) -> Any:
     """The application: `Ingress(Classifier, Retriever)` with replicas, batching and resources from `args`."""
     from ray import serve
+
+    from bigearth.serving.deployments import Classifier, Retriever  # imports Ray Serve: here, not for `AppArgs`
 
     cls_opts: dict[str, Any] = {
         "max_ongoing_requests": args.max_ongoing_requests,
@@ -36,17 +37,8 @@ def build(args: AppArgs) -> Any:
         }
     else:
         cls_opts["num_replicas"] = args.classifier_replicas
-    classifier_cls = type(
-        "Classifier",
-        (Classifier,),
-        {
-            "infer": serve.batch(max_batch_size=args.max_batch_size, batch_wait_timeout_s=args.batch_wait_timeout_s)(
-                Classifier.infer
-            )
-        },
-    )
-    classifier = serve.deployment(name="Classifier", **cls_opts)(classifier_cls).bind(
-        args.checkpoint, args.replica_cpus
+    classifier = serve.deployment(name="Classifier", **cls_opts)(Classifier).bind(
+        args.checkpoint, args.replica_cpus, args.max_batch_size, args.batch_wait_timeout_s
     )
     retriever = serve.deployment(
         name="Retriever",

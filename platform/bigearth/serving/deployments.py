@@ -1,5 +1,6 @@
-"""The two deployments behind the ingress: `Classifier` (model replicas; `build` wraps `infer` in `@serve.batch`)
-and `Retriever` (the vector index and the shard set)."""
+"""The two deployments behind the ingress: `Classifier` (model replicas, `infer` batched by `@serve.batch`) and
+`Retriever` (the vector index and the shard set). Importing this imports Ray Serve (for the decorator), never
+starts it."""
 
 from __future__ import annotations
 
@@ -7,9 +8,14 @@ import time
 from typing import Any
 
 import numpy as np
+from ray import serve
 
 from bigearth.api import (
     ApiError,
+    BrowseItem,
+    BrowseRequest,
+    BrowseResponse,
+    Facets,
     ModelInfo,
     PatchInfo,
     SearchHit,
@@ -37,9 +43,9 @@ def missing_vectors(name: str, have: list[str], model_name: str) -> str:
 
 # ------------------------------------------------------------------------------------------------ Classifier
 class Classifier:
-    """Model replica: one model, requests batched by `@serve.batch` (set in `build`)."""
+    """Model replica: one model, requests batched by `@serve.batch` (its size and wait set per replica)."""
 
-    def __init__(self, checkpoint: str, cpus: float) -> None:
+    def __init__(self, checkpoint: str, cpus: float, max_batch_size: int, batch_wait_timeout_s: float) -> None:
         from bigearth.models.checkpoints import load
         from bigearth.models.runner import ModelRunner
         from bigearth.storage import StorageOptions
@@ -54,6 +60,9 @@ class Classifier:
             num_classes=spec.num_classes,
             classes=list(spec.classes),
         )
+        # @serve.batch's own setters (its queue is made lazily, in this replica's process)
+        self.infer.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self.infer.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -63,6 +72,7 @@ class Classifier:
             "vectors": self.runner.spec.vector_sizes,
         }
 
+    @serve.batch  # callers send one patch each; sized in __init__; `Classifier.infer.__wrapped__` is unbatched
     async def infer(self, items: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
         """A batch of patches (`{group: [1,C,H,W]}`; the same groups within a batch are stacked together) ->
         per patch: probabilities (when every group the head needs is present), vectors, and the batch size."""
@@ -114,6 +124,20 @@ class Retriever:
             raise ApiError(422, str(e.args[0]), field="split") from None
         total = self.store.splits()[split] if split else len(self.store)
         return {"patch_ids": ids, "offset": offset, "total": total, "split": split}
+
+    def browse(self, req: dict[str, Any]) -> dict[str, Any]:
+        r = BrowseRequest.model_validate(req)
+        try:
+            page, after = self.index.scroll(r.filter, r.limit, r.cursor)
+        except (ValueError, TypeError) as e:  # a cursor the engine cannot read (not one it gave)
+            raise ApiError(422, f"cursor {r.cursor!r} is not a next_cursor of this index ({e})", "cursor") from None
+        items = [BrowseItem(patch_id=p.patch_id, payload=p.payload) for p in page]
+        return BrowseResponse(items=items, total=self.index.count(r.filter), next_cursor=after).model_dump()
+
+    def facets(self, classes: list[str]) -> dict[str, Any]:
+        counts = {key: self.index.facet(key, limit=1000) for key in ("split", "country", "season", "labels")}
+        vectors = sorted(self.meta["vectors"])
+        return Facets(total=self.index.count(), classes=classes, vectors=vectors, **counts).model_dump()
 
     def patch_info(self, patch_id: str) -> dict[str, Any]:
         self._patch(patch_id)
