@@ -69,31 +69,55 @@ def npz_bodies(shards: str, n: int) -> tuple[list[bytes], list[str]]:
     return bodies, ids
 
 
-async def load(url: str, clients: int, seconds: float, make_request: Any) -> dict[str, Any]:
+async def drive(
+    url: str,
+    clients: int,
+    seconds: float,
+    make_request: Any,
+    alongside: tuple[Any, ...] = (),
+    latencies: dict[str, list[float]] | None = None,
+    statuses: dict[str, dict[int, int]] | None = None,
+) -> tuple[dict[str, list[float]], dict[str, dict[int, int]], float]:
+    """`clients` concurrent clients each call `make_request(client, i)` -> `(kind, awaitable response)` in a loop for
+    `seconds`: latencies and status counts per kind (-1: a transport error, counted, not fatal to the run; filled
+    into `latencies` / `statuses` as they come when given), and the wall time. `alongside`: coroutines run at the
+    same time (a sampler)."""
     import httpx
 
-    latencies: list[float] = []
-    statuses: dict[int, int] = {}
+    latencies = {} if latencies is None else latencies
+    statuses = {} if statuses is None else statuses
     stop = time.perf_counter() + seconds
 
     async def worker(i: int) -> None:
         async with httpx.AsyncClient(base_url=url, timeout=120) as c:
             while time.perf_counter() < stop:
+                kind, call = make_request(c, i)
                 t = time.perf_counter()
-                r = await make_request(c, i)
-                latencies.append(time.perf_counter() - t)
-                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                try:
+                    status = (await call).status_code
+                except httpx.HTTPError as e:
+                    status = -1
+                    print("transport error:", type(e).__name__, e, flush=True)
+                latencies.setdefault(kind, []).append(time.perf_counter() - t)
+                counts = statuses.setdefault(kind, {})
+                counts[status] = counts.get(status, 0) + 1
 
     t0 = time.perf_counter()
-    await asyncio.gather(*(worker(i) for i in range(clients)))
-    wall = time.perf_counter() - t0
+    await asyncio.gather(*alongside, *(worker(i) for i in range(clients)))
+    return latencies, statuses, time.perf_counter() - t0
+
+
+async def load(url: str, clients: int, seconds: float, make_request: Any) -> dict[str, Any]:
+    """`drive` with one kind of request: throughput, latency percentiles, statuses."""
+    latencies, statuses, wall = await drive(url, clients, seconds, lambda c, i: ("all", make_request(c, i)))
+    times, counts = latencies.get("all", []), statuses.get("all", {})
     return {
         "clients": clients,
-        "requests": len(latencies),
-        "rps": round(len(latencies) / wall, 2),
-        "p50_ms": round(float(np.percentile(latencies, 50)) * 1000, 1),
-        "p99_ms": round(float(np.percentile(latencies, 99)) * 1000, 1),
-        "statuses": {str(k): v for k, v in sorted(statuses.items())},
+        "requests": len(times),
+        "rps": round(len(times) / wall, 2),
+        "p50_ms": round(float(np.percentile(times, 50)) * 1000, 1),
+        "p99_ms": round(float(np.percentile(times, 99)) * 1000, 1),
+        "statuses": {str(k): v for k, v in sorted(counts.items())},
     }
 
 
@@ -150,9 +174,9 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
-    async def classify(c: Any, i: int) -> Any:
+    def classify(c: Any, i: int) -> Any:
         body = bodies[random.randrange(len(bodies))]
-        return await c.post("/v1/classify", files=[("patch.npz", ("patch.npz", body, "application/octet-stream"))])
+        return c.post("/v1/classify", files=[("patch.npz", ("patch.npz", body, "application/octet-stream"))])
 
     result: dict[str, Any] = {"model": a.model, "machine": f"{platform.node()}, {os.cpu_count()} CPUs", "modes": {}}
     for mode, mbs in (("batch size 1", 1), ("dynamic batching (max 32)", 32)):
@@ -174,11 +198,11 @@ def main() -> int:
     deploy(url, ckpt, index, shards, 32)
     train = [pid for pid in ids]
 
-    async def mixed(c: Any, i: int) -> Any:
+    def mixed(c: Any, i: int) -> Any:
         if random.random() < 0.5:
-            return await classify(c, i)
+            return classify(c, i)
         body = {"patch_id": random.choice(train), "k": 10, "filter": {"split": "train"}}
-        return await c.post("/v1/search", json=body)
+        return c.post("/v1/search", json=body)
 
     result["load_test"] = asyncio.run(load(url, 32, a.load_seconds, mixed))
     result["load_test"]["mix"] = "50% classify (.npz upload), 50% search by patch id with a split filter"

@@ -60,57 +60,35 @@ def serve_processes() -> dict[str, int]:
 async def soak(
     url: str, clients: int, seconds: float, bodies: list[bytes], ids: list[str], sample_s: float
 ) -> dict[str, Any]:
-    import httpx
-
+    samples: list[dict[str, Any]] = []
     latencies: dict[str, list[float]] = {"classify": [], "search": [], "quicklook": []}
     statuses: dict[str, dict[int, int]] = {k: {} for k in latencies}
-    samples: list[dict[str, Any]] = []
     stop = time.perf_counter() + seconds
 
-    async def one(c: httpx.AsyncClient) -> None:
+    def one(c: Any, i: int) -> tuple[str, Any]:
         r = random.random()
         if r < 0.4:
-            kind = "classify"
             body = bodies[random.randrange(len(bodies))]
-            call = c.post("/v1/classify", files=[("patch.npz", ("patch.npz", body, "application/octet-stream"))])
-        elif r < 0.8:
-            kind = "search"
-            call = c.post("/v1/search", json={"patch_id": random.choice(ids), "k": 10, "filter": {"split": "train"}})
-        else:
-            kind = "quicklook"
-            call = c.get(f"/v1/patches/{random.choice(ids)}/rgb.png")
-        t = time.perf_counter()
-        try:
-            status = (await call).status_code
-        except httpx.HTTPError as e:  # a transport failure is counted, not fatal to the run
-            status = -1
-            print("transport error:", type(e).__name__, e, flush=True)
-        latencies[kind].append(time.perf_counter() - t)
-        statuses[kind][status] = statuses[kind].get(status, 0) + 1
-
-    async def worker() -> None:
-        async with httpx.AsyncClient(base_url=url, timeout=120) as c:
-            while time.perf_counter() < stop:
-                await one(c)
+            return "classify", c.post(
+                "/v1/classify", files=[("patch.npz", ("patch.npz", body, "application/octet-stream"))]
+            )
+        if r < 0.8:
+            return "search", c.post(
+                "/v1/search", json={"patch_id": random.choice(ids), "k": 10, "filter": {"split": "train"}}
+            )
+        return "quicklook", c.get(f"/v1/patches/{random.choice(ids)}/rgb.png")
 
     async def sampler() -> None:
         t0 = time.perf_counter()
-        while time.perf_counter() < stop:
+        while True:
             done = sum(len(v) for v in latencies.values())
             samples.append({"t_s": round(time.perf_counter() - t0, 1), "requests": done, "rss": serve_processes()})
             print(f"t={samples[-1]['t_s']:6.1f} s  requests={done}", flush=True)
-            await asyncio.sleep(sample_s)
-        samples.append(
-            {
-                "t_s": round(time.perf_counter() - t0, 1),
-                "requests": sum(len(v) for v in latencies.values()),
-                "rss": serve_processes(),
-            }
-        )
+            if time.perf_counter() >= stop:
+                break
+            await asyncio.sleep(min(sample_s, max(stop - time.perf_counter(), 0)))
 
-    t0 = time.perf_counter()
-    await asyncio.gather(sampler(), *(worker() for _ in range(clients)))
-    wall = time.perf_counter() - t0
+    _, _, wall = await _bench_serve().drive(url, clients, seconds, one, (sampler(),), latencies, statuses)
     return {"wall_s": round(wall, 1), "latencies": latencies, "statuses": statuses, "samples": samples}
 
 

@@ -4,15 +4,14 @@ retrieval metrics -> serve -> SDK -> report), then the report rendered in headle
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from browser import binaries
 from helpers import SHARED
 
 pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
@@ -53,26 +52,11 @@ def test_the_demo_writes_a_report_holding_the_metrics_files_numbers(demo: dict[s
         assert len(data["real"]) >= 3 and all(len(x["top"]) == 3 for x in data["real"])
 
 
-def _chromium() -> str:
-    """The Chromium binary; installed from Debian (`apt-get install chromium`) when missing."""
-    found = shutil.which("chromium") or shutil.which("chromium-browser")
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
-        out = subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, text=True)
-        found = shutil.which("chromium")
-        if found:
-            return found
-        raise RuntimeError(f"apt-get install chromium failed: {out.stderr[-500:]}")
-    raise RuntimeError("chromium is not installed and cannot be installed here (needs root and apt-get)")
-
-
 def test_the_report_renders_in_headless_chromium(demo: dict[str, Any]) -> None:
     page = Path(demo["report"])
     out = subprocess.run(
         [
-            _chromium(),
+            binaries()[0],  # Debian's chromium (`make test` installs it)
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -91,3 +75,11 @@ def test_the_report_renders_in_headless_chromium(demo: dict[str, Any]) -> None:
     ok, total = map(int, loaded.groups())
     assert total >= 18 and ok == total  # every image decoded (naturalWidth > 0), none broken
     assert '<table id="metrics">' in dom and '<table id="retrieval">' in dom and "Neighbours of" in dom
+
+
+def test_the_report_links_to_the_explorer_page_only_while_it_is_served(tmp_path: Path) -> None:
+    from bigearth.report import write_report
+
+    served = Path(write_report(str(tmp_path / "a"), {"explorer": "http://127.0.0.1:8000/"})).read_text()
+    assert '<p id="explorer">' in served and '<a href="http://127.0.0.1:8000/">' in served
+    assert 'id="explorer"' not in Path(write_report(str(tmp_path / "b"), {"explorer": None})).read_text()

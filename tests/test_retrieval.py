@@ -3,6 +3,7 @@ the same client code path as a Qdrant server)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -138,6 +139,28 @@ def test_a_different_model_cannot_silently_reuse_a_collection(index: VectorIndex
     assert index.count() == 0 and index.metadata()["vectors"] == {"fused": 64}
 
 
+def test_upserts_to_a_busy_qdrant_are_tried_again_then_fail_with_its_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    idx = open_index("qdrant-local::memory:", "test")
+    idx.create({"fused": DIM}, {"model": "unit"})
+    ids, vectors, payloads = _corpus()
+    upsert, calls = idx.client.upsert, []  # type: ignore[attr-defined]
+
+    def flaky(*args: object, **kwargs: object) -> object:
+        calls.append(time.monotonic())
+        if len(calls) in (1, 2, 4, 5, 6, 7):
+            raise TimeoutError(f"timed out ({len(calls)})")
+        return upsert(*args, **kwargs)
+
+    monkeypatch.setattr(idx.client, "upsert", flaky)  # type: ignore[attr-defined]
+    idx.upsert(ids[:3], {"fused": vectors["fused"][:3]}, payloads[:3])
+    assert len(calls) == 3 and idx.count() == 3
+    assert 0.5 <= calls[1] - calls[0] < 0.9 and 1.0 <= calls[2] - calls[1] < 1.5  # backoff
+    with pytest.raises(TimeoutError, match=r"timed out \(7\)"):  # 4 tries, then the last error
+        idx.upsert(ids[3:6], {"fused": vectors["fused"][3:6]}, payloads[3:6])
+    assert len(calls) == 7 and idx.count() == 3
+    idx.close()
+
+
 def test_missing_collection_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(VectorIndexError, match=r"no such collection .* run jobs/index.py first"):
         open_index(str(tmp_path), "nothing").count()
@@ -228,3 +251,25 @@ def test_a_collection_is_not_silently_reused_with_another_quantization(tmp_path:
     other.create({"fused": 128}, {"model": "unit"}, recreate=True)
     assert other.metadata()["quantization"] == "binary"
     other.close()
+
+
+def test_scroll_pages_through_a_filter_once_and_facets_count_it(index: VectorIndex) -> None:
+    _, _, payloads = _corpus()
+    flt = SearchFilter(country=["Finland", "Portugal"], labels_any=["Arable land"])
+    want = {p["patch_id"] for p in payloads if p["country"] != "Austria" and "Arable land" in p["labels"]}
+    seen: list[str] = []
+    cursor: str | None = None
+    for _ in range(100):
+        page, cursor = index.scroll(flt, limit=7, cursor=cursor)
+        assert len(page) <= 7 and all(r.payload["patch_id"] == r.patch_id and not r.vectors for r in page)
+        seen += [r.patch_id for r in page]
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen)) and set(seen) == want
+    first, after = index.scroll(None, limit=5)
+    assert len(first) == 5 and after is not None and index.scroll(None, limit=5)[0] == first  # stable order
+    assert index.facet("country") == {c: sum(p["country"] == c for p in payloads) for c in COUNTRIES}
+    labels = index.facet("labels", SearchFilter(country=["Austria"]))
+    austria = [p for p in payloads if p["country"] == "Austria"]
+    assert labels == {lb: n for lb in LABELS if (n := sum(lb in p["labels"] for p in austria))}
+    assert list(labels.values()) == sorted(labels.values(), reverse=True)

@@ -21,18 +21,12 @@ from bigearth.client import AsyncClient, Client
 from bigearth.data import read_columns
 from bigearth.demo import find_real_patches
 from bigearth.labels import BEN19
-from helpers import SHARED
+from helpers import SHARED, deploy_app
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 KEY = "test-key-1"
 PAIRS = find_real_patches(str(SHARED))  # (S2 folder, S1 folder), paired by the S1 metadata
 S2_DIRS, S1_DIRS = [p[0] for p in PAIRS], [p[1] for p in PAIRS]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +38,6 @@ def url(tiny_run: Path, index_v2: Path, shards_v2: Path, tmp_path_factory: pytes
 
     keys = tmp_path_factory.mktemp("secrets") / "api-keys"
     keys.write_text(f"# comment lines are not keys\n{KEY}\n")
-    port = _free_port()
-    serve.start(http_options={"host": "127.0.0.1", "port": port})
     args = AppArgs(
         checkpoint=str(tiny_run),
         index=str(index_v2),
@@ -61,13 +53,7 @@ def url(tiny_run: Path, index_v2: Path, shards_v2: Path, tmp_path_factory: pytes
     stored = [d._replica_config.serialized_init_args for d in build_app(app, name="bigearth").deployments]
     assert not [a for a in stored if KEY.encode() in a]  # what Serve keeps holds the file's name, never the key
     assert [a for a in stored if str(keys).encode() in a]
-    serve.run(app, name="bigearth", route_prefix="/")
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 120
-    while httpx.get(f"{base}/readyz").status_code != 200:
-        assert time.time() < deadline, httpx.get(f"{base}/readyz").text
-        time.sleep(0.5)
-    yield base
+    yield deploy_app(app, "bigearth")
     serve.shutdown()
 
 
@@ -126,7 +112,12 @@ def test_classify_by_patch_id_equals_classify_of_the_uploaded_arrays(
     assert list(by_id.probabilities.values()) == pytest.approx(list(by_upload.probabilities.values()), abs=1e-5)
 
 
-def test_dynamic_batching_batches_concurrent_requests(url: str, ids: dict[str, list[str]]) -> None:
+def test_dynamic_batching_batches_concurrent_requests(url: str, ids: dict[str, list[str]], shards_v2: Path) -> None:
+    from ray import serve
+
+    from bigearth.bands import GROUPS
+    from bigearth.patches import PatchStore
+
     async def burst() -> None:
         async with AsyncClient(url, api_key=KEY) as c:
             await asyncio.gather(*(c.classify(patch_id=pid) for pid in ids["train"][:24]))
@@ -136,6 +127,11 @@ def test_dynamic_batching_batches_concurrent_requests(url: str, ids: dict[str, l
     count = _metric(metrics, "bigearth_classifier_batch_size_count")
     total = _metric(metrics, "bigearth_classifier_batch_size_sum")
     assert count >= 24 and total / count > 1.5, (total, count)  # requests shared model calls
+    # the replicas batch up to AppArgs.max_batch_size (16, set by @serve.batch's setters), not the decorator's 10
+    arrays = PatchStore(str(shards_v2)).arrays(ids["train"][0], {g: GROUPS[g] for g in ("s1", "s2_10m", "s2_20m")})
+    classifier = serve.get_deployment_handle("Classifier", app_name="bigearth")
+    responses = [classifier.infer.remote(arrays) for _ in range(48)]
+    assert max(r.result()["batch_size"] for r in responses) == 16
 
 
 def _metric(text: str, name: str) -> float:
@@ -545,3 +541,143 @@ def test_a_500_names_an_error_id_in_the_log_not_the_exception(caplog: pytest.Log
     assert "secret" not in json.dumps(body) and "KeyError" not in json.dumps(body)
     logged = [r for r in caplog.records if error_id in r.getMessage()]
     assert logged and logged[0].exc_info is not None and "secret" in str(logged[0].exc_info[1])
+
+
+# ------------------------------------------------------------------------------------------------ browse, facets
+def test_browse_pages_through_a_filter_and_facets_count_the_archive(url: str, shards_v2: Path) -> None:
+    rows = read_columns(str(shards_v2), ["patch_id", "split", "country"]).to_pylist()
+    h = {"X-API-Key": KEY}
+    facets = httpx.get(f"{url}/v1/facets", headers=h).json()
+    assert facets["total"] == len(rows) == sum(facets["split"].values())
+    assert facets["country"] == {c: n for c in facets["country"] if (n := sum(r["country"] == c for r in rows))}
+    assert facets["classes"] == list(BEN19) and facets["vectors"] == ["fused", "s1", "s2"]
+    country = next(iter(facets["country"]))
+    want = {r["patch_id"] for r in rows if r["country"] == country and r["split"] == "train"}
+    seen: list[dict] = []  # type: ignore[type-arg]
+    cursor = None
+    for _ in range(50):
+        body = {"filter": {"country": [country], "split": ["train"]}, "limit": 7, "cursor": cursor}
+        page = httpx.post(f"{url}/v1/browse", json=body, headers=h).json()
+        assert page["total"] == len(want) and len(page["items"]) <= 7
+        seen += page["items"]
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert len(seen) == len(want) == len({i["patch_id"] for i in seen}) and {i["patch_id"] for i in seen} == want
+    assert all({"labels", "location", "date", "season"} <= set(i["payload"]) for i in seen)
+    bad = httpx.post(f"{url}/v1/browse", json={"filter": {"season": ["monsoon"]}}, headers=h)
+    assert bad.status_code == 422 and bad.json()["field"].startswith("filter.season")
+    bad = httpx.post(f"{url}/v1/browse", json={"cursor": "not-a-point-id"}, headers=h)
+    assert bad.status_code == 422 and bad.json()["field"] == "cursor"
+
+
+# ------------------------------------------------------------------------------------------------ the web page
+def test_the_page_is_served_from_the_package_with_a_same_origin_policy(url: str) -> None:
+    page = httpx.get(f"{url}/")  # no API key: the page asks for one before it calls the API
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    import re
+
+    linked = re.findall(r'(?:src|href)="([^"]+)"', page.text)
+    assert linked and all(x.startswith(("/web/", "#", "data:")) for x in linked), linked  # nothing from elsewhere
+    for path in [x for x in linked if x.startswith("/web/")] + ["/web/countries.geojson"]:
+        r = httpx.get(f"{url}{path}")
+        assert r.status_code == 200 and r.content, path
+    h = {"X-API-Key": KEY}  # only the page's own files are open; any other path needs the key, then is a 404
+    assert httpx.get(f"{url}/web/missing.js").status_code == 401
+    assert httpx.get(f"{url}/web/missing.js", headers=h).status_code == 404
+    assert httpx.get(f"{url}/web/..%2Fserving%2Fapp.py", headers=h).status_code == 404
+    assert httpx.get(f"{url}/v1/facets").status_code == 401  # the API itself still needs the key
+    js = httpx.get(f"{url}/web/app.js").text
+    assert "http://" not in js.replace("http://www.w3.org/2000/svg", "") and "https://" not in js
+
+
+def test_the_page_in_headless_chromium(url: str, shards_v2: Path) -> None:
+    """The grid loads, a filter narrows it, a patch view shows probabilities and neighbours (a click on one opens
+    it), uploads are classified and searched with (S1-only too), errors read as messages; no console errors."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from browser import chromium, console_errors, screenshot
+
+    rows = read_columns(str(shards_v2), ["patch_id", "country"]).to_pylist()
+    with chromium() as b:
+        wait = WebDriverWait(b, 60)
+        texts = lambda css: [e.text for e in b.find_elements(By.CSS_SELECTOR, css)]  # noqa: E731
+        b.get(f"{url}/")
+        # 1. the service wants a key: the page says so, readably
+        wait.until(lambda _: texts("#errors .error"))
+        assert "API key" in texts("#errors .error")[0] and "401" not in texts("#errors .error")[0]
+        screenshot(b, "1-needs-key")
+        assert console_errors(b, allowed=("status of 401",)) == []
+        b.find_element(By.ID, "api-key").send_keys(KEY, Keys.ENTER)
+        # 2. the grid: a page of quicklooks, the map's points, the filters from the facets
+        wait.until(lambda _: len(b.find_elements(By.CSS_SELECTOR, "#grid .card")) == 24)
+        wait.until(
+            lambda _: b.execute_script(
+                "return [...document.querySelectorAll('#grid img')].every(i => i.complete && i.naturalWidth === 120)"
+            )
+        )
+        assert int(b.find_element(By.ID, "grid").get_attribute("data-total")) == len(rows)
+        assert len(b.find_elements(By.CSS_SELECTOR, "#map-points circle")) == 24
+        assert len(b.find_elements(By.CSS_SELECTOR, "#map-countries path")) > 40
+        assert not texts("#errors .error")
+        screenshot(b, "2-grid")
+        # 3. a filter narrows it
+        country = b.find_element(By.CSS_SELECTOR, "#f-country input").get_attribute("value")
+        b.find_element(By.CSS_SELECTOR, "#f-country input").click()
+        b.find_element(By.ID, "apply").click()
+        expected = sum(r["country"] == country for r in rows)
+        wait.until(lambda _: b.find_element(By.ID, "grid").get_attribute("data-total") == str(expected))
+        cards = texts("#grid .card .id")
+        assert 0 < len(cards) <= min(24, expected) < len(rows) and all(t.startswith(country) for t in cards)
+        screenshot(b, "3-filtered")
+        # 4. a patch view: metadata, probabilities, three kinds of neighbours
+        first = b.find_element(By.CSS_SELECTOR, "#grid .card")
+        pid = first.get_attribute("data-patch")
+        first.click()
+        wait.until(lambda _: len(b.find_elements(By.CSS_SELECTOR, "#view-probs tbody tr")) == 19)
+        wait.until(lambda _: len(b.find_elements(By.CSS_SELECTOR, "#view-neighbours .neighbours .card")) == 18)
+        assert b.find_element(By.ID, "view-title").text == pid and "#patch=" in b.current_url
+        sections = texts("#view-neighbours h3")
+        assert len(sections) == 3 and any("S1 → S2" in s for s in sections)
+        assert all(t.startswith("score ") for t in texts("#view-neighbours .score"))
+        assert all(t.startswith("shared: ") for t in texts("#view-neighbours .shared"))
+        assert pid not in [
+            e.get_attribute("data-patch") for e in b.find_elements(By.CSS_SELECTOR, "#view-neighbours .card")
+        ]
+        screenshot(b, "4-patch-view")
+        # one click on a neighbour opens its view; Escape closes it, the back button reopens the first one
+        neighbour = b.find_element(By.CSS_SELECTOR, "#view-neighbours .card")
+        other = neighbour.get_attribute("data-patch")
+        neighbour.click()
+        wait.until(lambda _: b.find_element(By.ID, "view-title").text == other)
+        wait.until(lambda _: len(b.find_elements(By.CSS_SELECTOR, "#view-neighbours .card")) == 18)
+        b.find_element(By.TAG_NAME, "body").send_keys(Keys.ESCAPE)
+        wait.until(lambda _: not b.find_element(By.ID, "view").is_displayed())
+        b.back()
+        wait.until(lambda _: b.find_element(By.ID, "view").is_displayed())
+        wait.until(lambda _: b.find_element(By.ID, "view-title").text == other)
+        b.find_element(By.ID, "close").click()
+        assert console_errors(b) == []
+        # 5. an upload: the band GeoTIFFs of a real patch pair, S2 and S1
+        files = [str(p) for d in (S2_DIRS[0], S1_DIRS[0]) for p in sorted(d.glob("*.tif"))]
+        b.find_element(By.ID, "upload-files").send_keys("\n".join(files))
+        wait.until(lambda _: len(b.find_elements(By.CSS_SELECTOR, "#view-probs tbody tr")) == 19)
+        wait.until(lambda _: len(b.find_elements(By.CSS_SELECTOR, "#view-neighbours .card")) == 18)
+        assert b.find_element(By.ID, "view-title").text.startswith("Your upload: 14 files")
+        assert "Predicted:" in b.find_element(By.ID, "view-model").text
+        screenshot(b, "5-upload")
+        assert console_errors(b) == []
+        b.find_element(By.ID, "close").click()
+        # 6. S1 only: no classification (the model needs S2), the answer shown as a message; S1 -> S2 search works
+        s1 = [str(p) for p in sorted(S1_DIRS[1].glob("*.tif"))]
+        b.find_element(By.ID, "upload-files").clear()
+        b.find_element(By.ID, "upload-files").send_keys("\n".join(s1))
+        wait.until(lambda _: len(b.find_elements(By.CSS_SELECTOR, "#view-neighbours .card")) == 6)
+        assert texts("#view-neighbours h3") == ["S1 → S2: optical patches found by the radar patch"]
+        wait.until(lambda _: texts("#errors .error"))
+        message = texts("#errors .error")[0]
+        assert message.startswith("Classifying the upload:") and "B02" in message, message
+        screenshot(b, "6-upload-s1-only")
+        assert console_errors(b, allowed=("status of 422",)) == []

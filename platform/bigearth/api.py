@@ -128,6 +128,38 @@ class PatchList(BaseModel):
     split: str | None = None
 
 
+class BrowseRequest(BaseModel):
+    """A page of the archived pairs a filter matches (the web page's grid); `cursor` from the previous page."""
+
+    model_config = ConfigDict(extra="forbid")
+    filter: SearchFilter | None = None
+    limit: int = Field(24, ge=1, le=500)
+    cursor: str | None = Field(None, description="`next_cursor` of the previous page (none: the first page)")
+
+
+class BrowseItem(BaseModel):
+    patch_id: str
+    payload: dict[str, Any]
+
+
+class BrowseResponse(BaseModel):
+    items: list[BrowseItem]
+    total: int = Field(description="pairs the filter matches")
+    next_cursor: str | None = Field(None, description="the next page's cursor; none after the last page")
+
+
+class Facets(BaseModel):
+    """What the archive holds, for filter choices: pairs per value of each field, and the model's classes."""
+
+    total: int
+    split: dict[str, int]
+    country: dict[str, int]
+    season: dict[str, int]
+    labels: dict[str, int]
+    classes: list[str] = Field(description="the model's classes, in its output order")
+    vectors: list[str] = Field(description="the index's vectors (fused, s1, s2): which searches exist")
+
+
 class SearchHit(BaseModel):
     patch_id: str
     score: float

@@ -194,20 +194,25 @@ def run_demo(
         metrics={k: v for k, v in metrics.items() if k != "class_names"},
         retrieval=retrieval,
         history=history,
+        explorer=f"{url}/" if serve else None,
     )
     page = write_report(str(report), data)
     times["report"] = time.perf_counter() - t
     total = time.perf_counter() - t_all
     print(f"\ndemo: done in {total:.0f} s. Report: {page}")
     if serve:
-        print(f"The service keeps running at {url} (OpenAPI: {url}/docs); Ctrl-C stops it.", flush=True)
+        print(
+            f"The service keeps running: the explorer page at {url}/, the API at {url}/docs; Ctrl-C stops it.",
+            flush=True,
+        )
         try:
             while True:
                 time.sleep(3600)
         except KeyboardInterrupt:
             pass
     else:
-        print(f"To keep the service running and try the API at /docs: bigearth demo --workdir {workdir} --serve")
+        keep = f"bigearth demo --workdir {workdir} --serve"
+        print(f"To keep the service running (the explorer page at /, the API at /docs): {keep}")
     ray_serve.shutdown()
     return {"report": page, "summary": summary, "metrics": data["metrics"], "retrieval": retrieval}
 

@@ -51,7 +51,8 @@ def _labels(true: list[str], pred: list[str]) -> str:
 def write_report(out: str, data: dict[str, Any]) -> str:
     """Write `out/report.html` and `out/report.json`; image paths in `data` are copied into `out/images/`.
 
-    `data` keys: title, summary (dict), curves_png, per_class_png, metrics (evaluate's metrics.json), retrieval
+    `data` keys: title, summary (dict), explorer (the web page's URL, while it is served), curves_png,
+    per_class_png, metrics (evaluate's metrics.json), retrieval
     (evaluate_retrieval's JSON), samples [{patch_id, true, pred, png}], queries [{patch_id, labels, png,
     hits: [{patch_id, score, labels, shared, png}]}], real [{name, labels, top: [[class, p], ...]}].
     """
@@ -77,6 +78,12 @@ def write_report(out: str, data: dict[str, Any]) -> str:
         for k, v in data.get("summary", {}).items()
     )
     body.append(f'<table id="summary">{rows}</table>')
+    if data.get("explorer"):  # only while the service runs (`bigearth demo --serve`): never a dead link
+        url = html.escape(data["explorer"])
+        body.append(
+            f'<p id="explorer">Explore the archive in your browser: <a href="{url}">{url}</a> (patches, filters, '
+            "the model's probabilities, nearest neighbours, your own uploads), while the demo keeps serving.</p>"
+        )
     body.append("<h2>Training curves</h2>" + img(data.get("curves_png"), "training curves"))
     if m:
         body.append(f"<h2>Test metrics ({m.get('samples')} pairs)</h2>")

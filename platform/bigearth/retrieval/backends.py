@@ -99,6 +99,19 @@ class VectorIndex(ABC):
     @abstractmethod
     def count(self, flt: SearchFilter | None = None) -> int: ...
 
+    @abstractmethod
+    def scroll(
+        self, flt: SearchFilter | None = None, limit: int = 24, cursor: str | None = None
+    ) -> tuple[list[IndexRecord], str | None]:
+        """A page of the points `flt` matches, in point-id order (stable, unrelated to time or place), without
+        vectors; `cursor` is where the page starts (None: the first), and the second value is the next page's
+        cursor (None after the last page)."""
+
+    @abstractmethod
+    def facet(self, key: str, flt: SearchFilter | None = None, limit: int = 100) -> dict[str, int]:
+        """How many points `flt` matches per value of the keyword payload field `key` (`country`, `labels`, ...),
+        most frequent first."""
+
     def finish(self) -> None:  # noqa: B027 - an optional hook
         """Build what is left to build (HNSW graphs) after a bulk load."""
 

@@ -170,6 +170,22 @@ class EdgeIndex(VectorIndex):
 
         return int(self.shard.count(qe.CountRequest(filter=self._filter(flt), exact=True)))
 
+    def scroll(
+        self, flt: SearchFilter | None = None, limit: int = 24, cursor: str | None = None
+    ) -> tuple[list[IndexRecord], str | None]:
+        import qdrant_edge as qe
+
+        request = qe.ScrollRequest(offset=cursor, limit=limit, filter=self._filter(flt), with_payload=True)
+        records, after = self.shard.scroll(request)
+        page = [IndexRecord(patch_id=r.payload["patch_id"], payload=r.payload) for r in records]
+        return page, None if after is None else str(after)
+
+    def facet(self, key: str, flt: SearchFilter | None = None, limit: int = 100) -> dict[str, int]:
+        import qdrant_edge as qe
+
+        found = self.shard.facet(qe.FacetRequest(key, limit=limit, exact=True, filter=self._filter(flt)))
+        return {str(h.value): int(h.count) for h in found.hits}
+
     def close(self) -> None:
         if self._shard is not None:
             self._shard.flush()

@@ -3,7 +3,6 @@
 No `from __future__ import annotations` here: FastAPI reads the route annotations (`Request`, ...) as objects.
 """
 
-import asyncio
 import hmac
 import logging
 import time
@@ -16,16 +15,21 @@ from pydantic import BaseModel, ValidationError
 
 from bigearth.api import (
     ApiError,
+    BrowseRequest,
+    BrowseResponse,
     ClassifyByIdRequest,
     ClassifyResponse,
+    Facets,
     PatchInfo,
     PatchList,
     Ready,
     SearchRequest,
     SearchResponse,
 )
+from bigearth.serving import web
 from bigearth.serving.args import AppArgs
-from bigearth.serving.metrics import FLUSH_S, Pending
+from bigearth.serving.inputs import read_body, read_upload
+from bigearth.serving.metrics import Tally
 
 log = logging.getLogger("bigearth.serve")
 
@@ -36,20 +40,11 @@ OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth
 def internal_error(exc: BaseException, where: str) -> tuple[dict[str, Any], str]:
     """The body of a 500 and its error id: the exception (type, message, traceback) goes to the service log under
     that id, never into the answer, which may reach anyone."""
-    import uuid
 
     error_id = uuid.uuid4().hex[:12]
     log.error("unhandled error %s on %s", error_id, where, exc_info=(type(exc), exc, exc.__traceback__))
     body = {"error": "internal", "message": f"internal error {error_id}: reported in the service log", "field": None}
     return body, error_id
-
-
-def _merged(a: Pending, b: Pending) -> Pending:
-    """Two tallies as one (a flush that failed is kept for the next)."""
-    out = Pending(a.requests + b.requests, dict(a.latency), a.batch_sizes + b.batch_sizes)
-    for route, values in b.latency.items():
-        out.latency[route] = out.latency.get(route, []) + values
-    return out
 
 
 def _replica_gone() -> tuple[type[BaseException], ...]:
@@ -144,8 +139,8 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
         t = time.perf_counter()
         response: Response = await ingress._guarded(request, call_next, _unwrap)
         route = getattr(request.scope.get("route"), "path", "unmatched")
-        ingress.pending.request(route, response.status_code, time.perf_counter() - t)
-        ingress.start_flushing()
+        ingress.tally.pending.request(route, response.status_code, time.perf_counter() - t)
+        ingress.tally.start()
         return response
 
     @app.exception_handler(RequestValidationError)
@@ -162,14 +157,13 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             self.keys = self.args.keys()
             self.limit = int(self.args.max_body_mb * 1024 * 1024)
             self._model: dict[str, Any] | None = None
-            self.pending = Pending()
-            self.replica_id = uuid.uuid4().hex[:8]
-            self._flusher: asyncio.Task[None] | None = None
+            self.tally = Tally(metrics)  # sent to the MetricsHub every second and before /metrics answers
+            self.page = web.paths()
             replica["ingress"] = self
 
         async def _guarded(self, request: Request, call_next: Any, unwrap: Any) -> Response:
             path = request.url.path
-            if self.keys and path not in OPEN_PATHS:
+            if self.keys and path not in OPEN_PATHS and path not in self.page:
                 given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
                     "Bearer "
                 )
@@ -199,90 +193,20 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 return JSONResponse(internal_error(e, path)[0], 500)
 
         # ---------------------------------------------------------------- helpers
-        def start_flushing(self) -> None:
-            if self._flusher is None or self._flusher.done():
-                self._flusher = asyncio.get_running_loop().create_task(self._flush_every())
-
-        async def _flush_every(self) -> None:
-            while True:
-                await asyncio.sleep(FLUSH_S)
-                try:
-                    await self.flush()
-                except Exception as e:  # the hub restarting: keep counting, send with the next flush
-                    log.warning("metrics not sent (%s: %s); retrying", type(e).__name__, e)
-
-        async def flush(self) -> None:
-            pending, self.pending = self.pending, Pending()
-            if pending:
-                try:
-                    await self.hub.merge.remote(self.replica_id, pending.as_dict())
-                except BaseException:  # also a cancelled /metrics request: keep the tally for the next flush
-                    self.pending = _merged(pending, self.pending)
-                    raise
-
         async def model(self) -> dict[str, Any]:
             if self._model is None:
                 self._model = await self.classifier.describe.remote()
             return self._model
 
         async def _body(self, request: Request) -> bytes:
-            """The body, counted while it streams in: a chunked body (no Content-Length) stops at the limit, a
-            client that sends nothing for `body_timeout_s` is refused (the proxy's `request_timeout_s` caps the
-            whole request); neither is buffered whole first."""
-            from starlette.requests import ClientDisconnect
-
-            cached: bytes | None = getattr(request, "_body", None)
-            if cached is not None:
-                return cached
-            timeout = self.args.body_timeout_s
-            chunks, size = [], 0
-            stream = request.stream().__aiter__()
-            while True:
-                try:
-                    chunk = await asyncio.wait_for(stream.__anext__(), timeout)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError:
-                    raise ApiError(408, f"request body: nothing received for {timeout:g} s", "body") from None
-                except ClientDisconnect:
-                    raise ApiError(400, "the client disconnected before sending the whole body", "body") from None
-                size += len(chunk)
-                if size > self.limit:
-                    raise ApiError(413, f"request body is over the limit of {self.limit} bytes", "body")
-                chunks.append(chunk)
-            body = b"".join(chunks)
-            request._body = body  # what Starlette's own body() keeps: form() parses it from here
-            return body
+            return await read_body(request, self.limit, self.args.body_timeout_s)
 
         async def _upload(self, request: Request) -> tuple[dict[str, np.ndarray], str | None]:
-            """Bands from a multipart upload, and the `request` form field if any."""
-            from bigearth.serving.inputs import from_geotiffs, from_npz
-
-            await self._body(request)
-            try:
-                form = await request.form(max_files=32, max_fields=4, max_part_size=self.limit)
-            except Exception as e:  # a malformed multipart body is the client's error
-                raise ApiError(400, f"unreadable multipart body: {e}", "body") from None
-            files, extra = [], None
-            for key, value in form.multi_items():
-                if isinstance(value, str):
-                    if key != "request":
-                        raise ApiError(422, f"unexpected form field {key!r}; expected band files and `request`", key)
-                    extra = value
-                else:
-                    files.append((key, value.filename, await value.read()))
-            if not files:
-                raise ApiError(422, "no files uploaded: send band GeoTIFFs or one .npz", "files")
-            npz = [f for f in files if (f[1] or f[0]).lower().endswith(".npz")]
-            if npz:
-                if len(files) > 1:
-                    raise ApiError(422, "send either one .npz or band GeoTIFFs, not both", "files")
-                return from_npz(npz[0][2], npz[0][1] or npz[0][0]), extra
-            return from_geotiffs(files), extra
+            return await read_upload(request, self.limit, self.args.body_timeout_s)
 
         async def _infer(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
             result: dict[str, Any] = await self.classifier.infer.remote(inputs)
-            self.pending.batch_sizes.append(result["batch_size"])
+            self.tally.pending.batch_sizes.append(result["batch_size"])
             return result
 
         def _json(self, body: bytes, model: type[BaseModel]) -> Any:
@@ -310,7 +234,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
 
         @app.get("/metrics", summary="Prometheus metrics of the whole application: requests, latency, batch sizes")
         async def metrics(self) -> Response:
-            await self.flush()
+            await self.tally.flush()
             return Response(await self.hub.render.remote(), media_type=CONTENT_TYPE_LATEST)
 
         @app.post(
@@ -406,6 +330,38 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 raise ApiError(422, f"limit must be 1..10000, got {limit}", "limit")
             page: dict[str, Any] = await self.retriever.patch_ids.remote(split, offset, limit)
             return page
+
+        @app.post(
+            "/v1/browse",
+            response_model=BrowseResponse,
+            summary="archived pairs a filter matches, a page at a time (with their payload: labels, place, date)",
+        )
+        async def browse(self, request: Request) -> dict[str, Any]:
+            req = self._json(await self._body(request), BrowseRequest)
+            page: dict[str, Any] = await self.retriever.browse.remote(req.model_dump(mode="json"))
+            return page
+
+        @app.get("/v1/facets", response_model=Facets, summary="pairs per split, country, season and label; classes")
+        async def facets(self) -> dict[str, Any]:
+            model = await self.model()
+            found: dict[str, Any] = await self.retriever.facets.remote(model["model"]["classes"])
+            return found
+
+        # ---------------------------------------------------------------- the web page
+        @app.get("/", include_in_schema=False)
+        async def page_index(self) -> Response:
+            return self._asset("index.html")
+
+        @app.get("/web/{name}", include_in_schema=False)
+        async def page_asset(self, name: str) -> Response:
+            if name == "index.html" or name not in web.assets():
+                raise ApiError(404, f"no page file {name!r}", "name")
+            return self._asset(name)
+
+        @staticmethod
+        def _asset(name: str) -> Response:
+            data, media_type = web.assets()[name]
+            return Response(data, media_type=media_type, headers=web.HEADERS)
 
         @app.get("/v1/patches/{patch_id}", response_model=PatchInfo, summary="metadata of an archived pair")
         async def patch(self, patch_id: str) -> dict[str, Any]:

@@ -8,9 +8,14 @@ hub starts again from zero, which Prometheus reads as a counter reset.
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
+
+log = logging.getLogger("bigearth.serve")
 
 FLUSH_S = 1.0
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
@@ -38,6 +43,43 @@ class Pending:
             "latency": self.latency,
             "batch_sizes": self.batch_sizes,
         }
+
+    def merged(self, other: Pending) -> Pending:
+        """The two tallies as one (a flush that failed is kept for the next)."""
+        out = Pending(self.requests + other.requests, dict(self.latency), self.batch_sizes + other.batch_sizes)
+        for route, values in other.latency.items():
+            out.latency[route] = out.latency.get(route, []) + values
+        return out
+
+
+class Tally:
+    """One ingress replica's side: what it counted since its last flush (`pending`), sent to the hub every
+    `FLUSH_S` seconds by a task started with the first request (`start`), and on demand (`flush`)."""
+
+    def __init__(self, hub: Any) -> None:
+        self.hub, self.pending, self.replica_id = hub, Pending(), uuid.uuid4().hex[:8]
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._flush_every())
+
+    async def _flush_every(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            try:
+                await self.flush()
+            except Exception as e:  # the hub restarting: keep counting, send with the next flush
+                log.warning("metrics not sent (%s: %s); retrying", type(e).__name__, e)
+
+    async def flush(self) -> None:
+        pending, self.pending = self.pending, Pending()
+        if pending:
+            try:
+                await self.hub.merge.remote(self.replica_id, pending.as_dict())
+            except BaseException:  # also a cancelled /metrics request: keep the tally for the next flush
+                self.pending = pending.merged(self.pending)
+                raise
 
 
 class MetricsHub:

@@ -1,0 +1,1 @@
+"""The web page's files (index.html, app.js, app.css, countries.geojson), served by `bigearth.serving.web`."""
