@@ -544,7 +544,7 @@ def test_a_500_names_an_error_id_in_the_log_not_the_exception(caplog: pytest.Log
 
 
 # ------------------------------------------------------------------------------------------------ browse, facets
-def test_browse_pages_through_a_filter_and_facets_count_the_archive(url: str, shards_v2: Path) -> None:
+def test_browse_pages_through_a_filter_and_facets_count_the_archive(url: str, client: Client, shards_v2: Path) -> None:
     rows = read_columns(str(shards_v2), ["patch_id", "split", "country"]).to_pylist()
     h = {"X-API-Key": KEY}
     facets = httpx.get(f"{url}/v1/facets", headers=h).json()
@@ -564,6 +564,18 @@ def test_browse_pages_through_a_filter_and_facets_count_the_archive(url: str, sh
             break
     assert len(seen) == len(want) == len({i["patch_id"] for i in seen}) and {i["patch_id"] for i in seen} == want
     assert all({"labels", "location", "date", "season"} <= set(i["payload"]) for i in seen)
+    # the same through the SDK (both clients)
+    assert client.facets().model_dump() == facets
+    sdk = client.browse({"country": country, "split": "train"}, limit=200)
+    assert sdk.total == len(want) and {i.patch_id for i in sdk.items} == want and sdk.next_cursor is None
+
+    async def pages() -> set[str]:
+        async with AsyncClient(url, api_key=KEY) as c:
+            first = await c.browse({"country": [country], "split": ["train"]}, limit=3)
+            rest = await c.browse({"country": [country], "split": ["train"]}, limit=200, cursor=first.next_cursor)
+            return {i.patch_id for i in first.items + rest.items}
+
+    assert asyncio.run(pages()) == want
     bad = httpx.post(f"{url}/v1/browse", json={"filter": {"season": ["monsoon"]}}, headers=h)
     assert bad.status_code == 422 and bad.json()["field"].startswith("filter.season")
     bad = httpx.post(f"{url}/v1/browse", json={"cursor": "not-a-point-id"}, headers=h)

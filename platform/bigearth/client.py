@@ -7,6 +7,7 @@
         c.search(patch_id="S2A_MSIL2A_...", k=10, filter={"labels_any": ["Inland waters"], "split": "train"})
         c.search(patch=["S1A_..."], using="s2", query_modality="s1")                      # S1 upload -> S2
         c.patch("S2A_MSIL2A_..."), c.rgb("S2A_MSIL2A_...")                                  # metadata, PNG
+        c.browse({"country": "Portugal", "season": "summer"}, limit=50), c.facets()         # the archive
 
 `AsyncClient` has the same methods as coroutines. Request/response models are `bigearth.api`'s, the ones the
 server validates with.
@@ -25,7 +26,18 @@ import httpx
 import numpy as np
 import tenacity
 
-from bigearth.api import ClassifyResponse, PatchInfo, PatchList, Ready, SearchRequest, SearchResponse, ServiceError
+from bigearth.api import (
+    BrowseRequest,
+    BrowseResponse,
+    ClassifyResponse,
+    Facets,
+    PatchInfo,
+    PatchList,
+    Ready,
+    SearchRequest,
+    SearchResponse,
+    ServiceError,
+)
 from bigearth.retrieval.schema import SearchFilter
 from bigearth.serving.inputs import band_of
 
@@ -110,6 +122,11 @@ def _search_request(
     if patch:
         return {"files": _flatten(patch), "data": {"request": json.dumps(body)}}
     return {"json": body}
+
+
+def _browse(filter: SearchFilter | Mapping[str, Any] | None, limit: int, cursor: str | None) -> dict[str, Any]:
+    flt = SearchFilter.model_validate(filter) if isinstance(filter, Mapping) else filter
+    return BrowseRequest(filter=flt, limit=limit, cursor=cursor).model_dump(mode="json", exclude_none=True)
 
 
 def _page(split: str | None, offset: int, limit: int) -> dict[str, Any]:
@@ -199,6 +216,18 @@ class Client(_Base):
         """Archived patch ids (of a split), a page at a time."""
         return PatchList.model_validate(self._request("GET", "/v1/patches", params=_page(split, offset, limit)).json())
 
+    def browse(
+        self, filter: SearchFilter | Mapping[str, Any] | None = None, limit: int = 24, cursor: str | None = None
+    ) -> BrowseResponse:
+        """A page of the archived pairs `filter` matches, with their payload; pass `next_cursor` for the next."""
+        return BrowseResponse.model_validate(
+            self._request("POST", "/v1/browse", json=_browse(filter, limit, cursor)).json()
+        )
+
+    def facets(self) -> Facets:
+        """Pairs per split, country, season and label; the model's classes; the index's vectors."""
+        return Facets.model_validate(self._request("GET", "/v1/facets").json())
+
     def rgb(self, patch_id: str, scale: int = 1) -> bytes:
         """True-colour PNG quicklook of an archived pair."""
         return self._request("GET", f"/v1/patches/{_quote(patch_id)}/rgb.png", params={"scale": scale}).content
@@ -253,6 +282,15 @@ class AsyncClient(_Base):
 
     async def patch(self, patch_id: str) -> PatchInfo:
         return PatchInfo.model_validate((await self._request("GET", f"/v1/patches/{_quote(patch_id)}")).json())
+
+    async def browse(
+        self, filter: SearchFilter | Mapping[str, Any] | None = None, limit: int = 24, cursor: str | None = None
+    ) -> BrowseResponse:
+        r = await self._request("POST", "/v1/browse", json=_browse(filter, limit, cursor))
+        return BrowseResponse.model_validate(r.json())
+
+    async def facets(self) -> Facets:
+        return Facets.model_validate((await self._request("GET", "/v1/facets")).json())
 
     async def rgb(self, patch_id: str, scale: int = 1) -> bytes:
         return (await self._request("GET", f"/v1/patches/{_quote(patch_id)}/rgb.png", params={"scale": scale})).content
