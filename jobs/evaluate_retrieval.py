@@ -8,7 +8,7 @@ from bigearth import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main(["evaluate-retrieval", *(sys.argv[1:] if argv is None else argv)])
+    return cli.job("evaluate-retrieval", argv)
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from bigearth import cli
 
 
 def main(argv: list[str] | None = None) -> int:
-    return cli.main(["train", *(sys.argv[1:] if argv is None else argv)])
+    return cli.job("train", argv)
 
 
 if __name__ == "__main__":

@@ -125,3 +125,13 @@ def test_serve_exposes_every_app_argument(capsys: pytest.CaptureFixture[str]) ->
     assert main([*base, "--max-batch-size", "0"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("bigearth serve: error:") and "max_batch_size" in err and "greater than or equal to 1" in err
+
+
+def test_a_job_fails_with_one_line_and_with_its_traceback_under_verbose() -> None:
+    argv = [sys.executable, "jobs/train.py", "--data", "x", "--storage", "y", "--config", "/nonexistent.yaml"]
+    r = subprocess.run(argv, cwd=REPO, capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.startswith("bigearth train: error:") and "/nonexistent.yaml" in r.stderr
+    assert "Traceback" not in r.stderr
+    for extra, env in ((["-v"], {}), ([], {"BIGEARTH_VERBOSE": "1"})):  # -v anywhere in a job's line, or the env
+        r = subprocess.run([*argv, *extra], cwd=REPO, capture_output=True, text=True, env={**os.environ, **env})
+        assert r.returncode == 1 and "Traceback" in r.stderr and "FileNotFoundError" in r.stderr

@@ -273,3 +273,16 @@ def test_scroll_pages_through_a_filter_once_and_facets_count_it(index: VectorInd
     austria = [p for p in payloads if p["country"] == "Austria"]
     assert labels == {lb: n for lb in LABELS if (n := sum(lb in p["labels"] for p in austria))}
     assert list(labels.values()) == sorted(labels.values(), reverse=True)
+
+
+def test_a_bare_date_to_includes_that_day_from_python_and_from_json() -> None:
+    for flt in (
+        SearchFilter(date_from="2017-06-13", date_to="2017-06-13"),
+        SearchFilter.model_validate_json('{"date_from": "2017-06-13", "date_to": "2017-06-13"}'),
+    ):
+        lo, hi = flt.bounds()
+        assert lo is not None and hi is not None
+        assert lo.startswith("2017-06-13T00:00:00") and hi.startswith("2017-06-13T23:59:59")
+    with pytest.raises(ValidationError, match="date_to"):
+        SearchFilter(date_to="2017-13-45")
+    assert SearchFilter(date_to="2017-06-13T10:00:00Z").bounds()[1].startswith("2017-06-13T10:00:00")  # type: ignore[union-attr]

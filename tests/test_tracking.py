@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import socket
 import threading
 from pathlib import Path
@@ -78,7 +79,8 @@ def test_where_a_run_is_tracked(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
 def test_an_unreachable_backend_at_start_only_warns(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # refused at once, not after MLflow's back-off
+    for k in tracking.DRIVER_HTTP:  # the driver's own bounds, not MLflow's defaults (minutes of retries)
+        monkeypatch.delenv(k, raising=False)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]  # closed again: nothing listens there
@@ -150,3 +152,12 @@ def test_a_broken_or_hung_backend_never_holds_up_training(
         assert "still busy after" in warning
     finally:
         release.set()
+
+
+def test_the_drivers_calls_are_bounded_unless_the_environment_says_otherwise(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")
+    with tracking.driver_http():
+        assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == tracking.DRIVER_HTTP["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
+        assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -74,8 +75,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def job(command: str, argv: Sequence[str] | None = None) -> int:
+    """`python jobs/<command>.py ...` (what the RayJobs run): `bigearth <command> ...`, `-v` accepted anywhere."""
+    given = list(sys.argv[1:] if argv is None else argv)
+    verbose = [a for a in given if a in ("-v", "--verbose")]
+    return main([*verbose, command, *(a for a in given if a not in verbose)])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.verbose = args.verbose or os.environ.get("BIGEARTH_VERBOSE", "") not in ("", "0")
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -40,7 +40,7 @@ def add_model_arguments(
             continue  # refused as arguments (they would be stored in the Serve config): never a flag
         kind = next((t for t in (get_args(field.annotation) or (field.annotation,)) if t is not type(None)), str)
         flags = ["--" + name.replace("_", "-"), *(aliases or {}).get(name, [])]
-        text = field.description or ""
+        text = (field.description or "").replace("%", "%%")  # argparse formats help with %
         if field.is_required():
             g.add_argument(*flags, dest=name, type=kind, required=True, help=text)
         elif kind is bool:

@@ -143,6 +143,18 @@ class SearchFilter(BaseModel):
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
 
+    @field_validator("date_from", "date_to", mode="before")
+    @classmethod
+    def _bare_date(cls, v: Any) -> Any:
+        """`2017-06-13` is a date (a `date_to` then includes that day), not midnight: pydantic would try the
+        datetime first and take it as 00:00."""
+        if isinstance(v, str) and len(v) == 10 and v[4] == "-" and v[7] == "-":
+            try:
+                return date.fromisoformat(v)
+            except ValueError:
+                return v  # pydantic's own message names the field
+        return v
+
     @field_validator("labels_any", "labels_all")
     @classmethod
     def _known_labels(cls, v: list[str] | None) -> list[str] | None:

@@ -127,6 +127,13 @@ class Retriever:
 
     def browse(self, req: dict[str, Any]) -> dict[str, Any]:
         r = BrowseRequest.model_validate(req)
+        if r.cursor is not None:  # point ids are UUIDs: anything else is refused alike by every engine
+            import uuid
+
+            try:
+                uuid.UUID(r.cursor)
+            except ValueError:
+                raise ApiError(422, f"cursor {r.cursor!r} is not a next_cursor of this index", "cursor") from None
         try:
             page, after = self.index.scroll(r.filter, r.limit, r.cursor)
         except (ValueError, TypeError) as e:  # a cursor the engine cannot read (not one it gave)

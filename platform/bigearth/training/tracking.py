@@ -15,6 +15,7 @@ driver's or worker's own folder is gone with its pod). mlflow is imported inside
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import numbers
@@ -23,7 +24,7 @@ import queue
 import tempfile
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from bigearth.training.config import TrackingConfig, TrainConfig
@@ -36,6 +37,10 @@ RUN_DIR_TAG = "bigearth.run_dir"
 FLUSH_S = 60.0
 #: The metric whose steps tell which epochs a run already has.
 STEP_KEY = "train_loss"
+#: The driver's calls to a tracking server (opening and ending the run) give up soon: MLflow's own defaults (7
+#: retries with back-off, 120 s a request) would hold the start of training for minutes when the server is down.
+#: A variable set in the environment wins.
+DRIVER_HTTP = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1", "MLFLOW_HTTP_REQUEST_TIMEOUT": "15"}
 _PARAM_CHARS = 6000  # MLflow's limit on a parameter value
 _BATCH = 100  # MLflow's limit on parameters per log_batch
 
@@ -83,6 +88,18 @@ def _warn(what: str, error: BaseException) -> None:
     )
 
 
+@contextlib.contextmanager
+def driver_http() -> Iterator[None]:
+    """`DRIVER_HTTP` in the environment for the block (what is already set is kept), then as it was."""
+    added = {k: v for k, v in DRIVER_HTTP.items() if k not in os.environ}
+    os.environ.update(added)
+    try:
+        yield
+    finally:
+        for k in added:
+            os.environ.pop(k, None)
+
+
 def start_run(cfg: TrainConfig, storage: str, run_dir: str, name: str, extra: dict[str, Any]) -> dict[str, str] | None:
     """On the driver, before training: the MLflow run of `run_dir` (found by its tag on a resume, else created) with
     the flattened config and `extra` as parameters. Returns what rank 0 needs (`uri`, `run_id`), or None when the
@@ -96,7 +113,8 @@ def start_run(cfg: TrainConfig, storage: str, run_dir: str, name: str, extra: di
             )
         return None
     try:
-        return _open(uri, cfg, run_dir, name, extra)
+        with driver_http():
+            return _open(uri, cfg, run_dir, name, extra)
     except Exception as e:
         _warn(f"at {uri}", e)
         return None
@@ -155,7 +173,8 @@ def end_run(target: dict[str, str] | None, status: str) -> None:
     try:
         from mlflow.tracking import MlflowClient
 
-        MlflowClient(target["uri"]).set_terminated(target["run_id"], status)
+        with driver_http():
+            MlflowClient(target["uri"]).set_terminated(target["run_id"], status)
     except Exception as e:
         _warn("ending the run", e)
 

@@ -15,10 +15,13 @@ const SEASONS = ["winter", "spring", "summer", "autumn"];
 const state = {
   key: sessionStorage.getItem("bigearth-api-key") || "",
   facets: null,
+  filter: {}, // the filter applied (Apply / Reset), not the form's unapplied state: its cursors belong to it
   cursors: [null],
   page: 0,
+  pageSeq: 0, // the answer of an older page request is dropped
   items: [],
   current: null,
+  viewSeq: 0, // what an older patch view still had in flight never reaches the one shown now
 };
 
 const $ = (selector, root = document) => root.querySelector(selector);
@@ -92,16 +95,16 @@ function clearErrors() {
 
 // Quicklooks are fetched (the API key travels in a header, which an <img src> cannot send) and shown as blobs.
 const quicklooks = new Map();
-async function quicklook(img, patchId, scale = 1) {
+async function quicklook(img, patchId, scale = 1, stillWanted = () => true) {
   const key = `${patchId}@${scale}`;
   try {
     if (!quicklooks.has(key)) {
       const blob = await (await api(`/v1/patches/${encodeURIComponent(patchId)}/rgb.png?scale=${scale}`)).blob();
       quicklooks.set(key, URL.createObjectURL(blob));
     }
-    img.src = quicklooks.get(key);
+    if (stillWanted()) img.src = quicklooks.get(key);
   } catch (e) {
-    img.alt = `No quicklook for ${patchId}: ${e.message}`;
+    if (stillWanted()) img.alt = `No quicklook for ${patchId}: ${e.message}`;
   }
 }
 
@@ -161,28 +164,39 @@ function card(patchId, payload, extra = []) {
   return el("li", {}, button);
 }
 
+function applyFilter() {
+  state.filter = currentFilter();
+  state.cursors = [null];
+  state.page = 0;
+  return loadPage();
+}
+
 async function loadPage() {
-  const body = { filter: currentFilter(), limit: PAGE, cursor: state.cursors[state.page] };
+  const at = state.page;
+  const seq = ++state.pageSeq;
+  const body = { filter: state.filter, limit: PAGE, cursor: state.cursors[at] };
   $("#page-info").textContent = "Loading…";
   let page;
   try {
     page = await postJSON("/v1/browse", body);
   } catch (e) {
+    if (seq !== state.pageSeq) return;
     $("#page-info").textContent = "";
     showError("Browsing the archive", e);
     return;
   }
+  if (seq !== state.pageSeq) return; // a newer request (another page, another filter) owns the grid
   state.items = page.items;
-  state.cursors[state.page + 1] = page.next_cursor;
-  state.cursors.length = state.page + 2;
+  state.cursors[at + 1] = page.next_cursor;
+  state.cursors.length = at + 2;
   const grid = $("#grid");
   grid.replaceChildren(...page.items.map((it) => card(it.patch_id, it.payload)));
   if (!page.items.length) grid.append(el("li", { class: "help", text: "No archived pair matches these filters." }));
-  const first = state.page * PAGE + (page.items.length ? 1 : 0);
+  const first = at * PAGE + (page.items.length ? 1 : 0);
   $("#page-info").textContent =
-    `${first}–${state.page * PAGE + page.items.length} of ${page.total} pairs` + (page.total ? "" : " (none match)");
+    `${first}–${at * PAGE + page.items.length} of ${page.total} pairs` + (page.total ? "" : " (none match)");
   $("#grid").setAttribute("data-total", String(page.total));
-  $("#prev").disabled = state.page === 0;
+  $("#prev").disabled = at === 0;
   $("#next").disabled = !page.next_cursor;
   drawPoints(page.items);
 }
@@ -275,7 +289,7 @@ function probabilities(result, truth) {
     ` Predicted: ${result.labels.join(", ") || "none"}.`;
 }
 
-async function neighbours(query, truth) {
+async function neighbours(query, truth, seq) {
   const box = $("#view-neighbours");
   box.replaceChildren();
   const have = new Set((state.facets && state.facets.vectors) || []);
@@ -291,6 +305,7 @@ async function neighbours(query, truth) {
       const result = query.patchId
         ? await postJSON("/v1/search", { ...request, patch_id: query.patchId })
         : await (await api("/v1/search", { method: "POST", body: query.form(request) })).json();
+      if (seq !== state.viewSeq) return; // the view shows another patch now
       for (const hit of result.hits) {
         const shared = (hit.payload.labels || []).filter((l) => truth.has(l));
         const extra = [
@@ -301,12 +316,14 @@ async function neighbours(query, truth) {
       }
       if (!result.hits.length) list.append(el("li", { class: "help", text: "No neighbours." }));
     } catch (e) {
+      if (seq !== state.viewSeq) return;
       list.append(el("li", { class: "help", text: `Not available: ${e.message}` }));
     }
   }
 }
 
 function openView(title) {
+  state.viewSeq += 1;
   const view = $("#view");
   view.hidden = false;
   $("#view-title").textContent = title;
@@ -314,6 +331,7 @@ function openView(title) {
   $("#view-model").textContent = "Classifying…";
   $("#view-neighbours").replaceChildren();
   $("#close").focus();
+  return state.viewSeq;
 }
 
 async function openPatch(patchId) {
@@ -321,21 +339,23 @@ async function openPatch(patchId) {
     history.pushState(null, "", `#patch=${encodeURIComponent(patchId)}`);
   }
   state.current = patchId;
-  openView(patchId);
+  const seq = openView(patchId);
   const img = $("#view-img");
   img.removeAttribute("src");
   img.alt = `True-colour quicklook of ${patchId} (B04, B03, B02)`;
-  quicklook(img, patchId, 2);
+  meta([]);
+  $("#view-labels").replaceChildren();
+  quicklook(img, patchId, 2, () => seq === state.viewSeq);
   let info;
   try {
     info = await (await api(`/v1/patches/${encodeURIComponent(patchId)}`)).json();
   } catch (e) {
-    meta([]);
+    if (seq !== state.viewSeq) return;
     $("#view-model").textContent = "";
     showError(`Patch ${patchId}`, e);
     return;
   }
-  if (state.current !== patchId) return;
+  if (seq !== state.viewSeq) return;
   meta([
     ["split", info.split],
     ["country", info.country],
@@ -349,17 +369,22 @@ async function openPatch(patchId) {
   const truth = new Set(info.labels);
   $("#view-labels").replaceChildren(...info.labels.map((l) => el("li", { text: l })));
   try {
-    probabilities(await postJSON("/v1/classify", { patch_id: patchId }), truth);
+    const result = await postJSON("/v1/classify", { patch_id: patchId });
+    if (seq !== state.viewSeq) return;
+    probabilities(result, truth);
   } catch (e) {
+    if (seq !== state.viewSeq) return;
     $("#view-model").textContent = `Not classified: ${e.message}`;
   }
-  if (state.current === patchId) await neighbours({ patchId }, truth);
+  await neighbours({ patchId }, truth, seq);
 }
 
-function closeView(push = true) {
+function closeView(fromHistory = false) {
   $("#view").hidden = true;
   state.current = null;
-  if (push && location.hash) history.pushState(null, "", location.pathname + location.search);
+  state.viewSeq += 1; // what the closed view had in flight is dropped
+  // the entry of the closed view becomes the page's own: no new entry, Back goes where it went before
+  if (!fromHistory && location.hash) history.replaceState(null, "", location.pathname + location.search);
   const back = state.lastFocus;
   if (back && document.body.contains(back)) back.focus();
 }
@@ -371,10 +396,14 @@ async function upload(files) {
   files = [...files];
   if (!files.length) return;
   clearErrors();
+  const isNpz = (f) => f.name.toLowerCase().endsWith(".npz");
+  const ignored = files.filter((f) => !BAND.test(f.name) && !isNpz(f));
+  files = files.filter((f) => BAND.test(f.name) || isNpz(f)); // a folder's metadata JSON is left out
   const bands = files.filter((f) => BAND.test(f.name)).map((f) => f.name.match(BAND)[1].toUpperCase());
-  const npz = files.some((f) => f.name.toLowerCase().endsWith(".npz"));
+  const npz = files.some(isNpz);
   if (!bands.length && !npz) {
-    showError("Upload", new Error(`${files.map((f) => f.name).join(", ")}: expected band GeoTIFFs named …_B02.tif, …_VV.tif (or one .npz)`));
+    const names = ignored.map((f) => f.name).join(", ");
+    showError("Upload", new Error(`${names}: expected band GeoTIFFs named …_B02.tif, …_VV.tif (or one .npz)`));
     return;
   }
   const modalities = new Set();
@@ -388,19 +417,25 @@ async function upload(files) {
     return data;
   };
   state.current = "upload";
-  openView(`Your upload: ${files.length} file${files.length > 1 ? "s" : ""} (${npz ? ".npz" : bands.join(", ")})`);
+  const seq = openView(`Your upload: ${files.length} file${files.length > 1 ? "s" : ""} (${npz ? ".npz" : bands.join(", ")})`);
   const img = $("#view-img");
   img.removeAttribute("src");
   img.alt = "No quicklook for an upload";
-  meta([["files", files.map((f) => f.name).join(", ")]]);
+  meta([
+    ["files", files.map((f) => f.name).join(", ")],
+    ["left out", ignored.map((f) => f.name).join(", ")],
+  ]);
   $("#view-labels").replaceChildren(el("li", { text: "unknown (an upload)" }));
   try {
-    probabilities(await (await api("/v1/classify", { method: "POST", body: form(null) })).json(), new Set());
+    const result = await (await api("/v1/classify", { method: "POST", body: form(null) })).json();
+    if (seq !== state.viewSeq) return;
+    probabilities(result, new Set());
   } catch (e) {
+    if (seq !== state.viewSeq) return;
     $("#view-model").textContent = `Not classified: ${e.message}`;
     showError("Classifying the upload", e);
   }
-  await neighbours({ form, modalities }, new Set());
+  await neighbours({ form, modalities }, new Set(), seq);
 }
 
 // ------------------------------------------------------------------------------------------------ wiring
@@ -416,17 +451,9 @@ async function start() {
   $("#filters").addEventListener("submit", (ev) => {
     ev.preventDefault();
     clearErrors();
-    state.cursors = [null];
-    state.page = 0;
-    loadPage();
+    applyFilter();
   });
-  $("#filters").addEventListener("reset", () =>
-    setTimeout(() => {
-      state.cursors = [null];
-      state.page = 0;
-      loadPage();
-    }),
-  );
+  $("#filters").addEventListener("reset", () => setTimeout(applyFilter)); // after the form has cleared
   $("#prev").addEventListener("click", () => {
     if (state.page > 0) {
       state.page -= 1;
@@ -479,16 +506,14 @@ async function init() {
   $("#summary").textContent =
     `${f.total} pairs indexed · ${Object.keys(f.country).length} countries · vectors: ${f.vectors.join(", ")}`;
   renderFilters(f);
-  state.cursors = [null];
-  state.page = 0;
-  await loadPage();
+  await applyFilter();
   route();
 }
 
 function route() {
   const m = location.hash.match(/^#patch=(.+)$/);
   if (m) openPatch(decodeURIComponent(m[1]));
-  else if (!$("#view").hidden) closeView(false);
+  else if (!$("#view").hidden) closeView(true);
 }
 
 document.addEventListener("DOMContentLoaded", start);
