@@ -576,6 +576,13 @@ def test_browse_pages_through_a_filter_and_facets_count_the_archive(url: str, cl
             return {i.patch_id for i in first.items + rest.items}
 
     assert asyncio.run(pages()) == want
+    # the quicklook of an uploaded patch: the real S2 bands give the same picture as its archived twin would
+    from PIL import Image
+
+    png = client.quicklook(S2_DIRS[0], scale=2)
+    assert Image.open(io.BytesIO(png)).size == (240, 240) and np.asarray(Image.open(io.BytesIO(png))).std() > 5
+    s1_only = httpx.post(f"{url}/v1/quicklook", files=_real_pair_files(0)[-2:], headers=h)
+    assert s1_only.status_code == 422 and s1_only.json()["field"] == "bands" and "B04" in s1_only.json()["message"]
     bad = httpx.post(f"{url}/v1/browse", json={"filter": {"season": ["monsoon"]}}, headers=h)
     assert bad.status_code == 422 and bad.json()["field"].startswith("filter.season")
     bad = httpx.post(f"{url}/v1/browse", json={"cursor": "not-a-point-id"}, headers=h)
@@ -697,6 +704,7 @@ def test_the_page_in_headless_chromium(url: str, shards_v2: Path) -> None:
         wait.until(lambda _: len(b.find_elements(By.CSS_SELECTOR, "#view-probs tbody tr")) == 19)
         wait.until(lambda _: len(b.find_elements(By.CSS_SELECTOR, "#view-neighbours .card")) == 18)
         assert b.find_element(By.ID, "view-title").text.startswith("Your upload: 14 files")
+        wait.until(lambda _: b.execute_script("return document.getElementById('view-img').naturalWidth") == 240)
         assert "Predicted:" in b.find_element(By.ID, "view-model").text
         screenshot(b, "5-upload")
         assert console_errors(b) == []

@@ -228,6 +228,10 @@ class Client(_Base):
         """Pairs per split, country, season and label; the model's classes; the index's vectors."""
         return Facets.model_validate(self._request("GET", "/v1/facets").json())
 
+    def quicklook(self, *patch: PatchLike, scale: int = 1) -> bytes:
+        """True-colour PNG quicklook of an uploaded patch (band folders / files with B02, B03, B04, or arrays)."""
+        return self._request("POST", "/v1/quicklook", files=_flatten(patch), params={"scale": scale}).content
+
     def rgb(self, patch_id: str, scale: int = 1) -> bytes:
         """True-colour PNG quicklook of an archived pair."""
         return self._request("GET", f"/v1/patches/{_quote(patch_id)}/rgb.png", params={"scale": scale}).content
@@ -291,6 +295,9 @@ class AsyncClient(_Base):
 
     async def facets(self) -> Facets:
         return Facets.model_validate((await self._request("GET", "/v1/facets")).json())
+
+    async def quicklook(self, *patch: PatchLike, scale: int = 1) -> bytes:
+        return (await self._request("POST", "/v1/quicklook", files=_flatten(patch), params={"scale": scale})).content
 
     async def rgb(self, patch_id: str, scale: int = 1) -> bytes:
         return (await self._request("GET", f"/v1/patches/{_quote(patch_id)}/rgb.png", params={"scale": scale})).content

@@ -72,19 +72,26 @@ def make_fastapi_app() -> Any:
     )
 
 
+_PATCH_FILES = {
+    "schema": {
+        "type": "object",
+        "description": "one GeoTIFF per band, the form field or file name naming the band "
+        "(B01..B12, B8A, VV, VH), or one .npz file of arrays named by band or group",
+        "additionalProperties": {"type": "string", "format": "binary"},
+    }
+}
 _CLASSIFY_BODY = {
     "requestBody": {
         "content": {
             "application/json": {"schema": ClassifyByIdRequest.model_json_schema()},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "description": "one GeoTIFF per band, the form field or file name naming the band "
-                    "(B01..B12, B8A, VV, VH), or one .npz file of arrays named by band or group",
-                    "additionalProperties": {"type": "string", "format": "binary"},
-                }
-            },
+            "multipart/form-data": _PATCH_FILES,
         },
+        "required": True,
+    }
+}
+_UPLOAD_BODY = {
+    "requestBody": {
+        "content": {"multipart/form-data": _PATCH_FILES},
         "required": True,
     }
 }
@@ -362,6 +369,26 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
         def _asset(name: str) -> Response:
             data, media_type = web.assets()[name]
             return Response(data, media_type=media_type, headers=web.HEADERS)
+
+        @app.post(
+            "/v1/quicklook",
+            summary="true-colour quicklook of an uploaded patch (its B04/B03/B02, as for archived pairs)",
+            response_class=Response,
+            responses={200: {"content": {"image/png": {}}}},
+            openapi_extra=_UPLOAD_BODY,
+        )
+        async def quicklook(self, request: Request, scale: int = 1) -> Response:
+            from bigearth.bands import GROUPS
+            from bigearth.quicklook import rgb_png
+            from bigearth.serving.inputs import assemble
+
+            if not 1 <= scale <= 8:
+                raise ApiError(422, f"scale must be 1..8, got {scale}", "scale")
+            ctype = request.headers.get("content-type", "")
+            if not ctype.startswith("multipart/form-data"):
+                raise ApiError(415, f"content type {ctype or 'none'!r}: send multipart/form-data", "content-type")
+            bands, _ = await self._upload(request)
+            return Response(rgb_png(assemble(bands, {"s2_10m": GROUPS["s2_10m"]}), scale), media_type="image/png")
 
         @app.get("/v1/patches/{patch_id}", response_model=PatchInfo, summary="metadata of an archived pair")
         async def patch(self, patch_id: str) -> dict[str, Any]:

@@ -420,7 +420,13 @@ async function upload(files) {
   const seq = openView(`Your upload: ${files.length} file${files.length > 1 ? "s" : ""} (${npz ? ".npz" : bands.join(", ")})`);
   const img = $("#view-img");
   img.removeAttribute("src");
-  img.alt = "No quicklook for an upload";
+  img.alt = modalities.has("s2") ? "True-colour quicklook of your upload (B04, B03, B02)" : "No quicklook: an S1-only upload (the quicklook is optical)";
+  if (modalities.has("s2")) {
+    api("/v1/quicklook?scale=2", { method: "POST", body: form(null) })
+      .then((r) => r.blob())
+      .then((blob) => seq === state.viewSeq && (img.src = URL.createObjectURL(blob)))
+      .catch((e) => seq === state.viewSeq && (img.alt = `No quicklook: ${e.message}`));
+  }
   meta([
     ["files", files.map((f) => f.name).join(", ")],
     ["left out", ignored.map((f) => f.name).join(", ")],
