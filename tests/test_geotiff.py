@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import struct
+import time
 import zlib
 
 import numpy as np
@@ -192,3 +193,22 @@ def test_an_archive_member_that_is_not_a_tiff_is_quarantined(tmp_path) -> None: 
     assert isinstance(bad, Problem) and bad.kind == "corrupt_file", bad
     assert bad.message.startswith(f"{path}: not a TIFF file (it looks like XML"), bad.message
     assert isinstance(good, dict) and good["patch_id"] == rows[1]["patch_id"]
+
+
+def test_a_chain_of_many_images_is_not_walked() -> None:
+    """A band whose image is followed by 2 million empty IFDs (16 MB, the service's default body limit):
+    tifffile's `len(pages)` walked them all (5 s of Python holding the GIL); the fast path reads one pointer."""
+    good = geotiff.encode(np.ones((120, 120), np.uint16), 32633, 0, 0, 10)
+    n, start = 2_000_000, len(good) + len(good) % 2
+    chain = np.zeros(n, dtype=[("count", "<u2"), ("next", "<u4"), ("pad", "<u2")])
+    chain["next"] = start + 8 * np.arange(1, n + 1)
+    chain["next"][-1] = 0
+    data = bytearray(good + bytes(start - len(good)) + chain.tobytes())
+    (ifd,) = struct.unpack_from("<I", data, 4)
+    (count,) = struct.unpack_from("<H", data, ifd)
+    struct.pack_into("<I", data, ifd + 2 + 12 * count, start)  # the first image's "next IFD"
+    began = time.perf_counter()
+    assert geotiff.decode_fast(bytes(data)) is None  # more than one image: not the archive's kind
+    r = geotiff.decode(bytes(data), "x.tif", ((120, 120), "uint16"))  # GDAL reads the first image only
+    assert time.perf_counter() - began < 1.0
+    assert np.array_equal(r.array, np.ones((120, 120), np.uint16))

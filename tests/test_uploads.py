@@ -315,3 +315,13 @@ def test_an_upload_is_decoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch
     bands = _upload([("npz", "patch.npz", _npz(B02=b02))])
     assert np.array_equal(bands["B02"], b02)
     assert len(threads) == 2 and loop_thread not in threads
+
+
+def test_gdal_s_settings_while_decoding_allow_no_remote_file(listener: Listener) -> None:
+    """Behind the magic check and the GTiff driver, the settings `decode` runs GDAL under refuse any /vsicurl/
+    file too (without them GDAL connects, several times)."""
+    from bigearth.archive.geotiff import GDAL_OPTIONS
+
+    with pytest.raises(rasterio.errors.RasterioIOError), rasterio.Env(**GDAL_OPTIONS):
+        rasterio.open(f"/vsicurl/http://127.0.0.1:{listener.port}/B02.tif")
+    assert listener.connections == []

@@ -215,9 +215,9 @@ def decode_fast(data: bytes) -> Raster | None:
     another kind (compressed, tiled, several bands, a rotation, PixelIsPoint, no EPSG code) or does not parse."""
     try:
         with tifffile.TiffFile(io.BytesIO(data), _useframes=False) as tif:
-            if len(tif.pages) != 1:
-                return None
             page = tif.pages.first
+            if _next_ifd(data, tif.tiff, page.offset) != 0:  # a second image (not `len(pages)`: it walks them all)
+                return None
             tags = page.tags
             if (
                 page.samplesperpixel != 1
@@ -244,6 +244,13 @@ def decode_fast(data: bytes) -> Raster | None:
             )
     except Exception:
         return None
+
+
+def _next_ifd(data: bytes, tiff: Any, ifd: int) -> int:
+    """The offset of the image after the one whose IFD is at `ifd` (0: none), in tifffile's `TiffFormat`."""
+    (n,) = struct.unpack_from(tiff.tagnoformat, data, ifd)
+    (offset,) = struct.unpack_from(tiff.offsetformat, data, ifd + tiff.tagnosize + n * tiff.tagsize)
+    return int(offset)
 
 
 _LAYOUT_DTYPES: dict[tuple[int, int], np.dtype[Any]] = {(16, 1): np.dtype("<u2"), (32, 3): np.dtype("<f4")}
