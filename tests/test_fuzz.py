@@ -100,7 +100,7 @@ def test_gdal_formats_as_a_band_are_refused_from_their_first_bytes(doc: bytes, l
     with pytest.raises(ApiError) as e:
         from_geotiffs([("B02", "x_B02.tif", lead + doc + tail)])
     assert e.value.status == 422 and e.value.field == "B02"
-    assert str(e.value).startswith("x_B02.tif: band B02: not a TIFF file (it ")
+    assert str(e.value).startswith("x_B02.tif: band B02: not a readable GeoTIFF: not a TIFF file (it ")
 
 
 @BOUNDED

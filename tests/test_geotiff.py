@@ -45,7 +45,7 @@ def test_real_file_sizes_match_facts() -> None:
 
 
 def test_decode_errors_name_the_file() -> None:
-    with pytest.raises(geotiff.RasterError, match=r"/x/y_B02.tif: not a TIFF file"):
+    with pytest.raises(geotiff.RasterError, match=r"/x/y_B02.tif: not a readable GeoTIFF: not a TIFF file"):
         geotiff.decode(b"not a tiff at all", "/x/y_B02.tif")
     good = geotiff.encode(np.ones((20, 20), np.uint16), 32633, 0, 0, 60)
     with pytest.raises(geotiff.RasterError, match=r"truncated\.tif"):
@@ -132,7 +132,9 @@ def test_only_a_tiff_is_decoded(tmp_path) -> None:  # type: ignore[no-untyped-de
     secret = tmp_path / "secret.txt"
     secret.write_bytes(b"SECRET-" * 5000)
     for decode in (geotiff.decode, geotiff.decode_gdal):  # the last tier checks too, called on its own
-        with pytest.raises(geotiff.RasterError, match=r"^x_B02\.tif: not a TIFF file \(it looks like XML") as e:
+        with pytest.raises(
+            geotiff.RasterError, match=r"^x_B02\.tif: not a readable GeoTIFF: not a TIFF file \(it looks like XML"
+        ) as e:
             decode(_vrt(str(secret)), "x_B02.tif", ((120, 120), "uint16"))
         assert e.value.detail is None
     # TIFF magic in front of VRT XML: GDAL's GTiff driver alone is asked, and it reads no VRT
@@ -191,7 +193,7 @@ def test_an_archive_member_that_is_not_a_tiff_is_quarantined(tmp_path) -> None: 
     blobs[path] = vrt
     bad, good = read_pairs(None, lay, rows, blobs=blobs)  # type: ignore[arg-type]
     assert isinstance(bad, Problem) and bad.kind == "corrupt_file", bad
-    assert bad.message.startswith(f"{path}: not a TIFF file (it looks like XML"), bad.message
+    assert bad.message.startswith(f"{path}: not a readable GeoTIFF: not a TIFF file (it looks like XML"), bad.message
     assert isinstance(good, dict) and good["patch_id"] == rows[1]["patch_id"]
 
 

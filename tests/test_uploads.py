@@ -264,7 +264,7 @@ def test_a_band_that_is_not_a_tiff_is_refused_before_gdal_sees_it(kind: str, lis
         _upload([("B03", "x_B03.tif", good), ("B02", "x_B02.tif", data)])
     message = str(e.value)
     assert (e.value.status, e.value.field) == (422, "B02"), message
-    assert message.startswith("x_B02.tif: band B02: not a TIFF file"), message
+    assert message.startswith("x_B02.tif: band B02: not a readable GeoTIFF: not a TIFF file"), message
     assert "expected a single-band GeoTIFF as in the archive" in message
     assert SECRET.decode() not in message and "/vsimem" not in message and str(secret) not in message
     assert listener.connections == []

@@ -93,7 +93,8 @@ def _not_tiff(data: bytes, where: str) -> RasterError:
     head = data[:256].lstrip(b" \t\r\n")
     kind = next((what for prefix, what in _NOT_TIFF if head.startswith(prefix)), None)
     seen = f"it looks like {kind}" if kind else f"it starts with {data[:8]!r}"
-    return RasterError(f"{where}: not a TIFF file ({seen}); expected a single-band GeoTIFF as in the archive")
+    expected = "expected a single-band GeoTIFF as in the archive"
+    return RasterError(f"{where}: not a readable GeoTIFF: not a TIFF file ({seen}); {expected}")
 
 
 def _check(
