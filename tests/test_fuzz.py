@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bigearth.api import ApiError, ClassifyByIdRequest, SearchRequest
-from bigearth.archive.geotiff import encode
+from bigearth.archive.geotiff import TIFF_MAGIC, encode
 from bigearth.serving.inputs import from_geotiffs, from_npz
 
 BOUNDED = settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -68,6 +68,39 @@ def test_a_geotiff_with_random_header_and_tag_bytes(band: str, edits: list[tuple
     compression, sample format) or the file cut short."""
     data = _mutate(_valid_tiff(band), edits, cut)
     _client_error(lambda: from_geotiffs([(band, f"x_{band}.tif", data)]))
+
+
+#: Each case has a time limit: a band file that takes GDAL or tifffile seconds is a finding, not a slow example.
+TIMED = settings(max_examples=120, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+
+#: What GDAL would open instead of a TIFF: its XML formats, headers naming other files, other rasters.
+NOT_TIFF = [
+    b'<VRTDataset rasterXSize="120" rasterYSize="120"><VRTRasterBand dataType="UInt16" band="1" '
+    b'subClass="VRTRawRasterBand"><SourceFilename>/etc/hostname</SourceFilename></VRTRasterBand></VRTDataset>',
+    b'<GDAL_WMS><Service name="TMS"><ServerUrl>http://127.0.0.1:9/${z}/${x}/${y}.png</ServerUrl></Service>',
+    b'DatasetHeader Begin\n DataFile = "/etc/hostname"\n',
+    b"ENVI\nsamples = 120\nlines = 120\nbands = 1\ndata type = 12\n",
+    b"/vsicurl/http://127.0.0.1:9/B02.tif",
+    b"\x89PNG\r\n\x1a\n",
+    b"\x89HDF\r\n\x1a\n",
+    b"CDF\x01",
+]
+
+
+@TIMED
+@given(st.sampled_from(TIFF_MAGIC), st.binary(max_size=2048), st.sampled_from(["B02", "B05", "VV"]))
+def test_random_bytes_behind_a_tiff_magic(magic: bytes, rest: bytes, band: str) -> None:
+    """Past the magic check: the fast paths and GDAL's GTiff driver on garbage, each case within the deadline."""
+    _client_error(lambda: from_geotiffs([(band, f"x_{band}.tif", magic + rest)]))
+
+
+@TIMED
+@given(st.sampled_from(NOT_TIFF), st.sampled_from([b"", b" ", b"\n\t ", b"\xef\xbb\xbf"]), st.binary(max_size=512))
+def test_gdal_formats_as_a_band_are_refused_from_their_first_bytes(doc: bytes, lead: bytes, tail: bytes) -> None:
+    with pytest.raises(ApiError) as e:
+        from_geotiffs([("B02", "x_B02.tif", lead + doc + tail)])
+    assert e.value.status == 422 and e.value.field == "B02"
+    assert str(e.value).startswith("x_B02.tif: band B02: not a readable GeoTIFF: not a TIFF file (it ")
 
 
 @BOUNDED

@@ -354,6 +354,40 @@ def test_bad_input_is_a_4xx_naming_the_field(url: str, case: str, ids: dict[str,
     assert httpx.get(f"{url}/healthz").status_code == 200
 
 
+def test_a_band_that_names_a_file_or_a_url_reaches_neither(url: str, tmp_path: Path) -> None:
+    """Issue 22: VRT and WMS XML as bands of classify, search and quicklook uploads are 422s naming the band; no
+    byte of the local file a VRT names comes back, and nothing connects to the listener the others name."""
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"BIGEARTH-SECRET-" * 2000)
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.setblocking(False)
+    port = listener.getsockname()[1]
+    raw = '<VRTRasterBand dataType="UInt16" band="1" subClass="VRTRawRasterBand"><SourceFilename>{}</SourceFilename>'
+    remote = '<VRTRasterBand dataType="UInt16" band="1"><SimpleSource><SourceFilename>{}</SourceFilename>'
+    bands = [
+        f'<VRTDataset rasterXSize="120" rasterYSize="120">{raw.format(secret)}</VRTRasterBand></VRTDataset>',
+        f'<VRTDataset rasterXSize="120" rasterYSize="120">{remote.format(f"/vsicurl/http://127.0.0.1:{port}/b.tif")}'
+        "<SourceBand>1</SourceBand></SimpleSource></VRTRasterBand></VRTDataset>",
+        f'<GDAL_WMS><Service name="TMS"><ServerUrl>http://127.0.0.1:{port}/${{z}}/${{x}}/${{y}}.png</ServerUrl>'
+        "</Service><DataWindow><UpperLeftX>0</UpperLeftX><UpperLeftY>1200</UpperLeftY><LowerRightX>1200"
+        "</LowerRightX><LowerRightY>0</LowerRightY><TileLevel>0</TileLevel><TileCountX>1</TileCountX><TileCountY>1"
+        "</TileCountY><SizeX>120</SizeX><SizeY>120</SizeY></DataWindow><BandsCount>1</BandsCount>"
+        "<DataType>UInt16</DataType></GDAL_WMS>",
+    ]
+    try:
+        for band in bands:
+            files = [(b, (f"x_{b}.tif", _tiff_bytes((120, 120)), "image/tiff")) for b in ("B03", "B04")]
+            files.append(("B02", ("x_B02.tif", band.encode(), "image/tiff")))
+            for route, extra in (("classify", {}), ("search", {"request": '{"k": 3}'}), ("quicklook", {})):
+                r = httpx.post(f"{url}/v1/{route}", files=files, data=extra, headers={"X-API-Key": KEY}, timeout=60)
+                assert r.status_code == 422 and r.json()["field"] == "B02", (route, r.text)
+                assert "not a TIFF file" in r.json()["message"] and b"SECRET" not in r.content, (route, r.text)
+        with pytest.raises(BlockingIOError):  # a connection would wait here, accepted by the kernel
+            listener.accept()
+    finally:
+        listener.close()
+
+
 def test_body_over_the_limit_and_auth(url: str, ids: dict[str, list[str]]) -> None:
     big = [("B02", ("x_B02.tif", b"\0" * (5 * 1024 * 1024), "image/tiff"))]
     r = httpx.post(f"{url}/v1/classify", files=big, headers={"X-API-Key": KEY}, timeout=60)

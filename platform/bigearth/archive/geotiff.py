@@ -1,14 +1,17 @@
 """GeoTIFF bytes <-> arrays for BigEarthNet bands.
 
-`decode` reads with rasterio from bytes (GDAL's in-memory files), so any valid GeoTIFF decodes (uploads use it).
-`decode_archive` is the ingest's fast path, in three tiers, each bit-exact with rasterio (a test checks every real
-file): (1) `decode_layout` reads the IFD of the archive's own file layout (the one `encode` writes byte for byte:
-classic little-endian TIFF, one band, uncompressed contiguous strips, UTM `ProjectedCSTypeGeoKey`, tiepoint at
-pixel 0/0, square pixel scale) with `struct`, ~10 us a file; (2) any other file tifffile can read with the same
-properties (another tag order, big-endian, BigTIFF), ~200 us; (3) everything else, and every error, rasterio
-(~1 ms), so each quarantine message stays rasterio's. Why not tifffile alone: its tag parsing in Python costs
-~200 us a file, 2.8 ms a pair of 14 files, which caps an ingest at about 350 pairs/s per core before any other
-work (measured 130); see docs/benchmarks.md. `encode` writes the
+`decode` is the one decoder of untrusted bytes (uploads to the service, members of a download): only a TIFF is
+decoded (its magic bytes are checked first, so GDAL never sees VRT, WMS or other XML, PNG, HDF, ...), in three tiers,
+each bit-exact with GDAL (a test checks every real file): (1) `decode_layout` reads the IFD of the archive's own file
+layout (the one `encode` writes byte for byte: classic little-endian TIFF, one band, uncompressed contiguous strips,
+UTM `ProjectedCSTypeGeoKey`, tiepoint at pixel 0/0, square pixel scale) with `struct`, ~10 us a file; (2) any other
+file tifffile can read with the same properties (another tag order, big-endian, BigTIFF), ~200 us; (3) everything
+else, and every error, `decode_gdal`: rasterio with the GTiff driver alone on the in-memory file, with no directory
+listing, sidecar (.aux.xml, .tfw, .ovr) or network access, checked to have read no other file (~1 ms). Why not
+tifffile alone: its tag parsing in Python costs ~200 us a file, 2.8 ms a pair of 14 files, which caps an ingest at
+about 350 pairs/s per core before any other work (measured 130); see docs/benchmarks.md. A `RasterError`'s message is
+in this project's words (it may reach an HTTP client); GDAL's own text, which names internal paths, is only in its
+`detail`, for logs and ingest reports. `encode` writes the
 archive's exact file layout (FACTS.md 1.3 / 2.3): single band, uncompressed, ~8 KiB strips, little-endian, UTM
 GeoKeys, PixelIsArea, LONG strip arrays, optional `GDAL_NODATA` (v2 S2). Its output is byte-identical to the real
 files for the same pixels and georeferencing, which the tests check against the real patches.
@@ -29,7 +32,12 @@ from rasterio.io import MemoryFile
 
 
 class RasterError(ValueError):
-    """A band file is missing, unreadable or not what the archive specifies."""
+    """A band file is missing, unreadable or not what the archive specifies. The message names the file and what was
+    expected; `detail` holds GDAL's own words (server logs and ingest reports only, never an HTTP answer)."""
+
+    def __init__(self, message: str, detail: str | None = None) -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 @dataclass(frozen=True)
@@ -42,26 +50,119 @@ class Raster:
     nodata: float | None
 
 
+#: The first four bytes of a TIFF: classic and BigTIFF, little- and big-endian (TIFF 6.0, BigTIFF).
+TIFF_MAGIC = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")
+
+#: What other files look like, to say what an upload is instead of a TIFF (the first match by prefix).
+_NOT_TIFF = (
+    (b"<", "XML, e.g. a GDAL VRT or WMS description"),
+    (b"\xef\xbb\xbf<", "XML, e.g. a GDAL VRT or WMS description"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"\x00\x00\x00\x0cjP  ", "a JPEG 2000 image"),
+    (b"\x89HDF", "an HDF5 / NetCDF-4 file"),
+    (b"\x0e\x03\x13\x01", "an HDF4 file"),
+    (b"CDF", "a NetCDF file"),
+    (b"ENVI", "an ENVI header"),
+    (b"PK\x03\x04", "a ZIP archive"),
+    (b"\x1f\x8b", "a gzip file"),
+    (b"/vsi", "a GDAL virtual file name"),
+)
+
+#: GDAL's settings while it decodes bytes from outside: an in-memory file has no siblings, so no directory listing,
+#: no .aux.xml (PAM), georeferencing from the file's own tags only (no .tfw / .tab / .prj sidecars), and no
+#: /vsicurl/ request for any file name (no extension is allowed).
+GDAL_OPTIONS = {
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_PAM_ENABLED": "NO",
+    "GDAL_GEOREF_SOURCES": "INTERNAL",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".bigearth-no-remote-files",
+}
+
+#: The most pixels one block (strip or tile) of a file may hold beyond its image: a 120x120 band whose header
+#: claims one 32768x32768 tile makes GDAL allocate and inflate 2 GB for 14,400 pixels (measured 5.5 s).
+MAX_BLOCK_PIXELS = 1 << 20
+
+
+def is_tiff(data: bytes) -> bool:
+    """Whether `data` starts like a TIFF (classic or BigTIFF, either byte order)."""
+    return data[:4] in TIFF_MAGIC
+
+
+def _not_tiff(data: bytes, where: str) -> RasterError:
+    head = data[:256].lstrip(b" \t\r\n")
+    kind = next((what for prefix, what in _NOT_TIFF if head.startswith(prefix)), None)
+    seen = f"it looks like {kind}" if kind else f"it starts with {data[:8]!r}"
+    expected = "expected a single-band GeoTIFF as in the archive"
+    return RasterError(f"{where}: not a readable GeoTIFF: not a TIFF file ({seen}); {expected}")
+
+
+def _check(
+    where: str, count: int, shape: tuple[int, int], dtype: str, expect: tuple[tuple[int, int], str] | None
+) -> None:
+    if count != 1:
+        raise RasterError(f"{where}: expected 1 band, found {count}")
+    if expect is not None:
+        (height, width), want = expect
+        if shape != (height, width):
+            raise RasterError(f"{where}: {shape[0]}x{shape[1]} pixels, expected {height}x{width}")
+        if dtype != want:
+            raise RasterError(f"{where}: dtype {dtype}, expected {want} (as in the archive)")
+
+
 def decode(data: bytes, where: str, expect: tuple[tuple[int, int], str] | None = None) -> Raster:
-    """Decode one single-band GeoTIFF; `where` (the file's path) goes into every error message. `expect`
-    (`(height, width), dtype`): checked from the header before any pixel is read or inflated (an upload that
-    claims 100,000 x 100,000 pixels is refused without allocating them)."""
+    """Decode one single-band GeoTIFF from untrusted bytes (see the module); `where` (the file's path, or an upload's
+    file and band) goes into every error message. `expect` (`(height, width), dtype`): checked from the header
+    before any pixel is read or inflated (an upload that claims 100,000 x 100,000 pixels is refused without
+    allocating them)."""
+    if not is_tiff(data):
+        raise _not_tiff(data, where)
+    fast = decode_layout(data) or decode_fast(data)  # uncompressed: the pixels are a view of `data`, not inflated
+    if fast is None:
+        return decode_gdal(data, where, expect)
+    _check(where, 1, fast.array.shape, fast.array.dtype.name, expect)
+    return fast
+
+
+def decode_gdal(data: bytes, where: str, expect: tuple[tuple[int, int], str] | None = None) -> Raster:
+    """`decode`'s last tier: any TIFF GDAL's GTiff driver reads, and the error of every file that is damaged. Only
+    the GTiff driver, only the in-memory file (checked: GDAL lists no other file it used), `GDAL_OPTIONS`."""
+    if not is_tiff(data):
+        raise _not_tiff(data, where)
+    mem = MemoryFile(data)
     try:
-        with MemoryFile(data) as mem, mem.open() as ds:
-            if ds.count != 1:
-                raise RasterError(f"{where}: expected 1 band, found {ds.count}")
-            if expect is not None:
-                (height, width), dtype = expect
-                if (ds.height, ds.width) != (height, width):
-                    raise RasterError(f"{where}: {ds.height}x{ds.width} pixels, expected {height}x{width}")
-                if ds.dtypes[0] != dtype:
-                    raise RasterError(f"{where}: dtype {ds.dtypes[0]}, expected {dtype} (as in the archive)")
+        with rasterio.Env(**GDAL_OPTIONS), mem, mem.open(driver="GTiff") as ds:
+            if ds.files != [mem.name]:
+                raise RasterError(
+                    f"{where}: refers to other files; expected a self-contained GeoTIFF as in the archive",
+                    detail=f"GDAL lists {len(ds.files)} files for it",
+                )
+            _check(where, ds.count, (ds.height, ds.width), ds.dtypes[0], expect)
+            block_h, block_w = ds.block_shapes[0]
+            if block_h * block_w > max(ds.height * ds.width, MAX_BLOCK_PIXELS):
+                raise RasterError(
+                    f"{where}: blocks of {block_h}x{block_w} pixels for a {ds.height}x{ds.width} image; "
+                    f"expected strips or tiles of at most {MAX_BLOCK_PIXELS} pixels"
+                )
             array = ds.read(1)
             t = ds.transform
             epsg = ds.crs.to_epsg() if ds.crs else None
             return Raster(array, epsg, t.c, t.f, t.a, ds.nodata)
     except RasterioError as e:
-        raise RasterError(f"{where}: not a readable GeoTIFF ({e})") from None
+        raise RasterError(f"{where}: not a readable GeoTIFF", detail=_gdal_words(e, mem.name, where)) from None
+
+
+def _gdal_words(e: BaseException, name: str, where: str) -> str:
+    """GDAL's messages for one failure (rasterio chains them: "Read failed" <- the block <- libtiff's reason), with
+    the in-memory file's name replaced by `where`."""
+    words: list[str] = []
+    cause: BaseException | None = e
+    while cause is not None and len(words) < 8:
+        text = str(cause).replace(name, where).replace(name.rsplit("/", 1)[-1], where)
+        if text not in words:
+            words.append(text)
+        cause = cause.__cause__ or cause.__context__
+    return "; ".join(words)
 
 
 # TIFF tags and GeoKeys the fast path reads (TIFF 6.0, GeoTIFF 1.1, GDAL).
@@ -111,13 +212,13 @@ def _georeferenced(
 
 
 def decode_fast(data: bytes) -> Raster | None:
-    """The archive's kind of GeoTIFF decoded with tifffile, bit-exact with `decode`; None when the file is of
+    """The archive's kind of GeoTIFF decoded with tifffile, bit-exact with `decode_gdal`; None when the file is of
     another kind (compressed, tiled, several bands, a rotation, PixelIsPoint, no EPSG code) or does not parse."""
     try:
         with tifffile.TiffFile(io.BytesIO(data), _useframes=False) as tif:
-            if len(tif.pages) != 1:
-                return None
             page = tif.pages.first
+            if _next_ifd(data, tif.tiff, page.offset) != 0:  # a second image (not `len(pages)`: it walks them all)
+                return None
             tags = page.tags
             if (
                 page.samplesperpixel != 1
@@ -144,6 +245,13 @@ def decode_fast(data: bytes) -> Raster | None:
             )
     except Exception:
         return None
+
+
+def _next_ifd(data: bytes, tiff: Any, ifd: int) -> int:
+    """The offset of the image after the one whose IFD is at `ifd` (0: none), in tifffile's `TiffFormat`."""
+    (n,) = struct.unpack_from(tiff.tagnoformat, data, ifd)
+    (offset,) = struct.unpack_from(tiff.offsetformat, data, ifd + tiff.tagnosize + n * tiff.tagsize)
+    return int(offset)
 
 
 _LAYOUT_DTYPES: dict[tuple[int, int], np.dtype[Any]] = {(16, 1): np.dtype("<u2"), (32, 3): np.dtype("<f4")}
@@ -207,11 +315,6 @@ def decode_layout(data: bytes) -> Raster | None:
         )
     except (KeyError, IndexError, ValueError, struct.error):
         return None
-
-
-def decode_archive(data: bytes, where: str) -> Raster:
-    """Decode a band file of the archive: the archive's layout, then tifffile, then rasterio (see the module)."""
-    return decode_layout(data) or decode_fast(data) or decode(data, where)
 
 
 _TYPES = {"uint16": (1, 16), "float32": (3, 32)}  # SampleFormat, BitsPerSample

@@ -13,7 +13,6 @@ from datetime import datetime
 from typing import Any
 
 import numpy as np
-import rasterio
 
 from bigearth import labels as lab
 from bigearth.archive import geotiff
@@ -21,9 +20,6 @@ from bigearth.archive.layouts import ArchiveLayout
 from bigearth.archive.names import PatchNameError, parse_s1, parse_s2
 from bigearth.bands import S1_BANDS, S2_BANDS, Band
 from bigearth.storage import BlobReader, StorageUnavailable
-
-#: In-memory files have no sidecars: skip GDAL's directory scans and .aux.xml probing on every open.
-GDAL_OPTIONS = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR", "GDAL_PAM_ENABLED": "NO"}
 
 
 @dataclass(frozen=True)
@@ -72,12 +68,11 @@ def read_pairs(
     if blobs is None:
         blobs = fetch_pairs(reader, layout, rows)
     out: list[dict[str, Any] | Problem | Excluded] = []
-    with rasterio.Env(**GDAL_OPTIONS):
-        for row, paths in zip(rows, per_row, strict=True):
-            try:
-                out.append(_pair(layout, row, paths, blobs, include_no_19_labels))
-            except _Bad as bad:
-                out.append(bad.problem)
+    for row, paths in zip(rows, per_row, strict=True):
+        try:
+            out.append(_pair(layout, row, paths, blobs, include_no_19_labels))
+        except _Bad as bad:
+            out.append(bad.problem)
     return out
 
 
@@ -97,11 +92,16 @@ def _blob(blobs: dict[str, Any], path: str) -> bytes:
     return bytes(data)
 
 
+def _reason(e: geotiff.RasterError) -> str:
+    """A decode error for the ingest report: the message, and GDAL's words for the operator (not a client)."""
+    return f"{e} (GDAL: {e.detail})"[:600] if e.detail else str(e)
+
+
 def _band(blobs: dict[str, Any], path: str, band: Band) -> geotiff.Raster:
     try:
-        r = geotiff.decode_archive(_blob(blobs, path), path)
+        r = geotiff.decode(_blob(blobs, path), path)
     except geotiff.RasterError as e:
-        raise _Bad("corrupt_file", str(e)) from None
+        raise _Bad("corrupt_file", _reason(e)) from None
     if r.array.dtype.name != band.dtype:
         raise _Bad("wrong_dtype", f"{path}: expected {band.dtype} for {band.name}, got {r.array.dtype.name}")
     if r.array.shape != band.shape:
@@ -234,7 +234,7 @@ def _reference_map(blobs: dict[str, Any], path: str, ref: geotiff.Raster) -> byt
     try:
         r = geotiff.decode(_blob(blobs, path), path)
     except geotiff.RasterError as e:
-        raise _Bad("corrupt_file", str(e)) from None
+        raise _Bad("corrupt_file", _reason(e)) from None
     if r.array.dtype.name != "uint16" or r.array.shape != (120, 120):
         raise _Bad(
             "wrong_shape",

@@ -3,12 +3,15 @@ band or field and what was expected).
 
 A patch arrives as band files exactly as in the archive (single-band GeoTIFFs named by band: a form field or file
 name `B01`..`B12`, `B8A`, `VV`, `VH`, e.g. `S2A_..._B02.tif`), or as one `.npz` whose arrays are named by band
-(`B02`, `VV`, ...) or by group (`s2_10m` `[4,120,120]`, ...).
+(`B02`, `VV`, ...) or by group (`s2_10m` `[4,120,120]`, ...). A band file is decoded only if it is a TIFF, by
+`archive.geotiff.decode` (GDAL's GTiff driver at most, nothing but the uploaded bytes read); decoding runs in a worker
+thread, off the event loop.
 """
 
 from __future__ import annotations
 
 import io
+import logging
 import re
 import zipfile
 from collections.abc import Iterable, Mapping
@@ -19,6 +22,8 @@ import numpy as np
 from bigearth.api import ApiError
 from bigearth.archive.geotiff import RasterError, decode
 from bigearth.bands import BANDS, GROUPS
+
+log = logging.getLogger("bigearth.serve")
 
 _BAND_IN_NAME = re.compile(r"(?:^|[_\-.])(B0[1-9]|B1[0-2]|B8A|VV|VH)(?:\.tiff?)?$", re.IGNORECASE)
 
@@ -91,9 +96,11 @@ def from_geotiffs(files: Iterable[tuple[str, str | None, bytes]]) -> dict[str, n
         if not data:
             raise ApiError(422, f"{where}: empty file for band {name}", field=name)
         band = BANDS[name]
-        try:  # size and dtype from the header, before a pixel is decoded
-            raster = decode(data, where, expect=(band.shape, band.dtype))
-        except RasterError as e:
+        try:  # a TIFF or nothing; size and dtype from the header, before a pixel is decoded
+            raster = decode(data, f"{where}: band {name}", expect=(band.shape, band.dtype))
+        except RasterError as e:  # GDAL's words (internal paths) go to the log, never to the client
+            if e.detail:
+                log.info("upload refused: %s (GDAL: %s)", e, e.detail)
             raise ApiError(422, str(e), field=name) from None
         bands[name] = _check_band(name, raster.array, where)
     return bands
@@ -198,7 +205,10 @@ async def read_body(request: Any, limit: int, timeout: float) -> bytes:
 
 
 async def read_upload(request: Any, limit: int, timeout: float) -> tuple[dict[str, np.ndarray], str | None]:
-    """Bands from a multipart upload (band GeoTIFFs or one .npz), and its `request` form field if any."""
+    """Bands from a multipart upload (band GeoTIFFs or one .npz), and its `request` form field if any. The bands
+    are decoded in a worker thread: a slow file does not hold up the other requests on this event loop."""
+    from starlette.concurrency import run_in_threadpool
+
     await read_body(request, limit, timeout)
     try:
         form = await request.form(max_files=32, max_fields=4, max_part_size=limit)
@@ -218,5 +228,5 @@ async def read_upload(request: Any, limit: int, timeout: float) -> tuple[dict[st
     if npz:
         if len(files) > 1:
             raise ApiError(422, "send either one .npz or band GeoTIFFs, not both", "files")
-        return from_npz(npz[0][2], npz[0][1] or npz[0][0]), extra
-    return from_geotiffs(files), extra
+        return await run_in_threadpool(from_npz, npz[0][2], npz[0][1] or npz[0][0]), extra
+    return await run_in_threadpool(from_geotiffs, files), extra
