@@ -177,3 +177,11 @@ def test_storage_options_and_sealed_values_never_print_their_secrets() -> None:
     back = pickle.loads(pickle.dumps(opts))
     assert back == opts and back.secret_text() == PASSWORD and reveal(back.token) == "tok-" + PASSWORD
     assert back.for_protocol("s3")["secret"] == PASSWORD and back.as_dict()["secret"] == PASSWORD
+
+
+def test_a_commands_error_message_masks_credentials(capsys: pytest.CaptureFixture[str]) -> None:
+    from bigearth.cli import main
+
+    assert main(["reproduce-table", f"memory://reader:{PASSWORD}@h/evals"]) == 2
+    err = capsys.readouterr().err
+    assert PASSWORD not in err and f"memory://reader:{MASK}@h/evals: no <config name>/metrics.json" in err

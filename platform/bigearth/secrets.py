@@ -165,6 +165,11 @@ class Sealed:
 
     def reveal(self) -> str:
         if self._text is None:
+            if not _ray_connected():
+                raise RuntimeError(
+                    "a sealed secret (pickled in a Ray process, where it travels as an object-store reference) can "
+                    "only be read in a process of that Ray cluster; give this process its own credentials"
+                )
             import ray
 
             self._text = ray.get(self._ref)
