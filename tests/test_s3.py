@@ -266,3 +266,54 @@ def read_columns_ids(shards: Path) -> list[str]:
     from bigearth.data import read_columns
 
     return list(read_columns(str(shards), ["patch_id"]).column(0).to_pylist())
+
+
+def test_s3_secrets_never_travel_in_ray_task_arguments(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
+    """Ray keeps a task's and an actor's arguments (serialised by its own serialiser, small ones inlined in the task
+    spec the raylets and the GCS hold): the secret, the session token and a tracking URI's password are not in them,
+    only references to the object store, and the task still reads and writes the store with them (fresh STS
+    credentials, in no process's environment)."""
+    import ray
+
+    from bigearth.secrets import Sealed
+    from bigearth.storage import BlobReader, StorageOptions, portable_arrow_filesystem
+
+    creds = s3.assume_role()
+    opts = StorageOptions(
+        endpoint_url=s3.endpoint,
+        region=s3.region,
+        key=creds["AccessKeyId"],
+        secret=creds["SecretAccessKey"],
+        token=creds["SessionToken"],
+    )
+    url = f"s3://{bucket}/sealed"
+    fs, root = open_fs(url, opts)
+    fs.pipe(f"{root}/x.bin", b"read through sealed credentials")
+    afs, _ = portable_arrow_filesystem(url, opts)  # what Ray Train's RunConfig carries to its actors
+    tracking = {"uri": Sealed("https://alice:tracking-Pw0@mlflow.example"), "run_id": "r"}
+    secrets = [creds["SecretAccessKey"].encode(), creds["SessionToken"].encode(), b"tracking-Pw0"]
+
+    context = ray._private.worker.global_worker.get_serialization_context()
+    args = context.serialize({"storage": opts, "filesystem": afs, "tracking": tracking}).to_bytes()
+    assert not [s for s in secrets if s in args]
+    assert creds["AccessKeyId"].encode() in args  # the key id is no secret (it names the credentials)
+
+    @ray.remote(num_cpus=0)
+    def use(storage: StorageOptions, filesystem: object, target: dict[str, object]) -> tuple[object, ...]:
+        assert os.environ.get("AWS_SECRET_ACCESS_KEY") != storage.secret_text()  # not from the environment
+        got = BlobReader(url, storage).read_many([f"{root}/x.bin"])[f"{root}/x.bin"]
+        with filesystem.open_output_stream(f"{root}/y.bin") as f:  # type: ignore[attr-defined]
+            f.write(b"written by a task")
+        return got, isinstance(storage.secret, Sealed), target["uri"].reveal()  # type: ignore[attr-defined]
+
+    @ray.remote(num_cpus=0)
+    class Reader:  # an actor's constructor arguments (Ray Data's fn_constructor_kwargs) live as long as it does
+        def __init__(self, storage: StorageOptions) -> None:
+            self.storage = storage
+
+        def read(self) -> object:
+            return BlobReader(url, self.storage).read_many([f"{root}/y.bin"])[f"{root}/y.bin"]
+
+    got, sealed, uri = ray.get(use.remote(opts, afs, tracking))
+    assert got == b"read through sealed credentials" and sealed and uri == "https://alice:tracking-Pw0@mlflow.example"
+    assert ray.get(Reader.remote(opts).read.remote()) == b"written by a task"

@@ -161,3 +161,38 @@ def test_the_drivers_calls_are_bounded_unless_the_environment_says_otherwise(mon
         assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == tracking.DRIVER_HTTP["MLFLOW_HTTP_REQUEST_MAX_RETRIES"]
         assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ and os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+
+
+def test_credentials_in_tracking_uris_never_reach_the_logs_or_the_parameters(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A tracking URI may carry a password (`https://user:pass@host`, a database URL): warnings and prints show it
+    masked, the parameters hold no credentials, and the URI rank 0 receives (through Ray Train's config) is Sealed."""
+    from bigearth.secrets import Sealed
+
+    password = "pw-Hunter2"
+    for k in tracking.DRIVER_HTTP:
+        monkeypatch.delenv(k, raising=False)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    cfg = load_config(TINY, [f"tracking.tracking_uri=http://alice:{password}@127.0.0.1:{port}"])
+    assert tracking.start_run(cfg, "/tmp/unused", "/tmp/unused/x", "x", {}) is None
+    (warning,) = _warnings(caplog)
+    assert password not in warning and f"http://alice:***@127.0.0.1:{port}" in warning
+
+    caplog.clear()
+    broken = tracking.EpochLogger({"uri": f"nosuchscheme://alice:{password}@nowhere", "run_id": "r"})
+    assert broken.finish([], None, "validation") is False
+    (warning,) = _warnings(caplog)
+    assert password not in warning and "alice:***@nowhere" in warning
+
+    store = os.environ["MLFLOW_TRACKING_URI"]  # the session's SQLite store (conftest)
+    cfg = load_config(TINY, [])
+    extra = {"shards": f"https://bob:{password}@data.example/shards", "storage": "/tmp/runs"}
+    target = tracking.start_run(cfg, "/tmp/runs", "/tmp/runs/secret-test", "secret-test", extra)
+    assert target is not None and isinstance(target["uri"], Sealed) and target["uri"].reveal() == store
+    params = MlflowClient(store).get_run(target["run_id"]).data.params
+    assert params["shards"] == "https://bob:***@data.example/shards" and password not in json.dumps(params)
+    assert password not in capsys.readouterr().out
+    tracking.end_run(target, "FINISHED")

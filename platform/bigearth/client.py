@@ -39,6 +39,7 @@ from bigearth.api import (
     ServiceError,
 )
 from bigearth.retrieval.schema import SearchFilter
+from bigearth.secrets import read_secret_file
 from bigearth.serving.inputs import band_of
 
 PatchLike = str | Path | Sequence[str | Path] | Mapping[str, np.ndarray]
@@ -143,7 +144,9 @@ class _Base:
         backoff: float = 0.25,
     ) -> None:
         self.base_url = (base_url or os.environ.get("BIGEARTH_URL") or "http://127.0.0.1:8000").rstrip("/")
-        key = api_key or os.environ.get("BIGEARTH_API_KEY")
+        key = api_key or os.environ.get("BIGEARTH_API_KEY") or None
+        if key is None and os.environ.get("BIGEARTH_API_KEY_FILE"):  # a mounted secret
+            key = read_secret_file(os.environ["BIGEARTH_API_KEY_FILE"], "BIGEARTH_API_KEY_FILE")
         self.headers = {"X-API-Key": key} if key else {}
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
 

@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from bigearth import labels as lab
 from bigearth.models.checkpoints import Checkpoint
+from bigearth.secrets import redact
 from bigearth.storage import StorageOptions, join, open_fs
 
 
@@ -93,7 +94,7 @@ def evaluate(
 
     metrics = MultilabelMetrics(classes)
     metrics.update(torch.from_numpy(p), torch.from_numpy(lab.encode_many(truth, classes)))  # type: ignore[arg-type]
-    result = {"checkpoint": best, "split": split, "data": data, **metrics.compute()}
+    result = {"checkpoint": redact(best), "split": split, "data": redact(data), **metrics.compute()}
     fs, root = open_fs(out, storage)  # a local folder or a URL (s3://...: a RayJob on Kubernetes)
     fs.makedirs(root, exist_ok=True)
     with fs.open(join(root, "metrics.json"), "w") as f:

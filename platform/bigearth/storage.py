@@ -1,7 +1,8 @@
 """Where data lives: any fsspec URL (local path, file://, s3://, gs://, ...) with S3 options in one place.
 
 `StorageOptions` is a plain, picklable value: jobs build it from CLI flags / environment and hand it to Ray tasks,
-which open their own filesystem with it.
+which open their own filesystem with it. Its secret and session token pickle as `bigearth.secrets.Sealed` values:
+in a Ray process only an `ObjectRef` to them travels in task arguments, never the text.
 """
 
 from __future__ import annotations
@@ -11,12 +12,14 @@ import os
 import posixpath
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 import fsspec
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
+
+from bigearth.secrets import Sealed, reveal
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,9 @@ class StorageOptions:
     endpoint_url: str | None = None
     anon: bool = False
     key: str | None = None
-    secret: str | None = None
+    secret: str | Sealed | None = None  # read with `secret_text()` (a Sealed one after crossing to a Ray worker)
     region: str | None = None
-    token: str | None = None
+    token: str | Sealed | None = None
     retry_s: float = 60.0
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -56,8 +59,9 @@ class StorageOptions:
     def from_env(cls, **overrides: Any) -> StorageOptions:
         """Read `BIGEARTH_S3_ENDPOINT` / `AWS_ENDPOINT_URL`, `BIGEARTH_S3_ANON`, `AWS_ACCESS_KEY_ID`,
         `AWS_SECRET_ACCESS_KEY`, `AWS_SESSION_TOKEN`, `AWS_REGION`; explicit overrides win (an explicit key
-        replaces the environment's key, secret and token together). The values travel with the Ray tasks, so
-        workers whose environment lacks them (a laptop cluster) still reach the store. With no key anywhere,
+        replaces the environment's key, secret and token together). The values travel with the Ray tasks (the
+        secret and token through the object store, never in the task's arguments), so workers whose environment
+        lacks them (a laptop cluster) still reach the store. With no key anywhere,
         every process resolves the AWS credential chain itself (a pod's service account, an instance profile)."""
         env: dict[str, Any] = {
             "endpoint_url": os.environ.get("BIGEARTH_S3_ENDPOINT") or os.environ.get("AWS_ENDPOINT_URL"),
@@ -85,9 +89,9 @@ class StorageOptions:
             if self.key:
                 opts["key"] = self.key
             if self.secret:
-                opts["secret"] = self.secret
+                opts["secret"] = self.secret_text()
             if self.token:
-                opts["token"] = self.token
+                opts["token"] = self.token_text()
             client: dict[str, Any] = {}
             if self.endpoint_url:
                 client["endpoint_url"] = self.endpoint_url
@@ -99,14 +103,33 @@ class StorageOptions:
             return opts
         return dict(self.extra) if protocol not in {"file", "local"} else {}
 
+    def secret_text(self) -> str | None:
+        return reveal(self.secret)
+
+    def token_text(self) -> str | None:
+        return reveal(self.token)
+
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The options as a mapping, secret and token included (for building a client, never for printing)."""
+        return {**asdict(self), "secret": self.secret_text(), "token": self.token_text()}
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled with the secret and token `Sealed`: a Ray task's arguments carry references, not the text."""
+        kw = {f.name: getattr(self, f.name) for f in fields(self)}
+        for name in ("secret", "token"):
+            if isinstance(kw[name], str) and kw[name]:
+                kw[name] = Sealed(kw[name])
+        return (_storage_options, (kw,))
 
     def __repr__(self) -> str:  # never print the secret
         return (
             f"StorageOptions(endpoint_url={self.endpoint_url!r}, anon={self.anon}, key={self.key!r}, "
             f"secret={'***' if self.secret else None}, token={'***' if self.token else None}, region={self.region!r})"
         )
+
+
+def _storage_options(kw: dict[str, Any]) -> StorageOptions:
+    return StorageOptions(**kw)
 
 
 def open_fs(url: str, options: StorageOptions | None = None) -> tuple[AbstractFileSystem, str]:
@@ -148,8 +171,8 @@ def arrow_filesystem(url: str, options: StorageOptions | None = None) -> tuple[p
             scheme, endpoint = endpoint.split("://", 1)
         s3 = pafs.S3FileSystem(
             access_key=opts.key,
-            secret_key=opts.secret,
-            session_token=opts.token,
+            secret_key=opts.secret_text(),
+            session_token=opts.token_text(),
             region=opts.region or "us-east-1",
             endpoint_override=endpoint,
             scheme=scheme,
@@ -157,6 +180,85 @@ def arrow_filesystem(url: str, options: StorageOptions | None = None) -> tuple[p
         )
         return s3, root
     return pafs.PyFileSystem(pafs.FSSpecHandler(fs)), root
+
+
+class _SealedS3(pafs.FileSystemHandler):
+    """pyarrow's native S3 filesystem behind a handler that pickles as its `StorageOptions` (secret and token
+    sealed), not as the native one's options (which hold the secret key in clear)."""
+
+    def __init__(self, url: str, options: StorageOptions) -> None:
+        self.url, self.options = url, options
+        self._fs: pafs.FileSystem | None = None
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_SealedS3, (self.url, self.options))
+
+    @property
+    def fs(self) -> pafs.FileSystem:
+        if self._fs is None:
+            self._fs = arrow_filesystem(self.url, self.options)[0]
+        return self._fs
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, _SealedS3) and (self.url, self.options) == (other.url, other.options)
+
+    def get_type_name(self) -> str:
+        return "bigearth-s3"
+
+    def normalize_path(self, path: str) -> str:
+        return str(self.fs.normalize_path(path))
+
+    def get_file_info(self, paths: list[str]) -> list[pafs.FileInfo]:
+        return list(self.fs.get_file_info(paths))
+
+    def get_file_info_selector(self, selector: pafs.FileSelector) -> list[pafs.FileInfo]:
+        return list(self.fs.get_file_info(selector))
+
+    def create_dir(self, path: str, recursive: bool) -> None:
+        self.fs.create_dir(path, recursive=recursive)
+
+    def delete_dir(self, path: str) -> None:
+        self.fs.delete_dir(path)
+
+    def delete_dir_contents(self, path: str, missing_dir_ok: bool = False) -> None:
+        self.fs.delete_dir_contents(path, missing_dir_ok=missing_dir_ok)
+
+    def delete_root_dir_contents(self) -> None:
+        raise OSError(f"{self.url}: refusing to delete the contents of the store's root")
+
+    def delete_file(self, path: str) -> None:
+        self.fs.delete_file(path)
+
+    def move(self, src: str, dest: str) -> None:
+        self.fs.move(src, dest)
+
+    def copy_file(self, src: str, dest: str) -> None:
+        self.fs.copy_file(src, dest)
+
+    def open_input_stream(self, path: str) -> Any:
+        return self.fs.open_input_stream(path)
+
+    def open_input_file(self, path: str) -> Any:
+        return self.fs.open_input_file(path)
+
+    def open_output_stream(self, path: str, metadata: dict[str, str] | None = None) -> Any:
+        return self.fs.open_output_stream(path, metadata=metadata)
+
+    def open_append_stream(self, path: str, metadata: dict[str, str] | None = None) -> Any:
+        return self.fs.open_append_stream(path, metadata=metadata)
+
+
+def portable_arrow_filesystem(url: str, options: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
+    """`arrow_filesystem` for a filesystem that is pickled into Ray tasks and actors (Ray Train's
+    `storage_filesystem`): S3 with an explicit secret goes behind a handler that pickles its secret sealed
+    (`bigearth.secrets.Sealed`); anything else is `arrow_filesystem`'s own."""
+    opts = options or StorageOptions.from_env()
+    fs, root = arrow_filesystem(url, opts)
+    if _protocol(url) in ("s3", "s3a") and opts.secret:
+        handler = _SealedS3(url, opts)
+        handler._fs = fs
+        return pafs.PyFileSystem(handler), root
+    return fs, root
 
 
 class StorageError(OSError):

@@ -30,6 +30,7 @@ from bigearth.cli import (
     train,
 )
 from bigearth.cli.common import add_storage_args, storage_from_args
+from bigearth.secrets import redact_text
 
 __all__ = ["add_storage_args", "build_parser", "main", "storage_from_args"]
 
@@ -106,5 +107,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         # Library errors name the file/field and what was expected: show them without a traceback.
-        print(f"bigearth {args.command}: error: {e}", file=sys.stderr)
+        print(f"bigearth {args.command}: error: {redact_text(str(e))}", file=sys.stderr)
         return 2

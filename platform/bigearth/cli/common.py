@@ -1,10 +1,27 @@
-"""What several commands share: object-storage options, patch lists."""
+"""What several commands share: object-storage options, secret options, patch lists."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
+from bigearth.secrets import read_secret
 from bigearth.storage import StorageOptions
+
+
+def add_secret_argument(g: Any, flag: str, env: str | None, help: str) -> None:
+    """A secret option as `flag` (still accepted, with a warning: the command line is visible in `ps`) and
+    `flag-file` (a file holding it); `env` names the variable read when neither is given."""
+    where = f"; default ${env}" if env else ""
+    g.add_argument(flag, help=f"{help} (visible in ps: prefer {flag}-file{' or $' + env if env else ''})")
+    g.add_argument(f"{flag}-file", metavar="FILE", help=f"file holding the {help}{where}")
+
+
+def secret_from_args(a: argparse.Namespace, flag: str, env: str | None) -> str | None:
+    """The value of a secret option added with `add_secret_argument` (an unreadable file is a ValueError naming
+    the option and the file)."""
+    dest = flag.lstrip("-").replace("-", "_")
+    return read_secret(getattr(a, dest), getattr(a, f"{dest}_file"), env, flag)
 
 
 def add_storage_args(p: argparse.ArgumentParser) -> None:
@@ -12,13 +29,15 @@ def add_storage_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--s3-endpoint", help="S3 endpoint URL (MinIO, SeaweedFS, Ceph, ...)")
     g.add_argument("--s3-anon", action="store_true", help="anonymous access (public buckets)")
     g.add_argument("--s3-key", help="access key id")
-    g.add_argument("--s3-secret", help="secret access key")
+    add_secret_argument(g, "--s3-secret", "AWS_SECRET_ACCESS_KEY", "secret access key")
     g.add_argument("--s3-region", help="region name")
 
 
 def storage_from_args(a: argparse.Namespace) -> StorageOptions:
+    # the environment's AWS_SECRET_ACCESS_KEY is StorageOptions.from_env's to read (with its key and token)
+    secret = secret_from_args(a, "--s3-secret", None)
     return StorageOptions.from_env(
-        endpoint_url=a.s3_endpoint, anon=a.s3_anon or None, key=a.s3_key, secret=a.s3_secret, region=a.s3_region
+        endpoint_url=a.s3_endpoint, anon=a.s3_anon or None, key=a.s3_key, secret=secret, region=a.s3_region
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bigearth.cli.common import add_storage_args, storage_from_args
+from bigearth.cli.common import add_secret_argument, add_storage_args, secret_from_args, storage_from_args
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -25,7 +25,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--exact-queries", type=int, default=100, help="queries also run exactly, for index recall")
     p.add_argument("--query-split", default="test")
     p.add_argument("--archive-split", default="train")
-    p.add_argument("--api-key", help="Qdrant API key (default: $QDRANT_API_KEY)")
+    add_secret_argument(p, "--api-key", "QDRANT_API_KEY", "Qdrant API key")
     add_storage_args(p)
     p.set_defaults(func=run)
 
@@ -44,7 +44,7 @@ def run(a: argparse.Namespace) -> int:
         archive_split=a.archive_split,
         exact_queries=a.exact_queries,
         storage=storage_from_args(a),
-        api_key=a.api_key,
+        api_key=secret_from_args(a, "--api-key", None),  # else $QDRANT_API_KEY, read by the Qdrant engine
     )
     print(json.dumps(r["modes"]))
     return 0

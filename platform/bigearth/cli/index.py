@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bigearth.cli.common import add_storage_args, storage_from_args
+from bigearth.cli.common import add_secret_argument, add_storage_args, secret_from_args, storage_from_args
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -21,7 +21,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--index", required=True, help="folder (embedded engine) or http(s):// Qdrant URL")
     p.add_argument("--collection", default="bigearthnet")
     p.add_argument("--splits", nargs="+", help="splits to index (default: all)")
-    p.add_argument("--api-key", help="Qdrant API key (default: $QDRANT_API_KEY)")
+    add_secret_argument(p, "--api-key", "QDRANT_API_KEY", "Qdrant API key")
     p.add_argument("--actors", type=int, default=1, help="embedding actors (one model each)")
     p.add_argument("--gpus-per-actor", type=float, default=0)
     p.add_argument("--batch-size", type=int, default=128, help="pairs per model call")
@@ -49,7 +49,7 @@ def run(a: argparse.Namespace) -> int:
         a.collection,
         splits=a.splits,
         storage=storage_from_args(a),
-        api_key=a.api_key,
+        api_key=secret_from_args(a, "--api-key", None),  # else $QDRANT_API_KEY, read by the Qdrant engine
         batch_size=a.batch_size,
         upsert_batch=a.upsert_batch,
         actors=a.actors,

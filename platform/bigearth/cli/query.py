@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 
+from bigearth.cli.common import add_secret_argument, secret_from_args
+
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser("query", help="call a running service (classify, search, patch, rgb)")
     p.add_argument("--url", default=None, help="service URL (default: $BIGEARTH_URL or http://127.0.0.1:8000)")
-    p.add_argument("--api-key", default=None, help="default: $BIGEARTH_API_KEY")
+    add_secret_argument(p, "--api-key", "BIGEARTH_API_KEY", "API key (X-API-Key)")
     p.add_argument("--timeout", type=float, default=60.0)
     q = p.add_subparsers(dest="call", required=True)
     c = q.add_parser("classify", help="classify band folders/files, or --patch-id")
@@ -44,7 +46,8 @@ FILTER_ARGS = ("labels_any", "labels_all", "split", "country", "season", "date_f
 def run(a: argparse.Namespace) -> int:
     from bigearth.client import Client
 
-    with Client(a.url, api_key=a.api_key, timeout=a.timeout) as c:
+    # the environment ($BIGEARTH_API_KEY, $BIGEARTH_API_KEY_FILE) is the Client's to read
+    with Client(a.url, api_key=secret_from_args(a, "--api-key", None), timeout=a.timeout) as c:
         if a.call == "classify":
             out: object = c.classify(*a.patch, patch_id=a.patch_id, threshold=a.threshold).model_dump()
         elif a.call == "search":

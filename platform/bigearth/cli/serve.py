@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any, get_args
 
 from pydantic import BaseModel
 
+from bigearth.secrets import argv_warning
 from bigearth.serving.args import SECRET_FIELDS, AppArgs
 
 # Flags kept from before the application's fields were all exposed (the field's own flag works too).
@@ -66,6 +68,8 @@ def _private_keys_file(keys: list[str]) -> str:
 
 
 def run(a: argparse.Namespace) -> int:
+    if a.api_keys:
+        print(argv_warning("--api-keys", "--api-keys-file or $BIGEARTH_API_KEYS"), file=sys.stderr)
     keys_file = a.api_keys_file or (_private_keys_file(a.api_keys) if a.api_keys else None)
     left_running = False
     try:

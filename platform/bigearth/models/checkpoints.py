@@ -22,6 +22,7 @@ import torch
 
 from bigearth.models.base import BigEarthModel, ModelSpec
 from bigearth.models.registry import create_model
+from bigearth.secrets import redact
 from bigearth.storage import StorageOptions, join, open_fs
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
@@ -80,13 +81,13 @@ class LoadedModel:
 
 
 def save(directory: str, model: BigEarthModel, meta: dict[str, Any], train_state: dict[str, Any] | None = None) -> None:
-    """Write a checkpoint folder; the model's spec is added to `meta`."""
+    """Write a checkpoint folder; the model's spec is added to `meta`, credentials are masked (`bigearth.secrets`)."""
     os.makedirs(directory, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(directory, MODEL_FILE))
     if train_state is not None:
         torch.save(train_state, os.path.join(directory, STATE_FILE))
     with open(os.path.join(directory, META_FILE), "w") as f:
-        json.dump({**meta, "spec": model.spec.to_dict()}, f, indent=1)
+        json.dump(redact({**meta, "spec": model.spec.to_dict()}), f, indent=1)
 
 
 def read_meta(directory: str | Path, storage: StorageOptions | None = None) -> dict[str, Any]:

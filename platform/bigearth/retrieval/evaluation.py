@@ -23,6 +23,7 @@ import numpy as np
 from bigearth import labels as lab
 from bigearth.retrieval.backends import DEFAULT_COLLECTION, open_index
 from bigearth.retrieval.schema import SearchFilter
+from bigearth.secrets import redact
 from bigearth.storage import StorageOptions, join, open_fs
 
 #: per-query metrics, averaged over the queries (`<name>@<k>` in retrieval.json; formulas in docs/retrieval.md)
@@ -121,7 +122,7 @@ def evaluate_retrieval(
     same = int(query_split == archive_split)  # the query is in the archive: searched for k + 1, then dropped
     archive_row = {pid: i for i, pid in enumerate(ids[archive_sel])}
     result: dict[str, Any] = {
-        "target": target,
+        "target": redact(target),
         "collection": collection,
         "k": k,
         "queries": len(query_ids),

@@ -13,6 +13,7 @@ import pyarrow as pa
 
 from bigearth.evaluation import Predictor
 from bigearth.retrieval.backends import DEFAULT_COLLECTION, IndexSettings, open_index
+from bigearth.secrets import redact
 from bigearth.storage import StorageOptions
 
 log = logging.getLogger(__name__)
@@ -89,10 +90,10 @@ def build_index(
         sizes,
         {
             "model": meta["model"],
-            "checkpoint": best,
+            "checkpoint": redact(best),
             "bands": list(spec.bands),
             "num_classes": 19,
-            "data": data,
+            "data": redact(data),
             "vector_kinds": {n: v.kind for n, v in spec.vectors.items()},
         },
         recreate=recreate,
@@ -123,10 +124,10 @@ def build_index(
     count = index.count()
     index.close()
     report = {
-        "target": target,
+        "target": redact(target),
         "collection": collection,
-        "checkpoint": best,
-        "data": data,
+        "checkpoint": redact(best),
+        "data": redact(data),
         "vectors": sizes,
         "vector_kinds": {n: v.kind for n, v in spec.vectors.items()},
         "upserted": upserted,

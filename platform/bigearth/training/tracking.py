@@ -27,6 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
+from bigearth.secrets import Sealed, redact, redact_text, redact_url, reveal
 from bigearth.training.config import TrackingConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,9 @@ def _warn(what: str, error: BaseException) -> None:
     log.warning(
         "MLflow tracking %s failed (%s: %s); training goes on without tracking (the run folder keeps metrics.jsonl "
         "and curves.png)",
-        what,
+        redact_text(what),
         type(error).__name__,
-        error,
+        redact_text(str(error)),  # MLflow's errors name the URI, credentials included
     )
 
 
@@ -100,21 +101,23 @@ def driver_http() -> Iterator[None]:
             os.environ.pop(k, None)
 
 
-def start_run(cfg: TrainConfig, storage: str, run_dir: str, name: str, extra: dict[str, Any]) -> dict[str, str] | None:
+def start_run(cfg: TrainConfig, storage: str, run_dir: str, name: str, extra: dict[str, Any]) -> dict[str, Any] | None:
     """On the driver, before training: the MLflow run of `run_dir` (found by its tag on a resume, else created) with
-    the flattened config and `extra` as parameters. Returns what rank 0 needs (`uri`, `run_id`), or None when the
-    run is not tracked, or when the backend fails (one warning; training is never refused for it)."""
+    the flattened config and `extra` as parameters (credentials masked, the tracking URI left out). Returns what
+    rank 0 needs (`uri`, `Sealed`: it travels to the workers in Ray Train's config; `run_id`), or None when the run
+    is not tracked, or when the backend fails (one warning; training is never refused for it)."""
     uri = resolve_uri(cfg.tracking, storage)
     if uri is None:
         if cfg.tracking.mlflow:
             print(
-                f"mlflow: not tracked: {storage} is object storage and no tracking.tracking_uri or "
+                f"mlflow: not tracked: {redact_url(storage)} is object storage and no tracking.tracking_uri or "
                 "MLFLOW_TRACKING_URI is set (metrics.jsonl and curves.png are in the run folder)"
             )
         return None
     try:
         with driver_http():
-            return _open(uri, cfg, run_dir, name, extra)
+            target = _open(uri, cfg, run_dir, name, extra)
+        return {**target, "uri": Sealed(uri)}
     except Exception as e:
         _warn(f"at {uri}", e)
         return None
@@ -137,8 +140,8 @@ def _open(uri: str, cfg: TrainConfig, run_dir: str, name: str, extra: dict[str, 
             experiment_id = experiment.experiment_id
     else:
         experiment_id = experiment.experiment_id
-    params = flatten({k: v for k, v in cfg.model_dump().items() if k != "tracking"})  # a URI may hold credentials
-    params.update(flatten(extra))
+    params = flatten(redact({k: v for k, v in cfg.model_dump().items() if k != "tracking"}))
+    params.update(flatten(redact(extra)))
     found: list[Any] = []
     if "'" not in run_dir:  # (a quote would end the filter's string)
         found = client.search_runs(
@@ -159,14 +162,14 @@ def _open(uri: str, cfg: TrainConfig, run_dir: str, name: str, extra: dict[str, 
         print(f"mlflow: resuming run {run.info.run_id}" + (f" (changed, as resumed.* tags: {said})" if said else ""))
     else:
         run = client.create_run(experiment_id, run_name=name, tags={RUN_DIR_TAG: run_dir})
-        print(f"mlflow: run {run.info.run_id} in experiment {cfg.tracking.experiment!r} at {uri}")
+        print(f"mlflow: run {run.info.run_id} in experiment {cfg.tracking.experiment!r} at {redact_url(uri)}")
     items = [Param(k, v) for k, v in params.items()]
     for i in range(0, max(len(items), len(tags)), _BATCH):
         client.log_batch(run.info.run_id, params=items[i : i + _BATCH], tags=tags[i : i + _BATCH])
     return {"uri": uri, "run_id": run.info.run_id}
 
 
-def end_run(target: dict[str, str] | None, status: str) -> None:
+def end_run(target: dict[str, Any] | None, status: str) -> None:
     """On the driver, after training: mark the run FINISHED, FAILED or KILLED (a failure only warns)."""
     if not target:
         return
@@ -174,7 +177,7 @@ def end_run(target: dict[str, str] | None, status: str) -> None:
         from mlflow.tracking import MlflowClient
 
         with driver_http():
-            MlflowClient(target["uri"]).set_terminated(target["run_id"], status)
+            MlflowClient(reveal(target["uri"])).set_terminated(target["run_id"], status)
     except Exception as e:
         _warn("ending the run", e)
 
@@ -202,7 +205,7 @@ class EpochLogger:
     the run already has (a resume, a restart after a worker loss) are skipped, missing ones are filled in from
     `history`. The first error is one warning, then everything else is dropped."""
 
-    def __init__(self, target: dict[str, str], history: Iterable[dict[str, Any]] = ()) -> None:
+    def __init__(self, target: dict[str, Any], history: Iterable[dict[str, Any]] = ()) -> None:
         self.target = target
         self.failed = False
         self._queue: queue.Queue[tuple[str, Any] | None] = queue.Queue()
@@ -242,10 +245,10 @@ class EpochLogger:
         try:
             from mlflow.tracking import MlflowClient
 
-            client = MlflowClient(self.target["uri"])
+            client = MlflowClient(reveal(self.target["uri"]))
             logged = {m.step for m in client.get_metric_history(self.target["run_id"], STEP_KEY)}
         except Exception as e:
-            self._fail(f"at {self.target.get('uri')}", e)
+            self._fail(f"at {reveal(self.target.get('uri'))}", e)
         while (item := self._queue.get()) is not None:
             if self.failed:
                 continue  # drain: finish() waits for the end marker

@@ -9,8 +9,9 @@ from typing import Any
 
 from bigearth.loader import open_row_groups
 from bigearth.models.registry import create_model
+from bigearth.secrets import redact
 from bigearth.shards import Manifest
-from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.storage import StorageOptions, join, open_fs, portable_arrow_filesystem
 from bigearth.training import tracking
 from bigearth.training.config import TrainConfig
 
@@ -58,7 +59,7 @@ def train(
     }
     name = name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "://" in storage:
-        fs, path = arrow_filesystem(storage, so)
+        fs, path = portable_arrow_filesystem(storage, so)  # pickled into Ray Train's actors: secrets sealed
         storage_kw: dict[str, Any] = {"storage_path": path, "storage_filesystem": fs}
     else:
         os.makedirs(storage, exist_ok=True)
@@ -80,7 +81,7 @@ def train(
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
-            "cfg": cfg.model_dump(),
+            "cfg": redact(cfg.model_dump()),  # the workers' config: no credentials (the tracking URI is `tracking`)
             "train_pairs": manifest.splits[cfg.data.train_split],
             "run_dir": run_dir,
             "storage": so,
