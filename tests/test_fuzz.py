@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import io
 import zipfile
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -190,3 +191,88 @@ def test_a_corrupted_npy_header_is_a_422() -> None:
     with pytest.raises(ApiError) as e:
         from_npz(broken)
     assert e.value.status == 422 and "not a readable .npz" in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------------ patch ids, dates
+def _real_s2_names() -> list[str]:
+    from helpers import SHARED
+
+    real = SHARED / "bigearthnet" / "real"
+    return sorted(p.name for p in [*real.glob("v1/BigEarthNet-v1.0/S2*"), *real.glob("v2/BigEarthNet-S2/*/S2*")])
+
+
+def test_the_patch_id_pattern_takes_every_real_name() -> None:
+    from pydantic import TypeAdapter
+
+    from bigearth.api import PatchId
+
+    names = _real_s2_names()
+    assert len(names) >= 8 and any("T93020" in n for n in names)  # the v1 hour-digit bug is a real name
+    for name in names:
+        assert TypeAdapter(PatchId).validate_python(name) == name
+
+
+@BOUNDED
+@given(
+    st.one_of(  # the two forms as FACTS.md and archive.names state them, written out here independently
+        st.from_regex(r"S2[AB]_MSIL2A_[0-9]{8}T[0-9]{5,6}_[0-9]{1,2}_[0-9]{1,2}", fullmatch=True),
+        st.from_regex(
+            r"S2[AB]_MSIL2A_[0-9]{8}T[0-9]{6}_N9999_R[0-9]{3}_T[0-9A-Z]{5}_[0-9]{2}_[0-9]{2}", fullmatch=True
+        ),
+    )
+)
+def test_every_id_of_the_archive_forms_is_a_patch_id_the_store_takes(name: str) -> None:
+    """The document's pattern accepts exactly the S2 names of both versions (archive.names), and every one of them is
+    an id the shard set and the index take (looked up: a 404 when absent, never a 422)."""
+    from pydantic import TypeAdapter
+
+    from bigearth.api import PatchId
+    from bigearth.archive.names import S2_ID_RE, V1_S2_RE, V2_S2_RE, check_safe_id
+
+    assert S2_ID_RE.fullmatch(name) and (V1_S2_RE.match(name) or V2_S2_RE.match(name))
+    assert TypeAdapter(PatchId).validate_python(name) == name
+    assert check_safe_id(name) == name
+
+
+@BOUNDED
+@given(st.one_of(st.text(max_size=80), st.text(alphabet="S12AB_MSIL2ANTR0123456789UP\n", max_size=64)))
+@example("S2A_MSIL2A_20170613T101031_87_48\n")  # Python's `$` matches before a final newline: fullmatch
+@example("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_7_43")  # v2 pads h and v
+@example("S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48")  # an S1 name is not a pair's id
+def test_any_other_string_is_a_422_naming_the_form_expected(text: str) -> None:
+    from pydantic import TypeAdapter
+
+    from bigearth.api import PatchId
+    from bigearth.archive.names import S2_ID_RE, V1_S2_RE, V2_S2_RE
+
+    forms = (V1_S2_RE.match(text) or V2_S2_RE.match(text)) and "\n" not in text
+    assert bool(S2_ID_RE.fullmatch(text)) == bool(forms), text
+    if forms:
+        return
+    with pytest.raises(ValidationError) as e:
+        TypeAdapter(PatchId).validate_python(text)
+    assert "not a valid patch id: expected an archived pair's Sentinel-2 patch name" in e.value.errors()[0]["msg"]
+
+
+@BOUNDED
+@given(
+    st.datetimes(),
+    st.integers(-23 * 60 - 59, 23 * 60 + 59),
+    st.booleans(),
+)
+@example(datetime(1, 1, 1), 60, True)  # year 1 at +01:00 is before year 1 in UTC: was an OverflowError (a 500)
+@example(datetime(9999, 12, 31, 23, 59), -300, False)
+def test_a_filter_date_anywhere_in_the_calendar_is_a_range_or_a_422(when: Any, minutes: int, aware: bool) -> None:
+    """Any date or date-time the schema lets through (`format: date-time`) makes RFC 3339 bounds the engines read,
+    never an exception (the document-driven fuzz run sends such dates)."""
+    from datetime import UTC, timedelta, timezone
+
+    from bigearth.retrieval.schema import SearchFilter
+
+    value = when.replace(tzinfo=timezone(timedelta(minutes=minutes))) if aware else when
+    for key in ("date_from", "date_to"):
+        for given_as in (value.isoformat(), value.date().isoformat()):
+            lo, hi = SearchFilter.model_validate({key: given_as}).bounds()
+            bound = lo or hi
+            assert bound is not None and len(bound) == 27 and bound.endswith("Z"), bound
+            assert datetime.fromisoformat(bound).tzinfo == UTC

@@ -219,7 +219,7 @@ def test_query_cli(url: str, ids: dict[str, list[str]], tmp_path: Path, capsys: 
     assert len(out["hits"]) == 2 and all(h["payload"]["split"] == "train" for h in out["hits"])
     assert main([*base, "rgb", pid, "--out", str(tmp_path / "q.png")]) == 0
     assert (tmp_path / "q.png").read_bytes()[:4] == b"\x89PNG"
-    assert main([*base, "patch", "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_0_0"]) == 1
+    assert main([*base, "patch", "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99"]) == 1
     assert "404 not_found" in capsys.readouterr().err
 
 
@@ -230,6 +230,8 @@ def _tiff_bytes(shape: tuple[int, int]) -> bytes:
     return encode(np.ones(shape, dtype="uint16"), epsg=32633, ulx=404400.0, uly=5342400.0, res=10.0)
 
 
+#: a patch id of the right form (the pattern of the OpenAPI document) whose request is refused for something else
+WELL_FORMED = "S2A_MSIL2A_20170613T101031_87_48"
 BAD_REQUESTS = {
     "wrong band size": (
         "classify-files",
@@ -262,27 +264,27 @@ BAD_REQUESTS = {
     ),
     "unknown patch id": (
         "classify-json",
-        {"patch_id": "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_0_0"},
+        {"patch_id": "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99"},
         404,
         "patch_id",
         "not in the shard set",
     ),
     "malformed patch id": ("classify-json", {"patch_id": "../../etc/passwd"}, 422, "patch_id", "not a valid patch id"),
-    "bad threshold": ("classify-json", {"patch_id": "S2A_x", "threshold": 3}, 422, "threshold", "less than 1"),
+    "bad threshold": ("classify-json", {"patch_id": WELL_FORMED, "threshold": 3}, 422, "threshold", "less than 1"),
     "bad json": ("classify-raw", b"{not json", 422, None, "Invalid JSON"),
     "wrong content type": ("classify-text", b"hello", 415, "content-type", "multipart/form-data"),
-    "k out of range": ("search", {"patch_id": "S2A_x", "k": 5000}, 422, "k", "less than or equal to 1000"),
-    "k zero": ("search", {"patch_id": "S2A_x", "k": 0}, 422, "k", "greater than or equal to 1"),
+    "k out of range": ("search", {"patch_id": WELL_FORMED, "k": 5000}, 422, "k", "less than or equal to 1000"),
+    "k zero": ("search", {"patch_id": WELL_FORMED, "k": 0}, 422, "k", "greater than or equal to 1"),
     "malformed filter": (
         "search",
-        {"patch_id": "S2A_x", "filter": {"colour": "red"}},
+        {"patch_id": WELL_FORMED, "filter": {"colour": "red"}},
         422,
         "filter.colour",
         "Extra inputs",
     ),
     "unknown label": (
         "search",
-        {"patch_id": "S2A_x", "filter": {"labels_any": ["Moon base"]}},
+        {"patch_id": WELL_FORMED, "filter": {"labels_any": ["Moon base"]}},
         422,
         "filter.labels_any",
         "unknown label",
@@ -296,14 +298,14 @@ BAD_REQUESTS = {
     ),
     "bad date range": (
         "search",
-        {"patch_id": "S2A_x", "filter": {"date_from": "2018-01-01", "date_to": "2017-01-01"}},
+        {"patch_id": WELL_FORMED, "filter": {"date_from": "2018-01-01", "date_to": "2017-01-01"}},
         422,
         "filter",
         "after date_to",
     ),
     "unknown search patch": (
         "search",
-        {"patch_id": "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_0_0"},
+        {"patch_id": "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99"},
         404,
         "patch_id",
         "not in the index",
@@ -316,7 +318,7 @@ BAD_REQUESTS = {
         "expected 128 finite numbers",
     ),
     "no query": ("search", {"k": 3}, 422, "patch_id", "give a patch_id or a vector"),
-    "quicklook scale out of range": ("rgb", "scale=99", 422, "scale", "scale must be 1..8"),
+    "quicklook scale out of range": ("rgb", "scale=99", 422, "scale", "less than or equal to 8"),
     "quicklook of an unknown patch": ("rgb-unknown", "scale=1", 404, "patch_id", "not in the shard set"),
 }
 
@@ -345,7 +347,7 @@ def test_bad_input_is_a_4xx_naming_the_field(url: str, case: str, ids: dict[str,
         body = json.loads(json.dumps(payload).replace('"PID"', json.dumps(pid)))
         r = httpx.post(f"{url}/v1/search", json=body, headers=h, timeout=60)
     else:
-        target = pid if kind == "rgb" else "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_0_0"
+        target = pid if kind == "rgb" else "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99"
         r = httpx.get(f"{url}/v1/patches/{target}/rgb.png?{payload}", headers=h)
     assert r.status_code == status, r.text
     body = r.json()

@@ -3,15 +3,53 @@ definition, so the two cannot drift). Version: `/v1`."""
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic_core import PydanticCustomError
 
+from bigearth.archive.names import S2_ID_PATTERN, S2_ID_RE
 from bigearth.retrieval.schema import SearchFilter
 
 API_VERSION = "v1"
 VectorName = Literal["fused", "s1", "s2"]
 MAX_K = 1000
+# Every number a request carries is bounded here, and the bounds are in the OpenAPI document (docs/api.md).
+MAX_OFFSET = 1_000_000_000  # a page of patch ids past the archive's 590,326 pairs is empty, not an error
+MAX_PAGE = 10_000  # patch ids per page of GET /v1/patches
+MAX_SCALE = 8  # quicklooks: 120 px x 8 = 960 px
+#: The largest magnitude of a query vector's value: far above any model's features or logits, small enough that
+#: the engines' float32 norms stay finite (a 4096-d vector of 1e6 squares to 4e15).
+MAX_VECTOR_VALUE = 1e6
+PATCH_ID_HELP = (
+    "an archived pair's Sentinel-2 patch name: S2[AB]_MSIL2A_<YYYYMMDD>T<hhmmss>_<h>_<v> (v1) or "
+    "S2[AB]_MSIL2A_<YYYYMMDD>T<hhmmss>_N9999_R<orbit>_T<tile>_<hh>_<vv> (v2)"
+)
+
+
+def _patch_id(value: str) -> str:
+    if not S2_ID_RE.fullmatch(value):
+        raise PydanticCustomError(
+            "patch_id", "{value} is not a valid patch id: expected " + PATCH_ID_HELP, {"value": repr(value[:80])}
+        )
+    return value
+
+
+#: A patch id, checked (before any lookup) with the pattern the OpenAPI document states: a malformed id is a 422
+#: naming the form expected, a well-formed one not in the archive a 404.
+PatchId = Annotated[
+    str,
+    AfterValidator(_patch_id),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": S2_ID_PATTERN,
+            "description": PATCH_ID_HELP,
+            "examples": ["S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57", "S2A_MSIL2A_20170613T101031_87_48"],
+        }
+    ),
+]
+VectorValue = Annotated[float, Field(ge=-MAX_VECTOR_VALUE, le=MAX_VECTOR_VALUE)]
 
 
 class ApiError(Exception):
@@ -25,7 +63,9 @@ class ApiError(Exception):
             401: "unauthorized",
             404: "not_found",
             408: "timeout",
+            405: "method_not_allowed",
             413: "too_large",
+            415: "unsupported_media_type",
             422: "invalid",
             429: "busy",
             503: "unavailable",
@@ -36,6 +76,24 @@ class ApiError(Exception):
 
     def __reduce__(self) -> tuple[Any, ...]:  # keep the fields when Ray ships the exception between processes
         return (ApiError, (self.status, self.message, self.field, self.code))
+
+
+#: What each error status of the service means; every one answers the error model (`ErrorBody`), and every
+#: operation of the OpenAPI document lists those it can answer.
+ERROR_STATUSES = {
+    400: "an unreadable multipart body, or a client that disconnected before sending the whole body",
+    401: "a missing or wrong API key (only when the service has keys)",
+    404: "no archived pair with this patch id",
+    408: "the request body sent nothing for `body_timeout_s` (or, in plain text from Serve's proxy, the request took "
+    "longer than its `request_timeout_s`)",
+    413: "the request body (its Content-Length, or the bytes streamed so far, or an .npz member inflated) is over "
+    "the limit",
+    415: "a content type this operation does not take",
+    422: "a request that breaks the schema or names something the service does not have: `field` says which",
+    500: "an unexpected failure: the message carries only an error id, under which the service log has the rest",
+    503: "starting up, or a model or index replica is restarting (or, in plain text from Serve's proxy, every "
+    "ingress replica is busy): retry after `Retry-After` seconds",
+}
 
 
 class ServiceError(Exception):
@@ -62,7 +120,7 @@ class ModelInfo(BaseModel):
 
 class ClassifyByIdRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    patch_id: str = Field(description="an archived pair (its S2 patch name)")
+    patch_id: PatchId
     threshold: float = Field(0.5, gt=0, lt=1)
 
 
@@ -78,8 +136,8 @@ class SearchRequest(BaseModel):
     """Query by `patch_id` (an archived pair's stored vector), by `vector`, or (multipart) by an uploaded patch."""
 
     model_config = ConfigDict(extra="forbid")
-    patch_id: str | None = None
-    vector: list[float] | None = None
+    patch_id: PatchId | None = None
+    vector: list[VectorValue] | None = None
     k: int = Field(10, ge=1, le=MAX_K)
     using: VectorName = Field("fused", description="the archive's vectors to search")
     query_modality: VectorName | None = Field(

@@ -22,6 +22,14 @@ V2_S2_RE = re.compile(
 S1_RE = re.compile(
     r"^(?P<sat>S1[AB])_IW_GRDH_1SDV_(?P<date>\d{8})T(?P<time>\d{6})_(?P<tile>\w{5})_(?P<h>\d{1,2})_(?P<v>\d{1,2})$"
 )
+#: An archived pair's id as the HTTP API takes it: its S2 patch name, v1 or v2, exactly V1_S2_RE or V2_S2_RE, written
+#: in the syntax Python's `re` and the OpenAPI document's (ECMA-262) patterns read alike: `[0-9]`, not `\d` (which
+#: is Unicode in Python). Match it with `fullmatch` (Python's `$` also matches before a final newline).
+S2_ID_PATTERN = (
+    r"^S2[AB]_MSIL2A_[0-9]{8}T(?:[0-9]{5,6}_[0-9]{1,2}_[0-9]{1,2}"
+    r"|[0-9]{6}_N9999_R[0-9]{3}_T[0-9A-Z]{5}_[0-9]{2}_[0-9]{2})$"
+)
+S2_ID_RE = re.compile(S2_ID_PATTERN)
 #: A patch id safe to use in a path or an object key (either version, S1 or S2).
 SAFE_ID_RE = re.compile(r"^S[12][AB]_[A-Z0-9_]{10,80}$")
 

@@ -204,7 +204,11 @@ def _rfc3339(value: datetime | date | None, end: bool) -> str | None:
         value = datetime.combine(value, time.max if end else time.min)
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:  # an offset that moves year 1 or 9999 out of range: the range is open on that side
+        value = datetime.min if value.year == 1 else datetime.max
+    return f"{value.year:04d}" + value.strftime("-%m-%dT%H:%M:%S.%fZ")  # %Y does not pad years before 1000
 
 
 class Hit(BaseModel):

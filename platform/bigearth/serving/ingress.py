@@ -7,25 +7,32 @@ import hmac
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
-from fastapi import Request, Response
+from fastapi import FastAPI, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from bigearth.api import (
+    ERROR_STATUSES,
+    MAX_OFFSET,
+    MAX_PAGE,
+    MAX_SCALE,
     ApiError,
     BrowseRequest,
     BrowseResponse,
     ClassifyByIdRequest,
     ClassifyResponse,
+    ErrorBody,
     Facets,
+    PatchId,
     PatchInfo,
     PatchList,
     Ready,
     SearchRequest,
     SearchResponse,
 )
+from bigearth.retrieval.schema import Split
 from bigearth.serving import web
 from bigearth.serving.args import AppArgs
 from bigearth.serving.inputs import read_body, read_upload
@@ -61,29 +68,88 @@ def _replica_gone() -> tuple[type[BaseException], ...]:
     )
 
 
-def make_fastapi_app() -> Any:
-    from fastapi import FastAPI
+#: The JSON request bodies the routes read by hand (a route that also takes multipart cannot declare a FastAPI body
+#: parameter): their schemas join the document's components, where the operations refer to them.
+BODY_MODELS: tuple[type[BaseModel], ...] = (ClassifyByIdRequest, SearchRequest, BrowseRequest)
+SECURITY_SCHEMES = {
+    "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+    "Bearer": {"type": "http", "scheme": "bearer", "description": "the same key as `Authorization: Bearer KEY`"},
+}
 
-    return FastAPI(
+
+class ServiceApi(FastAPI):
+    """The service's FastAPI app; its OpenAPI document is the contract (docs/api.md): every answer of every
+    operation, the request bodies' schemas as components, the API key."""
+
+    def openapi(self) -> dict[str, Any]:
+        if self.openapi_schema is None:
+            complete_document(super().openapi())
+        return self.openapi_schema  # type: ignore[return-value]
+
+
+def complete_document(doc: dict[str, Any]) -> dict[str, Any]:
+    """Add what FastAPI cannot see to its document: the schemas of the bodies read by hand (refs to
+    `#/components/schemas/...`, never a model's own `#/$defs/...`) and the API key on every non-open path."""
+    from pydantic.json_schema import models_json_schema
+
+    _, defs = models_json_schema([(m, "validation") for m in BODY_MODELS], ref_template="#/components/schemas/{model}")
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in defs.get("$defs", {}).items():
+        if schemas.setdefault(name, schema) != schema:
+            raise RuntimeError(f"OpenAPI component {name!r}: two different schemas under one name")
+    doc["components"]["securitySchemes"] = SECURITY_SCHEMES
+    for path, operations in doc["paths"].items():
+        if path not in OPEN_PATHS:
+            for operation in operations.values():
+                operation["security"] = [{"ApiKey": []}, {"Bearer": []}]
+    return doc
+
+
+def make_fastapi_app() -> Any:
+    return ServiceApi(
         title="BigEarthNet-MM classification and retrieval",
         version="1",
         description="Multi-label land-cover classification and content-based retrieval of Sentinel-1/Sentinel-2 "
-        "patch pairs. Errors are `{error, message, field}` JSON with a 4xx status.",
+        "patch pairs. Every error is `{error, message, field}` JSON (`ErrorBody`); each operation lists the statuses "
+        "it answers. With API keys configured, every path but the probes, /metrics, the docs and the web page needs "
+        "one (`X-API-Key` or `Authorization: Bearer`).",
     )
 
 
+def _errors(*statuses: int, auth: bool = True) -> dict[int | str, dict[str, Any]]:
+    """FastAPI `responses=` for the error statuses a route answers besides those every route can (413: the
+    Content-Length header is checked on every path; 408 and 503 also come from Serve's HTTP proxy, in plain text;
+    500), and 401 unless the path is open: the error model and what the status means; a 503's Retry-After."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({*statuses, *((401,) if auth else ()), 408, 413, 500, 503}):
+        entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_STATUSES[status]}
+        if status in (408, 503):
+            entry["content"] = {"text/plain": {"schema": {"type": "string"}}}
+        if status == 503:
+            entry["headers"] = {
+                "Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}
+            }
+        out[status] = entry
+    return out
+
+
+#: the statuses of a route that reads a body: a client that disconnects or a malformed multipart body (400), a
+#: stalled body (408), one over the limit (413), another content type (415), invalid content (422)
+_BODY_ERRORS = (400, 408, 413, 415, 422)
+_PNG = {"content": {"image/png": {"schema": {"type": "string", "format": "binary"}}}, "description": "a PNG"}
 _PATCH_FILES = {
     "schema": {
         "type": "object",
         "description": "one GeoTIFF per band, the form field or file name naming the band "
-        "(B01..B12, B8A, VV, VH), or one .npz file of arrays named by band or group",
+        "(B01..B12, B8A, VV, VH), or one .npz file of arrays named by band or group; at most 32 files",
         "additionalProperties": {"type": "string", "format": "binary"},
+        "maxProperties": 32,
     }
 }
 _CLASSIFY_BODY = {
     "requestBody": {
         "content": {
-            "application/json": {"schema": ClassifyByIdRequest.model_json_schema()},
+            "application/json": {"schema": {"$ref": "#/components/schemas/ClassifyByIdRequest"}},
             "multipart/form-data": _PATCH_FILES,
         },
         "required": True,
@@ -98,17 +164,24 @@ _UPLOAD_BODY = {
 _SEARCH_BODY = {
     "requestBody": {
         "content": {
-            "application/json": {"schema": SearchRequest.model_json_schema()},
+            "application/json": {"schema": {"$ref": "#/components/schemas/SearchRequest"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
                     "description": "an uploaded query patch (band GeoTIFFs or one .npz, as for /v1/classify) plus "
-                    "a `request` field holding the SearchRequest JSON without patch_id/vector",
-                    "properties": {"request": {"type": "string"}},
+                    "a `request` field holding the SearchRequest JSON without patch_id/vector; at most 32 files",
+                    "properties": {"request": {"type": "string", "contentMediaType": "application/json"}},
                     "additionalProperties": {"type": "string", "format": "binary"},
+                    "maxProperties": 33,
                 }
             },
         },
+        "required": True,
+    }
+}
+_BROWSE_BODY = {
+    "requestBody": {
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/BrowseRequest"}}},
         "required": True,
     }
 }
@@ -119,6 +192,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
     from fastapi.exceptions import RequestValidationError
     from fastapi.responses import JSONResponse
     from prometheus_client import CONTENT_TYPE_LATEST
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     app = fastapi_app
 
@@ -142,13 +216,20 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
     async def _guard(request: Request, call_next: Any) -> Response:
         ingress = replica.get("ingress")
         if ingress is None:
-            return JSONResponse(ApiError(503, "starting up").body(), 503)
+            return JSONResponse(ApiError(503, "starting up").body(), 503, headers={"Retry-After": "1"})
         t = time.perf_counter()
         response: Response = await ingress._guarded(request, call_next, _unwrap)
         route = getattr(request.scope.get("route"), "path", "unmatched")
         ingress.tally.pending.request(route, response.status_code, time.perf_counter() - t)
         ingress.tally.start()
         return response
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        """Starlette's own answers (no such path, a method a path does not take) in the error model too."""
+        path, method = request.url.path, request.method
+        message = {404: f"no route {path}", 405: f"{path} does not take {method}"}.get(exc.status_code, exc.detail)
+        return JSONResponse(ApiError(exc.status_code, message).body(), exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -225,11 +306,33 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 raise ApiError(422, f"{field or 'body'}: {err['msg']}", field) from None
 
         # ---------------------------------------------------------------- routes
-        @app.get("/healthz", summary="liveness: the ingress answers")
+        @app.get("/healthz", summary="liveness: the ingress answers", responses=_errors(auth=False))
         async def healthz(self) -> dict[str, str]:
             return {"status": "ok"}
 
-        @app.get("/readyz", response_model=Ready, summary="readiness: model and index loaded")
+        @app.get(
+            "/readyz",
+            response_model=Ready,
+            summary="readiness: model and index loaded",
+            responses={
+                **_errors(auth=False),
+                503: {
+                    "description": "not ready (a `Ready` body), or starting up or unavailable (the error model)",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "anyOf": [
+                                    {"$ref": "#/components/schemas/Ready"},
+                                    {"$ref": "#/components/schemas/ErrorBody"},
+                                ]
+                            }
+                        },
+                        "text/plain": {"schema": {"type": "string"}},
+                    },
+                    "headers": _errors(auth=False)[503]["headers"],
+                },
+            },
+        )
         async def readyz(self) -> Response:
             try:
                 model = await self.model()
@@ -239,7 +342,15 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 return JSONResponse(Ready(ready=False, detail="model or index not loaded yet").model_dump(), 503)
             return JSONResponse(Ready(ready=True, model=model["model"], index=index).model_dump())
 
-        @app.get("/metrics", summary="Prometheus metrics of the whole application: requests, latency, batch sizes")
+        @app.get(
+            "/metrics",
+            summary="Prometheus metrics of the whole application: requests, latency, batch sizes",
+            response_class=Response,
+            responses={
+                200: {"content": {"text/plain": {"schema": {"type": "string"}}}, "description": "Prometheus text"},
+                **_errors(auth=False),
+            },
+        )
         async def metrics(self) -> Response:
             await self.tally.flush()
             return Response(await self.hub.render.remote(), media_type=CONTENT_TYPE_LATEST)
@@ -249,8 +360,15 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             response_model=ClassifyResponse,
             openapi_extra=_CLASSIFY_BODY,
             summary="classify a patch: uploaded band files, an .npz, or an archived patch id",
+            responses=_errors(*_BODY_ERRORS, 404),
         )
-        async def classify(self, request: Request, threshold: float | None = None) -> dict[str, Any]:
+        async def classify(
+            self,
+            request: Request,
+            threshold: Annotated[
+                float | None, Query(gt=0, lt=1, description="default: the JSON body's, else the service's")
+            ] = None,
+        ) -> dict[str, Any]:
             model = await self.model()
             ctype = request.headers.get("content-type", "")
             patch_id = None
@@ -289,6 +407,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             "/v1/search",
             response_model=SearchResponse,
             openapi_extra=_SEARCH_BODY,
+            responses=_errors(*_BODY_ERRORS, 404),
             summary="similar patches: by patch id, by vector, or by an uploaded patch; filters; cross-modal",
         )
         async def search(self, request: Request) -> dict[str, Any]:
@@ -329,12 +448,18 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             groups = vector_groups[wanted]
             return {g: tuple(model["groups"][g]) for g in groups}
 
-        @app.get("/v1/patches", response_model=PatchList, summary="archived patch ids, a page at a time")
-        async def patches(self, split: str | None = None, offset: int = 0, limit: int = 100) -> dict[str, Any]:
-            if offset < 0:
-                raise ApiError(422, f"offset must be >= 0, got {offset}", "offset")
-            if not 1 <= limit <= 10000:
-                raise ApiError(422, f"limit must be 1..10000, got {limit}", "limit")
+        @app.get(
+            "/v1/patches",
+            response_model=PatchList,
+            summary="archived patch ids, a page at a time",
+            responses=_errors(422),
+        )
+        async def patches(
+            self,
+            split: Split | None = None,
+            offset: Annotated[int, Query(ge=0, le=MAX_OFFSET)] = 0,
+            limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+        ) -> dict[str, Any]:
             page: dict[str, Any] = await self.retriever.patch_ids.remote(split, offset, limit)
             return page
 
@@ -342,13 +467,20 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             "/v1/browse",
             response_model=BrowseResponse,
             summary="archived pairs a filter matches, a page at a time (with their payload: labels, place, date)",
+            openapi_extra=_BROWSE_BODY,
+            responses=_errors(400, 408, 413, 422),
         )
         async def browse(self, request: Request) -> dict[str, Any]:
             req = self._json(await self._body(request), BrowseRequest)
             page: dict[str, Any] = await self.retriever.browse.remote(req.model_dump(mode="json"))
             return page
 
-        @app.get("/v1/facets", response_model=Facets, summary="pairs per split, country, season and label; classes")
+        @app.get(
+            "/v1/facets",
+            response_model=Facets,
+            summary="pairs per split, country, season and label; classes",
+            responses=_errors(),
+        )
         async def facets(self) -> dict[str, Any]:
             model = await self.model()
             found: dict[str, Any] = await self.retriever.facets.remote(model["model"]["classes"])
@@ -374,24 +506,27 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             "/v1/quicklook",
             summary="true-colour quicklook of an uploaded patch (its B04/B03/B02, as for archived pairs)",
             response_class=Response,
-            responses={200: {"content": {"image/png": {}}}},
+            responses={200: _PNG, **_errors(*_BODY_ERRORS)},
             openapi_extra=_UPLOAD_BODY,
         )
-        async def quicklook(self, request: Request, scale: int = 1) -> Response:
+        async def quicklook(self, request: Request, scale: Annotated[int, Query(ge=1, le=MAX_SCALE)] = 1) -> Response:
             from bigearth.bands import GROUPS
             from bigearth.quicklook import rgb_png
             from bigearth.serving.inputs import assemble
 
-            if not 1 <= scale <= 8:
-                raise ApiError(422, f"scale must be 1..8, got {scale}", "scale")
             ctype = request.headers.get("content-type", "")
             if not ctype.startswith("multipart/form-data"):
                 raise ApiError(415, f"content type {ctype or 'none'!r}: send multipart/form-data", "content-type")
             bands, _ = await self._upload(request)
             return Response(rgb_png(assemble(bands, {"s2_10m": GROUPS["s2_10m"]}), scale), media_type="image/png")
 
-        @app.get("/v1/patches/{patch_id}", response_model=PatchInfo, summary="metadata of an archived pair")
-        async def patch(self, patch_id: str) -> dict[str, Any]:
+        @app.get(
+            "/v1/patches/{patch_id}",
+            response_model=PatchInfo,
+            summary="metadata of an archived pair",
+            responses=_errors(404, 422),
+        )
+        async def patch(self, patch_id: PatchId) -> dict[str, Any]:
             info: dict[str, Any] = await self.retriever.patch_info.remote(patch_id)
             return info
 
@@ -399,11 +534,9 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             "/v1/patches/{patch_id}/rgb.png",
             summary="true-colour quicklook (B04/B03/B02, 2-98% stretch)",
             response_class=Response,
-            responses={200: {"content": {"image/png": {}}}},
+            responses={200: _PNG, **_errors(404, 422)},
         )
-        async def rgb(self, patch_id: str, scale: int = 1) -> Response:
-            if not 1 <= scale <= 8:
-                raise ApiError(422, f"scale must be 1..8, got {scale}", "scale")
+        async def rgb(self, patch_id: PatchId, scale: Annotated[int, Query(ge=1, le=MAX_SCALE)] = 1) -> Response:
             data = await self.retriever.rgb.remote(patch_id, scale)
             return Response(data, media_type="image/png")
 
