@@ -33,6 +33,7 @@ OUTPUT_PIECE = 2 << 20  # at most this many uncompressed bytes per decompress ca
 MAX_MEMBER = 64 << 20  # no archive file comes near this (a band is < 1 MB): a larger member is damage, skipped
 MAX_NAME = 64 << 10  # a GNU long name (or link name) larger than this is damage
 MAX_PAX = 1 << 20  # a pax extended header larger than this is damage
+MAX_SIZE_FIELD = 8 << 30  # what a ustar size field can hold: a larger (base-256 or pax) size is damage
 MAX_RESYNC = 256 << 20  # this many tar bytes without a valid header: the rest of the download is quarantined
 
 
@@ -351,7 +352,7 @@ class TarStream:
                 size = int(pax["size"]) if "size" in pax and kind not in _META else _octal(header[124:136])
             except ValueError:
                 size = -1
-            if not 0 <= size <= MAX_RESYNC:  # a garbage size field: treat the header as damaged
+            if not 0 <= size < MAX_SIZE_FIELD:  # a garbage size field: treat the header as damaged
                 resync(f"a header at tar byte {offset:,} states an impossible size")
                 pos += BLOCK
                 continue
