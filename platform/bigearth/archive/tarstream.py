@@ -273,6 +273,11 @@ class TarStream:
         base = 0  # tar offset of buf[0]
         source = _decompressed(iter(self.chunks), self.compression, self.state)
         exhausted = False
+        long_name: str | None = None
+        pax: dict[str, str] = {}
+        drop: str | None = None  # why the next member cannot be trusted (its pax or long name was damaged)
+        skipping_from: int | None = None
+        skip_why = ""
 
         def fill(n: int) -> bool:
             """At least n unread bytes in buf (False at the end of the stream). Appends in place (no copy of what
@@ -316,11 +321,6 @@ class TarStream:
                 )
                 skipping_from = None
 
-        long_name: str | None = None
-        pax: dict[str, str] = {}
-        drop: str | None = None  # why the next member cannot be trusted (its pax or long name was damaged)
-        skipping_from: int | None = None
-        skip_why = ""
         while len(buf) - pos >= BLOCK or fill(BLOCK):
             self.at = base + pos
             if skipping_from is not None and base + pos - skipping_from > MAX_RESYNC:
