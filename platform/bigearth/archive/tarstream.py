@@ -3,8 +3,8 @@ one pass, without extracting anything and without seeking.
 
 `TarStream(chunks, compression)` yields `Member(name, data, offset)` for every regular file and records what it
 met on the way (`damage`: tar headers that failed their checksum and were skipped up to the next valid header;
-malformed pax records, GNU long names and sparse members, each skipped with the member it describes; members
-larger than `MAX_MEMBER`, stepped over without being held; `error`: the compressed stream ended early or is
+malformed pax records, GNU long names and sparse members, each skipped with the member it describes; members,
+long names and pax headers larger than their caps, never held: the reader resyncs on the next valid header; `error`: the compressed stream ended early or is
 corrupt, or `MAX_RESYNC` bytes passed without a valid header, after which nothing more is read, as a single zstd
 frame or gzip stream cannot be resumed in the middle). Nothing read is trusted: every length is bounded before
 anything is buffered, decompression hands out at most `OUTPUT_PIECE` bytes per call whatever the ratio (a bomb
@@ -185,14 +185,14 @@ def _decompressed(chunks: Iterator[bytes], compression: str, state: dict[str, An
         state["error"] = f"the {compression} stream ends early, after {compressed:,} bytes (truncated download)"
 
 
-def _octal(field_: bytes) -> int:
+def _octal(field_: bytes | bytearray) -> int:
     if field_ and field_[0] & 0x80:  # GNU base-256 for large sizes
         return int.from_bytes(field_[1:], "big")
     text = field_.split(b"\0", 1)[0].strip()
     return int(text, 8) if text else 0
 
 
-def _valid_header(h: bytes) -> bool:
+def _valid_header(h: bytes | bytearray) -> bool:
     field_ = h[148:156]
     try:
         stored = int(field_.split(b"\0", 1)[0].strip() or b"0", 8)
@@ -311,7 +311,7 @@ class TarStream:
             nonlocal skipping_from, skip_why, long_name, pax, drop
             if skipping_from is None:
                 skipping_from, skip_why = base + pos, why
-            long_name, pax, drop = None, {}, None  # they named the damaged member, not the next one
+                long_name, pax, drop = None, {}, None  # they named the damaged member, not the next one
 
         def end_resync(tail: str = "the member(s) there were skipped") -> None:
             nonlocal skipping_from
@@ -330,7 +330,7 @@ class TarStream:
                     f"{MAX_RESYNC >> 20} MiB without one, the rest of the download is quarantined",
                 )
                 return
-            header = bytes(buf[pos : pos + BLOCK])
+            header = buf[pos : pos + BLOCK]  # a bytearray copy of one block
             if header == _ZERO:
                 if skipping_from is None:
                     self.ended_cleanly = True
@@ -347,7 +347,7 @@ class TarStream:
                 continue
             end_resync()
             offset = base + pos
-            kind = header[156:157]
+            kind = bytes(header[156:157])
             try:
                 size = int(pax["size"]) if "size" in pax and kind not in _META else _octal(header[124:136])
             except ValueError:
@@ -361,22 +361,33 @@ class TarStream:
                 prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
                 if prefix:
                     name = f"{prefix}/{name}"
-            if kind not in _META:
+            why: str | None = None
+            if kind in _META:
+                cap = MAX_PAX if kind in (b"x", b"X", b"g") else MAX_NAME
+                if size > cap:  # a wrong or hostile size field: nothing is buffered, the reader resyncs
+                    resync(f"the {_META[kind]} at tar byte {offset:,} states {size:,} bytes, more than {cap:,}")
+                    if kind != b"g":  # the member it describes is dropped when its header comes
+                        drop = f"its {_META[kind]} at tar byte {offset:,} is damaged"
+                    pos += BLOCK
+                    continue
+            else:
                 if pax.get("path"):
                     name = pax["path"]
                 elif long_name is not None:
                     name = long_name
-                sparse = kind == b"S" or any(k.startswith("GNU.sparse.") for k in pax)
+                if size > MAX_MEMBER:  # a wrong size field, or a bomb: nothing is buffered, the reader resyncs
+                    resync(
+                        f"the member {name} at tar byte {offset:,} states {size:,} bytes, more than the "
+                        f"{MAX_MEMBER >> 20} MiB any archive file has"
+                    )
+                    pos += BLOCK
+                    continue
+                sparse = kind == b"S" or (bool(pax) and any(k.startswith("GNU.sparse.") for k in pax))
                 why, long_name, pax, drop = drop, None, {}, None
                 if why is None and sparse:
                     why = "a sparse file (no archive file is one)"
-                if why is None and size > MAX_MEMBER:
-                    why = f"{size:,} bytes, more than the {MAX_MEMBER >> 20} MiB any archive file has"
                 if why is not None and kind in (b"0", b"\0", b"7", b"S"):
                     self.damage.append(f"the member {name} at tar byte {offset:,} is skipped: {why}")
-            else:
-                cap = MAX_PAX if kind in (b"x", b"X", b"g") else MAX_NAME
-                why = None if size <= cap else f"{size:,} bytes, more than {cap:,}"
             pos += BLOCK
             if kind == b"S" and header[482]:  # old GNU sparse: extension headers follow, outside `size`
                 extended = True
@@ -391,19 +402,14 @@ class TarStream:
                 if skipping_from is not None:
                     continue
             padded = -(-size // BLOCK) * BLOCK
-            if why is not None:  # damage, but the header is sound: step over its data exactly
+            if why is not None:  # a member not to trust, but its header is sound: step over its data exactly
                 if not discard(padded):
                     return
-                if kind in _META:
-                    self.damage.append(
-                        f"the {_META[kind]} at tar byte {offset:,} is skipped ({why}), and the member it describes"
-                    )
-                    drop = f"its {_META[kind]} at tar byte {offset:,} is damaged"
                 continue
             if len(buf) - pos < padded and not fill(padded):
                 # the stream ended inside this member: it is lost (the caller reports the missing files)
                 return
-            data = bytes(buf[pos : pos + size])
+            data = _take(buf, pos, size)
             pos += padded
             if kind == b"L":
                 long_name = data.split(b"\0", 1)[0].decode("utf-8", "replace")
@@ -432,6 +438,12 @@ class TarStream:
 
     def _meta_damage(self, kind: bytes, offset: int, why: str) -> None:
         self.damage.append(f"the {_META[kind]} at tar byte {offset:,} is malformed ({why})")
+
+
+def _take(buf: bytearray, start: int, n: int) -> bytes:
+    """buf[start:start + n] as bytes, copied once (a bytearray slice would copy twice)."""
+    with memoryview(buf) as view:
+        return bytes(view[start : start + n])
 
 
 def open_download(f: BinaryIO, compression: str, on_bytes: Any = None) -> tuple[TarStream, _Counting]:
