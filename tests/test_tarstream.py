@@ -309,3 +309,15 @@ def test_a_gzip_bomb_is_read_in_bounded_memory_and_recorded(tmp_path: Path) -> N
     assert r["names"] == [MEMBERS[0][0]] and r["damage"] == []
     assert "more than 32 MiB without one, the rest of the download is quarantined" in r["error"]
     assert r["peak"] < 200 << 20, r["peak"]
+
+
+def test_damage_notes_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tarstream, "MAX_DAMAGE_NOTES", 3)
+    raw, headers, _ = _tar(MEMBERS, tarfile.PAX_FORMAT)
+    data = bytearray(raw)
+    for h in headers:
+        if data[h + 156 : h + 157] == b"x":
+            data[h + 512] = ord("-")  # every pax record malformed: 6 headers, 12 pieces of damage
+    members, stream = _read(bytes(data))
+    assert [m.name for m in members] == [MEMBERS[-1][0]]
+    assert len(stream.damage) == 4 and stream.damage[-1] == "... and 9 more pieces of damage like these"

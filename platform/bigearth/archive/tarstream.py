@@ -4,12 +4,13 @@ one pass, without extracting anything and without seeking.
 `TarStream(chunks, compression)` yields `Member(name, data, offset)` for every regular file and records what it
 met on the way (`damage`: tar headers that failed their checksum and were skipped up to the next valid header;
 malformed pax records, GNU long names and sparse members, each skipped with the member it describes; members,
-long names and pax headers larger than their caps, never held: the reader resyncs on the next valid header; `error`: the compressed stream ended early or is
-corrupt, or `MAX_RESYNC` bytes passed without a valid header, after which nothing more is read, as a single zstd
-frame or gzip stream cannot be resumed in the middle). Nothing read is trusted: every length is bounded before
-anything is buffered, decompression hands out at most `OUTPUT_PIECE` bytes per call whatever the ratio (a bomb
-costs time, never memory), and no input makes the reader loop without consuming bytes. Handles GNU long names
-(`L`), pax headers (`x`, `g`), ustar prefixes and directory entries, which are skipped.
+long names and pax headers larger than their caps, never held: the reader resyncs on the next valid header;
+`error`: the compressed stream ended early or is corrupt, or `MAX_RESYNC` bytes passed without a valid header,
+after which nothing more is read, as a single zstd frame or gzip stream cannot be resumed in the middle).
+Nothing read is trusted: every length is bounded before anything is buffered, decompression hands out at most
+`OUTPUT_PIECE` bytes per call whatever the ratio (a bomb costs time, never memory), no input makes the reader
+loop without consuming bytes, and the damage kept is bounded (`MAX_DAMAGE_NOTES`, the rest counted). Handles GNU
+long names (`L`), pax headers (`x`, `g`), ustar prefixes and directory entries, which are skipped.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ MAX_MEMBER = 64 << 20  # no archive file comes near this (a band is < 1 MB): a l
 MAX_NAME = 64 << 10  # a GNU long name (or link name) larger than this is damage
 MAX_PAX = 1 << 20  # a pax extended header larger than this is damage
 MAX_SIZE_FIELD = 8 << 30  # what a ustar size field can hold: a larger (base-256 or pax) size is damage
+MAX_DAMAGE_NOTES = 200  # damage messages kept per download (the rest counted)
 MAX_RESYNC = 256 << 20  # this many tar bytes without a valid header: the rest of the download is quarantined
 
 
@@ -252,6 +254,7 @@ class TarStream:
     state: dict[str, Any] = field(default_factory=dict)
     ended_cleanly: bool = False  # an end-of-archive marker was read
     at: int = 0  # the tar offset of the header being read
+    unnoted: int = 0  # damage past MAX_DAMAGE_NOTES, counted only
 
     @property
     def error(self) -> str | None:
@@ -260,6 +263,8 @@ class TarStream:
     def __iter__(self) -> Iterator[Member]:
         try:
             yield from self._members()
+            if self.unnoted:
+                self.damage.append(f"... and {self.unnoted:,} more pieces of damage like these")
         except Exception as e:  # a fault of the parser itself must not kill the staging task: the rest is lost
             self.state.setdefault(
                 "error",
@@ -316,9 +321,7 @@ class TarStream:
         def end_resync(tail: str = "the member(s) there were skipped") -> None:
             nonlocal skipping_from
             if skipping_from is not None:
-                self.damage.append(
-                    f"tar bytes {skipping_from:,}-{base + pos:,} hold no valid header ({skip_why}): {tail}"
-                )
+                self._note(f"tar bytes {skipping_from:,}-{base + pos:,} hold no valid header ({skip_why}): {tail}")
                 skipping_from = None
 
         while len(buf) - pos >= BLOCK or fill(BLOCK):
@@ -387,7 +390,7 @@ class TarStream:
                 if why is None and sparse:
                     why = "a sparse file (no archive file is one)"
                 if why is not None and kind in (b"0", b"\0", b"7", b"S"):
-                    self.damage.append(f"the member {name} at tar byte {offset:,} is skipped: {why}")
+                    self._note(f"the member {name} at tar byte {offset:,} is skipped: {why}")
             pos += BLOCK
             if kind == b"S" and header[482]:  # old GNU sparse: extension headers follow, outside `size`
                 extended = True
@@ -436,8 +439,16 @@ class TarStream:
             # directories, links, devices: not archive files, skipped
         end_resync("the member(s) there were lost")
 
+    def _note(self, damage: str) -> None:
+        """Record one piece of damage; past MAX_DAMAGE_NOTES only count them (a hostile download cannot grow the
+        record without bound)."""
+        if len(self.damage) < MAX_DAMAGE_NOTES:
+            self.damage.append(damage)
+        else:
+            self.unnoted += 1
+
     def _meta_damage(self, kind: bytes, offset: int, why: str) -> None:
-        self.damage.append(f"the {_META[kind]} at tar byte {offset:,} is malformed ({why})")
+        self._note(f"the {_META[kind]} at tar byte {offset:,} is malformed ({why})")
 
 
 def _take(buf: bytearray, start: int, n: int) -> bytes:
