@@ -61,7 +61,11 @@ def assert_same_shards(a: Path, b: Path) -> None:
 
 def test_packed_downloads_have_the_published_shape(packed_v2: Path, synth_v2: Path) -> None:
     assert sorted(os.listdir(packed_v2)) == sorted(
-        [S1, S2, "metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet"]
+        [S1, S2, "metadata.parquet", "metadata_for_patches_with_snow_cloud_or_shadow.parquet", "MD5SUMS"]
+    )
+    # md5sum's format, as a mirror provides it: what `md5sum -c MD5SUMS` checks
+    assert (packed_v2 / "MD5SUMS").read_text() == "".join(
+        f"{hashlib.md5((packed_v2 / n).read_bytes()).hexdigest()}  {n}\n" for n in sorted([S1, S2])
     )
     for name in (S1, S2):
         data = (packed_v2 / name).read_bytes()
@@ -108,10 +112,13 @@ def test_v2_downloads_ingest_to_the_same_shards_as_the_folders(
     for name in (S1, S2):
         raw = (packed_v2 / name).read_bytes()
         assert d[name]["md5"] == hashlib.md5(raw).hexdigest() and d[name]["bytes"] == len(raw)
-        assert d[name]["md5_matches"] is False  # a synthetic file under the published name
+        # a synthetic file under the published name: checked against the MD5SUMS beside it, not the published md5
+        assert d[name]["md5_matches"] is True and d[name]["md5_source"] == "MD5SUMS"
+        assert d[name]["expected_md5"] == d[name]["md5"] != d[name]["published_md5"]
         assert d[name]["error"] is None and d[name]["counts"]["unknown"] == 0
     printed = capsys.readouterr().out
-    assert f"WARNING {S2}: md5" in printed and "fetch it again" in printed
+    assert "WARNING" not in printed
+    assert f"ingest: {S2} matches the md5 its MD5SUMS states" in printed and "not the file published" in printed
     assert not (out / STATE_DIR / "staged").exists()  # staging is removed once the manifest is written
 
 
@@ -168,7 +175,9 @@ def test_faults_are_quarantined_naming_the_download_and_member(synth_v2: Path, a
     s1 = (packed / S1).read_bytes()
     (packed / S1).write_bytes(s1[: int(len(s1) * 0.6)])
 
-    m = ingest(str(packed), str(tmp_path / "out"), shard_size=30, progress=False)
+    # both files now differ from the md5 MD5SUMS states: accepted, so that their damage is what is tested
+    m = ingest(str(packed), str(tmp_path / "out"), shard_size=30, progress=False, accept_checksum_mismatch=True)
+    assert {n: d["md5_matches"] for n, d in m.source["downloads"].items()} == {S1: False, S2: False}
     q = {x["patch_id"]: x for x in m.quarantined}
     assert q[corrupt["patch_id"]]["kind"] == "corrupt_file"
     assert (
@@ -200,6 +209,49 @@ def test_faults_are_quarantined_naming_the_download_and_member(synth_v2: Path, a
         for r in pq.read_table(tmp_path / "out" / s["path"], columns=["patch_id"])["patch_id"].to_pylist()
     }
     assert written | set(q) == selected and not written & set(q)  # every pair written or quarantined, never both
+
+
+def test_an_altered_download_stops_the_ingest_before_any_shard_unless_accepted(
+    synth_v2: Path, packed_v2: Path, archive_copy, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:  # type: ignore[no-untyped-def]
+    """One band's pixels altered and the S2 download packed again (valid tar, valid zstd, valid GeoTIFF): only its
+    md5 tells, against the MD5SUMS that came with the downloads."""
+    import numpy as np
+    import rasterio
+
+    from bigearth.archive.checksums import ChecksumMismatch
+    from bigearth.archive.geotiff import encode
+    from bigearth.synth.packed import write_download
+
+    root = archive_copy(synth_v2)
+    lay = layout_for("v2", str(root))
+    meta = pq.read_table(root / "metadata.parquet").to_pylist()
+    pid = next(r["patch_id"] for r in meta if not (r["contains_seasonal_snow"] or r["contains_cloud_or_shadow"]))
+    band = lay.s2_band(pid, "B02")
+    with rasterio.open(band) as ds:
+        pixels, epsg, t = ds.read(1), ds.crs.to_epsg(), ds.transform
+    pixels[60, 60] ^= 0x5A5
+    Path(band).write_bytes(encode(pixels, epsg, t.c, t.f, t.a))
+    packed = tmp_path / "repacked"
+    shutil.copytree(packed_v2, packed)  # the original downloads and their MD5SUMS
+    with open(packed / S2, "wb") as f:
+        write_download(f, str(root), layout_for("v2-downloads", "").downloads[0])
+    altered = hashlib.md5((packed / S2).read_bytes()).hexdigest()
+    stated = hashlib.md5((packed_v2 / S2).read_bytes()).hexdigest()
+    out = tmp_path / "out"
+    with pytest.raises(ChecksumMismatch) as e:
+        ingest(str(packed), str(out), shard_size=30, progress=False)
+    assert f"{packed / S2}: md5 {altered}, the md5 MD5SUMS states is {stated}" in str(e.value)
+    assert not list(out.rglob("*.parquet")) and not (out / "manifest.json").exists()  # stopped before any shard
+    assert not list(out.rglob(f"{S2}.json"))  # its staging is gone: a re-run reads the file again
+    m = ingest(str(packed), str(out), shard_size=30, progress=False, accept_checksum_mismatch=True)
+    d = m.source["downloads"][S2]
+    assert (d["md5"], d["expected_md5"], d["md5_matches"]) == (altered, stated, False)
+    assert m.source["downloads"][S1]["md5_matches"] is True
+    assert f"WARNING {S2}: md5 {altered} differs from the expected {stated} (MD5SUMS)" in capsys.readouterr().out
+    rows = pa.concat_tables([pq.read_table(out / s["path"], columns=["patch_id", "B02"]) for s in m.shards])
+    row = rows.filter(pa.compute.equal(rows["patch_id"], pid)).to_pylist()[0]
+    assert np.array_equal(np.frombuffer(row["B02"], "<u2").reshape(120, 120), pixels)  # the accepted pixels
 
 
 def test_a_missing_download_quarantines_its_pairs(

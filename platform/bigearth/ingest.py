@@ -238,11 +238,14 @@ def ingest(
     staging: str | None = None,
     keep_staging: bool = False,
     progress: bool = True,
+    accept_checksum_mismatch: bool = False,
 ) -> Manifest:
     """Run the ingest job on the current Ray cluster (started locally if there is none).
 
     `staging` (downloads only): where the decompressed members wait for their shard, reachable by every node
-    (default: `<out>/_ingest/staged`); deleted when the manifest is written unless `keep_staging`.
+    (default: `<out>/_ingest/staged`); deleted when the manifest is written unless `keep_staging`. A download
+    whose md5 is not the expected one (the published one, or its `MD5SUMS` entry) stops the ingest before any
+    shard is written (ChecksumMismatch) unless `accept_checksum_mismatch`.
     """
     import ray
 
@@ -288,7 +291,9 @@ def ingest(
     staging_url = join(staging or join(out, STATE_DIR, "staged"), fingerprint[:16])
     records: list[dict[str, Any]] = []
     if cat.layout.downloads:
-        records = stage_downloads(cat, {i: plans[i].rows for i in todo}, archive, staging_url, storage, progress)
+        records = stage_downloads(
+            cat, {i: plans[i].rows for i in todo}, archive, staging_url, storage, progress, accept_checksum_mismatch
+        )
     problems = download_problems(records)
     # One item (= one block = one task) per shard, carrying its own rows: nothing large is shared or captured.
     items = [

@@ -1,6 +1,8 @@
 """The download side of the ingest job (bigearth.ingest): stage every published download file as one Ray task,
-summarise and report what the downloads held, and remove the staged members at the end. The staging itself (one
-pass over one download, the spills, a shard's view of them) is bigearth.archive.staging."""
+summarise and report what the downloads held, and remove the staged members at the end. A download whose md5
+differs from the expected one (bigearth.archive.checksums) stops the ingest here, before any shard task, unless
+the user accepts it. The staging itself (one pass over one download, the spills, a shard's view of them) is
+bigearth.archive.staging."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from bigearth.archive.catalogue import Catalogue
+from bigearth.archive.checksums import ChecksumMismatch, check_md5, read_md5sums
 from bigearth.archive.staging import missing_record, record_path, stage_download, staged_download_summary
 from bigearth.shards import Manifest
 from bigearth.storage import StorageOptions, join, open_fs
@@ -22,15 +25,21 @@ def stage_downloads(
     staging: str,
     storage: StorageOptions,
     progress: bool,
+    accept_checksum_mismatch: bool = False,
 ) -> list[dict[str, Any]]:
     """Stage every download the unfinished shards need (one Ray task per file, in parallel); return their records.
 
-    `todo`: planned shard index -> its catalogue rows, for the shards not yet written.
+    `todo`: planned shard index -> its catalogue rows, for the shards not yet written. Raises ChecksumMismatch
+    when a staged download's md5 is not the expected one, unless `accept_checksum_mismatch`; its staged members
+    are removed then, so that a re-run reads the file again (fetched anew, or accepted).
     """
     import ray
 
     fs, root = open_fs(archive, storage)
     sfs, sroot = open_fs(staging, storage)
+    md5sums, problems = read_md5sums(fs, root)
+    for problem in problems:
+        print(f"ingest: WARNING {problem}")
     key_column = {"s2": "patch_id", "reference_maps": "patch_id", "s1": "s1_name"}
     refs, records = [], []
     remote = ray.remote(num_cpus=1)(stage_download)
@@ -51,6 +60,15 @@ def stage_downloads(
             remote.remote(dataclasses.asdict(d), archive, staging, storage, ray.put(route), ray.put(known), progress)
         )
     records.extend(ray.get(refs))
+    try:
+        check_md5(records, cat.layout.downloads, md5sums, archive, accept_checksum_mismatch)
+    except ChecksumMismatch:
+        for r in records:
+            if r.get("md5_matches") is False:
+                sfs.rm(record_path(sroot, r["download"]))
+                if sfs.exists(join(sroot, r["download"])):
+                    sfs.rm(join(sroot, r["download"]), recursive=True)
+        raise
     return records
 
 
@@ -71,11 +89,19 @@ def report_downloads(downloads: dict[str, Any]) -> None:
         if d.get("missing"):
             print(f"ingest: WARNING {name} is not in the archive folder: its pairs are quarantined (missing_file)")
             continue
-        if not d.get("md5_matches", True):
+        expected = d.get("expected_md5", d.get("published_md5"))
+        if d.get("md5_matches") is False:
             print(
-                f"ingest: WARNING {name}: md5 {d['md5']} differs from the published download's {d['published_md5']}. "
-                "If this is the file from Zenodo, it is damaged: fetch it again. (A repacked or synthetic archive "
-                "under the published name differs by design.) Every pair was still validated on its own."
+                f"ingest: WARNING {name}: md5 {d['md5']} differs from the expected {expected} "
+                f"({d.get('md5_source') or 'published'}), ingested as it is (--accept-checksum-mismatch): "
+                "its bytes are not the ones that digest describes. Every pair was still validated on its own."
+            )
+        elif d.get("md5_matches", True) is None:
+            print(f"ingest: WARNING {name}: no published md5 and no MD5SUMS entry: its integrity was not checked")
+        elif d.get("md5_source") == "MD5SUMS" and d.get("published_md5") not in (None, expected):
+            print(
+                f"ingest: {name} matches the md5 its MD5SUMS states ({expected}), not the published one "
+                f"({d['published_md5']}): a re-packed or synthetic archive, not the file published on Zenodo"
             )
         if d.get("error"):
             print(f"ingest: WARNING {name}: {d['error']}; the pairs whose files were not reached are quarantined")

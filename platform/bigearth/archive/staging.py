@@ -338,6 +338,8 @@ def staged_download_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]
         "size",
         "md5",
         "published_md5",
+        "expected_md5",
+        "md5_source",
         "md5_matches",
         "seconds",
         "error",

@@ -3,9 +3,14 @@ one pass, without extracting anything and without seeking.
 
 `TarStream(chunks, compression)` yields `Member(name, data, offset)` for every regular file and records what it
 met on the way (`damage`: tar headers that failed their checksum and were skipped up to the next valid header;
-`error`: the compressed stream ended early or is corrupt, after which nothing can be read, as a single zstd frame
-or gzip stream cannot be resumed in the middle). Handles GNU long names (`L`), pax headers (`x`, `g`), ustar
-prefixes and directory entries, which are skipped.
+malformed pax records, GNU long names and sparse members, each skipped with the member it describes; members,
+long names and pax headers larger than their caps, never held: the reader resyncs on the next valid header;
+`error`: the compressed stream ended early or is corrupt, or `MAX_RESYNC` bytes passed without a valid header,
+after which nothing more is read, as a single zstd frame or gzip stream cannot be resumed in the middle).
+Nothing read is trusted: every length is bounded before anything is buffered, decompression hands out at most
+`OUTPUT_PIECE` bytes per call whatever the ratio (a bomb costs time, never memory), no input makes the reader
+loop without consuming bytes, and the damage kept is bounded (`MAX_DAMAGE_NOTES`, the rest counted). Handles GNU
+long names (`L`), pax headers (`x`, `g`), ustar prefixes and directory entries, which are skipped.
 """
 
 from __future__ import annotations
@@ -25,7 +30,13 @@ _ZERO = bytes(BLOCK)
 READ_CHUNK = 8 << 20  # compressed bytes per read from storage (at most QUEUED + 2 chunks in memory)
 QUEUED = 3
 DECOMPRESS_PIECE = 1 << 20  # compressed bytes per decompress call
-MAX_MEMBER = 1 << 30  # no archive file comes near this: a larger size field is damage
+OUTPUT_PIECE = 2 << 20  # at most this many uncompressed bytes per decompress call, whatever the ratio
+MAX_MEMBER = 64 << 20  # no archive file comes near this (a band is < 1 MB): a larger member is damage, skipped
+MAX_NAME = 64 << 10  # a GNU long name (or link name) larger than this is damage
+MAX_PAX = 1 << 20  # a pax extended header larger than this is damage
+MAX_SIZE_FIELD = 8 << 30  # what a ustar size field can hold: a larger (base-256 or pax) size is damage
+MAX_DAMAGE_NOTES = 200  # damage messages kept per download (the rest counted)
+MAX_RESYNC = 256 << 20  # this many tar bytes without a valid header: the rest of the download is quarantined
 
 
 @dataclass(frozen=True)
@@ -94,70 +105,96 @@ class _Counting:
                 self._q.get(timeout=0.1)
 
 
-def _decompressed(chunks: Iterator[bytes], compression: str, state: dict[str, Any]) -> Iterator[bytes]:
-    """Uncompressed bytes of a zstd frame or gzip stream; sets state['error'] if it ends early or is corrupt."""
-    compressed = 0
-    if compression == "zstd":
-        import zstandard
+def _zstd() -> Any:
+    """The zstd decompressor with a bounded output per call: the standard library's from 3.14, its backport before."""
+    try:
+        from compression import zstd  # type: ignore[import-not-found]
+    except ImportError:
+        from backports import zstd  # type: ignore[no-redef]
+    return zstd
 
-        d: Any = zstandard.ZstdDecompressor().decompressobj()
-        errors: tuple[type[BaseException], ...] = (zstandard.ZstdError,)
-    elif compression == "gzip":
-        d = zlib.decompressobj(wbits=31)
-        errors = (zlib.error,)
-    elif compression == "none":
-        d = None
-        errors = ()
-    else:
+
+class _Inflater:
+    """One zstd frame or gzip member, decompressed at most `OUTPUT_PIECE` bytes per call (a small frame that expands
+    a thousand-fold is handed out piece by piece, never inflated whole)."""
+
+    def __init__(self, compression: str) -> None:
+        self.gzip = compression == "gzip"
+        self.d: Any = zlib.decompressobj(wbits=31) if self.gzip else _zstd().ZstdDecompressor()
+
+    @property
+    def eof(self) -> bool:
+        return bool(self.d.eof)
+
+    @property
+    def unused_data(self) -> bytes:
+        return bytes(self.d.unused_data)
+
+    def feed(self, data: bytes) -> Iterator[bytes]:
+        """The output of `data`, in pieces of at most OUTPUT_PIECE bytes."""
+        if self.gzip:
+            while True:
+                out = self.d.decompress(data, OUTPUT_PIECE)
+                data = self.d.unconsumed_tail
+                if out:
+                    yield out
+                if self.d.eof or (not data and len(out) < OUTPUT_PIECE):
+                    return
+        out = self.d.decompress(data, OUTPUT_PIECE)
+        while True:
+            if out:
+                yield out
+            if self.d.eof or self.d.needs_input:
+                return
+            out = self.d.decompress(b"", OUTPUT_PIECE)
+
+
+def _errors(compression: str) -> tuple[type[BaseException], ...]:
+    return (zlib.error,) if compression == "gzip" else (_zstd().ZstdError,)
+
+
+def _decompressed(chunks: Iterator[bytes], compression: str, state: dict[str, Any]) -> Iterator[bytes]:
+    """Uncompressed bytes of a zstd frame or gzip stream (pieces of at most OUTPUT_PIECE bytes); sets
+    state['error'] if it ends early or is corrupt."""
+    if compression == "none":
+        yield from chunks
+        return
+    if compression not in ("zstd", "gzip"):
         raise ValueError(f"unknown compression {compression!r}")
+    errors = _errors(compression)
+    compressed = 0
+    d = _Inflater(compression)
     done = False  # the last frame/member ended and only zero padding followed
     for big in chunks:
-        if d is None:
-            compressed += len(big)
-            yield big
-            continue
         view = memoryview(big)
-        for i in range(0, len(view), DECOMPRESS_PIECE):  # small outputs: no large transient buffers
+        for i in range(0, len(view), DECOMPRESS_PIECE):
             chunk = bytes(view[i : i + DECOMPRESS_PIECE])
             compressed += len(chunk)
-            out = b""
             try:
                 while chunk:
                     if d.eof:  # another gzip member or zstd frame, or the zero padding some tools add
                         if not chunk.strip(b"\0"):
                             done = True
                             break
-                        d = _decoder(compression)
+                        d = _Inflater(compression)
                     done = False
-                    out += d.decompress(chunk)
+                    yield from d.feed(chunk)
                     chunk = d.unused_data if d.eof else b""
             except errors as e:
-                if out:
-                    yield out
                 state["error"] = f"the {compression} stream is corrupt near compressed byte {compressed:,} ({e})"
                 return
-            if out:
-                yield out
-    if d is not None and not (d.eof or done):
+    if not (d.eof or done):
         state["error"] = f"the {compression} stream ends early, after {compressed:,} bytes (truncated download)"
 
 
-def _decoder(compression: str) -> Any:
-    if compression == "zstd":
-        import zstandard
-
-        return zstandard.ZstdDecompressor().decompressobj()
-    return zlib.decompressobj(wbits=31)
-
-
-def _octal(field_: bytes) -> int:
+def _octal(field_: bytes | bytearray) -> int:
     if field_ and field_[0] & 0x80:  # GNU base-256 for large sizes
         return int.from_bytes(field_[1:], "big")
     text = field_.split(b"\0", 1)[0].strip()
     return int(text, 8) if text else 0
 
 
-def _valid_header(h: bytes) -> bool:
+def _valid_header(h: bytes | bytearray) -> bool:
     field_ = h[148:156]
     try:
         stored = int(field_.split(b"\0", 1)[0].strip() or b"0", 8)
@@ -166,22 +203,45 @@ def _valid_header(h: bytes) -> bool:
     return stored == sum(h) - sum(field_) + 8 * 32  # the checksum field counts as spaces
 
 
+class PaxError(ValueError):
+    """A pax extended header that does not follow `<length> <key>=<value>\\n` records."""
+
+
 def _pax(data: bytes) -> dict[str, str]:
+    """The records of a pax extended header. Every record must be `<decimal length> <key>=<value>\\n`, its length
+    counting the whole record and ending inside `data`; NUL padding may follow the last. Anything else raises
+    PaxError (pax data is not covered by the header checksum: one bad digit must not stop the reader)."""
     out: dict[str, str] = {}
-    pos = 0
-    while pos < len(data):
-        sp = data.find(b" ", pos)
-        if sp < 0:
-            break
-        try:
-            length = int(data[pos:sp])
-        except ValueError:
-            break
-        record = data[sp + 1 : pos + length - 1]
-        key, _, value = record.partition(b"=")
+    pos, n = 0, len(data)
+    while pos < n:
+        if data[pos] == 0:
+            if data.count(0, pos) == n - pos:  # NUL padding after the last record
+                break
+            raise PaxError(f"a NUL byte inside the records at byte {pos}")
+        sp = data.find(b" ", pos, pos + 21)  # a length of at most 20 digits
+        digits = data[pos:sp] if sp >= 0 else b""
+        if not digits or not digits.isdigit():
+            raise PaxError(f"the record at byte {pos} has no decimal length ({data[pos : pos + 20]!r})")
+        length = int(digits)
+        if length < len(digits) + 4:  # the digits, a space, at least `k=` and the newline
+            raise PaxError(f"the record at byte {pos} states a length of {length}, shorter than the record itself")
+        end = pos + length
+        if end > n:
+            raise PaxError(f"the record at byte {pos} states a length of {length}, past the header's {n} bytes")
+        if data[end - 1] != 0x0A:
+            raise PaxError(f"the record at byte {pos} (length {length}) does not end with a newline")
+        key, eq, value = data[sp + 1 : end - 1].partition(b"=")
+        if not eq or not key:
+            raise PaxError(f"the record at byte {pos} is not key=value")
         out[key.decode("utf-8", "replace")] = value.decode("utf-8", "replace")
-        pos += length
+        pos = end
+    size = out.get("size")
+    if size is not None and not (size.isascii() and size.isdigit()):
+        raise PaxError(f"its size {size[:40]!r} is not a decimal number")
     return out
+
+
+_META = {b"L": "GNU long name", b"K": "GNU long link name", b"x": "pax header", b"X": "pax header", b"g": "pax header"}
 
 
 @dataclass
@@ -193,102 +253,208 @@ class TarStream:
     damage: list[str] = field(default_factory=list)
     state: dict[str, Any] = field(default_factory=dict)
     ended_cleanly: bool = False  # an end-of-archive marker was read
+    at: int = 0  # the tar offset of the header being read
+    unnoted: int = 0  # damage past MAX_DAMAGE_NOTES, counted only
 
     @property
     def error(self) -> str | None:
         return self.state.get("error")
 
     def __iter__(self) -> Iterator[Member]:
-        buf = b""  # the current window of the uncompressed tar
+        try:
+            yield from self._members()
+            if self.unnoted:
+                self.damage.append(f"... and {self.unnoted:,} more pieces of damage like these")
+        except Exception as e:  # a fault of the parser itself must not kill the staging task: the rest is lost
+            self.state.setdefault(
+                "error",
+                f"the tar stream could not be parsed past tar byte {self.at:,} ({type(e).__name__}: {e}): "
+                "the rest of the download is quarantined",
+            )
+
+    def _members(self) -> Iterator[Member]:
+        buf = bytearray()  # the current window of the uncompressed tar
         pos = 0  # position in buf
         base = 0  # tar offset of buf[0]
         source = _decompressed(iter(self.chunks), self.compression, self.state)
         exhausted = False
+        long_name: str | None = None
+        pax: dict[str, str] = {}
+        drop: str | None = None  # why the next member cannot be trusted (its pax or long name was damaged)
+        skipping_from: int | None = None
+        skip_why = ""
 
         def fill(n: int) -> bool:
-            nonlocal buf, pos, base, exhausted
+            """At least n unread bytes in buf (False at the end of the stream). Appends in place (no copy of what
+            is buffered) and drops what was read only once it is most of the buffer: linear in the bytes read."""
+            nonlocal pos, base, exhausted
             while len(buf) - pos < n and not exhausted:
                 try:
                     more = next(source)
                 except StopIteration:
                     exhausted = True
                     break
-                buf = buf[pos:] + more  # copies the (small) unread tail once per decompressed chunk
-                base += pos
-                pos = 0
+                if pos and pos >= len(buf) // 2:
+                    del buf[:pos]
+                    base += pos
+                    pos = 0
+                buf.extend(more)
             return len(buf) - pos >= n
 
-        long_name: str | None = None
-        pax: dict[str, str] = {}
-        skipping_from: int | None = None
+        def discard(n: int) -> bool:
+            """Skip n bytes without holding them (False if the stream ends first)."""
+            nonlocal pos
+            while n > 0:
+                if len(buf) == pos and not fill(1):
+                    return False
+                step = min(n, len(buf) - pos)
+                pos += step
+                n -= step
+            return True
+
+        def resync(why: str) -> None:
+            nonlocal skipping_from, skip_why, long_name, pax, drop
+            if skipping_from is None:
+                skipping_from, skip_why = base + pos, why
+                long_name, pax, drop = None, {}, None  # they named the damaged member, not the next one
+
+        def end_resync(tail: str = "the member(s) there were skipped") -> None:
+            nonlocal skipping_from
+            if skipping_from is not None:
+                self._note(f"tar bytes {skipping_from:,}-{base + pos:,} hold no valid header ({skip_why}): {tail}")
+                skipping_from = None
+
         while len(buf) - pos >= BLOCK or fill(BLOCK):
-            header = buf[pos : pos + BLOCK]
+            self.at = base + pos
+            if skipping_from is not None and base + pos - skipping_from > MAX_RESYNC:
+                self.state.setdefault(
+                    "error",
+                    f"tar bytes {skipping_from:,}-{base + pos:,} hold no valid header ({skip_why}): more than "
+                    f"{MAX_RESYNC >> 20} MiB without one, the rest of the download is quarantined",
+                )
+                return
+            header = buf[pos : pos + BLOCK]  # a bytearray copy of one block
             if header == _ZERO:
                 if skipping_from is None:
                     self.ended_cleanly = True
                     return
                 if (len(buf) - pos >= 2 * BLOCK or fill(2 * BLOCK)) and buf[pos + BLOCK : pos + 2 * BLOCK] == _ZERO:
-                    self.damage.append(
-                        f"tar bytes {skipping_from:,}-{base + pos:,} hold no valid header (checksum mismatch): "
-                        "the member(s) there were skipped"
-                    )
+                    end_resync()
                     self.ended_cleanly = True  # the end-of-archive marker, after the damage
                     return
                 pos += BLOCK  # zeros inside damage: keep looking for the next header
                 continue
             if not _valid_header(header):
-                if skipping_from is None:
-                    skipping_from = base + pos
-                long_name, pax = None, {}  # they named the damaged member, not the next one
+                resync("checksum mismatch")
                 pos += BLOCK
                 continue
-            if skipping_from is not None:
-                self.damage.append(
-                    f"tar bytes {skipping_from:,}-{base + pos:,} hold no valid header (checksum mismatch): "
-                    "the member(s) there were skipped"
-                )
-                skipping_from = None
+            end_resync()
             offset = base + pos
+            kind = bytes(header[156:157])
             try:
-                size = int(pax["size"]) if "size" in pax else _octal(header[124:136])
+                size = int(pax["size"]) if "size" in pax and kind not in _META else _octal(header[124:136])
             except ValueError:
                 size = -1
-            if not 0 <= size <= MAX_MEMBER:  # a garbage size field: treat the header as damaged
-                if skipping_from is None:
-                    skipping_from = base + pos
-                long_name, pax = None, {}
+            if not 0 <= size < MAX_SIZE_FIELD:  # a garbage size field: treat the header as damaged
+                resync(f"a header at tar byte {offset:,} states an impossible size")
                 pos += BLOCK
                 continue
-            kind = header[156:157]
             name = header[0:100].split(b"\0", 1)[0].decode("utf-8", "replace")
             if header[257:263] == b"ustar\x00":  # POSIX ustar: a prefix field
                 prefix = header[345:500].split(b"\0", 1)[0].decode("utf-8", "replace")
                 if prefix:
                     name = f"{prefix}/{name}"
+            why: str | None = None
+            if kind in _META:
+                cap = MAX_PAX if kind in (b"x", b"X", b"g") else MAX_NAME
+                if size > cap:  # a wrong or hostile size field: nothing is buffered, the reader resyncs
+                    resync(f"the {_META[kind]} at tar byte {offset:,} states {size:,} bytes, more than {cap:,}")
+                    if kind != b"g":  # the member it describes is dropped when its header comes
+                        drop = f"its {_META[kind]} at tar byte {offset:,} is damaged"
+                    pos += BLOCK
+                    continue
+            else:
+                if pax.get("path"):
+                    name = pax["path"]
+                elif long_name is not None:
+                    name = long_name
+                if size > MAX_MEMBER:  # a wrong size field, or a bomb: nothing is buffered, the reader resyncs
+                    resync(
+                        f"the member {name} at tar byte {offset:,} states {size:,} bytes, more than the "
+                        f"{MAX_MEMBER >> 20} MiB any archive file has"
+                    )
+                    pos += BLOCK
+                    continue
+                sparse = kind == b"S" or (bool(pax) and any(k.startswith("GNU.sparse.") for k in pax))
+                why, long_name, pax, drop = drop, None, {}, None
+                if why is None and sparse:
+                    why = "a sparse file (no archive file is one)"
+                if why is not None and kind in (b"0", b"\0", b"7", b"S"):
+                    self._note(f"the member {name} at tar byte {offset:,} is skipped: {why}")
+            pos += BLOCK
+            if kind == b"S" and header[482]:  # old GNU sparse: extension headers follow, outside `size`
+                extended = True
+                while extended:
+                    if not fill(BLOCK):
+                        return
+                    extended = bool(buf[pos + 504])
+                    pos += BLOCK
+                    if base + pos - offset > MAX_RESYNC:
+                        resync(f"the sparse member at tar byte {offset:,} has endless extension headers")
+                        break
+                if skipping_from is not None:
+                    continue
             padded = -(-size // BLOCK) * BLOCK
-            if len(buf) - pos < BLOCK + padded and not fill(BLOCK + padded):
+            if why is not None:  # a member not to trust, but its header is sound: step over its data exactly
+                if not discard(padded):
+                    return
+                continue
+            if len(buf) - pos < padded and not fill(padded):
                 # the stream ended inside this member: it is lost (the caller reports the missing files)
                 return
-            data = buf[pos + BLOCK : pos + BLOCK + size]
-            pos += BLOCK + padded
+            data = _take(buf, pos, size)
+            pos += padded
             if kind == b"L":
                 long_name = data.split(b"\0", 1)[0].decode("utf-8", "replace")
+                if not long_name:
+                    long_name = None
+                    self._meta_damage(kind, offset, "it is empty")
+                    drop = f"its GNU long name at tar byte {offset:,} is empty"
                 continue
-            if kind in (b"x", b"X"):
-                pax = _pax(data)
+            if kind in (b"x", b"X", b"g"):
+                try:
+                    parsed = _pax(data)
+                except PaxError as e:
+                    self._meta_damage(kind, offset, str(e))
+                    if kind != b"g":  # a global header names no member
+                        drop = f"its pax header at tar byte {offset:,} is malformed"
+                    continue
+                if kind != b"g":
+                    pax = parsed
                 continue
-            if kind in (b"g", b"K"):
+            if kind == b"K":
                 continue
-            if pax.get("path"):
-                name = pax["path"]
-            elif long_name is not None:
-                name = long_name
-            long_name, pax = None, {}
             if kind in (b"0", b"\0", b"7"):
                 yield Member(name, data, offset)
             # directories, links, devices: not archive files, skipped
-        if skipping_from is not None:
-            self.damage.append(f"tar bytes {skipping_from:,}-{base + pos:,} hold no valid header (checksum mismatch)")
+        end_resync("the member(s) there were lost")
+
+    def _note(self, damage: str) -> None:
+        """Record one piece of damage; past MAX_DAMAGE_NOTES only count them (a hostile download cannot grow the
+        record without bound)."""
+        if len(self.damage) < MAX_DAMAGE_NOTES:
+            self.damage.append(damage)
+        else:
+            self.unnoted += 1
+
+    def _meta_damage(self, kind: bytes, offset: int, why: str) -> None:
+        self._note(f"the {_META[kind]} at tar byte {offset:,} is malformed ({why})")
+
+
+def _take(buf: bytearray, start: int, n: int) -> bytes:
+    """buf[start:start + n] as bytes, copied once (a bytearray slice would copy twice)."""
+    with memoryview(buf) as view:
+        return bytes(view[start : start + n])
 
 
 def open_download(f: BinaryIO, compression: str, on_bytes: Any = None) -> tuple[TarStream, _Counting]:

@@ -55,6 +55,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: OUT/_ingest/staged; needs about the downloads' uncompressed size)",
     )
     p.add_argument("--keep-staging", action="store_true", help="downloads only: keep the staged members at the end")
+    p.add_argument(
+        "--accept-checksum-mismatch",
+        action="store_true",
+        help="downloads only: ingest a download whose md5 differs from the expected one (the published md5, or "
+        "the one an MD5SUMS file beside the downloads states); without it the ingest stops before any shard",
+    )
     add_storage_args(p)
 
 
@@ -77,6 +83,7 @@ def run(a: argparse.Namespace) -> int:
         concurrency=a.concurrency,
         staging=a.staging,
         keep_staging=a.keep_staging,
+        accept_checksum_mismatch=a.accept_checksum_mismatch,
     )
     if m.quarantined:
         print(f"quarantined pairs (first 20 of {len(m.quarantined)}; all in {a.out}/manifest.json):")

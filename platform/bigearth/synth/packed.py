@@ -5,17 +5,21 @@ maps): each ONE zstd frame (level 6) of a GNU tar built from the sorted file lis
 entries), reproducible (mtime 0, owner 0/0, mode 0644), and the metadata parquet files beside them.
 v1: `BigEarthNet-S2-v1.0.tar.gz` (top folder `BigEarthNet-v1.0/`) and `BigEarthNet-S1-v1.0.tar.gz`, one gzip
 stream each; the official-format lists are copied to `lists/`.
+Both: an `MD5SUMS` file (md5sum's format) states each download's md5, as a mirror would: a synthetic file under a
+published name differs from the published digest by design, and the ingest checks it against this one instead.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import os
 import tarfile
 from collections.abc import Iterable
 from typing import Any
 
+from bigearth.archive.checksums import MD5SUMS, format_md5sums
 from bigearth.archive.layouts.base import Download
 from bigearth.archive.layouts.v1_downloads import V1_DOWNLOADS
 from bigearth.archive.layouts.v2_downloads import V2_DOWNLOADS
@@ -72,12 +76,15 @@ def pack_archive(folder: str, out: str, version: str, storage: StorageOptions | 
     fs, root = open_fs(out, storage)
     fs.makedirs(root, exist_ok=True)
     downloads = V2_DOWNLOADS if version == "v2" else V1_DOWNLOADS
-    counts = {}
+    counts, digests = {}, {}
     for d in downloads:
         if not os.path.isdir(os.path.join(folder, d.top)):
             continue
         with fs.open(join(root, d.name), "wb") as f:
             counts[d.name] = write_download(f, folder, d)
+        digests[d.name] = _md5(fs, join(root, d.name))
+    with fs.open(join(root, MD5SUMS), "w") as f:
+        f.write(format_md5sums(digests))
     extras = [V2_METADATA, V2_SNOW_CLOUD_METADATA] if version == "v2" else []
     for name in extras:
         if os.path.exists(os.path.join(folder, name)):
@@ -88,3 +95,11 @@ def pack_archive(folder: str, out: str, version: str, storage: StorageOptions | 
         for name in sorted(os.listdir(lists)):
             fs.put_file(os.path.join(lists, name), join(root, "lists", name))
     return counts
+
+
+def _md5(fs: Any, path: str) -> str:
+    h = hashlib.md5()
+    with fs.open(path, "rb") as f:
+        while block := f.read(8 << 20):
+            h.update(block)
+    return h.hexdigest()
