@@ -191,8 +191,11 @@ class VectorIndex(ABC):
         return builder
 
     def publish(self) -> None:
-        """Make this object's version the live one (one atomic step), then remove all but it and the previous."""
-        self._switch(self._pinned())
+        """Make this object's version the live one (one atomic step), then remove all but it and the previous.
+        Lets go of the engine first (the embedded engine opens a folder once at a time: the readers' turn)."""
+        version = self._pinned()
+        self._forget()
+        self._switch(version)
         self.prune()
 
     def discard(self) -> None:

@@ -40,6 +40,7 @@ class EdgeIndex(VectorIndex):
         self.home = os.path.join(target, collection)
         self.pointer = os.path.join(self.home, "current")
         self._shard: Any = None
+        self._written = False
         self._meta: dict[str, Any] | None = None
 
     @property
@@ -58,13 +59,12 @@ class EdgeIndex(VectorIndex):
         return name
 
     def _pinned(self) -> str:
-        try:
-            return super()._pinned()
-        except VectorIndexError:
+        if self.version is None and self.live_version() is None:
             raise VectorIndexError(
                 f"{self.describe()}: no such collection (expected {os.path.join(self.home, COLLECTION_META)} or "
                 f"{self.pointer}); run jobs/index.py first"
-            ) from None
+            )
+        return super()._pinned()
 
     def _versions(self) -> list[str]:
         names = os.listdir(self.home) if os.path.isdir(self.home) else []
@@ -143,6 +143,7 @@ class EdgeIndex(VectorIndex):
         )
         os.makedirs(self.root, exist_ok=True)
         self._shard = qe.EdgeShard.create(os.path.join(self.root, "shard"), config)
+        self._written = True
         kinds = {
             "keyword": qe.PayloadSchemaType.Keyword,
             "datetime": qe.PayloadSchemaType.Datetime,
@@ -174,12 +175,14 @@ class EdgeIndex(VectorIndex):
             qe.Point(point_id(pid), {name: lists[name][i] for name in lists}, dict(payloads[i]))
             for i, pid in enumerate(patch_ids)
         ]
+        self._written = True
         self.shard.update(qe.UpdateOperation.upsert_points(points))
 
     def finish(self) -> None:
         self.shard.flush()
         self.shard.optimize()
         self.shard.flush()
+        self._written = False
 
     def _filter(self, flt: SearchFilter | None, exclude: Sequence[str] = ()) -> Any:
         import qdrant_edge as qe
@@ -247,6 +250,8 @@ class EdgeIndex(VectorIndex):
 
     def close(self) -> None:
         if self._shard is not None:
-            self._shard.flush()
-            self._shard.close()
-            self._shard = None
+            shard, self._shard = self._shard, None
+            if self._written:  # a reader has nothing to flush (and its version may be removed by now)
+                shard.flush()
+            shard.close()
+            self._written = False
