@@ -135,6 +135,8 @@ def test_reindex_updates_instead_of_duplicating(index: VectorIndex) -> None:
 def test_a_different_model_cannot_silently_reuse_a_collection(index: VectorIndex) -> None:
     with pytest.raises(VectorIndexError, match=r"holds vectors .* this model gives"):
         index.create({"fused": 64}, {"model": "other"})
+    with pytest.raises(VectorIndexError, match=r"was filled from something else \(model 'unit' there, 'other' asked\)"):
+        index.create({"fused": DIM, "s1": 4}, {"model": "other"})  # the same sizes: still another model's points
     index.create({"fused": 64}, {"model": "other"}, recreate=True)
     assert index.count() == 0 and index.metadata()["vectors"] == {"fused": 64}
 

@@ -37,6 +37,9 @@ COLLECTION_META = "collection.json"
 VERSION = re.compile(r"v\d{8}T\d{12}-[0-9a-f]{6}")  # a version: when its build started (UTC, to the µs), 6 random hex
 
 
+VECTOR_KEYS = ("vectors", "quantization", "vector_kinds")  # how vectors are stored: checked by `create` on their own
+
+
 def new_version(existing: Sequence[str] = ()) -> str:
     """A version name that sorts after every one in `existing` (by its time, even if the clock went back) and
     never collides."""
@@ -241,7 +244,7 @@ class VectorIndex(ABC):
             if have != dict(vectors) and not recreate:
                 raise VectorIndexError(
                     f"{self.describe()}: holds vectors {have}, this model gives {dict(vectors)}; "
-                    "index into another collection or pass recreate=True (--recreate) to replace it"
+                    "index into another collection or pass recreate=True to replace it"
                 )
             differs = {  # collections made before a key existed: int8 was the only quantization; kinds unknown
                 key: (old.get(key, default), meta.get(key))
@@ -252,7 +255,14 @@ class VectorIndex(ABC):
                 said = "; ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in differs.items())
                 raise VectorIndexError(
                     f"{self.describe()}: stores its vectors differently ({said}); index into another collection "
-                    "or pass recreate=True (--recreate) to replace it"
+                    "or pass recreate=True to replace it"
+                )
+            others = {k: d for k, d in self.differences(vectors, metadata).items() if k not in VECTOR_KEYS}
+            if others and not recreate:  # another model's or shard set's points: a rebuild, never a silent mix
+                said = "; ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in others.items())
+                raise VectorIndexError(
+                    f"{self.describe()}: was filled from something else ({said}); rebuild it (each run of "
+                    "jobs/index.py builds a new version) or pass recreate=True"
                 )
             if not recreate:
                 return
