@@ -138,18 +138,22 @@ class Retriever:
         import logging
 
         log = logging.getLogger(__name__)
-        current = self._index
+        current, live = self._index, None
         try:
-            if current.live_version() in (None, current.version):
+            live = current.live_version()
+            if live in (None, current.version):
                 return
             fresh = self._checked_open()
-        except Exception as e:  # keep answering from the open version
-            log.warning(
-                "index %s: still on version %r, the live one cannot be opened: %s",
-                current.describe(),
-                current.version,
-                e,
-            )
+        except Exception as e:  # keep answering from the open version; say so once per live version
+            if live != getattr(self, "_refused", ...):
+                self._refused = live
+                log.warning(
+                    "index %s: still on version %r, the live one (%r) cannot be opened: %s",
+                    current.describe(),
+                    current.version,
+                    live,
+                    e,
+                )
             return
         stale, self._before, self._index = self._before, current, fresh
         log.info("index %s: now on version %r (was %r)", fresh.describe(), fresh.version, current.version)
