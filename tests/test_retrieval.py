@@ -135,6 +135,8 @@ def test_reindex_updates_instead_of_duplicating(index: VectorIndex) -> None:
 def test_a_different_model_cannot_silently_reuse_a_collection(index: VectorIndex) -> None:
     with pytest.raises(VectorIndexError, match=r"holds vectors .* this model gives"):
         index.create({"fused": 64}, {"model": "other"})
+    with pytest.raises(VectorIndexError, match=r"was filled from something else \(model 'unit' there, 'other' asked\)"):
+        index.create({"fused": DIM, "s1": 4}, {"model": "other"})  # the same sizes: still another model's points
     index.create({"fused": 64}, {"model": "other"}, recreate=True)
     assert index.count() == 0 and index.metadata()["vectors"] == {"fused": 64}
 
@@ -286,3 +288,144 @@ def test_a_bare_date_to_includes_that_day_from_python_and_from_json() -> None:
     with pytest.raises(ValidationError, match="date_to"):
         SearchFilter(date_to="2017-13-45")
     assert SearchFilter(date_to="2017-06-13T10:00:00Z").bounds()[1].startswith("2017-06-13T10:00:00")  # type: ignore[union-attr]
+
+
+def _target(engine: str, tmp_path: Path) -> str:
+    return str(tmp_path / "index") if engine == "edge" else f"qdrant-local:{tmp_path / 'qdrant'}"
+
+
+def _versions(idx: VectorIndex) -> list[str]:
+    return idx._versions()  # what is on disk / on the server: the live, previous and any other versions
+
+
+def test_a_rebuild_is_invisible_until_published_then_nothing_of_the_old_survives(index: VectorIndex) -> None:
+    """Another model's vectors of the same size, fewer pairs: the open reader keeps the old version until it
+    reopens; once switched, no old point or metadata is seen; two switches later the old version is gone."""
+    ids, vectors, payloads = _corpus(seed=2)
+    old = index.version
+    builder = index.rebuild({"fused": DIM, "s1": 4}, {"model": "other"})
+    builder.upsert(ids[:10], {k: v[:10] for k, v in vectors.items()}, payloads[:10])
+    builder.finish()
+    assert open_index(index.target, "test").live_version() == old  # not switched yet
+    assert index.count() == N
+    builder.publish()
+    assert index.live_version() == builder.version != old
+    assert index.count() == N and index.metadata()["model"] == "unit"  # the open reader: its version, intact
+    fresh = open_index(index.target, "test")
+    try:
+        assert fresh.count() == 10 and fresh.metadata()["model"] == "other"
+        assert (
+            fresh.retrieve([ids[50]]) == {} and fresh.search(vectors["fused"][50], "fused", k=1)[0].patch_id != ids[50]
+        )
+    finally:
+        fresh.close()
+    assert _versions(index) == [old, builder.version]  # the previous is kept for readers still on it
+    builder.close()
+    again = index.rebuild({"fused": DIM, "s1": 4}, {"model": "third"})
+    again.publish()
+    assert old not in _versions(builder) and _versions(builder) == [builder.version, again.version]
+    again.close()
+
+
+def test_a_failed_rebuild_leaves_the_live_version_and_is_cleaned_up(index: VectorIndex) -> None:
+    ids, vectors, payloads = _corpus(seed=2)
+    live = index.live_version()
+    half = index.rebuild({"fused": DIM, "s1": 4}, {"model": "other"})
+    half.upsert(ids[:5], {k: v[:5] for k, v in vectors.items()}, payloads[:5])
+    half.discard()  # what the job does when it fails
+    assert index.live_version() == live and _versions(index) == [live]
+    killed = index.rebuild({"fused": DIM, "s1": 4}, {"model": "other"})
+    killed.upsert(ids[:5], {k: v[:5] for k, v in vectors.items()}, payloads[:5])
+    killed.close()  # never published nor discarded: a killed job
+    assert index.live_version() == live and index.count() == N and len(_versions(index)) == 2
+    nxt = index.rebuild({"fused": DIM, "s1": 4}, {"model": "next"})  # the next run removes the leftover first
+    assert _versions(index) == [live, nxt.version]
+    nxt.discard()
+    assert _versions(index) == [live]
+
+
+def test_a_collection_made_before_versions_is_replaced_by_its_first_rebuild(tmp_path: Path) -> None:
+    """Qdrant: a plain collection named like the alias; embedded: collection.json and shard/ at the top."""
+    from bigearth.retrieval.qdrant import QdrantIndex
+
+    ids, vectors, payloads = _corpus()
+    for engine in ("edge", "qdrant-local"):
+        target = _target(engine, tmp_path)
+        idx = open_index(target, "test")
+        legacy = idx._at("test" if engine == "qdrant-local" else "")  # how the old code laid it out
+        legacy._create({"fused": DIM}, {"model": "unit", "vectors": {"fused": DIM}})
+        legacy.upsert(ids[:7], {"fused": vectors["fused"][:7]}, payloads[:7])
+        legacy.close()
+        assert idx.count() == 7 and idx.version == ("test" if isinstance(idx, QdrantIndex) else "")
+        new = idx.rebuild({"fused": DIM}, {"model": "new"})
+        new.upsert(ids[:3], {"fused": vectors["fused"][:3]}, payloads[:3])
+        new.publish()
+        fresh = open_index(target, "test")
+        assert fresh.count() == 3 and fresh.metadata()["model"] == "new"
+        fresh.close()
+        if engine == "edge":  # the open reader keeps its files until the next switch
+            assert idx.count() == 7
+        again = new.rebuild({"fused": DIM}, {"model": "again"})
+        again.publish()
+        assert _versions(idx) == [new.version, again.version], engine
+        for x in (again, new, idx):
+            x.close()
+
+
+def test_the_embedded_engine_switches_with_a_rename_and_refuses_a_foreign_pointer(tmp_path: Path) -> None:
+    from bigearth.retrieval.backends import VERSION, new_version
+
+    idx = open_index(str(tmp_path), "c")
+    idx.create({"fused": 4}, {"model": "unit"})
+    pointer = tmp_path / "c" / "current"
+    assert VERSION.fullmatch(pointer.read_text().strip()) and not list((tmp_path / "c").glob("*.tmp"))
+    pointer.write_text("../../etc\n")
+    with pytest.raises(VectorIndexError, match=r"current: expected the name of a version folder"):
+        open_index(str(tmp_path), "c").count()
+    idx.close()
+    later = "v20990101T000000000000-abcdef"
+    assert new_version([later]) > later and new_version() < later  # after every existing one, even a clock behind
+
+
+KILL = """
+import os, signal, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from test_retrieval import _corpus
+from bigearth.retrieval import open_index
+ids, vectors, payloads = _corpus(seed=5)
+b = open_index({target!r}, "test").rebuild({{"fused": 32, "s1": 4}}, {{"model": "killed"}})
+b.upsert(ids[:40], {{k: v[:40] for k, v in vectors.items()}}, payloads[:40])
+b.finish()
+print(b.version, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_rebuild_killed_mid_way_leaves_the_old_version_answering(tmp_path: Path) -> None:
+    """The embedded engine is a folder: another process rebuilds it while this one reads, and is killed."""
+    import os
+    import subprocess
+    import sys
+
+    target = str(tmp_path / "index")
+    idx = open_index(target, "test")
+    ids, vectors, payloads = _corpus()
+    idx.create({"fused": DIM, "s1": 4}, {"model": "unit"})
+    idx.upsert(ids, vectors, payloads)
+    idx.finish()
+    live = idx.live_version()
+    code = KILL.format(tests=str(Path(__file__).parent), target=target)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120)
+    assert run.returncode == -9, run.stderr[-2000:]
+    partial = run.stdout.strip()
+    assert (tmp_path / "index" / "test" / partial).is_dir() and idx.live_version() == live
+    assert idx.count() == N and idx.search(vectors["fused"][9], "fused", k=1)[0].patch_id == ids[9]
+    idx.close()  # the embedded engine opens a folder once at a time
+    fresh = open_index(target, "test")
+    assert fresh.count() == N and fresh.metadata()["model"] == "unit"
+    nxt = fresh.rebuild({"fused": DIM, "s1": 4}, {"model": "next"})
+    assert not (tmp_path / "index" / "test" / partial).exists()  # cleaned up by the next run
+    nxt.close()
+    fresh.close()

@@ -3,7 +3,9 @@
     bigearth index --checkpoint RUN_OR_CHECKPOINT --data SHARDS_URI --index TARGET [--collection NAME]
 
 TARGET: a folder (the embedded engine, no server) or an http(s):// Qdrant URL (API key: --api-key or
-QDRANT_API_KEY). Re-running updates the points in place (ids are UUID5 of the patch ids).
+QDRANT_API_KEY). Every run builds a new version of the collection and switches to it when complete (a service
+keeps answering from the old one; a failed run leaves it); `--add` upserts into the live version instead, only when
+it was built from the same checkpoint and shard set (e.g. to add a split).
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--gpus-per-actor", type=float, default=0)
     p.add_argument("--batch-size", type=int, default=128, help="pairs per model call")
     p.add_argument("--upsert-batch", type=int, default=512, help="points per write to the index")
-    p.add_argument("--recreate", action="store_true", help="drop the collection first if it holds other vectors")
+    p.add_argument("--recreate", action="store_true", help="kept for old scripts: every run builds a new version")
+    p.add_argument("--add", action="store_true", help="upsert into the live version (same checkpoint and shard set)")
     p.add_argument("--report", help="also write the JSON report here")
     p.add_argument(
         "--quantization",
@@ -55,6 +58,7 @@ def run(a: argparse.Namespace) -> int:
         actors=a.actors,
         gpus_per_actor=a.gpus_per_actor,
         recreate=a.recreate,
+        add=a.add,
         settings=IndexSettings(quantization=a.quantization),
     )
     print(json.dumps(report))

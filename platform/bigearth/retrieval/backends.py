@@ -1,19 +1,31 @@
 """Two engines behind one small interface (`VectorIndex`), chosen by the target:
 
 - a folder (the default): the embedded engine, Qdrant's own HNSW engine in-process (`qdrant-edge-py`); the
-  collection is the folder `TARGET/COLLECTION/` (the engine's shard plus `collection.json`);
+  collection is the folder `TARGET/COLLECTION/`: one folder per version (the engine's shard plus `collection.json`)
+  and the file `current` naming the live one;
 - `http://` / `https://`: a Qdrant server through `qdrant-client` (API key from the argument or `QDRANT_API_KEY`);
 - `qdrant-local:PATH` or `qdrant-local::memory:`: qdrant-client's local mode (exact brute force in Python: for
   tests and small experiments, same client code path as a server).
 
 Both pass the same contract tests (tests/test_retrieval.py).
+
+Versions: a collection's name points at one version, the live one (on Qdrant an alias to the collection
+`COLLECTION-v<UTC time to the µs>-<6 hex>`, in the embedded engine the file `current`). A rebuild fills a new
+version while readers keep the live one and switches the name in one step when it is complete (`publish`); the
+previous version is kept for readers that have not looked again yet, older ones and the leftovers of rebuilds that
+never finished are removed. A reader stays on the version it opened (`version`) until it asks (`live_version`).
+A collection made before versions (a plain Qdrant collection, or a folder with `collection.json` at its top) is
+the version `""` (embedded engine) or the collection itself (Qdrant), replaced by the first rebuild.
 """
 
 from __future__ import annotations
 
+import re
+import secrets
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
@@ -22,6 +34,20 @@ from bigearth.retrieval.schema import Hit, IndexRecord, SearchFilter, point_id
 
 DEFAULT_COLLECTION = "bigearthnet"
 COLLECTION_META = "collection.json"
+VERSION = re.compile(r"v\d{8}T\d{12}-[0-9a-f]{6}")  # a version: when its build started (UTC, to the µs), 6 random hex
+
+
+VECTOR_KEYS = ("vectors", "quantization", "vector_kinds")  # how vectors are stored: checked by `create` on their own
+
+
+def new_version(existing: Sequence[str] = ()) -> str:
+    """A version name that sorts after every one in `existing` (by its time, even if the clock went back) and
+    never collides."""
+    now = datetime.now(UTC).replace(tzinfo=None)
+    stamps = [datetime.strptime(v[1:22], "%Y%m%dT%H%M%S%f") for v in existing if VERSION.fullmatch(v)]
+    if stamps and max(stamps) >= now:
+        now = max(stamps) + timedelta(microseconds=1)
+    return now.strftime("v%Y%m%dT%H%M%S%f") + "-" + secrets.token_hex(3)
 
 
 class VectorIndexError(LookupError):
@@ -61,12 +87,46 @@ class VectorIndex(ABC):
 
     def __init__(self, target: str, collection: str) -> None:
         self.target, self.collection = target, collection
+        self.version: str | None = None  # the version this object reads or writes (None: the live one, on first use)
 
     def describe(self) -> str:
         return f"{self.target} (collection {self.collection!r})"
 
+    def exists(self) -> bool:
+        return (self.version if self.version is not None else self.live_version()) is not None
+
     @abstractmethod
-    def exists(self) -> bool: ...
+    def live_version(self) -> str | None:
+        """The version the collection's name points at now (asked each time: a file read or one Qdrant call);
+        None when there is none."""
+
+    @abstractmethod
+    def _versions(self) -> list[str]:
+        """Every version of this collection there is, live, previous, older or half-built."""
+
+    @abstractmethod
+    def _switch(self, version: str) -> None:
+        """Point the collection's name at `version`, in one step."""
+
+    @abstractmethod
+    def _remove(self, version: str) -> None:
+        """Delete a version (never the live one)."""
+
+    @abstractmethod
+    def _at(self, version: str) -> VectorIndex:
+        """Another object on the same target and collection, reading and writing `version`."""
+
+    def _forget(self) -> None:  # noqa: B027 - an optional hook
+        """Let go of what this object holds of its version (an open engine, cached metadata)."""
+
+    def _pinned(self) -> str:
+        """The version this object reads: the live one when it is first asked, then that one until reopened."""
+        if self.version is None:
+            live = self.live_version()
+            if live is None:
+                raise VectorIndexError(f"{self.describe()}: no such collection; run jobs/index.py first")
+            self.version = live
+        return self.version
 
     @abstractmethod
     def _create(self, vectors: dict[str, int], metadata: dict[str, Any]) -> None: ...
@@ -119,9 +179,63 @@ class VectorIndex(ABC):
         """Release the engine."""
 
     # ---- shared logic
+    def _meta_for(self, vectors: dict[str, int], metadata: dict[str, Any] | None) -> dict[str, Any]:
+        settings: IndexSettings = getattr(self, "settings", None) or IndexSettings()
+        return {**(metadata or {}), "vectors": dict(vectors), "quantization": settings.quantization or "none"}
+
+    def rebuild(self, vectors: dict[str, int], metadata: dict[str, Any] | None = None) -> VectorIndex:
+        """A new, empty version of this collection that readers do not see: fill it (`upsert`), `finish()`, then
+        `publish()`; or `discard()` it. Leftovers of rebuilds that never published are removed first (one index
+        job at a time writes a collection)."""
+        self.prune()
+        names = [v.removeprefix(self.collection + "-") for v in self._versions()]  # Qdrant's: COLLECTION-v...
+        builder = self._at(new_version(names))
+        builder._create(dict(vectors), self._meta_for(vectors, metadata))
+        return builder
+
+    def publish(self) -> None:
+        """Make this object's version the live one (one atomic step), then remove all but it and the previous.
+        Lets go of the engine first (the embedded engine opens a folder once at a time: the readers' turn)."""
+        version = self._pinned()
+        self._forget()
+        self._switch(version)
+        self.prune()
+
+    def discard(self) -> None:
+        """Remove this object's version unless it is live (a rebuild that failed): the live one keeps serving."""
+        if self.version is not None and self.version != self.live_version():
+            self._forget()
+            self._remove(self.version)
+
+    def prune(self) -> None:
+        """Remove every version but the live one and the one before it (readers that have not looked again still
+        read it): older ones, and rebuilds that never published."""
+        live = self.live_version()
+        if live is None:
+            return
+        versions = self._versions()
+        keep = {live, max((v for v in versions if v < live), default=live)}
+        for v in versions:
+            if v not in keep and v != self.version:
+                self._remove(v)
+
+    def differences(
+        self, vectors: dict[str, int], metadata: dict[str, Any] | None = None
+    ) -> dict[str, tuple[Any, Any]]:
+        """What the live version stores differently from what `metadata` (and `vectors`) describe: field ->
+        (there, asked). Collections made before a field existed: int8 was the only quantization."""
+        meta, old = self._meta_for(vectors, metadata), self.metadata()
+        return {
+            key: (old.get(key, "int8" if key == "quantization" else None), want)
+            for key, want in meta.items()
+            if old.get(key, "int8" if key == "quantization" else None) != want
+        }
+
     def create(self, vectors: dict[str, int], metadata: dict[str, Any] | None = None, recreate: bool = False) -> None:
         """Create the collection, or check that the existing one stores the same vectors the same way (the same
-        sizes, kinds and quantization): then a re-run updates it in place."""
+        sizes, kinds and quantization): then a re-run updates it in place. `recreate`: a new empty version, live at
+        once (the old one is kept as the previous version for its readers, never deleted under them); the indexing
+        job uses `rebuild` instead, which switches only when the new version is full."""
         settings: IndexSettings = getattr(self, "settings", None) or IndexSettings()
         meta = {**(metadata or {}), "vectors": dict(vectors), "quantization": settings.quantization or "none"}
         if self.exists():
@@ -130,7 +244,7 @@ class VectorIndex(ABC):
             if have != dict(vectors) and not recreate:
                 raise VectorIndexError(
                     f"{self.describe()}: holds vectors {have}, this model gives {dict(vectors)}; "
-                    "index into another collection or pass recreate=True (--recreate) to replace it"
+                    "index into another collection or pass recreate=True to replace it"
                 )
             differs = {  # collections made before a key existed: int8 was the only quantization; kinds unknown
                 key: (old.get(key, default), meta.get(key))
@@ -141,15 +255,22 @@ class VectorIndex(ABC):
                 said = "; ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in differs.items())
                 raise VectorIndexError(
                     f"{self.describe()}: stores its vectors differently ({said}); index into another collection "
-                    "or pass recreate=True (--recreate) to replace it"
+                    "or pass recreate=True to replace it"
+                )
+            others = {k: d for k, d in self.differences(vectors, metadata).items() if k not in VECTOR_KEYS}
+            if others and not recreate:  # another model's or shard set's points: a rebuild, never a silent mix
+                said = "; ".join(f"{k} {a!r} there, {b!r} asked" for k, (a, b) in others.items())
+                raise VectorIndexError(
+                    f"{self.describe()}: was filled from something else ({said}); rebuild it (each run of "
+                    "jobs/index.py builds a new version) or pass recreate=True"
                 )
             if not recreate:
                 return
-            self._drop()
-        self._create(dict(vectors), meta)
-
-    def _drop(self) -> None:
-        raise NotImplementedError
+        builder = self.rebuild(vectors, metadata)
+        builder.publish()
+        builder.close()
+        self._forget()
+        self.version = None  # the new live one on next use
 
     def check_vector(self, using: str, vector: Sequence[float] | np.ndarray) -> list[float]:
         sizes: dict[str, int] = self.metadata()["vectors"]

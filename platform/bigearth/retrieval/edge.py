@@ -12,6 +12,7 @@ import numpy as np
 from bigearth.retrieval.backends import (
     COLLECTION_META,
     DEFAULT_COLLECTION,
+    VERSION,
     IndexSettings,
     VectorIndex,
     VectorIndexError,
@@ -24,7 +25,9 @@ from bigearth.retrieval.schema import PAYLOAD_INDEXES, Hit, IndexRecord, SearchF
 class EdgeIndex(VectorIndex):
     """Qdrant's engine in-process: HNSW, payload indexes, scalar quantization, persisted in a folder.
 
-    One process writes at a time (the indexing job); readers open the folder once and keep it open.
+    One process writes at a time (the indexing job); readers open a version once and keep it open. The collection
+    is the folder `TARGET/COLLECTION/`: a folder per version and the file `current` naming the live one (replaced
+    whole, by a rename); a collection made before versions has its `collection.json` at the top (the version "").
     """
 
     def __init__(
@@ -34,12 +37,75 @@ class EdgeIndex(VectorIndex):
         if "://" in target:
             raise VectorIndexError(f"{target}: the embedded engine needs a local folder (or an http(s):// Qdrant URL)")
         self.settings = settings or IndexSettings()
-        self.root = os.path.join(target, collection)
+        self.home = os.path.join(target, collection)
+        self.pointer = os.path.join(self.home, "current")
         self._shard: Any = None
+        self._written = False
         self._meta: dict[str, Any] | None = None
 
-    def exists(self) -> bool:
-        return os.path.exists(os.path.join(self.root, COLLECTION_META))
+    @property
+    def root(self) -> str:
+        """The folder of the version this object reads or writes."""
+        return os.path.join(self.home, self._pinned()) if self._pinned() else self.home
+
+    def live_version(self) -> str | None:
+        try:
+            with open(self.pointer) as f:
+                name = f.read().strip()
+        except FileNotFoundError:
+            return "" if os.path.exists(os.path.join(self.home, COLLECTION_META)) else None
+        if not VERSION.fullmatch(name):
+            raise VectorIndexError(f"{self.pointer}: expected the name of a version folder (v<UTC time>-<6 hex>)")
+        return name
+
+    def _pinned(self) -> str:
+        if self.version is None and self.live_version() is None:
+            raise VectorIndexError(
+                f"{self.describe()}: no such collection (expected {os.path.join(self.home, COLLECTION_META)} or "
+                f"{self.pointer}); run jobs/index.py first"
+            )
+        return super()._pinned()
+
+    def _versions(self) -> list[str]:
+        names = os.listdir(self.home) if os.path.isdir(self.home) else []
+        legacy = [""] if os.path.exists(os.path.join(self.home, COLLECTION_META)) else []
+        return legacy + sorted(n for n in names if VERSION.fullmatch(n))
+
+    def _switch(self, version: str) -> None:
+        """Write `current` under another name, flush it, rename it over the old one (atomic on POSIX), flush the
+        folder: a reader sees the old name or the new one, a crash leaves one of them."""
+        tmp = f"{self.pointer}.{os.getpid()}.tmp"
+        with open(tmp, "w") as f:
+            f.write(version + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.pointer)
+        fd = os.open(self.home, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _remove(self, version: str) -> None:
+        import shutil
+
+        if version == self.version:
+            self._forget()
+        if version:
+            shutil.rmtree(os.path.join(self.home, version), ignore_errors=True)
+        else:  # the collection made before versions: its files at the top
+            shutil.rmtree(os.path.join(self.home, "shard"), ignore_errors=True)
+            if os.path.exists(os.path.join(self.home, COLLECTION_META)):
+                os.remove(os.path.join(self.home, COLLECTION_META))
+
+    def _at(self, version: str) -> EdgeIndex:
+        other = EdgeIndex(self.target, self.collection, self.settings)
+        other.version = version
+        return other
+
+    def _forget(self) -> None:
+        self.close()
+        self._meta = None
 
     def metadata(self) -> dict[str, Any]:
         if self._meta is None:
@@ -77,6 +143,7 @@ class EdgeIndex(VectorIndex):
         )
         os.makedirs(self.root, exist_ok=True)
         self._shard = qe.EdgeShard.create(os.path.join(self.root, "shard"), config)
+        self._written = True
         kinds = {
             "keyword": qe.PayloadSchemaType.Keyword,
             "datetime": qe.PayloadSchemaType.Datetime,
@@ -87,13 +154,6 @@ class EdgeIndex(VectorIndex):
             self._shard.update(qe.UpdateOperation.create_field_index(field, kinds[kind]))
         with open(os.path.join(self.root, COLLECTION_META), "w") as f:
             json.dump({**metadata, "engine": "qdrant-edge", "settings": s.__dict__}, f, indent=1)
-        self._meta = None
-
-    def _drop(self) -> None:
-        import shutil
-
-        self.close()
-        shutil.rmtree(self.root)
         self._meta = None
 
     @property
@@ -115,12 +175,14 @@ class EdgeIndex(VectorIndex):
             qe.Point(point_id(pid), {name: lists[name][i] for name in lists}, dict(payloads[i]))
             for i, pid in enumerate(patch_ids)
         ]
+        self._written = True
         self.shard.update(qe.UpdateOperation.upsert_points(points))
 
     def finish(self) -> None:
         self.shard.flush()
         self.shard.optimize()
         self.shard.flush()
+        self._written = False
 
     def _filter(self, flt: SearchFilter | None, exclude: Sequence[str] = ()) -> Any:
         import qdrant_edge as qe
@@ -188,6 +250,8 @@ class EdgeIndex(VectorIndex):
 
     def close(self) -> None:
         if self._shard is not None:
-            self._shard.flush()
-            self._shard.close()
-            self._shard = None
+            shard, self._shard = self._shard, None
+            if self._written:  # a reader has nothing to flush (and its version may be removed by now)
+                shard.flush()
+            shard.close()
+            self._written = False

@@ -1,5 +1,11 @@
 """Fill an index with every pair of a shard set: a Ray Data actor pool embeds (the model loaded once per actor, a
-GPU each when asked for), the driver upserts into the index in batches (`jobs/index.py`)."""
+GPU each when asked for), the driver upserts into the index in batches (`jobs/index.py`).
+
+Every run builds a new version of the collection and switches to it only once it holds every pair it should
+(`VectorIndex.rebuild` / `publish`): a service keeps answering from the live version throughout, a failed or killed
+run leaves it as it was (the half-built version is removed then, or by the next run), and nothing of an earlier
+model or of pairs no longer in the shards survives. `add=True` instead upserts into the live version, and only when
+it was built from the same checkpoint (weights digest), shard set, bands and vectors (e.g. to add a split)."""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ import numpy as np
 import pyarrow as pa
 
 from bigearth.evaluation import Predictor
-from bigearth.retrieval.backends import DEFAULT_COLLECTION, IndexSettings, open_index
+from bigearth.retrieval.backends import DEFAULT_COLLECTION, IndexSettings, VectorIndex, VectorIndexError, open_index
 from bigearth.secrets import redact
 from bigearth.storage import StorageOptions
 
@@ -65,8 +71,11 @@ def build_index(
     recreate: bool = False,
     settings: IndexSettings | None = None,
     progress: bool = True,
+    add: bool = False,
 ) -> dict[str, Any]:
-    """Embed and upsert every pair of `splits` (default: all) of the shard set `data`; return a report."""
+    """Embed every pair of `splits` (default: all) of the shard set `data` into a new version of the collection and
+    switch to it when complete (`recreate` is what every run does now; kept for callers); `add`: upsert into the
+    live version instead (same checkpoint and shard set only); return a report."""
     from tqdm import tqdm
 
     from bigearth.data import open_split
@@ -85,47 +94,62 @@ def build_index(
     manifest = Manifest.load(*open_fs(data, storage))
     total = sum(s["rows"] for s in manifest.shards if splits is None or s["split"] in splits)
 
+    described = {
+        "model": meta["model"],
+        "checkpoint": redact(best),
+        "checkpoint_digest": weights_digest(best, storage),
+        "bands": list(spec.bands),
+        "num_classes": 19,
+        "data": redact(data),
+        "vector_kinds": {n: v.kind for n, v in spec.vectors.items()},
+    }
     index = open_index(target, collection, api_key=api_key, settings=settings)
-    index.create(
-        sizes,
-        {
-            "model": meta["model"],
-            "checkpoint": redact(best),
-            "bands": list(spec.bands),
-            "num_classes": 19,
-            "data": redact(data),
-            "vector_kinds": {n: v.kind for n, v in spec.vectors.items()},
-        },
-        recreate=recreate,
-    )
-    ds = open_split(
-        data, splits, bands=list(spec.bands), shuffle_files=False, storage=storage, extra_columns=PAYLOAD_COLUMNS
-    ).map_batches(
-        Embedder,
-        fn_constructor_kwargs={"checkpoint": ref, "storage": storage},
-        batch_size=batch_size,
-        batch_format="pyarrow",
-        concurrency=actors,
-        num_gpus=gpus_per_actor or None,
-    )
-    per_split: dict[str, int] = {}
-    upserted = 0
-    with tqdm(total=total, desc=f"index {collection}", unit="pair", disable=not progress) as bar:
-        for b in ds.iter_batches(batch_format="numpy", batch_size=upsert_batch):
-            ids = [str(x) for x in b["patch_id"]]
-            pl = [json.loads(x) for x in b["payload"]]
-            index.upsert(ids, {name: b[f"v_{name}"] for name in sizes}, pl)
-            for p in pl:
-                per_split[p["split"]] = per_split.get(p["split"], 0) + 1
-            upserted += len(ids)
-            bar.update(len(ids))
-    t_embed = time.perf_counter() - t0
-    index.finish()
-    count = index.count()
-    index.close()
-    report = {
+    try:
+        builder = _target_version(index, sizes, described, add)
+    except BaseException:
+        index.close()
+        raise
+    try:
+        ds = open_split(
+            data, splits, bands=list(spec.bands), shuffle_files=False, storage=storage, extra_columns=PAYLOAD_COLUMNS
+        ).map_batches(
+            Embedder,
+            fn_constructor_kwargs={"checkpoint": ref, "storage": storage},
+            batch_size=batch_size,
+            batch_format="pyarrow",
+            concurrency=actors,
+            num_gpus=gpus_per_actor or None,
+        )
+        per_split: dict[str, int] = {}
+        upserted = 0
+        with tqdm(total=total, desc=f"index {collection}", unit="pair", disable=not progress) as bar:
+            for b in ds.iter_batches(batch_format="numpy", batch_size=upsert_batch):
+                ids = [str(x) for x in b["patch_id"]]
+                pl = [json.loads(x) for x in b["payload"]]
+                builder.upsert(ids, {name: b[f"v_{name}"] for name in sizes}, pl)
+                for p in pl:
+                    per_split[p["split"]] = per_split.get(p["split"], 0) + 1
+                upserted += len(ids)
+                bar.update(len(ids))
+        t_embed = time.perf_counter() - t0
+        if upserted != total:  # before the switch: the live version stays
+            raise RuntimeError(f"indexed {upserted} pairs but the manifest lists {total} for splits {splits or 'all'}")
+        builder.finish()
+        count = builder.count()
+        if not add:
+            builder.publish()
+    except BaseException:
+        if not add:
+            log.error("indexing failed: %s keeps its live version; removing the unfinished one", index.describe())
+            builder.discard()
+        raise
+    finally:
+        builder.close()
+        index.close()
+    return {
         "target": redact(target),
         "collection": collection,
+        "version": builder.version,
         "checkpoint": redact(best),
         "data": redact(data),
         "vectors": sizes,
@@ -136,6 +160,32 @@ def build_index(
         "embed_and_upsert_s": round(t_embed, 1),
         "total_s": round(time.perf_counter() - t0, 1),
     }
-    if upserted != total:
-        raise RuntimeError(f"indexed {upserted} pairs but the manifest lists {total} for splits {splits or 'all'}")
-    return report
+
+
+def _target_version(index: VectorIndex, sizes: dict[str, int], described: dict[str, Any], add: bool) -> VectorIndex:
+    """Where a run writes: a new version (a rebuild), or with `add` the live one, if it was built from the same."""
+    if not add:
+        return index.rebuild(sizes, described)
+    differs = index.differences(sizes, described)
+    if differs:
+        said = "; ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differs.items())
+        raise VectorIndexError(
+            f"{index.describe()}: --add upserts only into a version built from the same checkpoint and shard set "
+            f"({said}); run without --add to rebuild it"
+        )
+    return index
+
+
+def weights_digest(checkpoint: str, storage: StorageOptions | None) -> str:
+    """The first 12 hex digits of the sha256 of a checkpoint's weights (what `LoadedModel.digest` says)."""
+    import hashlib
+
+    from bigearth.models.checkpoints import MODEL_FILE
+    from bigearth.storage import join, open_fs
+
+    fs, root = open_fs(checkpoint, storage)
+    h = hashlib.sha256()
+    with fs.open(join(root, MODEL_FILE), "rb") as f:
+        while chunk := f.read(1 << 22):
+            h.update(chunk)
+    return h.hexdigest()[:12]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +13,7 @@ import tenacity
 
 from bigearth.retrieval.backends import (
     DEFAULT_COLLECTION,
+    VERSION,
     IndexSettings,
     VectorIndex,
     VectorIndexError,
@@ -20,9 +22,41 @@ from bigearth.retrieval.backends import (
 )
 from bigearth.retrieval.schema import PAYLOAD_INDEXES, Hit, IndexRecord, SearchFilter, point_id
 
+_LOCAL: dict[str, list[Any]] = {}  # folder -> [client, users]: qdrant-client's local mode allows one per folder
+_LOCAL_LOCK = threading.Lock()
+
+
+def _local_client(folder: str) -> Any:
+    """The process's one client of a local-mode folder (a second one is refused by qdrant-client's lock)."""
+    from qdrant_client import QdrantClient
+
+    key = os.path.realpath(folder)
+    with _LOCAL_LOCK:
+        if key not in _LOCAL:
+            _LOCAL[key] = [QdrantClient(path=folder), 0]
+        _LOCAL[key][1] += 1
+        return _LOCAL[key][0]
+
+
+def _release_local(folder: str) -> None:
+    key = os.path.realpath(folder)
+    with _LOCAL_LOCK:
+        entry = _LOCAL.get(key)
+        if entry is not None:
+            entry[1] -= 1
+            if entry[1] <= 0:
+                del _LOCAL[key]
+                entry[0].close()
+
 
 class QdrantIndex(VectorIndex):
-    """A collection on a Qdrant server (or in qdrant-client's local mode, the same client API)."""
+    """A collection on a Qdrant server (or in qdrant-client's local mode, the same client API).
+
+    The collection's name is an alias of its live version, the collection `COLLECTION-v<UTC time>-<6 hex>`; a
+    rebuild moves the alias with one `update_collection_aliases` call (delete and create together). Local mode
+    keeps aliases too (in its `meta.json`, replaced whole); it lets one client open a folder, so the objects of one
+    process on the same folder share one, and another process waits until it is closed.
+    """
 
     def __init__(
         self,
@@ -31,17 +65,22 @@ class QdrantIndex(VectorIndex):
         api_key: str | None = None,
         settings: IndexSettings | None = None,
         timeout: int = 60,
+        client: Any = None,
     ) -> None:
         super().__init__(target, collection)
         from qdrant_client import QdrantClient
 
         self.settings = settings or IndexSettings()
         self.local = target.startswith("qdrant-local:")
-        if self.local:
+        location = target.removeprefix("qdrant-local:")
+        self._folder = location if self.local and location != ":memory:" else None
+        self._own_client = client is None
+        if client is not None:  # another object's (a rebuild's): closed by that one
+            self.client = client
+        elif self.local:
             # Local mode ignores payload indexes and search params (exact search); say so once, not per call.
             warnings.filterwarnings("ignore", message="(Payload indexes|Local mode performs)", category=UserWarning)
-            location = target.removeprefix("qdrant-local:")
-            self.client = QdrantClient(location=":memory:") if location == ":memory:" else QdrantClient(path=location)
+            self.client = QdrantClient(location=":memory:") if self._folder is None else _local_client(location)
         else:
             self.client = QdrantClient(url=target, api_key=api_key or os.environ.get("QDRANT_API_KEY"), timeout=timeout)
         self._meta: dict[str, Any] | None = None
@@ -49,14 +88,55 @@ class QdrantIndex(VectorIndex):
     def describe(self) -> str:
         return f"{self.target} (collection {self.collection!r})"
 
-    def exists(self) -> bool:
-        return bool(self.client.collection_exists(self.collection))
+    @property
+    def name(self) -> str:
+        """The Qdrant collection this object reads or writes (a version, or a collection made before versions)."""
+        return self._pinned()
+
+    def live_version(self) -> str | None:
+        aliases = {a.alias_name: a.collection_name for a in self.client.get_aliases().aliases}
+        if self.collection in aliases:
+            return aliases[self.collection]
+        return self.collection if self.client.collection_exists(self.collection) else None
+
+    def _versions(self) -> list[str]:
+        names = [c.name for c in self.client.get_collections().collections]
+        prefix = self.collection + "-"
+        mine = sorted(n for n in names if n.startswith(prefix) and VERSION.fullmatch(n[len(prefix) :]))
+        return ([self.collection] if self.collection in names else []) + mine
+
+    def _switch(self, version: str) -> None:
+        from qdrant_client import models as m
+
+        aliases = {a.alias_name for a in self.client.get_aliases().aliases}
+        if self.collection not in aliases and self.client.collection_exists(self.collection):
+            # a collection made before versions holds the name: it goes, the alias takes its place at once
+            self.client.delete_collection(self.collection)
+        ops: list[Any] = [m.DeleteAliasOperation(delete_alias=m.DeleteAlias(alias_name=self.collection))]
+        ops = ops if self.collection in aliases else []
+        ops.append(
+            m.CreateAliasOperation(create_alias=m.CreateAlias(collection_name=version, alias_name=self.collection))
+        )
+        self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def _remove(self, version: str) -> None:
+        if version == self.version:
+            self._forget()
+        self.client.delete_collection(version)
+
+    def _at(self, version: str) -> QdrantIndex:
+        other = QdrantIndex(self.target, self.collection, settings=self.settings, client=self.client)
+        other.version = f"{self.collection}-{version}" if VERSION.fullmatch(version) else version
+        return other
+
+    def _forget(self) -> None:
+        self._meta = None
 
     def metadata(self) -> dict[str, Any]:
         if self._meta is None:
-            if not self.exists():
+            if not self.client.collection_exists(self.name):
                 raise VectorIndexError(f"{self.describe()}: no such collection; run jobs/index.py first")
-            info = self.client.get_collection(self.collection)
+            info = self.client.get_collection(self.name)
             meta = dict(info.config.metadata or {})
             vectors = info.config.params.vectors
             meta["vectors"] = {name: int(p.size) for name, p in vectors.items()}  # type: ignore[union-attr]
@@ -79,7 +159,7 @@ class QdrantIndex(VectorIndex):
             return None
 
         self.client.create_collection(
-            self.collection,
+            self.name,
             vectors_config={
                 name: m.VectorParams(
                     size=size,
@@ -102,11 +182,7 @@ class QdrantIndex(VectorIndex):
             "bool": m.PayloadSchemaType.BOOL,
         }
         for field, kind in PAYLOAD_INDEXES.items():
-            self.client.create_payload_index(self.collection, field, kinds[kind], wait=True)
-        self._meta = None
-
-    def _drop(self) -> None:
-        self.client.delete_collection(self.collection)
+            self.client.create_payload_index(self.name, field, kinds[kind], wait=True)
         self._meta = None
 
     def upsert(
@@ -123,7 +199,7 @@ class QdrantIndex(VectorIndex):
         retrying = tenacity.Retrying(
             stop=tenacity.stop_after_attempt(4), wait=tenacity.wait_exponential(0.5), reraise=True
         )
-        retrying(self.client.upsert, self.collection, points=points, wait=True)
+        retrying(self.client.upsert, self.name, points=points, wait=True)
 
     def _filter(self, flt: SearchFilter | None, exclude: Sequence[str] = ()) -> Any:
         from qdrant_client import models as m
@@ -143,7 +219,7 @@ class QdrantIndex(VectorIndex):
 
         query = self.check_vector(using, vector)
         result = self.client.query_points(
-            self.collection,
+            self.name,
             query=query,
             using=using,
             limit=k,
@@ -165,7 +241,7 @@ class QdrantIndex(VectorIndex):
 
     def retrieve(self, patch_ids: Sequence[str], with_vectors: bool = False) -> dict[str, IndexRecord]:
         records = self.client.retrieve(
-            self.collection, [point_id(p) for p in patch_ids], with_payload=True, with_vectors=with_vectors
+            self.name, [point_id(p) for p in patch_ids], with_payload=True, with_vectors=with_vectors
         )
         out = {}
         for r in records:
@@ -175,20 +251,26 @@ class QdrantIndex(VectorIndex):
         return out
 
     def count(self, flt: SearchFilter | None = None) -> int:
-        return int(self.client.count(self.collection, count_filter=self._filter(flt), exact=True).count)
+        return int(self.client.count(self.name, count_filter=self._filter(flt), exact=True).count)
 
     def scroll(
         self, flt: SearchFilter | None = None, limit: int = 24, cursor: str | None = None
     ) -> tuple[list[IndexRecord], str | None]:
         records, after = self.client.scroll(
-            self.collection, scroll_filter=self._filter(flt), limit=limit, offset=cursor, with_payload=True
+            self.name, scroll_filter=self._filter(flt), limit=limit, offset=cursor, with_payload=True
         )
         page = [IndexRecord(patch_id=(r.payload or {})["patch_id"], payload=r.payload or {}) for r in records]
         return page, None if after is None else str(after)
 
     def facet(self, key: str, flt: SearchFilter | None = None, limit: int = 100) -> dict[str, int]:
-        found = self.client.facet(self.collection, key, facet_filter=self._filter(flt), limit=limit, exact=True)
+        found = self.client.facet(self.name, key, facet_filter=self._filter(flt), limit=limit, exact=True)
         return {str(h.value): int(h.count) for h in found.hits}
 
     def close(self) -> None:
-        self.client.close()
+        if not self._own_client:
+            return
+        if self._folder is not None:
+            _release_local(self._folder)
+            self._own_client = False  # closed once
+        else:
+            self.client.close()

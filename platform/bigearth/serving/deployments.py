@@ -84,19 +84,84 @@ class Classifier:
 
 # ------------------------------------------------------------------------------------------------ Retriever
 class Retriever:
-    """The vector index and the shard set (patch lookups)."""
+    """The vector index and the shard set (patch lookups).
+
+    A re-index builds a new version of the collection and switches to it when complete; the Retriever looks at
+    most every `recheck_s` seconds whether the live version changed (a file read, or one Qdrant call) and then
+    opens it, keeping the one before open for requests still on it, and answers from the old one if the new one
+    cannot be read."""
+
+    recheck_s = 1.0
 
     def __init__(self, index: str, collection: str, data: str, api_key_file: str | None = None) -> None:
+        import threading
+
         from bigearth.patches import PatchStore
         from bigearth.retrieval import open_index
         from bigearth.serving.args import read_qdrant_key
         from bigearth.storage import StorageOptions
 
         # read here, in the replica: a key passed as an argument would be stored in the Serve config
-        self.index = open_index(index, collection, api_key=read_qdrant_key(api_key_file))
-        self.meta = self.index.metadata()
-        self.index.count()  # fail at start-up, not on the first request, when the index cannot be read
+        key = read_qdrant_key(api_key_file)
+        self._open = lambda: open_index(index, collection, api_key=key)
+        self._index = self._checked_open()  # fail at start-up, not on the first request, when it cannot be read
+        self._before: Any = None  # the version before, open for requests that started on it
+        self._looked, self._following = time.monotonic(), threading.Lock()
         self.store = PatchStore(data, StorageOptions.from_env())
+
+    def _checked_open(self) -> Any:
+        index = self._open()
+        try:
+            index.metadata()
+            index.count()
+        except BaseException:
+            index.close()
+            raise
+        return index
+
+    @property
+    def index(self) -> Any:
+        """The open version of the index, the live one once it has been looked for (see the class)."""
+        if time.monotonic() - self._looked >= self.recheck_s and self._following.acquire(blocking=False):
+            try:
+                self._follow()
+            finally:
+                self._looked = time.monotonic()
+                self._following.release()
+        return self._index
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return dict(self.index.metadata())
+
+    def _follow(self) -> None:
+        import logging
+
+        log = logging.getLogger(__name__)
+        current, live = self._index, None
+        try:
+            live = current.live_version()
+            if live in (None, current.version):
+                return
+            fresh = self._checked_open()
+        except Exception as e:  # keep answering from the open version; say so once per live version
+            if live != getattr(self, "_refused", ...):
+                self._refused = live
+                log.warning(
+                    "index %s: still on version %r, the live one (%r) cannot be opened: %s",
+                    current.describe(),
+                    current.version,
+                    live,
+                    e,
+                )
+            return
+        stale, self._before, self._index = self._before, current, fresh
+        log.info("index %s: now on version %r (was %r)", fresh.describe(), fresh.version, current.version)
+        if stale is not None:
+            try:
+                stale.close()
+            except Exception as e:  # its files may be gone already
+                log.info("index %s: closing version %r: %s", stale.describe(), stale.version, e)
 
     def ready(self) -> dict[str, Any]:
         return {
