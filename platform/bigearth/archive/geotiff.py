@@ -215,6 +215,8 @@ def scan(data: bytes, where: str) -> int:
     head, size, fmt, inline = (8, 20, "HHQ8x", 8) if big else (2, 12, "HHI4x", 4)
     try:
         (ifd,) = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)
+        if ifd + head > len(data):  # (a BigTIFF offset may be past what `struct` takes: OverflowError)
+            raise struct.error("the directory is past the end")
         (n,) = struct.unpack_from(order + ("Q" if big else "H"), data, ifd)
     except struct.error:
         raise RasterError(
