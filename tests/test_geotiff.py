@@ -452,3 +452,12 @@ def test_an_ingest_member_that_breaks_the_decoder_is_quarantined(v2_pairs) -> No
         assert isinstance(bad, Problem) and bad.kind == "corrupt_file", bad
         assert bad.message.startswith(f"{path}: not a readable GeoTIFF (GDAL: UnicodeDecodeError"), bad.message
         assert isinstance(good, dict) and good["patch_id"] == rows[1]["patch_id"]
+
+
+def test_a_directory_offset_past_the_file_is_refused() -> None:
+    """Found by the mutation fuzz: a BigTIFF directory offset too large for `struct` raised OverflowError (a 500)."""
+    for offset in (1 << 40, 1 << 63, (1 << 64) - 1):
+        data = b"II+\0" + struct.pack("<HHQ", 8, 0, offset) + bytes(64)
+        for decode in (geotiff.decode, geotiff.decode_gdal):
+            with pytest.raises(geotiff.RasterError, match=r"^x\.tif: not a readable GeoTIFF$"):
+                decode(data, "x.tif")

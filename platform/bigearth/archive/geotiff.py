@@ -1,7 +1,9 @@
 """GeoTIFF bytes <-> arrays for BigEarthNet bands.
 
 `decode` is the one decoder of untrusted bytes (uploads to the service, members of a download): only a TIFF is
-decoded (its magic bytes are checked first, so GDAL never sees VRT, WMS or other XML, PNG, HDF, ...), in three tiers,
+decoded (its magic bytes are checked first, so GDAL never sees VRT, WMS or other XML, PNG, HDF, ...), and only after
+`scan` has checked its first tag directory with `struct` (a bounded number of known tags, bounded value bytes: the
+decoders below read every tag's value in full), in three tiers,
 each bit-exact with GDAL (a test checks every real file): (1) `decode_layout` reads the IFD of the archive's own file
 layout (the one `encode` writes byte for byte: classic little-endian TIFF, one band, uncompressed contiguous strips,
 UTM `ProjectedCSTypeGeoKey`, tiepoint at pixel 0/0, square pixel scale) with `struct`, ~10 us a file; (2) any other
@@ -11,10 +13,11 @@ listing, sidecar (.aux.xml, .tfw, .ovr) or network access, checked to have read 
 tifffile alone: its tag parsing in Python costs ~200 us a file, 2.8 ms a pair of 14 files, which caps an ingest at
 about 350 pairs/s per core before any other work (measured 130); see docs/benchmarks.md. A `RasterError`'s message is
 in this project's words (it may reach an HTTP client); GDAL's own text, which names internal paths, is only in its
-`detail`, for logs and ingest reports. `encode` writes the
-archive's exact file layout (FACTS.md 1.3 / 2.3): single band, uncompressed, ~8 KiB strips, little-endian, UTM
-GeoKeys, PixelIsArea, LONG strip arrays, optional `GDAL_NODATA` (v2 S2). Its output is byte-identical to the real
-files for the same pixels and georeferencing, which the tests check against the real patches.
+`detail`, for logs and ingest reports. Every failure while decoding, whatever raised it, is a `RasterError`.
+`encode` writes the archive's exact file layout (FACTS.md 1.3 / 2.3): single band, uncompressed, ~8 KiB strips,
+little-endian, UTM GeoKeys, PixelIsArea, LONG strip arrays, optional `GDAL_NODATA` (v2 S2). Its output is
+byte-identical to the real files for the same pixels and georeferencing, which the tests check against the real
+patches.
 """
 
 from __future__ import annotations
