@@ -286,6 +286,15 @@ def test_the_layout_fast_path_reads_no_value_it_does_not_use(tmp_path) -> None: 
         "from bigearth.archive import geotiff\nout = geotiff.decode_layout(data)", bomb, tmp_path
     )
     assert out == "None" and seconds < 1.0
+    upload = """from bigearth.api import ApiError
+from bigearth.serving.inputs import from_geotiffs
+try:
+    out = from_geotiffs([("B02", "x_B02.tif", data)])
+except ApiError as e:
+    out = (e.status, str(e))"""
+    out, seconds = _under_a_memory_limit(upload, bomb, tmp_path)
+    assert out == repr((422, "x_B02.tif: band B02: not a readable GeoTIFF: 20000 TIFF tags, expected at most 64"))
+    assert seconds < 1.0
     good = geotiff.encode(np.ones((120, 120), np.uint16), 32633, 0, 0, 10)
     assert geotiff.decode_layout(good) is not None
     (ifd,) = struct.unpack_from("<I", good, 4)
