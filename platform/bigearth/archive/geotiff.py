@@ -118,6 +118,7 @@ ALLOWED_TAGS = frozenset(
 )
 _BLOCK_ARRAYS = frozenset({273, 279, 324, 325})  # strip / tile offsets and byte counts
 _TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_KNOWN_TYPES = frozenset(_TYPE_BYTES)
 
 
 def is_tiff(data: bytes) -> bool:
@@ -232,23 +233,18 @@ def scan(data: bytes, where: str) -> int:
         raise RasterError(f"{where}: not a readable GeoTIFF", detail=f"the directory of {n} tags is cut short")
     entries = struct.unpack_from(order + fmt * n, data, ifd + head)
     tags, types, counts = entries[0::3], entries[1::3], entries[2::3]
-    unknown = set(tags) - ALLOWED_TAGS
-    if unknown:
+    if not ALLOWED_TAGS.issuperset(tags):
         raise RasterError(
-            f"{where}: not a readable GeoTIFF: TIFF tag {min(unknown)} is not one of a GeoTIFF band "
+            f"{where}: not a readable GeoTIFF: TIFF tag {min(set(tags) - ALLOWED_TAGS)} is not one of a GeoTIFF band "
             "(baseline TIFF, GeoTIFF and GDAL tags only)"
         )
-    if not _TYPE_BYTES.keys() >= set(types):
+    if not _KNOWN_TYPES.issuperset(types):
         raise RasterError(f"{where}: not a readable GeoTIFF", detail=f"unknown TIFF field types {sorted(types)}")
-    outside = 0
-    for tag, typ, count in zip(tags, types, counts, strict=True):
-        if tag in _BLOCK_ARRAYS:
-            if count > MAX_BLOCKS:
-                raise RasterError(
-                    f"{where}: not a readable GeoTIFF: {count} strips or tiles, expected at most {MAX_BLOCKS}"
-                )
-        elif count * _TYPE_BYTES[typ] > inline:
-            outside += count * _TYPE_BYTES[typ]
+    sizes = [count * _TYPE_BYTES[typ] for typ, count in zip(types, counts, strict=True)]
+    outside = sum(size for tag, size in zip(tags, sizes, strict=True) if size > inline and tag not in _BLOCK_ARRAYS)
+    blocks = max((count for tag, count in zip(tags, counts, strict=True) if tag in _BLOCK_ARRAYS), default=0)
+    if blocks > MAX_BLOCKS:
+        raise RasterError(f"{where}: not a readable GeoTIFF: {blocks} strips or tiles, expected at most {MAX_BLOCKS}")
     if outside > MAX_TAG_BYTES:
         raise RasterError(
             f"{where}: not a readable GeoTIFF: {outside} bytes of tag values, expected at most {MAX_TAG_BYTES}"
