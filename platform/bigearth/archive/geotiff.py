@@ -1,9 +1,9 @@
 """GeoTIFF bytes <-> arrays for BigEarthNet bands.
 
 `decode` is the one decoder of untrusted bytes (uploads to the service, members of a download): only a TIFF is
-decoded (its magic bytes are checked first, so GDAL never sees VRT, WMS or other XML, PNG, HDF, ...), and only after
-`scan` has checked its first tag directory with `struct` (a bounded number of known tags, bounded value bytes: the
-decoders below read every tag's value in full), in three tiers,
+decoded (its magic bytes are checked first, so GDAL never sees VRT, WMS or other XML, PNG, HDF, ...), and tifffile
+and GDAL only after `scan` has checked its first tag directory with `struct` (a bounded number of known tags, bounded
+value bytes: both read every tag's value in full), in three tiers,
 each bit-exact with GDAL (a test checks every real file): (1) `decode_layout` reads the IFD of the archive's own file
 layout (the one `encode` writes byte for byte: classic little-endian TIFF, one band, uncompressed contiguous strips,
 UTM `ProjectedCSTypeGeoKey`, tiepoint at pixel 0/0, square pixel scale) with `struct`, ~10 us a file; (2) any other
@@ -154,9 +154,13 @@ def decode(data: bytes, where: str, expect: tuple[tuple[int, int], str] | None =
     allocating them). Every failure is a `RasterError`."""
     if not is_tiff(data):
         raise _not_tiff(data, where)
-    next_at = scan(data, where)  # the tag directory's size, before any decoder reads a value
     try:
-        fast = decode_layout(data) or decode_fast(data)  # uncompressed: the pixels are a view of `data`, not inflated
+        # the archive's layout first: `decode_layout` reads at most 32 of its own tags of at most 256 values each
+        # (within `scan`'s limits); anything else is scanned before tifffile or GDAL reads a value
+        fast = decode_layout(data)
+        if fast is None:
+            next_at = scan(data, where)
+            fast = decode_fast(data)  # uncompressed: the pixels are a view of `data`, not inflated
         if fast is not None:
             _check(where, 1, fast.array.shape, fast.array.dtype.name, expect)
             return fast
@@ -365,6 +369,7 @@ def _next_ifd(data: bytes, tiff: Any, ifd: int) -> int:
 
 _LAYOUT_DTYPES: dict[tuple[int, int], np.dtype[Any]] = {(16, 1): np.dtype("<u2"), (32, 3): np.dtype("<f4")}
 _FIELD = {3: ("H", 2), 4: ("I", 4), 12: ("d", 8), 2: ("s", 1)}  # TIFF type -> struct code, size
+_LAYOUT_TYPES = frozenset(_FIELD)
 
 
 def _values(data: bytes, typ: int, count: int, raw_at: int) -> tuple[Any, ...] | bytes:
@@ -380,12 +385,13 @@ def _values(data: bytes, typ: int, count: int, raw_at: int) -> tuple[Any, ...] |
 #: The tags of the archive's file layout (`encode`'s); a file with any other is not read by `decode_layout`.
 _LAYOUT_TAGS = frozenset({256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 339, 33550, 33922, 34735, 34737, 42113})
 _LAYOUT_MAX_TAGS = 32
-_LAYOUT_MAX_COUNT = 256  # values of one tag other than the strip arrays (GeoKeys: 32, tiepoint: 6)
+_LAYOUT_MAX_COUNT = 256  # values of one tag (GeoKeys: 32, tiepoint: 6, strips: at most 120), within `scan`'s limits
 
 
 def decode_layout(data: bytes) -> Raster | None:
-    """The archive's exact file layout read with `struct`; None for anything that deviates from it. Reads the
-    values of the tags it uses only, each of a bounded count (the strip arrays: at most one entry per row)."""
+    """The archive's exact file layout read with `struct`; None for anything that deviates from it. At most 32 of
+    the layout's own tags of at most 256 values each (within `scan`'s limits, so `decode` needs no scan first);
+    only the values of the tags it uses are read (the strip arrays: at most one entry per row)."""
     try:
         if data[:4] != b"II*\0":
             return None
@@ -395,7 +401,12 @@ def decode_layout(data: bytes) -> Raster | None:
             return None
         raw = struct.unpack_from("<" + "HHI4x" * n, data, ifd + 2)
         fields = {raw[k]: (raw[k + 1], raw[k + 2], ifd + 10 + 4 * k) for k in range(0, 3 * n, 3)}
-        if not fields.keys() <= _LAYOUT_TAGS or len(fields) != n:
+        if (
+            not fields.keys() <= _LAYOUT_TAGS
+            or len(fields) != n
+            or not _LAYOUT_TYPES.issuperset(raw[1::3])
+            or max(raw[2::3], default=0) > _LAYOUT_MAX_COUNT
+        ):
             return None
         if struct.unpack_from("<I", data, ifd + 2 + 12 * n)[0] != 0:  # a second image
             return None
