@@ -302,6 +302,12 @@ except ApiError as e:
     many_strips = bytearray(good)  # StripOffsets claiming 2**30 entries: not the layout, nothing read
     struct.pack_into("<I", many_strips, ifd + 2 + 12 * 5 + 4, 1 << 30)
     assert geotiff.decode_layout(bytes(many_strips)) is None
+    # decode reads the archive's layout without a scan: what decode_layout takes is within the scan's limits
+    long_citation = bytearray(good)  # GeoAsciiParams (not read by the layout) claiming 100,000 bytes
+    struct.pack_into("<I", long_citation, ifd + 2 + 12 * 14 + 4, 100_000)
+    assert geotiff.decode_layout(bytes(long_citation)) is None
+    with pytest.raises(geotiff.RasterError, match=r"^x\.tif: not a readable GeoTIFF: 100\d{3} bytes of tag values"):
+        geotiff.decode(bytes(long_citation), "x.tif")
 
 
 @pytest.mark.parametrize(("order", "big"), _FORMATS)
