@@ -160,7 +160,7 @@ def decode(data: bytes, where: str, expect: tuple[tuple[int, int], str] | None =
         fast = decode_layout(data)
         if fast is None:
             next_at = scan(data, where)
-            fast = decode_fast(data)  # uncompressed: the pixels are a view of `data`, not inflated
+            fast = _decode_fast(data)  # uncompressed: the pixels are a view of `data`, not inflated
         if fast is not None:
             _check(where, 1, fast.array.shape, fast.array.dtype.name, expect)
             return fast
@@ -326,7 +326,16 @@ def _georeferenced(
 
 def decode_fast(data: bytes) -> Raster | None:
     """The archive's kind of GeoTIFF decoded with tifffile, bit-exact with `decode_gdal`; None when the file is of
-    another kind (compressed, tiled, several bands, a rotation, PixelIsPoint, no EPSG code) or does not parse."""
+    another kind (compressed, tiled, several bands, a rotation, PixelIsPoint, no EPSG code), does not parse, or is
+    beyond `scan`'s limits (checked before tifffile reads it)."""
+    try:
+        scan(data, "")
+    except RasterError:
+        return None
+    return _decode_fast(data)
+
+
+def _decode_fast(data: bytes) -> Raster | None:
     try:
         with tifffile.TiffFile(io.BytesIO(data), _useframes=False) as tif:
             page = tif.pages.first
