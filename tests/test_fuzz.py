@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
 import zipfile
 from datetime import datetime
 from typing import Any
@@ -18,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from bigearth.api import ApiError, ClassifyByIdRequest, SearchRequest
-from bigearth.archive.geotiff import TIFF_MAGIC, encode
+from bigearth.archive.geotiff import MAX_PIXELS, TIFF_MAGIC, RasterError, decode, encode
 from bigearth.serving.inputs import from_geotiffs, from_npz
 
 BOUNDED = settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -276,3 +277,118 @@ def test_a_filter_date_anywhere_in_the_calendar_is_a_range_or_a_422(when: Any, m
             bound = lo or hi
             assert bound is not None and len(bound) == 27 and bound.endswith("Z"), bound
             assert datetime.fromisoformat(bound).tzinfo == UTC
+def _gdal_tiff(dtype: str = "uint16", **options: Any) -> bytes:
+    """A 120x120 band as GDAL writes it (creation `options`), in memory."""
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    array = (np.arange(14400) % 3000).reshape(1, 120, 120).astype(dtype)
+    profile = {"driver": "GTiff", "width": 120, "height": 120, "count": 1, "dtype": dtype, "crs": "EPSG:32633"}
+    with MemoryFile() as mem:
+        with mem.open(**profile, transform=rasterio.Affine(10, 0, 404400, 0, -10, 5342400), **options) as ds:
+            ds.write(array)
+        return bytes(mem.read())
+
+
+#: Seeds of the mutation fuzz: the archive's own layout and what GDAL writes (tiled, LZW, ZSTD, DEFLATE with a
+#: predictor, BigTIFF, big-endian, float32, nodata), built once on first use.
+_SEED_OPTIONS: list[dict[str, Any]] = [
+    {"compress": "deflate", "predictor": 2, "blockysize": 34},
+    {"compress": "lzw", "tiled": True, "blockxsize": 64, "blockysize": 64},
+    {"compress": "zstd", "nodata": 0},
+    {"compress": "deflate", "BIGTIFF": "YES"},
+    {"ENDIANNESS": "BIG"},
+    {"ENDIANNESS": "BIG", "BIGTIFF": "YES", "tiled": True, "blockxsize": 32, "blockysize": 32},
+    {"dtype": "float32", "compress": "lzw", "predictor": 3},
+]
+_SEEDS: list[bytes] = []
+
+
+def _seeds() -> list[bytes]:
+    if not _SEEDS:
+        _SEEDS.append(_valid_tiff("B02"))
+        _SEEDS.extend(_gdal_tiff(**opts) for opts in _SEED_OPTIONS)
+    return _SEEDS
+
+
+def _directory(data: bytes) -> tuple[str, bool, int, int]:
+    """A seed's byte order, BigTIFF or not, the offset of its first directory's entries and their count."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\0", b"\0+")
+    if big:
+        (ifd,) = struct.unpack_from(order + "Q", data, 8)
+        (n,) = struct.unpack_from(order + "Q", data, ifd)
+        return order, big, ifd + 8, n
+    (ifd,) = struct.unpack_from(order + "I", data, 4)
+    (n,) = struct.unpack_from(order + "H", data, ifd)
+    return order, big, ifd + 2, n
+
+
+#: Values that break parsers: zero, one, the largest of each width, the image's size, past the end.
+_WORDS = [0, 1, 2, 7, 120, 0x7F, 0xFF, 0x7FFF, 0xFFFF, 0x10000, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 20]
+_TAGS = [256, 257, 258, 259, 273, 277, 278, 279, 284, 317, 322, 323, 324, 325, 339, 33550, 33922, 34264, 34735]
+_TAGS += [34736, 34737, 42112, 42113, 330, 34665, 50000]
+
+mutations = st.one_of(
+    st.tuples(st.just("byte"), st.integers(0, 1 << 16), st.integers(0, 255)),
+    st.tuples(st.just("word"), st.integers(0, 1 << 16), st.sampled_from(_WORDS) | st.integers(0, (1 << 32) - 1)),
+    st.tuples(  # one directory entry overwritten: another tag, type, count or value / offset
+        st.just("entry"),
+        st.integers(0, 63),
+        st.tuples(
+            st.sampled_from(_TAGS),
+            st.integers(0, 19),
+            st.sampled_from(_WORDS) | st.integers(0, (1 << 32) - 1),
+            st.sampled_from(_WORDS) | st.integers(0, (1 << 32) - 1),
+        ),
+    ),
+    st.tuples(st.just("splice"), st.integers(0, 63), st.integers(0, 63)),  # one entry copied over another
+)
+
+
+def _apply(data: bytes, edits: list[tuple[Any, ...]], cut: int | None) -> bytes:
+    out = bytearray(data)
+    order, big, entries, n = _directory(data)
+    size, word = (20, "Q") if big else (12, "I")
+    for kind, at, what in edits:
+        if kind == "byte":  # past the magic, mostly in the header and directory, where the parsers look
+            out[4 + at % (min(len(out), 1024) - 4) if at < 60_000 else at % len(out)] = what
+        elif kind == "word":
+            struct.pack_into(order + "I", out, 4 + at % (min(len(out), 1024) - 8), what)
+        elif kind == "entry":
+            tag, typ, count, value = what
+            struct.pack_into(order + "HH" + word, out, entries + size * (at % n), tag, typ, count)
+            struct.pack_into(order + "I", out, entries + size * (at % n) + 4 + struct.calcsize(word), value)
+        else:
+            src, dst = entries + size * (at % n), entries + size * (what % n)
+            out[dst : dst + size] = data[src : src + size]
+    return bytes(out[:cut] if cut is not None else out)
+
+
+@settings(max_examples=200, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.integers(0, len(_SEED_OPTIONS)),
+    st.lists(mutations, min_size=1, max_size=6),
+    st.one_of(st.none(), st.integers(0, 40_000)),
+)
+def test_gdal_written_geotiffs_with_mutated_headers_and_directories(
+    seed: int, edits: list[tuple[Any, ...]], cut: int | None
+) -> None:
+    """A mutation fuzz of real GDAL output: bytes and words overwritten, directory entries rewritten or spliced,
+    the file cut short. A decoded raster or a RasterError (an upload: a 4xx), never anything else, within the
+    deadline and the decoders' bounds."""
+    data = _apply(_seeds()[seed], edits, cut)
+    band = "VV" if seed == len(_SEED_OPTIONS) else "B02"
+    try:
+        r = decode(data, "x.tif")
+        assert r.array.size <= MAX_PIXELS
+    except RasterError as e:
+        assert str(e).startswith("x.tif: "), str(e)
+    _client_error(lambda: from_geotiffs([(band, f"x_{band}.tif", data)]))
+
+
+def test_the_mutation_fuzz_seeds_are_decoded() -> None:
+    """The seeds themselves are good bands (so the fuzz starts from files the decoders accept)."""
+    for i, data in enumerate(_seeds()):
+        band = "VV" if i == len(_SEED_OPTIONS) else "B02"
+        assert set(from_geotiffs([(band, f"x_{band}.tif", data)])) == {band}, i

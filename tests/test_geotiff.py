@@ -214,3 +214,266 @@ def test_a_chain_of_many_images_is_not_walked() -> None:
     r = geotiff.decode(bytes(data), "x.tif", ((120, 120), "uint16"))  # GDAL reads the first image only
     assert time.perf_counter() - began < 1.0
     assert np.array_equal(r.array, np.ones((120, 120), np.uint16))
+
+
+# --- Hostile tag directories, crafted GeoKeys and size claims (review of issue 22.1) ---------------------------------
+
+
+def _tiff(
+    entries: list[tuple[int, int, int, int | None]], tail: bytes = b"", order: str = "<", big: bool = False
+) -> bytes:
+    """A TIFF written by hand, classic or BigTIFF, in either byte order: one directory of `entries` (tag, type,
+    count, value or offset; None: the offset of `tail`, which follows the directory)."""
+    first, head, size, word = (16, 8, 20, "Q") if big else (8, 2, 12, "I")
+    at = first + head + size * len(entries) + struct.calcsize(word)
+    out = (b"II" if order == "<" else b"MM") + struct.pack(order + "H", 43 if big else 42)
+    out += struct.pack(order + "HHQ", 8, 0, first) if big else struct.pack(order + "I", first)
+    out += struct.pack(order + ("Q" if big else "H"), len(entries))
+    for tag, typ, count, value in sorted(entries):
+        value = at if value is None else value
+        code = {3: "H", 4: "I", 16: "Q"}.get(typ, "B") if count * {3: 2, 4: 4, 16: 8}.get(typ, 1) <= 4 else word
+        field = struct.pack(order + code, value).ljust(struct.calcsize(word), b"\0")
+        out += struct.pack(order + "HH" + word, tag, typ, count) + field
+    return out + bytes(struct.calcsize(word)) + tail
+
+
+#: A 120x120 uint16 image in one strip at the start of the tail (28,800 bytes).
+_IMAGE = [(256, 3, 1, 120), (257, 3, 1, 120), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, None)]
+_IMAGE += [(277, 3, 1, 1), (278, 3, 1, 120), (279, 4, 1, 28800)]
+_FORMATS = [("<", False), (">", False), ("<", True), (">", True)]
+
+
+def _under_a_memory_limit(code: str, data: bytes, tmp_path, **names: object) -> tuple[str, float]:  # type: ignore[no-untyped-def]
+    """Run `code` in a fresh interpreter limited to 1.5 GB of address space, with `data` (the file) and `names`
+    (strings) bound; `code` sets `out`. Returns `repr(out)` and the seconds `code` took."""
+    import os
+    import resource
+    import subprocess
+    import sys
+
+    path = tmp_path / "input.bin"
+    path.write_bytes(data)
+    prelude = "import pathlib, time\nimport bigearth.archive.reader, bigearth.serving.inputs, pyarrow.parquet\n"
+    prelude += f"data = pathlib.Path({str(path)!r}).read_bytes()\n"  # imports not timed, the code alone
+    prelude += "".join(f"{k} = {v!r}\n" for k, v in names.items())
+    prog = prelude + "began = time.perf_counter()\n" + code + "\nprint(repr(out)); print(time.perf_counter() - began)\n"
+    limit = 1536 << 20
+    r = subprocess.run(
+        [sys.executable, "-c", prog],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)},
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (limit, limit)),
+    )
+    assert r.returncode == 0, r.stderr[-3000:]
+    *lines, seconds = r.stdout.strip().splitlines()
+    return "\n".join(lines), float(seconds)
+
+
+_DECODE = """from bigearth.archive import geotiff
+try:
+    out = geotiff.decode(data, "x_B02.tif", expect)
+    out = ("decoded", out.array.shape)
+except geotiff.RasterError as e:
+    out = ("refused", str(e))"""
+
+
+def test_the_layout_fast_path_reads_no_value_it_does_not_use(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """20,000 tags pointing at the same 800 KB of a 1 MB file: `decode_layout` read every value (MemoryError
+    at 1.5 GB; 842 MB for a 212 KB file); now it reads the few tags of the archive's layout, bounded."""
+    bomb = _tiff([(1000 + i, 3, 400_000, None) for i in range(20_000)], bytes(800_000))
+    out, seconds = _under_a_memory_limit(
+        "from bigearth.archive import geotiff\nout = geotiff.decode_layout(data)", bomb, tmp_path
+    )
+    assert out == "None" and seconds < 1.0
+    upload = """from bigearth.api import ApiError
+from bigearth.serving.inputs import from_geotiffs
+try:
+    out = from_geotiffs([("B02", "x_B02.tif", data)])
+except ApiError as e:
+    out = (e.status, str(e))"""
+    out, seconds = _under_a_memory_limit(upload, bomb, tmp_path)
+    assert out == repr((422, "x_B02.tif: band B02: not a readable GeoTIFF: 20000 TIFF tags, expected at most 64"))
+    assert seconds < 1.0
+    good = geotiff.encode(np.ones((120, 120), np.uint16), 32633, 0, 0, 10)
+    assert geotiff.decode_layout(good) is not None
+    (ifd,) = struct.unpack_from("<I", good, 4)
+    many_strips = bytearray(good)  # StripOffsets claiming 2**30 entries: not the layout, nothing read
+    struct.pack_into("<I", many_strips, ifd + 2 + 12 * 5 + 4, 1 << 30)
+    assert geotiff.decode_layout(bytes(many_strips)) is None
+    # decode reads the archive's layout without a scan: what decode_layout takes is within the scan's limits
+    long_citation = bytearray(good)  # GeoAsciiParams (not read by the layout) claiming 100,000 bytes
+    struct.pack_into("<I", long_citation, ifd + 2 + 12 * 14 + 4, 100_000)
+    assert geotiff.decode_layout(bytes(long_citation)) is None
+    with pytest.raises(geotiff.RasterError, match=r"^x\.tif: not a readable GeoTIFF: 100\d{3} bytes of tag values"):
+        geotiff.decode(bytes(long_citation), "x.tif")
+
+
+@pytest.mark.parametrize(("order", "big"), _FORMATS)
+@pytest.mark.parametrize(
+    ("what", "entries", "refusal"),
+    [
+        # 4000 private tags of 2 MB each over the same 2 MB: libtiff loaded them all (8 GB, seconds), then GDAL
+        # accepted the band
+        ("private tags", [(1000 + i, 7, 2_000_000, None) for i in range(4000)], "4009 TIFF tags, expected at most 64"),
+        ("one private tag", [(50_000, 7, 2_000_000, None)], "TIFF tag 50000 is not one of a GeoTIFF band"),
+        ("an EXIF directory", [(34665, 4, 1, 8)], "TIFF tag 34665 is not one of a GeoTIFF band"),
+        # allowed tags, each 2 MB: values beyond the budget
+        (
+            "large allowed tags",
+            [(270, 2, 2_000_000, None), (305, 2, 2_000_000, None), (42112, 2, 2_000_000, None)],
+            "6000000 bytes of tag values, expected at most 65536",
+        ),
+    ],
+)
+def test_a_tag_directory_is_checked_before_any_decoder_reads_it(
+    tmp_path, order: str, big: bool, what: str, entries: list, refusal: str
+) -> None:  # type: ignore[no-untyped-def]
+    data = _tiff(_IMAGE + entries, bytes(2_000_000), order, big)
+    out, seconds = _under_a_memory_limit(_DECODE, data, tmp_path, expect=((120, 120), "uint16"))
+    status, message = eval(out)  # the subprocess's repr of a tuple of strings
+    assert status == "refused" and message.startswith(f"x_B02.tif: not a readable GeoTIFF: {refusal}"), (what, out)
+    assert seconds < 1.0, (what, seconds)
+    for decode in (geotiff.decode, geotiff.decode_gdal):  # the last tier checks too, called on its own
+        with pytest.raises(geotiff.RasterError, match=refusal):
+            decode(data, "x_B02.tif")
+
+
+@pytest.mark.parametrize(("order", "big"), _FORMATS)
+def test_strip_arrays_are_bounded_and_the_first_image_alone_is_read(order: str, big: bool) -> None:
+    image = [e for e in _IMAGE if e[0] not in (273, 279)]
+    plain = _tiff([*image, (273, 4, 1, None), (279, 4, 1, 28800)], bytes(range(256)) * 113, order, big)
+    want = np.frombuffer(bytes(range(256)) * 113, dtype=np.dtype("u2").newbyteorder(order), count=14400)
+    assert np.array_equal(geotiff.decode(plain, "x.tif", ((120, 120), "uint16")).array, want.reshape(120, 120))
+    many = _tiff([*image, (273, 4, 1 << 24, None), (279, 4, 1 << 24, None)], bytes(1 << 16), order, big)
+    with pytest.raises(geotiff.RasterError, match=r"x\.tif: not a readable GeoTIFF: 16777216 strips or tiles"):
+        geotiff.decode(many, "x.tif")
+    # a second image whose directory is a tag bomb: GDAL is handed the first image only (its pointer cleared)
+    second = len(plain) + len(plain) % 2
+    bomb = _tiff([(1000 + i, 7, 1 << 20, 0) for i in range(2000)], order=order, big=big)[16 if big else 8 :]
+    chained = bytearray(plain + bytes(second - len(plain)) + bomb)
+    first, head, size = (16, 8, 20) if big else (8, 2, 12)
+    n = len(_IMAGE)
+    struct.pack_into(order + ("Q" if big else "I"), chained, first + head + size * n, second)
+    r = geotiff.decode_gdal(bytes(chained), "x.tif", ((120, 120), "uint16"))
+    assert np.array_equal(r.array, want.reshape(120, 120))
+
+
+def _crafted_citation() -> bytes:
+    """A GeoTIFF whose model type is unknown and whose citation is not UTF-8: rasterio's CRS parsing raised
+    UnicodeDecodeError (not a RasterioError: a 500 on upload, and a dead shard task in the ingest)."""
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    profile = {"driver": "GTiff", "width": 120, "height": 120, "count": 1, "dtype": "uint16", "compress": "deflate"}
+    with MemoryFile() as mem:
+        with mem.open(**profile, crs="EPSG:32633", transform=rasterio.Affine(10, 0, 0, 0, -10, 0)) as ds:
+            ds.write(np.ones((1, 120, 120), np.uint16))
+        data = bytearray(mem.read())
+    at = data.index(struct.pack("<HHHH", 1024, 0, 1, 1))  # GTModelTypeGeoKey = projected
+    struct.pack_into("<H", data, at + 6, 68)  # an unknown model type
+    data[data.index(b"WGS 84 / UTM zone 33N") + 5] = 0xA2  # one byte that is not UTF-8 in the citation
+    return bytes(data)
+
+
+def test_any_failure_inside_decoding_is_a_raster_error() -> None:
+    from bigearth.api import ApiError
+    from bigearth.serving.inputs import from_geotiffs
+
+    bad = _crafted_citation()
+    for decode in (geotiff.decode, geotiff.decode_gdal):
+        with pytest.raises(geotiff.RasterError) as e:
+            decode(bad, "S2A_x/x_B02.tif")
+        assert str(e.value) == "S2A_x/x_B02.tif: not a readable GeoTIFF"
+        assert e.value.detail and e.value.detail.startswith("UnicodeDecodeError: "), e.value.detail
+    with pytest.raises(ApiError) as api:
+        from_geotiffs([("B02", "x_B02.tif", bad)])
+    assert api.value.status == 422 and str(api.value) == "x_B02.tif: band B02: not a readable GeoTIFF"
+
+
+@pytest.fixture(scope="module")
+def v2_pairs(tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
+    from bigearth.synth.archive import synthesize
+
+    root = tmp_path_factory.mktemp("v2") / "v2"
+    synthesize(str(root), layout="v2", pairs=2, seed=5, progress=False, workers=1, reference_maps=True)
+    return str(root)
+
+
+_READ_PAIRS = """import pyarrow.parquet as pq
+from bigearth.archive.layouts import layout_for
+from bigearth.archive.reader import fetch_pairs, read_pairs
+from bigearth.storage import BlobReader
+lay = layout_for("v2", root)
+lay.reference_maps = True  # what `--reference-maps` sets
+rows = pq.read_table(root + "/metadata.parquet").to_pylist()
+blobs = fetch_pairs(BlobReader(root), lay, rows)
+blobs[lay.files(rows[0])[member]] = data
+first, second = read_pairs(None, lay, rows, blobs=blobs)
+out = (first, type(second).__name__, lay.files(rows[0])[member])"""
+
+
+@pytest.mark.parametrize(
+    ("member", "dtype", "shape", "kind", "reason"),
+    [
+        # 498 bytes claiming 60000x60000 pixels: GDAL allocated 6.7 GiB (MemoryError out of read_pairs)
+        ("B02", "uint16", (60000, 60000), "wrong_shape", "expected 120x120 pixels for B02, got 60000x60000"),
+        ("reference_map", "uint16", (60000, 60000), "wrong_shape", "expected a 120x120 uint16 reference map, got "),
+        ("B02", "float32", (120, 120), "wrong_dtype", "expected uint16 for B02, got float32"),
+        ("VV", "uint16", (120, 120), "wrong_dtype", "expected float32 for VV, got uint16"),
+    ],
+)
+def test_an_ingest_member_s_size_is_checked_from_its_header(  # type: ignore[no-untyped-def]
+    v2_pairs, tmp_path, member, dtype, shape, kind, reason
+) -> None:
+    import rasterio
+    from rasterio.io import MemoryFile
+
+    from bigearth.archive.reader import Problem
+
+    profile = {"driver": "GTiff", "height": shape[0], "width": shape[1], "count": 1, "dtype": dtype}
+    with MemoryFile() as mem:  # sparse: no block written
+        with mem.open(
+            **profile,
+            blockysize=shape[0],
+            SPARSE_OK=True,
+            crs="EPSG:32633",
+            transform=rasterio.Affine(10, 0, 0, 0, -10, 0),
+        ):
+            pass
+        data = bytes(mem.read())
+    assert len(data) < 1000
+    out, _ = _under_a_memory_limit(_READ_PAIRS, data, tmp_path, root=v2_pairs, member=member)
+    problem, second, path = eval(out, {"Problem": Problem})  # our own subprocess's repr
+    assert second == "dict"
+    assert problem.kind == kind and problem.message.startswith(f"{path}: {reason}"), problem
+
+
+def test_an_ingest_member_that_breaks_the_decoder_is_quarantined(v2_pairs) -> None:  # type: ignore[no-untyped-def]
+    import pyarrow.parquet as pq
+
+    from bigearth.archive.layouts import layout_for
+    from bigearth.archive.reader import Problem, fetch_pairs, read_pairs
+    from bigearth.storage import BlobReader
+
+    lay = layout_for("v2", v2_pairs)
+    lay.reference_maps = True  # what `--reference-maps` sets
+    rows = pq.read_table(f"{v2_pairs}/metadata.parquet").to_pylist()
+    for member in ("B02", "VH", "reference_map"):
+        blobs = fetch_pairs(BlobReader(v2_pairs), lay, rows)
+        path = lay.files(rows[0])[member]
+        blobs[path] = _crafted_citation()
+        bad, good = read_pairs(None, lay, rows, blobs=blobs)  # type: ignore[arg-type]
+        assert isinstance(bad, Problem) and bad.kind == "corrupt_file", bad
+        assert bad.message.startswith(f"{path}: not a readable GeoTIFF (GDAL: UnicodeDecodeError"), bad.message
+        assert isinstance(good, dict) and good["patch_id"] == rows[1]["patch_id"]
+
+
+def test_a_directory_offset_past_the_file_is_refused() -> None:
+    """Found by the mutation fuzz: a BigTIFF directory offset too large for `struct` raised OverflowError (a 500)."""
+    for offset in (1 << 40, 1 << 63, (1 << 64) - 1):
+        data = b"II+\0" + struct.pack("<HHQ", 8, 0, offset) + bytes(64)
+        for decode in (geotiff.decode, geotiff.decode_gdal):
+            with pytest.raises(geotiff.RasterError, match=r"^x\.tif: not a readable GeoTIFF$"):
+                decode(data, "x.tif")

@@ -1,7 +1,9 @@
 """GeoTIFF bytes <-> arrays for BigEarthNet bands.
 
 `decode` is the one decoder of untrusted bytes (uploads to the service, members of a download): only a TIFF is
-decoded (its magic bytes are checked first, so GDAL never sees VRT, WMS or other XML, PNG, HDF, ...), in three tiers,
+decoded (its magic bytes are checked first, so GDAL never sees VRT, WMS or other XML, PNG, HDF, ...), and tifffile
+and GDAL only after `scan` has checked its first tag directory with `struct` (a bounded number of known tags, bounded
+value bytes: both read every tag's value in full), in three tiers,
 each bit-exact with GDAL (a test checks every real file): (1) `decode_layout` reads the IFD of the archive's own file
 layout (the one `encode` writes byte for byte: classic little-endian TIFF, one band, uncompressed contiguous strips,
 UTM `ProjectedCSTypeGeoKey`, tiepoint at pixel 0/0, square pixel scale) with `struct`, ~10 us a file; (2) any other
@@ -11,10 +13,11 @@ listing, sidecar (.aux.xml, .tfw, .ovr) or network access, checked to have read 
 tifffile alone: its tag parsing in Python costs ~200 us a file, 2.8 ms a pair of 14 files, which caps an ingest at
 about 350 pairs/s per core before any other work (measured 130); see docs/benchmarks.md. A `RasterError`'s message is
 in this project's words (it may reach an HTTP client); GDAL's own text, which names internal paths, is only in its
-`detail`, for logs and ingest reports. `encode` writes the
-archive's exact file layout (FACTS.md 1.3 / 2.3): single band, uncompressed, ~8 KiB strips, little-endian, UTM
-GeoKeys, PixelIsArea, LONG strip arrays, optional `GDAL_NODATA` (v2 S2). Its output is byte-identical to the real
-files for the same pixels and georeferencing, which the tests check against the real patches.
+`detail`, for logs and ingest reports. Every failure while decoding, whatever raised it, is a `RasterError`.
+`encode` writes the archive's exact file layout (FACTS.md 1.3 / 2.3): single band, uncompressed, ~8 KiB strips,
+little-endian, UTM GeoKeys, PixelIsArea, LONG strip arrays, optional `GDAL_NODATA` (v2 S2). Its output is
+byte-identical to the real files for the same pixels and georeferencing, which the tests check against the real
+patches.
 """
 
 from __future__ import annotations
@@ -38,6 +41,16 @@ class RasterError(ValueError):
     def __init__(self, message: str, detail: str | None = None) -> None:
         super().__init__(message)
         self.detail = detail
+
+
+class RasterMismatch(RasterError):
+    """The header's size or dtype is not the `expect`ed one (found before any pixel is read): `what` is "shape" or
+    "dtype", `found` the header's `(height, width)` or dtype name (the ingest's `wrong_shape` / `wrong_dtype`)."""
+
+    def __init__(self, message: str, what: str, found: Any) -> None:
+        super().__init__(message)
+        self.what = what
+        self.found = found
 
 
 @dataclass(frozen=True)
@@ -83,6 +96,30 @@ GDAL_OPTIONS = {
 #: claims one 32768x32768 tile makes GDAL allocate and inflate 2 GB for 14,400 pixels (measured 5.5 s).
 MAX_BLOCK_PIXELS = 1 << 20
 
+#: The most pixels any band file may have, whatever the caller expects (a band of the archive has 14,400): a 498-byte
+#: sparse TIFF claiming 60000x60000 made GDAL allocate 6.7 GiB.
+MAX_PIXELS = 1 << 22
+
+#: Limits on the first image's tag directory, checked with `struct` before tifffile or GDAL parse it (both read every
+#: tag's value in full: 4000 tags pointing at the same 2 MB of a 2 MB upload made libtiff allocate 8 GB). A band of
+#: the archive has 15-17 tags, 166 bytes of values outside the directory, and 4 strips.
+MAX_TAGS = 64
+MAX_TAG_BYTES = 64 << 10
+MAX_BLOCKS = 1 << 14
+
+#: The tags a band file may carry: baseline and extension TIFF 6.0 tags, GeoTIFF's and GDAL's (metadata, nodata).
+#: Anything else (EXIF or sub-IFDs, private tags) is refused before a decoder reads it.
+ALLOWED_TAGS = frozenset(
+    {254, 255, 256, 257, 258, 259, 262, 263, 264, 265, 266, 269, 270, 271, 272, 273, 274, 277, 278, 279, 280, 281}
+    | {282, 283, 284, 285, 286, 287, 290, 291, 296, 297, 305, 306, 315, 316, 317, 318, 319, 320, 322, 323, 324}
+    | {325, 338, 339, 340, 341, 347, 530, 531, 532, 33432}
+    | {33550, 33922, 34264, 34735, 34736, 34737}  # GeoTIFF: pixel scale, tiepoint, transformation, GeoKeys
+    | {42112, 42113}  # GDAL_METADATA, GDAL_NODATA
+)
+_BLOCK_ARRAYS = frozenset({273, 279, 324, 325})  # strip / tile offsets and byte counts
+_TYPE_BYTES = {1: 1, 2: 1, 3: 2, 4: 4, 5: 8, 6: 1, 7: 1, 8: 2, 9: 4, 10: 8, 11: 4, 12: 8, 13: 4, 16: 8, 17: 8, 18: 8}
+_KNOWN_TYPES = frozenset(_TYPE_BYTES)
+
 
 def is_tiff(data: bytes) -> bool:
     """Whether `data` starts like a TIFF (classic or BigTIFF, either byte order)."""
@@ -105,30 +142,45 @@ def _check(
     if expect is not None:
         (height, width), want = expect
         if shape != (height, width):
-            raise RasterError(f"{where}: {shape[0]}x{shape[1]} pixels, expected {height}x{width}")
+            raise RasterMismatch(f"{where}: {shape[0]}x{shape[1]} pixels, expected {height}x{width}", "shape", shape)
         if dtype != want:
-            raise RasterError(f"{where}: dtype {dtype}, expected {want} (as in the archive)")
+            raise RasterMismatch(f"{where}: dtype {dtype}, expected {want} (as in the archive)", "dtype", dtype)
 
 
 def decode(data: bytes, where: str, expect: tuple[tuple[int, int], str] | None = None) -> Raster:
     """Decode one single-band GeoTIFF from untrusted bytes (see the module); `where` (the file's path, or an upload's
     file and band) goes into every error message. `expect` (`(height, width), dtype`): checked from the header
     before any pixel is read or inflated (an upload that claims 100,000 x 100,000 pixels is refused without
-    allocating them)."""
+    allocating them). Every failure is a `RasterError`."""
     if not is_tiff(data):
         raise _not_tiff(data, where)
-    fast = decode_layout(data) or decode_fast(data)  # uncompressed: the pixels are a view of `data`, not inflated
-    if fast is None:
-        return decode_gdal(data, where, expect)
-    _check(where, 1, fast.array.shape, fast.array.dtype.name, expect)
-    return fast
+    try:
+        # the archive's layout first: `decode_layout` reads at most 32 of its own tags of at most 256 values each
+        # (within `scan`'s limits); anything else is scanned before tifffile or GDAL reads a value
+        fast = decode_layout(data)
+        if fast is None:
+            next_at = scan(data, where)
+            fast = _decode_fast(data)  # uncompressed: the pixels are a view of `data`, not inflated
+        if fast is not None:
+            _check(where, 1, fast.array.shape, fast.array.dtype.name, expect)
+            return fast
+    except RasterError:
+        raise
+    except Exception as e:  # the fast paths answer None for what they do not read; anything else is the file's
+        raise RasterError(f"{where}: not a readable GeoTIFF", detail=f"{type(e).__name__}: {e}"[:600]) from None
+    return _decode_gdal(_first_image(data, next_at), where, expect)
 
 
 def decode_gdal(data: bytes, where: str, expect: tuple[tuple[int, int], str] | None = None) -> Raster:
     """`decode`'s last tier: any TIFF GDAL's GTiff driver reads, and the error of every file that is damaged. Only
-    the GTiff driver, only the in-memory file (checked: GDAL lists no other file it used), `GDAL_OPTIONS`."""
+    the GTiff driver, only the in-memory file (checked: GDAL lists no other file it used), only its first image
+    (the next-image pointer is cleared), only after `scan`, `GDAL_OPTIONS`; at most `MAX_PIXELS`."""
     if not is_tiff(data):
         raise _not_tiff(data, where)
+    return _decode_gdal(_first_image(data, scan(data, where)), where, expect)
+
+
+def _decode_gdal(data: bytes, where: str, expect: tuple[tuple[int, int], str] | None) -> Raster:
     mem = MemoryFile(data)
     try:
         with rasterio.Env(**GDAL_OPTIONS), mem, mem.open(driver="GTiff") as ds:
@@ -138,6 +190,10 @@ def decode_gdal(data: bytes, where: str, expect: tuple[tuple[int, int], str] | N
                     detail=f"GDAL lists {len(ds.files)} files for it",
                 )
             _check(where, ds.count, (ds.height, ds.width), ds.dtypes[0], expect)
+            if ds.height * ds.width > MAX_PIXELS:
+                raise RasterError(
+                    f"{where}: {ds.height}x{ds.width} pixels; expected a band of at most {MAX_PIXELS} pixels"
+                )
             block_h, block_w = ds.block_shapes[0]
             if block_h * block_w > max(ds.height * ds.width, MAX_BLOCK_PIXELS):
                 raise RasterError(
@@ -148,8 +204,65 @@ def decode_gdal(data: bytes, where: str, expect: tuple[tuple[int, int], str] | N
             t = ds.transform
             epsg = ds.crs.to_epsg() if ds.crs else None
             return Raster(array, epsg, t.c, t.f, t.a, ds.nodata)
-    except RasterioError as e:
-        raise RasterError(f"{where}: not a readable GeoTIFF", detail=_gdal_words(e, mem.name, where)) from None
+    except RasterError:
+        raise
+    except Exception as e:  # GDAL's errors, and rasterio's on what it parses itself (a crafted GeoKey citation:
+        # UnicodeDecodeError, CRSError): the file's fault, never a 500 or a dead ingest task
+        words = _gdal_words(e, mem.name, where)
+        detail = words if isinstance(e, RasterioError) else f"{type(e).__name__}: {words}"
+        raise RasterError(f"{where}: not a readable GeoTIFF", detail=detail) from None
+
+
+def scan(data: bytes, where: str) -> int:
+    """Check the first image's tag directory of a TIFF with `struct` (classic and BigTIFF, either byte order)
+    before tifffile or GDAL read it: at most `MAX_TAGS` tags, all in `ALLOWED_TAGS`, at most `MAX_TAG_BYTES` of
+    values outside the directory besides the strip / tile arrays, which hold at most `MAX_BLOCKS` entries each.
+    Returns where the next-image pointer is (only the first image is decoded); a `RasterError` otherwise."""
+    order = "<" if data[:2] == b"II" else ">"
+    big = data[2:4] in (b"+\0", b"\0+")
+    head, size, fmt, inline = (8, 20, "HHQ8x", 8) if big else (2, 12, "HHI4x", 4)
+    try:
+        (ifd,) = struct.unpack_from(order + ("Q" if big else "I"), data, 8 if big else 4)
+        if ifd + head > len(data):  # (a BigTIFF offset may be past what `struct` takes: OverflowError)
+            raise struct.error("the directory is past the end")
+        (n,) = struct.unpack_from(order + ("Q" if big else "H"), data, ifd)
+    except struct.error:
+        raise RasterError(
+            f"{where}: not a readable GeoTIFF", detail="the header or image directory is cut short"
+        ) from None
+    if n > MAX_TAGS:
+        raise RasterError(f"{where}: not a readable GeoTIFF: {n} TIFF tags, expected at most {MAX_TAGS}")
+    next_at = ifd + head + n * size
+    if next_at + inline > len(data):
+        raise RasterError(f"{where}: not a readable GeoTIFF", detail=f"the directory of {n} tags is cut short")
+    entries = struct.unpack_from(order + fmt * n, data, ifd + head)
+    tags, types, counts = entries[0::3], entries[1::3], entries[2::3]
+    if not ALLOWED_TAGS.issuperset(tags):
+        raise RasterError(
+            f"{where}: not a readable GeoTIFF: TIFF tag {min(set(tags) - ALLOWED_TAGS)} is not one of a GeoTIFF band "
+            "(baseline TIFF, GeoTIFF and GDAL tags only)"
+        )
+    if not _KNOWN_TYPES.issuperset(types):
+        raise RasterError(f"{where}: not a readable GeoTIFF", detail=f"unknown TIFF field types {sorted(types)}")
+    sizes = [count * _TYPE_BYTES[typ] for typ, count in zip(types, counts, strict=True)]
+    outside = sum(size for tag, size in zip(tags, sizes, strict=True) if size > inline and tag not in _BLOCK_ARRAYS)
+    blocks = max((count for tag, count in zip(tags, counts, strict=True) if tag in _BLOCK_ARRAYS), default=0)
+    if blocks > MAX_BLOCKS:
+        raise RasterError(f"{where}: not a readable GeoTIFF: {blocks} strips or tiles, expected at most {MAX_BLOCKS}")
+    if outside > MAX_TAG_BYTES:
+        raise RasterError(
+            f"{where}: not a readable GeoTIFF: {outside} bytes of tag values, expected at most {MAX_TAG_BYTES}"
+        )
+    return next_at
+
+
+def _first_image(data: bytes, next_at: int) -> bytes:
+    """`data` with the next-image pointer at `next_at` cleared (a copy if it was set): GDAL reads only the first
+    image, never overviews, masks or other pages of a file it has not been checked on."""
+    width = 8 if data[2:4] in (b"+\0", b"\0+") else 4
+    if not any(data[next_at : next_at + width]):
+        return data
+    return data[:next_at] + bytes(width) + data[next_at + width :]
 
 
 def _gdal_words(e: BaseException, name: str, where: str) -> str:
@@ -213,7 +326,16 @@ def _georeferenced(
 
 def decode_fast(data: bytes) -> Raster | None:
     """The archive's kind of GeoTIFF decoded with tifffile, bit-exact with `decode_gdal`; None when the file is of
-    another kind (compressed, tiled, several bands, a rotation, PixelIsPoint, no EPSG code) or does not parse."""
+    another kind (compressed, tiled, several bands, a rotation, PixelIsPoint, no EPSG code), does not parse, or is
+    beyond `scan`'s limits (checked before tifffile reads it)."""
+    try:
+        scan(data, "")
+    except RasterError:
+        return None
+    return _decode_fast(data)
+
+
+def _decode_fast(data: bytes) -> Raster | None:
     try:
         with tifffile.TiffFile(io.BytesIO(data), _useframes=False) as tif:
             page = tif.pages.first
@@ -256,10 +378,11 @@ def _next_ifd(data: bytes, tiff: Any, ifd: int) -> int:
 
 _LAYOUT_DTYPES: dict[tuple[int, int], np.dtype[Any]] = {(16, 1): np.dtype("<u2"), (32, 3): np.dtype("<f4")}
 _FIELD = {3: ("H", 2), 4: ("I", 4), 12: ("d", 8), 2: ("s", 1)}  # TIFF type -> struct code, size
+_LAYOUT_TYPES = frozenset(_FIELD)
 
 
 def _values(data: bytes, typ: int, count: int, raw_at: int) -> tuple[Any, ...] | bytes:
-    code, size = _FIELD[typ]
+    code, size = _FIELD[typ]  # KeyError: a type the layout does not use
     at = raw_at if count * size <= 4 else struct.unpack_from("<I", data, raw_at)[0]
     if at + count * size > len(data):
         raise ValueError("tag value outside the file")
@@ -268,34 +391,55 @@ def _values(data: bytes, typ: int, count: int, raw_at: int) -> tuple[Any, ...] |
     return struct.unpack_from(f"<{count}{code}", data, at)
 
 
+#: The tags of the archive's file layout (`encode`'s); a file with any other is not read by `decode_layout`.
+_LAYOUT_TAGS = frozenset({256, 257, 258, 259, 262, 273, 277, 278, 279, 284, 339, 33550, 33922, 34735, 34737, 42113})
+_LAYOUT_MAX_TAGS = 32
+_LAYOUT_MAX_COUNT = 256  # values of one tag (GeoKeys: 32, tiepoint: 6, strips: at most 120), within `scan`'s limits
+
+
 def decode_layout(data: bytes) -> Raster | None:
-    """The archive's exact file layout read with `struct`; None for anything that deviates from it."""
+    """The archive's exact file layout read with `struct`; None for anything that deviates from it. At most 32 of
+    the layout's own tags of at most 256 values each (within `scan`'s limits, so `decode` needs no scan first);
+    only the values of the tags it uses are read (the strip arrays: at most one entry per row)."""
     try:
         if data[:4] != b"II*\0":
             return None
         (ifd,) = struct.unpack_from("<I", data, 4)
         (n,) = struct.unpack_from("<H", data, ifd)
-        tags: dict[int, Any] = {}
-        for i in range(n):
-            tag, typ, count = struct.unpack_from("<HHI", data, ifd + 2 + 12 * i)
-            if typ not in _FIELD:
-                return None
-            tags[tag] = _values(data, typ, count, ifd + 10 + 12 * i)
+        if n > _LAYOUT_MAX_TAGS:
+            return None
+        raw = struct.unpack_from("<" + "HHI4x" * n, data, ifd + 2)
+        fields = {raw[k]: (raw[k + 1], raw[k + 2], ifd + 10 + 4 * k) for k in range(0, 3 * n, 3)}
+        if (
+            not fields.keys() <= _LAYOUT_TAGS
+            or len(fields) != n
+            or not _LAYOUT_TYPES.issuperset(raw[1::3])
+            or max(raw[2::3], default=0) > _LAYOUT_MAX_COUNT
+        ):
+            return None
         if struct.unpack_from("<I", data, ifd + 2 + 12 * n)[0] != 0:  # a second image
             return None
-        width, height = tags[256][0], tags[257][0]
-        bits, fmt = tags[258][0], tags.get(339, (1,))[0]
+
+        def value(tag: int, limit: int = _LAYOUT_MAX_COUNT) -> Any:
+            field = fields.get(tag)
+            if field is None:
+                return None
+            typ, count, at = field
+            if count > limit:
+                raise ValueError(f"tag {tag}: {count} values")
+            return _values(data, typ, count, at)
+
+        width, height = value(256, 1)[0], value(257, 1)[0]
+        bits, fmt = value(258, 1)[0], (value(339, 1) or (1,))[0]
         dtype = _LAYOUT_DTYPES.get((bits, fmt))
         if (
             dtype is None
-            or tags.get(259, (1,))[0] != 1  # compression
-            or tags.get(277, (1,))[0] != 1  # samples per pixel
-            or tags.get(284, (1,))[0] != 1  # planar configuration
-            or 322 in tags  # tiled
-            or _TRANSFORM in tags
+            or (value(259, 1) or (1,))[0] != 1  # compression
+            or (value(277, 1) or (1,))[0] != 1  # samples per pixel
+            or (value(284, 1) or (1,))[0] != 1  # planar configuration
         ):
             return None
-        offsets, counts = tags[273], tags[279]
+        offsets, counts = value(273, height), value(279, height)
         nbytes = int(width) * int(height) * dtype.itemsize
         if len(offsets) != len(counts) or sum(counts) != nbytes:
             return None
@@ -308,12 +452,12 @@ def decode_layout(data: bytes) -> Raster | None:
         array = np.frombuffer(data, dtype=dtype, count=nbytes // dtype.itemsize, offset=start)
         return _georeferenced(
             array.reshape(int(height), int(width)),
-            _geokeys(tuple(tags.get(_GEOKEYS, ()))),
-            tags.get(_SCALE),
-            tags.get(_TIEPOINT),
-            tags.get(_GDAL_NODATA),
+            _geokeys(tuple(value(_GEOKEYS) or ())),
+            value(_SCALE),
+            value(_TIEPOINT),
+            value(_GDAL_NODATA),
         )
-    except (KeyError, IndexError, ValueError, struct.error):
+    except (KeyError, IndexError, TypeError, ValueError, struct.error):
         return None
 
 

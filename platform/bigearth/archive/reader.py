@@ -97,19 +97,31 @@ def _reason(e: geotiff.RasterError) -> str:
     return f"{e} (GDAL: {e.detail})"[:600] if e.detail else str(e)
 
 
-def _band(blobs: dict[str, Any], path: str, band: Band) -> geotiff.Raster:
+def _decode(data: bytes, path: str, expect: tuple[tuple[int, int], str]) -> geotiff.Raster:
+    """One member decoded, its size and dtype checked from the header first (a few hundred bytes claiming
+    60000x60000 pixels are never allocated); whatever else goes wrong in decoding is this file's `corrupt_file`,
+    never an exception that ends the shard's task."""
     try:
-        r = geotiff.decode(_blob(blobs, path), path)
+        return geotiff.decode(data, path, expect=expect)
+    except geotiff.RasterMismatch:
+        raise
     except geotiff.RasterError as e:
         raise _Bad("corrupt_file", _reason(e)) from None
-    if r.array.dtype.name != band.dtype:
-        raise _Bad("wrong_dtype", f"{path}: expected {band.dtype} for {band.name}, got {r.array.dtype.name}")
-    if r.array.shape != band.shape:
+    except Exception as e:  # decode turns every error into a RasterError; this is the ingest's own safety net
+        raise _Bad("corrupt_file", f"{path}: not a readable GeoTIFF ({type(e).__name__}: {e})"[:600]) from None
+
+
+def _band(blobs: dict[str, Any], path: str, band: Band) -> geotiff.Raster:
+    data = _blob(blobs, path)
+    try:
+        r = _decode(data, path, (band.shape, band.dtype))
+    except geotiff.RasterMismatch as e:
+        if e.what == "dtype":
+            raise _Bad("wrong_dtype", f"{path}: expected {band.dtype} for {band.name}, got {e.found}") from None
         raise _Bad(
             "wrong_shape",
-            f"{path}: expected {band.shape[0]}x{band.shape[1]} pixels for {band.name}, "
-            f"got {r.array.shape[0]}x{r.array.shape[1]}",
-        )
+            f"{path}: expected {band.shape[0]}x{band.shape[1]} pixels for {band.name}, got {e.found[0]}x{e.found[1]}",
+        ) from None
     if r.epsg is None or not (32601 <= r.epsg <= 32660 or 32701 <= r.epsg <= 32760):
         raise _Bad("bad_georeference", f"{path}: expected a WGS 84 / UTM CRS, got EPSG {r.epsg}")
     if abs(r.res - band.gsd) > 1e-6:
@@ -231,16 +243,12 @@ def _reference_map(blobs: dict[str, Any], path: str, ref: geotiff.Raster) -> byt
     data = blobs.get(path)
     if data is None or isinstance(data, FileNotFoundError):
         return None
+    raw = _blob(blobs, path)
     try:
-        r = geotiff.decode(_blob(blobs, path), path)
-    except geotiff.RasterError as e:
-        raise _Bad("corrupt_file", _reason(e)) from None
-    if r.array.dtype.name != "uint16" or r.array.shape != (120, 120):
-        raise _Bad(
-            "wrong_shape",
-            f"{path}: expected a 120x120 uint16 reference map, got {r.array.dtype.name} "
-            f"{r.array.shape[0]}x{r.array.shape[1]}",
-        )
+        r = _decode(raw, path, ((120, 120), "uint16"))
+    except geotiff.RasterMismatch as e:
+        got = e.found if e.what == "dtype" else f"{e.found[0]}x{e.found[1]}"
+        raise _Bad("wrong_shape", f"{path}: expected a 120x120 uint16 reference map, got {got}") from None
     _same_grid(path, r, ref, "reference map CRS/upper-left corner", "B02's")
     return np.ascontiguousarray(r.array, dtype="<u2").tobytes()
 
