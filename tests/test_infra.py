@@ -6,6 +6,7 @@ project's builder; entrypoints, configs and versions checked against the repo.""
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 from helpers import REPO, SHARED
-from k8s_schema import apply_defaults, render, strict_schema, validate_custom_resource
+from k8s_schema import Pod, apply_defaults, connection_allowed, pods, render, strict_schema, validate_custom_resource
 
 INFRA = REPO / "infra" / "kuberay"
 CRDS = SHARED / "kuberay" / "crds"
@@ -25,6 +26,18 @@ CRD_FILES = {
     "RayService": "ray.io_rayservices.yaml",
 }
 K8S_VERSION = "1.32.0"
+RAY_WORKLOADS = ["cluster", "serve", "ingest", "train", "evaluate", "index"]  # app.kubernetes.io/component
+JOBS = ["ingest", "train", "evaluate", "index"]
+NETWORK_POLICIES = [
+    "default-deny",
+    "dns",
+    "ray-egress",
+    "serve-from-ingress",
+    "dashboard-from-operator",
+    "qdrant-from-serve-and-index",
+    *[f"ray-{w}" for w in RAY_WORKLOADS],
+    *[f"{j}-submitter" for j in JOBS],
+]
 APP_DIR = "/home/ray/app/"  # WORKDIR of infra/docker/Dockerfile: jobs/, configs/, serve/ are copied there
 
 pytestmark = pytest.mark.skipif(not CRDS.exists(), reason=f"{CRDS} not found: the KubeRay CRDs live in ../shared")
@@ -54,6 +67,7 @@ def test_every_overlay_renders_the_whole_platform(rendered: tuple[str, list[dict
             ("StatefulSet", "qdrant"),
             ("Service", "qdrant"),
             ("Ingress", "bigearth"),
+            *[("NetworkPolicy", f"bigearth-{n}") for n in NETWORK_POLICIES],
         ]
     ), name
     assert all(d["metadata"].get("namespace") == "bigearth" for d in docs if d["kind"] != "Namespace")
@@ -200,3 +214,79 @@ def test_the_qdrant_server_matches_the_client_minor() -> None:
     assert tag, "no qdrant/qdrant:vX.Y image in infra/kuberay/base/qdrant.yaml"
     client = version("qdrant-client").split(".")[:2]
     assert list(tag.groups()) == client, f"server v{'.'.join(tag.groups())} vs qdrant-client {'.'.join(client)}"
+
+
+# ------------------------------------------------------------------------------------------------ GPU images
+def _image_variant(image: str) -> str:
+    """`gpu` for the CUDA build (infra/docker/Dockerfile VARIANT=gpu: the image `bigearth-gpu`, or a tag naming
+    gpu), `cpu` for the CPU build, `other` for images that are not ours (qdrant)."""
+    ref = image.split("@", 1)[0]
+    name, _, tag = ref.rpartition(":") if ":" in ref.rsplit("/", 1)[-1] else (ref, "", "")
+    repo = name.rsplit("/", 1)[-1]
+    if repo not in ("bigearth", "bigearth-gpu"):
+        return "other"
+    return "gpu" if repo.endswith("-gpu") or "gpu" in tag else "cpu"
+
+
+def _gpus(pod: Pod, container: dict[str, Any]) -> float:
+    res = container.get("resources") or {}
+    asked = [float(str((res.get(k) or {}).get("nvidia.com/gpu", 0))) for k in ("requests", "limits")]
+    if container is pod.spec["containers"][0]:  # the Ray container: `ray start --num-gpus`
+        asked.append(float(pod.ray_start_params.get("num-gpus", 0)))
+    return max(asked)
+
+
+def gpu_image_problems(docs: list[dict[str, Any]]) -> list[str]:
+    """Every container asking for GPUs (nvidia.com/gpu, or Ray's num-gpus) must run the GPU image and every other
+    container of ours the CPU image; a serveConfigV2 placing replicas on GPUs (gpus_per_classifier, or
+    ray_actor_options.num_gpus) needs a GPU group in its RayService."""
+    problems = []
+    for pod in pods(docs):
+        for c in pod.containers():
+            variant, gpus = _image_variant(c["image"]), _gpus(pod, c)
+            if variant == "other":
+                continue
+            if gpus and variant != "gpu":
+                problems.append(f"{pod.origin} {c['name']}: asks for {gpus:g} GPU(s) but runs {c['image']}")
+            if not gpus and variant != "cpu":
+                problems.append(f"{pod.origin} {c['name']}: no GPU but runs the GPU image {c['image']}")
+    for d in docs:
+        if d["kind"] != "RayService":
+            continue
+        cfg = yaml.safe_load(d["spec"]["serveConfigV2"])
+        wants = [float(a.get("args", {}).get("gpus_per_classifier", 0)) for a in cfg["applications"]]
+        wants += [
+            float((dep.get("ray_actor_options") or {}).get("num_gpus", 0))
+            for a in cfg["applications"]
+            for dep in a.get("deployments", [])
+        ]
+        service_pods = [p for p in pods([d]) if p.role == "ray"]
+        if max(wants, default=0) and not any(_gpus(p, p.spec["containers"][0]) for p in service_pods):
+            problems.append(f"RayService/{d['metadata']['name']}: Serve asks for GPUs but no group has any")
+    return problems
+
+
+def test_gpu_containers_run_the_gpu_image(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    name, docs = rendered
+    assert gpu_image_problems(docs) == [], name
+    gpu_pods = [p.origin for p in pods(docs) if any(_gpus(p, c) for c in p.containers())]
+    assert bool(gpu_pods) == (name != "overlays/dev"), gpu_pods  # the check saw the GPU groups
+
+
+def test_an_overlay_retagging_gpu_groups_to_the_cpu_image_fails(tmp_path: Path) -> None:
+    """The bug of issue 22: the prod overlay's `images:` set the CPU tag on the one image name every group used."""
+    (tmp_path / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(INFRA / "base", tmp_path)],
+                "images": [{"name": "ghcr.io/bigearth/bigearth-gpu", "newName": "ghcr.io/bigearth/bigearth"}],
+            }
+        )
+    )
+    problems = gpu_image_problems(render(tmp_path))
+    assert any("RayJob/bigearth-train worker gpu" in p and "asks for 1 GPU" in p for p in problems), problems
+    assert any("RayService/bigearth worker gpu" in p for p in problems), problems
+    assert _image_variant("ghcr.io/bigearth/bigearth:0.1.0-cpu") == "cpu"
+    assert _image_variant("ghcr.io/bigearth/bigearth:0.1.0-gpu") == "gpu"
+    assert _image_variant("localhost:5000/bigearth-gpu") == "gpu"
+    assert _image_variant("qdrant/qdrant:v1.20.0") == "other"
