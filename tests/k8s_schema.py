@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import subprocess
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -113,3 +114,185 @@ def validate_custom_resource(doc: dict[str, Any], crd_file: Path) -> list[str]:
         path = ".".join(str(p) for p in e.absolute_path)
         errors.append(f"{doc['kind']}/{doc['metadata']['name']} {path}: {e.message[:300]}")
     return errors
+
+
+# ------------------------------------------------------------------------------------------------ pods
+
+
+@dataclass(frozen=True)
+class Pod:
+    """A pod a rendered manifest makes, as the API server will see it: its namespace (and that namespace's labels),
+    its labels (the template's plus those the controller adds), its spec (a pod template's `spec`), where it came
+    from (`origin`, e.g. `RayJob/bigearth-index head`) and its role: `ray` for a Ray node, `submitter` for a
+    RayJob's `ray job submit` pod, `pod` otherwise."""
+
+    origin: str
+    namespace: str
+    labels: dict[str, str]
+    spec: dict[str, Any]
+    role: str = "pod"
+    node_type: str = ""  # head / worker for Ray nodes
+    ray_start_params: dict[str, str] = field(default_factory=dict)
+    namespace_labels: dict[str, str] = field(default_factory=dict)
+
+    def containers(self) -> list[dict[str, Any]]:
+        return [*self.spec.get("initContainers", []), *self.spec.get("containers", [])]
+
+
+def _ray_labels(template: dict[str, Any], cluster: str, node_type: str, group: str) -> dict[str, str]:
+    """KubeRay v1.7's labelPod: its own labels, then the template's, except that ray.io/node-type, ray.io/group and
+    ray.io/cluster cannot be overridden."""
+    labels = {
+        "ray.io/is-ray-node": "yes",
+        "ray.io/cluster": cluster,
+        "ray.io/node-type": node_type,
+        "ray.io/group": group,
+        "app.kubernetes.io/name": "kuberay",
+        "app.kubernetes.io/created-by": "kuberay-operator",
+    }
+    fixed = {"ray.io/node-type", "ray.io/group", "ray.io/cluster"}
+    labels.update({k: v for k, v in (template.get("metadata") or {}).get("labels", {}).items() if k not in fixed})
+    return labels
+
+
+def _ray_cluster_pods(origin: str, namespace: str, cluster: str, spec: dict[str, Any]) -> list[Pod]:
+    groups = [("head", "headgroup", spec["headGroupSpec"])]
+    groups += [("worker", g["groupName"], g) for g in spec.get("workerGroupSpecs", [])]
+    return [
+        Pod(
+            origin=f"{origin} {node_type} {group}" if node_type == "worker" else f"{origin} head",
+            namespace=namespace,
+            labels=_ray_labels(g["template"], cluster, node_type, group),
+            spec=g["template"]["spec"],
+            role="ray",
+            node_type=node_type,
+            ray_start_params={k: str(v) for k, v in (g.get("rayStartParams") or {}).items()},
+        )
+        for node_type, group, g in groups
+    ]
+
+
+def pods(docs: list[dict[str, Any]]) -> list[Pod]:
+    """Every pod the rendered manifests `docs` make: Ray heads and worker groups of RayClusters, RayJobs and
+    RayServices, RayJob submitters (KubeRay v1.7 labels them ray.io/originated-from-*), and the pod templates of
+    the built-in workload kinds."""
+    out: list[Pod] = []
+    ns_labels = {d["metadata"]["name"]: d["metadata"].get("labels", {}) for d in docs if d["kind"] == "Namespace"}
+    for d in docs:
+        kind, name, ns = d["kind"], d["metadata"]["name"], d["metadata"].get("namespace", "default")
+        origin, spec = f"{kind}/{name}", d.get("spec", {})
+        if kind == "RayCluster":
+            out += _ray_cluster_pods(origin, ns, name, spec)
+        elif kind == "RayService":
+            out += _ray_cluster_pods(origin, ns, f"{name}-xxxxx", spec["rayClusterConfig"])
+        elif kind == "RayJob":
+            out += _ray_cluster_pods(origin, ns, f"{name}-xxxxx", spec["rayClusterSpec"])
+            template = spec.get("submitterPodTemplate")
+            if template is None:  # KubeRay's default: one container, the head's image, no securityContext
+                head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+                template = {"spec": {"containers": [{"name": "ray-job-submitter", "image": head["image"]}]}}
+            labels = {
+                **(template.get("metadata") or {}).get("labels", {}),
+                "ray.io/originated-from-cr-name": name,
+                "ray.io/originated-from-crd": "RayJob",
+                "app.kubernetes.io/created-by": "kuberay-operator",
+            }
+            out.append(Pod(f"{origin} submitter", ns, labels, template["spec"], role="submitter"))
+        elif kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
+            template = spec["template"]
+            out.append(Pod(origin, ns, dict(template["metadata"].get("labels", {})), template["spec"]))
+        elif kind == "CronJob":
+            template = spec["jobTemplate"]["spec"]["template"]
+            out.append(Pod(origin, ns, dict(template["metadata"].get("labels", {})), template["spec"]))
+    # every namespace carries kubernetes.io/metadata.name (set by the API server)
+    return [
+        replace(p, namespace_labels={**ns_labels.get(p.namespace, {}), "kubernetes.io/metadata.name": p.namespace})
+        for p in out
+    ]
+
+
+# ------------------------------------------------------------------------------------------------ NetworkPolicy
+
+
+def selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
+    """A metav1.LabelSelector against `labels` (an empty selector selects everything)."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e["key"], e["operator"], e.get("values") or []
+        if op == "In" and labels.get(key) not in values:
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def _peer_matches(peer: dict[str, Any], policy_ns: str, pod: Pod) -> bool:
+    if "ipBlock" in peer:  # addresses outside the cluster's pods: never a pod here
+        return False
+    if "namespaceSelector" in peer:
+        if not selects(peer["namespaceSelector"], pod.namespace_labels):
+            return False
+    elif pod.namespace != policy_ns:
+        return False
+    return "podSelector" not in peer or selects(peer["podSelector"], pod.labels)
+
+
+def _port_matches(ports: list[dict[str, Any]] | None, dst: Pod, port: int, protocol: str) -> bool:
+    if not ports:
+        return True
+    for p in ports:
+        if p.get("protocol", "TCP") != protocol:
+            continue
+        want = p.get("port")
+        if want is None:
+            return True
+        if isinstance(want, str):  # a named port of the destination's containers
+            named = {c.get("name"): c.get("containerPort") for x in dst.containers() for c in x.get("ports", [])}
+            want = named.get(want)
+        if want == port or (want is not None and "endPort" in p and want <= port <= p["endPort"]):
+            return True
+    return False
+
+
+def _policy_types(policy: dict[str, Any]) -> list[str]:
+    spec = policy["spec"]
+    return spec.get("policyTypes") or (["Ingress"] + (["Egress"] if "egress" in spec else []))
+
+
+def _direction_allows(
+    policies: list[dict[str, Any]], subject: Pod, peer: Pod, direction: str, dst: Pod, port: int, protocol: str
+) -> bool:
+    key, peers_key = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
+    applicable = [
+        p
+        for p in policies
+        if p["metadata"].get("namespace", "default") == subject.namespace
+        and selects(p["spec"].get("podSelector"), subject.labels)
+        and direction in _policy_types(p)
+    ]
+    if not applicable:
+        return True
+    for p in applicable:
+        ns = p["metadata"].get("namespace", "default")
+        for rule in p["spec"].get(key) or []:
+            peers = rule.get(peers_key)
+            if (not peers or any(_peer_matches(x, ns, peer) for x in peers)) and _port_matches(
+                rule.get("ports"), dst, port, protocol
+            ):
+                return True
+    return False
+
+
+def connection_allowed(policies: list[dict[str, Any]], src: Pod, dst: Pod, port: int, protocol: str = "TCP") -> bool:
+    """Whether NetworkPolicies `policies` let `src` open a connection to `dst` on `port`: allowed by the egress of
+    the source's policies and the ingress of the destination's, each direction open when no policy of that type
+    selects the pod (the Kubernetes semantics; ipBlock peers never match pods)."""
+    return _direction_allows(policies, dst, src, "Ingress", dst, port, protocol) and _direction_allows(
+        policies, src, dst, "Egress", dst, port, protocol
+    )
