@@ -95,8 +95,10 @@ class _Thrift:
         return self.data[self.pos - n : self.pos]
 
     def struct(self, wanted: dict[int, Any], depth: int = 0) -> dict[int, Any]:
-        """Fields of a struct: integers as ints, bools as bools, wanted nested structs (`wanted[id]` a dict of
-        their own wanted fields) as dicts; the rest skipped."""
+        """The `wanted` fields of a struct: `int`, `bool`, a dict (a nested struct's wanted fields) or `[dict]` (a
+        list of such structs); the rest skipped. A wanted field of another type is `CorruptPage`."""
+        if depth > 16:
+            raise CorruptPage("nesting too deep")
         out: dict[int, Any] = {}
         last = 0
         while True:
@@ -106,24 +108,31 @@ class _Thrift:
             kind, delta = head & 0x0F, head >> 4
             fid = last + delta if delta else self.zigzag()
             last = fid
-            if kind in (1, 2):
+            spec = wanted.get(fid)
+            if spec is None:
+                self.skip(kind, depth)
+            elif spec is bool and kind in (1, 2):
                 out[fid] = kind == 1
-            elif kind in (4, 5, 6):
-                out[fid] = self.zigzag()
-            elif kind == 12 and isinstance(wanted.get(fid), dict):
-                out[fid] = self.struct(wanted[fid], depth + 1)
-            elif kind == 9 and isinstance(wanted.get(fid), list):  # [fields]: a list of those structs
+            elif spec is int and kind in (3, 4, 5, 6):
+                out[fid] = self.byte() if kind == 3 else self.zigzag()
+            elif isinstance(spec, dict) and kind == 12:
+                out[fid] = self.struct(spec, depth + 1)
+            elif isinstance(spec, list) and kind == 9:
                 head = self.byte()
                 size = head >> 4 if head >> 4 != 15 else self.varint()
                 if head & 0x0F != 12:
-                    raise CorruptPage("expected a list of structs")
-                out[fid] = [self.struct(wanted[fid][0], depth + 1) for _ in range(size)]
+                    raise CorruptPage(f"field {fid}: expected a list of structs")
+                out[fid] = [self.struct(spec[0], depth + 1) for _ in range(size)]
             else:
-                self.skip(kind, depth)
+                raise CorruptPage(f"field {fid} has thrift type {kind}, not the expected one")
 
 
-_HEADER_FIELDS = {5: {}, 7: {}, 8: {}}  # data_page_header, dictionary_page_header, data_page_header_v2
-_FOOTER_FIELDS = {4: [{1: [{}]}]}  # row_groups[].columns[]: offset_index_offset (4), offset_index_length (5)
+#: PageHeader: type, uncompressed and compressed size, crc, data_page_header (num_values, encoding), and
+#: data_page_header_v2 (num_rows, encoding, definition and repetition levels' lengths, is_compressed).
+_HEADER_FIELDS = {1: int, 2: int, 3: int, 4: int, 5: {1: int, 2: int}, 8: {3: int, 4: int, 5: int, 6: int, 7: bool}}
+#: FileMetaData.row_groups[].columns[]: offset_index_offset (4), offset_index_length (5).
+_FOOTER_FIELDS = {4: [{1: [{4: int, 5: int}]}]}
+_OFFSET_INDEX = {1: [{1: int, 2: int, 3: int}]}  # page_locations[]: offset, compressed_page_size, first_row_index
 
 
 @dataclass(frozen=True)
@@ -157,7 +166,7 @@ def read_footer(read_at: Any, size: int) -> bytes:
 def page_locations(data: bytes) -> list[PageLocation]:
     """An `OffsetIndex`'s pages."""
     try:
-        index = _Thrift(data).struct({1: [{}]})
+        index = _Thrift(data).struct(_OFFSET_INDEX)
     except EOFError:
         raise CorruptPage("the offset index is cut short") from None
     return [PageLocation(p.get(1, -1), p.get(2, -1), p.get(3, -1)) for p in index.get(1, [])]
@@ -183,7 +192,7 @@ def _levels(data: bytes, count: int) -> list[int]:
                 bits = t._take(groups)
                 out += [(b >> i) & 1 for b in bits for i in range(8)]
             else:
-                out += [t.byte() & 1] * (head >> 1)
+                out += [t.byte() & 1] * min(head >> 1, count - len(out))
     except EOFError:
         raise CorruptPage("definition levels are cut short") from None
     return out[:count]
@@ -198,16 +207,19 @@ def read_value(
     if codec is None and compression != "UNCOMPRESSED":
         raise Unsupported(f"codec {compression}")
     k = max((i for i, p in enumerate(pages) if p.first_row <= row), default=None)
-    if k is None or pages[k].size <= 0:
+    if k is None or pages[k].size <= 0 or pages[k].offset < 0:
         raise CorruptPage(f"the offset index has no page for row {row}")
     loc = pages[k]
     count = (pages[k + 1].first_row if k + 1 < len(pages) else rows) - loc.first_row
+    at = row - loc.first_row
+    if not 0 <= at < count or loc.size > 2 * count * (width + 1) + 65536:  # no page is larger than its values
+        raise CorruptPage(f"the offset index gives an impossible page at byte {loc.offset} for row {row}")
     buf = read_at(loc.size, loc.offset)
     if len(buf) != loc.size:
         raise CorruptPage(f"page at byte {loc.offset} is cut short")
     h, n = _header(buf)
     raw = buf[n:]
-    if h.get(3) != len(raw) or h.get(2, -1) < 0:
+    if h.get(3) != len(raw) or not 0 <= h.get(2, -1) <= count * (width + 1) + 64:  # no bomb: a page of `count` values
         raise CorruptPage(f"page at byte {loc.offset}: its header and the offset index disagree on its size")
     if h.get(4) is not None and zlib.crc32(raw) != h[4] & 0xFFFFFFFF:
         raise CorruptPage(f"page at byte {loc.offset} fails its checksum")
@@ -228,13 +240,14 @@ def read_value(
         if v2.get(4) != PLAIN or v2.get(6, 0) or v2.get(3) != count:
             raise Unsupported("a v2 page with repetition levels, another encoding or not one value per row")
         dlen = v2.get(5, 0)
+        if not 0 <= dlen <= min(len(raw), h[2]):
+            raise CorruptPage("definition levels are cut short")
         if max_def:
             levels = _levels(raw[:dlen], count)
         body = raw[dlen:]
         values = _decompress(body, h[2] - dlen, codec) if codec and v2.get(7, True) else body
     else:
         raise Unsupported(f"page type {h.get(1)}")
-    at = row - loc.first_row
     if levels is not None:
         if not levels[at]:
             return None
