@@ -322,6 +322,10 @@ def test_the_cache_is_sized_in_bytes(shards: Path) -> None:
         store.arrays(_pid(i), ALL_GROUPS)
         assert 0 < store.cached_bytes() <= budget
     assert store.cached_bytes() > budget // 2  # it is used, up to the budget
+    store.arrays(_pid(7), {"s2_10m": GROUPS["s2_10m"]})
+    before = _rchar()
+    store.arrays(_pid(7), {"s2_10m": GROUPS["s2_10m"]})  # a repeated quicklook: from the cache, no file opened
+    assert _rchar() - before < 4096
 
 
 def test_a_damaged_page_is_a_shard_format_error_naming_file_and_column(shards: Path, tmp_path: Path) -> None:

@@ -40,6 +40,26 @@ class _Layout:
     offsets: list[list[tuple[int, int] | None]] | None
 
 
+class _Opener:
+    """A shard file opened on first use (`f()`), closed on exit: a lookup the cache answers opens nothing."""
+
+    def __init__(self, afs: Any, path: str) -> None:
+        self._afs, self._path = afs, path
+        self._file: Any = None
+
+    def __call__(self) -> Any:
+        if self._file is None:
+            self._file = self._afs.open_input_file(self._path)
+        return self._file
+
+    def __enter__(self) -> _Opener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 class PatchStore:
     """Patch id -> (shard file, row group, row), built from the `patch_id` column of every shard at start-up.
 
@@ -131,12 +151,12 @@ class PatchStore:
 
     # ---- reads
     def row(self, patch_id: str, columns: list[str]) -> pa.Table:
-        """One-row table of `columns` for a pair."""
+        """One-row table of `columns` for a pair (the file is opened only when the cache misses)."""
         file_no, rg, row = self.locate(patch_id)
         path = self._paths[file_no]
-        with self._afs.open_input_file(path) as f:
+        with _Opener(self._afs, path) as f:
             layout = self._layout(file_no, f)
-            arrays: dict[str, pa.Array] = {}
+            arrays: dict[str, Any] = {}
             pixels = [c for c in columns if c in layout.fixed]
             if pixels and layout.offsets is not None:
                 try:
@@ -149,18 +169,18 @@ class PatchStore:
                 key = ("group", file_no, rg, tuple(rest))
                 table = self._cached_get(key)
                 if table is None:
-                    table = read_row_group(open_shard(f, path), rg, rest, path)
+                    table = read_row_group(open_shard(f(), path), rg, rest, path)
                     table = self._cache_put(key, table, table.nbytes)
                 arrays.update(zip(rest, table.slice(row, 1).columns, strict=True))
         return pa.table({c: arrays[c] for c in columns})
 
-    def _layout(self, file_no: int, f: Any) -> _Layout:
+    def _layout(self, file_no: int, f: _Opener) -> _Layout:
         key = ("layout", file_no)
         layout = self._cached_get(key)
         if layout is not None:
             return layout  # type: ignore[no-any-return]
         path = self._paths[file_no]
-        meta = open_shard(f, path).metadata
+        meta = open_shard(f(), path).metadata
         schema = meta.schema.to_arrow_schema()
         fixed = {}
         for i, field in enumerate(schema):
@@ -170,14 +190,14 @@ class PatchStore:
         offsets = None
         if meta.num_row_groups and any(meta.row_group(0).column(i).has_offset_index for i, *_ in fixed.values()):
             try:
-                offsets = offset_index_locations(read_footer(f.read_at, f.size()))
+                offsets = offset_index_locations(read_footer(f().read_at, f().size()))
             except CorruptPage as e:
                 raise ShardFormatError(f"{path}: {e}; re-run the ingest of this shard set") from None
         rows = [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]
-        layout = _Layout(f.size(), rows, fixed, offsets)
+        layout = _Layout(f().size(), rows, fixed, offsets)
         return self._cache_put(key, layout, 1024 + 64 * len(fixed) * (1 + len(rows)))  # type: ignore[no-any-return]
 
-    def _value(self, file_no: int, f: Any, layout: _Layout, rg: int, row: int, column: str) -> pa.Array:
+    def _value(self, file_no: int, f: _Opener, layout: _Layout, rg: int, row: int, column: str) -> pa.Array:
         """One band value of one row, read from its page."""
         path = self._paths[file_no]
         index, width, max_def, compression = layout.fixed[column]
@@ -190,9 +210,9 @@ class PatchStore:
                     where = layout.offsets[rg][index] if layout.offsets and rg < len(layout.offsets) else None
                     if where is None:
                         raise Unsupported("no offset index")
-                    pages = page_locations(f.read_at(where[1], where[0]))
+                    pages = page_locations(f().read_at(where[1], where[0]))
                     self._cache_put(("pages", file_no, rg, index), pages, 64 + 48 * len(pages))
-                got = read_value(f.read_at, compression, pages, layout.rows[rg], row, width, max_def)
+                got = read_value(f().read_at, compression, pages, layout.rows[rg], row, width, max_def)
             except CorruptPage as e:
                 raise ShardFormatError(
                     f"{path}: row group {rg}, column {column}: {e}; re-run the ingest of this shard set"
