@@ -259,6 +259,8 @@ def test_a_cached_count_expires() -> None:
     cache.get("b", lambda: 0)
     cache.get("c", lambda: 0)  # two entries at most: "a" (least recently used) goes
     assert cache.get("a", lambda: 4) == 4
+    cache.clear()
+    assert cache.get("a", lambda: 5) == 5
 
 
 def test_exact_search_is_refused_on_a_large_collection(retriever: Any, monkeypatch: pytest.MonkeyPatch) -> None:

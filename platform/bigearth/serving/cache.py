@@ -39,3 +39,8 @@ class TtlCache:
             while len(self._items) > self.entries:
                 self._items.popitem(last=False)
         return value
+
+    def clear(self) -> None:
+        """Forget everything (the index was switched: its counts are another index's)."""
+        with self._lock:
+            self._items.clear()
