@@ -18,6 +18,7 @@ import json
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def write(out: Path, pairs: int, seed: int = 0) -> list[str]:
     ids = []
     for i in range(pairs):
         pid = f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{i // 100}_{i % 100}"
-        row = {
+        row: dict[str, Any] = {
             "patch_id": pid,
             "s1_name": f"S1A_IW_GRDH_1SDV_20170613T165043_33UUP_{i // 100}_{i % 100}",
             "split": "train",

@@ -393,8 +393,8 @@ def test_a_mutated_page_reads_back_right_or_is_refused(shards: Path, flips: list
     pages = page_locations(data[where[0] : where[0] + where[1]])
     page = pages[7]
     mutated = bytearray(data[page.offset : page.offset + page.size])
-    for at, value in flips:
-        mutated[at % len(mutated)] = value
+    for at, byte in flips:
+        mutated[at % len(mutated)] = byte
     changed = bytes(mutated) != data[page.offset : page.offset + page.size]
 
     def read_at(n: int, o: int) -> bytes:
