@@ -75,9 +75,18 @@ def _real_pair_files(i: int) -> list[tuple[str, tuple[str, bytes, str]]]:
 
 
 # ------------------------------------------------------------------------------------------------ health
-def test_health_and_readiness(client: Client) -> None:
+def test_health_and_readiness(client: Client, url: str, tiny_run: Path) -> None:
     assert client.health()
-    ready = client.ready()
+    anonymous = httpx.get(f"{url}/readyz")  # a probe: ready or not, nothing about what is served
+    assert anonymous.status_code == 200 and anonymous.json() == {
+        "ready": True,
+        "model": None,
+        "index": None,
+        "detail": None,
+    }
+    wrong = httpx.get(f"{url}/readyz", headers={"X-API-Key": "wrong"}).json()
+    assert wrong["model"] is None and tiny_run.name not in json.dumps(wrong)
+    ready = client.ready()  # with the key: which model and index
     assert ready.ready and ready.model is not None and ready.model.name == "tiny/late"
     assert ready.model.classes == list(BEN19) and "@" in ready.model.version
     assert ready.index is not None and ready.index["points"] == ready.index["pairs_in_shards"] > 0
@@ -318,6 +327,20 @@ BAD_REQUESTS = {
         "expected 128 finite numbers",
     ),
     "no query": ("search", {"k": 3}, 422, "patch_id", "give a patch_id or a vector"),
+    "too many filter values": (
+        "search",
+        {"patch_id": "PID", "filter": {"tile": [f"T{i}" for i in range(65)]}},
+        422,
+        "filter.tile",
+        "65 distinct values; at most 64",
+    ),
+    "exact search beyond its k": (
+        "search",
+        {"patch_id": "PID", "k": 500, "exact": True},
+        422,
+        "exact",
+        "at most k=100",
+    ),
     "quicklook scale out of range": ("rgb", "scale=99", 422, "scale", "less than or equal to 8"),
     "quicklook of an unknown patch": ("rgb-unknown", "scale=1", 404, "patch_id", "not in the shard set"),
 }
@@ -353,6 +376,7 @@ def test_bad_input_is_a_4xx_naming_the_field(url: str, case: str, ids: dict[str,
     body = r.json()
     assert set(body) == {"error", "message", "field"}
     assert body["field"] == field and message in body["message"], body
+    assert str(shards_v2) not in body["message"]  # a 404 names the patch, not where the shards are
     assert httpx.get(f"{url}/healthz").status_code == 200
 
 

@@ -50,8 +50,15 @@ def test_flipped_bytes_are_an_error_naming_the_file(shards_v2: Path, tmp_path: P
     shutil.copytree(shards_v2, shards)
     victim = _first_file(shards)
     data = bytearray(victim.read_bytes())
-    middle = len(data) // 2  # inside the pixel pages, far from the footer
-    data[middle : middle + 8] = bytes(255 - b for b in data[middle : middle + 8])
+    # inside a pixel page: the last bytes of one (an lz4 block ends in literals, so it still decompresses)
+    from bigearth.pages import offset_index_locations, page_locations, read_footer
+
+    column = pq.ParquetFile(victim).schema_arrow.get_field_index("B02")
+    where = offset_index_locations(read_footer(lambda n, o: bytes(data[o : o + n]), len(data)))[0][column]
+    assert where is not None
+    page = page_locations(bytes(data[where[0] : where[0] + where[1]]))[3]
+    middle = page.offset + page.size - 4
+    data[middle : middle + 3] = bytes(255 - b for b in data[middle : middle + 3])
     victim.write_bytes(bytes(data))
     # without the checksums the damage would be read as pixels: nothing else notices it
     pq.ParquetFile(victim, page_checksum_verification=False).read()

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import PydanticCustomError
 
 from bigearth.archive.names import S2_ID_PATTERN, S2_ID_RE
@@ -50,6 +59,11 @@ PatchId = Annotated[
     ),
 ]
 VectorValue = Annotated[float, Field(ge=-MAX_VECTOR_VALUE, le=MAX_VECTOR_VALUE)]
+#: Exact search compares the query with every point (no HNSW): k is bounded, and the Retriever refuses it on a
+#: collection of more than EXACT_MAX_POINTS points (docs/api.md "Limits").
+MAX_EXACT_K = 100
+EXACT_MAX_POINTS = 200_000
+MAX_VECTOR_DIMS = 4096  # longer than any model's vectors (the largest, a ResNet-50's fused features: 2048)
 
 
 class ApiError(Exception):
@@ -137,14 +151,18 @@ class SearchRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     patch_id: PatchId | None = None
-    vector: list[VectorValue] | None = None
+    vector: list[VectorValue] | None = Field(None, max_length=MAX_VECTOR_DIMS)
     k: int = Field(10, ge=1, le=MAX_K)
     using: VectorName = Field("fused", description="the archive's vectors to search")
     query_modality: VectorName | None = Field(
         None, description="which vector of the query to use (default: `using`); `s1` with `using=s2` is cross-modal"
     )
     filter: SearchFilter | None = None
-    exact: bool = Field(False, description="exact search instead of HNSW (slow at archive scale)")
+    exact: bool = Field(
+        False,
+        description=f"exact search instead of HNSW: k <= {MAX_EXACT_K}, and only on a collection of at most "
+        f"{EXACT_MAX_POINTS} points",
+    )
     include_query: bool = Field(False, description="keep the query pair itself among the results")
 
     @model_validator(mode="after")
@@ -154,6 +172,14 @@ class SearchRequest(BaseModel):
         if self.vector is not None and self.query_modality not in (None, self.using):
             raise ValueError("query_modality applies to patch and upload queries; a vector is searched as given")
         return self
+
+    @field_validator("exact")
+    @classmethod
+    def _exact_is_bounded(cls, v: bool, info: ValidationInfo) -> bool:
+        k = info.data.get("k", 0)
+        if v and k > MAX_EXACT_K:
+            raise ValueError(f"exact search returns at most k={MAX_EXACT_K} hits, k={k} asked; use HNSW for more")
+        return v
 
 
 class Location(BaseModel):
@@ -192,7 +218,9 @@ class BrowseRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     filter: SearchFilter | None = None
     limit: int = Field(24, ge=1, le=500)
-    cursor: str | None = Field(None, description="`next_cursor` of the previous page (none: the first page)")
+    cursor: str | None = Field(
+        None, max_length=64, description="`next_cursor` of the previous page (none: the first page)"
+    )
 
 
 class BrowseItem(BaseModel):
@@ -240,6 +268,6 @@ class SearchResponse(BaseModel):
 
 class Ready(BaseModel):
     ready: bool
-    model: ModelInfo | None = None
-    index: dict[str, Any] | None = None
+    model: ModelInfo | None = Field(None, description="the model served: only in an answer to a request with a key")
+    index: dict[str, Any] | None = Field(None, description="the index served: only with a key, as `model`")
     detail: str | None = None

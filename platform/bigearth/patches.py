@@ -6,13 +6,15 @@ from __future__ import annotations
 import itertools
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from bigearth.archive.names import PatchNameError, check_safe_id
-from bigearth.shards import META_COLUMNS, Manifest, open_shard, read_row_group
+from bigearth.pages import CorruptPage, Unsupported, offset_index_locations, page_locations, read_footer, read_value
+from bigearth.shards import META_COLUMNS, Manifest, ShardFormatError, open_shard, read_row_group
 from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
 
 
@@ -23,13 +25,50 @@ class UnknownPatch(KeyError):
         return str(self.args[0])
 
 
+#: What the PatchStore keeps of what it read (pages' locations, band values of recent pairs, metadata row groups).
+CACHE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass
+class _Layout:
+    """What a lookup needs of one shard file's footer: rows per row group, the fixed-size (band) columns and
+    where each row group's offset index is (None for a file without a page index)."""
+
+    size: int
+    rows: list[int]
+    fixed: dict[str, tuple[int, int, int, str]]  # column -> (index, bytes per value, max definition level, codec)
+    offsets: list[list[tuple[int, int] | None]] | None
+
+
+class _Opener:
+    """A shard file opened on first use (`f()`), closed on exit: a lookup the cache answers opens nothing."""
+
+    def __init__(self, afs: Any, path: str) -> None:
+        self._afs, self._path = afs, path
+        self._file: Any = None
+
+    def __call__(self) -> Any:
+        if self._file is None:
+            self._file = self._afs.open_input_file(self._path)
+        return self._file
+
+    def __enter__(self) -> _Opener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._file is not None:
+            self._file.close()
+
+
 class PatchStore:
     """Patch id -> (shard file, row group, row), built from the `patch_id` column of every shard at start-up.
 
-    A lookup reads one row group of the needed columns only; the last few row groups read stay cached.
+    A lookup reads one row: each band column's page of that pair, found through the file's page index (shards
+    written before it had one: the row group of the needed columns); metadata columns (small) by row group. What
+    was read stays in an LRU cache of at most `cache_bytes` bytes.
     """
 
-    def __init__(self, shards: str, storage: StorageOptions | None = None, cache_row_groups: int = 4) -> None:
+    def __init__(self, shards: str, storage: StorageOptions | None = None, cache_bytes: int = CACHE_BYTES) -> None:
         from concurrent.futures import ThreadPoolExecutor
 
         self.shards, self.storage = shards, storage
@@ -55,8 +94,8 @@ class PatchStore:
                     for row, pid in enumerate(names):
                         self._where[pid] = (file_no, rg, row)
                     split.extend(names)
-        self._cache: OrderedDict[tuple[int, int, tuple[str, ...]], pa.Table] = OrderedDict()
-        self._cache_size = cache_row_groups
+        self._cache: OrderedDict[tuple[Any, ...], tuple[Any, int]] = OrderedDict()
+        self.cache_bytes, self._cached = cache_bytes, 0
         self._lock = threading.Lock()
 
     def __len__(self) -> int:
@@ -83,26 +122,103 @@ class PatchStore:
         except PatchNameError as e:
             raise ValueError(str(e)) from None
         if patch_id not in self._where:
-            raise UnknownPatch(f"patch {patch_id!r} is not in the shard set {self.shards}")
+            raise UnknownPatch(f"patch {patch_id!r} is not in the shard set")  # its URL is no caller's business
         return self._where[patch_id]
 
-    def row(self, patch_id: str, columns: list[str]) -> pa.Table:
-        """One-row table of `columns` for a pair."""
-        file_no, rg, row = self.locate(patch_id)
-        key = (file_no, rg, tuple(columns))
+    # ---- the byte-sized cache
+    def _cached_get(self, key: tuple[Any, ...]) -> Any:
         with self._lock:
-            table = self._cache.get(key)
-            if table is not None:
-                self._cache.move_to_end(key)
-        if table is None:
-            path = self._paths[file_no]
-            with self._afs.open_input_file(path) as f:
-                table = read_row_group(open_shard(f, path), rg, columns, path)
-            with self._lock:
-                self._cache[key] = table
-                while len(self._cache) > self._cache_size:
-                    self._cache.popitem(last=False)
-        return table.slice(row, 1)
+            hit = self._cache.get(key)
+            if hit is None:
+                return None
+            self._cache.move_to_end(key)
+            return hit[0]
+
+    def _cache_put(self, key: tuple[Any, ...], value: Any, size: int) -> Any:
+        with self._lock:
+            if key in self._cache:
+                self._cached -= self._cache.pop(key)[1]
+            if size <= self.cache_bytes:
+                self._cache[key] = (value, size)
+                self._cached += size
+            while self._cached > self.cache_bytes:
+                self._cached -= self._cache.popitem(last=False)[1][1]
+        return value
+
+    def cached_bytes(self) -> int:
+        """What the cache holds now, in bytes (at most `cache_bytes`)."""
+        return self._cached
+
+    # ---- reads
+    def row(self, patch_id: str, columns: list[str]) -> pa.Table:
+        """One-row table of `columns` for a pair (the file is opened only when the cache misses)."""
+        file_no, rg, row = self.locate(patch_id)
+        path = self._paths[file_no]
+        with _Opener(self._afs, path) as f:
+            layout = self._layout(file_no, f)
+            arrays: dict[str, Any] = {}
+            pixels = [c for c in columns if c in layout.fixed]
+            if pixels and layout.offsets is not None:
+                try:
+                    for c in pixels:
+                        arrays[c] = self._value(file_no, f, layout, rg, row, c)
+                except Unsupported:
+                    arrays = {}
+            rest = [c for c in columns if c not in arrays]
+            if rest:
+                key = ("group", file_no, rg, tuple(rest))
+                table = self._cached_get(key)
+                if table is None:
+                    table = read_row_group(open_shard(f(), path), rg, rest, path)
+                    table = self._cache_put(key, table, table.nbytes)
+                arrays.update(zip(rest, table.slice(row, 1).columns, strict=True))
+        return pa.table({c: arrays[c] for c in columns})
+
+    def _layout(self, file_no: int, f: _Opener) -> _Layout:
+        key = ("layout", file_no)
+        layout = self._cached_get(key)
+        if layout is not None:
+            return layout  # type: ignore[no-any-return]
+        path = self._paths[file_no]
+        meta = open_shard(f(), path).metadata
+        schema = meta.schema.to_arrow_schema()
+        fixed = {}
+        for i, field in enumerate(schema):
+            if pa.types.is_fixed_size_binary(field.type) and meta.num_row_groups:
+                compression = meta.row_group(0).column(i).compression
+                fixed[field.name] = (i, field.type.byte_width, meta.schema.column(i).max_definition_level, compression)
+        offsets = None
+        if meta.num_row_groups and any(meta.row_group(0).column(i).has_offset_index for i, *_ in fixed.values()):
+            try:
+                offsets = offset_index_locations(read_footer(f().read_at, f().size()))
+            except CorruptPage as e:
+                raise ShardFormatError(f"{path}: {e}; re-run the ingest of this shard set") from None
+        rows = [meta.row_group(rg).num_rows for rg in range(meta.num_row_groups)]
+        layout = _Layout(f().size(), rows, fixed, offsets)
+        return self._cache_put(key, layout, 1024 + 64 * len(fixed) * (1 + len(rows)))  # type: ignore[no-any-return]
+
+    def _value(self, file_no: int, f: _Opener, layout: _Layout, rg: int, row: int, column: str) -> pa.Array:
+        """One band value of one row, read from its page."""
+        path = self._paths[file_no]
+        index, width, max_def, compression = layout.fixed[column]
+        key = ("value", file_no, rg, row, column)
+        value = self._cached_get(key)
+        if value is None:
+            try:
+                pages = self._cached_get(("pages", file_no, rg, index))
+                if pages is None:
+                    where = layout.offsets[rg][index] if layout.offsets and rg < len(layout.offsets) else None
+                    if where is None:
+                        raise Unsupported("no offset index")
+                    pages = page_locations(f().read_at(where[1], where[0]))
+                    self._cache_put(("pages", file_no, rg, index), pages, 64 + 48 * len(pages))
+                got = read_value(f().read_at, compression, pages, layout.rows[rg], row, width, max_def)
+            except CorruptPage as e:
+                raise ShardFormatError(
+                    f"{path}: row group {rg}, column {column}: {e}; re-run the ingest of this shard set"
+                ) from None
+            value = self._cache_put(key, pa.array([got], pa.binary(width)), width)
+        return value  # type: ignore[no-any-return]
 
     def metadata(self, patch_id: str) -> dict[str, Any]:
         """The pair's metadata columns (no pixels) plus the patch centre as `location`."""

@@ -23,6 +23,7 @@ FORMAT_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")  # v1: 14 variable-length binary columns, zstd, no page checksums
 MANIFEST = "manifest.json"
 ROW_GROUP_PAIRS = 128  # rows per Parquet row group: bounds writer memory and lets readers stream
+PAGE_PAIRS = 1  # rows per data page: a lookup (PatchStore) reads one page of each band column
 
 #: `--compression` choices -> (Parquet codec, level). lz4: ~5x zstd's read rate for ~1.9x its bytes on real
 #: pixels (docs/benchmarks.md); zstd (level 3) for archives kept on slow or paid storage.
@@ -91,6 +92,8 @@ class ShardWriter:
             use_dictionary=META_COLUMNS,
             write_statistics=META_COLUMNS,
             write_page_checksum=True,
+            max_rows_per_page=PAGE_PAIRS,  # pairs per page, found through the page index: what a lookup reads
+            write_page_index=True,
         )
         self._schema = schema
         self._buffer: list[dict[str, Any]] = []

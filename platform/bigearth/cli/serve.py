@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from typing import Any, get_args
@@ -11,6 +12,8 @@ from pydantic import BaseModel
 
 from bigearth.secrets import argv_warning
 from bigearth.serving.args import SECRET_FIELDS, AppArgs
+
+log = logging.getLogger("bigearth.serve")
 
 # Flags kept from before the application's fields were all exposed (the field's own flag works too).
 ALIASES = {"classifier_replicas": ["--replicas"]}
@@ -81,6 +84,17 @@ def run(a: argparse.Namespace) -> int:
             os.unlink(keys_file)  # a failed start, Ctrl-C or a lost cluster: no key left behind in /tmp
 
 
+def open_api_notice(args: AppArgs) -> str | None:
+    """What `bigearth serve` says at start when it finds no API keys (None when it has some); `require_auth`
+    without keys is refused here already (`NoApiKeysError`), before anything starts."""
+    if args.keys():
+        return None
+    return (
+        "WARNING: no API keys (--api-keys, --api-keys-file or $BIGEARTH_API_KEYS): the API is open to anyone who "
+        "can reach it; --require-auth refuses to start without keys"
+    )
+
+
 def _serve(a: argparse.Namespace, keys_file: str | None) -> int:
     import time
 
@@ -91,6 +105,10 @@ def _serve(a: argparse.Namespace, keys_file: str | None) -> int:
     from bigearth.serving.app import build
 
     args = AppArgs(**{**model_values(a, AppArgs), "api_keys_file": keys_file})
+    notice = open_api_notice(args)  # the replicas read the same keys file and environment (a local Ray)
+    if notice:
+        log.warning(notice)
+        print(notice, flush=True)
     ensure_ray()
     serve.start(http_options={"host": a.host, "port": a.port, "request_timeout_s": 120})
     serve.run(build(args), name="bigearth", route_prefix="/")

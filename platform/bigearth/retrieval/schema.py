@@ -25,6 +25,10 @@ Season = Literal["winter", "spring", "summer", "autumn"]
 Split = Literal["train", "validation", "test"]
 KNOWN_LABELS = frozenset(BEN19) | frozenset(BEN43)
 PATCH_SIZE_M = 1200.0  # 120 px at 10 m
+#: Most values one filter list may hold after duplicates are dropped (docs/api.md "Limits"): every label of both
+#: nomenclatures, every country and a generous share of the archive's tiles fit; more is a 422, never an engine error.
+MAX_FILTER_VALUES = 64
+MAX_FILTER_VALUE_CHARS = 64  # a country or tile name is far shorter
 
 
 def point_id(patch_id: str) -> str:
@@ -142,6 +146,20 @@ class SearchFilter(BaseModel):
     @classmethod
     def _one_or_many(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("split", "country", "tile", "season", "labels_any", "labels_all")
+    @classmethod
+    def _deduplicated_and_capped(cls, v: list[str] | None) -> list[str] | None:
+        """Duplicates dropped (first kept), then at most MAX_FILTER_VALUES values of MAX_FILTER_VALUE_CHARS each."""
+        if v is None:
+            return v
+        v = list(dict.fromkeys(v))
+        if len(v) > MAX_FILTER_VALUES:
+            raise ValueError(f"{len(v)} distinct values; at most {MAX_FILTER_VALUES} are accepted")
+        long = next((x for x in v if len(x) > MAX_FILTER_VALUE_CHARS), None)
+        if long is not None:
+            raise ValueError(f"a value of {len(long)} characters; at most {MAX_FILTER_VALUE_CHARS} are accepted")
+        return v
 
     @field_validator("date_from", "date_to", mode="before")
     @classmethod

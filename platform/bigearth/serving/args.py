@@ -36,6 +36,29 @@ def read_api_keys(path: str | None) -> set[str]:
     return {k.strip() for k in found if k.strip()}
 
 
+#: Where a deployment that sets `require_auth` expects its keys (infra/kuberay mounts the Secret as an env var).
+KEYS_EXPECTED = (
+    "the Kubernetes Secret 'bigearth-api-keys' (key 'keys', comma-separated) exposed to the replicas as "
+    "$BIGEARTH_API_KEYS, or a file of keys named by api_keys_file"
+)
+
+
+class NoApiKeysError(RuntimeError):
+    """`require_auth` is set and this replica found no API keys: it refuses to start rather than serve an open API."""
+
+
+def check_auth(keys: set[str], require_auth: bool, keys_file: str | None) -> set[str]:
+    """The keys a replica starts with, or `NoApiKeysError` when auth is required and none were found (an empty
+    set means an open API: only allowed when `require_auth` is false)."""
+    if not keys and require_auth:
+        where = f"api_keys_file {keys_file!r} holds no key and " if keys_file else ""
+        raise NoApiKeysError(
+            f"require_auth is set but this replica found no API keys ({where}$BIGEARTH_API_KEYS is empty or unset); "
+            f"expected {KEYS_EXPECTED}. Refusing to start an API open to anyone who can reach it."
+        )
+    return keys
+
+
 def read_qdrant_key(path: str | None) -> str | None:
     """The Qdrant API key, read now: the file `path`, else `$QDRANT_API_KEY`."""
     if path:
@@ -70,6 +93,11 @@ class AppArgs(BaseModel):
     max_body_mb: float = Field(16.0, gt=0, description="larger bodies are refused (413) as they stream in")
     body_timeout_s: float = Field(30.0, gt=0, description="a body that sends nothing for this long is refused (408)")
     threshold: float = Field(0.5, gt=0, lt=1)
+    require_auth: bool = Field(
+        False,
+        description="refuse to start without API keys ($BIGEARTH_API_KEYS or api_keys_file); true in the "
+        "Kubernetes deployment, false for local use",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -91,5 +119,6 @@ class AppArgs(BaseModel):
         return self
 
     def keys(self) -> set[str]:
-        """The accepted API keys, read now (at replica start). Empty: no auth."""
-        return read_api_keys(self.api_keys_file)
+        """The accepted API keys, read now (at replica start). Empty: no auth, which `require_auth` refuses
+        (`NoApiKeysError`, naming where keys are expected)."""
+        return check_auth(read_api_keys(self.api_keys_file), self.require_auth, self.api_keys_file)

@@ -11,6 +11,7 @@ import numpy as np
 from ray import serve
 
 from bigearth.api import (
+    EXACT_MAX_POINTS,
     ApiError,
     BrowseItem,
     BrowseRequest,
@@ -108,6 +109,10 @@ class Retriever:
         self._before: Any = None  # the version before, open for requests that started on it
         self._looked, self._following = time.monotonic(), threading.Lock()
         self.store = PatchStore(data, StorageOptions.from_env())
+        from bigearth.serving.cache import TtlCache
+
+        # browse totals and facets scan the collection: computed once per filter, reused for COUNT_TTL_S
+        self.counts = TtlCache()
 
     def _checked_open(self) -> Any:
         index = self._open()
@@ -204,12 +209,20 @@ class Retriever:
         except (ValueError, TypeError) as e:  # a cursor the engine cannot read (not one it gave)
             raise ApiError(422, f"cursor {r.cursor!r} is not a next_cursor of this index ({e})", "cursor") from None
         items = [BrowseItem(patch_id=p.patch_id, payload=p.payload) for p in page]
-        return BrowseResponse(items=items, total=self.index.count(r.filter), next_cursor=after).model_dump()
+        return BrowseResponse(items=items, total=self._count(r.filter), next_cursor=after).model_dump()
+
+    def _count(self, flt: Any = None) -> int:
+        """Points `flt` matches, counted once per filter per COUNT_TTL_S (a page of browse does not rescan)."""
+        key = ("count", flt.model_dump_json() if flt is not None else None)
+        return int(self.counts.get(key, lambda: self.index.count(flt)))
 
     def facets(self, classes: list[str]) -> dict[str, Any]:
-        counts = {key: self.index.facet(key, limit=1000) for key in ("split", "country", "season", "labels")}
+        def scan() -> dict[str, Any]:
+            return {key: self.index.facet(key, limit=1000) for key in ("split", "country", "season", "labels")}
+
+        counts = self.counts.get(("facets",), scan)
         vectors = sorted(self.meta["vectors"])
-        return Facets(total=self.index.count(), classes=classes, vectors=vectors, **counts).model_dump()
+        return Facets(total=self._count(), classes=classes, vectors=vectors, **counts).model_dump()
 
     def patch_info(self, patch_id: str) -> dict[str, Any]:
         self._patch(patch_id)
@@ -281,6 +294,13 @@ class Retriever:
             exclude = [] if r.include_query else [r.patch_id]
         else:
             raise ApiError(422, "give a patch_id, a vector, or upload a patch", field="patch_id")
+        if r.exact and (points := self._count()) > EXACT_MAX_POINTS:
+            raise ApiError(
+                422,
+                f"exact search is refused on a collection of {points} points (at most {EXACT_MAX_POINTS}); "
+                "leave exact false (HNSW)",
+                field="exact",
+            )
         flt = r.filter or SearchFilter()
         if self.meta.get("num_classes", 19) == 19:
             bad = [x for x in [*(flt.labels_any or []), *(flt.labels_all or [])] if x not in _BEN19]

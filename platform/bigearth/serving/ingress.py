@@ -54,6 +54,16 @@ def internal_error(exc: BaseException, where: str) -> tuple[dict[str, Any], str]
     return body, error_id
 
 
+def auth_status(keys: set[str]) -> str:
+    """The line each ingress replica logs once at start: whether the API asks for a key."""
+    if keys:
+        return f"auth on: {len(keys)} API key(s) accepted (header X-API-Key); open paths: {sorted(OPEN_PATHS)}"
+    return (
+        "auth OFF: no API keys ($BIGEARTH_API_KEYS, api_keys_file), the API is open to anyone who can reach it; "
+        "set require_auth=true to refuse to start without keys"
+    )
+
+
 def _replica_gone() -> tuple[type[BaseException], ...]:
     """What a call to another deployment raises while its replica is dead, restarting or overloaded."""
     from ray.exceptions import ActorUnavailableError, RayActorError
@@ -242,7 +252,8 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
         def __init__(self, classifier: Any, retriever: Any, metrics: Any, args: dict[str, Any]) -> None:
             self.classifier, self.retriever, self.hub = classifier, retriever, metrics
             self.args = AppArgs.model_validate(args)
-            self.keys = self.args.keys()
+            self.keys = self.args.keys()  # NoApiKeysError (the replica does not start) when require_auth finds none
+            log.warning(auth_status(self.keys))  # warning level: reaches the replica log whatever its setup
             self.limit = int(self.args.max_body_mb * 1024 * 1024)
             self._model: dict[str, Any] | None = None
             self.tally = Tally(metrics)  # sent to the MetricsHub every second and before /metrics answers
@@ -251,14 +262,10 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
 
         async def _guarded(self, request: Request, call_next: Any, unwrap: Any) -> Response:
             path = request.url.path
-            if self.keys and path not in OPEN_PATHS and path not in self.page:
-                given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix(
-                    "Bearer "
+            if self.keys and path not in OPEN_PATHS and path not in self.page and not self._authenticated(request):
+                return JSONResponse(
+                    ApiError(401, "missing or wrong API key (header X-API-Key)", "X-API-Key").body(), 401
                 )
-                if not any(hmac.compare_digest(given.encode(), k.encode()) for k in self.keys):
-                    return JSONResponse(
-                        ApiError(401, "missing or wrong API key (header X-API-Key)", "X-API-Key").body(), 401
-                    )
             length = request.headers.get("content-length")
             if length is not None and (not length.isdigit() or int(length) > self.limit):
                 return JSONResponse(
@@ -281,6 +288,11 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 return JSONResponse(internal_error(e, path)[0], 500)
 
         # ---------------------------------------------------------------- helpers
+        def _authenticated(self, request: Request) -> bool:
+            """The request carries one of the keys (never true while auth is off: nobody is known then)."""
+            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
+            return any(hmac.compare_digest(given.encode(), k.encode()) for k in self.keys)
+
         async def model(self) -> dict[str, Any]:
             if self._model is None:
                 self._model = await self.classifier.describe.remote()
@@ -313,7 +325,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
         @app.get(
             "/readyz",
             response_model=Ready,
-            summary="readiness: model and index loaded",
+            summary="readiness: model and index loaded (which ones: to a caller with an API key only)",
             responses={
                 **_errors(auth=False),
                 503: {
@@ -333,13 +345,15 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 },
             },
         )
-        async def readyz(self) -> Response:
+        async def readyz(self, request: Request) -> Response:
             try:
                 model = await self.model()
                 index = await self.retriever.ready.remote()
             except Exception as e:  # not ready yet is an answer, not an error; what failed goes to the log only
                 log.warning("not ready: %s: %s", type(e).__name__, e)
                 return JSONResponse(Ready(ready=False, detail="model or index not loaded yet").model_dump(), 503)
+            if not self._authenticated(request):  # checkpoint names, digests and the index: not for anyone
+                return JSONResponse(Ready(ready=True).model_dump())
             return JSONResponse(Ready(ready=True, model=model["model"], index=index).model_dump())
 
         @app.get(

@@ -1,0 +1,415 @@
+"""The service fails closed (issue 22, section 5), without Ray: auth required means keys or no start; request lists
+are deduplicated and capped; exact search is bounded; browse and facet counts are not recomputed on every page;
+a lookup by patch id reads one row (through the page index) into a cache sized in bytes; no storage URL in a 404."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
+
+from bigearth.api import MAX_EXACT_K, SearchRequest
+from bigearth.bands import ALL_BANDS, GROUPS
+from bigearth.pages import CorruptPage, Unsupported
+from bigearth.retrieval.schema import MAX_FILTER_VALUES, SearchFilter
+
+PAIRS = 300  # three row groups (128 + 128 + 44)
+ALL_GROUPS = {g: GROUPS[g] for g in ("s1", "s2_10m", "s2_20m", "s2_60m")}
+
+
+def _pid(i: int) -> str:
+    return f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{i // 100}_{i % 100}"
+
+
+def _rows(n: int) -> Iterator[dict[str, Any]]:
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        row: dict[str, Any] = {
+            "patch_id": _pid(i),
+            "s1_name": f"S1A_IW_GRDH_1SDV_20170613T165043_33UUP_{i // 100}_{i % 100}",
+            "split": ("train", "validation", "test")[i % 3],
+            "labels": [("Urban fabric", "Arable land", "Coniferous forest")[i % 3]],
+            "labels43": None,
+            "country": ("Austria", "Finland")[i % 2],
+            "tile": "33UUP",
+            "s2_acquisition": dt.datetime(2017, 6, 13),
+            "s1_acquisition": dt.datetime(2017, 6, 13),
+            "epsg": 32633,
+            "ulx": 404400.0 + 1200 * (i % 100),
+            "uly": 5342400.0,
+            "contains_seasonal_snow": False,
+            "contains_cloud_or_shadow": False,
+        }
+        for b in ALL_BANDS:
+            row[b.name] = rng.integers(0, 4000, size=b.shape).astype(b.dtype).tobytes()
+        yield row
+
+
+def _write(out: Path, old_layout: bool = False) -> Path:
+    """A shard set of PAIRS pairs in one file: written by the platform's writer, or (`old_layout`) as shards were
+    before the page index (one page per column chunk, no offset index)."""
+    from bigearth.shards import SHARD_SCHEMA, Manifest, ShardWriter
+    from bigearth.storage import open_fs
+
+    fs, _ = open_fs(str(out))
+    (out / "train").mkdir(parents=True)
+    path = out / "train" / "part-00000.parquet"
+    if old_layout:
+        table = pa.Table.from_pylist(list(_rows(PAIRS)), schema=SHARD_SCHEMA)
+        pq.write_table(table, path, row_group_size=128, compression="lz4", write_page_checksum=True)
+    else:
+        writer = ShardWriter(fs, str(path))
+        for row in _rows(PAIRS):
+            writer.write(row)
+        writer.close()
+    shards = [{"path": "train/part-00000.parquet", "rows": PAIRS, "split": "train"}]
+    Manifest(pairs=PAIRS, splits={"train": PAIRS}, shards=shards).save(fs, str(out))
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write(tmp_path_factory.mktemp("limits") / "shards")
+
+
+@pytest.fixture(scope="module")
+def old_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _write(tmp_path_factory.mktemp("limits") / "old", old_layout=True)
+
+
+def _rchar() -> int:
+    line = next(x for x in Path("/proc/self/io").read_text().splitlines() if x.startswith("rchar:"))
+    return int(line.split()[1])
+
+
+# ------------------------------------------------------------------------------------------------ auth
+BASE = {"checkpoint": "c", "index": "/data/index", "data": "d"}
+
+
+def test_require_auth_without_keys_refuses_to_start_naming_where_keys_are_expected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bigearth.serving.args import AppArgs, NoApiKeysError
+
+    monkeypatch.delenv("BIGEARTH_API_KEYS", raising=False)
+    assert AppArgs.model_validate(BASE).keys() == set()  # local use: open, allowed
+    with pytest.raises(
+        NoApiKeysError, match=r"Secret 'bigearth-api-keys' \(key 'keys'.*BIGEARTH_API_KEYS.*api_keys_file"
+    ):
+        AppArgs.model_validate({**BASE, "require_auth": True}).keys()
+    empty = tmp_path / "keys"
+    empty.write_text("# no key yet\n\n")
+    with pytest.raises(NoApiKeysError, match=f"api_keys_file '{empty}' holds no key"):
+        AppArgs.model_validate({**BASE, "require_auth": True, "api_keys_file": str(empty)}).keys()
+    monkeypatch.setenv("BIGEARTH_API_KEYS", "k1,k2")
+    assert AppArgs.model_validate({**BASE, "require_auth": True}).keys() == {"k1", "k2"}
+
+
+def test_the_ingress_and_a_local_serve_say_whether_the_api_is_open(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bigearth.cli import main
+    from bigearth.cli.serve import open_api_notice
+    from bigearth.serving.args import AppArgs
+    from bigearth.serving.ingress import auth_status
+
+    monkeypatch.delenv("BIGEARTH_API_KEYS", raising=False)
+    assert "open to anyone" in (open_api_notice(AppArgs.model_validate(BASE)) or "")
+    keys = tmp_path / "keys"
+    keys.write_text("k\n")
+    assert open_api_notice(AppArgs.model_validate({**BASE, "api_keys_file": str(keys)})) is None
+    assert auth_status(set()).startswith("auth OFF") and "open to anyone" in auth_status(set())
+    assert auth_status({"a", "b"}).startswith("auth on: 2 API key(s)") and "a" not in auth_status({"a"})[8:20]
+    # `bigearth serve --require-auth` without keys stops before anything starts, saying where keys go
+    argv = ["serve", "--checkpoint", "c", "--index", str(tmp_path / "i"), "--data", "d", "--require-auth"]
+    assert main(argv) != 0
+    assert "bigearth-api-keys" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------------ request bounds
+def test_filter_lists_are_deduplicated_and_capped() -> None:
+    f = SearchFilter(country=["Austria", "Austria", "Finland"], labels_any="Urban fabric", tile=["33UUP"] * 500)
+    assert f.country == ["Austria", "Finland"] and f.labels_any == ["Urban fabric"] and f.tile == ["33UUP"]
+    for field in ("country", "tile"):
+        with pytest.raises(ValidationError, match=f"{MAX_FILTER_VALUES + 1} distinct values; at most") as e:
+            SearchFilter.model_validate({field: [f"T{i}" for i in range(MAX_FILTER_VALUES + 1)]})
+        assert e.value.errors()[0]["loc"] == (field,)
+    with pytest.raises(ValidationError, match="a value of 5000 characters"):
+        SearchFilter(country=["x" * 5000])
+    with pytest.raises(ValidationError, match="at most 4096 items"):
+        SearchRequest(vector=[0.0] * 5000)
+
+
+def test_exact_search_is_bounded() -> None:
+    assert SearchRequest(patch_id="p", k=MAX_EXACT_K, exact=True).exact
+    with pytest.raises(ValidationError, match=f"exact search returns at most k={MAX_EXACT_K}") as e:
+        SearchRequest(patch_id="p", k=MAX_EXACT_K + 1, exact=True)
+    assert e.value.errors()[0]["loc"] == ("exact",)
+    assert SearchRequest(patch_id="p", k=1000).k == 1000  # HNSW keeps its own bound
+
+
+@settings(max_examples=60, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.dictionaries(
+        st.sampled_from(["country", "tile", "labels_any", "split", "season"]),
+        st.lists(st.text(max_size=80), max_size=90),
+    )
+)
+def test_filter_fuzz_is_a_validation_error_or_a_bounded_filter(raw: dict[str, list[str]]) -> None:
+    try:
+        f = SearchFilter.model_validate(raw)
+    except ValidationError:
+        return
+    for key in raw:
+        values = getattr(f, key) or []
+        assert len(values) == len(set(values)) <= MAX_FILTER_VALUES
+
+
+# ------------------------------------------------------------------------------------------------ the Retriever
+@pytest.fixture(scope="module")
+def retriever(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    from bigearth.retrieval import open_index
+    from bigearth.retrieval.schema import payloads
+    from bigearth.serving.deployments import Retriever
+
+    target = tmp_path_factory.mktemp("limits") / "index"
+    table = pq.read_table(shards / "train" / "part-00000.parquet", columns=[c for c in _META])
+    rows = table.to_pydict()
+    with open_index(str(target), "bigearthnet") as idx:
+        idx.create({"fused": 8}, {"model": "unit", "num_classes": 19})
+        vectors = np.random.default_rng(1).normal(size=(PAIRS, 8)).astype(np.float32)
+        idx.upsert(rows["patch_id"], {"fused": vectors}, payloads(rows))
+        idx.finish()
+    r = Retriever(str(target), "bigearthnet", str(shards))
+    yield r
+    r.index.close()
+
+
+_META = [
+    "patch_id",
+    "s1_name",
+    "labels",
+    "split",
+    "country",
+    "tile",
+    "s2_acquisition",
+    "epsg",
+    "ulx",
+    "uly",
+    "contains_seasonal_snow",
+    "contains_cloud_or_shadow",
+]
+
+
+class _Counting:
+    """Counts the calls of one method of a real object, passing them through."""
+
+    def __init__(self, obj: Any, name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = getattr(obj, name)
+
+        def counted(*a: Any, **k: Any) -> Any:
+            self.calls += 1
+            return real(*a, **k)
+
+        monkeypatch.setattr(obj, name, counted)
+
+
+def test_browse_totals_and_facets_are_counted_once_per_filter_not_per_page(
+    retriever: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from bigearth.serving.cache import TtlCache
+
+    retriever.counts = TtlCache()
+    count = _Counting(retriever.index, "count", monkeypatch)
+    facet = _Counting(retriever.index, "facet", monkeypatch)
+    cursor, seen, pages = None, 0, 0
+    while True:
+        page = retriever.browse({"filter": {"country": ["Austria"]}, "limit": 20, "cursor": cursor})
+        seen, pages = seen + len(page["items"]), pages + 1
+        assert page["total"] == PAIRS // 2
+        if (cursor := page["next_cursor"]) is None:
+            break
+    assert seen == PAIRS // 2 and pages >= 7 and count.calls == 1  # counted on the first page only
+    retriever.browse({"filter": {"country": ["Finland"]}, "limit": 5})
+    assert count.calls == 2  # another filter is counted once too
+    first = retriever.facets(["a"])
+    assert retriever.facets(["a"]) == first and first["total"] == PAIRS and first["country"]["Austria"] == PAIRS // 2
+    assert facet.calls == 4  # split, country, season, labels: once each, not once per request
+
+
+def test_a_cached_count_expires() -> None:
+    from bigearth.serving.cache import TtlCache
+
+    now = [0.0]
+    cache = TtlCache(ttl_s=10, entries=2, clock=lambda: now[0])
+    assert cache.get("a", lambda: 1) == 1 and cache.get("a", lambda: 2) == 1
+    now[0] = 11
+    assert cache.get("a", lambda: 3) == 3
+    cache.get("b", lambda: 0)
+    cache.get("c", lambda: 0)  # two entries at most: "a" (least recently used) goes
+    assert cache.get("a", lambda: 4) == 4
+    cache.clear()
+    assert cache.get("a", lambda: 5) == 5
+
+
+def test_exact_search_is_refused_on_a_large_collection(retriever: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bigearth.serving.deployments as deployments
+    from bigearth.api import ApiError
+
+    query = {"vector": [0.1] * 8, "k": 5, "exact": True}
+    assert len(retriever.search(query, None)["hits"]) == 5
+    monkeypatch.setattr(deployments, "EXACT_MAX_POINTS", PAIRS - 1)
+    with pytest.raises(ApiError, match=f"exact search is refused on a collection of {PAIRS} points") as e:
+        retriever.search(query, None)
+    assert e.value.status == 422 and e.value.field == "exact"
+    assert len(retriever.search({**query, "exact": False}, None)["hits"]) == 5
+
+
+def test_a_404_does_not_reveal_where_the_shards_are(retriever: Any, shards: Path) -> None:
+    from bigearth.api import ApiError
+
+    with pytest.raises(ApiError) as e:
+        retriever.patch_info("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99")
+    assert e.value.status == 404 and "not in the shard set" in e.value.message
+    assert str(shards) not in e.value.message and "shards" not in e.value.message.replace("shard set", "")
+
+
+# ------------------------------------------------------------------------------------------------ PatchStore
+def test_a_lookup_reads_one_row_not_a_row_group(shards: Path) -> None:
+    from bigearth.patches import PatchStore
+
+    store = PatchStore(str(shards), cache_bytes=0)  # every lookup reads
+    table = pq.read_table(shards / "train" / "part-00000.parquet")
+    row_bytes = sum(b.nbytes for b in ALL_BANDS)
+    for i in (0, 127, 128, 200, PAIRS - 1):
+        store.arrays(_pid(i), ALL_GROUPS)  # warm: imports, the footer's first read
+        before = _rchar()
+        arrays = store.arrays(_pid(i), ALL_GROUPS)
+        read = _rchar() - before
+        assert read < 3 * row_bytes, (i, read, row_bytes)  # a row group is 128 rows: ~40x more
+        for group, bands in ALL_GROUPS.items():
+            for k, band in enumerate(bands):
+                raw = np.frombuffer(table.column(band)[i].as_py(), dtype=arrays[group].dtype)
+                assert np.array_equal(arrays[group][0, k].ravel(), raw), (i, band)
+    assert store.metadata(_pid(200))["patch_id"] == _pid(200)
+
+
+def test_shards_without_a_page_index_still_read_by_row_group(old_shards: Path, shards: Path) -> None:
+    from bigearth.patches import PatchStore
+
+    old, new = PatchStore(str(old_shards)), PatchStore(str(shards))
+    for i in (3, 150, PAIRS - 2):
+        a, b = old.arrays(_pid(i), ALL_GROUPS), new.arrays(_pid(i), ALL_GROUPS)
+        assert all(np.array_equal(a[g], b[g]) for g in ALL_GROUPS)
+        assert old.metadata(_pid(i)) == new.metadata(_pid(i))
+
+
+def test_the_cache_is_sized_in_bytes(shards: Path) -> None:
+    from bigearth.patches import PatchStore
+
+    budget = 2 * 1024 * 1024
+    store = PatchStore(str(shards), cache_bytes=budget)
+    for i in range(0, PAIRS, 7):
+        store.arrays(_pid(i), ALL_GROUPS)
+        assert 0 < store.cached_bytes() <= budget
+    assert store.cached_bytes() > budget // 2  # it is used, up to the budget
+    store.arrays(_pid(7), {"s2_10m": GROUPS["s2_10m"]})
+    before = _rchar()
+    store.arrays(_pid(7), {"s2_10m": GROUPS["s2_10m"]})  # a repeated quicklook: from the cache, no file opened
+    assert _rchar() - before < 4096
+
+
+def test_a_damaged_page_is_a_shard_format_error_naming_file_and_column(shards: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from bigearth.pages import offset_index_locations, page_locations, read_footer
+    from bigearth.patches import PatchStore
+    from bigearth.shards import ShardFormatError
+
+    copy = tmp_path / "shards"
+    shutil.copytree(shards, copy)
+    path = copy / "train" / "part-00000.parquet"
+    data = bytearray(path.read_bytes())
+    col = pq.ParquetFile(path).schema_arrow.get_field_index("B03")
+    where = offset_index_locations(read_footer(lambda n, o: bytes(data[o : o + n]), len(data)))[1][col]
+    assert where is not None
+    page = page_locations(bytes(data[where[0] : where[0] + where[1]]))[5]  # row 128 + 5
+    data[page.offset + page.size - 10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    store = PatchStore(str(copy))
+    with pytest.raises(ShardFormatError, match=r"part-00000.parquet: row group 1, column B03: .*checksum"):
+        store.arrays(_pid(133), {"s2_10m": GROUPS["s2_10m"]})
+    assert store.arrays(_pid(134), {"s2_10m": GROUPS["s2_10m"]})["s2_10m"].shape == (1, 4, 120, 120)
+
+
+@settings(max_examples=200, deadline=1000, derandomize=True)
+@given(st.binary(max_size=300))
+def test_the_page_index_parser_fuzz_fails_only_as_corrupt_or_unsupported(data: bytes) -> None:
+    """Damaged footers, offset indexes and page headers: a CorruptPage / Unsupported, never a hang or another error."""
+    from bigearth.pages import PageLocation, offset_index_locations, page_locations, read_value
+
+    for parse in (offset_index_locations, page_locations):
+        with contextlib.suppress(CorruptPage):
+            parse(data)
+    # `data` as the one page of a column chunk of 3 rows, each value 8 bytes
+    for codec in ("LZ4_RAW", "ZSTD", "UNCOMPRESSED"):
+        try:
+            value = read_value(lambda n, o: data[o : o + n], codec, [PageLocation(0, len(data), 0)], 3, 1, 8, 1)
+        except (CorruptPage, Unsupported):
+            continue
+        assert value is None or len(value) == 8
+
+
+def test_an_offset_index_reads_back() -> None:
+    from bigearth.pages import PageLocation, page_locations
+
+    # OffsetIndex{page_locations: [PageLocation{offset 0, compressed_page_size 1000, first_row_index 0}]}
+    assert page_locations(b"\x19\x1c\x16\x00\x15\xd0\x0f\x16\x00\x00\x00") == [PageLocation(0, 1000, 0)]
+
+
+@settings(
+    max_examples=150, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
+def test_a_mutated_page_reads_back_right_or_is_refused(shards: Path, flips: list[tuple[int, int]]) -> None:
+    """Bytes of a real page (header and data) changed: the right value, or CorruptPage / Unsupported."""
+    from bigearth.pages import offset_index_locations, page_locations, read_footer, read_value
+
+    data = _B02_FILE.get("data") or _B02_FILE.setdefault("data", (shards / "train" / "part-00000.parquet").read_bytes())
+    col = pq.ParquetFile(shards / "train" / "part-00000.parquet").schema_arrow.get_field_index("B02")
+    where = offset_index_locations(read_footer(lambda n, o: data[o : o + n], len(data)))[0][col]
+    assert where is not None
+    pages = page_locations(data[where[0] : where[0] + where[1]])
+    page = pages[7]
+    mutated = bytearray(data[page.offset : page.offset + page.size])
+    for at, byte in flips:
+        mutated[at % len(mutated)] = byte
+    changed = bytes(mutated) != data[page.offset : page.offset + page.size]
+
+    def read_at(n: int, o: int) -> bytes:
+        if page.offset <= o < page.offset + page.size:
+            return bytes(mutated[o - page.offset : o - page.offset + n])
+        return data[o : o + n]
+
+    width = 120 * 120 * 2
+    try:
+        value = read_value(read_at, "LZ4_RAW", pages, 128, 7, width, 1)
+    except (CorruptPage, Unsupported):
+        assert changed
+        return
+    want = pq.read_table(shards / "train" / "part-00000.parquet", columns=["B02"]).column(0)[7].as_py()
+    assert value == want  # a change the checksum lets through must not change the value (e.g. an unused field)
+
+
+_B02_FILE: dict[str, bytes] = {}
