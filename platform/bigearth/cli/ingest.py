@@ -6,6 +6,7 @@ import argparse
 
 from bigearth.archive.layouts import list_layouts
 from bigearth.cli.common import add_storage_args, patch_list, storage_from_args
+from bigearth.outputlock import BREAK_LOCK_HELP
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -55,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "(default: OUT/_ingest/staged; needs about the downloads' uncompressed size)",
     )
     p.add_argument("--keep-staging", action="store_true", help="downloads only: keep the staged members at the end")
+    p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
     add_storage_args(p)
 
 
@@ -77,6 +79,7 @@ def run(a: argparse.Namespace) -> int:
         concurrency=a.concurrency,
         staging=a.staging,
         keep_staging=a.keep_staging,
+        break_lock=a.break_lock,
     )
     if m.quarantined:
         print(f"quarantined pairs (first 20 of {len(m.quarantined)}; all in {a.out}/manifest.json):")
