@@ -308,3 +308,39 @@ def test_cli_commands_refuse_a_held_output_and_break_lock_takes_it(tmp_path: Pat
     (index / LOCK_FILE).rename(index / ".bigearth-lock-bigearthnet.json")  # the collection's lock
     assert main(["index", "--checkpoint", "x", "--data", "y", "--index", str(index)]) == 2  # before any work
     assert "is being written by index on other-host" in capsys.readouterr().err
+
+
+def test_a_cut_staging_record_or_spill_marker_is_staged_again(synth_v2: Path, tmp_path: Path, caplog: Any) -> None:
+    """A download whose record is cut short is decompressed again; only the spill whose marker is cut is written
+    again (the others keep theirs)."""
+    import dataclasses
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bigearth.archive.layouts import layout_for
+    from bigearth.storage import StorageOptions
+    from bigearth.synth.packed import pack_archive
+
+    packed = tmp_path / "packed"
+    pack_archive(str(synth_v2), str(packed), "v2")
+    ids = pq.read_table(packed / "metadata.parquet", columns=["patch_id"])["patch_id"]
+    route = pa.table({"name": ids, "shard": pa.array([i % 4 for i in range(len(ids))], pa.int32())})
+    d = dataclasses.asdict(layout_for("v2-downloads", str(packed)).downloads[0])
+    where = tmp_path / "stage"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(staging, "SPILL_BYTES", 1 << 20)  # several spills
+        first = staging.stage_download(d, str(packed), str(where), StorageOptions(), route, ids, progress=False)
+        record = where / "BigEarthNet-S2.tar.zst.json"
+        marker = where / "BigEarthNet-S2.tar.zst" / "spill-00001.json"
+        assert len(first["spills"]) > 2
+        record.write_bytes(record.read_bytes()[:30])
+        marker.write_bytes(marker.read_bytes()[:10])
+        stamps = {p: p.stat().st_mtime_ns for p in where.rglob("spill-*")}
+        with caplog.at_level(logging.WARNING):
+            again = staging.stage_download(d, str(packed), str(where), StorageOptions(), route, ids, progress=False)
+    assert f"{record}: the staging record is unreadable" in caplog.text
+    assert f"{marker}: the spill marker is unreadable" in caplog.text
+    assert again == {**first, "seconds": again["seconds"]} == read_json(None, str(record), "staging record")
+    rewritten = {p for p in where.rglob("spill-*") if p.stat().st_mtime_ns != stamps[p]}
+    assert rewritten == {marker, marker.with_suffix(".bin")}
