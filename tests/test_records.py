@@ -344,3 +344,17 @@ def test_a_cut_staging_record_or_spill_marker_is_staged_again(synth_v2: Path, tm
     assert again == {**first, "seconds": again["seconds"]} == read_json(None, str(record), "staging record")
     rewritten = {p for p in where.rglob("spill-*") if p.stat().st_mtime_ns != stamps[p]}
     assert rewritten == {marker, marker.with_suffix(".bin")}
+
+
+def test_locks_on_s3(s3) -> None:  # type: ignore[no-untyped-def]
+    """On a real S3 server (SeaweedFS): the lock is created with a conditional PUT (or, where the server ignores
+    the condition, checked by reading it back); a second writer is refused; the record goes at the end."""
+    bucket = s3.make_bucket("bigearth-locks")
+    storage = s3.storage_options()
+    out = f"s3://{bucket}/shards"
+    with OutputLock(out, "ingest", storage) as lock:
+        with pytest.raises(OutputLocked, match=rf"{out} is being written by ingest on {socket.gethostname()}"):
+            OutputLock(out, "ingest", storage).acquire()
+        lock.refresh()
+        assert read_json(s3.fs(), f"{bucket}/shards/{LOCK_FILE}", "output lock")["token"] == lock.token
+    assert not s3.fs().exists(f"{bucket}/shards/{LOCK_FILE}")

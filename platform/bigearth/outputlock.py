@@ -192,6 +192,10 @@ class OutputLock:
             self.fs.pipe_file(self.path, data, mode="create")
         except FileExistsError:
             return False
+        except OSError:  # a failed precondition (412) that the client did not translate (SeaweedFS via s3fs)
+            if self.fs.exists(self.path):
+                return False
+            raise
         with suppress(FileNotFoundError, RecordError):  # a store that ignored the condition: the last PUT won
             return read_json(self.fs, self.path, "output lock").get("token") == self.token
         return False
