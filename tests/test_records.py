@@ -253,6 +253,14 @@ def test_a_lock_without_heartbeat_for_too_long_is_taken_over_and_break_lock_take
     with OutputLock(str(out), "ingest", stale_after_s=600):
         assert json.loads((out / LOCK_FILE).read_text())["host"] == socket.gethostname()
 
+    _holder(out, owner="rayjob/bigearth-ingest")  # a re-submitted job's previous attempt (on another host)
+    with pytest.raises(OutputLocked):
+        OutputLock(str(out), "ingest").acquire()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BIGEARTH_LOCK_OWNER", "rayjob/bigearth-ingest")
+        with OutputLock(str(out), "ingest") as lock:
+            assert lock._record["owner"] == "rayjob/bigearth-ingest"
+
     (out / LOCK_FILE).write_text('{"job": "ing')  # unreadable and fresh: refused, named
     with pytest.raises(OutputLocked, match="an unknown writer"):
         OutputLock(str(out), "ingest").acquire()

@@ -8,12 +8,14 @@ refreshes the record's heartbeat every `HEARTBEAT_S` from a thread and deletes i
 A lock is stale, and taken over with a log line, when its heartbeat is older than `STALE_AFTER_S` (the holder's
 clock against ours: hosts' clocks must agree within minutes), or when it was taken on this host (same host name
 and process-id namespace) by a process that is no longer running. `break_lock=True` (`--break-lock`) takes any
-lock over at once. A holder whose lock was taken over notices at its next heartbeat and `check()` then refuses to
-commit (the ingest checks before its manifest).
+lock over at once. A job that is re-run by a supervisor after its driver was killed (a RayJob's `backoffLimit`, on a
+new cluster) names itself in `BIGEARTH_LOCK_OWNER` (e.g. `rayjob/bigearth-ingest`): a lock with the same owner is
+a previous attempt of this one, taken over at once. A holder whose lock was taken over notices at its next
+heartbeat, and `check()` then refuses to commit (the ingest checks before its manifest).
 
 Creation is exclusive. Local: the record is written whole to a temporary name and hard-linked to the lock's
 name (`link` fails if the name exists; file systems without hard links: `O_CREAT | O_EXCL`). Object stores:
-a conditional PUT (`If-None-Match: *`) where the store honours it (AWS S3, recent MinIO), else fsspec's
+a conditional PUT (`If-None-Match: *`) where the store honours it (AWS S3, MinIO, SeaweedFS), else fsspec's
 check-then-write; either way the record is read back and must carry our token. On a store without conditional
 writes two writers starting within the same second can both proceed until the next heartbeat: best effort there.
 """
@@ -40,6 +42,7 @@ log = logging.getLogger(__name__)
 LOCK_FILE = ".bigearth-lock.json"
 STALE_AFTER_S = 600.0  # a heartbeat older than this (10 min) is a dead writer's
 HEARTBEAT_S = 60.0
+OWNER_ENV = "BIGEARTH_LOCK_OWNER"  # who runs this job, the same for each attempt of it (one attempt at a time)
 BREAK_LOCK_HELP = (
     "take over another writer's lock on the output now (only when it is known to have stopped: two writers "
     "would corrupt it); a lock whose heartbeat is 10 min old, or whose process is gone from this host, is taken "
@@ -137,6 +140,7 @@ class OutputLock:
             "started": now,
             "heartbeat": now,
             "token": self.token,
+            "owner": os.environ.get(OWNER_ENV) or None,
         }
 
     def acquire(self) -> None:
@@ -222,6 +226,9 @@ class OutputLock:
             age = None
         if age is not None and age > self.stale_after_s:
             return f"its last heartbeat is {age:.0f} s old, more than {self.stale_after_s:.0f} s"
+        owner = os.environ.get(OWNER_ENV)
+        if owner and holder.get("owner") == owner:
+            return f"a previous attempt of {owner} ({OWNER_ENV})"
         same_host = holder.get("host") == socket.gethostname() and holder.get("pid_namespace") == _pid_namespace()
         pid = holder.get("pid")
         if same_host and isinstance(pid, int) and not _running(pid, holder.get("process_start")):
