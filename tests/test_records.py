@@ -366,3 +366,18 @@ def test_locks_on_s3(s3) -> None:  # type: ignore[no-untyped-def]
         lock.refresh()
         assert read_json(s3.fs(), f"{bucket}/shards/{LOCK_FILE}", "output lock")["token"] == lock.token
     assert not s3.fs().exists(f"{bucket}/shards/{LOCK_FILE}")
+
+
+def test_a_cut_index_metadata_or_metrics_file_is_named(tmp_path: Path) -> None:
+    from bigearth.reproduce import collect
+    from bigearth.retrieval.backends import COLLECTION_META, VectorIndexError
+    from bigearth.retrieval.edge import EdgeIndex
+
+    (tmp_path / "index" / "bigearthnet").mkdir(parents=True)
+    (tmp_path / "index" / "bigearthnet" / COLLECTION_META).write_text('{"model": {"na')
+    with pytest.raises(VectorIndexError, match=rf"{COLLECTION_META}: the index collection's metadata is unreadable"):
+        EdgeIndex(str(tmp_path / "index")).metadata()
+    (tmp_path / "eval" / "late").mkdir(parents=True)
+    (tmp_path / "eval" / "late" / "metrics.json").write_text('{"macro_ap": 0.')
+    with pytest.raises(RecordError, match=r"late/metrics\.json: the evaluation metrics file is unreadable"):
+        collect(str(tmp_path / "eval"))

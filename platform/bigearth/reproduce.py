@@ -38,7 +38,7 @@ def collect(root: str, storage: StorageOptions | None = None) -> dict[str, dict[
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(fs.glob(join(base, "*", "metrics.json"))):
         name = path.rstrip("/").rsplit("/", 2)[-2]
-        found[name] = read_json(fs, path, "evaluation's metrics")  # a damaged one is named (RecordError)
+        found[name] = read_json(fs, path, "evaluation metrics file")  # a damaged one is named (RecordError)
     return found
 
 
