@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from bigearth.archive.layouts import layout_for
 from bigearth.bands import ALL_BANDS
 from bigearth.ingest import IngestError, ingest
 from bigearth.labels import BEN19
-from bigearth.shards import SHARD_SCHEMA, Manifest
+from bigearth.shards import SHARD_SCHEMA, Manifest, ShardFormatError
 from bigearth.storage import open_fs
 from helpers import kill_cli_ingest
 
@@ -252,6 +253,38 @@ def test_killed_ingest_resumes_without_duplicates_or_losses(synth_v2: Path, tmp_
     assert sorted(ids) == sorted(meta)
     for p, mtime in done.items():  # finished shards were not redone
         assert p.stat().st_mtime_ns == mtime
+
+
+def test_cut_records_are_redone_and_a_held_output_is_refused(synth_v2: Path, shards_v2: Path, tmp_path: Path) -> None:
+    """A shard report and the manifest cut short (an older writer killed mid-write): the re-run names them, redoes
+    that shard alone and writes the manifest again. Another writer's lock on the output: refused, naming it."""
+    import shutil
+
+    from bigearth.outputlock import LOCK_FILE, OutputLocked
+
+    out = tmp_path / "cut"
+    shutil.copytree(shards_v2, out)
+    report = out / "_ingest" / "reports" / "train" / "part-00001.json"
+    shard = out / "train" / "part-00001.parquet"
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("part-*.parquet")}
+    report.write_bytes(report.read_bytes()[:25])
+    (out / "manifest.json").write_bytes((out / "manifest.json").read_bytes()[:40])
+    with pytest.raises(ShardFormatError, match=r"manifest\.json: the shard set's manifest is unreadable"):
+        Manifest.load(*open_fs(str(out)))
+
+    again = ingest(str(synth_v2), str(out), shard_size=30)
+    assert again == Manifest.load(*open_fs(str(shards_v2)))
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("part-*.parquet") if p != shard} == {
+        p: t for p, t in before.items() if p != shard
+    }
+    assert shard.stat().st_mtime_ns != before[shard]  # redone, and only it
+    assert not (out / LOCK_FILE).exists()
+
+    now = datetime.now(UTC).isoformat()
+    holder = {"job": "ingest", "host": "elsewhere", "pid": 7, "started": "2026-01-01T10:00:00+00:00", "heartbeat": now}
+    (out / LOCK_FILE).write_text(json.dumps(holder))
+    with pytest.raises(OutputLocked, match=r"is being written by ingest on elsewhere \(pid 7\), started 2026-01-01"):
+        ingest(str(synth_v2), str(out), shard_size=30)
 
 
 def test_overwrite_deletes_only_a_shard_set_of_ours(synth_v2: Path, shards_v2: Path, tmp_path: Path) -> None:

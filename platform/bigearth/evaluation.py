@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 
 from bigearth import labels as lab
 from bigearth.models.checkpoints import Checkpoint
+from bigearth.records import write_bytes_atomic, write_json_atomic
 from bigearth.secrets import redact
 from bigearth.storage import StorageOptions, join, open_fs
 
@@ -97,12 +98,9 @@ def evaluate(
     result = {"checkpoint": redact(best), "split": split, "data": redact(data), **metrics.compute()}
     fs, root = open_fs(out, storage)  # a local folder or a URL (s3://...: a RayJob on Kubernetes)
     fs.makedirs(root, exist_ok=True)
-    with fs.open(join(root, "metrics.json"), "w") as f:
-        json.dump(result, f, indent=1)
-    with fs.open(join(root, "metrics.md"), "w") as f:
-        f.write(metrics_markdown(result))
-    with fs.open(join(root, "per_class.png"), "wb") as f:
-        f.write(per_class_chart(result))
+    write_json_atomic(fs, join(root, "metrics.json"), result, indent=1)  # each output whole or not at all
+    write_bytes_atomic(fs, join(root, "metrics.md"), metrics_markdown(result).encode())
+    write_bytes_atomic(fs, join(root, "per_class.png"), per_class_chart(result))
     table = pa.table(
         {
             "patch_id": pa.array(ids, pa.string()),

@@ -29,7 +29,9 @@ from bigearth.archive.layouts import layout_for
 from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
 from bigearth.archive.staging import StagedSource, download_problems, shard_entries
 from bigearth.ingest_downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
-from bigearth.shards import DEFAULT_COMPRESSION, FORMAT_VERSION, Manifest, ShardWriter
+from bigearth.outputlock import LOCK_FILE, OutputLock
+from bigearth.records import RecordError, is_temp_name, read_json, write_json_atomic
+from bigearth.shards import DEFAULT_COMPRESSION, FORMAT_VERSION, MANIFEST, Manifest, ShardWriter
 from bigearth.storage import (
     BlobReader,
     StorageError,
@@ -66,6 +68,7 @@ def refuse_foreign_output(fs: Any, root: str, url: str) -> None:
     `part-*.parquet`). Anything else (a typo'd `--out` pointing at a home folder, a bucket prefix holding other
     data) is refused, naming what is there."""
     entries = [e.rstrip("/").rsplit("/", 1)[-1] for e in fs.ls(root, detail=False)]
+    entries = [e for e in entries if e != LOCK_FILE and not is_temp_name(e)]  # ours: the lock, a killed write
     if not entries:
         return
     if "manifest.json" not in entries and not fs.exists(join(root, STATE_DIR, "plan.json")):
@@ -138,8 +141,9 @@ def ingest_shard(
     lay.reference_maps = reference_maps
     out_fs, out_root = open_fs(out, storage)
     report_path = join(out_root, plan.report_path)
-    if out_fs.exists(report_path):
-        return dict(json.loads(out_fs.cat(report_path)))
+    done = read_report(out_fs, report_path)
+    if done is not None:
+        return done
     out_fs.makedirs(join(out_root, plan.path.rsplit("/", 1)[0]), exist_ok=True)
     writer = ShardWriter(out_fs, join(out_root, plan.path), compression, reference_maps)
     quarantined: list[dict[str, str]] = []
@@ -177,9 +181,22 @@ def ingest_shard(
         "excluded": excluded,
     }
     out_fs.makedirs(join(out_root, plan.report_path.rsplit("/", 1)[0]), exist_ok=True)
-    with out_fs.open(report_path, "w") as f:
-        f.write(json.dumps(report))
+    write_json_atomic(out_fs, report_path, report)  # the shard is done once this exists: written whole
     return report
+
+
+def read_report(fs: Any, path: str) -> dict[str, Any] | None:
+    """A finished shard's report, or None: absent, or unreadable (cut short by an older writer killed mid-write;
+    then it is deleted, said in a warning, and the shard is written again)."""
+    try:
+        return read_json(fs, path, "shard report")
+    except FileNotFoundError:
+        return None
+    except RecordError as e:
+        log.warning("%s: this shard is written again", e)
+        print(f"ingest: WARNING {e}: this shard is written again")
+        fs.rm_file(path)
+        return None
 
 
 def _from_staged(
@@ -239,8 +256,11 @@ def ingest(
     keep_staging: bool = False,
     progress: bool = True,
     accept_checksum_mismatch: bool = False,
+    break_lock: bool = False,
 ) -> Manifest:
     """Run the ingest job on the current Ray cluster (started locally if there is none).
+
+    `out` is locked while the job runs (bigearth.outputlock); `break_lock` takes another writer's lock over.
 
     `staging` (downloads only): where the decompressed members wait for their shard, reachable by every node
     (default: `<out>/_ingest/staged`); deleted when the manifest is written unless `keep_staging`. A download
@@ -265,86 +285,110 @@ def ingest(
     plans = plan_shards(cat, shard_size)
     out_fs, out_root = open_fs(out, storage)
     fingerprint = _fingerprint(cat, plans, compression)
-    plan_file = join(out_root, STATE_DIR, "plan.json")
-    if overwrite and out_fs.exists(out_root):
-        refuse_foreign_output(out_fs, out_root, out)
-        out_fs.rm(out_root, recursive=True)
-    if out_fs.exists(plan_file):
-        previous = json.loads(out_fs.cat(plan_file))
-        if previous.get("fingerprint") != fingerprint:
-            raise IngestError(
-                f"{out} holds a different ingest (other archive, subset or options); "
-                "use another --out or pass --overwrite"
-            )
-        log.info("resuming the ingest in %s", out)
-    else:
-        out_fs.makedirs(join(out_root, STATE_DIR), exist_ok=True)
-        with out_fs.open(plan_file, "w") as f:
-            f.write(json.dumps({"fingerprint": fingerprint, "archive": archive, "shards": len(plans)}))
-    print(
-        f"ingest: {len(cat):,} pairs of a {cat.version} archive ({cat.total:,} in its metadata) into "
-        f"{len(plans)} shards; excluded by policy: {cat.excluded_counts}"
-    )
-
-    ensure_ray()
-    todo = [i for i, p in enumerate(plans) if not out_fs.exists(join(out_root, p.report_path))]
-    staging_url = join(staging or join(out, STATE_DIR, "staged"), fingerprint[:16])
-    records: list[dict[str, Any]] = []
-    if cat.layout.downloads:
-        records = stage_downloads(
-            cat, {i: plans[i].rows for i in todo}, archive, staging_url, storage, progress, accept_checksum_mismatch
+    # one writer per output: a second ingest into `out` is refused naming this one (bigearth.outputlock)
+    with OutputLock(out, "ingest", storage, break_lock=break_lock) as lock:
+        plan_file = join(out_root, STATE_DIR, "plan.json")
+        if overwrite and out_fs.exists(out_root):
+            refuse_foreign_output(out_fs, out_root, out)
+            for entry in out_fs.ls(out_root, detail=False):  # all but our own lock
+                if entry.rstrip("/").rsplit("/", 1)[-1] != LOCK_FILE:
+                    out_fs.rm(entry, recursive=True)
+        previous = _read_plan(out_fs, out_root, plan_file)
+        if previous is not None:
+            if previous.get("fingerprint") != fingerprint:
+                raise IngestError(
+                    f"{out} holds a different ingest (other archive, subset or options); "
+                    "use another --out or pass --overwrite"
+                )
+            log.info("resuming the ingest in %s", out)
+        else:
+            out_fs.makedirs(join(out_root, STATE_DIR), exist_ok=True)
+            write_json_atomic(out_fs, plan_file, {"fingerprint": fingerprint, "archive": archive, "shards": len(plans)})
+        print(
+            f"ingest: {len(cat):,} pairs of a {cat.version} archive ({cat.total:,} in its metadata) into "
+            f"{len(plans)} shards; excluded by policy: {cat.excluded_counts}"
         )
-    problems = download_problems(records)
-    # One item (= one block = one task) per shard, carrying its own rows: nothing large is shared or captured.
-    items = [
-        {
-            "plan": json.dumps({"path": p.path, "split": p.split, "rows": p.rows}, default=str),
-            "staged": json.dumps(shard_entries(records, i) if cat.layout.downloads else None),
+
+        ensure_ray()
+        with ThreadPoolExecutor(16) as pool:  # concurrent GETs on object storage; an unreadable report is redone
+            finished = pool.map(lambda p: read_report(out_fs, join(out_root, p.report_path)) is not None, plans)
+            todo = [i for i, done in enumerate(finished) if not done]
+        staging_url = join(staging or join(out, STATE_DIR, "staged"), fingerprint[:16])
+        records: list[dict[str, Any]] = []
+        if cat.layout.downloads:
+            records = stage_downloads(
+                cat, {i: plans[i].rows for i in todo}, archive, staging_url, storage, progress, accept_checksum_mismatch
+            )
+        problems = download_problems(records)
+        # One item (= one block = one task) per shard, carrying its own rows: nothing large is shared or captured.
+        items = [
+            {
+                "plan": json.dumps({"path": p.path, "split": p.split, "rows": p.rows}, default=str),
+                "staged": json.dumps(shard_entries(records, i) if cat.layout.downloads else None),
+            }
+            for i, p in enumerate(plans)
+        ]
+        task_args = {
+            "layout": cat.layout.name,
+            "archive": archive,
+            "out": out,
+            "storage": storage,
+            "include_no_19": include_no_19_labels,
+            "compression": compression,
+            "staging": staging_url,
+            "problems": problems,
+            "reference_maps": cat.layout.reference_maps,
         }
-        for i, p in enumerate(plans)
-    ]
-    task_args = {
-        "layout": cat.layout.name,
-        "archive": archive,
-        "out": out,
-        "storage": storage,
-        "include_no_19": include_no_19_labels,
-        "compression": compression,
-        "staging": staging_url,
-        "problems": problems,
-        "reference_maps": cat.layout.reference_maps,
-    }
-    ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-    # Each task's output is a few-byte report: Ray Data's per-operator resource reservation (sized for operators
-    # that pass data on) held this one to 1 task of 2 CPUs for much of a run (measured: 202 -> 396 pairs/s).
-    ds.context.op_resource_reservation_enabled = False
-    ds = ds.map(_run_shard, fn_kwargs=task_args, concurrency=concurrency, num_cpus=1)
+        ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
+        # Each task's output is a few-byte report: Ray Data's per-operator resource reservation (sized for operators
+        # that pass data on) held this one to 1 task of 2 CPUs for much of a run (measured: 202 -> 396 pairs/s).
+        ds.context.op_resource_reservation_enabled = False
+        ds = ds.map(_run_shard, fn_kwargs=task_args, concurrency=concurrency, num_cpus=1)
+        try:
+            reports = [json.loads(r["report"]) for r in ds.iter_rows()]
+        except Exception as e:
+            fault = _storage_fault(e)
+            if fault is not None:  # the store's fault, said plainly (Ray Data wraps it twice)
+                raise fault from None
+            raise
+        manifest = _manifest(cat, reports, archive)
+        manifest.source["compression"] = compression
+        if cat.layout.reference_maps:
+            missing = sorted(p for r in reports for p in r.get("reference_map_missing", []))
+            manifest.source["reference_maps"] = {"rows": manifest.pairs - len(missing), "missing": missing}
+        if cat.layout.downloads:
+            manifest.source["downloads"] = downloads_summary(records, out_fs, out_root)
+        lock.check()  # taken over by another writer meanwhile (--break-lock): that one writes the manifest
+        manifest.save(out_fs, out_root)
+        pq.write_table(cat.excluded, join(out_root, STATE_DIR, "excluded.parquet"), filesystem=out_fs)
+        q = len(manifest.quarantined)
+        print(
+            f"ingest: wrote {manifest.pairs:,} pairs {manifest.splits} in {len(manifest.shards)} shards to {out}; "
+            f"quarantined {q}; excluded {manifest.excluded}"
+        )
+        if cat.layout.downloads:
+            report_downloads(manifest.source["downloads"])
+            if not keep_staging:
+                remove_staging(staging_url, storage, remove_empty_parent=staging is None)
+        return manifest
+
+
+def _read_plan(fs: Any, root: str, plan_file: str) -> dict[str, Any] | None:
+    """The previous ingest's plan, or None. An unreadable plan (cut short by an older writer killed mid-write)
+    is written again when no shard was started after it (it is written before any); otherwise it cannot be
+    told whether those shards belong to this ingest, so the output is refused."""
     try:
-        reports = [json.loads(r["report"]) for r in ds.iter_rows()]
-    except Exception as e:
-        fault = _storage_fault(e)
-        if fault is not None:  # the store's fault, said plainly (Ray Data wraps it twice)
-            raise fault from None
-        raise
-    manifest = _manifest(cat, reports, archive)
-    manifest.source["compression"] = compression
-    if cat.layout.reference_maps:
-        missing = sorted(p for r in reports for p in r.get("reference_map_missing", []))
-        manifest.source["reference_maps"] = {"rows": manifest.pairs - len(missing), "missing": missing}
-    if cat.layout.downloads:
-        manifest.source["downloads"] = downloads_summary(records, out_fs, out_root)
-    manifest.save(out_fs, out_root)
-    pq.write_table(cat.excluded, join(out_root, STATE_DIR, "excluded.parquet"), filesystem=out_fs)
-    q = len(manifest.quarantined)
-    print(
-        f"ingest: wrote {manifest.pairs:,} pairs {manifest.splits} in {len(manifest.shards)} shards to {out}; "
-        f"quarantined {q}; excluded {manifest.excluded}"
-    )
-    if cat.layout.downloads:
-        report_downloads(manifest.source["downloads"])
-        if not keep_staging:
-            remove_staging(staging_url, storage, remove_empty_parent=staging is None)
-    return manifest
+        return read_json(fs, plan_file, "ingest plan")
+    except FileNotFoundError:
+        return None
+    except RecordError as e:
+        if fs.exists(join(root, STATE_DIR, "reports")) or fs.exists(join(root, MANIFEST)):
+            raise IngestError(
+                f"{e}, and shards exist: whether they belong to this ingest cannot be told; "
+                "pass --overwrite to start again, or another --out"
+            ) from None
+        print(f"ingest: WARNING {e}: no shard was written after it, so it is written again")
+        return None
 
 
 def _storage_fault(exc: BaseException) -> StorageError | None:

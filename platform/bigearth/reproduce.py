@@ -8,10 +8,10 @@ docs/reproduce.md has the commands that produce the folders.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
+from bigearth.records import read_json
 from bigearth.storage import StorageOptions, join, open_fs
 
 #: Test-split figures (in %) from the BIFOLD-BigEarthNetv2-0 model cards (v0.2.0), keyed by config name.
@@ -38,7 +38,7 @@ def collect(root: str, storage: StorageOptions | None = None) -> dict[str, dict[
     found: dict[str, dict[str, Any]] = {}
     for path in sorted(fs.glob(join(base, "*", "metrics.json"))):
         name = path.rstrip("/").rsplit("/", 2)[-2]
-        found[name] = json.loads(fs.cat(path))
+        found[name] = read_json(fs, path, "evaluation metrics file")  # a damaged one is named (RecordError)
     return found
 
 

@@ -17,6 +17,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from bigearth.bands import ALL_BANDS
+from bigearth.records import RecordError, read_json, write_bytes_atomic
 from bigearth.storage import join
 
 FORMAT_VERSION = "2"
@@ -136,7 +137,12 @@ class Manifest:
         path = join(root, MANIFEST)
         if not fs.exists(path):
             raise ShardFormatError(f"{path} not found: not a shard set written by `bigearth ingest`")
-        doc = json.loads(fs.cat(path))
+        try:
+            doc = read_json(fs, path, "shard set's manifest")
+        except RecordError as e:
+            raise ShardFormatError(
+                f"{e}; re-run the same `bigearth ingest` into {root} to write it again (finished shards are kept)"
+            ) from None
         if doc.get("format_version") not in READABLE_VERSIONS:
             raise ShardFormatError(
                 f"{path}: format version {doc.get('format_version')!r}, this code reads versions "
@@ -146,8 +152,7 @@ class Manifest:
         return cls(**doc)
 
     def save(self, fs: AbstractFileSystem, root: str) -> None:
-        with fs.open(join(root, MANIFEST), "w") as f:
-            f.write(self.to_json())
+        write_bytes_atomic(fs, join(root, MANIFEST), self.to_json().encode())  # whole or not at all
 
     def shard_paths(self, root: str, split: str | None = None) -> list[str]:
         return [join(root, s["path"]) for s in self.shards if split is None or s["split"] == split]

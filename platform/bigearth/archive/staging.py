@@ -33,6 +33,7 @@ from bigearth.archive.layouts import ArchiveLayout, Download
 from bigearth.archive.layouts.downloads import split_locator
 from bigearth.archive.reader import MissingMember
 from bigearth.archive.tarstream import open_download
+from bigearth.records import RecordError, read_json, write_json_atomic
 from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
 
 log = logging.getLogger(__name__)
@@ -95,8 +96,9 @@ def stage_download(
     d = Download(**download)
     fs, root = open_fs(staging, storage)
     rec_path = record_path(root, d.name)
-    if fs.exists(rec_path):
-        return dict(json.loads(fs.cat_file(rec_path)))
+    done = _read_record(fs, rec_path, "staging record", "the download is staged again")
+    if done is not None:
+        return done
     fs.makedirs(join(root, d.name), exist_ok=True)
     route = NameIndex(shard_of.column("name").to_pylist(), shard_of.column("shard").to_pylist())
     known_set = NameIndex(known.to_pylist())
@@ -179,9 +181,21 @@ def stage_download(
         "examples": {k: v for k, v in examples.items() if v},
         "spills": spills,
     }
-    with fs.open(rec_path, "w") as out:
-        out.write(json.dumps(record))
+    write_json_atomic(fs, rec_path, record)  # written whole: the download is staged once this exists
     return record
+
+
+def _read_record(fs: Any, path: str, what: str, then: str) -> dict[str, Any] | None:
+    """A staging record or spill marker, or None: absent, or unreadable (cut short by an older writer killed
+    mid-write: deleted, with a warning, and what it stood for is done again)."""
+    try:
+        return read_json(fs, path, what)
+    except FileNotFoundError:
+        return None
+    except RecordError as e:
+        log.warning("%s: %s", e, then)
+        fs.rm_file(path)
+        return None
 
 
 def _skip(counts: dict[str, int], examples: dict[str, list[str]], kind: str, name: str) -> None:
@@ -218,8 +232,9 @@ def _spill(fs: Any, root: str, download: str, k: int, buffer: SpillBuffer) -> di
     """Write one spill (one segment per shard) unless a previous run wrote it; return its index entry."""
     rel = join(download, f"spill-{k:05d}.bin")
     marker = join(root, download, f"spill-{k:05d}.json")
-    if fs.exists(marker):
-        return dict(json.loads(fs.cat_file(marker)))
+    done = _read_record(fs, marker, "spill marker", "the spill is written again")
+    if done is not None:
+        return done
     order = sorted(buffer.entries, key=lambda e: (e[0], e[1]))
     groups: dict[str, list[int]] = {}
     offset = 0
@@ -236,8 +251,7 @@ def _spill(fs: Any, root: str, download: str, k: int, buffer: SpillBuffer) -> di
             groups[str(shard)] = [offset, size]
             offset += size
     entry = {"path": rel, "groups": groups, "members": len(order)}
-    with fs.open(marker, "w") as f:
-        f.write(json.dumps(entry))
+    write_json_atomic(fs, marker, entry)  # the spill is done once its marker exists: written whole
     return entry
 
 

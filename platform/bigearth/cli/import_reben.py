@@ -6,6 +6,7 @@ import argparse
 import json
 
 from bigearth.cli.common import add_storage_args, storage_from_args
+from bigearth.outputlock import BREAK_LOCK_HELP
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -14,11 +15,20 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("out", help="checkpoint folder to write (local or URL)")
     p.add_argument("--version", default="v0.2.0", choices=["v0.2.0", "v0.1.1"], help="the band order it was trained on")
     p.add_argument("--bands", help="explicit channel order, comma-separated (overrides --version)")
+    p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
     add_storage_args(p)
     p.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> int:
+    """OUT is locked while it is written (bigearth.outputlock)."""
+    from bigearth.outputlock import OutputLock
+
+    with OutputLock(a.out, "import-reben", storage_from_args(a), break_lock=a.break_lock):
+        return _import(a)
+
+
+def _import(a: argparse.Namespace) -> int:
     from bigearth.models import checkpoints
     from bigearth.models.reben import import_checkpoint
 

@@ -14,6 +14,7 @@ import argparse
 import json
 
 from bigearth.cli.common import add_secret_argument, add_storage_args, secret_from_args, storage_from_args
+from bigearth.outputlock import BREAK_LOCK_HELP
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -37,11 +38,25 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default="int8",
         help="in-RAM copy of vectors over 64 dims, rescored with the full vectors (docs/benchmarks.md)",
     )
+    p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
     add_storage_args(p)
     p.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> int:
+    """An embedded-engine collection is locked while it is written (`<index>/.bigearth-lock-<collection>.json`);
+    a Qdrant server's is not (the server orders concurrent writes; nothing here can hold a file beside it)."""
+    from bigearth.outputlock import OutputLock
+
+    if a.index.startswith(("http://", "https://", "qdrant-local:")):
+        return _build(a)
+    lock = OutputLock(a.index, "index", name=f".bigearth-lock-{a.collection}.json", break_lock=a.break_lock)
+    with lock:
+        return _build(a)
+
+
+def _build(a: argparse.Namespace) -> int:
+    from bigearth.records import write_json_atomic
     from bigearth.retrieval.backends import IndexSettings
     from bigearth.retrieval.indexer import build_index
 
@@ -63,6 +78,5 @@ def run(a: argparse.Namespace) -> int:
     )
     print(json.dumps(report))
     if a.report:
-        with open(a.report, "w") as f:
-            json.dump(report, f, indent=1)
+        write_json_atomic(None, a.report, report, indent=1)
     return 0

@@ -6,6 +6,7 @@ import argparse
 
 from bigearth.archive.layouts import list_layouts
 from bigearth.cli.common import add_storage_args, patch_list, storage_from_args
+from bigearth.outputlock import BREAK_LOCK_HELP
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -61,6 +62,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="downloads only: ingest a download whose md5 differs from the expected one (the published md5, or "
         "the one an MD5SUMS file beside the downloads states); without it the ingest stops before any shard",
     )
+    p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
     add_storage_args(p)
 
 
@@ -84,6 +86,7 @@ def run(a: argparse.Namespace) -> int:
         staging=a.staging,
         keep_staging=a.keep_staging,
         accept_checksum_mismatch=a.accept_checksum_mismatch,
+        break_lock=a.break_lock,
     )
     if m.quarantined:
         print(f"quarantined pairs (first 20 of {len(m.quarantined)}; all in {a.out}/manifest.json):")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
+import logging
 import os
 from dataclasses import dataclass
 from functools import cached_property
@@ -22,10 +22,13 @@ import torch
 
 from bigearth.models.base import BigEarthModel, ModelSpec
 from bigearth.models.registry import create_model
+from bigearth.records import RecordError, read_json, write_json_atomic
 from bigearth.secrets import redact
 from bigearth.storage import StorageOptions, join, open_fs
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
+
+logger = logging.getLogger(__name__)
 
 
 class CheckpointError(ValueError):
@@ -86,8 +89,9 @@ def save(directory: str, model: BigEarthModel, meta: dict[str, Any], train_state
     torch.save(model.state_dict(), os.path.join(directory, MODEL_FILE))
     if train_state is not None:
         torch.save(train_state, os.path.join(directory, STATE_FILE))
-    with open(os.path.join(directory, META_FILE), "w") as f:
-        json.dump(redact({**meta, "spec": model.spec.to_dict()}), f, indent=1)
+    # meta.json last and whole (temporary name, then rename): it is what marks a folder as a checkpoint
+    meta = redact({**meta, "spec": model.spec.to_dict()})  # no credentials (a tracking URI's password) in the folder
+    write_json_atomic(None, os.path.join(directory, META_FILE), meta, indent=1)
 
 
 def read_meta(directory: str | Path, storage: StorageOptions | None = None) -> dict[str, Any]:
@@ -97,8 +101,10 @@ def read_meta(directory: str | Path, storage: StorageOptions | None = None) -> d
     if not fs.exists(path):
         _refuse_foreign(fs, root, str(directory))
         raise CheckpointError(f"{directory}: not a bigearth checkpoint (no {META_FILE})")
-    meta: dict[str, Any] = json.loads(fs.cat(path))
-    return meta
+    try:
+        return read_json(fs, path, "checkpoint's meta")
+    except RecordError as e:
+        raise CheckpointError(f"{e}: this checkpoint cannot be used; take another of its run") from None
 
 
 def _refuse_foreign(fs: Any, root: str, url: str) -> None:
@@ -118,7 +124,11 @@ def find_best(run_dir: str | Path, metric: str = "val_macro_ap", storage: Storag
         return url
     scored = []
     for meta_path in sorted(fs.glob(join(root, "checkpoint_*", META_FILE))):
-        value = json.loads(fs.cat(meta_path)).get("metrics", {}).get(metric)
+        try:
+            value = read_json(fs, meta_path, "checkpoint's meta").get("metrics", {}).get(metric)
+        except RecordError as e:  # one damaged checkpoint does not hide the run's others
+            logger.warning("%s: this checkpoint is skipped", e)
+            continue
         if value is not None:
             scored.append((value, meta_path.rsplit("/", 2)[-2]))
     if not scored:

@@ -29,6 +29,7 @@ from bigearth import labels as lab
 from bigearth.bands import BAND_SETS
 from bigearth.models import checkpoints
 from bigearth.models.checkpoints import CheckpointError
+from bigearth.records import write_bytes_atomic
 from bigearth.storage import StorageOptions, join, open_fs
 
 logger = logging.getLogger(__name__)
@@ -181,6 +182,10 @@ def import_checkpoint(
         checkpoints.save(tmp, model, meta)
         fs, root = open_fs(out, storage)
         fs.makedirs(root, exist_ok=True)
-        for name in os.listdir(tmp):
-            fs.put_file(os.path.join(tmp, name), join(root, name))
+        for name in sorted(os.listdir(tmp), key=lambda n: n == checkpoints.META_FILE):  # meta.json last, whole:
+            if name == checkpoints.META_FILE:  # it is what marks the folder as a checkpoint
+                with open(os.path.join(tmp, name), "rb") as f:
+                    write_bytes_atomic(fs, join(root, name), f.read())
+            else:
+                fs.put_file(os.path.join(tmp, name), join(root, name))
     return out

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
+from bigearth.records import RecordError, read_json, write_json_atomic
 from bigearth.retrieval.backends import (
     COLLECTION_META,
     DEFAULT_COLLECTION,
@@ -114,8 +114,10 @@ class EdgeIndex(VectorIndex):
                 raise VectorIndexError(
                     f"{self.describe()}: no such collection (expected {path}); run jobs/index.py first"
                 )
-            with open(path) as f:
-                self._meta = json.load(f)
+            try:
+                self._meta = read_json(None, path, "index collection's metadata")
+            except RecordError as e:
+                raise VectorIndexError(f"{e}; index this collection again (bigearth index --recreate)") from None
         return self._meta
 
     def _create(self, vectors: dict[str, int], metadata: dict[str, Any]) -> None:
@@ -152,8 +154,8 @@ class EdgeIndex(VectorIndex):
         }
         for field, kind in PAYLOAD_INDEXES.items():
             self._shard.update(qe.UpdateOperation.create_field_index(field, kinds[kind]))
-        with open(os.path.join(self.root, COLLECTION_META), "w") as f:
-            json.dump({**metadata, "engine": "qdrant-edge", "settings": s.__dict__}, f, indent=1)
+        meta = {**metadata, "engine": "qdrant-edge", "settings": s.__dict__}
+        write_json_atomic(None, os.path.join(self.root, COLLECTION_META), meta, indent=1)  # whole or not at all
         self._meta = None
 
     @property

@@ -14,13 +14,13 @@ approximate index against exact search, on the same queries. The result names th
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import numpy as np
 
 from bigearth import labels as lab
+from bigearth.records import write_bytes_atomic, write_json_atomic
 from bigearth.retrieval.backends import DEFAULT_COLLECTION, open_index
 from bigearth.retrieval.schema import SearchFilter
 from bigearth.secrets import redact
@@ -163,10 +163,8 @@ def evaluate_retrieval(
     if out:
         fs, root = open_fs(out, storage)
         fs.makedirs(root, exist_ok=True)
-        with fs.open(join(root, "retrieval.json"), "w") as f:
-            json.dump(result, f, indent=1)
-        with fs.open(join(root, "retrieval.md"), "w") as f:
-            f.write(retrieval_markdown(result))
+        write_json_atomic(fs, join(root, "retrieval.json"), result, indent=1)  # whole or not at all
+        write_bytes_atomic(fs, join(root, "retrieval.md"), retrieval_markdown(result).encode())
     return result
 
 
