@@ -223,6 +223,7 @@ def test_the_service_keeps_answering_while_the_index_is_rebuilt(
     old_meta, old_version = retriever.meta, retriever.index.version
     query = {"patch_id": test_id, "using": "fused", "k": 3, "include_query": True}
     old_top = retriever.search(query, None)["hits"]
+    assert retriever.facets([])["total"] == len(rows)  # counted now, and cached
     answers: list[tuple[str, float]] = []
     errors: list[BaseException] = []
     stop = threading.Event()
@@ -248,6 +249,7 @@ def test_the_service_keeps_answering_while_the_index_is_rebuilt(
         meta = retriever.meta
         assert meta["checkpoint"] == str(other) and meta["checkpoint_digest"] != old_meta["checkpoint_digest"]
         assert retriever.ready()["points"] == built["per_split"]["test"] == built["points_in_collection"]
+        assert retriever.facets([])["total"] == built["points_in_collection"]  # no count of the old version cached
         with pytest.raises(ApiError, match="not in the index"):  # a train pair of the old index: gone
             retriever.search({"patch_id": train_id, "using": "fused"}, None)
         assert retriever.search(query, None)["hits"] != old_top  # the new model's vectors

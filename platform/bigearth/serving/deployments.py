@@ -161,6 +161,7 @@ class Retriever:
                 )
             return
         stale, self._before, self._index = self._before, current, fresh
+        self.counts.clear()  # totals and facets of the version before must not outlive it
         log.info("index %s: now on version %r (was %r)", fresh.describe(), fresh.version, current.version)
         if stale is not None:
             try:
