@@ -22,13 +22,14 @@ from bigearth.api import MAX_EXACT_K, SearchRequest
 from bigearth.bands import ALL_BANDS, GROUPS
 from bigearth.pages import CorruptPage, Unsupported
 from bigearth.retrieval.schema import MAX_FILTER_VALUES, SearchFilter
+from bigearth.shards import PAGE_PAIRS
 
 PAIRS = 300  # three row groups (128 + 128 + 44)
 ALL_GROUPS = {g: GROUPS[g] for g in ("s1", "s2_10m", "s2_20m", "s2_60m")}
 
 
 def _pid(i: int) -> str:
-    return f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{i // 100}_{i % 100}"
+    return f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{i // 100:02d}_{i % 100:02d}"
 
 
 def _rows(n: int) -> Iterator[dict[str, Any]]:
@@ -151,11 +152,11 @@ def test_filter_lists_are_deduplicated_and_capped() -> None:
 
 
 def test_exact_search_is_bounded() -> None:
-    assert SearchRequest(patch_id="p", k=MAX_EXACT_K, exact=True).exact
+    assert SearchRequest(patch_id=_pid(0), k=MAX_EXACT_K, exact=True).exact
     with pytest.raises(ValidationError, match=f"exact search returns at most k={MAX_EXACT_K}") as e:
-        SearchRequest(patch_id="p", k=MAX_EXACT_K + 1, exact=True)
+        SearchRequest(patch_id=_pid(0), k=MAX_EXACT_K + 1, exact=True)
     assert e.value.errors()[0]["loc"] == ("exact",)
-    assert SearchRequest(patch_id="p", k=1000).k == 1000  # HNSW keeps its own bound
+    assert SearchRequest(patch_id=_pid(0), k=1000).k == 1000  # HNSW keeps its own bound
 
 
 @settings(max_examples=60, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
@@ -297,7 +298,7 @@ def test_a_lookup_reads_one_row_not_a_row_group(shards: Path) -> None:
         before = _rchar()
         arrays = store.arrays(_pid(i), ALL_GROUPS)
         read = _rchar() - before
-        assert read < 3 * row_bytes, (i, read, row_bytes)  # a row group is 128 rows: ~40x more
+        assert read < 3 * PAGE_PAIRS * row_bytes, (i, read, row_bytes)  # one page a column; a row group: 128 rows
         for group, bands in ALL_GROUPS.items():
             for k, band in enumerate(bands):
                 raw = np.frombuffer(table.column(band)[i].as_py(), dtype=arrays[group].dtype)
@@ -344,13 +345,14 @@ def test_a_damaged_page_is_a_shard_format_error_naming_file_and_column(shards: P
     col = pq.ParquetFile(path).schema_arrow.get_field_index("B03")
     where = offset_index_locations(read_footer(lambda n, o: bytes(data[o : o + n]), len(data)))[1][col]
     assert where is not None
-    page = page_locations(bytes(data[where[0] : where[0] + where[1]]))[5]  # row 128 + 5
+    page = page_locations(bytes(data[where[0] : where[0] + where[1]]))[5]  # rows 128 + 5 * PAGE_PAIRS onwards
     data[page.offset + page.size - 10] ^= 0xFF
     path.write_bytes(bytes(data))
     store = PatchStore(str(copy))
     with pytest.raises(ShardFormatError, match=r"part-00000.parquet: row group 1, column B03: .*checksum"):
-        store.arrays(_pid(133), {"s2_10m": GROUPS["s2_10m"]})
-    assert store.arrays(_pid(134), {"s2_10m": GROUPS["s2_10m"]})["s2_10m"].shape == (1, 4, 120, 120)
+        store.arrays(_pid(128 + 5 * PAGE_PAIRS + 1), {"s2_10m": GROUPS["s2_10m"]})
+    next_page = _pid(128 + 6 * PAGE_PAIRS)
+    assert store.arrays(next_page, {"s2_10m": GROUPS["s2_10m"]})["s2_10m"].shape == (1, 4, 120, 120)
 
 
 @settings(max_examples=200, deadline=1000, derandomize=True)
