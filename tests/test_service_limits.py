@@ -137,6 +137,40 @@ def test_the_ingress_and_a_local_serve_say_whether_the_api_is_open(
     assert "bigearth-api-keys" in capsys.readouterr().err
 
 
+def test_keys_are_compared_as_digests_and_only_as_x_api_key_or_bearer() -> None:
+    """Each stored key is held as its SHA-256 (comparisons take the same time whatever the keys' lengths, and every
+    key is compared); `Authorization` counts only with the Bearer scheme."""
+    from starlette.datastructures import Headers
+
+    from bigearth.serving.ingress import authenticated, key_digests
+
+    digests = key_digests({"short", "a-much-longer-second-key"})
+    assert all(len(d) == 32 for d in digests) and b"short" not in b"".join(digests)
+
+    def ok(**headers: str) -> bool:
+        return authenticated(Headers({k.replace("_", "-"): v for k, v in headers.items()}), digests)
+
+    assert ok(x_api_key="short") and ok(x_api_key="a-much-longer-second-key")
+    assert ok(authorization="Bearer short") and ok(authorization="bearer a-much-longer-second-key")
+    assert not ok(authorization="short")  # no scheme: not a key (it used to be taken as one)
+    assert not ok(authorization="Basic short") and not ok(authorization="Bearer ") and not ok()
+    assert not ok(x_api_key="shor") and not ok(x_api_key="short ") and not ok(x_api_key="")
+    assert not authenticated(Headers({"x-api-key": "short"}), [])  # auth off: nobody is known
+
+
+def test_a_bad_content_length_is_refused_without_echoing_it() -> None:
+    from bigearth.serving.ingress import content_length_error
+
+    limit = 1024
+    assert content_length_error(None, limit) is None and content_length_error("1024", limit) is None
+    for raw in ("<script>alert(1)</script>", "12abc", "-1", "\u00b2", "1" * 5000):
+        err = content_length_error(raw, limit)
+        assert err is not None and err.status == 413 and err.field == "body", raw
+        assert raw not in err.message and "1024" in err.message, (raw, err.message)
+    assert "invalid Content-Length" in content_length_error("12abc", limit).message  # type: ignore[union-attr]
+    assert "1025 bytes" in content_length_error("1025", limit).message  # type: ignore[union-attr]
+
+
 # ------------------------------------------------------------------------------------------------ request bounds
 def test_filter_lists_are_deduplicated_and_capped() -> None:
     f = SearchFilter(country=["Austria", "Austria", "Finland"], labels_any="Urban fabric", tile=["33UUP"] * 500)

@@ -3,6 +3,7 @@
 No `from __future__ import annotations` here: FastAPI reads the route annotations (`Request`, ...) as objects.
 """
 
+import hashlib
 import hmac
 import logging
 import time
@@ -124,6 +125,40 @@ def make_fastapi_app() -> Any:
         "it answers. With API keys configured, every path but the probes, /metrics, the docs and the web page needs "
         "one (`X-API-Key` or `Authorization: Bearer`).",
     )
+
+
+def key_digests(keys: set[str]) -> list[bytes]:
+    """The SHA-256 of each API key, computed once at start: requests are compared digest to digest, so neither the
+    time a comparison takes nor which comparison ends it depends on a key's length or on which key matched."""
+    return [hashlib.sha256(k.encode()).digest() for k in sorted(keys)]
+
+
+def authenticated(headers: Any, digests: list[bytes]) -> bool:
+    """`headers` (a case-insensitive mapping) carry one of the keys: `X-API-Key: KEY` or `Authorization: Bearer KEY`
+    (an Authorization header without the Bearer scheme is no key). False while auth is off (no digests)."""
+    given = headers.get("x-api-key")
+    if given is None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if given is None:
+        return False
+    digest = hashlib.sha256(given.encode()).digest()
+    matches = [hmac.compare_digest(digest, d) for d in digests]  # every key compared, whichever matches
+    return any(matches)
+
+
+def content_length_error(length: str | None, limit: int) -> ApiError | None:
+    """The 413 for a Content-Length header that is not a number or is over `limit` bytes (never echoing the
+    header), or None."""
+    if length is None:
+        return None
+    if not (length.isascii() and length.isdigit()):
+        return ApiError(413, f"invalid Content-Length (the limit is {limit} bytes)", "body")
+    if len(length) > 18:  # not parsed: over any limit
+        return ApiError(413, f"request body is over the limit of {limit} bytes", "body")
+    if int(length) > limit:
+        return ApiError(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes", "body")
+    return None
 
 
 def _errors(*statuses: int, auth: bool = True) -> dict[int | str, dict[str, Any]]:
@@ -253,6 +288,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             self.classifier, self.retriever, self.hub = classifier, retriever, metrics
             self.args = AppArgs.model_validate(args)
             self.keys = self.args.keys()  # NoApiKeysError (the replica does not start) when require_auth finds none
+            self.key_digests = key_digests(self.keys)
             log.warning(auth_status(self.keys))  # warning level: reaches the replica log whatever its setup
             self.limit = int(self.args.max_body_mb * 1024 * 1024)
             self._model: dict[str, Any] | None = None
@@ -266,14 +302,9 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 return JSONResponse(
                     ApiError(401, "missing or wrong API key (header X-API-Key)", "X-API-Key").body(), 401
                 )
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                return JSONResponse(
-                    ApiError(
-                        413, f"request body of {length} bytes is over the limit of {self.limit} bytes", "body"
-                    ).body(),
-                    413,
-                )
+            too_large = content_length_error(request.headers.get("content-length"), self.limit)
+            if too_large is not None:
+                return JSONResponse(too_large.body(), 413)
             try:
                 response: Response = await call_next(request)
                 return response
@@ -290,8 +321,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
         # ---------------------------------------------------------------- helpers
         def _authenticated(self, request: Request) -> bool:
             """The request carries one of the keys (never true while auth is off: nobody is known then)."""
-            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
-            return any(hmac.compare_digest(given.encode(), k.encode()) for k in self.keys)
+            return authenticated(request.headers, self.key_digests)
 
         async def model(self) -> dict[str, Any]:
             if self._model is None:
