@@ -283,6 +283,20 @@ def test_browse_totals_and_facets_are_counted_once_per_filter_not_per_page(
     assert facet.calls == 4  # split, country, season, labels: once each, not once per request
 
 
+def test_readyz_does_not_count_the_collection_on_every_call(retriever: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`/readyz` is open to anyone: its point count comes from the same cache as browse totals, not a scan a call;
+    the answer keeps its shape."""
+    from bigearth.serving.cache import TtlCache
+
+    retriever.counts = TtlCache()
+    count = _Counting(retriever.index, "count", monkeypatch)
+    answers = [retriever.ready() for _ in range(20)]
+    assert count.calls == 1 and all(a == answers[0] for a in answers)
+    assert answers[0]["points"] == PAIRS and answers[0]["collection"] == "bigearthnet"
+    assert set(answers[0]) == {"collection", "points", "vectors", "model", "pairs_in_shards"}
+    assert retriever.facets([])["total"] == PAIRS and count.calls == 1  # the same cached total
+
+
 def test_a_cached_count_expires() -> None:
     from bigearth.serving.cache import TtlCache
 
