@@ -127,6 +127,10 @@ def make_fastapi_app() -> Any:
     )
 
 
+#: the `request` field of an uploaded search (a SearchRequest without patch id or vector: far shorter)
+MAX_UPLOAD_REQUEST_CHARS = 65536
+
+
 def key_digests(keys: set[str]) -> list[bytes]:
     """The SHA-256 of each API key, computed once at start: requests are compared digest to digest, so neither the
     time a comparison takes nor which comparison ends it depends on a key's length or on which key matched."""
@@ -162,11 +166,12 @@ def content_length_error(length: str | None, limit: int) -> ApiError | None:
 
 
 def _errors(*statuses: int, auth: bool = True) -> dict[int | str, dict[str, Any]]:
-    """FastAPI `responses=` for the error statuses a route answers besides those every route can (413: the
-    Content-Length header is checked on every path; 408 and 503 also come from Serve's HTTP proxy, in plain text;
-    500), and 401 unless the path is open: the error model and what the status means; a 503's Retry-After."""
+    """FastAPI `responses=` for the error statuses a route answers besides those every route can (405: another
+    method on its path; 413: the Content-Length header is checked on every path; 408 and 503 also come from Serve's
+    HTTP proxy, in plain text; 500), and 401 unless the path is open: the error model and what the status means; a
+    503's Retry-After."""
     out: dict[int | str, dict[str, Any]] = {}
-    for status in sorted({*statuses, *((401,) if auth else ()), 408, 413, 500, 503}):
+    for status in sorted({*statuses, *((401,) if auth else ()), 405, 408, 413, 500, 503}):
         entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_STATUSES[status]}
         if status in (408, 503):
             entry["content"] = {"text/plain": {"schema": {"type": "string"}}}
@@ -215,7 +220,13 @@ _SEARCH_BODY = {
                     "type": "object",
                     "description": "an uploaded query patch (band GeoTIFFs or one .npz, as for /v1/classify) plus "
                     "a `request` field holding the SearchRequest JSON without patch_id/vector; at most 32 files",
-                    "properties": {"request": {"type": "string", "contentMediaType": "application/json"}},
+                    "properties": {
+                        "request": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "maxLength": MAX_UPLOAD_REQUEST_CHARS,
+                        }
+                    },
                     "additionalProperties": {"type": "string", "format": "binary"},
                     "maxProperties": 33,
                 }
@@ -459,6 +470,8 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             if ctype.startswith("multipart/form-data"):
                 model = await self.model()
                 bands, extra = await self._upload(request)
+                if extra is not None and len(extra) > MAX_UPLOAD_REQUEST_CHARS:
+                    raise ApiError(422, f"request: at most {MAX_UPLOAD_REQUEST_CHARS} characters", "request")
                 req = self._json((extra or "{}").encode(), SearchRequest)
                 if req.patch_id is not None or req.vector is not None:
                     raise ApiError(422, "an uploaded query takes no patch_id or vector", "request")
