@@ -155,6 +155,7 @@ def test_keys_are_compared_as_digests_and_only_as_x_api_key_or_bearer() -> None:
     assert not ok(authorization="short")  # no scheme: not a key (it used to be taken as one)
     assert not ok(authorization="Basic short") and not ok(authorization="Bearer ") and not ok()
     assert not ok(x_api_key="shor") and not ok(x_api_key="short ") and not ok(x_api_key="")
+    assert ok(x_api_key="", authorization="Bearer short")  # an empty X-API-Key does not hide the Bearer token
     assert not authenticated(Headers({"x-api-key": "short"}), [])  # auth off: nobody is known
 
 

@@ -140,7 +140,7 @@ def key_digests(keys: set[str]) -> list[bytes]:
 def authenticated(headers: Any, digests: list[bytes]) -> bool:
     """`headers` (a case-insensitive mapping) carry one of the keys: `X-API-Key: KEY` or `Authorization: Bearer KEY`
     (an Authorization header without the Bearer scheme is no key). False while auth is off (no digests)."""
-    given = headers.get("x-api-key")
+    given = headers.get("x-api-key") or None
     if given is None:
         scheme, _, token = headers.get("authorization", "").partition(" ")
         given = token.strip() if scheme.lower() == "bearer" and token.strip() else None
