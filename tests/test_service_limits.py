@@ -298,6 +298,48 @@ def test_readyz_does_not_count_the_collection_on_every_call(retriever: Any, monk
     assert retriever.facets([])["total"] == PAIRS and count.calls == 1  # the same cached total
 
 
+#: what Qdrant's read-only API key allows that the Retriever uses (the service gets that key, infra/kuberay)
+QDRANT_READS = {"get_aliases", "collection_exists", "get_collection", "get_collections", "query_points", "retrieve"}
+QDRANT_READS |= {"count", "scroll", "facet", "close"}
+
+
+def test_the_retriever_only_reads_from_qdrant(shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service holds Qdrant's read-only key: every client call it makes (start-up, readiness, search, browse,
+    facets, following the live version's alias) must be a read."""
+    from qdrant_client import QdrantClient
+
+    from bigearth.retrieval import open_index
+    from bigearth.retrieval.schema import payloads
+    from bigearth.serving.deployments import Retriever
+
+    target = f"qdrant-local:{tmp_path / 'qdrant'}"
+    rows = pq.read_table(shards / "train" / "part-00000.parquet", columns=list(_META)).to_pydict()
+    with open_index(target, "bigearthnet") as idx:
+        idx.create({"fused": 8}, {"model": "unit", "num_classes": 19})
+        idx.upsert(rows["patch_id"], {"fused": np.random.default_rng(2).normal(size=(PAIRS, 8))}, payloads(rows))
+        idx.finish()
+    called: set[str] = set()
+    for name in [n for n in dir(QdrantClient) if not n.startswith("_") and callable(getattr(QdrantClient, n))]:
+        real = getattr(QdrantClient, name)
+
+        def recorded(self: Any, *a: Any, _name: str = name, _real: Any = real, **k: Any) -> Any:
+            called.add(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(QdrantClient, name, recorded)
+    r = Retriever(target, "bigearthnet", str(shards))
+    r.recheck_s = 0.0  # look up the live version (the alias) on every access
+    try:
+        assert r.ready()["points"] == PAIRS
+        assert r.search({"patch_id": _pid(3), "using": "fused", "k": 3}, None)["hits"]
+        assert r.browse({"filter": {"country": ["Austria"]}, "limit": 5})["total"] == PAIRS // 2
+        assert r.facets([])["total"] == PAIRS
+    finally:
+        r.index.close()
+    assert {"get_aliases", "query_points", "count", "facet"} <= called  # recorded: the alias lookup and the reads
+    assert called <= QDRANT_READS, sorted(called - QDRANT_READS)
+
+
 def test_a_cached_count_expires() -> None:
     from bigearth.serving.cache import TtlCache
 
