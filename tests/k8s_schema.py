@@ -4,6 +4,7 @@ OpenAPI schema the way the API server would (defaults applied first, unknown fie
 from __future__ import annotations
 
 import copy
+import ipaddress
 import subprocess
 from dataclasses import dataclass, field, replace
 from functools import cache
@@ -134,6 +135,7 @@ class Pod:
     node_type: str = ""  # head / worker for Ray nodes
     ray_start_params: dict[str, str] = field(default_factory=dict)
     namespace_labels: dict[str, str] = field(default_factory=dict)
+    ip: str = ""  # an address outside the cluster (object storage, the metadata endpoint): matched by ipBlock only
 
     def containers(self) -> list[dict[str, Any]]:
         return [*self.spec.get("initContainers", []), *self.spec.get("containers", [])]
@@ -174,8 +176,8 @@ def _ray_cluster_pods(origin: str, namespace: str, cluster: str, spec: dict[str,
 
 def pods(docs: list[dict[str, Any]]) -> list[Pod]:
     """Every pod the rendered manifests `docs` make: Ray heads and worker groups of RayClusters, RayJobs and
-    RayServices, RayJob submitters (KubeRay v1.7 labels them ray.io/originated-from-*), and the pod templates of
-    the built-in workload kinds."""
+    RayServices, RayJob submitters (with their template's labels only), and the pod templates of the built-in
+    workload kinds."""
     out: list[Pod] = []
     ns_labels = {d["metadata"]["name"]: d["metadata"].get("labels", {}) for d in docs if d["kind"] == "Namespace"}
     for d in docs:
@@ -191,12 +193,8 @@ def pods(docs: list[dict[str, Any]]) -> list[Pod]:
             if template is None:  # KubeRay's default: one container, the head's image, no securityContext
                 head = spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
                 template = {"spec": {"containers": [{"name": "ray-job-submitter", "image": head["image"]}]}}
-            labels = {
-                **(template.get("metadata") or {}).get("labels", {}),
-                "ray.io/originated-from-cr-name": name,
-                "ray.io/originated-from-crd": "RayJob",
-                "app.kubernetes.io/created-by": "kuberay-operator",
-            }
+            # only the template's labels: KubeRay's ray.io/originated-from-* are not assumed on the pod
+            labels = dict((template.get("metadata") or {}).get("labels", {}))
             out.append(Pod(f"{origin} submitter", ns, labels, template["spec"], role="submitter"))
         elif kind in ("Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"):
             template = spec["template"]
@@ -233,8 +231,15 @@ def selects(selector: dict[str, Any] | None, labels: dict[str, str]) -> bool:
 
 
 def _peer_matches(peer: dict[str, Any], policy_ns: str, pod: Pod) -> bool:
-    if "ipBlock" in peer:  # addresses outside the cluster's pods: never a pod here
-        return False
+    """An ipBlock matches addresses outside the cluster (`pod.ip`), never a pod (CNIs differ there: the manifests do
+    not rely on it); pod and namespace selectors match pods only."""
+    if "ipBlock" in peer or pod.ip:
+        if not ("ipBlock" in peer and pod.ip):
+            return False
+        address, block = ipaddress.ip_address(pod.ip), peer["ipBlock"]
+        return address in ipaddress.ip_network(block["cidr"]) and not any(
+            address in ipaddress.ip_network(c) for c in block.get("except", [])
+        )
     if "namespaceSelector" in peer:
         if not selects(peer["namespaceSelector"], pod.namespace_labels):
             return False

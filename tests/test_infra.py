@@ -33,6 +33,7 @@ NETWORK_POLICIES = [
     "default-deny",
     "dns",
     "ray-egress",
+    "serve-egress",
     "serve-from-ingress",
     "dashboard-from-operator",
     "qdrant-from-serve-and-index",
@@ -459,9 +460,15 @@ OUTSIDE = {  # pods in other namespaces, with the labels of their usual Helm cha
     ),
     "kube-dns": Pod("kube-dns", "kube-system", {"k8s-app": "kube-dns"}, {}, "external"),
     "a pod elsewhere": Pod("a pod elsewhere", "default", {"app": "other"}, {}, "external"),
+    # addresses outside the cluster: an object store, and the cloud metadata endpoint (node credentials)
+    "object storage": Pod("object storage", "", {}, {}, "external", ip="203.0.113.10"),
+    "object storage (IPv6)": Pod("object storage (IPv6)", "", {}, {}, "external", ip="2001:db8::10"),
+    "cloud metadata endpoint": Pod("cloud metadata endpoint", "", {}, {}, "external", ip="169.254.169.254"),
+    "cloud metadata endpoint (IPv6)": Pod("cloud metadata endpoint (IPv6)", "", {}, {}, "external", ip="fd00:ec2::254"),
 }
+METADATA = ("169.254.169.254", "fd00:ec2::254")
 STRAY = Pod("an unlabelled pod in the namespace", "bigearth", {"run": "debug"}, {})
-PORTS = [6333, 6334, 8000, 8265, 6379, 10001, 8080, 52365, 443]
+PORTS = [6333, 6334, 8000, 8265, 6379, 10001, 8080, 52365, 443, 80]
 
 
 def _outside(pod: Pod, role: str = "external") -> Pod:
@@ -475,8 +482,15 @@ def _workload(pod: Pod) -> str | None:
 
 def intended(src: Pod, dst: Pod, port: int, protocol: str = "TCP") -> bool:
     """The access the platform needs and nothing more (docs/deploy.md)."""
-    if dst.role == "external":  # out of the namespace: DNS for all; anything for Ray pods and submitters
-        return (dst.origin == "kube-dns" and port == 53) or src.role in ("ray", "submitter")
+    if dst.role == "external":  # out of the namespace: DNS for all; never the metadata endpoint; the Serve pods
+        # addresses outside the cluster only (object storage); the jobs' Ray pods and submitters anything else
+        if dst.origin == "kube-dns" and port == 53:
+            return True
+        if dst.ip in METADATA:
+            return False
+        if src.role == "ray" and _workload(src) == "serve":
+            return bool(dst.ip)
+        return src.role in ("ray", "submitter")
     if src.role == dst.role == "ray" and _workload(src) == _workload(dst):
         return True  # one workload's Ray pods: every port and protocol
     if protocol != "TCP":
@@ -528,6 +542,15 @@ def test_network_policies_allow_exactly_the_intended_connections(rendered: tuple
     assert connection_allowed(policies, _outside(OUTSIDE["ingress controller"]), serve_head, 8000)
     assert not connection_allowed(policies, _outside(OUTSIDE["ingress controller"]), serve_head, 8265)
     assert not connection_allowed(policies, train_worker, serve_head, 6379)
+    metadata, storage = _outside(OUTSIDE["cloud metadata endpoint"]), _outside(OUTSIDE["object storage"])
+    for pod in (serve_head, by_origin["RayService/bigearth worker cpu"], train_worker, index_worker):
+        assert not connection_allowed(policies, pod, metadata, 80), pod.origin  # node credentials: never
+        assert connection_allowed(policies, pod, storage, 443), pod.origin
+    assert not connection_allowed(policies, serve_head, _outside(OUTSIDE["a pod elsewhere"]), 443)
+    assert connection_allowed(policies, train_worker, _outside(OUTSIDE["a pod elsewhere"]), 5000)  # e.g. MLflow
+    submitter = by_origin["RayJob/bigearth-index submitter"]
+    assert "ray.io/originated-from-crd" not in submitter.labels  # not assumed: the manifests label it themselves
+    assert connection_allowed(policies, submitter, by_origin["RayJob/bigearth-index head"], 8265)
 
 
 NETWORK_BREAKS = {
@@ -544,6 +567,40 @@ NETWORK_BREAKS = {
     "no DNS": (
         lambda ps: [p for p in ps if p["metadata"]["name"] != "bigearth-dns"],
         "StatefulSet/qdrant cannot reach kube-dns on 53/UDP",
+    ),
+    "Serve egress open to everything": (
+        lambda ps: [
+            {**p, "spec": {**p["spec"], "egress": [{}]}} if p["metadata"]["name"] == "bigearth-serve-egress" else p
+            for p in ps
+        ],
+        "RayService/bigearth head reaches cloud metadata endpoint on 80/TCP",
+    ),
+    "the jobs' egress without the metadata exception": (
+        lambda ps: [
+            {**p, "spec": {**p["spec"], "egress": [{}]}} if p["metadata"]["name"] == "bigearth-ray-egress" else p
+            for p in ps
+        ],
+        "RayJob/bigearth-train worker cpu reaches cloud metadata endpoint on 80/TCP",
+    ),
+    "submitters selected by a label KubeRay may not set": (
+        lambda ps: [
+            {
+                **p,
+                "spec": {
+                    **p["spec"],
+                    "ingress": [
+                        {
+                            "from": [{"podSelector": {"matchLabels": {"ray.io/originated-from-crd": "RayJob"}}}],
+                            "ports": [{"protocol": "TCP", "port": 8265}],
+                        }
+                    ],
+                },
+            }
+            if p["metadata"]["name"] == "bigearth-index-submitter"
+            else p
+            for p in ps
+        ],
+        "RayJob/bigearth-index submitter cannot reach RayJob/bigearth-index head on 8265/TCP",
     ),
     "Ray pods of one job cut off from each other": (
         lambda ps: [p for p in ps if p["metadata"]["name"] != "bigearth-ray-train"],
@@ -589,6 +646,31 @@ def test_serving_fails_closed_and_reads_storage_read_only(rendered: tuple[str, l
                 assert keys is None and not from_secrets, pod.origin  # submitters need no storage
     example = {d["metadata"]["name"] for d in yaml.safe_load_all((INFRA / "secrets.example.yaml").read_text()) if d}
     assert _secret_names(docs) <= example, "infra/kuberay/secrets.example.yaml lacks a Secret the manifests name"
+
+
+def test_only_the_index_job_holds_the_qdrant_key_that_writes(rendered: tuple[str, list[dict[str, Any]]]) -> None:
+    """Qdrant has a read-write and a read-only key; the service's pods get the read-only one, the index job's the
+    other; no other pod gets either; the example Secret has both."""
+    _, docs = rendered
+    qdrant_keys: dict[str, dict[str, Any]] = {}
+    for pod in pods(docs):
+        for c in pod.containers():
+            env = _env_secrets(c)
+            if pod.origin == "StatefulSet/qdrant":
+                assert env["QDRANT__SERVICE__API_KEY"] == {"name": "bigearth-qdrant", "key": "api-key"}
+                assert env["QDRANT__SERVICE__READ_ONLY_API_KEY"] == {
+                    "name": "bigearth-qdrant",
+                    "key": "read-only-api-key",
+                }
+            elif "QDRANT_API_KEY" in env:
+                qdrant_keys[pod.origin] = env["QDRANT_API_KEY"]
+    services = {o: k for o, k in qdrant_keys.items() if o.startswith("RayService/")}
+    assert services and all(k == {"name": "bigearth-qdrant", "key": "read-only-api-key"} for k in services.values())
+    writers = {o for o, k in qdrant_keys.items() if k["key"] == "api-key"}
+    assert writers and all(o.startswith("RayJob/bigearth-index ") for o in writers), writers
+    assert set(qdrant_keys) == set(services) | writers
+    example = {d["metadata"]["name"]: d for d in yaml.safe_load_all((INFRA / "secrets.example.yaml").read_text()) if d}
+    assert set(example["bigearth-qdrant"]["stringData"]) == {"api-key", "read-only-api-key"}
 
 
 def _secret_names(node: Any) -> set[str]:

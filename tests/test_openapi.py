@@ -85,7 +85,8 @@ def test_every_operation_lists_the_statuses_and_content_types_it_answers(documen
         where = f"{method} {path}"
         responses = op["responses"]
         statuses = {int(s) for s in responses}
-        assert {408, 413, 500, 503} <= statuses, where  # any route: proxy timeout, Content-Length, failure, restart
+        assert {405, 408, 413, 500, 503} <= statuses, where  # any route: another method, proxy timeout,
+        # Content-Length, failure, restart
         assert "Retry-After" in responses["503"].get("headers", {}), where
         for status, response in responses.items():
             if int(status) >= 400:
@@ -155,6 +156,27 @@ def test_every_number_a_request_carries_is_bounded(document: dict[str, Any]) -> 
         if not ({"minimum", "exclusiveMinimum"} & s.keys() and {"maximum", "exclusiveMaximum"} & s.keys())
     ]
     assert not unbounded, unbounded
+
+
+def test_every_list_and_string_a_request_carries_is_bounded(document: dict[str, Any]) -> None:
+    """Arrays have maxItems; strings a maxLength, a pattern, an enum or a format that bounds them (a date, a file
+    part, bounded by the body limit); the filter lists as the service checks them (one value or up to 64)."""
+    from bigearth.retrieval.schema import MAX_FILTER_VALUE_CHARS, MAX_FILTER_VALUES
+
+    schemas = list(_request_schemas(document))
+    arrays = [w for w, s in schemas if s.get("type") == "array" and "maxItems" not in s]
+    assert not arrays, arrays
+    strings = [
+        w
+        for w, s in schemas
+        if s.get("type") == "string" and not ({"maxLength", "pattern", "enum", "const", "format"} & s.keys())
+    ]
+    assert not strings, strings
+    filters = document["components"]["schemas"]["SearchFilter"]["properties"]
+    for name in ("labels_any", "labels_all", "country", "tile", "split", "season"):
+        many, one, null = filters[name]["anyOf"]
+        assert many["maxItems"] == MAX_FILTER_VALUES and many["items"] == one and null == {"type": "null"}, name
+    assert filters["country"]["anyOf"][1] == {"type": "string", "maxLength": MAX_FILTER_VALUE_CHARS}
 
 
 def test_every_patch_id_carries_the_services_pattern(document: dict[str, Any]) -> None:

@@ -69,6 +69,46 @@ def test_redact_masks_secret_fields_and_urls_nested_in_configs() -> None:
     assert said == f"cannot reach https://u:{MASK}@m/api (refused)"
 
 
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://maps.googleapis.com/x?key=AIzaSyA-x&q=1", f"https://maps.googleapis.com/x?key={MASK}&q=1"),
+        ("https://app/cb#access_token=ya29.abc&state=s", f"https://app/cb#access_token={MASK}&state=s"),
+        ("https://h/p?a=1#frag", "https://h/p?a=1#frag"),
+        ("https://h/p?secretAccessKey=s&sessionToken=t", f"https://h/p?secretAccessKey={MASK}&sessionToken={MASK}"),
+    ],
+)
+def test_redact_url_masks_api_keys_and_fragment_tokens(url: str, expected: str) -> None:
+    assert redact_url(url) == expected
+
+
+def test_secret_names_in_any_case_and_the_azure_and_oauth_ones() -> None:
+    names = ["secretKey", "secretAccessKey", "sessionToken", "clientSecret", "accessToken", "account_key"]
+    names += ["AccountKey", "connection_string", "connectionString", "passphrase", "credential", "credentials"]
+    names += ["AZURE_STORAGE_CONNECTION_STRING", "ssh_key_passphrase", "gcp_credentials"]
+    cfg = {n: PASSWORD for n in names} | {"key": "AKIA", "keyId": "k", "region": "eu", "partition": "p"}
+    out = redact(cfg)
+    assert PASSWORD not in json.dumps(out), out
+    assert out["key"] == "AKIA" and out["keyId"] == "k" and out["region"] == "eu" and out["partition"] == "p"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("Authorization: Bearer abc.def", f"Authorization: Bearer {MASK}"),
+        ("authorization=Basic dXNlcjpwdw==", f"authorization=Basic {MASK}"),
+        ("AWS_SECRET_ACCESS_KEY=abc/DEF+1 region=eu", f"AWS_SECRET_ACCESS_KEY={MASK} region=eu"),
+        ("login failed: password=hunter2, user=bob", f"login failed: password={MASK} user=bob"),
+        ('{"clientSecret": "s3cr3t", "id": 1}', f'{{"clientSecret": {MASK}, "id": 1}}'),
+        ("see https://h/p?token=t then x-api-key: k1", f"see https://h/p?token={MASK} then x-api-key: {MASK}"),
+        ("epoch=3 loss: 0.5 tokens=12", "epoch=3 loss: 0.5 tokens=12"),
+    ],
+)
+def test_redact_text_masks_secret_assignments_in_free_text(text: str, expected: str) -> None:
+    assert redact_text(text) == expected
+    assert redact(text) == expected
+
+
 @settings(max_examples=150, deadline=2000, derandomize=True)
 @given(
     scheme=st.sampled_from(["http", "https", "postgresql", "mysql+pymysql", "databricks"]),

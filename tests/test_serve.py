@@ -422,6 +422,12 @@ def test_body_over_the_limit_and_auth(url: str, ids: dict[str, list[str]]) -> No
     assert r.status_code == 401 and r.json()["field"] == "X-API-Key"
     r = httpx.post(f"{url}/v1/search", json={"patch_id": ids["train"][0]}, headers={"X-API-Key": "wrong"})
     assert r.status_code == 401
+    r = httpx.post(f"{url}/v1/search", json={"patch_id": ids["train"][0]}, headers={"Authorization": f"Bearer {KEY}"})
+    assert r.status_code == 200, r.text
+    r = httpx.post(f"{url}/v1/search", json={"patch_id": ids["train"][0]}, headers={"Authorization": KEY})
+    assert r.status_code == 401  # the key without the Bearer scheme is no key
+    r = httpx.get(f"{url}/v1/search", headers={"X-API-Key": KEY})
+    assert r.status_code == 405 and r.json()["error"] == "method_not_allowed"  # as the document lists it
     assert httpx.get(f"{url}/healthz").status_code == 200  # health needs no key
     for path in ("/healthzz", "/metrics/x", "/docs-private", "/readyz.json", "/openapi.json/../v1/search"):
         assert httpx.get(f"{url}{path}").status_code == 401, path  # exact paths only, not prefixes

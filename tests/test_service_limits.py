@@ -137,6 +137,41 @@ def test_the_ingress_and_a_local_serve_say_whether_the_api_is_open(
     assert "bigearth-api-keys" in capsys.readouterr().err
 
 
+def test_keys_are_compared_as_digests_and_only_as_x_api_key_or_bearer() -> None:
+    """Each stored key is held as its SHA-256 (comparisons take the same time whatever the keys' lengths, and every
+    key is compared); `Authorization` counts only with the Bearer scheme."""
+    from starlette.datastructures import Headers
+
+    from bigearth.serving.ingress import authenticated, key_digests
+
+    digests = key_digests({"short", "a-much-longer-second-key"})
+    assert all(len(d) == 32 for d in digests) and b"short" not in b"".join(digests)
+
+    def ok(**headers: str) -> bool:
+        return authenticated(Headers({k.replace("_", "-"): v for k, v in headers.items()}), digests)
+
+    assert ok(x_api_key="short") and ok(x_api_key="a-much-longer-second-key")
+    assert ok(authorization="Bearer short") and ok(authorization="bearer a-much-longer-second-key")
+    assert not ok(authorization="short")  # no scheme: not a key (it used to be taken as one)
+    assert not ok(authorization="Basic short") and not ok(authorization="Bearer ") and not ok()
+    assert not ok(x_api_key="shor") and not ok(x_api_key="short ") and not ok(x_api_key="")
+    assert ok(x_api_key="", authorization="Bearer short")  # an empty X-API-Key does not hide the Bearer token
+    assert not authenticated(Headers({"x-api-key": "short"}), [])  # auth off: nobody is known
+
+
+def test_a_bad_content_length_is_refused_without_echoing_it() -> None:
+    from bigearth.serving.ingress import content_length_error
+
+    limit = 1024
+    assert content_length_error(None, limit) is None and content_length_error("1024", limit) is None
+    for raw in ("<script>alert(1)</script>", "12abc", "-1", "\u00b2", "1" * 5000):
+        err = content_length_error(raw, limit)
+        assert err is not None and err.status == 413 and err.field == "body", raw
+        assert raw not in err.message and "1024" in err.message, (raw, err.message)
+    assert "invalid Content-Length" in content_length_error("12abc", limit).message  # type: ignore[union-attr]
+    assert "1025 bytes" in content_length_error("1025", limit).message  # type: ignore[union-attr]
+
+
 # ------------------------------------------------------------------------------------------------ request bounds
 def test_filter_lists_are_deduplicated_and_capped() -> None:
     f = SearchFilter(country=["Austria", "Austria", "Finland"], labels_any="Urban fabric", tile=["33UUP"] * 500)
@@ -247,6 +282,62 @@ def test_browse_totals_and_facets_are_counted_once_per_filter_not_per_page(
     first = retriever.facets(["a"])
     assert retriever.facets(["a"]) == first and first["total"] == PAIRS and first["country"]["Austria"] == PAIRS // 2
     assert facet.calls == 4  # split, country, season, labels: once each, not once per request
+
+
+def test_readyz_does_not_count_the_collection_on_every_call(retriever: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`/readyz` is open to anyone: its point count comes from the same cache as browse totals, not a scan a call;
+    the answer keeps its shape."""
+    from bigearth.serving.cache import TtlCache
+
+    retriever.counts = TtlCache()
+    count = _Counting(retriever.index, "count", monkeypatch)
+    answers = [retriever.ready() for _ in range(20)]
+    assert count.calls == 1 and all(a == answers[0] for a in answers)
+    assert answers[0]["points"] == PAIRS and answers[0]["collection"] == "bigearthnet"
+    assert set(answers[0]) == {"collection", "points", "vectors", "model", "pairs_in_shards"}
+    assert retriever.facets([])["total"] == PAIRS and count.calls == 1  # the same cached total
+
+
+#: what Qdrant's read-only API key allows that the Retriever uses (the service gets that key, infra/kuberay)
+QDRANT_READS = {"get_aliases", "collection_exists", "get_collection", "get_collections", "query_points", "retrieve"}
+QDRANT_READS |= {"count", "scroll", "facet", "close"}
+
+
+def test_the_retriever_only_reads_from_qdrant(shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The service holds Qdrant's read-only key: every client call it makes (start-up, readiness, search, browse,
+    facets, following the live version's alias) must be a read."""
+    from qdrant_client import QdrantClient
+
+    from bigearth.retrieval import open_index
+    from bigearth.retrieval.schema import payloads
+    from bigearth.serving.deployments import Retriever
+
+    target = f"qdrant-local:{tmp_path / 'qdrant'}"
+    rows = pq.read_table(shards / "train" / "part-00000.parquet", columns=list(_META)).to_pydict()
+    with open_index(target, "bigearthnet") as idx:
+        idx.create({"fused": 8}, {"model": "unit", "num_classes": 19})
+        idx.upsert(rows["patch_id"], {"fused": np.random.default_rng(2).normal(size=(PAIRS, 8))}, payloads(rows))
+        idx.finish()
+    called: set[str] = set()
+    for name in [n for n in dir(QdrantClient) if not n.startswith("_") and callable(getattr(QdrantClient, n))]:
+        real = getattr(QdrantClient, name)
+
+        def recorded(self: Any, *a: Any, _name: str = name, _real: Any = real, **k: Any) -> Any:
+            called.add(_name)
+            return _real(self, *a, **k)
+
+        monkeypatch.setattr(QdrantClient, name, recorded)
+    r = Retriever(target, "bigearthnet", str(shards))
+    r.recheck_s = 0.0  # look up the live version (the alias) on every access
+    try:
+        assert r.ready()["points"] == PAIRS
+        assert r.search({"patch_id": _pid(3), "using": "fused", "k": 3}, None)["hits"]
+        assert r.browse({"filter": {"country": ["Austria"]}, "limit": 5})["total"] == PAIRS // 2
+        assert r.facets([])["total"] == PAIRS
+    finally:
+        r.index.close()
+    assert {"get_aliases", "query_points", "count", "facet"} <= called  # recorded: the alias lookup and the reads
+    assert called <= QDRANT_READS, sorted(called - QDRANT_READS)
 
 
 def test_a_cached_count_expires() -> None:
@@ -378,6 +469,111 @@ def test_an_offset_index_reads_back() -> None:
 
     # OffsetIndex{page_locations: [PageLocation{offset 0, compressed_page_size 1000, first_row_index 0}]}
     assert page_locations(b"\x19\x1c\x16\x00\x15\xd0\x0f\x16\x00\x00\x00") == [PageLocation(0, 1000, 0)]
+
+
+def _varint(n: int) -> bytes:
+    out = b""
+    while True:
+        b, n = n & 0x7F, n >> 7
+        if not n:
+            return out + bytes([b])
+        out += bytes([b | 0x80])
+
+
+def test_a_huge_declared_map_of_bools_is_refused_at_once() -> None:
+    """A map field (type 11) declaring 10**8 bool -> bool entries in 1 byte: bools in a map take a byte each, so
+    the size cannot fit; it used to loop 10**8 times reading nothing (12 s; 10**12: hours)."""
+    import time
+
+    from bigearth.pages import page_locations
+
+    for size in (10**8, 10**12, 2**63):
+        start = time.monotonic()
+        with pytest.raises(CorruptPage, match="declares"):
+            page_locations(b"\x2b" + _varint(size) + b"\x11")
+        assert time.monotonic() - start < 0.1
+    for head in (b"\x29\xf1", b"\x29\xfc"):  # lists of bools and of structs, same
+        with pytest.raises(CorruptPage, match="declares"):
+            page_locations(head + _varint(10**9) + b"\x00")
+
+
+def _thrift_value(draw: Any, kind: int, depth: int) -> bytes:
+    """Bytes for one value of thrift compact `kind`, often with declared sizes far beyond what follows."""
+    size = st.one_of(st.sampled_from([10**8, 10**12, 2**31 - 1]), st.integers(0, 20), st.integers(0, 2**64))
+    if kind in (1, 2):
+        return b""
+    if kind == 3:
+        return bytes([draw(st.integers(0, 255))])
+    if kind in (4, 5, 6):
+        return _varint(draw(size))
+    if kind == 7:
+        return draw(st.binary(min_size=0, max_size=8))
+    if kind == 8:
+        return _varint(draw(size)) + draw(st.binary(max_size=8))
+    if kind in (9, 10):
+        inner = draw(st.sampled_from([1, 2, 12, 9, 11, 3, 4, 5, 6, 7, 8, 10] if depth < 4 else [1, 2, 3, 4, 5, 6, 7]))
+        n = draw(size)
+        elems = b"".join(_thrift_value(draw, 3 if inner in (1, 2) else inner, depth + 1) for _ in range(min(n, 3)))
+        head = bytes([(min(n, 15) << 4) | inner]) + (_varint(n) if n >= 15 else b"")
+        return head + elems
+    if kind == 11:
+        n, key, value = draw(size), draw(st.sampled_from([1, 2, 12, 8])), draw(st.sampled_from([1, 2, 12, 8]))
+        return _varint(n) + (bytes([(key << 4) | value]) + draw(st.binary(max_size=4)) if n else b"")
+    return _thrift_struct(draw, depth + 1)
+
+
+def _thrift_struct(draw: Any, depth: int) -> bytes:
+    out = b""
+    for _ in range(draw(st.integers(0, 4 if depth < 4 else 1))):
+        kind = draw(st.sampled_from([9, 11, 12, 1, 2, 3, 4, 5, 6, 7, 8, 10, 13]))  # containers first
+        fid = draw(st.sampled_from([6, 7, 9, 15, 1, 2, 3, 4, 5, 8]))  # fields the parsers skip come first
+        out += bytes([(fid << 4) | kind]) + _thrift_value(draw, min(kind, 12), depth)
+    return out + (b"\x00" if draw(st.booleans()) else b"")
+
+
+@settings(max_examples=150, deadline=1000, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_structured_thrift_fuzz_fails_fast_only_as_corrupt_page(data: st.DataObject) -> None:
+    """Thrift-shaped offset indexes, footers and page headers: nested lists, maps and structs whose declared sizes
+    (varints up to 2**64) exceed what follows; every one parses or is a CorruptPage within the deadline."""
+    from bigearth.pages import PageLocation, offset_index_locations, page_locations, read_value
+
+    blob = _thrift_struct(data.draw, 0)
+    for parse in (offset_index_locations, page_locations):
+        with contextlib.suppress(CorruptPage):
+            parse(blob)
+    with contextlib.suppress(CorruptPage, Unsupported):
+        read_value(lambda n, o: blob[o : o + n], "ZSTD", [PageLocation(0, len(blob), 0)], 3, 1, 8, 1)
+
+
+def test_a_page_without_a_checksum_is_read_through_the_verified_row_group(shards: Path, tmp_path: Path) -> None:
+    """Shards with a page index but no page CRCs (not what the writer makes): the page reader does not read a page
+    it cannot check (Unsupported), and the lookup reads the row group through pyarrow instead, right values."""
+    from bigearth.pages import offset_index_locations, page_locations, read_footer, read_value
+    from bigearth.patches import PatchStore
+    from bigearth.shards import SHARD_SCHEMA, Manifest
+    from bigearth.storage import open_fs
+
+    out = tmp_path / "nocrc"
+    (out / "train").mkdir(parents=True)
+    path = out / "train" / "part-00000.parquet"
+    table = pa.Table.from_pylist(list(_rows(PAIRS)), schema=SHARD_SCHEMA)
+    pq.write_table(
+        table, path, row_group_size=128, compression="lz4", write_page_index=True, max_rows_per_page=PAGE_PAIRS
+    )
+    manifest_shards = [{"path": "train/part-00000.parquet", "rows": PAIRS, "split": "train"}]
+    Manifest(pairs=PAIRS, splits={"train": PAIRS}, shards=manifest_shards).save(open_fs(str(out))[0], str(out))
+    data = path.read_bytes()
+    col = table.schema.get_field_index("B02")
+    where = offset_index_locations(read_footer(lambda n, o: data[o : o + n], len(data)))[0][col]
+    assert where is not None
+    pages = page_locations(data[where[0] : where[0] + where[1]])
+    with pytest.raises(Unsupported, match="no checksum"):
+        read_value(lambda n, o: data[o : o + n], "LZ4_RAW", pages, 128, 7, 120 * 120 * 2, 1)
+    plain, nocrc = PatchStore(str(shards)), PatchStore(str(out))
+    for i in (3, 150, PAIRS - 2):
+        a, b = plain.arrays(_pid(i), ALL_GROUPS), nocrc.arrays(_pid(i), ALL_GROUPS)
+        assert all(np.array_equal(a[g], b[g]) for g in ALL_GROUPS)
 
 
 @settings(

@@ -98,6 +98,7 @@ ERROR_STATUSES = {
     400: "an unreadable multipart body, or a client that disconnected before sending the whole body",
     401: "a missing or wrong API key (only when the service has keys)",
     404: "no archived pair with this patch id",
+    405: "a method this path does not take",
     408: "the request body sent nothing for `body_timeout_s` (or, in plain text from Serve's proxy, the request took "
     "longer than its `request_timeout_s`)",
     413: "the request body (its Content-Length, or the bytes streamed so far, or an .npz member inflated) is over "

@@ -2,10 +2,12 @@
 which page holds the row and where it is, and only that page is read, checked against its CRC32 and decompressed.
 
 `PatchStore` reads the band columns of a single pair this way instead of whole row groups (docs/benchmarks.md):
-shards written since the page index was added hold one pair per page (`bigearth.shards.ShardWriter`). It covers what
-that writer produces: data pages v1 or v2, PLAIN-encoded fixed-size values, no repetition levels, a definition
-level of at most 1, codecs lz4 (LZ4_RAW), zstd, snappy, gzip or none. Anything else (older shards without a page
-index, format 1's variable-size values) is `Unsupported`, and the caller reads the row group instead.
+shards written since the page index was added hold `PAGE_PAIRS` pairs per page (`bigearth.shards.ShardWriter`).
+It covers what that writer produces: data pages v1 or v2, PLAIN-encoded fixed-size values, no repetition levels,
+a definition level of at most 1, codecs lz4 (LZ4_RAW), zstd, snappy, gzip or none, a CRC32 on every page.
+Anything else (older shards without a page index, format 1's variable-size values, a page without a checksum) is
+`Unsupported`, and the caller reads the row group instead (pyarrow, verifying the checksums there are). A Thrift
+list or map whose declared size cannot fit in the bytes left is `CorruptPage` before anything loops over it.
 """
 
 from __future__ import annotations
@@ -73,23 +75,37 @@ class _Thrift:
             self._take(self.varint())
         elif kind in (9, 10):
             head = self.byte()
-            size = head >> 4 if head >> 4 != 15 else self.varint()
+            size = self._size(head >> 4 if head >> 4 != 15 else self.varint(), 1)
             for _ in range(size):
-                self.skip(head & 0x0F if head & 0x0F not in (1, 2) else 3, depth + 1)
+                self.skip(self._element(head & 0x0F), depth + 1)
         elif kind == 11:
-            size = self.varint()
+            size = self._size(self.varint(), 2)
             if size:
                 types = self.byte()
                 for _ in range(size):
-                    self.skip(types >> 4, depth + 1)
-                    self.skip(types & 0x0F, depth + 1)
+                    self.skip(self._element(types >> 4), depth + 1)
+                    self.skip(self._element(types & 0x0F), depth + 1)
         elif kind == 12:
             self.struct({}, depth + 1)
         else:
             raise CorruptPage(f"unknown thrift type {kind}")
 
+    def _size(self, size: int, least: int) -> int:
+        """A container's declared element count, refused when its elements (each at least `least` bytes) cannot fit
+        in the bytes left: a declared size is never looped over unchecked."""
+        if size * least > len(self.data) - self.pos:
+            raise CorruptPage(
+                f"a container declares {size} elements, more than the {len(self.data) - self.pos} bytes left"
+            )
+        return size
+
+    @staticmethod
+    def _element(kind: int) -> int:
+        """A list's or map's element type as skipped: a bool element is one byte there (in a field header, none)."""
+        return 3 if kind in (1, 2) else kind
+
     def _take(self, n: int) -> bytes:
-        if self.pos + n > len(self.data):
+        if n < 0 or self.pos + n > len(self.data):
             raise EOFError
         self.pos += n
         return self.data[self.pos - n : self.pos]
@@ -119,7 +135,7 @@ class _Thrift:
                 out[fid] = self.struct(spec, depth + 1)
             elif isinstance(spec, list) and kind == 9:
                 head = self.byte()
-                size = head >> 4 if head >> 4 != 15 else self.varint()
+                size = self._size(head >> 4 if head >> 4 != 15 else self.varint(), 1)
                 if head & 0x0F != 12:
                     raise CorruptPage(f"field {fid}: expected a list of structs")
                 out[fid] = [self.struct(spec[0], depth + 1) for _ in range(size)]
@@ -221,7 +237,9 @@ def read_value(
     raw = buf[n:]
     if h.get(3) != len(raw) or not 0 <= h.get(2, -1) <= count * (width + 1) + 64:  # no bomb: a page of `count` values
         raise CorruptPage(f"page at byte {loc.offset}: its header and the offset index disagree on its size")
-    if h.get(4) is not None and zlib.crc32(raw) != h[4] & 0xFFFFFFFF:
+    if h.get(4) is None:  # the writer checksums every page: read it through pyarrow's verified row-group read
+        raise Unsupported(f"page at byte {loc.offset} has no checksum")
+    if zlib.crc32(raw) != h[4] & 0xFFFFFFFF:
         raise CorruptPage(f"page at byte {loc.offset} fails its checksum")
     levels: list[int] | None = None
     if h.get(1) == DATA_PAGE and isinstance(h.get(5), dict):

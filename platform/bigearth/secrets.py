@@ -2,8 +2,10 @@
 printed or handed to Ray.
 
 - `redact(obj)`: a copy of a config, record or message with every credential masked: the password (or a lone token)
-  in a URL's user info, the values of query parameters such as `token`, `password`, `X-Amz-Signature`, and the values
-  of fields named like a secret (`secret`, `token`, `password`, `api_key`, ...), nested in mappings and lists. Used
+  in a URL's user info, the values of query and fragment parameters such as `token`, `password`, `key`,
+  `X-Amz-Signature`, the values of fields named like a secret (`secret`, `token`, `password`, `api_key`,
+  `secretAccessKey`, ...), nested in mappings and lists, and `name: value` / `name=value` with such a name in free
+  text (`Authorization: Bearer ***`). Used
   wherever a config is written (checkpoint `meta.json`, MLflow) or printed (logs, `bigearth train`).
 - `Sealed`: a secret value that pickles without its text. Inside a Ray driver or worker the text is put into the Ray
   object store once per process and the pickle carries only the `ObjectRef`, so task and actor arguments (kept in
@@ -58,19 +60,62 @@ SECRET_NAMES = frozenset(
         "x_amz_security_token",
         "x_goog_signature",
         "x_goog_credential",
+        "account_key",
+        "connection_string",
+        "passphrase",
+        "credential",
     }
 )
 #: Name endings that mark a secret too (`db_password`, `mlflow_tracking_token`, `github_api_key`, ...).
-SECRET_SUFFIXES = ("_secret", "_password", "_token", "_api_key", "_apikey", "_api_keys", "_private_key")
+SECRET_SUFFIXES = (
+    "_secret",
+    "_password",
+    "_token",
+    "_api_key",
+    "_apikey",
+    "_api_keys",
+    "_private_key",
+    "_secret_key",
+    "_secret_access_key",
+    "_account_key",
+    "_connection_string",
+    "_passphrase",
+    "_credentials",  # not `_credential`: X-Amz-Credential is an access key id and a scope, not a secret
+)
+#: Names that are secrets as a URL's query or fragment parameter only (`?key=AIza...`: Google API keys); as a
+#: config field, `key` is often an access key id or a lookup key.
+URL_SECRET_NAMES = frozenset({"key"})
 
 # a URL inside free text: scheme://anything up to white space (a password may hold quotes, brackets and
 # parentheses, so they do not end it: masking a little too much beats letting a password through)
 _URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://\S+")
 
 
+# `name: value` / `name=value` in free text (`Authorization: Bearer abc`, `AWS_SECRET_ACCESS_KEY=abc`,
+# `"password": "x"`); the name starts after no other name character (no quadratic rescans inside a long name)
+_ASSIGNMENT = re.compile(
+    r"(?<![A-Za-z0-9_.-])([A-Za-z][A-Za-z0-9_.-]{0,80})([\"']?\s*[:=]\s*)"
+    r"((?:Bearer|Basic|Token)\s+)?(\"[^\"]*\"|'[^']*'|[^\s&\"']+)"
+)
+_CAMEL = re.compile(r"(?<=[a-z0-9])([A-Z])")
+
+
 def is_secret_name(name: str) -> bool:
-    n = name.strip().lower().replace("-", "_")
+    """`name` (any case: `secretAccessKey`, `Secret-Access-Key` and `secret_access_key` alike) names a secret."""
+    n = _CAMEL.sub(r"_\1", name.strip()).lower().replace("-", "_")
     return n in SECRET_NAMES or n.endswith(SECRET_SUFFIXES)
+
+
+def _secret_param(name: str) -> bool:
+    return is_secret_name(name) or name.strip().lower() in URL_SECRET_NAMES
+
+
+def _redact_params(text: str) -> str:
+    """A query string or fragment (`a=1&token=t`) with the values of secret parameters masked."""
+    pairs = parse_qsl(text, keep_blank_values=True)
+    if not any(_secret_param(k) for k, _ in pairs):
+        return text
+    return urlencode([(k, MASK if _secret_param(k) else v) for k, v in pairs], safe="*/:")
 
 
 def redact_url(url: str) -> str:
@@ -89,19 +134,35 @@ def redact_url(url: str) -> str:
             authority = f"{userinfo.split(':', 1)[0]}:{MASK}@{host}"
         elif scheme.lower() in {"http", "https"}:
             authority = f"{MASK}@{host}"
+    tail, hash_, fragment = tail.partition("#")
     path, qmark, query = tail.partition("?")
     if qmark:
-        query, hash_, fragment = query.partition("#")
-        pairs = parse_qsl(query, keep_blank_values=True)
-        if any(is_secret_name(k) for k, _ in pairs):
-            query = urlencode([(k, MASK if is_secret_name(k) else v) for k, v in pairs], safe="*/:")
-        tail = f"{path}?{query}{hash_}{fragment}"
-    return f"{scheme}://{authority}{tail}"
+        tail = f"{path}?{_redact_params(query)}"
+    if hash_ and "=" in fragment:  # an OAuth implicit grant's `#access_token=...`
+        fragment = _redact_params(fragment)
+    return f"{scheme}://{authority}{tail}{hash_}{fragment}"
+
+
+def _mask_assignments(text: str) -> str:
+    """Every `name: value` / `name=value` of a secret's name with the value masked; after another name the scan goes
+    on right after its `:` or `=` (`failed: password=x`: the value of `failed` may itself be an assignment)."""
+    out, pos = [], 0
+    while (m := _ASSIGNMENT.search(text, pos)) is not None:
+        if is_secret_name(m.group(1)) and m.group(4) != MASK:
+            out.append(text[pos : m.start(4)] + MASK)
+            pos = m.end(4)
+        else:
+            out.append(text[pos : m.end(2)])
+            pos = m.end(2)
+    return "".join(out) + text[pos:]
 
 
 def redact_text(text: str) -> str:
-    """`text` (a message, an exception's words) with every URL in it redacted."""
-    return _URL.sub(lambda m: redact_url(m.group(0)), text) if "://" in text else text
+    """`text` (a message, an exception's words) with every URL in it redacted, and the value of every
+    `name: value` / `name=value` whose name is a secret's (`Authorization: Bearer ***`, `password=***`)."""
+    if "://" in text:
+        text = _URL.sub(lambda m: redact_url(m.group(0)), text)
+    return _mask_assignments(text) if ("=" in text or ":" in text) else text
 
 
 def redact(obj: Any) -> Any:

@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, date, datetime, time
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from bigearth.labels import BEN19, BEN43
 
@@ -125,17 +125,31 @@ class Near(BaseModel):
     radius_km: float = Field(gt=0, le=5000)
 
 
+def _one_or_many(item: dict[str, Any]) -> WithJsonSchema:
+    """The documented schema of a filter list: one value, or up to MAX_FILTER_VALUES distinct values (duplicates are
+    dropped before the count), each `item` (a string of at most MAX_FILTER_VALUE_CHARS); or null."""
+    return WithJsonSchema(
+        {"anyOf": [{"type": "array", "items": item, "maxItems": MAX_FILTER_VALUES}, item, {"type": "null"}]}
+    )
+
+
+_TEXT = {"type": "string", "maxLength": MAX_FILTER_VALUE_CHARS}
+FilterValues = Annotated[list[str] | None, _one_or_many(_TEXT)]
+SplitValues = Annotated[list[Split] | None, _one_or_many({"type": "string", "enum": list(get_args(Split))})]
+SeasonValues = Annotated[list[Season] | None, _one_or_many({"type": "string", "enum": list(get_args(Season))})]
+
+
 class SearchFilter(BaseModel):
     """Payload filter for a search; every field set must hold (AND). Lists within a field are alternatives (OR),
     except `labels_all`."""
 
     model_config = ConfigDict(extra="forbid")
-    labels_any: list[str] | None = Field(None, description="at least one of these labels")
-    labels_all: list[str] | None = Field(None, description="every one of these labels")
-    split: list[Split] | None = None
-    country: list[str] | None = None
-    tile: list[str] | None = None
-    season: list[Season] | None = None
+    labels_any: FilterValues = Field(None, description="at least one of these labels")
+    labels_all: FilterValues = Field(None, description="every one of these labels")
+    split: SplitValues = None
+    country: FilterValues = None
+    tile: FilterValues = None
+    season: SeasonValues = None
     date_from: datetime | date | None = Field(None, description="acquired on or after (date or RFC 3339)")
     date_to: datetime | date | None = Field(None, description="acquired on or before (a date includes that day)")
     snow: bool | None = Field(None, description="true: only snow-covered pairs, false: none")

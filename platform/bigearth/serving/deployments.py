@@ -170,9 +170,10 @@ class Retriever:
                 log.info("index %s: closing version %r: %s", stale.describe(), stale.version, e)
 
     def ready(self) -> dict[str, Any]:
+        index = self.index  # follows a switch first (which clears the counts)
         return {
-            "collection": self.index.collection,
-            "points": self.index.count(),  # live: a re-index into a server shows up
+            "collection": index.collection,
+            "points": self._count(),  # cached like browse totals: /readyz is open, it must not scan per request
             "vectors": self.meta["vectors"],
             "model": self.meta.get("model"),
             "pairs_in_shards": len(self.store),
@@ -214,14 +215,18 @@ class Retriever:
 
     def _count(self, flt: Any = None) -> int:
         """Points `flt` matches, counted once per filter per COUNT_TTL_S (a page of browse does not rescan)."""
-        key = ("count", flt.model_dump_json() if flt is not None else None)
-        return int(self.counts.get(key, lambda: self.index.count(flt)))
+        index = self.index
+        # keyed by version too: a count of the version before that lands after a switch's clear is never read
+        key = ("count", index.version, flt.model_dump_json() if flt is not None else None)
+        return int(self.counts.get(key, lambda: index.count(flt)))
 
     def facets(self, classes: list[str]) -> dict[str, Any]:
-        def scan() -> dict[str, Any]:
-            return {key: self.index.facet(key, limit=1000) for key in ("split", "country", "season", "labels")}
+        index = self.index
 
-        counts = self.counts.get(("facets",), scan)
+        def scan() -> dict[str, Any]:
+            return {key: index.facet(key, limit=1000) for key in ("split", "country", "season", "labels")}
+
+        counts = self.counts.get(("facets", index.version), scan)
         vectors = sorted(self.meta["vectors"])
         return Facets(total=self._count(), classes=classes, vectors=vectors, **counts).model_dump()
 

@@ -3,6 +3,7 @@
 No `from __future__ import annotations` here: FastAPI reads the route annotations (`Request`, ...) as objects.
 """
 
+import hashlib
 import hmac
 import logging
 import time
@@ -126,12 +127,51 @@ def make_fastapi_app() -> Any:
     )
 
 
+#: the `request` field of an uploaded search (a SearchRequest without patch id or vector: far shorter)
+MAX_UPLOAD_REQUEST_CHARS = 65536
+
+
+def key_digests(keys: set[str]) -> list[bytes]:
+    """The SHA-256 of each API key, computed once at start: requests are compared digest to digest, so neither the
+    time a comparison takes nor which comparison ends it depends on a key's length or on which key matched."""
+    return [hashlib.sha256(k.encode()).digest() for k in sorted(keys)]
+
+
+def authenticated(headers: Any, digests: list[bytes]) -> bool:
+    """`headers` (a case-insensitive mapping) carry one of the keys: `X-API-Key: KEY` or `Authorization: Bearer KEY`
+    (an Authorization header without the Bearer scheme is no key). False while auth is off (no digests)."""
+    given = headers.get("x-api-key") or None
+    if given is None:
+        scheme, _, token = headers.get("authorization", "").partition(" ")
+        given = token.strip() if scheme.lower() == "bearer" and token.strip() else None
+    if given is None:
+        return False
+    digest = hashlib.sha256(given.encode()).digest()
+    matches = [hmac.compare_digest(digest, d) for d in digests]  # every key compared, whichever matches
+    return any(matches)
+
+
+def content_length_error(length: str | None, limit: int) -> ApiError | None:
+    """The 413 for a Content-Length header that is not a number or is over `limit` bytes (never echoing the
+    header), or None."""
+    if length is None:
+        return None
+    if not (length.isascii() and length.isdigit()):
+        return ApiError(413, f"invalid Content-Length (the limit is {limit} bytes)", "body")
+    if len(length) > 18:  # not parsed: over any limit
+        return ApiError(413, f"request body is over the limit of {limit} bytes", "body")
+    if int(length) > limit:
+        return ApiError(413, f"request body of {int(length)} bytes is over the limit of {limit} bytes", "body")
+    return None
+
+
 def _errors(*statuses: int, auth: bool = True) -> dict[int | str, dict[str, Any]]:
-    """FastAPI `responses=` for the error statuses a route answers besides those every route can (413: the
-    Content-Length header is checked on every path; 408 and 503 also come from Serve's HTTP proxy, in plain text;
-    500), and 401 unless the path is open: the error model and what the status means; a 503's Retry-After."""
+    """FastAPI `responses=` for the error statuses a route answers besides those every route can (405: another
+    method on its path; 413: the Content-Length header is checked on every path; 408 and 503 also come from Serve's
+    HTTP proxy, in plain text; 500), and 401 unless the path is open: the error model and what the status means; a
+    503's Retry-After."""
     out: dict[int | str, dict[str, Any]] = {}
-    for status in sorted({*statuses, *((401,) if auth else ()), 408, 413, 500, 503}):
+    for status in sorted({*statuses, *((401,) if auth else ()), 405, 408, 413, 500, 503}):
         entry: dict[str, Any] = {"model": ErrorBody, "description": ERROR_STATUSES[status]}
         if status in (408, 503):
             entry["content"] = {"text/plain": {"schema": {"type": "string"}}}
@@ -180,7 +220,13 @@ _SEARCH_BODY = {
                     "type": "object",
                     "description": "an uploaded query patch (band GeoTIFFs or one .npz, as for /v1/classify) plus "
                     "a `request` field holding the SearchRequest JSON without patch_id/vector; at most 32 files",
-                    "properties": {"request": {"type": "string", "contentMediaType": "application/json"}},
+                    "properties": {
+                        "request": {
+                            "type": "string",
+                            "contentMediaType": "application/json",
+                            "maxLength": MAX_UPLOAD_REQUEST_CHARS,
+                        }
+                    },
                     "additionalProperties": {"type": "string", "format": "binary"},
                     "maxProperties": 33,
                 }
@@ -253,6 +299,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             self.classifier, self.retriever, self.hub = classifier, retriever, metrics
             self.args = AppArgs.model_validate(args)
             self.keys = self.args.keys()  # NoApiKeysError (the replica does not start) when require_auth finds none
+            self.key_digests = key_digests(self.keys)
             log.warning(auth_status(self.keys))  # warning level: reaches the replica log whatever its setup
             self.limit = int(self.args.max_body_mb * 1024 * 1024)
             self._model: dict[str, Any] | None = None
@@ -266,14 +313,9 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                 return JSONResponse(
                     ApiError(401, "missing or wrong API key (header X-API-Key)", "X-API-Key").body(), 401
                 )
-            length = request.headers.get("content-length")
-            if length is not None and (not length.isdigit() or int(length) > self.limit):
-                return JSONResponse(
-                    ApiError(
-                        413, f"request body of {length} bytes is over the limit of {self.limit} bytes", "body"
-                    ).body(),
-                    413,
-                )
+            too_large = content_length_error(request.headers.get("content-length"), self.limit)
+            if too_large is not None:
+                return JSONResponse(too_large.body(), 413)
             try:
                 response: Response = await call_next(request)
                 return response
@@ -290,8 +332,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
         # ---------------------------------------------------------------- helpers
         def _authenticated(self, request: Request) -> bool:
             """The request carries one of the keys (never true while auth is off: nobody is known then)."""
-            given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ")
-            return any(hmac.compare_digest(given.encode(), k.encode()) for k in self.keys)
+            return authenticated(request.headers, self.key_digests)
 
         async def model(self) -> dict[str, Any]:
             if self._model is None:
@@ -429,6 +470,8 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             if ctype.startswith("multipart/form-data"):
                 model = await self.model()
                 bands, extra = await self._upload(request)
+                if extra is not None and len(extra) > MAX_UPLOAD_REQUEST_CHARS:
+                    raise ApiError(422, f"request: at most {MAX_UPLOAD_REQUEST_CHARS} characters", "request")
                 req = self._json((extra or "{}").encode(), SearchRequest)
                 if req.patch_id is not None or req.vector is not None:
                     raise ApiError(422, "an uploaded query takes no patch_id or vector", "request")
