@@ -18,6 +18,11 @@ name (`link` fails if the name exists; file systems without hard links: `O_CREAT
 a conditional PUT (`If-None-Match: *`) where the store honours it (AWS S3, MinIO, SeaweedFS), else fsspec's
 check-then-write; either way the record is read back and must carry our token. On a store without conditional
 writes two writers starting within the same second can both proceed until the next heartbeat: best effort there.
+
+Takeover and heartbeat act only on the lock they judged. Local: the lock file is renamed to a name of the writer's
+own first (`rename` is atomic: of two writers taking a stale lock over, one gets it) and is removed or replaced
+only if it carries the token judged; another writer's fresh lock grabbed in between is put back (by an exclusive
+link). Object stores: read, compare, then delete or overwrite (best effort, as above).
 """
 
 from __future__ import annotations
@@ -236,7 +241,28 @@ class OutputLock:
         return None  # (an unreadable lock of unknown age: only --break-lock takes it)
 
     def _remove_if(self, token: str | None) -> None:
-        """Delete the lock if it still carries `token` (narrows the race between two writers taking over)."""
+        """Delete the lock if it still carries `token`. Local: the lock file is first renamed to a name of our own
+        (atomic: of two writers removing it, one gets it) and deleted only if it is the one judged; a fresh lock
+        grabbed by mistake (another writer took over in between) is put back. Object stores: read, then delete
+        (best effort, like their creation without conditional writes)."""
+        if is_local(self.fs):
+            grave = f"{self.path}.{self.token}.taken"
+            try:
+                os.rename(self.path, grave)
+            except FileNotFoundError:
+                return
+            try:
+                taken = read_json(None, grave, "output lock").get("token")
+            except (FileNotFoundError, RecordError):
+                taken = None
+            try:
+                if taken != token:  # not the lock judged: another writer's, put it back (unless one is there)
+                    with suppress(FileExistsError):
+                        os.link(grave, self.path)
+            finally:
+                with suppress(FileNotFoundError):
+                    os.unlink(grave)
+            return
         try:
             current = read_json(self.fs, self.path, "output lock").get("token")
         except FileNotFoundError:
@@ -263,8 +289,14 @@ class OutputLock:
                 log.warning("%s: could not refresh the lock's heartbeat (%s: %s)", self.url, type(e).__name__, e)
 
     def refresh(self) -> None:
-        """Write a new heartbeat, unless another writer took the lock over (then `OutputLocked`)."""
+        """Write a new heartbeat, unless another writer took the lock over (then `OutputLocked`). Local: the new
+        record replaces ours only if the lock is still ours at that instant (ours renamed aside, the new one linked
+        in exclusively): a writer that took it over in between is never overwritten."""
         self.check()
+        self._record["heartbeat"] = _now().isoformat(timespec="seconds")
+        if is_local(self.fs):
+            self._refresh_local()
+            return
         try:
             current = read_json(self.fs, self.path, "output lock")
         except (FileNotFoundError, RecordError):
@@ -272,8 +304,38 @@ class OutputLock:
         if current.get("token") != self.token:
             self.lost = current or {"job": "another writer (the lock was removed)"}
             self.check()
-        self._record["heartbeat"] = _now().isoformat(timespec="seconds")
         write_json_atomic(self.fs, self.path, self._record)
+
+    def _refresh_local(self) -> None:
+        fresh = f"{self.path}.{self.token}.tmp"
+        mine = f"{self.path}.{self.token}.old"
+        write_bytes_atomic(None, fresh, _encode(self._record))
+        try:
+            try:
+                os.rename(self.path, mine)
+            except FileNotFoundError:
+                self.lost = {"job": "another writer (the lock was removed)"}
+                self.check()
+            try:
+                current = read_json(None, mine, "output lock")
+            except (FileNotFoundError, RecordError):
+                current = {}
+            if current.get("token") != self.token:  # another writer's lock: put it back, we lost ours
+                with suppress(FileExistsError):
+                    os.link(mine, self.path)
+                self.lost = current or {"job": "another writer (the lock was unreadable)"}
+                self.check()
+            try:
+                os.link(fresh, self.path)
+            except FileExistsError:  # a writer created one in the instant ours was aside
+                self.lost = self._read_holder() or {"job": "another writer"}
+                self.check()
+            except OSError:  # no hard links on this file system: rename (the lock name is free now)
+                os.rename(fresh, self.path)
+        finally:
+            for leftover in (fresh, mine):
+                with suppress(FileNotFoundError):
+                    os.unlink(leftover)
 
     def check(self) -> None:
         """Raise `OutputLocked` when another writer took the lock over from this one."""
