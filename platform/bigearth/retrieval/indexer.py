@@ -79,7 +79,7 @@ def build_index(
     from tqdm import tqdm
 
     from bigearth.data import open_split
-    from bigearth.models.checkpoints import resolve
+    from bigearth.models.checkpoints import resolve, weights_digest
     from bigearth.raycluster import ensure_ray
     from bigearth.shards import Manifest
     from bigearth.storage import open_fs
@@ -174,18 +174,3 @@ def _target_version(index: VectorIndex, sizes: dict[str, int], described: dict[s
             f"({said}); run without --add to rebuild it"
         )
     return index
-
-
-def weights_digest(checkpoint: str, storage: StorageOptions | None) -> str:
-    """The first 12 hex digits of the sha256 of a checkpoint's weights (what `LoadedModel.digest` says)."""
-    import hashlib
-
-    from bigearth.models.checkpoints import MODEL_FILE
-    from bigearth.storage import join, open_fs
-
-    fs, root = open_fs(checkpoint, storage)
-    h = hashlib.sha256()
-    with fs.open(join(root, MODEL_FILE), "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()[:12]
