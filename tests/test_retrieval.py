@@ -387,6 +387,24 @@ def test_the_embedded_engine_switches_with_a_rename_and_refuses_a_foreign_pointe
     assert new_version([later]) > later and new_version() < later  # after every existing one, even a clock behind
 
 
+def test_the_embedded_engine_never_points_current_at_a_missing_or_unfinished_version(tmp_path: Path) -> None:
+    idx = open_index(str(tmp_path), "c")
+    idx.create({"fused": 4}, {"model": "unit"})
+    pointer = tmp_path / "c" / "current"
+    live = pointer.read_text()
+    missing = "v20990101T000000000000-abcdef"
+    with pytest.raises(VectorIndexError, match=rf"refusing to make '{missing}' live: .*{missing}/collection.json"):
+        idx._switch(missing)
+    (tmp_path / "c" / missing).mkdir()  # a folder without its collection.json: unfinished or being removed
+    with pytest.raises(VectorIndexError, match="does not exist"):
+        idx._switch(missing)
+    with pytest.raises(VectorIndexError, match="is not a version name"):
+        idx._switch("../../etc")
+    assert pointer.read_text() == live and open_index(str(tmp_path), "c").count() == 0
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".")] == []  # no temporary left
+    idx.close()
+
+
 KILL = """
 import os, signal, sys
 import numpy as np
