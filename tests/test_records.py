@@ -436,3 +436,33 @@ def test_a_cut_index_metadata_or_metrics_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "eval" / "late" / "metrics.json").write_text('{"macro_ap": 0.')
     with pytest.raises(RecordError, match=r"late/metrics\.json: the evaluation metrics file is unreadable"):
         collect(str(tmp_path / "eval"))
+
+
+def test_a_writer_whose_lock_was_taken_over_stops_before_it_commits(tmp_path: Path) -> None:
+    """import-reben checks its lock right before meta.json (what makes the folder a checkpoint), reading it again:
+    a takeover since its last heartbeat is not missed. (build_index does the same right before its switch.)"""
+    from safetensors.torch import save_file
+
+    from bigearth.models.fusion import create_timm
+    from bigearth.models.reben import CONFIG_FILE, PREFIX, WEIGHTS_FILE, import_checkpoint
+
+    src = tmp_path / "reben"
+    src.mkdir()
+    model = create_timm("resnet18", num_classes=19, in_chans=2, img_size=120)
+    save_file({PREFIX + k: v.contiguous() for k, v in model.state_dict().items()}, str(src / WEIGHTS_FILE))
+    config = {"timm_model_name": "resnet18", "channels": 2, "classes": 19, "network_type": 0}
+    (src / CONFIG_FILE).write_text(json.dumps(config))
+    out = tmp_path / "ckpt"
+    lock = OutputLock(str(out), "import-reben", heartbeat_s=3600)  # no heartbeat before the commit
+    with lock:
+        breaker = OutputLock(str(out), "import-reben", break_lock=True)
+        breaker.acquire()
+        try:
+            with pytest.raises(OutputLocked, match=r"taken over by import-reben on .* stops without committing"):
+                import_checkpoint(str(src), str(out), before_commit=lock.verify)
+            assert not (out / checkpoints.META_FILE).exists()  # not a checkpoint: nothing committed
+        finally:
+            breaker.release()
+    with OutputLock(str(out), "import-reben") as again:  # a run that keeps its lock commits
+        import_checkpoint(str(src), str(out), before_commit=again.verify)
+    assert checkpoints.load(str(out)).spec.name == "s1"

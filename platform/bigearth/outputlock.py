@@ -112,9 +112,8 @@ class OutputLock:
     ) -> None:
         self.url = url
         self.fs: AbstractFileSystem
-        self.fs, self.root = open_fs(url, storage)
-        self.path = join(self.root, name)
-        self.where = join(url.rstrip("/"), name)  # what messages name
+        self.name = name
+        self._open(url, storage)
         self.job = job
         self.break_lock = break_lock
         self.stale_after_s = stale_after_s
@@ -125,6 +124,11 @@ class OutputLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._record: dict[str, Any] = {}
+
+    def _open(self, url: str, storage: StorageOptions | None) -> None:
+        self.fs, self.root = open_fs(url, storage)
+        self.path = join(self.root, self.name)
+        self.where = join(url.rstrip("/"), self.name)  # what messages name
 
     def __enter__(self) -> OutputLock:
         self.acquire()
@@ -151,7 +155,7 @@ class OutputLock:
     def acquire(self) -> None:
         """Take the lock, or raise `OutputLocked` naming the holder. A stale lock (or any, with `break_lock`) is
         taken over with a warning."""
-        self.fs.makedirs(self.root, exist_ok=True)
+        self._prepare()
         self._record = self._new_record()
         for _ in range(3):  # a lock released or taken over between our reads: look again
             if self._create():
@@ -173,6 +177,10 @@ class OutputLock:
             print(f"{self.job}: taking over the lock on {self.url} from {describe(holder)} ({why})")
             self._remove_if(holder.get("token"))
         raise OutputLocked(f"{self.url}: could not take the lock {self.where} (other writers keep taking it)")
+
+    # ---- the storage primitives (a Qdrant collection's lock overrides them: bigearth.retrieval.qdrant.QdrantLock)
+    def _prepare(self) -> None:
+        self.fs.makedirs(self.root, exist_ok=True)
 
     def _create(self) -> bool:
         """Create the lock record exclusively; False when it exists."""
@@ -294,16 +302,17 @@ class OutputLock:
         in exclusively): a writer that took it over in between is never overwritten."""
         self.check()
         self._record["heartbeat"] = _now().isoformat(timespec="seconds")
-        if is_local(self.fs):
+        if self.fs is not None and is_local(self.fs):
             self._refresh_local()
             return
-        try:
-            current = read_json(self.fs, self.path, "output lock")
-        except (FileNotFoundError, RecordError):
-            current = {}
+        current = self._read_holder() or {}
         if current.get("token") != self.token:
             self.lost = current or {"job": "another writer (the lock was removed)"}
             self.check()
+        self._write()
+
+    def _write(self) -> None:
+        """Overwrite the lock record with ours (object stores: after `refresh` read it as ours)."""
         write_json_atomic(self.fs, self.path, self._record)
 
     def _refresh_local(self) -> None:
@@ -336,6 +345,11 @@ class OutputLock:
             for leftover in (fresh, mine):
                 with suppress(FileNotFoundError):
                     os.unlink(leftover)
+
+    def verify(self) -> None:
+        """Raise `OutputLocked` unless the lock is ours at this moment (read again, heartbeat renewed): what a job
+        calls right before it commits, so that a takeover since the last heartbeat is not missed."""
+        self.refresh()
 
     def check(self) -> None:
         """Raise `OutputLocked` when another writer took the lock over from this one."""

@@ -83,6 +83,12 @@ class EdgeIndex(VectorIndex):
             )
         write_bytes_atomic(None, self.pointer, (version + "\n").encode())
 
+    def writer_lock(self, job: str, *, break_lock: bool = False) -> Any:
+        """`TARGET/.bigearth-lock-COLLECTION.json` (bigearth.outputlock)."""
+        from bigearth.outputlock import OutputLock
+
+        return OutputLock(self.target, job, name=f".bigearth-lock-{self.collection}.json", break_lock=break_lock)
+
     def _remove(self, version: str) -> None:
         import shutil
 
