@@ -368,7 +368,7 @@ def ingest(
             manifest.source["reference_maps"] = {"rows": manifest.pairs - len(missing), "missing": missing}
         if cat.layout.downloads:
             manifest.source["downloads"] = downloads_summary(records, out_fs, out_root)
-        lock.check()  # taken over by another writer meanwhile (--break-lock): that one writes the manifest
+        lock.verify()  # taken over by another writer meanwhile (--break-lock): that one writes the manifest
         manifest.save(out_fs, out_root)
         pq.write_table(cat.excluded, join(out_root, STATE_DIR, "excluded.parquet"), filesystem=out_fs)
         q = len(manifest.quarantined)

@@ -11,7 +11,8 @@ and process-id namespace) by a process that is no longer running. `break_lock=Tr
 lock over at once. A job that is re-run by a supervisor after its driver was killed (a RayJob's `backoffLimit`, on a
 new cluster) names itself in `BIGEARTH_LOCK_OWNER` (e.g. `rayjob/bigearth-ingest`): a lock with the same owner is
 a previous attempt of this one, taken over at once. A holder whose lock was taken over notices at its next
-heartbeat, and `check()` then refuses to commit (the ingest checks before its manifest).
+heartbeat, and `check()` then refuses to commit; right before it commits a job calls `verify()`, which reads the
+lock again (the ingest before its manifest, import-reben before `meta.json`, the index job before its switch).
 
 Creation is exclusive. Local: the record is written whole to a temporary name and hard-linked to the lock's
 name (`link` fails if the name exists; file systems without hard links: `O_CREAT | O_EXCL`). Object stores:
