@@ -11,6 +11,8 @@ from bigearth.archive.checksums import (
     MAX_MD5SUMS,
     ChecksumMismatch,
     check_md5,
+    check_md5sums,
+    expected_md5,
     format_md5sums,
     parse_md5sums,
     read_md5sums,
@@ -92,12 +94,29 @@ def test_a_mismatch_stops_naming_the_file_and_both_digests() -> None:
     assert f"s3://mirror/zenodo/{S2.name}: md5 {A}, the published md5 is {S2.md5}" in str(e.value)
     assert "--accept-checksum-mismatch" in str(e.value) and "Nothing was written" in str(e.value)
     with pytest.raises(ChecksumMismatch, match=f"md5 {A}, the md5 MD5SUMS states is {B}"):
-        check_md5([_record(A)], V2_DOWNLOADS, {S2.name: B}, "/a", accept=False)
+        check_md5([_record(A)], V2_DOWNLOADS, {S2.name: B}, "/a", accept=False, trust_md5sums=True)
+
+
+def test_a_mirror_md5sums_never_overrides_the_published_md5_unless_trusted() -> None:
+    """A bad mirror ships its own MD5SUMS matching its bad files: that stops the ingest before anything is read,
+    and the published md5 stays the expected one; only --trust-md5sums lets MD5SUMS replace it."""
+    bad_mirror = {S2.name: A}  # agrees with the mirror's file, not with the published digest
+    with pytest.raises(ChecksumMismatch) as e:
+        check_md5sums(V2_DOWNLOADS, bad_mirror, "https://mirror", trust_md5sums=False)
+    assert f"https://mirror/{S2.name}: MD5SUMS states md5 {A}, the published md5 is {S2.md5}" in str(e.value)
+    assert "--trust-md5sums" in str(e.value)
+    check_md5sums(V2_DOWNLOADS, {S2.name: S2.md5}, "/a", trust_md5sums=False)  # agreeing: fine
+    check_md5sums(V2_DOWNLOADS, bad_mirror, "/a", trust_md5sums=True)
+    assert expected_md5(S2, bad_mirror) == (S2.md5, "published")
+    assert expected_md5(S2, bad_mirror, trust_md5sums=True) == (A, "MD5SUMS")
+    with pytest.raises(ChecksumMismatch, match=f"md5 {A}, the published md5 is {S2.md5}"):
+        check_md5([_record(A)], V2_DOWNLOADS, bad_mirror, "/a", accept=False)
 
 
 def test_md5sums_states_the_digest_and_accept_lets_a_mismatch_through() -> None:
     records = [_record(A)]
-    check_md5(records, V2_DOWNLOADS, {S2.name: A}, "/a", accept=False)  # a re-packed archive with its MD5SUMS
+    # a re-packed archive with its MD5SUMS, trusted
+    check_md5(records, V2_DOWNLOADS, {S2.name: A}, "/a", accept=False, trust_md5sums=True)
     assert records[0] | {} == _record(A) | {"expected_md5": A, "md5_source": "MD5SUMS", "md5_matches": True}
     records = [_record(A)]
     check_md5(records, V2_DOWNLOADS, {}, "/a", accept=True)
@@ -109,3 +128,7 @@ def test_a_download_without_any_known_digest_is_not_an_error() -> None:
     records = [_record(A, unknown.name)]
     check_md5(records, [unknown], {}, "/a", accept=False)
     assert records[0]["md5_matches"] is None and records[0]["md5_source"] is None
+    records = [_record(A, unknown.name)]  # a name without a published digest: its MD5SUMS entry, untrusted or not
+    check_md5sums([unknown], {unknown.name: A}, "/a", trust_md5sums=False)
+    check_md5(records, [unknown], {unknown.name: A}, "/a", accept=False)
+    assert records[0]["md5_matches"] is True and records[0]["md5_source"] == "MD5SUMS"

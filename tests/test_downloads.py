@@ -103,7 +103,7 @@ def test_v2_downloads_ingest_to_the_same_shards_as_the_folders(
     packed_v2: Path, shards_v2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     out = tmp_path / "from-downloads"
-    m = ingest(str(packed_v2), str(out), shard_size=30, progress=False)
+    m = ingest(str(packed_v2), str(out), shard_size=30, progress=False, trust_md5sums=True)
     assert_same_shards(shards_v2, out)
     assert "reference_map" not in pq.read_schema(next(out.rglob("part-*.parquet"))).names  # none in the archive
     assert "reference_maps" not in m.source
@@ -112,13 +112,13 @@ def test_v2_downloads_ingest_to_the_same_shards_as_the_folders(
     for name in (S1, S2):
         raw = (packed_v2 / name).read_bytes()
         assert d[name]["md5"] == hashlib.md5(raw).hexdigest() and d[name]["bytes"] == len(raw)
-        # a synthetic file under the published name: checked against the MD5SUMS beside it, not the published md5
+        # a synthetic file under the published name: checked against the trusted MD5SUMS, not the published md5
         assert d[name]["md5_matches"] is True and d[name]["md5_source"] == "MD5SUMS"
         assert d[name]["expected_md5"] == d[name]["md5"] != d[name]["published_md5"]
         assert d[name]["error"] is None and d[name]["counts"]["unknown"] == 0
     printed = capsys.readouterr().out
     assert "WARNING" not in printed
-    assert f"ingest: {S2} matches the md5 its MD5SUMS states" in printed and "not the file published" in printed
+    assert f"ingest: {S2} matches the md5 its MD5SUMS states" in printed and "--trust-md5sums" in printed
     assert not (out / STATE_DIR / "staged").exists()  # staging is removed once the manifest is written
 
 
@@ -130,7 +130,7 @@ def test_v1_downloads_ingest_to_the_same_shards_as_the_folders(synth_v1: Path, t
     assert names[0].startswith("BigEarthNet-v1.0/") and any(n.endswith("_labels_metadata.json") for n in names)
     a, b = tmp_path / "folder", tmp_path / "downloads"
     ingest(str(synth_v1), str(a), lists=str(synth_v1 / "lists"), shard_size=40)
-    m = ingest(str(packed), str(b), lists=str(packed / "lists"), shard_size=40, progress=False)
+    m = ingest(str(packed), str(b), lists=str(packed / "lists"), shard_size=40, progress=False, trust_md5sums=True)
     assert m.source["layout"] == "v1" and set(m.source["downloads"]) == {
         "BigEarthNet-S2-v1.0.tar.gz",
         "BigEarthNet-S1-v1.0.tar.gz",
@@ -176,7 +176,14 @@ def test_faults_are_quarantined_naming_the_download_and_member(synth_v2: Path, a
     (packed / S1).write_bytes(s1[: int(len(s1) * 0.6)])
 
     # both files now differ from the md5 MD5SUMS states: accepted, so that their damage is what is tested
-    m = ingest(str(packed), str(tmp_path / "out"), shard_size=30, progress=False, accept_checksum_mismatch=True)
+    m = ingest(
+        str(packed),
+        str(tmp_path / "out"),
+        shard_size=30,
+        progress=False,
+        accept_checksum_mismatch=True,
+        trust_md5sums=True,
+    )
     assert {n: d["md5_matches"] for n, d in m.source["downloads"].items()} == {S1: False, S2: False}
     q = {x["patch_id"]: x for x in m.quarantined}
     assert q[corrupt["patch_id"]]["kind"] == "corrupt_file"
@@ -238,13 +245,18 @@ def test_an_altered_download_stops_the_ingest_before_any_shard_unless_accepted(
         write_download(f, str(root), layout_for("v2-downloads", "").downloads[0])
     altered = hashlib.md5((packed / S2).read_bytes()).hexdigest()
     stated = hashlib.md5((packed_v2 / S2).read_bytes()).hexdigest()
+    published = layout_for("v2-downloads", "").downloads[0].md5
     out = tmp_path / "out"
-    with pytest.raises(ChecksumMismatch) as e:
+    with pytest.raises(ChecksumMismatch) as e:  # its own MD5SUMS disagrees with the published md5: not trusted
         ingest(str(packed), str(out), shard_size=30, progress=False)
+    assert f"{packed / S2}: MD5SUMS states md5 {stated}, the published md5 is {published}" in str(e.value)
+    assert not list(out.rglob("*.parquet")) and not list(out.rglob(f"{S2}.json"))  # nothing read
+    with pytest.raises(ChecksumMismatch) as e:
+        ingest(str(packed), str(out), shard_size=30, progress=False, trust_md5sums=True)
     assert f"{packed / S2}: md5 {altered}, the md5 MD5SUMS states is {stated}" in str(e.value)
     assert not list(out.rglob("*.parquet")) and not (out / "manifest.json").exists()  # stopped before any shard
     assert not list(out.rglob(f"{S2}.json"))  # its staging is gone: a re-run reads the file again
-    m = ingest(str(packed), str(out), shard_size=30, progress=False, accept_checksum_mismatch=True)
+    m = ingest(str(packed), str(out), shard_size=30, progress=False, accept_checksum_mismatch=True, trust_md5sums=True)
     d = m.source["downloads"][S2]
     assert (d["md5"], d["expected_md5"], d["md5_matches"]) == (altered, stated, False)
     assert m.source["downloads"][S1]["md5_matches"] is True
@@ -260,7 +272,7 @@ def test_a_missing_download_quarantines_its_pairs(
     partial = tmp_path / "partial"
     shutil.copytree(packed_v2, partial)
     (partial / S1).unlink()
-    m = ingest(str(partial), str(tmp_path / "out"), shard_size=30, limit=12, progress=False)
+    m = ingest(str(partial), str(tmp_path / "out"), shard_size=30, limit=12, progress=False, trust_md5sums=True)
     assert m.pairs == 0 and len(m.quarantined) == 12
     assert all(x["kind"] == "missing_s1" and f"{S1} is not in the archive folder" in x["reason"] for x in m.quarantined)
     assert m.source["downloads"][S1]["missing"] is True
@@ -276,7 +288,7 @@ def test_killed_after_staging_resumes_without_decompressing_again(
     assert len(records) == 2, "killed before staging finished"
     assert 0 < len(done) < 12, "the first run was not killed half way"
     stamps = {r: r.stat().st_mtime_ns for r in records}
-    m = ingest(str(packed_v2), str(out), shard_size=10, progress=False, keep_staging=True)
+    m = ingest(str(packed_v2), str(out), shard_size=10, progress=False, keep_staging=True, trust_md5sums=True)
     assert {r: r.stat().st_mtime_ns for r in records} == stamps  # staged downloads not decompressed again
     ids = [p for s in m.shards for p in pq.read_table(out / s["path"], columns=["patch_id"])["patch_id"].to_pylist()]
     assert len(ids) == len(set(ids)) == Manifest.load(*open_fs(str(shards_v2))).pairs
@@ -363,7 +375,7 @@ def http_mirror(packed_v2: Path) -> Iterator[str]:
 
 def test_ingest_from_an_http_mirror(http_mirror: str, shards_v2: Path, tmp_path: Path) -> None:
     out = tmp_path / "from-http"
-    ingest(http_mirror, str(out), shard_size=30, progress=False)
+    ingest(http_mirror, str(out), shard_size=30, progress=False, trust_md5sums=True)
     assert_same_shards(shards_v2, out)
 
 
@@ -380,6 +392,7 @@ def test_ingest_downloads_from_s3(s3, packed_v2: Path, shards_v2: Path, tmp_path
         storage=storage,
         progress=False,
         staging=str(tmp_path / "stage"),
+        trust_md5sums=True,
     )
     assert_same_shards(shards_v2, out)
 
@@ -398,7 +411,7 @@ def test_reference_maps_become_an_optional_column_bit_exact(tmp_path: Path) -> N
     assert "Reference_Maps.tar.zst" in os.listdir(packed)
     a, b = tmp_path / "a", tmp_path / "b"
     ma = ingest(str(src), str(a), shard_size=20)
-    mb = ingest(str(packed), str(b), shard_size=20, progress=False)
+    mb = ingest(str(packed), str(b), shard_size=20, progress=False, trust_md5sums=True)
     assert_same_shards(a, b)
     assert ma.source["reference_maps"] == mb.source["reference_maps"]
     assert ma.source["reference_maps"]["missing"] == [rows[1]["patch_id"]]

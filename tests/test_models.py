@@ -270,3 +270,21 @@ def test_a_checkpoint_written_before_specs_and_aligned_vectors_loads_as_it_was(t
     batch = _batch(2)
     with torch.no_grad():
         assert torch.allclose(loaded.model.embed(batch)["s2"], model.embed(batch)["s2"])
+
+
+def test_the_weights_digest_is_one_helper_shared_by_loading_and_indexing(tmp_path: Path) -> None:
+    """`checkpoints.weights_digest` (what an index records) is `LoadedModel.digest` (what a service reports),
+    computed by the one helper: the indexer keeps no copy of its own."""
+    import hashlib
+
+    from bigearth.models import checkpoints
+    from bigearth.retrieval import indexer
+
+    save(str(tmp_path), create_model("tiny", num_classes=19), {"model": {"name": "tiny"}, "num_classes": 19})
+    raw = (tmp_path / checkpoints.MODEL_FILE).read_bytes()
+    digest = checkpoints.weights_digest(str(tmp_path))
+    assert digest == load(str(tmp_path)).digest == hashlib.sha256(raw).hexdigest()[:12]
+    assert not hasattr(indexer, "weights_digest") or indexer.weights_digest is checkpoints.weights_digest
+    (tmp_path / checkpoints.MODEL_FILE).unlink()
+    with pytest.raises(checkpoints.CheckpointError, match=r"no model\.pt"):
+        checkpoints.weights_digest(str(tmp_path))

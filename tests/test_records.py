@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -279,14 +280,68 @@ def test_the_holder_beats_releases_on_error_and_notices_a_takeover(tmp_path: Pat
 
     lock = OutputLock(str(out), "ingest", heartbeat_s=0.05)
     lock.acquire()
-    OutputLock(str(out), "ingest", break_lock=True).acquire()  # somebody breaks it (and keeps it)
+    breaker = OutputLock(str(out), "ingest", break_lock=True)
+    breaker.acquire()  # somebody breaks it (and keeps it)
     deadline = time.time() + 5
     while lock.lost is None and time.time() < deadline:
         time.sleep(0.05)
     with pytest.raises(OutputLocked, match=r"taken over by ingest on .* stops without committing"):
         lock.check()
     lock.release()
-    assert (out / LOCK_FILE).exists()  # the other writer's lock is left alone
+    assert json.loads((out / LOCK_FILE).read_text())["token"] == breaker.token  # the other's lock is left alone
+    breaker.release()
+    assert not (out / LOCK_FILE).exists()
+    beating = [t for t in threading.enumerate() if t.name == f"lock-heartbeat {out}" and t.is_alive()]
+    assert not beating  # no heartbeat thread of this test outlives it
+
+
+def test_two_writers_racing_for_a_stale_lock_exactly_one_wins(tmp_path: Path) -> None:
+    """B judges the lock stale and is about to remove it; A takes it over meanwhile; then B's removal goes ahead.
+    B must not remove A's fresh lock (before, B deleted it and both held the output)."""
+    out = tmp_path / "out"
+    _holder(out, heartbeat="2000-01-01T00:00:00+00:00")  # a dead writer's lock
+    lock_path = str(out / LOCK_FILE)
+    b_about_to_act, a_holds = threading.Event(), threading.Event()
+
+    def after_a(fn: Any) -> Any:
+        def delayed(path: Any, *args: Any, **kwargs: Any) -> Any:  # B's destructive step on the lock waits for A
+            if threading.current_thread().name == "B" and str(path).endswith(lock_path) and not a_holds.is_set():
+                b_about_to_act.set()
+                a_holds.wait(10)
+            return fn(path, *args, **kwargs)
+
+        return delayed
+
+    a, b = (OutputLock(str(out), "ingest", heartbeat_s=3600) for _ in range(2))
+    won: list[OutputLock] = []
+
+    def take(lock: OutputLock) -> None:
+        try:
+            lock.acquire()
+            won.append(lock)
+        except OutputLocked:
+            pass
+        finally:
+            if lock is a:
+                a_holds.set()
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(os, "rename", after_a(os.rename))
+        mp.setattr(b.fs, "rm_file", after_a(b.fs.rm_file))  # (one cached file system object for both locks)
+        tb = threading.Thread(target=take, args=(b,), name="B")
+        tb.start()
+        assert b_about_to_act.wait(10)
+        ta = threading.Thread(target=take, args=(a,), name="A")
+        ta.start()
+        ta.join(30)
+        tb.join(30)
+    try:
+        assert won == [a], [w.token for w in won]  # exactly one holds it: B was refused
+        assert json.loads((out / LOCK_FILE).read_text())["token"] == a.token
+        a.refresh()  # A still holds it
+    finally:
+        a.release()
+        b.release()
 
 
 def test_object_store_locks_are_created_exclusively() -> None:
@@ -381,3 +436,33 @@ def test_a_cut_index_metadata_or_metrics_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "eval" / "late" / "metrics.json").write_text('{"macro_ap": 0.')
     with pytest.raises(RecordError, match=r"late/metrics\.json: the evaluation metrics file is unreadable"):
         collect(str(tmp_path / "eval"))
+
+
+def test_a_writer_whose_lock_was_taken_over_stops_before_it_commits(tmp_path: Path) -> None:
+    """import-reben checks its lock right before meta.json (what makes the folder a checkpoint), reading it again:
+    a takeover since its last heartbeat is not missed. (build_index does the same right before its switch.)"""
+    from safetensors.torch import save_file
+
+    from bigearth.models.fusion import create_timm
+    from bigearth.models.reben import CONFIG_FILE, PREFIX, WEIGHTS_FILE, import_checkpoint
+
+    src = tmp_path / "reben"
+    src.mkdir()
+    model = create_timm("resnet18", num_classes=19, in_chans=2, img_size=120)
+    save_file({PREFIX + k: v.contiguous() for k, v in model.state_dict().items()}, str(src / WEIGHTS_FILE))
+    config = {"timm_model_name": "resnet18", "channels": 2, "classes": 19, "network_type": 0}
+    (src / CONFIG_FILE).write_text(json.dumps(config))
+    out = tmp_path / "ckpt"
+    lock = OutputLock(str(out), "import-reben", heartbeat_s=3600)  # no heartbeat before the commit
+    with lock:
+        breaker = OutputLock(str(out), "import-reben", break_lock=True)
+        breaker.acquire()
+        try:
+            with pytest.raises(OutputLocked, match=r"taken over by import-reben on .* stops without committing"):
+                import_checkpoint(str(src), str(out), before_commit=lock.verify)
+            assert not (out / checkpoints.META_FILE).exists()  # not a checkpoint: nothing committed
+        finally:
+            breaker.release()
+    with OutputLock(str(out), "import-reben") as again:  # a run that keeps its lock commits
+        import_checkpoint(str(src), str(out), before_commit=again.verify)
+    assert checkpoints.load(str(out)).spec.name == "s1"

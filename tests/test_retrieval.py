@@ -322,7 +322,7 @@ def test_a_rebuild_is_invisible_until_published_then_nothing_of_the_old_survives
     assert _versions(index) == [old, builder.version]  # the previous is kept for readers still on it
     builder.close()
     again = index.rebuild({"fused": DIM, "s1": 4}, {"model": "third"})
-    again.publish()
+    again.publish(exclusive=True)  # as the indexing job does, holding the collection's writer lock
     assert old not in _versions(builder) and _versions(builder) == [builder.version, again.version]
     again.close()
 
@@ -338,7 +338,8 @@ def test_a_failed_rebuild_leaves_the_live_version_and_is_cleaned_up(index: Vecto
     killed.upsert(ids[:5], {k: v[:5] for k, v in vectors.items()}, payloads[:5])
     killed.close()  # never published nor discarded: a killed job
     assert index.live_version() == live and index.count() == N and len(_versions(index)) == 2
-    nxt = index.rebuild({"fused": DIM, "s1": 4}, {"model": "next"})  # the next run removes the leftover first
+    nxt = index.rebuild({"fused": DIM, "s1": 4}, {"model": "next"}, exclusive=True)  # the next (locked) job
+    # removes the leftover first
     assert _versions(index) == [live, nxt.version]
     nxt.discard()
     assert _versions(index) == [live]
@@ -387,6 +388,24 @@ def test_the_embedded_engine_switches_with_a_rename_and_refuses_a_foreign_pointe
     assert new_version([later]) > later and new_version() < later  # after every existing one, even a clock behind
 
 
+def test_the_embedded_engine_never_points_current_at_a_missing_or_unfinished_version(tmp_path: Path) -> None:
+    idx = open_index(str(tmp_path), "c")
+    idx.create({"fused": 4}, {"model": "unit"})
+    pointer = tmp_path / "c" / "current"
+    live = pointer.read_text()
+    missing = "v20990101T000000000000-abcdef"
+    with pytest.raises(VectorIndexError, match=rf"refusing to make '{missing}' live: .*{missing}/collection.json"):
+        idx._switch(missing)
+    (tmp_path / "c" / missing).mkdir()  # a folder without its collection.json: unfinished or being removed
+    with pytest.raises(VectorIndexError, match="does not exist"):
+        idx._switch(missing)
+    with pytest.raises(VectorIndexError, match="is not a version name"):
+        idx._switch("../../etc")
+    assert pointer.read_text() == live and open_index(str(tmp_path), "c").count() == 0
+    assert [p.name for p in (tmp_path / "c").iterdir() if p.name.startswith(".")] == []  # no temporary left
+    idx.close()
+
+
 KILL = """
 import os, signal, sys
 import numpy as np
@@ -425,7 +444,88 @@ def test_a_rebuild_killed_mid_way_leaves_the_old_version_answering(tmp_path: Pat
     idx.close()  # the embedded engine opens a folder once at a time
     fresh = open_index(target, "test")
     assert fresh.count() == N and fresh.metadata()["model"] == "unit"
-    nxt = fresh.rebuild({"fused": DIM, "s1": 4}, {"model": "next"})
-    assert not (tmp_path / "index" / "test" / partial).exists()  # cleaned up by the next run
+    nxt = fresh.rebuild({"fused": DIM, "s1": 4}, {"model": "next"}, exclusive=True)
+    assert not (tmp_path / "index" / "test" / partial).exists()  # cleaned up by the next (locked) job
     nxt.close()
     fresh.close()
+
+
+@pytest.mark.parametrize("engine", ["edge", "qdrant-local"])
+def test_without_the_writer_lock_a_young_unpublished_version_is_never_pruned(engine: str, tmp_path: Path) -> None:
+    """Another job's build in progress (a version newer than the live one, started minutes ago) survives a rebuild
+    that does not hold the lock; one started days ago is a leftover and goes; the live one never goes."""
+    from bigearth.retrieval.backends import version_age_s
+
+    idx = open_index(_target(engine, tmp_path), "test")
+    idx.create({"fused": DIM}, {"model": "unit"})
+    live = idx.live_version()
+    running = idx.rebuild({"fused": DIM}, {"model": "other job, still building"})
+    leftover, before = (idx._at(f"v2000010{d}T000000000000-abcdef") for d in (1, 2))  # killed builds, long ago
+    for o in (leftover, before):  # (the later one counts as the version before the live one: kept)
+        o._create({"fused": DIM}, {"model": "killed", "vectors": {"fused": DIM}})
+        o.close()
+    assert (version_age_s(running.version or "", "test") or 0) < 60
+    assert (version_age_s(leftover.version or "", "test") or 0) > 24 * 3600
+    mine = idx.rebuild({"fused": DIM}, {"model": "mine"})  # no lock held: prunes what is surely dead only
+    assert running.version in _versions(idx) and leftover.version not in _versions(idx)
+    assert idx.live_version() == live
+    mine.publish()
+    assert running.version in _versions(idx) and live in _versions(idx)  # still building; the previous one
+    for x in (running, mine, idx):
+        x.close()
+
+
+def test_prune_stops_when_the_live_version_changes_under_it(tmp_path: Path) -> None:
+    idx = open_index(str(tmp_path / "index"), "test")
+    idx.create({"fused": DIM}, {"model": "unit"})
+    old = [idx._at(f"v2000010{d}T000000000000-abcdef") for d in (1, 2)]
+    for o in old:
+        o._create({"fused": DIM}, {"model": "old", "vectors": {"fused": DIM}})
+        o.close()
+    live = idx.live_version()
+    looks = []
+    real = type(idx).live_version
+
+    def switched_after_first_look(self: VectorIndex) -> str | None:
+        looks.append(1)
+        return real(self) if len(looks) == 1 else "v20991231T000000000000-abcdef"  # another job switched
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(type(idx), "live_version", switched_after_first_look)
+        idx.prune(exclusive=True)
+    assert len(looks) == 2 and live in _versions(idx) and old[0].version in _versions(idx)
+    idx.prune(exclusive=True)  # nothing switched: the oldest goes, the one before the live one stays
+    assert _versions(idx) == [old[1].version, live]
+    idx.close()
+
+
+def test_a_qdrant_collection_has_one_writer_at_a_time(tmp_path: Path) -> None:
+    """The marker collection `<collection>-lock`: a second index job is refused naming the first; a stale one is
+    taken over; the holder whose lock was taken over stops before it publishes; the marker is no version."""
+    from bigearth.outputlock import OutputLocked
+    from bigearth.retrieval.qdrant import QdrantLock
+
+    idx = open_index(f"qdrant-local:{tmp_path / 'qdrant'}", "test")
+    idx.create({"fused": DIM}, {"model": "unit"})
+    first = idx.writer_lock("index", break_lock=False)
+    assert isinstance(first, QdrantLock)
+    with first:
+        with pytest.raises(OutputLocked, match=r"is being written by index on .* \(lock .*collection 'test-lock'\)"):
+            idx.writer_lock("index").acquire()
+        assert idx.client.collection_exists("test-lock") and "test-lock" not in _versions(idx)
+        assert idx.client.get_collection("test-lock").config.metadata["token"] == first.token
+        # its heartbeat stops (a killed job on another host): stale after 10 min, taken over
+        stale = dict(first._record, heartbeat="2000-01-01T00:00:00+00:00", host="other-host")
+        idx.client.update_collection("test-lock", metadata=stale)
+        second = idx.writer_lock("index")
+        second.acquire()
+        with pytest.raises(OutputLocked, match="taken over by index on"):
+            first.refresh()  # the next heartbeat tells the first job
+        with pytest.raises(OutputLocked, match="stops without committing"):
+            first.check()  # what build_index calls right before publish
+        first.release()
+        assert idx.client.get_collection("test-lock").config.metadata["token"] == second.token  # left alone
+        second.refresh()
+        second.release()
+    assert not idx.client.collection_exists("test-lock")
+    idx.close()

@@ -611,3 +611,46 @@ def test_a_mutated_page_reads_back_right_or_is_refused(shards: Path, flips: list
 
 
 _B02_FILE: dict[str, bytes] = {}
+
+
+def test_a_count_that_ends_after_a_switch_never_answers_for_the_new_version(
+    shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request counting on the old version stores its total after the switch cleared the cache: the next
+    request, on the new version, must count the new one (before: the old total, until it expired)."""
+    from bigearth.retrieval import open_index
+    from bigearth.retrieval.schema import payloads
+    from bigearth.serving.deployments import Retriever
+
+    target = str(tmp_path / "index")
+    rows = pq.read_table(shards / "train" / "part-00000.parquet", columns=list(_META)).to_pydict()
+    vectors = np.random.default_rng(2).normal(size=(PAIRS, 8)).astype(np.float32)
+    with open_index(target, "bigearthnet") as idx:
+        idx.create({"fused": 8}, {"model": "unit", "num_classes": 19})
+        idx.upsert(rows["patch_id"], {"fused": vectors}, payloads(rows))
+        idx.finish()
+    retriever = Retriever(target, "bigearthnet", str(shards))
+    retriever.recheck_s = 0.0
+    old = retriever.index
+    with open_index(target, "bigearthnet") as idx:  # a re-index with fewer points, published
+        builder = idx.rebuild({"fused": 8}, {"model": "unit", "num_classes": 19})
+        half = {k: v[: PAIRS // 2] for k, v in rows.items()}
+        builder.upsert(half["patch_id"], {"fused": vectors[: PAIRS // 2]}, payloads(half))
+        builder.finish()
+        builder.publish()
+        builder.close()
+    real_count = old.count
+
+    def count_then_switch(flt: Any = None) -> int:  # the switch lands while this request counts
+        n = real_count(flt)
+        retriever._follow()
+        return n
+
+    monkeypatch.setattr(old, "count", count_then_switch)
+    monkeypatch.setattr(retriever, "recheck_s", 3600.0)  # no switch but the one above
+    assert retriever.browse({"limit": 1})["total"] == PAIRS  # answered from the old version, as it began
+    assert retriever.index is not old
+    assert retriever.browse({"limit": 1})["total"] == PAIRS // 2  # the new version's own count
+    assert retriever.facets([])["total"] == PAIRS // 2
+    retriever.index.close()
+    old.close()

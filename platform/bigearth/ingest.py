@@ -256,6 +256,7 @@ def ingest(
     keep_staging: bool = False,
     progress: bool = True,
     accept_checksum_mismatch: bool = False,
+    trust_md5sums: bool = False,
     break_lock: bool = False,
 ) -> Manifest:
     """Run the ingest job on the current Ray cluster (started locally if there is none).
@@ -264,8 +265,10 @@ def ingest(
 
     `staging` (downloads only): where the decompressed members wait for their shard, reachable by every node
     (default: `<out>/_ingest/staged`); deleted when the manifest is written unless `keep_staging`. A download
-    whose md5 is not the expected one (the published one, or its `MD5SUMS` entry) stops the ingest before any
-    shard is written (ChecksumMismatch) unless `accept_checksum_mismatch`.
+    whose md5 is not the expected one (the published one for a published name, else its `MD5SUMS` entry) stops
+    the ingest before any shard is written (ChecksumMismatch) unless `accept_checksum_mismatch`; so does an
+    `MD5SUMS` entry that disagrees with a published md5, unless `trust_md5sums` (a re-packed or synthetic archive:
+    its `MD5SUMS` digests then replace the published ones).
     """
     import ray
 
@@ -317,7 +320,14 @@ def ingest(
         records: list[dict[str, Any]] = []
         if cat.layout.downloads:
             records = stage_downloads(
-                cat, {i: plans[i].rows for i in todo}, archive, staging_url, storage, progress, accept_checksum_mismatch
+                cat,
+                {i: plans[i].rows for i in todo},
+                archive,
+                staging_url,
+                storage,
+                progress,
+                accept_checksum_mismatch,
+                trust_md5sums,
             )
         problems = download_problems(records)
         # One item (= one block = one task) per shard, carrying its own rows: nothing large is shared or captured.
@@ -358,7 +368,7 @@ def ingest(
             manifest.source["reference_maps"] = {"rows": manifest.pairs - len(missing), "missing": missing}
         if cat.layout.downloads:
             manifest.source["downloads"] = downloads_summary(records, out_fs, out_root)
-        lock.check()  # taken over by another writer meanwhile (--break-lock): that one writes the manifest
+        lock.verify()  # taken over by another writer meanwhile (--break-lock): that one writes the manifest
         manifest.save(out_fs, out_root)
         pq.write_table(cat.excluded, join(out_root, STATE_DIR, "excluded.parquet"), filesystem=out_fs)
         q = len(manifest.quarantined)

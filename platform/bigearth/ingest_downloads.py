@@ -12,7 +12,7 @@ from typing import Any
 import pyarrow as pa
 
 from bigearth.archive.catalogue import Catalogue
-from bigearth.archive.checksums import ChecksumMismatch, check_md5, read_md5sums
+from bigearth.archive.checksums import ChecksumMismatch, check_md5, check_md5sums, read_md5sums
 from bigearth.archive.staging import missing_record, record_path, stage_download, staged_download_summary
 from bigearth.shards import Manifest
 from bigearth.storage import StorageOptions, join, open_fs
@@ -26,12 +26,15 @@ def stage_downloads(
     storage: StorageOptions,
     progress: bool,
     accept_checksum_mismatch: bool = False,
+    trust_md5sums: bool = False,
 ) -> list[dict[str, Any]]:
     """Stage every download the unfinished shards need (one Ray task per file, in parallel); return their records.
 
     `todo`: planned shard index -> its catalogue rows, for the shards not yet written. Raises ChecksumMismatch
     when a staged download's md5 is not the expected one, unless `accept_checksum_mismatch`; its staged members
-    are removed then, so that a re-run reads the file again (fetched anew, or accepted).
+    are removed then, so that a re-run reads the file again (fetched anew, or accepted). An `MD5SUMS` entry that
+    disagrees with a published md5 raises ChecksumMismatch before anything is staged, unless `trust_md5sums`
+    (then its digests replace the published ones: a re-packed or synthetic archive).
     """
     import ray
 
@@ -40,6 +43,7 @@ def stage_downloads(
     md5sums, problems = read_md5sums(fs, root)
     for problem in problems:
         print(f"ingest: WARNING {problem}")
+    check_md5sums(cat.layout.downloads, md5sums, archive, trust_md5sums)
     key_column = {"s2": "patch_id", "reference_maps": "patch_id", "s1": "s1_name"}
     refs, records = [], []
     remote = ray.remote(num_cpus=1)(stage_download)
@@ -61,7 +65,7 @@ def stage_downloads(
         )
     records.extend(ray.get(refs))
     try:
-        check_md5(records, cat.layout.downloads, md5sums, archive, accept_checksum_mismatch)
+        check_md5(records, cat.layout.downloads, md5sums, archive, accept_checksum_mismatch, trust_md5sums)
     except ChecksumMismatch:
         for r in records:
             if r.get("md5_matches") is False:
@@ -100,8 +104,9 @@ def report_downloads(downloads: dict[str, Any]) -> None:
             print(f"ingest: WARNING {name}: no published md5 and no MD5SUMS entry: its integrity was not checked")
         elif d.get("md5_source") == "MD5SUMS" and d.get("published_md5") not in (None, expected):
             print(
-                f"ingest: {name} matches the md5 its MD5SUMS states ({expected}), not the published one "
-                f"({d['published_md5']}): a re-packed or synthetic archive, not the file published on Zenodo"
+                f"ingest: {name} matches the md5 its MD5SUMS states ({expected}), trusted over the published one "
+                f"({d['published_md5']}) (--trust-md5sums): a re-packed or synthetic archive, not the file "
+                "published on Zenodo"
             )
         if d.get("error"):
             print(f"ingest: WARNING {name}: {d['error']}; the pairs whose files were not reached are quarantined")

@@ -11,13 +11,19 @@ and process-id namespace) by a process that is no longer running. `break_lock=Tr
 lock over at once. A job that is re-run by a supervisor after its driver was killed (a RayJob's `backoffLimit`, on a
 new cluster) names itself in `BIGEARTH_LOCK_OWNER` (e.g. `rayjob/bigearth-ingest`): a lock with the same owner is
 a previous attempt of this one, taken over at once. A holder whose lock was taken over notices at its next
-heartbeat, and `check()` then refuses to commit (the ingest checks before its manifest).
+heartbeat, and `check()` then refuses to commit; right before it commits a job calls `verify()`, which reads the
+lock again (the ingest before its manifest, import-reben before `meta.json`, the index job before its switch).
 
 Creation is exclusive. Local: the record is written whole to a temporary name and hard-linked to the lock's
 name (`link` fails if the name exists; file systems without hard links: `O_CREAT | O_EXCL`). Object stores:
 a conditional PUT (`If-None-Match: *`) where the store honours it (AWS S3, MinIO, SeaweedFS), else fsspec's
 check-then-write; either way the record is read back and must carry our token. On a store without conditional
 writes two writers starting within the same second can both proceed until the next heartbeat: best effort there.
+
+Takeover and heartbeat act only on the lock they judged. Local: the lock file is renamed to a name of the writer's
+own first (`rename` is atomic: of two writers taking a stale lock over, one gets it) and is removed or replaced
+only if it carries the token judged; another writer's fresh lock grabbed in between is put back (by an exclusive
+link). Object stores: read, compare, then delete or overwrite (best effort, as above).
 """
 
 from __future__ import annotations
@@ -107,9 +113,8 @@ class OutputLock:
     ) -> None:
         self.url = url
         self.fs: AbstractFileSystem
-        self.fs, self.root = open_fs(url, storage)
-        self.path = join(self.root, name)
-        self.where = join(url.rstrip("/"), name)  # what messages name
+        self.name = name
+        self._open(url, storage)
         self.job = job
         self.break_lock = break_lock
         self.stale_after_s = stale_after_s
@@ -120,6 +125,11 @@ class OutputLock:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._record: dict[str, Any] = {}
+
+    def _open(self, url: str, storage: StorageOptions | None) -> None:
+        self.fs, self.root = open_fs(url, storage)
+        self.path = join(self.root, self.name)
+        self.where = join(url.rstrip("/"), self.name)  # what messages name
 
     def __enter__(self) -> OutputLock:
         self.acquire()
@@ -146,7 +156,7 @@ class OutputLock:
     def acquire(self) -> None:
         """Take the lock, or raise `OutputLocked` naming the holder. A stale lock (or any, with `break_lock`) is
         taken over with a warning."""
-        self.fs.makedirs(self.root, exist_ok=True)
+        self._prepare()
         self._record = self._new_record()
         for _ in range(3):  # a lock released or taken over between our reads: look again
             if self._create():
@@ -168,6 +178,10 @@ class OutputLock:
             print(f"{self.job}: taking over the lock on {self.url} from {describe(holder)} ({why})")
             self._remove_if(holder.get("token"))
         raise OutputLocked(f"{self.url}: could not take the lock {self.where} (other writers keep taking it)")
+
+    # ---- the storage primitives (a Qdrant collection's lock overrides them: bigearth.retrieval.qdrant.QdrantLock)
+    def _prepare(self) -> None:
+        self.fs.makedirs(self.root, exist_ok=True)
 
     def _create(self) -> bool:
         """Create the lock record exclusively; False when it exists."""
@@ -236,7 +250,28 @@ class OutputLock:
         return None  # (an unreadable lock of unknown age: only --break-lock takes it)
 
     def _remove_if(self, token: str | None) -> None:
-        """Delete the lock if it still carries `token` (narrows the race between two writers taking over)."""
+        """Delete the lock if it still carries `token`. Local: the lock file is first renamed to a name of our own
+        (atomic: of two writers removing it, one gets it) and deleted only if it is the one judged; a fresh lock
+        grabbed by mistake (another writer took over in between) is put back. Object stores: read, then delete
+        (best effort, like their creation without conditional writes)."""
+        if is_local(self.fs):
+            grave = f"{self.path}.{self.token}.taken"
+            try:
+                os.rename(self.path, grave)
+            except FileNotFoundError:
+                return
+            try:
+                taken = read_json(None, grave, "output lock").get("token")
+            except (FileNotFoundError, RecordError):
+                taken = None
+            try:
+                if taken != token:  # not the lock judged: another writer's, put it back (unless one is there)
+                    with suppress(FileExistsError):
+                        os.link(grave, self.path)
+            finally:
+                with suppress(FileNotFoundError):
+                    os.unlink(grave)
+            return
         try:
             current = read_json(self.fs, self.path, "output lock").get("token")
         except FileNotFoundError:
@@ -263,17 +298,59 @@ class OutputLock:
                 log.warning("%s: could not refresh the lock's heartbeat (%s: %s)", self.url, type(e).__name__, e)
 
     def refresh(self) -> None:
-        """Write a new heartbeat, unless another writer took the lock over (then `OutputLocked`)."""
+        """Write a new heartbeat, unless another writer took the lock over (then `OutputLocked`). Local: the new
+        record replaces ours only if the lock is still ours at that instant (ours renamed aside, the new one linked
+        in exclusively): a writer that took it over in between is never overwritten."""
         self.check()
-        try:
-            current = read_json(self.fs, self.path, "output lock")
-        except (FileNotFoundError, RecordError):
-            current = {}
+        self._record["heartbeat"] = _now().isoformat(timespec="seconds")
+        if self.fs is not None and is_local(self.fs):
+            self._refresh_local()
+            return
+        current = self._read_holder() or {}
         if current.get("token") != self.token:
             self.lost = current or {"job": "another writer (the lock was removed)"}
             self.check()
-        self._record["heartbeat"] = _now().isoformat(timespec="seconds")
+        self._write()
+
+    def _write(self) -> None:
+        """Overwrite the lock record with ours (object stores: after `refresh` read it as ours)."""
         write_json_atomic(self.fs, self.path, self._record)
+
+    def _refresh_local(self) -> None:
+        fresh = f"{self.path}.{self.token}.tmp"
+        mine = f"{self.path}.{self.token}.old"
+        write_bytes_atomic(None, fresh, _encode(self._record))
+        try:
+            try:
+                os.rename(self.path, mine)
+            except FileNotFoundError:
+                self.lost = {"job": "another writer (the lock was removed)"}
+                self.check()
+            try:
+                current = read_json(None, mine, "output lock")
+            except (FileNotFoundError, RecordError):
+                current = {}
+            if current.get("token") != self.token:  # another writer's lock: put it back, we lost ours
+                with suppress(FileExistsError):
+                    os.link(mine, self.path)
+                self.lost = current or {"job": "another writer (the lock was unreadable)"}
+                self.check()
+            try:
+                os.link(fresh, self.path)
+            except FileExistsError:  # a writer created one in the instant ours was aside
+                self.lost = self._read_holder() or {"job": "another writer"}
+                self.check()
+            except OSError:  # no hard links on this file system: rename (the lock name is free now)
+                os.rename(fresh, self.path)
+        finally:
+            for leftover in (fresh, mine):
+                with suppress(FileNotFoundError):
+                    os.unlink(leftover)
+
+    def verify(self) -> None:
+        """Raise `OutputLocked` unless the lock is ours at this moment (read again, heartbeat renewed): what a job
+        calls right before it commits, so that a takeover since the last heartbeat is not missed."""
+        self.refresh()
 
     def check(self) -> None:
         """Raise `OutputLocked` when another writer took the lock over from this one."""

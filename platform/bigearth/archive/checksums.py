@@ -1,12 +1,15 @@
 """What each download's md5 must be, and the check that stops an ingest before any shard when it is not.
 
 A tar has no checksum of its own: a download whose member bytes were altered (a bad mirror, a flipped bit) reads
-as different pixels. The expected digest of a download is the one an `MD5SUMS` file beside the downloads states
-(the `md5sum` output format: `<32 hex digits>  <name>` or `<32 hex digits> *<name>`), which is what a mirror, a
-re-packed or a synthetic archive provides (`bigearth synth --packed` writes one), else the published one of the
-published file names (bigearth.archive.layouts.v1_downloads / v2_downloads). `MD5SUMS` is outside bytes too: it
-is read up to `MAX_MD5SUMS` bytes, every line that is not a digest and a name is reported and ignored, and a name
-listed twice with different digests counts as not listed.
+as different pixels. The expected digest of a published file name is its published md5
+(bigearth.archive.layouts.v1_downloads / v2_downloads); an `MD5SUMS` file beside the downloads (the `md5sum`
+output format: `<32 hex digits>  <name>` or `<32 hex digits> *<name>`) states the digest of the other names. It
+comes from the same place as the downloads, so a bad mirror would ship one that matches its bad files: an
+`MD5SUMS` entry that disagrees with the published md5 of a published name stops the ingest (`check_md5sums`)
+unless the user trusts it (`trust_md5sums`, for a re-packed or synthetic archive: `bigearth synth --packed`
+writes its files under the published names with an `MD5SUMS`); then its digests replace the published ones.
+`MD5SUMS` is outside bytes too: it is read up to `MAX_MD5SUMS` bytes, every line that is not a digest and a name
+is reported and ignored, and a name listed twice with different digests counts as not listed.
 """
 
 from __future__ import annotations
@@ -86,12 +89,34 @@ def read_md5sums(fs: Any, root: str) -> tuple[dict[str, str], list[str]]:
     return parse_md5sums(data)
 
 
-def expected_md5(download: Download, md5sums: dict[str, str]) -> tuple[str | None, str | None]:
-    """(expected md5, where it comes from: "MD5SUMS" or "published"), or (None, None) if nothing states one."""
+def check_md5sums(downloads: Sequence[Download], md5sums: dict[str, str], archive: str, trust_md5sums: bool) -> None:
+    """Raise ChecksumMismatch, naming every published file whose `MD5SUMS` entry differs from its published md5 and
+    both digests, unless `trust_md5sums` (checked before anything is read or staged)."""
+    if trust_md5sums:
+        return
+    wrong = [
+        f"{join(archive, d.name)}: {MD5SUMS} states md5 {md5sums[d.name]}, the published md5 is {d.md5}"
+        for d in downloads
+        if d.md5 and d.name in md5sums and md5sums[d.name] != d.md5
+    ]
+    if wrong:
+        raise ChecksumMismatch(
+            f"the {MD5SUMS} beside the downloads disagrees with the published checksums, so its files are not the "
+            "ones published (a bad mirror, or a re-packed or synthetic archive): " + "; ".join(wrong) + ". Nothing "
+            "was read. Fetch the files from the published source, or pass --trust-md5sums (trust_md5sums=True) "
+            f"to check them against {MD5SUMS} instead."
+        )
+
+
+def expected_md5(
+    download: Download, md5sums: dict[str, str], trust_md5sums: bool = False
+) -> tuple[str | None, str | None]:
+    """(expected md5, where it comes from: "MD5SUMS" or "published"), or (None, None) if nothing states one.
+    The published md5 wins over an `MD5SUMS` entry unless `trust_md5sums`."""
+    if download.md5 and not (trust_md5sums and download.name in md5sums):
+        return download.md5, "published"
     if download.name in md5sums:
         return md5sums[download.name], MD5SUMS
-    if download.md5:
-        return download.md5, "published"
     return None, None
 
 
@@ -101,6 +126,7 @@ def check_md5(
     md5sums: dict[str, str],
     archive: str,
     accept: bool,
+    trust_md5sums: bool = False,
 ) -> None:
     """Annotate each staged download's record with its expected md5 (`expected_md5`, `md5_source`, `md5_matches`:
     None when nothing states one) and raise ChecksumMismatch, naming every file that differs and both digests,
@@ -111,7 +137,7 @@ def check_md5(
         d = by_name.get(r["download"])
         if d is None or r.get("missing") or "md5" not in r:
             continue
-        expected, source = expected_md5(d, md5sums)
+        expected, source = expected_md5(d, md5sums, trust_md5sums)
         r["expected_md5"], r["md5_source"] = expected, source
         r["md5_matches"] = None if expected is None else r["md5"] == expected
         if r["md5_matches"] is False:

@@ -8,7 +8,8 @@ long names and pax headers larger than their caps, never held: the reader resync
 `error`: the compressed stream ended early or is corrupt, or `MAX_RESYNC` bytes passed without a valid header,
 after which nothing more is read, as a single zstd frame or gzip stream cannot be resumed in the middle).
 Nothing read is trusted: every length is bounded before anything is buffered, decompression hands out at most
-`OUTPUT_PIECE` bytes per call whatever the ratio (a bomb costs time, never memory), no input makes the reader
+`OUTPUT_PIECE` bytes per call whatever the ratio (a bomb costs time, never memory), concatenated frames are read in
+place (a long run of empty frames is the stream's error), no input makes the reader
 loop without consuming bytes, and the damage kept is bounded (`MAX_DAMAGE_NOTES`, the rest counted). Handles GNU
 long names (`L`), pax headers (`x`, `g`), ustar prefixes and directory entries, which are skipped.
 """
@@ -30,6 +31,8 @@ _ZERO = bytes(BLOCK)
 READ_CHUNK = 8 << 20  # compressed bytes per read from storage (at most QUEUED + 2 chunks in memory)
 QUEUED = 3
 DECOMPRESS_PIECE = 1 << 20  # compressed bytes per decompress call
+FEED_MIN = 1 << 10  # compressed bytes of the first call into a new frame (doubling up to DECOMPRESS_PIECE)
+MAX_EMPTY_FRAMES = 1024  # frames in a row that decompress to nothing: more is damage (no writer makes them)
 OUTPUT_PIECE = 2 << 20  # at most this many uncompressed bytes per decompress call, whatever the ratio
 MAX_MEMBER = 64 << 20  # no archive file comes near this (a band is < 1 MB): a larger member is damage, skipped
 MAX_NAME = 64 << 10  # a GNU long name (or link name) larger than this is damage
@@ -155,31 +158,57 @@ def _errors(compression: str) -> tuple[type[BaseException], ...]:
 
 def _decompressed(chunks: Iterator[bytes], compression: str, state: dict[str, Any]) -> Iterator[bytes]:
     """Uncompressed bytes of a zstd frame or gzip stream (pieces of at most OUTPUT_PIECE bytes); sets
-    state['error'] if it ends early or is corrupt."""
+    state['error'] if it ends early or is corrupt.
+
+    Concatenated frames / members are read in place: each decompressor is fed slices of the chunk (`FEED_MIN`
+    bytes after a frame starts, doubling up to DECOMPRESS_PIECE while the frame goes on), so what follows a frame's
+    end is copied at most once per slice, never the whole rest of the chunk per frame (no quadratic copying on many
+    tiny frames). More than `MAX_EMPTY_FRAMES` frames in a row that decompress to nothing is damage: the rest of
+    the download is quarantined. `state['fed']` counts the compressed bytes handed to decompressors."""
     if compression == "none":
         yield from chunks
         return
     if compression not in ("zstd", "gzip"):
         raise ValueError(f"unknown compression {compression!r}")
     errors = _errors(compression)
-    compressed = 0
+    compressed = 0  # compressed bytes consumed
+    state.setdefault("fed", 0)
     d = _Inflater(compression)
+    step = FEED_MIN
+    produced = False  # the current frame handed out something
+    empty = 0  # frames in a row that decompressed to nothing
     done = False  # the last frame/member ended and only zero padding followed
     for big in chunks:
         view = memoryview(big)
-        for i in range(0, len(view), DECOMPRESS_PIECE):
-            chunk = bytes(view[i : i + DECOMPRESS_PIECE])
-            compressed += len(chunk)
+        pos = 0
+        while pos < len(view):
             try:
-                while chunk:
-                    if d.eof:  # another gzip member or zstd frame, or the zero padding some tools add
-                        if not chunk.strip(b"\0"):
-                            done = True
-                            break
-                        d = _Inflater(compression)
-                    done = False
-                    yield from d.feed(chunk)
-                    chunk = d.unused_data if d.eof else b""
+                if d.eof:  # another gzip member or zstd frame, or the zero padding some tools add
+                    padding = bytes(view[pos : pos + FEED_MIN])
+                    if not padding.strip(b"\0"):
+                        done = True
+                        pos += len(padding)
+                        compressed += len(padding)
+                        continue
+                    empty = 0 if produced else empty + 1
+                    if empty > MAX_EMPTY_FRAMES:
+                        state["error"] = (
+                            f"more than {MAX_EMPTY_FRAMES:,} {compression} frames in a row decompress to nothing, "
+                            f"near compressed byte {compressed:,}: the stream is damaged"
+                        )
+                        return
+                    d, step, produced = _Inflater(compression), FEED_MIN, False
+                done = False
+                piece = bytes(view[pos : pos + step])
+                state["fed"] += len(piece)
+                for out in d.feed(piece):
+                    produced = True
+                    yield out
+                used = len(piece) - len(d.unused_data) if d.eof else len(piece)
+                pos += used
+                compressed += used
+                if not d.eof:
+                    step = min(step * 2, DECOMPRESS_PIECE)
             except errors as e:
                 state["error"] = f"the {compression} stream is corrupt near compressed byte {compressed:,} ({e})"
                 return
@@ -459,7 +488,7 @@ def _take(buf: bytearray, start: int, n: int) -> bytes:
 
 def open_download(f: BinaryIO, compression: str, on_bytes: Any = None) -> tuple[TarStream, _Counting]:
     """A TarStream over the file object `f`, and the reader that hashes its compressed bytes (`.md5`, `.bytes`)."""
-    # Decompression stays in the consuming thread: python-zstandard holds the GIL while it decompresses
-    # (measured: two threads no faster than one), so a thread would only add hand-offs.
+    # The reader thread only reads and hashes (overlapping storage with the consumer); decompression runs in the
+    # consuming thread, in TarStream (the decompressor is compression.zstd / backports.zstd or zlib).
     reader = _Counting(f, on_bytes=on_bytes)
     return TarStream(reader, compression, state=reader.state), reader

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 
 from bigearth.cli.common import add_storage_args, storage_from_args
 from bigearth.outputlock import BREAK_LOCK_HELP
@@ -24,16 +25,18 @@ def run(a: argparse.Namespace) -> int:
     """OUT is locked while it is written (bigearth.outputlock)."""
     from bigearth.outputlock import OutputLock
 
-    with OutputLock(a.out, "import-reben", storage_from_args(a), break_lock=a.break_lock):
-        return _import(a)
+    with OutputLock(a.out, "import-reben", storage_from_args(a), break_lock=a.break_lock) as lock:
+        return _import(a, lock.verify)  # a lock taken over meanwhile: stop before meta.json
 
 
-def _import(a: argparse.Namespace) -> int:
+def _import(a: argparse.Namespace, before_commit: Callable[[], None] | None = None) -> int:
     from bigearth.models import checkpoints
     from bigearth.models.reben import import_checkpoint
 
     bands = [b.strip() for b in a.bands.split(",")] if a.bands else None
-    out = import_checkpoint(a.src, a.out, version=a.version, bands=bands, storage=storage_from_args(a))
+    out = import_checkpoint(
+        a.src, a.out, version=a.version, bands=bands, storage=storage_from_args(a), before_commit=before_commit
+    )
     ref = checkpoints.resolve(out, storage=storage_from_args(a))
     spec = ref.spec
     print(json.dumps({"checkpoint": out, "model": ref.name, "bands": list(spec.bands), "stats": spec.stats}, indent=1))

@@ -44,18 +44,8 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    """An embedded-engine collection is locked while it is written (`<index>/.bigearth-lock-<collection>.json`);
-    a Qdrant server's is not (the server orders concurrent writes; nothing here can hold a file beside it)."""
-    from bigearth.outputlock import OutputLock
-
-    if a.index.startswith(("http://", "https://", "qdrant-local:")):
-        return _build(a)
-    lock = OutputLock(a.index, "index", name=f".bigearth-lock-{a.collection}.json", break_lock=a.break_lock)
-    with lock:
-        return _build(a)
-
-
-def _build(a: argparse.Namespace) -> int:
+    """The collection is locked while it is written (build_index: `<index>/.bigearth-lock-<collection>.json` for
+    the embedded engine, the marker collection `<collection>-lock` on Qdrant)."""
     from bigearth.records import write_json_atomic
     from bigearth.retrieval.backends import IndexSettings
     from bigearth.retrieval.indexer import build_index
@@ -75,6 +65,7 @@ def _build(a: argparse.Namespace) -> int:
         recreate=a.recreate,
         add=a.add,
         settings=IndexSettings(quantization=a.quantization),
+        break_lock=a.break_lock,
     )
     print(json.dumps(report))
     if a.report:

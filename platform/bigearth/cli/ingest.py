@@ -59,8 +59,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--accept-checksum-mismatch",
         action="store_true",
-        help="downloads only: ingest a download whose md5 differs from the expected one (the published md5, or "
-        "the one an MD5SUMS file beside the downloads states); without it the ingest stops before any shard",
+        help="downloads only: ingest a download whose md5 differs from the expected one (the published md5 for "
+        "a published name, else the one an MD5SUMS file beside the downloads states); without it the ingest stops "
+        "before any shard",
+    )
+    p.add_argument(
+        "--trust-md5sums",
+        action="store_true",
+        help="downloads only: check the downloads against the MD5SUMS file beside them even where it disagrees "
+        "with the published md5 (a re-packed or synthetic archive, e.g. bigearth synth --packed); without it such "
+        "an MD5SUMS stops the ingest before anything is read, as a bad mirror's would",
     )
     p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
     add_storage_args(p)
@@ -86,6 +94,7 @@ def run(a: argparse.Namespace) -> int:
         staging=a.staging,
         keep_staging=a.keep_staging,
         accept_checksum_mismatch=a.accept_checksum_mismatch,
+        trust_md5sums=a.trust_md5sums,
         break_lock=a.break_lock,
     )
     if m.quarantined:

@@ -19,7 +19,8 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--packed",
         action="store_true",
         help="write the published downloads (v2: *.tar.zst, one zstd frame each; v1: *.tar.gz) instead of folders, "
-        "with an MD5SUMS file beside them (the digests the ingest checks)",
+        "with an MD5SUMS file beside them (ingest them with --trust-md5sums: their digests are not the published "
+        "ones)",
     )
     p.add_argument("--reference-maps", action="store_true", help="v2: also write each patch's reference map")
     add_storage_args(p)

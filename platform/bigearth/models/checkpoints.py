@@ -196,4 +196,23 @@ def load(
             f"{ref.path}: weights do not fit model {ref.meta['model']['name']!r}: {str(e)[:300]}"
         ) from None
     model.eval()
-    return LoadedModel(model, model.spec, ref.meta, ref.path, hashlib.sha256(raw).hexdigest()[:12])
+    return LoadedModel(model, model.spec, ref.meta, ref.path, digest_of([raw]))
+
+
+def digest_of(chunks: Any) -> str:
+    """The first 12 hex digits of the sha256 of the weights' bytes, given in pieces: what `LoadedModel.digest`
+    says and an index records as `checkpoint_digest`."""
+    h = hashlib.sha256()
+    for chunk in chunks:
+        h.update(chunk)
+    return h.hexdigest()[:12]
+
+
+def weights_digest(checkpoint: str, storage: StorageOptions | None = None) -> str:
+    """`LoadedModel.digest` of a checkpoint folder without loading the model (its weights read in 4 MiB pieces)."""
+    fs, root = open_fs(checkpoint, storage)
+    try:
+        with fs.open(join(root, MODEL_FILE), "rb") as f:
+            return digest_of(iter(lambda: f.read(1 << 22), b""))
+    except FileNotFoundError:
+        raise CheckpointError(f"{checkpoint}: no {MODEL_FILE}") from None

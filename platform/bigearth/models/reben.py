@@ -20,7 +20,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -160,9 +160,12 @@ def import_checkpoint(
     version: str = "v0.2.0",
     bands: Sequence[str] | None = None,
     storage: StorageOptions | None = None,
+    before_commit: Callable[[], None] | None = None,
 ) -> str:
     """Read a reBEN checkpoint (folder or its `model.safetensors`, local or URL) and write it to `out` as a
-    bigearth checkpoint folder (local or URL); return `out`."""
+    bigearth checkpoint folder (local or URL); return `out`. `before_commit` runs right before `meta.json`, the
+    write that makes the folder a checkpoint (the output lock's `verify`: a writer whose lock was taken over
+    stops there)."""
     if version == "v0.1.1":
         logger.warning(
             "%s: v0.1.1 band order from the model cards; resampling and statistics assumed to be v0.2.0's "
@@ -184,6 +187,8 @@ def import_checkpoint(
         fs.makedirs(root, exist_ok=True)
         for name in sorted(os.listdir(tmp), key=lambda n: n == checkpoints.META_FILE):  # meta.json last, whole:
             if name == checkpoints.META_FILE:  # it is what marks the folder as a checkpoint
+                if before_commit is not None:
+                    before_commit()
                 with open(os.path.join(tmp, name), "rb") as f:
                     write_bytes_atomic(fs, join(root, name), f.read())
             else:

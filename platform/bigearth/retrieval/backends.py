@@ -35,9 +35,20 @@ from bigearth.retrieval.schema import Hit, IndexRecord, SearchFilter, point_id
 DEFAULT_COLLECTION = "bigearthnet"
 COLLECTION_META = "collection.json"
 VERSION = re.compile(r"v\d{8}T\d{12}-[0-9a-f]{6}")  # a version: when its build started (UTC, to the µs), 6 random hex
+UNLOCKED_KEEP_S = 24 * 3600.0  # without the writer lock, a version younger than this may be another job's build
 
 
 VECTOR_KEYS = ("vectors", "quantization", "vector_kinds")  # how vectors are stored: checked by `create` on their own
+
+
+def version_age_s(version: str, collection: str = "") -> float | None:
+    """Seconds since the build of `version` (`v<UTC time>-<hex>`, or Qdrant's `COLLECTION-v...`) started; None for
+    a name without a time (a collection made before versions)."""
+    name = version.removeprefix(collection + "-") if collection else version
+    if not VERSION.fullmatch(name):
+        return None
+    started = datetime.strptime(name[1:22], "%Y%m%dT%H%M%S%f").replace(tzinfo=UTC)
+    return (datetime.now(UTC) - started).total_seconds()
 
 
 def new_version(existing: Sequence[str] = ()) -> str:
@@ -183,23 +194,26 @@ class VectorIndex(ABC):
         settings: IndexSettings = getattr(self, "settings", None) or IndexSettings()
         return {**(metadata or {}), "vectors": dict(vectors), "quantization": settings.quantization or "none"}
 
-    def rebuild(self, vectors: dict[str, int], metadata: dict[str, Any] | None = None) -> VectorIndex:
+    def rebuild(
+        self, vectors: dict[str, int], metadata: dict[str, Any] | None = None, *, exclusive: bool = False
+    ) -> VectorIndex:
         """A new, empty version of this collection that readers do not see: fill it (`upsert`), `finish()`, then
-        `publish()`; or `discard()` it. Leftovers of rebuilds that never published are removed first (one index
-        job at a time writes a collection)."""
-        self.prune()
+        `publish()`; or `discard()` it. Leftovers of rebuilds that never published are removed first (`prune`;
+        `exclusive`: the caller holds the collection's writer lock, so none of them is another job's build)."""
+        self.prune(exclusive=exclusive)
         names = [v.removeprefix(self.collection + "-") for v in self._versions()]  # Qdrant's: COLLECTION-v...
         builder = self._at(new_version(names))
         builder._create(dict(vectors), self._meta_for(vectors, metadata))
         return builder
 
-    def publish(self) -> None:
-        """Make this object's version the live one (one atomic step), then remove all but it and the previous.
-        Lets go of the engine first (the embedded engine opens a folder once at a time: the readers' turn)."""
+    def publish(self, *, exclusive: bool = False) -> None:
+        """Make this object's version the live one (one atomic step), then remove all but it and the previous
+        (`prune`). Lets go of the engine first (the embedded engine opens a folder once at a time: the readers'
+        turn)."""
         version = self._pinned()
         self._forget()
         self._switch(version)
-        self.prune()
+        self.prune(exclusive=exclusive)
 
     def discard(self) -> None:
         """Remove this object's version unless it is live (a rebuild that failed): the live one keeps serving."""
@@ -207,17 +221,30 @@ class VectorIndex(ABC):
             self._forget()
             self._remove(self.version)
 
-    def prune(self) -> None:
+    def prune(self, *, exclusive: bool = False) -> None:
         """Remove every version but the live one and the one before it (readers that have not looked again still
-        read it): older ones, and rebuilds that never published."""
+        read it): older ones, and rebuilds that never published. Unless `exclusive` (the caller holds the
+        collection's writer lock), a version whose build started less than `UNLOCKED_KEEP_S` ago is kept: it may
+        be another job's build in progress. The live version is read again right before each removal: a switch
+        meanwhile stops the pruning (the live one is never removed)."""
         live = self.live_version()
         if live is None:
             return
         versions = self._versions()
         keep = {live, max((v for v in versions if v < live), default=live)}
         for v in versions:
-            if v not in keep and v != self.version:
-                self._remove(v)
+            if v in keep or v == self.version:
+                continue
+            age = version_age_s(v, self.collection)
+            if not exclusive and age is not None and age < UNLOCKED_KEEP_S:
+                continue
+            if self.live_version() != live:  # another job switched meanwhile: its next prune decides
+                return
+            self._remove(v)
+
+    def writer_lock(self, job: str, *, break_lock: bool = False) -> Any:
+        """The lock one writer of this collection holds (an `OutputLock`; use as a context manager)."""
+        raise NotImplementedError
 
     def differences(
         self, vectors: dict[str, int], metadata: dict[str, Any] | None = None
@@ -267,7 +294,7 @@ class VectorIndex(ABC):
             if not recreate:
                 return
         builder = self.rebuild(vectors, metadata)
-        builder.publish()
+        builder.publish()  # not exclusive: a library call holds no writer lock
         builder.close()
         self._forget()
         self.version = None  # the new live one on next use

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bigearth.records import RecordError, read_json, write_json_atomic
+from bigearth.records import RecordError, read_json, write_bytes_atomic, write_json_atomic
 from bigearth.retrieval.backends import (
     COLLECTION_META,
     DEFAULT_COLLECTION,
@@ -72,19 +72,22 @@ class EdgeIndex(VectorIndex):
         return legacy + sorted(n for n in names if VERSION.fullmatch(n))
 
     def _switch(self, version: str) -> None:
-        """Write `current` under another name, flush it, rename it over the old one (atomic on POSIX), flush the
-        folder: a reader sees the old name or the new one, a crash leaves one of them."""
-        tmp = f"{self.pointer}.{os.getpid()}.tmp"
-        with open(tmp, "w") as f:
-            f.write(version + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.pointer)
-        fd = os.open(self.home, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        """Point `current` at `version` (written whole: a reader sees the old name or the new one, a crash leaves
+        one of them); refused unless that version's folder holds its `collection.json`."""
+        if not VERSION.fullmatch(version):
+            raise VectorIndexError(f"{self.pointer}: {version!r} is not a version name (v<UTC time>-<6 hex>)")
+        if not os.path.isfile(os.path.join(self.home, version, COLLECTION_META)):
+            raise VectorIndexError(
+                f"{self.describe()}: refusing to make {version!r} live: "
+                f"{os.path.join(self.home, version, COLLECTION_META)} does not exist (a removed or unfinished version)"
+            )
+        write_bytes_atomic(None, self.pointer, (version + "\n").encode())
+
+    def writer_lock(self, job: str, *, break_lock: bool = False) -> Any:
+        """`TARGET/.bigearth-lock-COLLECTION.json` (bigearth.outputlock)."""
+        from bigearth.outputlock import OutputLock
+
+        return OutputLock(self.target, job, name=f".bigearth-lock-{self.collection}.json", break_lock=break_lock)
 
     def _remove(self, version: str) -> None:
         import shutil

@@ -72,14 +72,59 @@ def build_index(
     settings: IndexSettings | None = None,
     progress: bool = True,
     add: bool = False,
+    break_lock: bool = False,
 ) -> dict[str, Any]:
     """Embed every pair of `splits` (default: all) of the shard set `data` into a new version of the collection and
     switch to it when complete (`recreate` is what every run does now; kept for callers); `add`: upsert into the
-    live version instead (same checkpoint and shard set only); return a report."""
+    live version instead (same checkpoint and shard set only); return a report.
+
+    One job writes a collection at a time: its writer lock (`VectorIndex.writer_lock`: a lock file beside the
+    embedded engine's folder, a marker collection on Qdrant) is held throughout and checked right before the
+    switch (a job whose lock was taken over stops there, its version discarded); `break_lock` takes another's
+    over."""
+    index = open_index(target, collection, api_key=api_key, settings=settings)
+    try:
+        with index.writer_lock("index", break_lock=break_lock) as lock:  # before any work: a second job stops here
+            return _build_locked(
+                index,
+                lock,
+                checkpoint,
+                data,
+                target,
+                collection,
+                splits,
+                storage,
+                batch_size,
+                upsert_batch,
+                actors,
+                gpus_per_actor,
+                progress,
+                add,
+            )
+    finally:
+        index.close()
+
+
+def _build_locked(
+    index: VectorIndex,
+    lock: Any,
+    checkpoint: str,
+    data: str,
+    target: str,
+    collection: str,
+    splits: list[str] | None,
+    storage: StorageOptions | None,
+    batch_size: int,
+    upsert_batch: int,
+    actors: int,
+    gpus_per_actor: float,
+    progress: bool,
+    add: bool,
+) -> dict[str, Any]:
     from tqdm import tqdm
 
     from bigearth.data import open_split
-    from bigearth.models.checkpoints import resolve
+    from bigearth.models.checkpoints import resolve, weights_digest
     from bigearth.raycluster import ensure_ray
     from bigearth.shards import Manifest
     from bigearth.storage import open_fs
@@ -103,12 +148,7 @@ def build_index(
         "data": redact(data),
         "vector_kinds": {n: v.kind for n, v in spec.vectors.items()},
     }
-    index = open_index(target, collection, api_key=api_key, settings=settings)
-    try:
-        builder = _target_version(index, sizes, described, add)
-    except BaseException:
-        index.close()
-        raise
+    builder = _target_version(index, sizes, described, add)
     try:
         ds = open_split(
             data, splits, bands=list(spec.bands), shuffle_files=False, storage=storage, extra_columns=PAYLOAD_COLUMNS
@@ -136,8 +176,9 @@ def build_index(
             raise RuntimeError(f"indexed {upserted} pairs but the manifest lists {total} for splits {splits or 'all'}")
         builder.finish()
         count = builder.count()
+        lock.verify()  # taken over meanwhile: another job writes this collection now, ours is discarded
         if not add:
-            builder.publish()
+            builder.publish(exclusive=True)
     except BaseException:
         if not add:
             log.error("indexing failed: %s keeps its live version; removing the unfinished one", index.describe())
@@ -145,7 +186,6 @@ def build_index(
         raise
     finally:
         builder.close()
-        index.close()
     return {
         "target": redact(target),
         "collection": collection,
@@ -165,7 +205,7 @@ def build_index(
 def _target_version(index: VectorIndex, sizes: dict[str, int], described: dict[str, Any], add: bool) -> VectorIndex:
     """Where a run writes: a new version (a rebuild), or with `add` the live one, if it was built from the same."""
     if not add:
-        return index.rebuild(sizes, described)
+        return index.rebuild(sizes, described, exclusive=True)  # the writer lock is held
     differs = index.differences(sizes, described)
     if differs:
         said = "; ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differs.items())
@@ -174,18 +214,3 @@ def _target_version(index: VectorIndex, sizes: dict[str, int], described: dict[s
             f"({said}); run without --add to rebuild it"
         )
     return index
-
-
-def weights_digest(checkpoint: str, storage: StorageOptions | None) -> str:
-    """The first 12 hex digits of the sha256 of a checkpoint's weights (what `LoadedModel.digest` says)."""
-    import hashlib
-
-    from bigearth.models.checkpoints import MODEL_FILE
-    from bigearth.storage import join, open_fs
-
-    fs, root = open_fs(checkpoint, storage)
-    h = hashlib.sha256()
-    with fs.open(join(root, MODEL_FILE), "rb") as f:
-        while chunk := f.read(1 << 22):
-            h.update(chunk)
-    return h.hexdigest()[:12]

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import tenacity
 
+from bigearth.outputlock import OutputLock
 from bigearth.retrieval.backends import (
     DEFAULT_COLLECTION,
     VERSION,
@@ -118,6 +119,10 @@ class QdrantIndex(VectorIndex):
             m.CreateAliasOperation(create_alias=m.CreateAlias(collection_name=version, alias_name=self.collection))
         )
         self.client.update_collection_aliases(change_aliases_operations=ops)
+
+    def writer_lock(self, job: str, *, break_lock: bool = False) -> Any:
+        """The marker collection `COLLECTION-lock` (`QdrantLock`)."""
+        return QdrantLock(self, job, break_lock=break_lock)
 
     def _remove(self, version: str) -> None:
         if version == self.version:
@@ -274,3 +279,58 @@ class QdrantIndex(VectorIndex):
             self._own_client = False  # closed once
         else:
             self.client.close()
+
+
+class QdrantLock(OutputLock):
+    """One index job per Qdrant collection: the lock is the marker collection `<collection>-lock`, created
+    exclusively (the server refuses a second one of the name), its holder record (job, host, process, start,
+    heartbeat, token) in the collection's metadata. Stale, taken over, refreshed and checked as an `OutputLock`;
+    a takeover and a heartbeat read, compare, then delete or update (a server has no conditional update): two
+    writers taking one stale lock over in the same instant both go on until the next heartbeat tells the loser,
+    whose `check` stops it before it publishes, and `prune` never removes a young unpublished version meanwhile."""
+
+    def __init__(self, index: QdrantIndex, job: str, *, break_lock: bool = False, **kwargs: Any) -> None:
+        self.index = index
+        self.marker = f"{index.collection}-lock"
+        super().__init__(index.target, job, name=self.marker, break_lock=break_lock, **kwargs)
+
+    def _open(self, url: str, storage: Any) -> None:
+        self.fs, self.root, self.path = None, url, self.marker  # type: ignore[assignment]  # the server holds it
+        self.where = f"{url} collection {self.marker!r}"
+
+    def _prepare(self) -> None:
+        pass
+
+    def _create(self) -> bool:
+        from qdrant_client import models as m
+
+        client = self.index.client
+        try:
+            client.create_collection(
+                self.marker, vectors_config=m.VectorParams(size=1, distance=m.Distance.COSINE), metadata=self._record
+            )
+        except Exception:
+            if client.collection_exists(self.marker):
+                return False
+            raise
+        return True
+
+    def _read_holder(self) -> dict[str, Any] | None:
+        client = self.index.client
+        try:
+            if not client.collection_exists(self.marker):
+                return None
+            meta = client.get_collection(self.marker).config.metadata
+        except Exception as e:  # removed between the two calls, or unreadable
+            if not client.collection_exists(self.marker):
+                return None
+            return {"job": "an unknown writer", "unreadable": f"{type(e).__name__}: {e}"}
+        return dict(meta) if meta else {"job": "an unknown writer", "unreadable": "no holder record"}
+
+    def _remove_if(self, token: str | None) -> None:
+        holder = self._read_holder()
+        if holder is not None and holder.get("token") == token:
+            self.index.client.delete_collection(self.marker)
+
+    def _write(self) -> None:
+        self.index.client.update_collection(self.marker, metadata=self._record)

@@ -206,29 +206,30 @@ class Retriever:
                 uuid.UUID(r.cursor)
             except ValueError:
                 raise ApiError(422, f"cursor {r.cursor!r} is not a next_cursor of this index", "cursor") from None
+        index = self.index  # the page and its total from one version
         try:
-            page, after = self.index.scroll(r.filter, r.limit, r.cursor)
+            page, after = index.scroll(r.filter, r.limit, r.cursor)
         except (ValueError, TypeError) as e:  # a cursor the engine cannot read (not one it gave)
             raise ApiError(422, f"cursor {r.cursor!r} is not a next_cursor of this index ({e})", "cursor") from None
         items = [BrowseItem(patch_id=p.patch_id, payload=p.payload) for p in page]
-        return BrowseResponse(items=items, total=self._count(r.filter), next_cursor=after).model_dump()
+        return BrowseResponse(items=items, total=self._count(r.filter, index), next_cursor=after).model_dump()
 
-    def _count(self, flt: Any = None) -> int:
-        """Points `flt` matches, counted once per filter per COUNT_TTL_S (a page of browse does not rescan)."""
-        index = self.index
-        # keyed by version too: a count of the version before that lands after a switch's clear is never read
+    def _count(self, flt: Any = None, index: Any = None) -> int:
+        """Points `flt` matches, counted once per filter per COUNT_TTL_S (a page of browse does not rescan). Keyed
+        by the index version counted: a count that ends after a switch never answers for the new version."""
+        index = index or self.index
         key = ("count", index.version, flt.model_dump_json() if flt is not None else None)
         return int(self.counts.get(key, lambda: index.count(flt)))
 
     def facets(self, classes: list[str]) -> dict[str, Any]:
-        index = self.index
+        index = self.index  # one version for the whole answer
 
         def scan() -> dict[str, Any]:
             return {key: index.facet(key, limit=1000) for key in ("split", "country", "season", "labels")}
 
         counts = self.counts.get(("facets", index.version), scan)
-        vectors = sorted(self.meta["vectors"])
-        return Facets(total=self._count(), classes=classes, vectors=vectors, **counts).model_dump()
+        vectors = sorted(index.metadata()["vectors"])
+        return Facets(total=self._count(index=index), classes=classes, vectors=vectors, **counts).model_dump()
 
     def patch_info(self, patch_id: str) -> dict[str, Any]:
         self._patch(patch_id)
