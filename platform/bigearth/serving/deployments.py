@@ -217,7 +217,7 @@ class Retriever:
     def _count(self, flt: Any = None, index: Any = None) -> int:
         """Points `flt` matches, counted once per filter per COUNT_TTL_S (a page of browse does not rescan). Keyed
         by the index version counted: a count that ends after a switch never answers for the new version."""
-        index = index or self.index
+        index = index if index is not None else self.index
         key = ("count", index.version, flt.model_dump_json() if flt is not None else None)
         return int(self.counts.get(key, lambda: index.count(flt)))
 
