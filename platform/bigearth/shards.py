@@ -25,8 +25,8 @@ READABLE_VERSIONS = ("1", "2")  # v1: 14 variable-length binary columns, zstd, n
 MANIFEST = "manifest.json"
 ROW_GROUP_PAIRS = 128  # rows per Parquet row group: bounds writer memory and lets readers stream
 #: Rows per data page: a lookup by patch id (PatchStore) reads one page of each band column, found through the page
-#: index (1/16 of a 128-pair row group). 8, not 1: one pair a page made whole-shard reads (training, indexing) ~18 %
-#: slower on one core; 8 a page reads as fast as pages of a whole column chunk (docs/benchmarks.md).
+#: index (1/16 of a 128-pair row group). 8, not 1: one pair a page made whole-shard reads (training, indexing) ~22 %
+#: slower on one core, 8 a page ~3 % (bench/page_size.py, docs/benchmarks.md).
 PAGE_PAIRS = 8
 
 #: `--compression` choices -> (Parquet codec, level). lz4: ~5x zstd's read rate for ~1.9x its bytes on real
