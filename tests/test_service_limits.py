@@ -21,6 +21,7 @@ from pydantic import ValidationError
 from bigearth.api import MAX_EXACT_K, SearchRequest
 from bigearth.bands import ALL_BANDS, GROUPS
 from bigearth.pages import CorruptPage, Unsupported
+from bigearth.retrieval.indexer import PAYLOAD_COLUMNS
 from bigearth.retrieval.schema import MAX_FILTER_VALUES, SearchFilter
 from bigearth.shards import PAGE_PAIRS
 
@@ -231,20 +232,7 @@ def retriever(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     r.index.close()
 
 
-_META = [
-    "patch_id",
-    "s1_name",
-    "labels",
-    "split",
-    "country",
-    "tile",
-    "s2_acquisition",
-    "epsg",
-    "ulx",
-    "uly",
-    "contains_seasonal_snow",
-    "contains_cloud_or_shadow",
-]
+_META = ["patch_id", *PAYLOAD_COLUMNS]  # what the indexer stores
 
 
 class _Counting:
