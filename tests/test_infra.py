@@ -9,6 +9,7 @@ import copy
 import dataclasses
 import os
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -553,15 +554,15 @@ def test_network_policies_allow_exactly_the_intended_connections(rendered: tuple
     assert connection_allowed(policies, submitter, by_origin["RayJob/bigearth-index head"], 8265)
 
 
+def _with_spec(name: str, **spec: Any) -> Callable[[list[dict[str, Any]]], list[dict[str, Any]]]:
+    """A break of the policy set: the policy `name` with these spec fields replaced."""
+    return lambda ps: [{**p, "spec": {**p["spec"], **spec}} if p["metadata"]["name"] == name else p for p in ps]
+
+
 NETWORK_BREAKS = {
     "no default deny": (lambda ps: [p for p in ps if p["metadata"]["name"] != "bigearth-default-deny"], "reaches"),
     "Qdrant open to the namespace": (
-        lambda ps: [
-            {**p, "spec": {**p["spec"], "ingress": [{"from": [{"podSelector": {}}]}]}}
-            if p["metadata"]["name"] == "bigearth-qdrant-from-serve-and-index"
-            else p
-            for p in ps
-        ],
+        _with_spec("bigearth-qdrant-from-serve-and-index", ingress=[{"from": [{"podSelector": {}}]}]),
         "RayJob/bigearth-train worker cpu reaches StatefulSet/qdrant on 6333/TCP",
     ),
     "no DNS": (
@@ -569,37 +570,23 @@ NETWORK_BREAKS = {
         "StatefulSet/qdrant cannot reach kube-dns on 53/UDP",
     ),
     "Serve egress open to everything": (
-        lambda ps: [
-            {**p, "spec": {**p["spec"], "egress": [{}]}} if p["metadata"]["name"] == "bigearth-serve-egress" else p
-            for p in ps
-        ],
+        _with_spec("bigearth-serve-egress", egress=[{}]),
         "RayService/bigearth head reaches cloud metadata endpoint on 80/TCP",
     ),
     "the jobs' egress without the metadata exception": (
-        lambda ps: [
-            {**p, "spec": {**p["spec"], "egress": [{}]}} if p["metadata"]["name"] == "bigearth-ray-egress" else p
-            for p in ps
-        ],
+        _with_spec("bigearth-ray-egress", egress=[{}]),
         "RayJob/bigearth-train worker cpu reaches cloud metadata endpoint on 80/TCP",
     ),
     "submitters selected by a label KubeRay may not set": (
-        lambda ps: [
-            {
-                **p,
-                "spec": {
-                    **p["spec"],
-                    "ingress": [
-                        {
-                            "from": [{"podSelector": {"matchLabels": {"ray.io/originated-from-crd": "RayJob"}}}],
-                            "ports": [{"protocol": "TCP", "port": 8265}],
-                        }
-                    ],
-                },
-            }
-            if p["metadata"]["name"] == "bigearth-index-submitter"
-            else p
-            for p in ps
-        ],
+        _with_spec(
+            "bigearth-index-submitter",
+            ingress=[
+                {
+                    "from": [{"podSelector": {"matchLabels": {"ray.io/originated-from-crd": "RayJob"}}}],
+                    "ports": [{"protocol": "TCP", "port": 8265}],
+                }
+            ],
+        ),
         "RayJob/bigearth-index submitter cannot reach RayJob/bigearth-index head on 8265/TCP",
     ),
     "Ray pods of one job cut off from each other": (
