@@ -35,7 +35,7 @@ def run_one(
 ) -> dict[str, Any]:
     import shutil
 
-    from bigearth.evaluation import evaluate
+    from bigearth.evaluation.classification import evaluate
     from bigearth.retrieval.evaluation import evaluate_retrieval
     from bigearth.retrieval.indexer import build_index
     from bigearth.training.config import load_config
@@ -78,7 +78,7 @@ def main() -> int:
     p.add_argument("--baseline", help="reuse the logits run of this earlier report (JSON) instead of training it")
     a = p.parse_args()
     sys.path.insert(0, str(REPO / "platform"))
-    from bigearth.ingest import ingest
+    from bigearth.ingest.job import ingest
     from bigearth.synth.archive import synthesize
 
     work = Path(a.workdir) / f"cross-modal-{a.pairs}"

@@ -70,7 +70,7 @@ def decompress_alone(path: Path) -> dict[str, float]:
 
 
 def _ingest(archive: Path, out: Path) -> tuple[float, Any]:
-    from bigearth.ingest import ingest
+    from bigearth.ingest.job import ingest
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def hwm():  # this process's own peak RSS (VmHWM is reset by exec; ru_maxrss can
 import pyarrow as pa, pyarrow.parquet as pq
 from bigearth.archive.layouts import layout_for
 from bigearth.archive.staging import stage_download
-from bigearth.storage import StorageOptions
+from bigearth.core.storage import StorageOptions
 packed, staging = sys.argv[1], sys.argv[2]
 ids = pq.read_table(packed + "/metadata.parquet", columns=["patch_id"])["patch_id"]
 route = pa.table({"name": ids, "shard": pa.array([i // 1000 for i in range(len(ids))], pa.int32())})
@@ -116,7 +116,7 @@ def s3_comparison(workdir: Path, folder: Path, packed: Path, cores: int) -> dict
     import ray
 
     sys.path.insert(0, str(REPO / "tests"))  # the SeaweedFS launcher lives with the test fixtures
-    from bigearth.ingest import ingest
+    from bigearth.ingest.job import ingest
     from seaweed import SeaweedS3
 
     out: dict[str, Any] = {}

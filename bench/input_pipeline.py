@@ -68,7 +68,7 @@ class PeakMemory:
 def rasterio_alone(layout: Any, rows: list[dict[str, Any]]) -> float:
     """Seconds to read and decode every GeoTIFF of `rows` with rasterio, one process."""
     from bigearth.archive.reader import GDAL_OPTIONS
-    from bigearth.bands import S1_BANDS, S2_BANDS
+    from bigearth.core.bands import S1_BANDS, S2_BANDS
 
     start = time.perf_counter()
     with rasterio.Env(**GDAL_OPTIONS):
@@ -113,9 +113,9 @@ def main() -> None:
     import ray
 
     from bigearth.archive.catalogue import build_catalogue
-    from bigearth.bands import S1_BANDS, S2_BANDS
-    from bigearth.benchmark import bench_copy_alone, bench_input, bench_read_alone
-    from bigearth.ingest import ingest
+    from bigearth.core.bands import S1_BANDS, S2_BANDS
+    from bigearth.ingest.job import ingest
+    from bigearth.input.benchmark import bench_copy_alone, bench_input, bench_read_alone
     from bigearth.synth.archive import synthesize
 
     work = Path(a.workdir)
@@ -156,7 +156,7 @@ def main() -> None:
     if not a.no_s3:
         import pyarrow.fs as pafs
 
-        from bigearth.storage import arrow_filesystem
+        from bigearth.core.storage import arrow_filesystem
         from seaweed import SeaweedS3
 
         subset = rows[: a.s3_pairs]

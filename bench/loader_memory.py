@@ -13,7 +13,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bigearth.loader import RowGroupLoader, row_groups
+from bigearth.input.loader import RowGroupLoader, row_groups
 from input_pipeline import PeakMemory
 
 

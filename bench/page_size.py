@@ -1,5 +1,5 @@
 """Benchmark: what pairs per Parquet data page cost a whole-shard read (training, indexing), for the page index
-that lets the service read one pair's page instead of a row group (`bigearth.shards.PAGE_PAIRS`).
+that lets the service read one pair's page instead of a row group (`bigearth.shards.format.PAGE_PAIRS`).
 
     taskset -c 1 .venv/bin/python bench/page_size.py [--pairs 1024] [--repeat 9] [--sizes 1,8,16]
 
@@ -21,8 +21,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bigearth.bands import ALL_BANDS
-from bigearth.shards import ROW_GROUP_PAIRS
+from bigearth.core.bands import ALL_BANDS
+from bigearth.shards.format import ROW_GROUP_PAIRS
 
 
 def table(pairs: int) -> pa.Table:

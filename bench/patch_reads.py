@@ -31,9 +31,9 @@ def _rchar() -> int:
 
 
 def write(out: Path, pairs: int, seed: int = 0) -> list[str]:
-    from bigearth.bands import ALL_BANDS
-    from bigearth.shards import Manifest, ShardWriter
-    from bigearth.storage import open_fs
+    from bigearth.core.bands import ALL_BANDS
+    from bigearth.core.storage import open_fs
+    from bigearth.shards.format import Manifest, ShardWriter
 
     fs, _ = open_fs(str(out))
     (out / "train").mkdir(parents=True, exist_ok=True)
@@ -77,8 +77,8 @@ def main() -> None:
     ap.add_argument("--lookups", type=int, default=40)
     ap.add_argument("--out", default="/tmp/bench-patches")
     a = ap.parse_args()
-    from bigearth.bands import GROUPS
-    from bigearth.patches import PatchStore
+    from bigearth.core.bands import GROUPS
+    from bigearth.shards.patches import PatchStore
 
     out = Path(a.out)
     shutil.rmtree(out, ignore_errors=True)

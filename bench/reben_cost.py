@@ -23,7 +23,7 @@ TRAIN, VALIDATION = 237_871, 122_342  # reBEN split sizes (metadata.parquet, ../
 
 
 def cost(path: Path) -> dict[str, object]:
-    from bigearth.bands import BANDS, GROUPS
+    from bigearth.core.bands import BANDS, GROUPS
     from bigearth.models.registry import create_model
     from bigearth.training.config import load_config
 

@@ -14,8 +14,8 @@ import rasterio
 import torch
 from rasterio.enums import Resampling
 
-from bigearth import labels as lab
 from bigearth.archive.layouts import ArchiveLayout
+from bigearth.core import labels as lab
 
 TORCHGEO_S2_ORDER = ("B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B11", "B12")
 TORCHGEO_S1_ORDER = ("VH", "VV")  # sorted(glob): the docstring says VV, VH

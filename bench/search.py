@@ -32,7 +32,7 @@ LISTS = REPO.parent / "shared" / "bigearthnet" / "lists" / "v2"
 
 
 def corpus(points: int, dim: int, seed: int) -> tuple[list[str], np.ndarray, list[dict[str, Any]]]:
-    from bigearth import labels as lab
+    from bigearth.core import labels as lab
     from bigearth.retrieval.schema import flags, season
 
     t = pa.concat_tables(

@@ -35,7 +35,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 def setup(workdir: Path, pairs: int, model_spec: str) -> tuple[str, str, str]:
-    from bigearth.ingest import ingest
+    from bigearth.ingest.job import ingest
     from bigearth.models.checkpoints import save
     from bigearth.models.registry import create_model
     from bigearth.retrieval.indexer import build_index
@@ -54,9 +54,9 @@ def setup(workdir: Path, pairs: int, model_spec: str) -> tuple[str, str, str]:
 
 
 def npz_bodies(shards: str, n: int) -> tuple[list[bytes], list[str]]:
-    from bigearth.bands import GROUPS
-    from bigearth.data import read_columns
-    from bigearth.patches import PatchStore
+    from bigearth.core.bands import GROUPS
+    from bigearth.input.raydata import read_columns
+    from bigearth.shards.patches import PatchStore
 
     ids = read_columns(shards, ["patch_id"]).column(0).to_pylist()
     store = PatchStore(shards)

@@ -31,7 +31,7 @@ import pyarrow.parquet as pq
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from bigearth.bands import ALL_BANDS, BANDS, GROUPS  # noqa: E402
+from bigearth.core.bands import ALL_BANDS, BANDS, GROUPS  # noqa: E402
 
 VARIANTS = (
     lambda a: a,

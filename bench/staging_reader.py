@@ -24,7 +24,7 @@ import dataclasses, json, sys, time
 import pyarrow as pa, pyarrow.parquet as pq
 from bigearth.archive.layouts import layout_for
 from bigearth.archive.staging import stage_download
-from bigearth.storage import StorageOptions
+from bigearth.core.storage import StorageOptions
 packed, stage = sys.argv[1], sys.argv[2]
 ids = pq.read_table(packed + "/metadata.parquet", columns=["patch_id"])["patch_id"]
 route = pa.table({"name": ids, "shard": pa.array([i % 8 for i in range(len(ids))], pa.int32())})

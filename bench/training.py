@@ -62,7 +62,7 @@ def main() -> None:
     import ray
     import torch
 
-    from bigearth.data import iter_torch, open_split
+    from bigearth.input.raydata import iter_torch, open_split
     from bigearth.models.registry import create_model
 
     ray.init(num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)

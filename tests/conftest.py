@@ -72,7 +72,7 @@ def synth_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def shards_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
     """The synthetic v2 archive ingested with the default policy (shards of 30 pairs)."""
-    from bigearth.ingest import ingest
+    from bigearth.ingest.job import ingest
 
     out = tmp_path_factory.mktemp("shards") / "v2"
     ingest(str(synth_v2), str(out), shard_size=30)

@@ -59,8 +59,8 @@ def split_rows(shards: Path, split: str) -> dict[str, dict]:  # type: ignore[typ
     """The rows of one split of a shard set, by patch id (pixels as the bytes the shards hold)."""
     import pyarrow.parquet as pq
 
-    from bigearth.shards import Manifest
-    from bigearth.storage import open_fs
+    from bigearth.core.storage import open_fs
+    from bigearth.shards.format import Manifest
 
     m = Manifest.load(*open_fs(str(shards)))
     return {r["patch_id"]: r for p in m.shard_paths(str(shards), split) for r in pq.read_table(p).to_pylist()}
@@ -71,8 +71,8 @@ def assert_batch_holds_rows(batch: dict, rows: dict[str, dict]) -> None:  # type
     import numpy as np
     import torch
 
-    from bigearth import labels as lab
-    from bigearth.bands import BANDS, GROUPS
+    from bigearth.core import labels as lab
+    from bigearth.core.bands import BANDS, GROUPS
 
     for i, pid in enumerate(batch["patch_id"]):
         row = rows[pid]

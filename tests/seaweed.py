@@ -303,8 +303,8 @@ class SeaweedS3:
         }
 
     def storage_options(self) -> Any:
-        """`bigearth.storage.StorageOptions` for this server."""
-        from bigearth.storage import StorageOptions
+        """`bigearth.core.storage.StorageOptions` for this server."""
+        from bigearth.core.storage import StorageOptions
 
         return StorageOptions(
             endpoint_url=self.endpoint, key=self.access_key, secret=self.secret_key, region=self.region

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from bigearth.archive.catalogue import ArchiveError, build_catalogue, detect_layout
-from bigearth.storage import open_fs
+from bigearth.core.storage import open_fs
 from helpers import LISTS_V1, LISTS_V2, REAL_V1
 
 pytestmark = pytest.mark.real

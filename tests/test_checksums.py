@@ -19,7 +19,7 @@ from bigearth.archive.checksums import (
 )
 from bigearth.archive.layouts.base import Download
 from bigearth.archive.layouts.v2_downloads import V2_DOWNLOADS
-from bigearth.storage import open_fs
+from bigearth.core.storage import open_fs
 
 A, B = "0123456789abcdef0123456789abcdef", "fedcba9876543210fedcba9876543210"
 S2 = V2_DOWNLOADS[0]

@@ -9,14 +9,14 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bigearth import labels as lab
-from bigearth.bands import BANDS, GROUPS, STATS
-from bigearth.data import decode_batch, iter_torch, open_split
-from bigearth.ingest import ingest
+from bigearth.core import labels as lab
+from bigearth.core.bands import BANDS, GROUPS, STATS
+from bigearth.core.storage import open_fs
+from bigearth.ingest.job import ingest
+from bigearth.input.raydata import decode_batch, iter_torch, open_split
+from bigearth.input.stats import band_stats
 from bigearth.models.stem import InputStem
-from bigearth.shards import Manifest, ShardFormatError
-from bigearth.stats import band_stats
-from bigearth.storage import open_fs
+from bigearth.shards.format import Manifest, ShardFormatError
 from helpers import assert_batch_holds_rows
 
 pytestmark = pytest.mark.usefixtures("ray_local")

@@ -19,7 +19,7 @@ pytestmark = [pytest.mark.usefixtures("ray_local"), pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    from bigearth.demo import run_demo
+    from bigearth.demo.run import run_demo
 
     work = tmp_path_factory.mktemp("demo")
     result = run_demo(str(work), pairs=400, epochs=2, port=0, shared=str(SHARED), samples=4, queries=2)
@@ -78,7 +78,7 @@ def test_the_report_renders_in_headless_chromium(demo: dict[str, Any]) -> None:
 
 
 def test_the_report_links_to_the_explorer_page_only_while_it_is_served(tmp_path: Path) -> None:
-    from bigearth.report import write_report
+    from bigearth.demo.report import write_report
 
     served = Path(write_report(str(tmp_path / "a"), {"explorer": "http://127.0.0.1:8000/"})).read_text()
     assert '<p id="explorer">' in served and '<a href="http://127.0.0.1:8000/">' in served

@@ -66,10 +66,10 @@ COMMANDS = _commands()
 
 
 def test_the_configuration_reference_is_generated_from_the_models() -> None:
-    from bigearth.docgen import configuration_md
+    from bigearth.cli.docgen import configuration_md
 
     assert (REPO / "docs" / "configuration.md").read_text() == configuration_md(), (
-        "docs/configuration.md is stale: python -m bigearth.docgen > docs/configuration.md"
+        "docs/configuration.md is stale: python -m bigearth.cli.docgen > docs/configuration.md"
     )
 
 

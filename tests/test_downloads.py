@@ -26,9 +26,9 @@ from bigearth.archive import staging, tarstream
 from bigearth.archive.layouts import detect_layout, layout_for
 from bigearth.archive.staging import stage_download
 from bigearth.archive.tarstream import open_download
-from bigearth.ingest import STATE_DIR, ingest
-from bigearth.shards import Manifest
-from bigearth.storage import StorageOptions, open_fs
+from bigearth.core.storage import StorageOptions, open_fs
+from bigearth.ingest.job import STATE_DIR, ingest
+from bigearth.shards.format import Manifest
 from bigearth.synth.archive import synthesize
 from bigearth.synth.packed import pack_archive
 from helpers import kill_cli_ingest

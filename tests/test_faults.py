@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from bigearth.data import read_columns
-from bigearth.shards import Manifest
-from bigearth.storage import open_fs
+from bigearth.core.storage import open_fs
+from bigearth.input.raydata import read_columns
+from bigearth.shards.format import Manifest
 from helpers import REPO, deploy_app, free_ports
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -52,7 +52,7 @@ def test_training_on_a_shard_with_flipped_bytes_stops_naming_the_file(shards_v2:
 
 
 def test_evaluation_of_a_shard_cut_short_stops_naming_the_file(tiny_run: Path, shards_v2: Path, tmp_path: Path) -> None:
-    from bigearth.evaluation import evaluate
+    from bigearth.evaluation.classification import evaluate
 
     victim = _damaged_copy(shards_v2, tmp_path / "shards", "test", "cut")
     with pytest.raises(Exception, match=rf"{re.escape(victim.name)}: not a readable shard file"):
@@ -250,7 +250,7 @@ def test_the_sdk_retries_busy_answers_and_dropped_connections_honouring_retry_af
     import httpx
     import tenacity
 
-    from bigearth.api import ServiceError
+    from bigearth.api.schemas import ServiceError
     from bigearth.client import AsyncClient, Client
 
     answers: list[httpx.Response | Exception] = []
@@ -371,7 +371,7 @@ def test_the_watchdog_targets_the_address_ray_would_and_spares_library_callers(
     import socket
     import threading
 
-    from bigearth import raycluster
+    from bigearth.execution import raycluster
 
     monkeypatch.setenv("RAY_ADDRESS", "10.0.0.1:6379")
     assert raycluster._target({}) == ("10.0.0.1:6379", "RAY_ADDRESS")

@@ -18,9 +18,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bigearth.api import ApiError, ClassifyByIdRequest, SearchRequest
+from bigearth.api.schemas import ApiError, ClassifyByIdRequest, SearchRequest
+from bigearth.api.uploads import from_geotiffs, from_npz
 from bigearth.archive.geotiff import MAX_PIXELS, TIFF_MAGIC, RasterError, decode, encode
-from bigearth.serving.inputs import from_geotiffs, from_npz
 
 BOUNDED = settings(max_examples=120, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
 BANDS = ["B02", "B8A", "B05", "VV", "VH", "B01", "s2_10m", "s1", "x", ""]
@@ -205,7 +205,7 @@ def _real_s2_names() -> list[str]:
 def test_the_patch_id_pattern_takes_every_real_name() -> None:
     from pydantic import TypeAdapter
 
-    from bigearth.api import PatchId
+    from bigearth.api.schemas import PatchId
 
     names = _real_s2_names()
     assert len(names) >= 8 and any("T93020" in n for n in names)  # the v1 hour-digit bug is a real name
@@ -227,7 +227,7 @@ def test_every_id_of_the_archive_forms_is_a_patch_id_the_store_takes(name: str) 
     an id the shard set and the index take (looked up: a 404 when absent, never a 422)."""
     from pydantic import TypeAdapter
 
-    from bigearth.api import PatchId
+    from bigearth.api.schemas import PatchId
     from bigearth.archive.names import S2_ID_RE, V1_S2_RE, V2_S2_RE, check_safe_id
 
     assert S2_ID_RE.fullmatch(name) and (V1_S2_RE.match(name) or V2_S2_RE.match(name))
@@ -243,7 +243,7 @@ def test_every_id_of_the_archive_forms_is_a_patch_id_the_store_takes(name: str) 
 def test_any_other_string_is_a_422_naming_the_form_expected(text: str) -> None:
     from pydantic import TypeAdapter
 
-    from bigearth.api import PatchId
+    from bigearth.api.schemas import PatchId
     from bigearth.archive.names import S2_ID_RE, V1_S2_RE, V2_S2_RE
 
     forms = (V1_S2_RE.match(text) or V2_S2_RE.match(text)) and "\n" not in text

@@ -176,7 +176,7 @@ def test_an_archive_member_that_is_not_a_tiff_is_quarantined(tmp_path) -> None: 
 
     from bigearth.archive.layouts import layout_for
     from bigearth.archive.reader import Problem, fetch_pairs, read_pairs
-    from bigearth.storage import BlobReader
+    from bigearth.core.storage import BlobReader
     from bigearth.synth.archive import synthesize
 
     root = tmp_path / "v2"
@@ -253,7 +253,7 @@ def _under_a_memory_limit(code: str, data: bytes, tmp_path, **names: object) -> 
 
     path = tmp_path / "input.bin"
     path.write_bytes(data)
-    prelude = "import pathlib, time\nimport bigearth.archive.reader, bigearth.serving.inputs, pyarrow.parquet\n"
+    prelude = "import pathlib, time\nimport bigearth.archive.reader, bigearth.api.uploads, pyarrow.parquet\n"
     prelude += f"data = pathlib.Path({str(path)!r}).read_bytes()\n"  # imports not timed, the code alone
     prelude += "".join(f"{k} = {v!r}\n" for k, v in names.items())
     prog = prelude + "began = time.perf_counter()\n" + code + "\nprint(repr(out)); print(time.perf_counter() - began)\n"
@@ -287,8 +287,8 @@ def test_the_layout_fast_path_reads_no_value_it_does_not_use(tmp_path) -> None: 
         "from bigearth.archive import geotiff\nout = geotiff.decode_layout(data)", bomb, tmp_path
     )
     assert out == "None" and seconds < 1.0
-    upload = """from bigearth.api import ApiError
-from bigearth.serving.inputs import from_geotiffs
+    upload = """from bigearth.api.schemas import ApiError
+from bigearth.api.uploads import from_geotiffs
 try:
     out = from_geotiffs([("B02", "x_B02.tif", data)])
 except ApiError as e:
@@ -378,8 +378,8 @@ def _crafted_citation() -> bytes:
 
 
 def test_any_failure_inside_decoding_is_a_raster_error() -> None:
-    from bigearth.api import ApiError
-    from bigearth.serving.inputs import from_geotiffs
+    from bigearth.api.schemas import ApiError
+    from bigearth.api.uploads import from_geotiffs
 
     bad = _crafted_citation()
     for decode in (geotiff.decode, geotiff.decode_gdal):
@@ -404,7 +404,7 @@ def v2_pairs(tmp_path_factory) -> str:  # type: ignore[no-untyped-def]
 _READ_PAIRS = """import pyarrow.parquet as pq
 from bigearth.archive.layouts import layout_for
 from bigearth.archive.reader import fetch_pairs, read_pairs
-from bigearth.storage import BlobReader
+from bigearth.core.storage import BlobReader
 lay = layout_for("v2", root)
 lay.reference_maps = True  # what `--reference-maps` sets
 rows = pq.read_table(root + "/metadata.parquet").to_pylist()
@@ -455,7 +455,7 @@ def test_an_ingest_member_that_breaks_the_decoder_is_quarantined(v2_pairs) -> No
 
     from bigearth.archive.layouts import layout_for
     from bigearth.archive.reader import Problem, fetch_pairs, read_pairs
-    from bigearth.storage import BlobReader
+    from bigearth.core.storage import BlobReader
 
     lay = layout_for("v2", v2_pairs)
     lay.reference_maps = True  # what `--reference-maps` sets

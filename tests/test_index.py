@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bigearth.data import read_columns
+from bigearth.input.raydata import read_columns
 from bigearth.models.checkpoints import resolve
 from bigearth.retrieval import SearchFilter, open_index
 from bigearth.retrieval.evaluation import evaluate_retrieval, ranking_metrics
@@ -159,7 +159,7 @@ def test_evaluating_an_index_without_the_queries_is_a_clear_error(index_v2: Path
 
 
 def test_an_early_fusion_index_refuses_cross_modal_search_and_says_why(shards_v2: Path, tmp_path: Path) -> None:
-    from bigearth.api import ApiError
+    from bigearth.api.schemas import ApiError
     from bigearth.serving.deployments import Retriever, missing_vectors
 
     pid = read_columns(str(shards_v2), ["patch_id"], "test").column("patch_id")[0].as_py()
@@ -205,7 +205,7 @@ def test_the_service_keeps_answering_while_the_index_is_rebuilt(
     """A running Retriever (the service's index deployment, in-process) answers a search loop throughout: a
     rebuild with another checkpoint switches it to the new points and metadata (nothing stale survives), a rebuild
     that fails mid-way leaves it on the version it had, and the unfinished version is removed."""
-    from bigearth.api import ApiError
+    from bigearth.api.schemas import ApiError
     from bigearth.retrieval.indexer import build_index
     from bigearth.serving.deployments import Retriever
 

@@ -14,11 +14,11 @@ import rasterio
 
 from bigearth.archive import geotiff
 from bigearth.archive.layouts import layout_for
-from bigearth.bands import ALL_BANDS
-from bigearth.ingest import IngestError, ingest
-from bigearth.labels import BEN19
-from bigearth.shards import SHARD_SCHEMA, Manifest, ShardFormatError
-from bigearth.storage import open_fs
+from bigearth.core.bands import ALL_BANDS
+from bigearth.core.labels import BEN19
+from bigearth.core.storage import open_fs
+from bigearth.ingest.job import IngestError, ingest
+from bigearth.shards.format import SHARD_SCHEMA, Manifest, ShardFormatError
 from helpers import kill_cli_ingest
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -222,7 +222,7 @@ def test_v1_ingest_labels_and_policy(synth_v1: Path, tmp_path: Path) -> None:
     snow = len((lists / "patches_with_seasonal_snow.csv").read_text().splitlines())
     assert m.excluded["seasonal_snow"] == snow
     assert m.pairs + sum(m.excluded.values()) == 120
-    from bigearth import labels as lab
+    from bigearth.core import labels as lab
 
     for row in _rows(tmp_path / "v1"):
         assert row["labels"] == lab.convert_43_to_19(row["labels43"]) and row["labels"]
@@ -260,7 +260,7 @@ def test_cut_records_are_redone_and_a_held_output_is_refused(synth_v2: Path, sha
     that shard alone and writes the manifest again. Another writer's lock on the output: refused, naming it."""
     import shutil
 
-    from bigearth.outputlock import LOCK_FILE, OutputLocked
+    from bigearth.core.outputlock import LOCK_FILE, OutputLocked
 
     out = tmp_path / "cut"
     shutil.copytree(shards_v2, out)

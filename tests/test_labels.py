@@ -7,7 +7,7 @@ import re
 import numpy as np
 import pytest
 
-from bigearth import labels as lab
+from bigearth.core import labels as lab
 from helpers import FACTS
 
 pytestmark = pytest.mark.real

@@ -1,4 +1,4 @@
-"""The worker-side training input (`bigearth.loader`): every pair once per epoch with the shards' exact values,
+"""The worker-side training input (`bigearth.input.loader`): every pair once per epoch with the shards' exact values,
 disjoint equal shares per worker, seeded shuffling at two levels, limits, early stops, damaged files."""
 
 from __future__ import annotations
@@ -11,15 +11,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bigearth.loader import RowGroup, RowGroupLoader, epoch_share, open_row_groups, plan_of, row_groups, row_share
-from bigearth.shards import ShardFormatError
+from bigearth.input.loader import RowGroup, RowGroupLoader, epoch_share, open_row_groups, plan_of, row_groups, row_share
+from bigearth.shards.format import ShardFormatError
 from helpers import assert_batch_holds_rows, split_rows
 
 
 @pytest.fixture(scope="module")
 def fine(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
     """The synthetic v2 archive in shards of 6 pairs: a dozen row groups per split to shuffle and share."""
-    from bigearth.ingest import ingest
+    from bigearth.ingest.job import ingest
 
     out = tmp_path_factory.mktemp("fine") / "v2"
     ingest(str(synth_v2), str(out), shard_size=6)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from sklearn import metrics as skm
 
-from bigearth.training.metrics import MultilabelMetrics
+from bigearth.metrics.multilabel import MultilabelMetrics
 
 
 def _case(seed: int, n: int = 240, c: int = 19) -> tuple[np.ndarray, np.ndarray]:

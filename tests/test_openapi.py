@@ -212,7 +212,7 @@ def url(tiny_run: Path, index_v2: Path, shards_v2: Path, tmp_path_factory: pytes
 
 @pytest.mark.usefixtures("ray_local")
 def test_the_findings_answer_as_the_document_says(url: str, shards_v2: Path) -> None:
-    from bigearth.data import read_columns
+    from bigearth.input.raydata import read_columns
 
     h = {"X-API-Key": KEY}
     r = httpx.get(f"{url}/v1/patches", params={"offset": 2497415803784417771520}, headers=h)

@@ -19,10 +19,10 @@ from safetensors.numpy import load as load_safetensors
 from bigearth.archive import geotiff
 from bigearth.archive.layouts import ArchiveLayout, layout_for
 from bigearth.archive.names import parse_s1
-from bigearth.bands import ALL_BANDS, BANDS, S1_BANDS, S2_BANDS
-from bigearth.ingest import ingest
-from bigearth.shards import Manifest
-from bigearth.storage import open_fs
+from bigearth.core.bands import ALL_BANDS, BANDS, S1_BANDS, S2_BANDS
+from bigearth.core.storage import open_fs
+from bigearth.ingest.job import ingest
+from bigearth.shards.format import Manifest
 from bigearth.synth.render import render_pair
 from helpers import LISTS_V1, LISTS_V2, REAL_V1, REAL_V2
 

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 import configilm_env
-from bigearth import labels as lab
-from bigearth.bands import BAND_SETS, BANDS, GROUPS, STATS
+from bigearth.core import labels as lab
+from bigearth.core.bands import BAND_SETS, BANDS, GROUPS, STATS
 from bigearth.models import checkpoints
 from bigearth.models.checkpoints import CheckpointError
 from bigearth.models.reben import V011, import_checkpoint
@@ -163,7 +163,7 @@ def test_the_recipe_schedule_is_configilms(configilm: Path) -> None:
 def test_an_imported_checkpoint_evaluates_and_indexes(
     references: dict[str, Path], shards_v2: Path, tmp_path: Path
 ) -> None:
-    from bigearth.evaluation import evaluate
+    from bigearth.evaluation.classification import evaluate
     from bigearth.retrieval import open_index
     from bigearth.retrieval.indexer import build_index
 

@@ -1,5 +1,5 @@
-"""Records are written whole (bigearth.records) and one writer owns an output (bigearth.outputlock). No Ray here:
-the ingest re-run over a cut-short shard report is in tests/test_ingest.py."""
+"""Records are written whole (bigearth.core.records) and one writer owns an output (bigearth.core.outputlock).
+No Ray here: the ingest re-run over a cut-short shard report is in tests/test_ingest.py."""
 
 from __future__ import annotations
 
@@ -20,12 +20,12 @@ import fsspec
 import pytest
 
 from bigearth.archive import staging
-from bigearth.ingest import IngestError, _read_plan, read_report
+from bigearth.core.outputlock import LOCK_FILE, OutputLock, OutputLocked
+from bigearth.core.records import RecordError, is_temp_name, read_json, write_json_atomic
+from bigearth.core.storage import open_fs
+from bigearth.ingest.job import IngestError, _read_plan, read_report
 from bigearth.models import checkpoints
-from bigearth.outputlock import LOCK_FILE, OutputLock, OutputLocked
-from bigearth.records import RecordError, is_temp_name, read_json, write_json_atomic
-from bigearth.shards import Manifest, ShardFormatError
-from bigearth.storage import open_fs
+from bigearth.shards.format import Manifest, ShardFormatError
 from helpers import REPO
 
 RECORD = {"path": "train/part-00000.parquet", "rows": 30, "quarantined": [{"patch_id": "p", "reason": "x" * 50}]}
@@ -67,9 +67,9 @@ def test_a_write_that_fails_midway_leaves_the_old_record(tmp_path: Path, writer:
         import resource, signal
         from bigearth.models import checkpoints
         from bigearth.models.registry import create_model
-        from bigearth.records import write_json_atomic
-        from bigearth.shards import Manifest
-        from bigearth.storage import open_fs
+        from bigearth.core.records import write_json_atomic
+        from bigearth.shards.format import Manifest
+        from bigearth.core.storage import open_fs
         OUT = {str(tmp_path)!r}
         fs, _ = open_fs(OUT)
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
@@ -92,7 +92,7 @@ def test_a_writer_killed_between_write_and_rename_leaves_the_old_record(tmp_path
     proc = _python(
         f"""
         import os, sys, time
-        from bigearth import records
+        from bigearth.core import records
         def stall(src, dst):
             print("written", flush=True)
             time.sleep(120)
@@ -218,7 +218,7 @@ def test_a_second_writer_is_refused_naming_the_first_and_a_dead_ones_lock_is_tak
     first = _python(
         f"""
         import time
-        from bigearth.outputlock import OutputLock
+        from bigearth.core.outputlock import OutputLock
         with OutputLock({str(out)!r}, "ingest"):
             print("held", flush=True)
             time.sleep(120)
@@ -382,7 +382,7 @@ def test_a_cut_staging_record_or_spill_marker_is_staged_again(synth_v2: Path, tm
     import pyarrow.parquet as pq
 
     from bigearth.archive.layouts import layout_for
-    from bigearth.storage import StorageOptions
+    from bigearth.core.storage import StorageOptions
     from bigearth.synth.packed import pack_archive
 
     packed = tmp_path / "packed"
@@ -424,7 +424,7 @@ def test_locks_on_s3(s3) -> None:  # type: ignore[no-untyped-def]
 
 
 def test_a_cut_index_metadata_or_metrics_file_is_named(tmp_path: Path) -> None:
-    from bigearth.reproduce import collect
+    from bigearth.evaluation.reproduce import collect
     from bigearth.retrieval.backends import COLLECTION_META, VectorIndexError
     from bigearth.retrieval.edge import EdgeIndex
 

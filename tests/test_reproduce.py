@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bigearth.evaluation import evaluate
+from bigearth.evaluation.classification import evaluate
+from bigearth.evaluation.reproduce import PUBLISHED, write_table
 from bigearth.models import checkpoints
-from bigearth.reproduce import PUBLISHED, write_table
 from bigearth.training.config import load_config
 from bigearth.training.trainer import train
 from helpers import REPO

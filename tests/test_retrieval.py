@@ -502,7 +502,7 @@ def test_prune_stops_when_the_live_version_changes_under_it(tmp_path: Path) -> N
 def test_a_qdrant_collection_has_one_writer_at_a_time(tmp_path: Path) -> None:
     """The marker collection `<collection>-lock`: a second index job is refused naming the first; a stale one is
     taken over; the holder whose lock was taken over stops before it publishes; the marker is no version."""
-    from bigearth.outputlock import OutputLocked
+    from bigearth.core.outputlock import OutputLocked
     from bigearth.retrieval.qdrant import QdrantLock
 
     idx = open_index(f"qdrant-local:{tmp_path / 'qdrant'}", "test")

@@ -13,10 +13,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from bigearth.data import iter_torch, open_split
-from bigearth.ingest import ingest
-from bigearth.shards import Manifest
-from bigearth.storage import open_fs
+from bigearth.core.storage import open_fs
+from bigearth.ingest.job import ingest
+from bigearth.input.raydata import iter_torch, open_split
+from bigearth.shards.format import Manifest
 from bigearth.synth.archive import synthesize
 
 pytestmark = [pytest.mark.s3, pytest.mark.usefixtures("ray_local")]
@@ -79,7 +79,7 @@ def test_synth_and_job_entrypoint_over_s3(s3, bucket: str) -> None:  # type: ign
 
 
 def test_wrong_credentials_fail_with_a_clear_error(s3, bucket: str) -> None:  # type: ignore[no-untyped-def]
-    from bigearth.storage import StorageOptions
+    from bigearth.core.storage import StorageOptions
 
     bad = StorageOptions(endpoint_url=s3.endpoint, key="nobody", secret="wrong")
     with pytest.raises((PermissionError, OSError)):
@@ -87,7 +87,7 @@ def test_wrong_credentials_fail_with_a_clear_error(s3, bucket: str) -> None:  # 
 
 
 def test_training_checkpoints_and_evaluation_on_s3(s3, bucket: str, shards_v2: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    from bigearth.evaluation import evaluate
+    from bigearth.evaluation.classification import evaluate
     from bigearth.models.checkpoints import find_best, load
     from bigearth.training.config import load_config
     from bigearth.training.trainer import train
@@ -113,7 +113,7 @@ def test_no_key_means_the_aws_credential_chain_in_both_stacks(  # type: ignore[n
     AWS_PROFILE); a wrong profile fails in both."""
     import dataclasses
 
-    from bigearth.storage import BlobReader, StorageAccessDenied, StorageOptions
+    from bigearth.core.storage import BlobReader, StorageAccessDenied, StorageOptions
 
     s3.fs().pipe(f"{bucket}/chain/x.bin", b"through the chain")
     creds = tmp_path / "credentials"
@@ -145,7 +145,7 @@ def test_no_key_means_the_aws_credential_chain_in_both_stacks(  # type: ignore[n
 
 
 def test_storage_options_refuse_half_credentials() -> None:
-    from bigearth.storage import StorageOptions
+    from bigearth.core.storage import StorageOptions
 
     with pytest.raises(ValueError, match="a key without a secret"):
         StorageOptions(key="k")
@@ -172,7 +172,7 @@ def test_temporary_credentials_with_a_session_token_in_both_stacks(  # type: ign
     same temporary key without its token, or with another token, is refused by both."""
     import dataclasses
 
-    from bigearth.storage import BlobReader, StorageAccessDenied, StorageOptions
+    from bigearth.core.storage import BlobReader, StorageAccessDenied, StorageOptions
 
     creds = s3.assume_role()
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", creds["AccessKeyId"])
@@ -230,7 +230,7 @@ def test_an_ingest_survives_the_s3_server_restarting_and_resumes_after_a_long_ou
     and the re-run, once the server is back, ends with every pair exactly once."""
     import dataclasses
 
-    from bigearth.storage import StorageUnavailable
+    from bigearth.core.storage import StorageUnavailable
     from seaweed import SeaweedS3
 
     expected = read_columns_ids(shards_v2)
@@ -263,7 +263,7 @@ def test_an_ingest_survives_the_s3_server_restarting_and_resumes_after_a_long_ou
 
 
 def read_columns_ids(shards: Path) -> list[str]:
-    from bigearth.data import read_columns
+    from bigearth.input.raydata import read_columns
 
     return list(read_columns(str(shards), ["patch_id"]).column(0).to_pylist())
 
@@ -275,8 +275,8 @@ def test_s3_secrets_never_travel_in_ray_task_arguments(s3, bucket: str) -> None:
     credentials, in no process's environment)."""
     import ray
 
-    from bigearth.secrets import Sealed
-    from bigearth.storage import BlobReader, StorageOptions, portable_arrow_filesystem
+    from bigearth.core.secrets import Sealed
+    from bigearth.core.storage import BlobReader, StorageOptions, portable_arrow_filesystem
 
     creds = s3.assume_role()
     opts = StorageOptions(

@@ -1,4 +1,4 @@
-"""The SeaweedFS S3 fixture itself: a real server that s3fs, botocore and bigearth.storage can talk to."""
+"""The SeaweedFS S3 fixture itself: a real server that s3fs, botocore and bigearth.core.storage can talk to."""
 
 from __future__ import annotations
 
@@ -175,7 +175,7 @@ def test_credentials_are_checked(s3, bucket):
 
 
 def test_bigearth_open_fs(s3, bucket, monkeypatch):
-    from bigearth import storage
+    from bigearth.core import storage
 
     for var in ("AWS_DEFAULT_REGION", "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "BIGEARTH_S3_ENDPOINT"):
         monkeypatch.delenv(var, raising=False)
@@ -197,7 +197,7 @@ def test_env_reaches_server_from_subprocess(s3, bucket):
     code = textwrap.dedent(
         f"""
         import json, s3fs
-        from bigearth import storage
+        from bigearth.core import storage
         bare = s3fs.S3FileSystem()  # botocore picks up AWS_ENDPOINT_URL + AWS_* credentials
         fs, root = storage.open_fs("s3://{bucket}/env", storage.StorageOptions.from_env())
         fs.pipe(storage.join(root, "y.bin"), b"from child")

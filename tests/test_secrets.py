@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from bigearth.cli import build_parser
 from bigearth.cli.common import secret_from_args, storage_from_args
-from bigearth.secrets import MASK, Sealed, read_secret, redact, redact_text, redact_url, reveal
-from bigearth.storage import StorageOptions
+from bigearth.core.secrets import MASK, Sealed, read_secret, redact, redact_text, redact_url, reveal
+from bigearth.core.storage import StorageOptions
 from bigearth.training.config import load_config
 from helpers import REPO
 

@@ -16,11 +16,11 @@ import httpx
 import numpy as np
 import pytest
 
-from bigearth.api import ServiceError
+from bigearth.api.schemas import ServiceError
 from bigearth.client import AsyncClient, Client
-from bigearth.data import read_columns
-from bigearth.demo import find_real_patches
-from bigearth.labels import BEN19
+from bigearth.core.labels import BEN19
+from bigearth.demo.run import find_real_patches
+from bigearth.input.raydata import read_columns
 from helpers import SHARED, deploy_app
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -110,8 +110,8 @@ def test_classify_real_patches_uploaded_as_geotiffs(client: Client, url: str) ->
 def test_classify_by_patch_id_equals_classify_of_the_uploaded_arrays(
     client: Client, ids: dict[str, list[str]], shards_v2: Path
 ) -> None:
-    from bigearth.bands import GROUPS
-    from bigearth.patches import PatchStore
+    from bigearth.core.bands import GROUPS
+    from bigearth.shards.patches import PatchStore
 
     pid = ids["test"][0]
     by_id = client.classify(patch_id=pid)
@@ -124,8 +124,8 @@ def test_classify_by_patch_id_equals_classify_of_the_uploaded_arrays(
 def test_dynamic_batching_batches_concurrent_requests(url: str, ids: dict[str, list[str]], shards_v2: Path) -> None:
     from ray import serve
 
-    from bigearth.bands import GROUPS
-    from bigearth.patches import PatchStore
+    from bigearth.core.bands import GROUPS
+    from bigearth.shards.patches import PatchStore
 
     async def burst() -> None:
         async with AsyncClient(url, api_key=KEY) as c:
@@ -166,9 +166,9 @@ def test_search_by_patch_id_with_filters(client: Client, url: str, ids: dict[str
 def test_search_by_vector(client: Client, ids: dict[str, list[str]], tiny_run: Path, shards_v2: Path) -> None:
     import torch
 
-    from bigearth.bands import GROUPS
+    from bigearth.core.bands import GROUPS
     from bigearth.models.checkpoints import load
-    from bigearth.patches import PatchStore
+    from bigearth.shards.patches import PatchStore
 
     # the embedded index is open in the Retriever (one process per folder): compute the vector as the indexer did
     pid = ids["validation"][0]

@@ -18,12 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
-from bigearth.api import MAX_EXACT_K, SearchRequest
-from bigearth.bands import ALL_BANDS, GROUPS
-from bigearth.pages import CorruptPage, Unsupported
+from bigearth.api.schemas import MAX_EXACT_K, SearchRequest
+from bigearth.core.bands import ALL_BANDS, GROUPS
 from bigearth.retrieval.indexer import PAYLOAD_COLUMNS
 from bigearth.retrieval.schema import MAX_FILTER_VALUES, SearchFilter
-from bigearth.shards import PAGE_PAIRS
+from bigearth.shards.format import PAGE_PAIRS
+from bigearth.shards.pages import CorruptPage, Unsupported
 
 PAIRS = 300  # three row groups (128 + 128 + 44)
 ALL_GROUPS = {g: GROUPS[g] for g in ("s1", "s2_10m", "s2_20m", "s2_60m")}
@@ -60,8 +60,8 @@ def _rows(n: int) -> Iterator[dict[str, Any]]:
 def _write(out: Path, old_layout: bool = False) -> Path:
     """A shard set of PAIRS pairs in one file: written by the platform's writer, or (`old_layout`) as shards were
     before the page index (one page per column chunk, no offset index)."""
-    from bigearth.shards import SHARD_SCHEMA, Manifest, ShardWriter
-    from bigearth.storage import open_fs
+    from bigearth.core.storage import open_fs
+    from bigearth.shards.format import SHARD_SCHEMA, Manifest, ShardWriter
 
     fs, _ = open_fs(str(out))
     (out / "train").mkdir(parents=True)
@@ -345,7 +345,7 @@ def test_a_cached_count_expires() -> None:
 
 def test_exact_search_is_refused_on_a_large_collection(retriever: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     import bigearth.serving.deployments as deployments
-    from bigearth.api import ApiError
+    from bigearth.api.schemas import ApiError
 
     query = {"vector": [0.1] * 8, "k": 5, "exact": True}
     assert len(retriever.search(query, None)["hits"]) == 5
@@ -357,7 +357,7 @@ def test_exact_search_is_refused_on_a_large_collection(retriever: Any, monkeypat
 
 
 def test_a_404_does_not_reveal_where_the_shards_are(retriever: Any, shards: Path) -> None:
-    from bigearth.api import ApiError
+    from bigearth.api.schemas import ApiError
 
     with pytest.raises(ApiError) as e:
         retriever.patch_info("S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99")
@@ -367,7 +367,7 @@ def test_a_404_does_not_reveal_where_the_shards_are(retriever: Any, shards: Path
 
 # ------------------------------------------------------------------------------------------------ PatchStore
 def test_a_lookup_reads_one_row_not_a_row_group(shards: Path) -> None:
-    from bigearth.patches import PatchStore
+    from bigearth.shards.patches import PatchStore
 
     store = PatchStore(str(shards), cache_bytes=0)  # every lookup reads
     table = pq.read_table(shards / "train" / "part-00000.parquet")
@@ -386,7 +386,7 @@ def test_a_lookup_reads_one_row_not_a_row_group(shards: Path) -> None:
 
 
 def test_shards_without_a_page_index_still_read_by_row_group(old_shards: Path, shards: Path) -> None:
-    from bigearth.patches import PatchStore
+    from bigearth.shards.patches import PatchStore
 
     old, new = PatchStore(str(old_shards)), PatchStore(str(shards))
     for i in (3, 150, PAIRS - 2):
@@ -396,7 +396,7 @@ def test_shards_without_a_page_index_still_read_by_row_group(old_shards: Path, s
 
 
 def test_the_cache_is_sized_in_bytes(shards: Path) -> None:
-    from bigearth.patches import PatchStore
+    from bigearth.shards.patches import PatchStore
 
     budget = 2 * 1024 * 1024
     store = PatchStore(str(shards), cache_bytes=budget)
@@ -413,9 +413,9 @@ def test_the_cache_is_sized_in_bytes(shards: Path) -> None:
 def test_a_damaged_page_is_a_shard_format_error_naming_file_and_column(shards: Path, tmp_path: Path) -> None:
     import shutil
 
-    from bigearth.pages import offset_index_locations, page_locations, read_footer
-    from bigearth.patches import PatchStore
-    from bigearth.shards import ShardFormatError
+    from bigearth.shards.format import ShardFormatError
+    from bigearth.shards.pages import offset_index_locations, page_locations, read_footer
+    from bigearth.shards.patches import PatchStore
 
     copy = tmp_path / "shards"
     shutil.copytree(shards, copy)
@@ -438,7 +438,7 @@ def test_a_damaged_page_is_a_shard_format_error_naming_file_and_column(shards: P
 @given(st.binary(max_size=300))
 def test_the_page_index_parser_fuzz_fails_only_as_corrupt_or_unsupported(data: bytes) -> None:
     """Damaged footers, offset indexes and page headers: a CorruptPage / Unsupported, never a hang or another error."""
-    from bigearth.pages import PageLocation, offset_index_locations, page_locations, read_value
+    from bigearth.shards.pages import PageLocation, offset_index_locations, page_locations, read_value
 
     for parse in (offset_index_locations, page_locations):
         with contextlib.suppress(CorruptPage):
@@ -453,7 +453,7 @@ def test_the_page_index_parser_fuzz_fails_only_as_corrupt_or_unsupported(data: b
 
 
 def test_an_offset_index_reads_back() -> None:
-    from bigearth.pages import PageLocation, page_locations
+    from bigearth.shards.pages import PageLocation, page_locations
 
     # OffsetIndex{page_locations: [PageLocation{offset 0, compressed_page_size 1000, first_row_index 0}]}
     assert page_locations(b"\x19\x1c\x16\x00\x15\xd0\x0f\x16\x00\x00\x00") == [PageLocation(0, 1000, 0)]
@@ -473,7 +473,7 @@ def test_a_huge_declared_map_of_bools_is_refused_at_once() -> None:
     the size cannot fit; it used to loop 10**8 times reading nothing (12 s; 10**12: hours)."""
     import time
 
-    from bigearth.pages import page_locations
+    from bigearth.shards.pages import page_locations
 
     for size in (10**8, 10**12, 2**63):
         start = time.monotonic()
@@ -524,7 +524,7 @@ def _thrift_struct(draw: Any, depth: int) -> bytes:
 def test_structured_thrift_fuzz_fails_fast_only_as_corrupt_page(data: st.DataObject) -> None:
     """Thrift-shaped offset indexes, footers and page headers: nested lists, maps and structs whose declared sizes
     (varints up to 2**64) exceed what follows; every one parses or is a CorruptPage within the deadline."""
-    from bigearth.pages import PageLocation, offset_index_locations, page_locations, read_value
+    from bigearth.shards.pages import PageLocation, offset_index_locations, page_locations, read_value
 
     blob = _thrift_struct(data.draw, 0)
     for parse in (offset_index_locations, page_locations):
@@ -537,10 +537,10 @@ def test_structured_thrift_fuzz_fails_fast_only_as_corrupt_page(data: st.DataObj
 def test_a_page_without_a_checksum_is_read_through_the_verified_row_group(shards: Path, tmp_path: Path) -> None:
     """Shards with a page index but no page CRCs (not what the writer makes): the page reader does not read a page
     it cannot check (Unsupported), and the lookup reads the row group through pyarrow instead, right values."""
-    from bigearth.pages import offset_index_locations, page_locations, read_footer, read_value
-    from bigearth.patches import PatchStore
-    from bigearth.shards import SHARD_SCHEMA, Manifest
-    from bigearth.storage import open_fs
+    from bigearth.core.storage import open_fs
+    from bigearth.shards.format import SHARD_SCHEMA, Manifest
+    from bigearth.shards.pages import offset_index_locations, page_locations, read_footer, read_value
+    from bigearth.shards.patches import PatchStore
 
     out = tmp_path / "nocrc"
     (out / "train").mkdir(parents=True)
@@ -570,7 +570,7 @@ def test_a_page_without_a_checksum_is_read_through_the_verified_row_group(shards
 @given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
 def test_a_mutated_page_reads_back_right_or_is_refused(shards: Path, flips: list[tuple[int, int]]) -> None:
     """Bytes of a real page (header and data) changed: the right value, or CorruptPage / Unsupported."""
-    from bigearth.pages import offset_index_locations, page_locations, read_footer, read_value
+    from bigearth.shards.pages import offset_index_locations, page_locations, read_footer, read_value
 
     data = _B02_FILE.get("data") or _B02_FILE.setdefault("data", (shards / "train" / "part-00000.parquet").read_bytes())
     col = pq.ParquetFile(shards / "train" / "part-00000.parquet").schema_arrow.get_field_index("B02")

@@ -14,11 +14,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from bigearth.bands import ALL_BANDS
-from bigearth.data import iter_torch, open_split
-from bigearth.ingest import ingest, plan_shards
-from bigearth.shards import MANIFEST, SHARD_SCHEMA, Manifest, ShardFormatError
-from bigearth.storage import open_fs
+from bigearth.core.bands import ALL_BANDS
+from bigearth.core.storage import open_fs
+from bigearth.ingest.job import ingest, plan_shards
+from bigearth.input.raydata import iter_torch, open_split
+from bigearth.shards.format import MANIFEST, SHARD_SCHEMA, Manifest, ShardFormatError
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -51,7 +51,7 @@ def test_flipped_bytes_are_an_error_naming_the_file(shards_v2: Path, tmp_path: P
     victim = _first_file(shards)
     data = bytearray(victim.read_bytes())
     # inside a pixel page: the last bytes of one (an lz4 block ends in literals, so it still decompresses)
-    from bigearth.pages import offset_index_locations, page_locations, read_footer
+    from bigearth.shards.pages import offset_index_locations, page_locations, read_footer
 
     column = pq.ParquetFile(victim).schema_arrow.get_field_index("B02")
     where = offset_index_locations(read_footer(lambda n, o: bytes(data[o : o + n]), len(data)))[0][column]

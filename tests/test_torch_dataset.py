@@ -1,4 +1,4 @@
-"""The plain PyTorch dataset (`bigearth.torchdata.ShardDataset`) through real DataLoaders: every pair once across
+"""The plain PyTorch dataset (`bigearth.input.torchdata.ShardDataset`) through real DataLoaders: every pair once across
 workers and ranks, the shards' exact values in torchgeo-style samples, seeded shuffling, clear errors."""
 
 from __future__ import annotations
@@ -16,15 +16,15 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-import bigearth.loader
-import bigearth.shards
-import bigearth.torchdata
-from bigearth import labels as lab
-from bigearth.bands import BAND_SETS, BANDS, GROUPS, STATS
-from bigearth.data import decode_batch
-from bigearth.shards import Manifest, ShardFormatError, ShardWriter
-from bigearth.storage import open_fs
-from bigearth.torchdata import ShardDataset
+import bigearth.input.loader
+import bigearth.input.torchdata
+import bigearth.shards.format
+from bigearth.core import labels as lab
+from bigearth.core.bands import BAND_SETS, BANDS, GROUPS, STATS
+from bigearth.core.storage import open_fs
+from bigearth.input.raydata import decode_batch
+from bigearth.input.torchdata import ShardDataset
+from bigearth.shards.format import Manifest, ShardFormatError, ShardWriter
 from helpers import REPO
 
 
@@ -56,7 +56,8 @@ def fine(shards_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _split(shards: Path, split: str) -> tuple[list[str], dict[str, dict[str, np.ndarray]]]:
-    """An independent read of a split: pyarrow over the manifest's files, decoded by `bigearth.data.decode_batch`;
+    """An independent read of a split: pyarrow over the manifest's files, decoded by
+    `bigearth.input.raydata.decode_batch`;
     (patch ids in file order, per patch id its arrays)."""
     m = Manifest.load(*open_fs(str(shards)))
     ids: list[str] = []
@@ -118,7 +119,7 @@ def test_files_are_dealt_by_rank_then_worker(fine: Path, monkeypatch: pytest.Mon
         ds = ShardDataset(fine, "validation", rank=rank, world_size=2)
         for worker in (0, 1):
             info = types.SimpleNamespace(id=worker, num_workers=2)
-            monkeypatch.setattr(bigearth.torchdata, "get_worker_info", lambda info=info: info)
+            monkeypatch.setattr(bigearth.input.torchdata, "get_worker_info", lambda info=info: info)
             got = [s["patch_id"] for s in ds]
             expected = [
                 pid for p in files[rank::2][worker::2] for pid in pq.read_table(p).column("patch_id").to_pylist()
@@ -127,7 +128,8 @@ def test_files_are_dealt_by_rank_then_worker(fine: Path, monkeypatch: pytest.Mon
 
 
 def test_values_are_the_shards_and_the_stem_resampling(fine: Path) -> None:
-    """`image` against an independent computation: the shards decoded by `bigearth.data`, 10 m bands as they are,
+    """`image` against an independent computation: the shards decoded by
+    `bigearth.input.raydata`, 10 m bands as they are,
     20 m / 60 m bands resampled by F.interpolate (bilinear, align_corners=False), channels in band-set order."""
     _, by_id = _split(fine, "validation")
     ds = ShardDataset(fine, "validation", native=True)
@@ -204,8 +206,8 @@ def test_rows_and_row_groups_of_a_file_are_shuffled(
     shards_v2: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Files of several row groups (row groups of 4 pairs here): every row once, row groups and rows permuted."""
-    monkeypatch.setattr(bigearth.shards, "ROW_GROUP_PAIRS", 4)
-    monkeypatch.setattr(bigearth.loader, "ROW_GROUP_PAIRS", 4)
+    monkeypatch.setattr(bigearth.shards.format, "ROW_GROUP_PAIRS", 4)
+    monkeypatch.setattr(bigearth.input.loader, "ROW_GROUP_PAIRS", 4)
     multi = _reshard(shards_v2, tmp_path / "multi", rows_per_file=30)
     ids, _ = _split(multi, "train")
     assert pq.ParquetFile(Manifest.load(*open_fs(str(multi))).shard_paths(str(multi), "train")[0]).num_row_groups > 2
@@ -224,7 +226,7 @@ def test_rows_and_row_groups_of_a_file_are_shuffled(
     assert all(span == list(range(span[0], span[0] + len(span))) for span in spans)  # a row group stays together
     assert [s[0] for s in spans] != sorted(s[0] for s in spans)  # row groups in another order
     assert any([read[k] for k in span] != g for span, g in zip(spans, written, strict=True) if len(g) > 1)  # rows
-    monkeypatch.setattr(bigearth.loader, "ROW_GROUP_PAIRS", 128)  # the manifest now implies other row groups
+    monkeypatch.setattr(bigearth.input.loader, "ROW_GROUP_PAIRS", 128)  # the manifest now implies other row groups
     stale = ShardDataset(multi, "train")
     with pytest.raises(ShardFormatError, match=r"expected 1 row group\(s\) of \[30\] rows"):
         list(stale)
@@ -262,7 +264,8 @@ def test_errors_name_what_is_missing(fine: Path, shards_v2: Path, tmp_path: Path
 def test_an_idle_worker_warns(shards_v2: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     ds = ShardDataset(shards_v2, "validation")
     n = len(ds.files)
-    monkeypatch.setattr(bigearth.torchdata, "get_worker_info", lambda: types.SimpleNamespace(id=n, num_workers=n + 1))
+    worker = types.SimpleNamespace(id=n, num_workers=n + 1)
+    monkeypatch.setattr(bigearth.input.torchdata, "get_worker_info", lambda: worker)
     with pytest.warns(UserWarning, match=f"has {n} shard file.*worker {n} gets none"):
         assert list(ds) == []
 

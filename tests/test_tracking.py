@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 from mlflow.tracking import MlflowClient
 
-from bigearth.labels import BEN19
+from bigearth.core.labels import BEN19
 from bigearth.training import tracking
 from bigearth.training.config import TrackingConfig, load_config
 from helpers import REPO
@@ -168,7 +168,7 @@ def test_credentials_in_tracking_uris_never_reach_the_logs_or_the_parameters(
 ) -> None:
     """A tracking URI may carry a password (`https://user:pass@host`, a database URL): warnings and prints show it
     masked, the parameters hold no credentials, and the URI rank 0 receives (through Ray Train's config) is Sealed."""
-    from bigearth.secrets import Sealed
+    from bigearth.core.secrets import Sealed
 
     password = "pw-Hunter2"
     for k in tracking.DRIVER_HTTP:

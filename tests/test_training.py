@@ -11,11 +11,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from bigearth.evaluation import evaluate
-from bigearth.labels import BEN19
+from bigearth.core.labels import BEN19
+from bigearth.core.storage import open_fs
+from bigearth.evaluation.classification import evaluate
 from bigearth.models.checkpoints import CheckpointError, find_best, load
-from bigearth.shards import Manifest
-from bigearth.storage import open_fs
+from bigearth.shards.format import Manifest
 from bigearth.training.config import ConfigError, load_config
 from bigearth.training.trainer import train
 from helpers import REPO
@@ -155,7 +155,7 @@ def test_checkpoint_loading_checks_what_it_loads(run: Path, tmp_path: Path) -> N
 @pytest.mark.slow
 def test_tiny_model_learns_the_synthetic_archive(tmp_path: Path) -> None:
     """On a synthetic archive `tiny-cpu` reaches a test micro F1 of at least 0.85 (measured 0.89) in minutes."""
-    from bigearth.ingest import ingest
+    from bigearth.ingest.job import ingest
     from bigearth.synth.archive import synthesize
 
     archive, shards = tmp_path / "archive", tmp_path / "shards"

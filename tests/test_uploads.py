@@ -19,9 +19,9 @@ import rasterio
 from rasterio.io import MemoryFile
 from starlette.requests import Request
 
-from bigearth.api import ApiError
+from bigearth.api.schemas import ApiError
+from bigearth.api.uploads import NPZ_MAX_MEMBER_BYTES, from_geotiffs, from_npz, read_upload
 from bigearth.archive.geotiff import encode
-from bigearth.serving.inputs import NPZ_MAX_MEMBER_BYTES, from_geotiffs, from_npz, read_upload
 
 
 def _tiff(array: np.ndarray) -> bytes:
@@ -297,7 +297,7 @@ def test_gdal_s_own_words_stay_in_the_log(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_an_upload_is_decoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bigearth.serving.inputs as inputs
+    import bigearth.api.uploads as inputs
 
     threads: list[int] = []
     loop_thread = threading.get_ident()  # asyncio.run runs its loop in this thread

@@ -9,7 +9,7 @@
         c.patch("S2A_MSIL2A_..."), c.rgb("S2A_MSIL2A_...")                                  # metadata, PNG
         c.browse({"country": "Portugal", "season": "summer"}, limit=50), c.facets()         # the archive
 
-`AsyncClient` has the same methods as coroutines. Request/response models are `bigearth.api`'s, the ones the
+`AsyncClient` has the same methods as coroutines. Request/response models are `bigearth.api.schemas`'s, the ones the
 server validates with.
 """
 
@@ -26,7 +26,7 @@ import httpx
 import numpy as np
 import tenacity
 
-from bigearth.api import (
+from bigearth.api.schemas import (
     BrowseRequest,
     BrowseResponse,
     ClassifyResponse,
@@ -38,9 +38,9 @@ from bigearth.api import (
     SearchResponse,
     ServiceError,
 )
+from bigearth.api.uploads import band_of
+from bigearth.core.secrets import read_secret_file
 from bigearth.retrieval.schema import SearchFilter
-from bigearth.secrets import read_secret_file
-from bigearth.serving.inputs import band_of
 
 PatchLike = str | Path | Sequence[str | Path] | Mapping[str, np.ndarray]
 RETRY_STATUS = {429, 502, 503, 504}

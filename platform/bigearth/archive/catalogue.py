@@ -25,7 +25,7 @@ from bigearth.archive.metadata import (  # noqa: F401  (the catalogue's public n
     read_v1_lists,
     read_v2_metadata,
 )
-from bigearth.storage import StorageOptions, open_fs
+from bigearth.core.storage import StorageOptions, open_fs
 
 
 @dataclass

@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bigearth.archive.layouts.base import Download
-from bigearth.storage import join
+from bigearth.core.storage import join
 
 MD5SUMS = "MD5SUMS"
 MAX_MD5SUMS = 1 << 20  # bytes: a list of a few downloads is under 1 KB

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from bigearth.archive.names import parse_s1
-from bigearth.storage import StorageOptions, join, open_fs
+from bigearth.core.storage import StorageOptions, join, open_fs
 
 SPLITS = ("train", "validation", "test")
 #: Exclusion reasons, in the order they are attributed when a patch has several.

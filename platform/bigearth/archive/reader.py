@@ -14,12 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from bigearth import labels as lab
 from bigearth.archive import geotiff
 from bigearth.archive.layouts import ArchiveLayout
 from bigearth.archive.names import PatchNameError, parse_s1, parse_s2
-from bigearth.bands import S1_BANDS, S2_BANDS, Band
-from bigearth.storage import BlobReader, StorageUnavailable
+from bigearth.core import labels as lab
+from bigearth.core.bands import S1_BANDS, S2_BANDS, Band
+from bigearth.core.storage import BlobReader, StorageUnavailable
 
 
 @dataclass(frozen=True)

@@ -33,8 +33,8 @@ from bigearth.archive.layouts import ArchiveLayout, Download
 from bigearth.archive.layouts.downloads import split_locator
 from bigearth.archive.reader import MissingMember
 from bigearth.archive.tarstream import open_download
-from bigearth.records import RecordError, read_json, write_json_atomic
-from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.core.records import RecordError, read_json, write_json_atomic
+from bigearth.core.storage import StorageOptions, arrow_filesystem, join, open_fs
 
 log = logging.getLogger(__name__)
 

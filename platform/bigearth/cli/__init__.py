@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Sequence
 
-from bigearth.api import ServiceError
+from bigearth.api.schemas import ServiceError
 from bigearth.cli import (
     bench,
     demo,
@@ -30,7 +30,7 @@ from bigearth.cli import (
     train,
 )
 from bigearth.cli.common import add_storage_args, storage_from_args
-from bigearth.secrets import redact_text
+from bigearth.core.secrets import redact_text
 
 __all__ = ["add_storage_args", "build_parser", "main", "storage_from_args"]
 
@@ -90,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from bigearth import raycluster
+    from bigearth.execution import raycluster
 
     raycluster.arm()
     try:

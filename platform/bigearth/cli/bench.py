@@ -21,7 +21,8 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--path",
         default="rowgroups",
         choices=["rowgroups", "rows"],
-        help="rowgroups: what training uses (bigearth.loader); rows: Ray Data's row path (open_split -> iter_torch)",
+        help="rowgroups: what training uses (bigearth.input.loader); rows: Ray Data's row path "
+        "(open_split -> iter_torch)",
     )
     p.add_argument("--shuffle-buffer", type=int, default=2048, help="rows in the shuffle buffer (0 = off)")
     p.add_argument("--threads", type=int, help="reader threads of the rowgroups path (default: one per CPU)")
@@ -30,7 +31,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bigearth.benchmark import bench_input
+    from bigearth.input.benchmark import bench_input
 
     result = bench_input(
         a.shards,

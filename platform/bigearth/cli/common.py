@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from bigearth.secrets import read_secret
-from bigearth.storage import StorageOptions
+from bigearth.core.secrets import read_secret
+from bigearth.core.storage import StorageOptions
 
 
 def add_secret_argument(g: Any, flag: str, env: str | None, help: str) -> None:

@@ -18,7 +18,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bigearth.demo import run_demo
+    from bigearth.demo.run import run_demo
 
     run_demo(a.workdir, pairs=a.pairs, epochs=a.epochs, seed=a.seed, serve=a.serve, port=a.port, shared=a.shared)
     return 0

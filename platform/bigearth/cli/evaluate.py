@@ -27,7 +27,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bigearth.evaluation import evaluate
+    from bigearth.evaluation.classification import evaluate
 
     m = evaluate(a.checkpoint, a.data, a.split, a.out, storage_from_args(a), actors=a.actors)
     print(json.dumps({"out": a.out, **{k: m[k] for k in SUMMARY}}))

@@ -7,7 +7,7 @@ import json
 from collections.abc import Callable
 
 from bigearth.cli.common import add_storage_args, storage_from_args
-from bigearth.outputlock import BREAK_LOCK_HELP
+from bigearth.core.outputlock import BREAK_LOCK_HELP
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -22,8 +22,8 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    """OUT is locked while it is written (bigearth.outputlock)."""
-    from bigearth.outputlock import OutputLock
+    """OUT is locked while it is written (bigearth.core.outputlock)."""
+    from bigearth.core.outputlock import OutputLock
 
     with OutputLock(a.out, "import-reben", storage_from_args(a), break_lock=a.break_lock) as lock:
         return _import(a, lock.verify)  # a lock taken over meanwhile: stop before meta.json

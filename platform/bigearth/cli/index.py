@@ -14,7 +14,7 @@ import argparse
 import json
 
 from bigearth.cli.common import add_secret_argument, add_storage_args, secret_from_args, storage_from_args
-from bigearth.outputlock import BREAK_LOCK_HELP
+from bigearth.core.outputlock import BREAK_LOCK_HELP
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -46,7 +46,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(a: argparse.Namespace) -> int:
     """The collection is locked while it is written (build_index: `<index>/.bigearth-lock-<collection>.json` for
     the embedded engine, the marker collection `<collection>-lock` on Qdrant)."""
-    from bigearth.records import write_json_atomic
+    from bigearth.core.records import write_json_atomic
     from bigearth.retrieval.backends import IndexSettings
     from bigearth.retrieval.indexer import build_index
 

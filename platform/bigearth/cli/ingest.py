@@ -6,7 +6,7 @@ import argparse
 
 from bigearth.archive.layouts import list_layouts
 from bigearth.cli.common import add_storage_args, patch_list, storage_from_args
-from bigearth.outputlock import BREAK_LOCK_HELP
+from bigearth.core.outputlock import BREAK_LOCK_HELP
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -75,7 +75,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bigearth.ingest import ingest
+    from bigearth.ingest.job import ingest
 
     m = ingest(
         a.archive,

@@ -18,7 +18,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bigearth.reproduce import write_table
+    from bigearth.evaluation.reproduce import write_table
 
     print(write_table(a.eval_root, a.out, storage_from_args(a)), end="")
     return 0

@@ -10,7 +10,7 @@ from typing import Any, get_args
 
 from pydantic import BaseModel
 
-from bigearth.secrets import argv_warning
+from bigearth.core.secrets import argv_warning
 from bigearth.serving.args import SECRET_FIELDS, AppArgs
 
 log = logging.getLogger("bigearth.serve")
@@ -100,8 +100,8 @@ def _serve(a: argparse.Namespace, keys_file: str | None) -> int:
 
     from ray import serve
 
-    from bigearth import raycluster
-    from bigearth.raycluster import ensure_ray
+    from bigearth.execution import raycluster
+    from bigearth.execution.raycluster import ensure_ray
     from bigearth.serving.app import build
 
     args = AppArgs(**{**model_values(a, AppArgs), "api_keys_file": keys_file})

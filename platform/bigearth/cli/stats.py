@@ -18,7 +18,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
-    from bigearth.stats import band_stats
+    from bigearth.input.stats import band_stats
 
     stats = band_stats(a.shards, a.split, storage_from_args(a))
     text = json.dumps(stats, indent=1)

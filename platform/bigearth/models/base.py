@@ -81,7 +81,7 @@ class ModelSpec:
     @property
     def groups(self) -> dict[str, tuple[str, ...]]:
         """Batch group -> its bands, for every band of the model."""
-        from bigearth.data import groups_for
+        from bigearth.input.raydata import groups_for
 
         return groups_for(list(self.bands))
 
@@ -118,7 +118,7 @@ class BigEarthModel(nn.Module):
         return []
 
     def input_groups(self) -> tuple[str, ...]:
-        from bigearth.data import groups_for
+        from bigearth.input.raydata import groups_for
 
         return tuple(groups_for(list(self.bands)))
 
@@ -137,7 +137,7 @@ class BigEarthModel(nn.Module):
     # ------------------------------------------------------------------ what a checkpoint records
     @property
     def spec(self) -> ModelSpec:
-        from bigearth.labels import class_names
+        from bigearth.core.labels import class_names
 
         return ModelSpec(
             name=self.registry_name,

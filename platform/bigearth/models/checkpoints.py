@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
+from bigearth.core.records import RecordError, read_json, write_json_atomic
+from bigearth.core.secrets import redact
+from bigearth.core.storage import StorageOptions, join, open_fs
 from bigearth.models.base import BigEarthModel, ModelSpec
 from bigearth.models.registry import create_model
-from bigearth.records import RecordError, read_json, write_json_atomic
-from bigearth.secrets import redact
-from bigearth.storage import StorageOptions, join, open_fs
 
 MODEL_FILE, STATE_FILE, META_FILE = "model.pt", "train_state.pt", "meta.json"
 
@@ -84,7 +84,8 @@ class LoadedModel:
 
 
 def save(directory: str, model: BigEarthModel, meta: dict[str, Any], train_state: dict[str, Any] | None = None) -> None:
-    """Write a checkpoint folder; the model's spec is added to `meta`, credentials are masked (`bigearth.secrets`)."""
+    """Write a checkpoint folder; the model's spec is added to `meta`, credentials are masked
+    (`bigearth.core.secrets`)."""
     os.makedirs(directory, exist_ok=True)
     torch.save(model.state_dict(), os.path.join(directory, MODEL_FILE))
     if train_state is not None:

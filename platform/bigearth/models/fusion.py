@@ -139,7 +139,7 @@ class FusionClassifier(BigEarthModel):
 
     def encoder_groups(self) -> dict[str, tuple[str, ...]]:
         """Encoder name -> the batch groups it reads (`{"s1": ("s1",), "s2": ("s2_10m", "s2_20m")}`)."""
-        from bigearth.data import groups_for
+        from bigearth.input.raydata import groups_for
 
         return {name: tuple(groups_for(list(enc.stem.bands))) for name, enc in self._encoders().items()}
 
@@ -214,7 +214,7 @@ def _bands(bands: Sequence[str] | None, default: str, sensors: str) -> str | tup
     list must hold the sensors the model is for (`s1s2`: both)."""
     if bands is None:
         return default
-    from bigearth.bands import BANDS
+    from bigearth.core.bands import BANDS
 
     have = {BANDS[b].sensor for b in bands if b in BANDS}
     want = {"s1s2": {"s1", "s2"}, "s1": {"s1"}, "s2": {"s2"}}[sensors]

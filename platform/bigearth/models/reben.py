@@ -25,12 +25,12 @@ from typing import Any
 
 import torch
 
-from bigearth import labels as lab
-from bigearth.bands import BAND_SETS
+from bigearth.core import labels as lab
+from bigearth.core.bands import BAND_SETS
+from bigearth.core.records import write_bytes_atomic
+from bigearth.core.storage import StorageOptions, join, open_fs
 from bigearth.models import checkpoints
 from bigearth.models.checkpoints import CheckpointError
-from bigearth.records import write_bytes_atomic
-from bigearth.storage import StorageOptions, join, open_fs
 
 logger = logging.getLogger(__name__)
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"

@@ -1,6 +1,6 @@
 """One runner for a loaded model: its device, no-grad inference, and the batch groups it needs. Evaluation
-(`bigearth.evaluation.Predictor`), indexing (`bigearth.retrieval.indexer.Embedder`) and the Serve `Classifier` all
-go through it, so preprocessing, device placement and the vectors they produce cannot drift apart."""
+(`bigearth.evaluation.classification.Predictor`), indexing (`bigearth.retrieval.indexer.Embedder`) and the Serve
+`Classifier` all go through it, so preprocessing, device placement and the vectors they produce cannot drift apart."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class ModelRunner:
 
     def batch_from_table(self, table: Any) -> dict[str, Any]:
         """Arrow rows of a shard -> the model's batch on its device."""
-        from bigearth.data import decode_batch, to_torch
+        from bigearth.input.raydata import decode_batch, to_torch
 
         return to_torch(decode_batch(table, self.groups, self.nomenclature), self.device)
 

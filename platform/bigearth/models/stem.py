@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bigearth.bands import BAND_SETS, GROUPS, STATS
+from bigearth.core.bands import BAND_SETS, GROUPS, STATS
 
 
 def resolve_bands(bands: str | Sequence[str]) -> tuple[str, ...]:

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from bigearth.records import RecordError, read_json, write_bytes_atomic, write_json_atomic
+from bigearth.core.records import RecordError, read_json, write_bytes_atomic, write_json_atomic
 from bigearth.retrieval.backends import (
     COLLECTION_META,
     DEFAULT_COLLECTION,
@@ -84,8 +84,8 @@ class EdgeIndex(VectorIndex):
         write_bytes_atomic(None, self.pointer, (version + "\n").encode())
 
     def writer_lock(self, job: str, *, break_lock: bool = False) -> Any:
-        """`TARGET/.bigearth-lock-COLLECTION.json` (bigearth.outputlock)."""
-        from bigearth.outputlock import OutputLock
+        """`TARGET/.bigearth-lock-COLLECTION.json` (bigearth.core.outputlock)."""
+        from bigearth.core.outputlock import OutputLock
 
         return OutputLock(self.target, job, name=f".bigearth-lock-{self.collection}.json", break_lock=break_lock)
 

@@ -19,12 +19,12 @@ from typing import Any
 
 import numpy as np
 
-from bigearth import labels as lab
-from bigearth.records import write_bytes_atomic, write_json_atomic
+from bigearth.core import labels as lab
+from bigearth.core.records import write_bytes_atomic, write_json_atomic
+from bigearth.core.secrets import redact
+from bigearth.core.storage import StorageOptions, join, open_fs
 from bigearth.retrieval.backends import DEFAULT_COLLECTION, open_index
 from bigearth.retrieval.schema import SearchFilter
-from bigearth.secrets import redact
-from bigearth.storage import StorageOptions, join, open_fs
 
 #: per-query metrics, averaged over the queries (`<name>@<k>` in retrieval.json; formulas in docs/retrieval.md)
 METRICS = ("map", "map_retrieved", "precision", "recall", "ndcg", "acg", "wap", "f1")
@@ -95,7 +95,7 @@ def evaluate_retrieval(
     api_key: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate every mode the index has; write `retrieval.json` and `retrieval.md` to `out` when given."""
-    from bigearth.data import read_columns
+    from bigearth.input.raydata import read_columns
 
     index = open_index(target, collection, api_key=api_key)
     meta = index.metadata()

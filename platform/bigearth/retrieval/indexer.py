@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from bigearth.evaluation import Predictor
+from bigearth.core.secrets import redact
+from bigearth.core.storage import StorageOptions
+from bigearth.evaluation.classification import Predictor
 from bigearth.retrieval.backends import DEFAULT_COLLECTION, IndexSettings, VectorIndex, VectorIndexError, open_index
-from bigearth.secrets import redact
-from bigearth.storage import StorageOptions
 
 log = logging.getLogger(__name__)
 PAYLOAD_COLUMNS = [
@@ -123,11 +123,11 @@ def _build_locked(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from bigearth.data import open_split
+    from bigearth.core.storage import open_fs
+    from bigearth.execution.raycluster import ensure_ray
+    from bigearth.input.raydata import open_split
     from bigearth.models.checkpoints import resolve, weights_digest
-    from bigearth.raycluster import ensure_ray
-    from bigearth.shards import Manifest
-    from bigearth.storage import open_fs
+    from bigearth.shards.format import Manifest
 
     ensure_ray()
     t0 = time.perf_counter()

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import tenacity
 
-from bigearth.outputlock import OutputLock
+from bigearth.core.outputlock import OutputLock
 from bigearth.retrieval.backends import (
     DEFAULT_COLLECTION,
     VERSION,

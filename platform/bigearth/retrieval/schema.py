@@ -17,7 +17,7 @@ from typing import Annotated, Any, Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
-from bigearth.labels import BEN19, BEN43
+from bigearth.core.labels import BEN19, BEN43
 
 POINT_NAMESPACE = uuid.UUID("6f0b7c2e-5b1a-5d8e-9c39-2b3f4e1d0a77")  # fixed: ids must stay stable across releases
 VECTOR_NAMES = ("fused", "s1", "s2")

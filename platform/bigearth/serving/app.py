@@ -6,7 +6,7 @@ and a `Retriever` (the vector index and the shard set).
 
 Routes (the OpenAPI page at /docs is the reference): POST /v1/classify, POST /v1/search, GET /v1/patches/{id},
 GET /v1/patches/{id}/rgb.png, GET /healthz, GET /readyz, GET /metrics. Bad input gets a 4xx JSON error
-(`bigearth.api.ErrorBody`) naming the field; the service keeps answering.
+(`bigearth.api.schemas.ErrorBody`) naming the field; the service keeps answering.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from ray import serve
 
-from bigearth.api import (
+from bigearth.api.schemas import (
     EXACT_MAX_POINTS,
     ApiError,
     BrowseItem,
@@ -23,7 +23,7 @@ from bigearth.api import (
     SearchRequest,
     SearchResponse,
 )
-from bigearth.labels import BEN19 as _BEN19
+from bigearth.core.labels import BEN19 as _BEN19
 
 
 def _why(early: bool) -> str:
@@ -47,9 +47,9 @@ class Classifier:
     """Model replica: one model, requests batched by `@serve.batch` (its size and wait set per replica)."""
 
     def __init__(self, checkpoint: str, cpus: float, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        from bigearth.core.storage import StorageOptions
         from bigearth.models.checkpoints import load
         from bigearth.models.runner import ModelRunner
-        from bigearth.storage import StorageOptions
 
         loaded = load(checkpoint, storage=StorageOptions.from_env())  # resolved, read and digested once
         self.runner = ModelRunner(loaded, threads=int(cpus) if cpus >= 1 else None)
@@ -97,10 +97,10 @@ class Retriever:
     def __init__(self, index: str, collection: str, data: str, api_key_file: str | None = None) -> None:
         import threading
 
-        from bigearth.patches import PatchStore
+        from bigearth.core.storage import StorageOptions
         from bigearth.retrieval import open_index
         from bigearth.serving.args import read_qdrant_key
-        from bigearth.storage import StorageOptions
+        from bigearth.shards.patches import PatchStore
 
         # read here, in the replica: a key passed as an argument would be stored in the Serve config
         key = read_qdrant_key(api_key_file)
@@ -180,7 +180,7 @@ class Retriever:
         }
 
     def _patch(self, patch_id: str) -> None:
-        from bigearth.patches import UnknownPatch
+        from bigearth.shards.patches import UnknownPatch
 
         try:
             self.store.locate(patch_id)
@@ -257,8 +257,8 @@ class Retriever:
         return self.store.arrays(patch_id, {g: tuple(b) for g, b in groups.items()})
 
     def rgb(self, patch_id: str, scale: int) -> bytes:
-        from bigearth.bands import GROUPS
-        from bigearth.quicklook import rgb_png
+        from bigearth.core.bands import GROUPS
+        from bigearth.core.quicklook import rgb_png
 
         self._patch(patch_id)
         return rgb_png(self.store.arrays(patch_id, {"s2_10m": GROUPS["s2_10m"]}), scale)

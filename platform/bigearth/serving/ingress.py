@@ -14,7 +14,7 @@ import numpy as np
 from fastapi import FastAPI, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from bigearth.api import (
+from bigearth.api.schemas import (
     ERROR_STATUSES,
     MAX_OFFSET,
     MAX_PAGE,
@@ -33,10 +33,10 @@ from bigearth.api import (
     SearchRequest,
     SearchResponse,
 )
+from bigearth.api.uploads import read_body, read_upload
 from bigearth.retrieval.schema import Split
 from bigearth.serving import web
 from bigearth.serving.args import AppArgs
-from bigearth.serving.inputs import read_body, read_upload
 from bigearth.serving.metrics import Tally
 
 log = logging.getLogger("bigearth.serve")
@@ -428,7 +428,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             ctype = request.headers.get("content-type", "")
             patch_id = None
             if ctype.startswith("multipart/form-data"):
-                from bigearth.serving.inputs import assemble
+                from bigearth.api.uploads import assemble
 
                 bands, _ = await self._upload(request)
                 inputs = assemble(bands, {g: tuple(b) for g, b in model["groups"].items()})
@@ -477,7 +477,7 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
                     raise ApiError(422, "an uploaded query takes no patch_id or vector", "request")
                 wanted = req.query_modality or req.using
                 groups = self._groups_for(model, wanted, "query_modality" if req.query_modality else "using")
-                from bigearth.serving.inputs import assemble
+                from bigearth.api.uploads import assemble
 
                 result = await self._infer(assemble(bands, groups))
                 vectors = {n: v.tolist() for n, v in result["vectors"].items()}
@@ -567,9 +567,9 @@ def make_ingress(serve: Any, fastapi_app: Any) -> Any:
             openapi_extra=_UPLOAD_BODY,
         )
         async def quicklook(self, request: Request, scale: Annotated[int, Query(ge=1, le=MAX_SCALE)] = 1) -> Response:
-            from bigearth.bands import GROUPS
-            from bigearth.quicklook import rgb_png
-            from bigearth.serving.inputs import assemble
+            from bigearth.api.uploads import assemble
+            from bigearth.core.bands import GROUPS
+            from bigearth.core.quicklook import rgb_png
 
             ctype = request.headers.get("content-type", "")
             if not ctype.startswith("multipart/form-data"):

@@ -20,14 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from bigearth import labels as lab
 from bigearth.archive import geotiff
 from bigearth.archive.layouts import ArchiveLayout, layout_for
 from bigearth.archive.layouts.v1 import V1_S2_DIR
 from bigearth.archive.metadata import V1_LISTS, V2_METADATA, V2_SNOW_CLOUD_METADATA
 from bigearth.archive.names import parse_s1, parse_s2
-from bigearth.bands import S1_BANDS, S2_BANDS
-from bigearth.storage import StorageOptions, join, open_fs
+from bigearth.core import labels as lab
+from bigearth.core.bands import S1_BANDS, S2_BANDS
+from bigearth.core.storage import StorageOptions, join, open_fs
 from bigearth.synth.grid import PATCH_M, patch_corner, projection_wkt
 from bigearth.synth.render import render_pair
 from bigearth.synth.signatures import sample_labels

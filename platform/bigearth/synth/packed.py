@@ -24,7 +24,7 @@ from bigearth.archive.layouts.base import Download
 from bigearth.archive.layouts.v1_downloads import V1_DOWNLOADS
 from bigearth.archive.layouts.v2_downloads import V2_DOWNLOADS
 from bigearth.archive.metadata import V2_METADATA, V2_SNOW_CLOUD_METADATA
-from bigearth.storage import StorageOptions, join, open_fs
+from bigearth.core.storage import StorageOptions, join, open_fs
 
 ZSTD_LEVEL = 6
 

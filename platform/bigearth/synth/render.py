@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bigearth.bands import S1_BANDS, S2_BANDS
-from bigearth.labels import CLC_CODE_OF_19
+from bigearth.core.bands import S1_BANDS, S2_BANDS
+from bigearth.core.labels import CLC_CODE_OF_19
 from bigearth.synth.signatures import CLOUD, S1_SIGNATURES, S2_SIGNATURES, SNOW
 
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from bigearth.labels import BEN19
+from bigearth.core.labels import BEN19
 
-# Band order: B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12 (bigearth.bands.S2_BANDS)
+# Band order: B01 B02 B03 B04 B05 B06 B07 B08 B8A B09 B11 B12 (bigearth.core.bands.S2_BANDS)
 _S2 = {
     "Urban fabric": [1200, 1100, 1050, 1100, 1300, 1500, 1600, 1700, 1750, 1600, 2200, 1900],
     "Industrial or commercial units": [1400, 1300, 1300, 1400, 1500, 1650, 1750, 1850, 1900, 1700, 2500, 2300],

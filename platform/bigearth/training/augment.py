@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from bigearth.bands import GROUPS
+from bigearth.core.bands import GROUPS
 
 AUGMENTATIONS = ("none", "flips")
 

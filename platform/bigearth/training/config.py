@@ -31,7 +31,7 @@ class ModelConfig(_Strict):
     )
     stats: str = Field(
         "v2",
-        description="normalisation statistics (bigearth.bands.STATS): v2, v1 (native size), v2-120-nearest, "
+        description="normalisation statistics (bigearth.core.bands.STATS): v2, v1 (native size), v2-120-nearest, "
         "v2-120-bilinear (ConfigILM's, after resampling to 120 px)",
     )
     pretrained: str | None = Field(None, description="state dict of the backbone: local file or URL")
@@ -44,7 +44,7 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """The input pipeline (`bigearth.loader`: row groups streamed into each worker)."""
+    """The input pipeline (`bigearth.input.loader`: row groups streamed into each worker)."""
 
     batch_size: int = Field(256, ge=1, description="per worker (ignored when global_batch_size is set)")
     global_batch_size: int | None = Field(

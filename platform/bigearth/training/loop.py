@@ -14,12 +14,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigearth.loader import RowGroupLoader, epoch_share, plan_of, row_share
+from bigearth.input.loader import RowGroupLoader, epoch_share, plan_of, row_share
+from bigearth.metrics.multilabel import MultilabelMetrics
 from bigearth.models import checkpoints
 from bigearth.models.registry import create_model
 from bigearth.training.augment import augmenter
 from bigearth.training.config import TrainConfig
-from bigearth.training.metrics import MultilabelMetrics
 
 
 def lr_lambda(step: int, warmup: int, total: int, start: float = 0.0, end: float = 0.0) -> float:

@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import Any
 
-from bigearth.secrets import Sealed, redact, redact_text, redact_url, reveal
+from bigearth.core.secrets import Sealed, redact, redact_text, redact_url, reveal
 from bigearth.training.config import TrackingConfig, TrainConfig
 
 log = logging.getLogger(__name__)
@@ -185,15 +185,13 @@ def end_run(target: dict[str, Any] | None, status: str) -> None:
 def artefacts(history: list[dict[str, Any]], scores: dict[str, Any] | None, split: str) -> dict[str, bytes]:
     """The files logged at the end: the curves and the epochs, and, when this attempt validated, the last
     validation's per-class chart and full scores (per class included)."""
-    from bigearth.training.curves import plot_curves
+    from bigearth.metrics.charts import per_class_chart, plot_curves
 
     files: dict[str, bytes] = {}
     if history:
         files["curves.png"] = plot_curves(history)
         files["metrics.jsonl"] = "".join(json.dumps(h) + "\n" for h in history).encode()
     if scores is not None:
-        from bigearth.evaluation import per_class_chart
-
         last = {"split": split, "epoch": history[-1]["epoch"] if history else None, **scores}
         files["per_class.png"] = per_class_chart(last)
         files["metrics.json"] = json.dumps(last, indent=1).encode()

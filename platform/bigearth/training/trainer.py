@@ -7,11 +7,11 @@ import os
 import time
 from typing import Any
 
-from bigearth.loader import open_row_groups
+from bigearth.core.secrets import redact
+from bigearth.core.storage import StorageOptions, join, open_fs, portable_arrow_filesystem
+from bigearth.input.loader import open_row_groups
 from bigearth.models.registry import create_model
-from bigearth.secrets import redact
-from bigearth.shards import Manifest
-from bigearth.storage import StorageOptions, join, open_fs, portable_arrow_filesystem
+from bigearth.shards.format import Manifest
 from bigearth.training import tracking
 from bigearth.training.config import TrainConfig
 
@@ -39,7 +39,7 @@ def train(
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from bigearth.raycluster import ensure_ray
+    from bigearth.execution.raycluster import ensure_ray
     from bigearth.training.loop import train_loop_per_worker
 
     ensure_ray()
@@ -52,7 +52,7 @@ def train(
     if cfg.data.nomenclature == 43 and manifest.source.get("layout") not in (None, "v1"):
         raise ValueError(f"{data}: 43-class labels exist only in shards ingested from a v1 archive")
     # The plan (one row per Parquet row group) goes to every worker whole: each takes its share per epoch
-    # (bigearth.loader.epoch_share), so all run the same number of steps and the split drops nothing.
+    # (bigearth.input.loader.epoch_share), so all run the same number of steps and the split drops nothing.
     datasets = {
         "train": open_row_groups(data, cfg.data.train_split, so),
         "validation": open_row_groups(data, cfg.data.val_split, so),

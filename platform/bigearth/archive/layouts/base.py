@@ -14,8 +14,8 @@ from typing import Any, ClassVar, Literal
 import pyarrow as pa
 from fsspec import AbstractFileSystem
 
-from bigearth.bands import S1_BANDS, S2_BANDS
-from bigearth.storage import StorageOptions, join
+from bigearth.core.bands import S1_BANDS, S2_BANDS
+from bigearth.core.storage import StorageOptions, join
 
 Version = Literal["v1", "v2"]
 

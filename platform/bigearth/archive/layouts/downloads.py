@@ -9,7 +9,7 @@ from typing import ClassVar
 from fsspec import AbstractFileSystem
 
 from bigearth.archive.layouts.base import ArchiveLayout, Download
-from bigearth.storage import join
+from bigearth.core.storage import join
 
 
 class DownloadsLayout(ArchiveLayout):

@@ -8,7 +8,7 @@ from fsspec import AbstractFileSystem
 from bigearth.archive.layouts import register_layout
 from bigearth.archive.layouts.base import ArchiveLayout
 from bigearth.archive.metadata import v1_table
-from bigearth.storage import StorageOptions, join
+from bigearth.core.storage import StorageOptions, join
 
 V1_S2_DIR = "BigEarthNet-v1.0"  # the S2 v1 archive's top folder is NOT BigEarthNet-S2-v1.0
 V1_S1_DIR = "BigEarthNet-S1-v1.0"

@@ -14,7 +14,7 @@ from bigearth.archive.layouts.base import Download
 from bigearth.archive.layouts.downloads import DownloadsLayout
 from bigearth.archive.layouts.v1 import V1_S1_DIR, V1_S2_DIR, V1Folders
 from bigearth.archive.metadata import v1_table
-from bigearth.storage import StorageOptions
+from bigearth.core.storage import StorageOptions
 
 V1_DOWNLOADS = (
     Download("BigEarthNet-S2-v1.0.tar.gz", V1_S2_DIR, "s2", "gzip", "5a64e9ce38deb036a435a7b59494924c"),

@@ -9,7 +9,7 @@ from bigearth.archive.layouts import register_layout
 from bigearth.archive.layouts.base import ArchiveLayout
 from bigearth.archive.metadata import V2_METADATA, v2_table
 from bigearth.archive.names import parse_s1, parse_s2
-from bigearth.storage import StorageOptions, join
+from bigearth.core.storage import StorageOptions, join
 
 V2_S2_DIR = "BigEarthNet-S2"
 V2_S1_DIR = "BigEarthNet-S1"

@@ -14,7 +14,7 @@ from bigearth.archive.layouts.base import Download
 from bigearth.archive.layouts.downloads import DownloadsLayout
 from bigearth.archive.layouts.v2 import V2_REFERENCE_MAPS_DIR, V2_S1_DIR, V2_S2_DIR, V2Folders
 from bigearth.archive.metadata import v2_table
-from bigearth.storage import StorageOptions, join
+from bigearth.core.storage import StorageOptions, join
 
 V2_DOWNLOADS = (
     Download("BigEarthNet-S2.tar.zst", V2_S2_DIR, "s2", "zstd", "2245ed2d1a93f6ce637d839bc856396e", 63_251_710_377),

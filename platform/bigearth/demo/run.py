@@ -62,10 +62,10 @@ def run_demo(
     from ray import serve as ray_serve
 
     from bigearth.client import Client
-    from bigearth.evaluation import evaluate
-    from bigearth.ingest import ingest
-    from bigearth.raycluster import ensure_ray
-    from bigearth.report import write_report
+    from bigearth.demo.report import write_report
+    from bigearth.evaluation.classification import evaluate
+    from bigearth.execution.raycluster import ensure_ray
+    from bigearth.ingest.job import ingest
     from bigearth.retrieval.evaluation import evaluate_retrieval
     from bigearth.retrieval.indexer import build_index
     from bigearth.serving.app import AppArgs, build

@@ -1,4 +1,4 @@
-"""The download side of the ingest job (bigearth.ingest): stage every published download file as one Ray task,
+"""The download side of the ingest job (bigearth.ingest.job): stage every published download file as one Ray task,
 summarise and report what the downloads held, and remove the staged members at the end. A download whose md5
 differs from the expected one (bigearth.archive.checksums) stops the ingest here, before any shard task, unless
 the user accepts it. The staging itself (one pass over one download, the spills, a shard's view of them) is
@@ -14,8 +14,8 @@ import pyarrow as pa
 from bigearth.archive.catalogue import Catalogue
 from bigearth.archive.checksums import ChecksumMismatch, check_md5, check_md5sums, read_md5sums
 from bigearth.archive.staging import missing_record, record_path, stage_download, staged_download_summary
-from bigearth.shards import Manifest
-from bigearth.storage import StorageOptions, join, open_fs
+from bigearth.core.storage import StorageOptions, join, open_fs
+from bigearth.shards.format import Manifest
 
 
 def stage_downloads(

@@ -6,8 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from bigearth.bands import GROUPS
-from bigearth.storage import StorageOptions
+from bigearth.core.bands import GROUPS
+from bigearth.core.storage import StorageOptions
 
 
 def _partial_sums(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -24,8 +24,8 @@ def _partial_sums(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 def band_stats(shards: str, split: str = "train", storage: StorageOptions | None = None) -> dict[str, Any]:
     """`{band: {"mean", "std", "count"}}` over every pixel of the split, at native resolution."""
-    from bigearth.data import open_split
-    from bigearth.raycluster import ensure_ray
+    from bigearth.execution.raycluster import ensure_ray
+    from bigearth.input.raydata import open_split
 
     ensure_ray()
     ds = open_split(shards, split, storage=storage, shuffle_files=False, decode=True)

@@ -20,10 +20,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from bigearth import labels as lab
-from bigearth.bands import BAND_SETS, BANDS, GROUPS
-from bigearth.shards import META_COLUMNS, Manifest, ShardFormatError, open_shard, read_row_group
-from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.core import labels as lab
+from bigearth.core.bands import BAND_SETS, BANDS, GROUPS
+from bigearth.core.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.shards.format import META_COLUMNS, Manifest, ShardFormatError, open_shard, read_row_group
 
 BandSet = Literal["all", "s1", "s2-10", "s2-12", "s1s2-10", "s1s2-12"]
 

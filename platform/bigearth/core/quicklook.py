@@ -7,7 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from bigearth.bands import GROUPS
+from bigearth.core.bands import GROUPS
 
 _RGB = [GROUPS["s2_10m"].index(b) for b in ("B04", "B03", "B02")]
 

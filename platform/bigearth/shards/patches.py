@@ -13,9 +13,16 @@ import numpy as np
 import pyarrow as pa
 
 from bigearth.archive.names import PatchNameError, check_safe_id
-from bigearth.pages import CorruptPage, Unsupported, offset_index_locations, page_locations, read_footer, read_value
-from bigearth.shards import META_COLUMNS, Manifest, ShardFormatError, open_shard, read_row_group
-from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.core.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.shards.format import META_COLUMNS, Manifest, ShardFormatError, open_shard, read_row_group
+from bigearth.shards.pages import (
+    CorruptPage,
+    Unsupported,
+    offset_index_locations,
+    page_locations,
+    read_footer,
+    read_value,
+)
 
 
 class UnknownPatch(KeyError):
@@ -230,8 +237,9 @@ class PatchStore:
         return meta
 
     def arrays(self, patch_id: str, groups: dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
-        """The pair's band groups as `[1, C, H, W]` arrays (the batch layout of `bigearth.data.decode_batch`)."""
-        from bigearth.data import decode_batch
+        """The pair's band groups as `[1, C, H, W]` arrays (the batch layout of
+        `bigearth.input.raydata.decode_batch`)."""
+        from bigearth.input.raydata import decode_batch
 
         columns = ["patch_id", "labels", *(b for names in groups.values() for b in names)]
         batch = decode_batch(self.row(patch_id, columns), groups)

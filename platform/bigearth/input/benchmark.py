@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bigearth.storage import StorageOptions
+from bigearth.core.storage import StorageOptions
 
 
 def bench_input(
@@ -22,7 +22,7 @@ def bench_input(
 ) -> dict[str, Any]:
     """Pairs per second of the training input (optionally the InputStem too) over `epochs` epochs.
 
-    `path="rowgroups"`: what training uses (the plan as a Ray Dataset -> `bigearth.loader.RowGroupLoader`, one
+    `path="rowgroups"`: what training uses (the plan as a Ray Dataset -> `bigearth.input.loader.RowGroupLoader`, one
     worker's view, `threads` readers, default one per CPU); `path="rows"`: Ray Data's row path (`open_split` ->
     `iter_torch`: read tasks -> object store -> collate), for comparison. Both shuffle with a buffer of
     `shuffle_buffer` rows. `first_batch_s` is the first epoch's wait for its first batch (cold: processes and
@@ -31,9 +31,9 @@ def bench_input(
     `cpus` is what the Ray cluster offers."""
     import ray
 
-    from bigearth.data import iter_torch, open_split
-    from bigearth.loader import RowGroupLoader, epoch_share, open_row_groups, plan_of
-    from bigearth.raycluster import ensure_ray
+    from bigearth.execution.raycluster import ensure_ray
+    from bigearth.input.loader import RowGroupLoader, epoch_share, open_row_groups, plan_of
+    from bigearth.input.raydata import iter_torch, open_split
 
     if path not in ("rowgroups", "rows"):
         raise ValueError(f"path {path!r}: expected 'rowgroups' or 'rows'")
@@ -112,9 +112,9 @@ def bench_read_alone(
     page cache is as warm as in the pipeline's later epochs)."""
     import pyarrow.parquet as pq
 
-    from bigearth.bands import BAND_SETS
-    from bigearth.shards import Manifest, open_shard, read_row_group
-    from bigearth.storage import arrow_filesystem, open_fs
+    from bigearth.core.bands import BAND_SETS
+    from bigearth.core.storage import arrow_filesystem, open_fs
+    from bigearth.shards.format import Manifest, open_shard, read_row_group
 
     fs, root = open_fs(shards, storage)
     paths = Manifest.load(fs, root).shard_paths(root, split)
@@ -142,7 +142,7 @@ def bench_copy_alone(pairs: int = 2000) -> dict[str, Any]:
     buffer into another (numpy), as the loader's gather does once per pair."""
     import numpy as np
 
-    from bigearth.bands import ALL_BANDS
+    from bigearth.core.bands import ALL_BANDS
 
     nbytes = sum(b.nbytes for b in ALL_BANDS)
     src = np.random.default_rng(0).integers(0, 255, (64, nbytes), dtype=np.uint8)

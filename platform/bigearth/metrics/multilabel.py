@@ -28,7 +28,7 @@ from torchmetrics.classification import (
     MultilabelRecall,
 )
 
-from bigearth import labels as lab
+from bigearth.core import labels as lab
 
 #: Rows per step of the sample-wise figures (their ranking terms hold [rows, C, C] booleans).
 CHUNK = 4096

@@ -28,11 +28,9 @@ from bigearth.archive.catalogue import Catalogue, build_catalogue
 from bigearth.archive.layouts import layout_for
 from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
 from bigearth.archive.staging import StagedSource, download_problems, shard_entries
-from bigearth.ingest_downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
-from bigearth.outputlock import LOCK_FILE, OutputLock
-from bigearth.records import RecordError, is_temp_name, read_json, write_json_atomic
-from bigearth.shards import DEFAULT_COMPRESSION, FORMAT_VERSION, MANIFEST, Manifest, ShardWriter
-from bigearth.storage import (
+from bigearth.core.outputlock import LOCK_FILE, OutputLock
+from bigearth.core.records import RecordError, is_temp_name, read_json, write_json_atomic
+from bigearth.core.storage import (
     BlobReader,
     StorageError,
     StorageOptions,
@@ -40,6 +38,8 @@ from bigearth.storage import (
     join,
     open_fs,
 )
+from bigearth.ingest.downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
+from bigearth.shards.format import DEFAULT_COMPRESSION, FORMAT_VERSION, MANIFEST, Manifest, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ def ingest(
 ) -> Manifest:
     """Run the ingest job on the current Ray cluster (started locally if there is none).
 
-    `out` is locked while the job runs (bigearth.outputlock); `break_lock` takes another writer's lock over.
+    `out` is locked while the job runs (bigearth.core.outputlock); `break_lock` takes another writer's lock over.
 
     `staging` (downloads only): where the decompressed members wait for their shard, reachable by every node
     (default: `<out>/_ingest/staged`); deleted when the manifest is written unless `keep_staging`. A download
@@ -272,7 +272,7 @@ def ingest(
     """
     import ray
 
-    from bigearth.raycluster import ensure_ray
+    from bigearth.execution.raycluster import ensure_ray
 
     storage = storage or StorageOptions.from_env()
     cat = build_catalogue(
@@ -288,7 +288,7 @@ def ingest(
     plans = plan_shards(cat, shard_size)
     out_fs, out_root = open_fs(out, storage)
     fingerprint = _fingerprint(cat, plans, compression)
-    # one writer per output: a second ingest into `out` is refused naming this one (bigearth.outputlock)
+    # one writer per output: a second ingest into `out` is refused naming this one (bigearth.core.outputlock)
     with OutputLock(out, "ingest", storage, break_lock=break_lock) as lock:
         plan_file = join(out_root, STATE_DIR, "plan.json")
         if overwrite and out_fs.exists(out_root):

@@ -16,9 +16,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
-from bigearth.bands import ALL_BANDS
-from bigearth.records import RecordError, read_json, write_bytes_atomic
-from bigearth.storage import join
+from bigearth.core.bands import ALL_BANDS
+from bigearth.core.records import RecordError, read_json, write_bytes_atomic
+from bigearth.core.storage import join
 
 FORMAT_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")  # v1: 14 variable-length binary columns, zstd, no page checksums

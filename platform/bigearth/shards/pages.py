@@ -2,7 +2,7 @@
 which page holds the row and where it is, and only that page is read, checked against its CRC32 and decompressed.
 
 `PatchStore` reads the band columns of a single pair this way instead of whole row groups (docs/benchmarks.md):
-shards written since the page index was added hold `PAGE_PAIRS` pairs per page (`bigearth.shards.ShardWriter`).
+shards written since the page index was added hold `PAGE_PAIRS` pairs per page (`bigearth.shards.format.ShardWriter`).
 It covers what that writer produces: data pages v1 or v2, PLAIN-encoded fixed-size values, no repetition levels,
 a definition level of at most 1, codecs lz4 (LZ4_RAW), zstd, snappy, gzip or none, a CRC32 on every page.
 Anything else (older shards without a page index, format 1's variable-size values, a page without a checksum) is

@@ -40,8 +40,8 @@ from typing import Any
 
 from fsspec import AbstractFileSystem
 
-from bigearth.records import RecordError, is_local, read_json, write_bytes_atomic, write_json_atomic
-from bigearth.storage import StorageOptions, join, open_fs
+from bigearth.core.records import RecordError, is_local, read_json, write_bytes_atomic, write_json_atomic
+from bigearth.core.storage import StorageOptions, join, open_fs
 
 log = logging.getLogger(__name__)
 

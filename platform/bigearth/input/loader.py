@@ -10,15 +10,16 @@
     groups, skip, rows = row_share(val_plan, rank, world)              # evaluation: every row exactly once
     for batch in RowGroupLoader(groups, 256, skip=skip, limit=rows): ...
 
-Why not Ray Data's row path (`bigearth.data.open_split` -> `iter_torch`, still available and measured beside this
-one in bench/input_pipeline.py): there, read tasks decompress into the object store and the trainer copies each
-pair out of it again (one more full copy of 275 KB a pair) and each epoch starts a streaming execution (~0.3 s to
-the first batch). Here, reader threads in the worker read, decompress and checksum-verify row groups (pyarrow
+Why not Ray Data's row path (`bigearth.input.raydata.open_split` -> `iter_torch`, still available and measured
+beside this one in bench/input_pipeline.py): there, read tasks decompress into the object store and the trainer
+copies each pair out of it again (one more full copy of 275 KB a pair) and each epoch starts a streaming execution
+(~0.3 s to the first batch). Here, reader threads in the worker read, decompress and checksum-verify row groups (pyarrow
 releases the GIL), a second thread gathers the shuffled rows straight from the Arrow buffers into the batch arrays
 (the only copy), and the next epoch begins with a list already in memory. Ray Data still delivers the plan to every
 worker, and remains the engine of ingest, evaluation, indexing and statistics.
 
-Batches are those of `bigearth.data.decode_batch`: `{"s1", "s2_10m", "s2_20m", "s2_60m", "labels", "patch_id"}`.
+Batches are those of `bigearth.input.raydata.decode_batch`:
+`{"s1", "s2_10m", "s2_20m", "s2_60m", "labels", "patch_id"}`.
 Shuffling is two-level: the row groups of every shard file are permuted together each epoch (seeded, the same
 permutation on every worker, which then takes its share), and every batch draws its rows at random, in equal
 shares, from a buffer of row groups holding `shuffle_buffer` rows. Memory is bounded by that buffer, the reads in
@@ -38,10 +39,10 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from bigearth.bands import BANDS
-from bigearth.data import band_view, groups_for, label_matrix, to_torch
-from bigearth.shards import ROW_GROUP_PAIRS, Manifest, ShardFormatError, open_shard, read_row_group
-from bigearth.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.core.bands import BANDS
+from bigearth.core.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.input.raydata import band_view, groups_for, label_matrix, to_torch
+from bigearth.shards.format import ROW_GROUP_PAIRS, Manifest, ShardFormatError, open_shard, read_row_group
 
 
 @dataclass(frozen=True)

@@ -19,9 +19,9 @@ from typing import Any
 
 import numpy as np
 
-from bigearth.api import ApiError
+from bigearth.api.schemas import ApiError
 from bigearth.archive.geotiff import RasterError, decode
-from bigearth.bands import BANDS, GROUPS
+from bigearth.core.bands import BANDS, GROUPS
 
 log = logging.getLogger("bigearth.serve")
 

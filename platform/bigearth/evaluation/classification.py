@@ -10,11 +10,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from bigearth import labels as lab
+from bigearth.core import labels as lab
+from bigearth.core.records import write_bytes_atomic, write_json_atomic
+from bigearth.core.secrets import redact
+from bigearth.core.storage import StorageOptions, join, open_fs
+from bigearth.metrics.charts import per_class_chart, percent
 from bigearth.models.checkpoints import Checkpoint
-from bigearth.records import write_bytes_atomic, write_json_atomic
-from bigearth.secrets import redact
-from bigearth.storage import StorageOptions, join, open_fs
 
 
 class Predictor:
@@ -52,7 +53,7 @@ def predict(
 ) -> Any:
     """A Ray Dataset of `patch_id`, `probabilities`, `labels` (JSON list) for every pair of `split`, and the
     checkpoint used (resolved once, here)."""
-    from bigearth.data import open_split
+    from bigearth.input.raydata import open_split
     from bigearth.models.checkpoints import resolve
 
     ref = resolve(checkpoint, storage=storage)
@@ -75,8 +76,8 @@ def evaluate(
     checkpoint: str, data: str, split: str, out: str, storage: StorageOptions | None = None, actors: int = 1
 ) -> dict[str, Any]:
     """Write metrics.json, metrics.md, per_class.png and predictions.parquet to `out`; return the metrics."""
-    from bigearth.raycluster import ensure_ray
-    from bigearth.training.metrics import MultilabelMetrics
+    from bigearth.execution.raycluster import ensure_ray
+    from bigearth.metrics.multilabel import MultilabelMetrics
 
     ensure_ray()
     ds, ref = predict(checkpoint, data, split, storage, actors=actors)
@@ -114,8 +115,7 @@ def evaluate(
     return result
 
 
-def _fmt(v: Any) -> str:
-    return "n/a" if v is None else f"{100 * v:.2f}"
+_fmt = percent  # the tables and the chart format scores alike
 
 
 def _plain(v: Any) -> str:
@@ -159,29 +159,3 @@ def metrics_markdown(m: dict[str, Any]) -> str:
         )
     lines += ["", "![per-class scores](per_class.png)", ""]
     return "\n".join(lines)
-
-
-def per_class_chart(m: dict[str, Any]) -> bytes:
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(m["per_class"])
-    y = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(9, 0.35 * len(names) + 1.5))
-    ax.barh(y - 0.2, [m["per_class"][n]["f1"] or 0 for n in names], height=0.4, label="F1")
-    ax.barh(y + 0.2, [m["per_class"][n]["ap"] or 0 for n in names], height=0.4, label="AP")
-    ax.set_yticks(y, [n if len(n) < 48 else n[:45] + "..." for n in names], fontsize=8)
-    ax.invert_yaxis()
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("score")
-    ax.set_title(f"Per-class scores on {m['split']} (micro F1 {_fmt(m['micro_f1'])} %)")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
-    return buf.getvalue()

@@ -9,16 +9,17 @@
 Samples use torchgeo's keys: `image` (float32 `C x 120 x 120`, channels in the order of `bands`, 20 m and 60 m bands
 resampled to 120 px by `bigearth.models.stem.InputStem`, the platform's models' own stem: bilinear by default),
 `label` (float32 multi-hot of the 19 classes in official order, or 43 on v1 shards), `patch_id` (str); with
-`native=True` also the native-size groups of `bigearth.data` (`s1`, `s2_10m`, `s2_20m`, `s2_60m`), as the
+`native=True` also the native-size groups of `bigearth.input.raydata` (`s1`, `s2_10m`, `s2_20m`, `s2_60m`), as the
 platform's models take them. Values are raw (S2 reflectance DN as float, S1 backscatter in dB) unless
-`normalize=True`, which applies the published statistics `bigearth.bands.STATS[stats]` exactly as `InputStem` does.
+`normalize=True`, which applies the published statistics `bigearth.core.bands.STATS[stats]` exactly as `InputStem` does.
 
 Sharding is by file: the split's Parquet files (from `manifest.json`) are dealt to ranks (`files[rank::world]`),
 then each rank's to its DataLoader workers (`[worker::num_workers]`), so every file is read by exactly one
 (rank, worker) and every pair comes once per epoch. With `shuffle`, the file order is permuted with `(seed, epoch)`
 (the same permutation on every rank: `set_epoch` as with `DistributedSampler`), and so are the row groups of each
 file and the rows of each row group; `shuffle_buffer` mixes rows across row groups as well. Reading and decoding
-are the platform's (`bigearth.shards.open_shard` / `read_row_group`, checksums verified; `bigearth.data.decode_batch`).
+are the platform's
+(`bigearth.shards.format.open_shard` / `read_row_group`, checksums verified; `bigearth.input.raydata.decode_batch`).
 """
 
 from __future__ import annotations
@@ -32,12 +33,12 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from bigearth.bands import STATS
-from bigearth.data import decode_batch, groups_for
-from bigearth.loader import row_groups
+from bigearth.core.bands import STATS
+from bigearth.core.storage import StorageOptions, arrow_filesystem, open_fs
+from bigearth.input.loader import row_groups
+from bigearth.input.raydata import decode_batch, groups_for
 from bigearth.models.stem import InputStem, resolve_bands
-from bigearth.shards import Manifest, ShardFormatError, open_shard, read_row_group
-from bigearth.storage import StorageOptions, arrow_filesystem, open_fs
+from bigearth.shards.format import Manifest, ShardFormatError, open_shard, read_row_group
 
 Sample = dict[str, Any]
 #: A row before it becomes a sample: its native-size band groups, its multi-hot labels, its patch id.
@@ -65,7 +66,7 @@ class ShardDataset(IterableDataset[Sample]):
     """The pairs of a split (several: a list) of the shard set at `root` (a local path or any fsspec URL, opened
     with `storage`), as torchgeo-style sample dicts; see the module docstring.
 
-    `bands`: a band set of `bigearth.bands.BAND_SETS` (`s1`, `s2-10`, `s2-12`, `s1s2-10`, `s1s2-12`, the default:
+    `bands`: a band set of `bigearth.core.bands.BAND_SETS` (`s1`, `s2-10`, `s2-12`, `s1s2-10`, `s1s2-12`, the default:
     VV, VH, B01 ... B12) or a list of band names, in the channel order wanted. `resample`: how `InputStem` brings
     the 20 m / 60 m bands to 120 px (`bilinear`, `nearest`, `bicubic`). `nomenclature`: 19, or 43 on shards
     ingested from a v1 archive (v2 shards hold the 19 classes only). `transforms`: called on every sample dict,

@@ -1,7 +1,7 @@
 """Where data lives: any fsspec URL (local path, file://, s3://, gs://, ...) with S3 options in one place.
 
 `StorageOptions` is a plain, picklable value: jobs build it from CLI flags / environment and hand it to Ray tasks,
-which open their own filesystem with it. Its secret and session token pickle as `bigearth.secrets.Sealed` values:
+which open their own filesystem with it. Its secret and session token pickle as `bigearth.core.secrets.Sealed` values:
 in a Ray process only an `ObjectRef` to them travels in task arguments, never the text.
 """
 
@@ -19,7 +19,7 @@ import fsspec
 import pyarrow.fs as pafs
 from fsspec import AbstractFileSystem
 
-from bigearth.secrets import Sealed, reveal
+from bigearth.core.secrets import Sealed, reveal
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +251,7 @@ class _SealedS3(pafs.FileSystemHandler):
 def portable_arrow_filesystem(url: str, options: StorageOptions | None = None) -> tuple[pafs.FileSystem, str]:
     """`arrow_filesystem` for a filesystem that is pickled into Ray tasks and actors (Ray Train's
     `storage_filesystem`): S3 with an explicit secret goes behind a handler that pickles its secret sealed
-    (`bigearth.secrets.Sealed`); anything else is `arrow_filesystem`'s own."""
+    (`bigearth.core.secrets.Sealed`); anything else is `arrow_filesystem`'s own."""
     opts = options or StorageOptions.from_env()
     fs, root = arrow_filesystem(url, opts)
     if _protocol(url) in ("s3", "s3a") and opts.secret:

@@ -11,8 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from bigearth.records import read_json
-from bigearth.storage import StorageOptions, join, open_fs
+from bigearth.core.records import read_json
+from bigearth.core.storage import StorageOptions, join, open_fs
 
 #: Test-split figures (in %) from the BIFOLD-BigEarthNetv2-0 model cards (v0.2.0), keyed by config name.
 PUBLISHED: dict[str, dict[str, float]] = {

@@ -1,0 +1,2 @@
+"""Stage 1, ingest: an archive (v1 or v2, extracted or as the published downloads) into a shard set (`job`), its
+download side (`downloads`)."""
