@@ -18,7 +18,31 @@ os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
 os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
+TESTS = Path(__file__).resolve().parent
+#: The tiers, one folder each; a test's tier is its folder (marker `unit`, `integration` or `e2e`).
+TIERS = ("unit", "integration", "e2e")
+#: Fixtures that start Ray or a server: a unit test may not use them, not even through another fixture.
+NOT_IN_UNIT = {"ray_local", "s3"}
+
+
+def tier_of(item: pytest.Item) -> str | None:
+    parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
+    return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    misplaced = []
+    for item in items:
+        tier = tier_of(item)
+        if tier is None:
+            misplaced.append(f"{item.nodeid}: every test lives in tests/unit, tests/integration or tests/e2e")
+            continue
+        item.add_marker(getattr(pytest.mark, tier))
+        used = NOT_IN_UNIT.intersection(getattr(item, "fixturenames", ()))
+        if tier == "unit" and used:
+            misplaced.append(f"{item.nodeid}: a unit test uses {sorted(used)} (Ray or a server); move it to integration")
+    if misplaced:
+        raise pytest.UsageError("tests in the wrong tier:\n  " + "\n  ".join(misplaced))
     if not BEN.exists():
         skip = pytest.mark.skip(reason=f"{BEN} not found: the real BigEarthNet files live in ../shared")
         for item in items:
@@ -82,7 +106,7 @@ def shards_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory, ray_loca
 @pytest.fixture(scope="session")
 def tiny_run(shards_v2: Path, tmp_path_factory: pytest.TempPathFactory, mlflow_store: str) -> Path:
     """`tiny-cpu` trained for 2 epochs on `shards_v2` (a run folder; treat as read-only), tracked in MLflow's default
-    store of its storage folder (`tiny_run.parent / "mlflow.db"`, tests/test_tracking.py)."""
+    store of its storage folder (`tiny_run.parent / "mlflow.db"`, tests/integration/test_tracking.py)."""
     from bigearth.training.config import load_config
     from bigearth.training.trainer import train
     from helpers import REPO

@@ -1,5 +1,5 @@
 """docs/configuration.md, generated from the pydantic models that parse the configs (so the page cannot drift:
-tests/test_docs.py compares). Regenerate: `python -m bigearth.cli.docgen > docs/configuration.md`."""
+tests/unit/test_docs.py compares). Regenerate: `python -m bigearth.cli.docgen > docs/configuration.md`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pydantic_core import PydanticUndefined
 HEADER = """# Configuration reference
 
 Generated from the pydantic models that parse the configurations (`python -m bigearth.cli.docgen >
-docs/configuration.md`); `tests/test_docs.py` fails when this page and the code disagree.
+docs/configuration.md`); `tests/unit/test_docs.py` fails when this page and the code disagree.
 
 ## Training configs (`configs/*.yaml`, `jobs/train.py --config FILE --set section.key=value`)
 

@@ -7,7 +7,7 @@
 - `qdrant-local:PATH` or `qdrant-local::memory:`: qdrant-client's local mode (exact brute force in Python: for
   tests and small experiments, same client code path as a server).
 
-Both pass the same contract tests (tests/test_retrieval.py).
+Both pass the same contract tests (tests/integration/test_retrieval.py).
 
 Versions: a collection's name points at one version, the live one (on Qdrant an alias to the collection
 `COLLECTION-v<UTC time to the µs>-<6 hex>`, in the embedded engine the file `current`). A rebuild fills a new

@@ -1,7 +1,7 @@
 """The docs stay true to the code: the configuration reference is generated from the models; every command line of
 ours in README.md and docs/ is accepted by its argument parser; every Python block compiles and its bigearth
 imports resolve; every relative link points to a file. Cluster commands (kubectl, helm, docker, ray job submit,
-serve deploy) are checked by tests/test_infra.py through the manifests instead."""
+serve deploy) are checked by tests/integration/test_infra.py through the manifests instead."""
 
 from __future__ import annotations
 
@@ -140,7 +140,7 @@ def test_every_code_block_is_run_checked_or_marked() -> None:
             if before[0].startswith("<!-- needs:"):
                 continue
             if lang == "python" and path.name == "api.md":
-                continue  # run by tests/test_serve.py::test_the_api_docs_examples_run
+                continue  # run by tests/integration/test_serve.py::test_the_api_docs_examples_run
             lines = [
                 x for x in re.sub(r"\\\n\s*", " ", block).splitlines() if x.strip() and not x.strip().startswith("#")
             ]

@@ -1,5 +1,5 @@
 """Records are written whole (bigearth.core.records) and one writer owns an output (bigearth.core.outputlock).
-No Ray here: the ingest re-run over a cut-short shard report is in tests/test_ingest.py."""
+No Ray here: the ingest re-run over a cut-short shard report is in tests/integration/test_ingest.py."""
 
 from __future__ import annotations
 
