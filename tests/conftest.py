@@ -40,7 +40,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         item.add_marker(getattr(pytest.mark, tier))
         used = NOT_IN_UNIT.intersection(getattr(item, "fixturenames", ()))
         if tier == "unit" and used:
-            misplaced.append(f"{item.nodeid}: a unit test uses {sorted(used)} (Ray or a server); move it to integration")
+            misplaced.append(f"{item.nodeid}: a unit test uses {sorted(used)} (Ray or a server): integration tier")
     if misplaced:
         raise pytest.UsageError("tests in the wrong tier:\n  " + "\n  ".join(misplaced))
     if not BEN.exists():
