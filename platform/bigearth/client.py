@@ -34,13 +34,13 @@ from bigearth.api.schemas import (
     PatchInfo,
     PatchList,
     Ready,
+    SearchFilter,
     SearchRequest,
     SearchResponse,
     ServiceError,
 )
 from bigearth.api.uploads import band_of
 from bigearth.core.secrets import read_secret_file
-from bigearth.retrieval.schema import SearchFilter
 
 PatchLike = str | Path | Sequence[str | Path] | Mapping[str, np.ndarray]
 RETRY_STATUS = {429, 502, 503, 504}

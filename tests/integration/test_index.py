@@ -174,9 +174,9 @@ def test_an_early_fusion_index_refuses_cross_modal_search_and_says_why(shards_v2
     assert e.value.status == 422 and e.value.field == "using"
     assert "no 's2' vectors; it has ['fused'] (an early-fusion model stacks S1 and S2" in str(e.value)
     # an upload to an early-fusion Classifier asking for one modality's vector is refused the same way
-    msg = missing_vectors("s1", ["fused"], "tiny/early")
+    msg = missing_vectors("s1", ["fused"], early_fusion=True)
     assert msg.startswith("this model makes no 's1' vectors; it makes ['fused'] (an early-fusion model")
-    assert "early" not in missing_vectors("s1", ["fused", "s2"], "s2")
+    assert "early" not in missing_vectors("s1", ["fused", "s2"], early_fusion=False)
     ok = retriever.search({"patch_id": pid, "using": "fused", "include_query": True, "k": 1}, None)
     assert ok["hits"][0]["patch_id"] == pid and ok["vector_kind"] == "features"
 

@@ -123,7 +123,7 @@ def test_the_ingress_and_a_local_serve_say_whether_the_api_is_open(
     from bigearth.cli import main
     from bigearth.cli.serve import open_api_notice
     from bigearth.serving.args import AppArgs
-    from bigearth.serving.ingress import auth_status
+    from bigearth.serving.guard import auth_status
 
     monkeypatch.delenv("BIGEARTH_API_KEYS", raising=False)
     assert "open to anyone" in (open_api_notice(AppArgs.model_validate(BASE)) or "")
@@ -143,7 +143,7 @@ def test_keys_are_compared_as_digests_and_only_as_x_api_key_or_bearer() -> None:
     key is compared); `Authorization` counts only with the Bearer scheme."""
     from starlette.datastructures import Headers
 
-    from bigearth.serving.ingress import authenticated, key_digests
+    from bigearth.serving.guard import authenticated, key_digests
 
     digests = key_digests({"short", "a-much-longer-second-key"})
     assert all(len(d) == 32 for d in digests) and b"short" not in b"".join(digests)
@@ -161,7 +161,7 @@ def test_keys_are_compared_as_digests_and_only_as_x_api_key_or_bearer() -> None:
 
 
 def test_a_bad_content_length_is_refused_without_echoing_it() -> None:
-    from bigearth.serving.ingress import content_length_error
+    from bigearth.serving.guard import content_length_error
 
     limit = 1024
     assert content_length_error(None, limit) is None and content_length_error("1024", limit) is None
@@ -217,7 +217,7 @@ def test_filter_fuzz_is_a_validation_error_or_a_bounded_filter(raw: dict[str, li
 def retriever(shards: Path, tmp_path_factory: pytest.TempPathFactory) -> Any:
     from bigearth.retrieval import open_index
     from bigearth.retrieval.schema import payloads
-    from bigearth.serving.deployments import Retriever
+    from bigearth.serving.retriever import Retriever
 
     target = tmp_path_factory.mktemp("limits") / "index"
     table = pq.read_table(shards / "train" / "part-00000.parquet", columns=[c for c in _META])
@@ -298,7 +298,7 @@ def test_the_retriever_only_reads_from_qdrant(shards: Path, tmp_path: Path, monk
 
     from bigearth.retrieval import open_index
     from bigearth.retrieval.schema import payloads
-    from bigearth.serving.deployments import Retriever
+    from bigearth.serving.retriever import Retriever
 
     target = f"qdrant-local:{tmp_path / 'qdrant'}"
     rows = pq.read_table(shards / "train" / "part-00000.parquet", columns=list(_META)).to_pydict()
@@ -344,7 +344,7 @@ def test_a_cached_count_expires() -> None:
 
 
 def test_exact_search_is_refused_on_a_large_collection(retriever: Any, monkeypatch: pytest.MonkeyPatch) -> None:
-    import bigearth.serving.deployments as deployments
+    import bigearth.serving.retriever as deployments
     from bigearth.api.schemas import ApiError
 
     query = {"vector": [0.1] * 8, "k": 5, "exact": True}
@@ -608,7 +608,7 @@ def test_a_count_that_ends_after_a_switch_never_answers_for_the_new_version(
     request, on the new version, must count the new one (before: the old total, until it expired)."""
     from bigearth.retrieval import open_index
     from bigearth.retrieval.schema import payloads
-    from bigearth.serving.deployments import Retriever
+    from bigearth.serving.retriever import Retriever
 
     target = str(tmp_path / "index")
     rows = pq.read_table(shards / "train" / "part-00000.parquet", columns=list(_META)).to_pydict()

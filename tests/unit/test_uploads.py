@@ -20,7 +20,8 @@ from rasterio.io import MemoryFile
 from starlette.requests import Request
 
 from bigearth.api.schemas import ApiError
-from bigearth.api.uploads import NPZ_MAX_MEMBER_BYTES, from_geotiffs, from_npz, read_upload
+from bigearth.api.uploads import NPZ_MAX_MEMBER_BYTES, from_geotiffs, from_npz
+from bigearth.serving.bodies import read_upload
 from bigearth.archive.geotiff import encode
 
 
@@ -297,7 +298,7 @@ def test_gdal_s_own_words_stay_in_the_log(caplog: pytest.LogCaptureFixture) -> N
 
 
 def test_an_upload_is_decoded_off_the_event_loop(monkeypatch: pytest.MonkeyPatch) -> None:
-    import bigearth.api.uploads as inputs
+    import bigearth.serving.bodies as inputs  # where `read_upload` looks the parsers up
 
     threads: list[int] = []
     loop_thread = threading.get_ident()  # asyncio.run runs its loop in this thread

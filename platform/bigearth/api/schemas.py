@@ -18,7 +18,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from bigearth.archive.names import S2_ID_PATTERN, S2_ID_RE
-from bigearth.retrieval.schema import SearchFilter
+from bigearth.retrieval.schema import SearchFilter as SearchFilter  # the filter of the API: re-exported for the SDK
 
 API_VERSION = "v1"
 VectorName = Literal["fused", "s1", "s2"]

@@ -4,8 +4,10 @@ band or field and what was expected).
 A patch arrives as band files exactly as in the archive (single-band GeoTIFFs named by band: a form field or file
 name `B01`..`B12`, `B8A`, `VV`, `VH`, e.g. `S2A_..._B02.tif`), or as one `.npz` whose arrays are named by band
 (`B02`, `VV`, ...) or by group (`s2_10m` `[4,120,120]`, ...). A band file is decoded only if it is a TIFF, by
-`archive.geotiff.decode` (GDAL's GTiff driver at most, nothing but the uploaded bytes read); decoding runs in a worker
-thread, off the event loop.
+`archive.geotiff.decode` (GDAL's GTiff driver at most, nothing but the uploaded bytes read).
+
+Shared by the SDK (`bigearth.client`) and the service (`bigearth.serving.bodies` reads a request's body into these
+functions, in a worker thread); nothing here imports the server.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import logging
 import re
 import zipfile
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import numpy as np
 
@@ -171,62 +172,3 @@ def assemble(bands: Mapping[str, np.ndarray], needed: Mapping[str, tuple[str, ..
         stacked = np.stack([bands[n] for n in names])[None]
         out[group] = stacked.astype(np.float32) if group == "s1" else stacked
     return out
-
-
-async def read_body(request: Any, limit: int, timeout: float) -> bytes:
-    """A Starlette request's body, counted while it streams in: a chunked body (no Content-Length) stops at `limit`
-    bytes (413), a client that sends nothing for `timeout` s is refused (408; the proxy's `request_timeout_s` caps
-    the whole request); neither is buffered whole first."""
-    import asyncio
-
-    from starlette.requests import ClientDisconnect
-
-    cached: bytes | None = getattr(request, "_body", None)
-    if cached is not None:
-        return cached
-    chunks, size = [], 0
-    stream = request.stream().__aiter__()
-    while True:
-        try:
-            chunk = await asyncio.wait_for(stream.__anext__(), timeout)
-        except StopAsyncIteration:
-            break
-        except TimeoutError:
-            raise ApiError(408, f"request body: nothing received for {timeout:g} s", "body") from None
-        except ClientDisconnect:
-            raise ApiError(400, "the client disconnected before sending the whole body", "body") from None
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body is over the limit of {limit} bytes", "body")
-        chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # what Starlette's own body() keeps: form() parses it from here
-    return body
-
-
-async def read_upload(request: Any, limit: int, timeout: float) -> tuple[dict[str, np.ndarray], str | None]:
-    """Bands from a multipart upload (band GeoTIFFs or one .npz), and its `request` form field if any. The bands
-    are decoded in a worker thread: a slow file does not hold up the other requests on this event loop."""
-    from starlette.concurrency import run_in_threadpool
-
-    await read_body(request, limit, timeout)
-    try:
-        form = await request.form(max_files=32, max_fields=4, max_part_size=limit)
-    except Exception as e:  # a malformed multipart body is the client's error
-        raise ApiError(400, f"unreadable multipart body: {e}", "body") from None
-    files, extra = [], None
-    for key, value in form.multi_items():
-        if isinstance(value, str):
-            if key != "request":
-                raise ApiError(422, f"unexpected form field {key!r}; expected band files and `request`", key)
-            extra = value
-        else:
-            files.append((key, value.filename, await value.read()))
-    if not files:
-        raise ApiError(422, "no files uploaded: send band GeoTIFFs or one .npz", "files")
-    npz = [f for f in files if (f[1] or f[0]).lower().endswith(".npz")]
-    if npz:
-        if len(files) > 1:
-            raise ApiError(422, "send either one .npz or band GeoTIFFs, not both", "files")
-        return await run_in_threadpool(from_npz, npz[0][2], npz[0][1] or npz[0][0]), extra
-    return await run_in_threadpool(from_geotiffs, files), extra

@@ -1,5 +1,5 @@
-"""The Ray Serve application: an ingress (FastAPI) composing a `Classifier` (model replicas, dynamic batching)
-and a `Retriever` (the vector index and the shard set).
+"""The Ray Serve application: an ingress (the FastAPI application of `bigearth.serving.http`) composing a
+`Classifier` (model replicas, dynamic batching) and a `Retriever` (the vector index and the shard set).
 
     serve run bigearth.serving.app:build checkpoint=RUN index=INDEX data=SHARDS    # or serve/config.yaml
     bigearth serve --checkpoint RUN --index INDEX --data SHARDS                     # the same, locally
@@ -46,9 +46,9 @@ def build(args: AppArgs) -> Any:
         max_ongoing_requests=args.max_ongoing_requests,
         ray_actor_options={"num_cpus": min(args.replica_cpus, 1.0)},
     )(Retriever).bind(args.index, args.collection, args.data, args.qdrant_api_key_file)
-    from bigearth.serving.ingress import make_fastapi_app, make_ingress
+    from bigearth.serving.ingress import make_ingress
 
-    ingress_cls = make_ingress(serve, make_fastapi_app())
+    ingress_cls = make_ingress(serve)
     metrics = serve.deployment(
         name="Metrics", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}
     )(MetricsHub).bind()

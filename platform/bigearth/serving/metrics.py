@@ -13,7 +13,10 @@ import logging
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from bigearth.serving.interfaces import Metrics
 
 log = logging.getLogger("bigearth.serve")
 
@@ -54,9 +57,10 @@ class Pending:
 
 class Tally:
     """One ingress replica's side: what it counted since its last flush (`pending`), sent to the hub every
-    `FLUSH_S` seconds by a task started with the first request (`start`), and on demand (`flush`)."""
+        `FLUSH_S` seconds by a task started with the first request (`start`), and on demand (`flush`), to `hub` (the
+    `Metrics` interface)."""
 
-    def __init__(self, hub: Any) -> None:
+    def __init__(self, hub: Metrics) -> None:
         self.hub, self.pending, self.replica_id = hub, Pending(), uuid.uuid4().hex[:8]
         self._task: asyncio.Task[None] | None = None
 
@@ -76,7 +80,7 @@ class Tally:
         pending, self.pending = self.pending, Pending()
         if pending:
             try:
-                await self.hub.merge.remote(self.replica_id, pending.as_dict())
+                await self.hub.merge(self.replica_id, pending.as_dict())
             except BaseException:  # also a cancelled /metrics request: keep the tally for the next flush
                 self.pending = pending.merged(self.pending)
                 raise
