@@ -81,12 +81,12 @@ class ModelSpec:
     @property
     def early_fusion(self) -> bool:
         """One network over S1 and S2 together: bands of both sensors and no vector made from one sensor alone (no
-        single-modality or cross-modal query). A spec saved without vectors: its builder (`early`) says."""
+        single-modality or cross-modal query). A spec saved without vectors: its builder and arguments say."""
+        if len({"s1" if b in ("VV", "VH") else "s2" for b in self.bands}) < 2:
+            return False
         if not self.vectors:
-            return self.name == "early"
-        sensors = {"s1" if b in ("VV", "VH") else "s2" for b in self.bands}
-        single = [v for v in self.vectors.values() if len({g.split("_")[0] for g in v.groups}) == 1]
-        return len(sensors) == 2 and not single
+            return "early" in (self.name, self.kwargs.get("fusion"))
+        return not [v for v in self.vectors.values() if len({g.split("_")[0] for g in v.groups}) == 1]
 
     @property
     def groups(self) -> dict[str, tuple[str, ...]]:
