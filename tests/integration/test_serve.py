@@ -260,6 +260,29 @@ def test_the_app_behind_serve_keeps_its_auth_limits_and_error_model(url: str, id
     assert httpx.get(f"{url}/openapi.json").json() == document()
 
 
+def test_a_handle_call_gives_back_the_api_error_or_unavailable() -> None:
+    """What a handle raises, as the ingress's adapters give it to the application: another deployment's ApiError
+    (wrapped by Ray) as itself, a dead, restarting or overloaded replica as `Unavailable` (the app's 503)."""
+    from ray.exceptions import RayTaskError
+    from ray.serve.exceptions import BackPressureError
+
+    from bigearth.api.schemas import ApiError
+    from bigearth.serving.ingress import _call
+    from bigearth.serving.interfaces import Unavailable
+
+    async def raises(e: BaseException) -> None:
+        raise e
+
+    wrapped = RayTaskError("search", "tb", ApiError(404, "not in the index", "patch_id")).as_instanceof_cause()
+    with pytest.raises(ApiError) as e:
+        asyncio.run(_call(raises(wrapped)))
+    assert type(e.value) is ApiError and (e.value.status, e.value.field) == (404, "patch_id")
+    with pytest.raises(Unavailable, match="BackPressureError"):
+        asyncio.run(_call(raises(BackPressureError(num_queued_requests=3, max_queued_requests=2))))
+    with pytest.raises(KeyError):  # anything else: as it is (the app's 500 with an error id)
+        asyncio.run(_call(raises(KeyError("x"))))
+
+
 def _raw_request(url: str, head: str, chunks: Iterator[bytes], pause: float = 0.0) -> tuple[bytes, int]:
     """Send `head` then `chunks` over a raw socket, stopping as soon as the server answers: (the answer, bytes of
     body sent). httpx cannot show this: it sends the whole body before it reads a response."""

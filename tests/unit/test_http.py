@@ -523,6 +523,41 @@ def test_an_app_without_its_service_answers_503_starting_up() -> None:
     assert r.status_code == 503 and r.headers["retry-after"] == "1" and r.json()["message"] == "starting up"
 
 
+class _Restarting:
+    """A `Retriever` whose backend is restarting (what `HandleRetriever` raises while Serve replaces a replica):
+    every call is `Unavailable`."""
+
+    def __getattr__(self, name: str) -> Any:
+        from bigearth.serving.interfaces import Unavailable
+
+        async def unavailable(*args: Any) -> Any:
+            raise Unavailable(f"{name}: the replica is restarting")
+
+        return unavailable
+
+
+def test_a_backend_that_is_restarting_is_a_503_with_retry_after(built: dict[str, Any]) -> None:
+    from bigearth.serving.args import AppArgs
+    from bigearth.serving.classifier import ModelClassifier
+    from bigearth.serving.http import create_app
+    from bigearth.serving.local import LocalClassifier, LocalMetrics
+
+    args = AppArgs(checkpoint=str(built["ck"]), index=str(built["index"]), data=str(built["shards"]))
+    app = create_app(LocalClassifier(ModelClassifier(str(built["ck"]))), _Restarting(), LocalMetrics(), args)
+    r = call(app, "GET", "/v1/patches")
+    assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+    assert r.json() == {
+        "error": "unavailable",
+        "message": "a model or index replica is restarting; retry shortly",
+        "field": None,
+    }
+    r = call(app, "POST", "/v1/search", json={"patch_id": _pid(0)})
+    assert r.status_code == 503 and r.headers["retry-after"] == "1"
+    ready = call(app, "GET", "/readyz")  # not ready is an answer: the Ready body
+    assert ready.status_code == 503 and ready.json()["ready"] is False
+    assert call(app, "GET", "/healthz").status_code == 200
+
+
 # ------------------------------------------------------------------------------------------------ probes, metrics
 def test_readiness_tells_what_is_served_only_to_a_caller_with_a_key(app: Any, built: dict[str, Any]) -> None:
     anonymous = call(app, "GET", "/readyz")  # a probe: ready or not, nothing about what is served
