@@ -88,7 +88,7 @@ def _checkpoint(out: Path, fusion: str) -> Path:
     from bigearth.models.registry import create_model
 
     torch.manual_seed(0)
-    model = create_model("tiny", num_classes=19, fusion=fusion)
+    model: Any = create_model("tiny", num_classes=19, fusion=fusion)
     save(str(out), model, {"model": {"name": "tiny", "fusion": fusion}, "num_classes": 19})
     return out
 
@@ -173,7 +173,7 @@ def _tiff_bytes(shape: tuple[int, int]) -> bytes:
     return encode(np.ones(shape, dtype="uint16"), epsg=32633, ulx=404400.0, uly=5342400.0, res=10.0)
 
 
-def _npz(arrays: dict[str, np.ndarray]) -> bytes:
+def _npz(arrays: dict[str, Any]) -> bytes:
     import io
 
     buf = io.BytesIO()
@@ -602,8 +602,8 @@ def test_patches_metadata_quicklooks_browse_and_facets(app: Any, ids: dict[str, 
     pid = ids["train"][3]
     info = call(app, "GET", f"/v1/patches/{pid}", headers=H).json()
     assert info["patch_id"] == pid and info["split"] == "train" and info["s2_acquisition"].endswith("Z")
-    for bad in ("S2A_x", "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48", UNKNOWN_ID.lower()):
-        r = call(app, "GET", f"/v1/patches/{bad}/rgb.png", headers=H)
+    for wrong_id in ("S2A_x", "S1A_IW_GRDH_1SDV_20170613T165043_33UUP_87_48", UNKNOWN_ID.lower()):
+        r = call(app, "GET", f"/v1/patches/{wrong_id}/rgb.png", headers=H)
         assert r.status_code == 422 and r.json()["field"] == "patch_id", r.text
         assert "not a valid patch id: expected" in r.json()["message"] and "(v2)" in r.json()["message"]
     png = call(app, "GET", f"/v1/patches/{pid}/rgb.png", params={"scale": 2}, headers=H)

@@ -21,8 +21,8 @@ from starlette.requests import Request
 
 from bigearth.api.schemas import ApiError
 from bigearth.api.uploads import NPZ_MAX_MEMBER_BYTES, from_geotiffs, from_npz
-from bigearth.serving.bodies import read_upload
 from bigearth.archive.geotiff import encode
+from bigearth.serving.bodies import read_upload
 
 
 def _tiff(array: np.ndarray) -> bytes:
