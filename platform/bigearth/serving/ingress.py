@@ -113,8 +113,9 @@ def make_ingress(serve: Any) -> Any:
     @serve.ingress()
     class Ingress:
         def __init__(self, classifier: Any, retriever: Any, metrics: Any, args: dict[str, Any]) -> None:
-            # NoApiKeysError here (the replica does not start) when require_auth finds no key
-            self.app = create_app(
+            # NoApiKeysError here (the replica does not start) when require_auth finds no key; not `self.app`:
+            # Serve's wrapper has a read-only property of that name
+            self.http_app = create_app(
                 HandleClassifier(classifier),
                 HandleRetriever(retriever),
                 HandleMetrics(metrics),
@@ -122,6 +123,6 @@ def make_ingress(serve: Any) -> Any:
             )
 
         def __serve_build_asgi_app__(self) -> Any:
-            return self.app
+            return self.http_app
 
     return Ingress
