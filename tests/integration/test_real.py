@@ -64,7 +64,7 @@ V2_S1 = {
 
 def _rows(shards: Path) -> dict[str, dict]:  # type: ignore[type-arg]
     m = Manifest.load(*open_fs(str(shards)))
-    return {r["patch_id"]: r for s in m.shards for r in pq.read_table(shards / s["path"]).to_pylist()}
+    return {r["patch_id"]: r for s in m.shards for r in pq.read_table(shards / s.path).to_pylist()}
 
 
 def _array(row: dict, band: str) -> np.ndarray:  # type: ignore[type-arg]
