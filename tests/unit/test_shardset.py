@@ -145,3 +145,33 @@ def test_rows_without_43_class_labels_are_the_same_error(tmp_path: Path) -> None
     with pytest.raises(ShardFormatError, match=r"shard rows: nomenclature 43 asked, but 1 row\(s\) have no labels43; "
                        "43-class labels exist only in shards ingested from a v1 archive"):
         label_matrix(table, 43)
+
+
+def test_every_reader_asks_the_shard_set(shards_v2: Path) -> None:
+    """An unknown split, and 43 classes of a v2 shard set, are the same error whichever reader is asked."""
+    from bigearth.input.loader import row_groups
+    from bigearth.input.raydata import open_split, read_columns
+    from bigearth.input.torchdata import ShardDataset
+    from bigearth.shards.patches import PatchStore
+
+    unknown = f"{shards_v2}: no shards for split 'val'; the shard set has ['test', 'train', 'validation']"
+    store = PatchStore(str(shards_v2))
+    for ask in (
+        lambda: open_split(str(shards_v2), "val"),
+        lambda: read_columns(str(shards_v2), ["patch_id"], "val"),
+        lambda: row_groups(str(shards_v2), "val"),
+        lambda: ShardDataset(str(shards_v2), "val"),
+        lambda: store.ids("val"),
+    ):
+        with pytest.raises(UnknownSplit) as e:
+            ask()
+        assert str(e.value) == unknown
+    assert not ShardSet.open(str(shards_v2)).supports(43)
+    no_43 = f"{shards_v2}: nomenclature 43 asked, but the shard set was ingested from a v2 archive; 43-class labels"
+    for ask in (
+        lambda: open_split(str(shards_v2), "train", nomenclature=43),
+        lambda: ShardDataset(str(shards_v2), "train", nomenclature=43),
+    ):
+        with pytest.raises(ShardFormatError) as e:
+            ask()
+        assert str(e.value).startswith(no_43)
