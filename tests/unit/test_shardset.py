@@ -72,7 +72,9 @@ def test_splits_files_and_paths(tmp_path: Path) -> None:
     assert shards.splits == {"test": 20, "train": 270, "validation": 10}
     assert [e.path for e in shards.files("train")] == ["train/part-00000.parquet", "train/part-00001.parquet"]
     assert [e.split for e in shards.files(["validation", "test"])] == ["test", "validation"]  # manifest order
-    assert shards.files() == list(shards.entries) and shards.files([]) == []
+    assert shards.files() == list(shards.entries)
+    with pytest.raises(UnknownSplit, match=r"no shards for split \(none asked\); the shard set has \['test', "):
+        shards.files([])
     assert shards.paths("test") == [f"{root}/test/part-00000.parquet"]
 
 

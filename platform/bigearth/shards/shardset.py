@@ -98,14 +98,15 @@ class ShardSet:
 
     def files(self, split: str | Sequence[str] | None = None) -> list[ShardEntry]:
         """The shard files of a split (several: a list; None: every split), in manifest order. A split the set does
-        not have is an `UnknownSplit` naming it and those there are; so is asking a set without shards."""
+        not have is an `UnknownSplit` naming it and those there are; so is a selection of no file at all."""
         wanted = None if split is None else {split} if isinstance(split, str) else set(split)
         known = sorted(self.splits)
         missing = sorted(wanted - set(known)) if wanted is not None else []
-        if missing or not known:
-            asked = ", ".join(map(repr, missing or sorted(wanted or ()))) or "(any)"
+        selected = [e for e in self.entries if wanted is None or e.split in wanted]
+        if missing or not selected:
+            asked = "(any)" if wanted is None else ", ".join(map(repr, missing)) or "(none asked)"
             raise UnknownSplit(f"{self.url}: no shards for split {asked}; the shard set has {known}")
-        return [e for e in self.entries if wanted is None or e.split in wanted]
+        return selected
 
     def paths(self, split: str | Sequence[str] | None = None) -> list[str]:
         """The paths (on the set's filesystem) of `files(split)`."""
