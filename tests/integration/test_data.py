@@ -1,4 +1,5 @@
-"""Training input: Ray Dataset of a split, decoded batches, band subsets, 43 classes, stats, the input stem."""
+"""Training input through Ray Data: a split as a Ray Dataset, decoded batches, band subsets, 43 classes of v1 shards,
+stats (the pure tests: tests/unit/test_data.py)."""
 
 from __future__ import annotations
 
