@@ -55,6 +55,26 @@ def deploy_app(app: Any, name: str, timeout: float = 120) -> str:
     return url
 
 
+def ingest_in_process(archive: Path, out: Path, shard_size: int = 1000, **options: Any) -> Any:
+    """`bigearth.ingest.job.ingest` of a local archive without Ray: the same catalogue (`options`: `lists`,
+    `patches`, `include_snow_cloud`, ...), plan, shard writer and manifest, its shards written one after another in
+    this process (so the same shard set, row for row; tests/integration/test_shard_format.py checks it). The
+    manifest."""
+    from bigearth.core.storage import StorageOptions, open_fs
+    from bigearth.ingest.job import DEFAULT_COMPRESSION, _manifest, build_catalogue, ingest_shard, plan_shards
+
+    storage = StorageOptions()
+    cat = build_catalogue(str(archive), storage=storage, **options)
+    include_no_19 = bool(options.get("include_no_19_labels"))
+    reports = [
+        ingest_shard(plan, cat.layout.name, str(archive), str(out), storage, include_no_19=include_no_19)
+        for plan in plan_shards(cat, shard_size)
+    ]
+    manifest = _manifest(cat, reports, str(archive))
+    manifest.source["compression"] = DEFAULT_COMPRESSION
+    manifest.save(*open_fs(str(out)))
+    return manifest
+
 def split_rows(shards: Path, split: str) -> dict[str, dict]:  # type: ignore[type-arg]
     """The rows of one split of a shard set, by patch id (pixels as the bytes the shards hold)."""
     import pyarrow.parquet as pq

@@ -56,7 +56,7 @@ def assert_same_shards(a: Path, b: Path) -> None:
     assert (ma.pairs, ma.splits, ma.shards, ma.excluded) == (mb.pairs, mb.splits, mb.shards, mb.excluded)
     assert [(q["patch_id"], q["kind"]) for q in ma.quarantined] == [(q["patch_id"], q["kind"]) for q in mb.quarantined]
     for s in ma.shards:
-        assert pq.read_table(a / s["path"]).equals(pq.read_table(b / s["path"])), s["path"]
+        assert pq.read_table(a / s.path).equals(pq.read_table(b / s.path)), s.path
 
 
 def test_packed_downloads_have_the_published_shape(packed_v2: Path, synth_v2: Path) -> None:
@@ -213,7 +213,7 @@ def test_faults_are_quarantined_naming_the_download_and_member(synth_v2: Path, a
     written = {
         r
         for s in m.shards
-        for r in pq.read_table(tmp_path / "out" / s["path"], columns=["patch_id"])["patch_id"].to_pylist()
+        for r in pq.read_table(tmp_path / "out" / s.path, columns=["patch_id"])["patch_id"].to_pylist()
     }
     assert written | set(q) == selected and not written & set(q)  # every pair written or quarantined, never both
 
@@ -261,7 +261,7 @@ def test_an_altered_download_stops_the_ingest_before_any_shard_unless_accepted(
     assert (d["md5"], d["expected_md5"], d["md5_matches"]) == (altered, stated, False)
     assert m.source["downloads"][S1]["md5_matches"] is True
     assert f"WARNING {S2}: md5 {altered} differs from the expected {stated} (MD5SUMS)" in capsys.readouterr().out
-    rows = pa.concat_tables([pq.read_table(out / s["path"], columns=["patch_id", "B02"]) for s in m.shards])
+    rows = pa.concat_tables([pq.read_table(out / s.path, columns=["patch_id", "B02"]) for s in m.shards])
     row = rows.filter(pa.compute.equal(rows["patch_id"], pid)).to_pylist()[0]
     assert np.array_equal(np.frombuffer(row["B02"], "<u2").reshape(120, 120), pixels)  # the accepted pixels
 
@@ -290,7 +290,7 @@ def test_killed_after_staging_resumes_without_decompressing_again(
     stamps = {r: r.stat().st_mtime_ns for r in records}
     m = ingest(str(packed_v2), str(out), shard_size=10, progress=False, keep_staging=True, trust_md5sums=True)
     assert {r: r.stat().st_mtime_ns for r in records} == stamps  # staged downloads not decompressed again
-    ids = [p for s in m.shards for p in pq.read_table(out / s["path"], columns=["patch_id"])["patch_id"].to_pylist()]
+    ids = [p for s in m.shards for p in pq.read_table(out / s.path, columns=["patch_id"])["patch_id"].to_pylist()]
     assert len(ids) == len(set(ids)) == Manifest.load(*open_fs(str(shards_v2))).pairs
 
 
@@ -416,7 +416,7 @@ def test_reference_maps_become_an_optional_column_bit_exact(tmp_path: Path) -> N
     assert ma.source["reference_maps"] == mb.source["reference_maps"]
     assert ma.source["reference_maps"]["missing"] == [rows[1]["patch_id"]]
     assert "Reference_Maps.tar.zst" in mb.source["downloads"]
-    t = pa.concat_tables([pq.read_table(b / s["path"]) for s in mb.shards])
+    t = pa.concat_tables([pq.read_table(b / s.path) for s in mb.shards])
     assert t.schema.field("reference_map").type == pa.binary(120 * 120 * 2)
     checked = 0
     for r in t.select(["patch_id", "reference_map"]).to_pylist():

@@ -26,7 +26,7 @@ def _damaged_copy(shards: Path, where: Path, split: str, how: str) -> Path:
     """A copy of the shard set with one shard of `split` damaged: bytes flipped in the middle, or cut short."""
     shutil.copytree(shards, where)
     m = Manifest.load(*open_fs(str(where)))
-    victim = where / next(s["path"] for s in m.shards if s["split"] == split)
+    victim = where / next(s.path for s in m.shards if s.split == split)
     data = bytearray(victim.read_bytes())
     if how == "flipped":
         mid = len(data) // 2

@@ -26,7 +26,7 @@ pytestmark = pytest.mark.usefixtures("ray_local")
 
 def _rows(shards: Path) -> list[dict]:  # type: ignore[type-arg]
     m = Manifest.load(*open_fs(str(shards)))
-    return [r for s in m.shards for r in pq.read_table(shards / s["path"]).to_pylist()]
+    return [r for s in m.shards for r in pq.read_table(shards / s.path).to_pylist()]
 
 
 def test_shards_are_bit_exact_and_complete(synth_v2: Path, shards_v2: Path) -> None:
@@ -40,7 +40,7 @@ def test_shards_are_bit_exact_and_complete(synth_v2: Path, shards_v2: Path) -> N
         "cloud_or_shadow": sum(flags["contains_cloud_or_shadow"]),
         "no_19_class_label": 0,
     }
-    assert sum(m.splits.values()) == m.pairs == sum(s["rows"] for s in m.shards)
+    assert sum(m.splits.values()) == m.pairs == sum(s.rows for s in m.shards)
     rows = _rows(shards_v2)
     assert sorted(r["patch_id"] for r in rows) == sorted(meta["patch_id"].to_pylist())
     layout = layout_for("v2", str(synth_v2))
@@ -65,7 +65,7 @@ def test_shards_are_bit_exact_and_complete(synth_v2: Path, shards_v2: Path) -> N
 def test_shard_files_carry_format_metadata(shards_v2: Path) -> None:
     m = Manifest.load(*open_fs(str(shards_v2)))
     for s in m.shards:
-        pf = pq.ParquetFile(shards_v2 / s["path"])
+        pf = pq.ParquetFile(shards_v2 / s.path)
         assert pf.schema_arrow.equals(SHARD_SCHEMA, check_metadata=False)
         meta = pf.schema_arrow.metadata
         assert meta[b"bigearth.format_version"] == b"2" and meta[b"bigearth.compression"] == b"lz4"
@@ -73,7 +73,7 @@ def test_shard_files_carry_format_metadata(shards_v2: Path) -> None:
         assert bands["B01"] == {"shape": [20, 20], "dtype": "uint16", "gsd": 60}
         assert bands["VV"]["dtype"] == "float32"
         assert pf.metadata.row_group(0).column(0).compression == "LZ4"
-        assert s["rows"] <= 30 and s["path"].startswith(s["split"] + "/")
+        assert s.rows <= 30 and s.path.startswith(s.split + "/")
 
 
 def test_rerun_is_idempotent(shards_v2: Path, synth_v2: Path) -> None:

@@ -34,11 +34,11 @@ def test_ingest_s3_to_s3_matches_a_local_ingest(s3, bucket: str, synth_v2: Path,
     m = ingest(f"s3://{bucket}/archive", f"s3://{bucket}/shards", shard_size=30, storage=storage)
     local = Manifest.load(*open_fs(str(shards_v2)))
     assert (m.pairs, m.splits, m.excluded, m.quarantined) == (local.pairs, local.splits, local.excluded, [])
-    assert [s["path"] for s in m.shards] == [s["path"] for s in local.shards]
+    assert [s.path for s in m.shards] == [s.path for s in local.shards]
     for s in m.shards:
-        with fs.open(f"{bucket}/shards/{s['path']}", "rb") as f:
+        with fs.open(f"{bucket}/shards/{s.path}", "rb") as f:
             remote = pq.read_table(f)
-        assert remote.equals(pq.read_table(shards_v2 / s["path"]))  # byte-for-byte the same rows
+        assert remote.equals(pq.read_table(shards_v2 / s.path))  # byte-for-byte the same rows
     batches = list(iter_torch(open_split(f"s3://{bucket}/shards", "test", storage=storage), 32))
     assert sum(len(b["patch_id"]) for b in batches) == m.splits["test"]
 
@@ -218,7 +218,7 @@ def _crash_after(  # type: ignore[no-untyped-def]
 
 def _ids_once(out: Path, expected: list[str]) -> None:
     m = Manifest.load(*open_fs(str(out)))
-    ids = [i for s in m.shards for i in pq.read_table(out / s["path"], columns=["patch_id"]).column(0).to_pylist()]
+    ids = [i for s in m.shards for i in pq.read_table(out / s.path, columns=["patch_id"]).column(0).to_pylist()]
     assert sorted(ids) == sorted(expected) and not m.quarantined  # every pair exactly once, none quarantined
 
 

@@ -1,13 +1,12 @@
-"""Shard format 2: fixed-size band columns, the compression choice, page checksums verified on read (a corrupted
-or cut-short shard is an error naming the file, never data), format 1 shard sets still read, shards never exceed
-`--shard-size`."""
+"""Shard format 2 through Ray: the compression choice, page checksums verified on read (a corrupted or cut-short
+shard is an error naming the file, never data), format 1 shard sets still read; the unit tier's shard set, written
+without Ray, is the Ray ingest's (the rest: tests/unit/test_shard_format.py)."""
 
 from __future__ import annotations
 
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pyarrow as pa
@@ -16,9 +15,10 @@ import pytest
 
 from bigearth.core.bands import ALL_BANDS
 from bigearth.core.storage import open_fs
-from bigearth.ingest.job import ingest, plan_shards
+from bigearth.ingest.job import ingest
 from bigearth.input.raydata import iter_torch, open_split
 from bigearth.shards.format import MANIFEST, SHARD_SCHEMA, Manifest, ShardFormatError
+from helpers import ingest_in_process
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -36,13 +36,6 @@ def _first_file(shards: Path, split: str = "validation") -> Path:
     return Path(m.shard_paths(str(shards), split)[0])
 
 
-def test_band_columns_are_fixed_size_and_pages_carry_checksums(shards_v2: Path) -> None:
-    pf = pq.ParquetFile(_first_file(shards_v2))
-    for band in ALL_BANDS:
-        assert pf.schema_arrow.field(band.name).type == pa.binary(band.nbytes)
-    assert pf.schema_arrow.equals(SHARD_SCHEMA, check_metadata=False)
-    # a reader that verifies checksums accepts the file; flipping one byte of it is caught (next test)
-    pq.ParquetFile(_first_file(shards_v2), page_checksum_verification=True).read()
 
 
 def test_flipped_bytes_are_an_error_naming_the_file(shards_v2: Path, tmp_path: Path) -> None:
@@ -95,12 +88,6 @@ def test_format_1_shard_sets_stay_readable(shards_v2: Path, tmp_path: Path) -> N
             assert np.array_equal(value, legacy[pid][key]), (pid, key)
 
 
-def test_unknown_format_version_names_the_command_that_rewrites_it(shards_v2: Path, tmp_path: Path) -> None:
-    shutil.copy(shards_v2 / MANIFEST, tmp_path / MANIFEST)
-    doc = json.loads((tmp_path / MANIFEST).read_text())
-    (tmp_path / MANIFEST).write_text(json.dumps({**doc, "format_version": "9"}))
-    with pytest.raises(ShardFormatError, match=r"format version '9'.*bigearth ingest --archive .* --overwrite"):
-        Manifest.load(*open_fs(str(tmp_path)))
 
 
 def test_zstd_on_request_holds_the_same_rows(synth_v2: Path, shards_v2: Path, tmp_path: Path) -> None:
@@ -116,10 +103,10 @@ def test_zstd_on_request_holds_the_same_rows(synth_v2: Path, shards_v2: Path, tm
     assert zstd < lz4
 
 
-def test_shards_never_exceed_the_shard_size() -> None:
-    for n, size in ((20_001, 10_000), (20_000, 10_000), (1, 5), (29_999, 10_000), (3_001, 1_000)):
-        ids = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{i}_{i}" for i in range(n)]
-        cat = SimpleNamespace(pairs=pa.table({"patch_id": ids, "split": ["train"] * n}))
-        plans = plan_shards(cat, size)  # type: ignore[arg-type]
-        assert all(len(p.rows) <= size for p in plans), (n, size)
-        assert sum(len(p.rows) for p in plans) == n and len(plans) == -(-n // size)
+def test_a_shard_set_written_without_ray_is_the_ray_ingests(synth_v2: Path, shards_v2: Path, tmp_path: Path) -> None:
+    """`helpers.ingest_in_process` (the unit tier's `shards_v2`) writes the shard set a Ray ingest writes."""
+    local = ingest_in_process(synth_v2, tmp_path / "local", shard_size=30)
+    ray_written = Manifest.load(*open_fs(str(shards_v2)))
+    assert local == ray_written
+    for entry in ray_written.shards:
+        assert pq.read_table(tmp_path / "local" / entry.path).equals(pq.read_table(shards_v2 / entry.path))

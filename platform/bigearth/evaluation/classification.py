@@ -16,6 +16,7 @@ from bigearth.core.secrets import redact
 from bigearth.core.storage import StorageOptions, join, open_fs
 from bigearth.metrics.charts import per_class_chart, percent
 from bigearth.models.checkpoints import Checkpoint
+from bigearth.shards.shardset import label_column
 
 
 class Predictor:
@@ -34,7 +35,7 @@ class Predictor:
     def __call__(self, table: pa.Table) -> dict[str, Any]:
         batch = self.runner.batch_from_table(table)
         probs = self.runner.predict(batch).cpu().numpy()
-        column = "labels" if self.nomenclature == 19 else "labels43"
+        column = label_column(self.nomenclature)
         return {
             "patch_id": np.asarray(batch["patch_id"], dtype=object),
             "probabilities": probs,

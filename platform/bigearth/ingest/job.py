@@ -39,7 +39,7 @@ from bigearth.core.storage import (
     open_fs,
 )
 from bigearth.ingest.downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
-from bigearth.shards.format import DEFAULT_COMPRESSION, FORMAT_VERSION, MANIFEST, Manifest, ShardWriter
+from bigearth.shards.format import DEFAULT_COMPRESSION, FORMAT_VERSION, MANIFEST, Manifest, ShardEntry, ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -428,7 +428,7 @@ def _manifest(cat: Catalogue, reports: list[dict[str, Any]], archive: str) -> Ma
     return Manifest(
         pairs=sum(r["rows"] for r in reports),
         splits=splits,
-        shards=[{"path": r["path"], "rows": r["rows"], "split": r["split"]} for r in reports if r["rows"]],
+        shards=[ShardEntry(r["path"], r["split"], r["rows"]) for r in reports if r["rows"]],
         quarantined=sorted((q for r in reports for q in r["quarantined"]), key=lambda q: q["patch_id"]),
         excluded=excluded,
         source={"archive": archive, "layout": cat.version, "catalogue_pairs": cat.total, **cat.options},

@@ -113,12 +113,13 @@ def bench_read_alone(
     import pyarrow.parquet as pq
 
     from bigearth.core.bands import BAND_SETS
-    from bigearth.core.storage import arrow_filesystem, open_fs
-    from bigearth.shards.format import Manifest, open_shard, read_row_group
+    from bigearth.core.storage import arrow_filesystem
+    from bigearth.shards.format import open_shard, read_row_group
+    from bigearth.shards.shardset import ShardSet
 
-    fs, root = open_fs(shards, storage)
-    paths = Manifest.load(fs, root).shard_paths(root, split)
-    columns = ["patch_id", "labels", *BAND_SETS["s1s2-12"]]  # what `open_split(bands="all")` reads
+    shard_set = ShardSet.open(shards, storage)
+    paths = shard_set.paths(split)
+    columns = ["patch_id", shard_set.label_column(19), *BAND_SETS["s1s2-12"]]  # what `open_split(bands="all")` reads
     afs, _ = arrow_filesystem(shards, storage)
 
     def read_all() -> int:

@@ -40,9 +40,10 @@ import numpy as np
 import pyarrow as pa
 
 from bigearth.core.bands import BANDS
-from bigearth.core.storage import StorageOptions, arrow_filesystem, join, open_fs
+from bigearth.core.storage import StorageOptions, arrow_filesystem, join
 from bigearth.input.raydata import band_view, groups_for, label_matrix, to_torch
-from bigearth.shards.format import ROW_GROUP_PAIRS, Manifest, ShardFormatError, open_shard, read_row_group
+from bigearth.shards.format import ROW_GROUP_PAIRS, ShardFormatError, open_shard, read_row_group
+from bigearth.shards.shardset import ShardSet, label_column
 
 
 @dataclass(frozen=True)
@@ -56,24 +57,14 @@ class RowGroup:
 
 
 def row_groups(shards: str, split: str | Sequence[str], storage: StorageOptions | None = None) -> list[RowGroup]:
-    """The row groups of a split (several: a list) of a shard set, from the manifest alone (the writer cuts every
-    shard into row groups of `ROW_GROUP_PAIRS` rows, the last one shorter; readers check it)."""
-    fs, root = open_fs(shards, storage)
-    manifest = Manifest.load(fs, root)
-    wanted = {split} if isinstance(split, str) else set(split)
-    known = sorted({s["split"] for s in manifest.shards})
-    if wanted - set(known):
-        raise ShardFormatError(
-            f"{shards}: no shards for split {', '.join(map(repr, sorted(wanted - set(known))))}; "
-            f"the shard set has {known}"
-        )
-    out = []
-    for s in manifest.shards:
-        if s["split"] in wanted:
-            full, rest = divmod(int(s["rows"]), ROW_GROUP_PAIRS)
-            sizes = [ROW_GROUP_PAIRS] * full + ([rest] if rest else [])
-            out += [RowGroup(shards, join(root, s["path"]), i, n) for i, n in enumerate(sizes)]
-    return out
+    """The row groups of a split (several: a list) of a shard set, from the manifest alone
+    (`ShardEntry.row_groups`; readers check them against the files)."""
+    shard_set = ShardSet.open(shards, storage)
+    return [
+        RowGroup(shards, join(shard_set.root, e.path), i, n)
+        for e in shard_set.files(split)  # an unknown split names the ones there are
+        for i, n in enumerate(e.row_groups)
+    ]
 
 
 def open_row_groups(shards: str, split: str | Sequence[str], storage: StorageOptions | None = None) -> Any:
@@ -183,8 +174,7 @@ class RowGroupLoader:
             raise ValueError("skip is for unshuffled reading (evaluation shares from row_share)")
         self.skip = skip
         self.threads, self.prefetch = max(1, threads), max(1, prefetch)
-        label = "labels" if nomenclature == 19 else "labels43"
-        self.columns = ["patch_id", label, *(b for names in self.bands.values() for b in names)]
+        self.columns = ["patch_id", label_column(nomenclature), *(b for names in self.bands.values() for b in names)]
         self._metadata: dict[str, Any] = {}  # footer of each file, read once per loader
         self._filesystems: dict[str, Any] = {}  # one pyarrow filesystem per shard set, made once per loader
 

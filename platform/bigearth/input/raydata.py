@@ -22,8 +22,9 @@ import pyarrow.parquet as pq
 
 from bigearth.core import labels as lab
 from bigearth.core.bands import BAND_SETS, BANDS, GROUPS
-from bigearth.core.storage import StorageOptions, arrow_filesystem, join, open_fs
-from bigearth.shards.format import META_COLUMNS, Manifest, ShardFormatError, open_shard, read_row_group
+from bigearth.core.storage import StorageOptions, arrow_filesystem, join
+from bigearth.shards.format import META_COLUMNS, ShardFormatError, open_shard, read_row_group
+from bigearth.shards.shardset import ShardSet, label_column, missing_labels, nomenclature_of
 
 BandSet = Literal["all", "s1", "s2-10", "s2-12", "s1s2-10", "s1s2-12"]
 
@@ -109,14 +110,12 @@ def band_view(chunk: pa.Array, name: str) -> np.ndarray:
 
 
 def label_matrix(table: pa.Table, nomenclature: int = 19) -> np.ndarray:
-    """Multi-hot `[rows, 19|43]` of a shard table's `labels` (19) or `labels43` (43, v1 shards only)."""
-    column = "labels" if nomenclature == 19 else "labels43"
+    """Multi-hot `[rows, 19|43]` of a shard table's label column for `nomenclature` (`ShardSet.label_column`); rows
+    without labels (43 classes asked of v2 rows) are the shard set's error."""
+    column = label_column(nomenclature)
     label_col = table.column(column)
     if label_col.null_count:
-        raise ShardFormatError(
-            f"{label_col.null_count} row(s) have no {column}: 43-class labels exist only in "
-            "shards ingested from a v1 archive"
-        )
+        raise missing_labels("shard rows", nomenclature, f"{label_col.null_count} row(s) have no {column}")
     return _labels_multi_hot(label_col, nomenclature)
 
 
@@ -159,24 +158,16 @@ def open_split(
     """
     import ray
 
-    fs, root = open_fs(shards, storage)
-    manifest = Manifest.load(fs, root)
-    wanted = None if split is None else {split} if isinstance(split, str) else set(split)
-    shards_meta = [s for s in manifest.shards if wanted is None or s["split"] in wanted]
-    known = sorted({s["split"] for s in manifest.shards})
-    if not shards_meta or (wanted and wanted - set(known)):
-        missing = sorted(wanted - set(known)) if wanted else []
-        raise ShardFormatError(
-            f"{shards}: no shards for split {', '.join(map(repr, missing))}; the shard set has {known}"
-        )
+    shard_set = ShardSet.open(shards, storage)
+    files = shard_set.files(split)  # an unknown split names the ones there are
+    labels = shard_set.label_column(nomenclature)
     groups = groups_for(bands)
-    label_column = "labels" if nomenclature == 19 else "labels43"
     unknown = sorted(set(extra_columns) - set(META_COLUMNS))
     if unknown:
         raise ShardFormatError(f"extra_columns: unknown column(s) {unknown}; expected some of {META_COLUMNS}")
-    base = ["patch_id", label_column, *(b for g in groups.values() for b in g)]
+    base = ["patch_id", labels, *(b for g in groups.values() for b in g)]
     columns = base + [c for c in extra_columns if c not in base]
-    items = [{"path": join(root, s["path"]), "rows": s["rows"]} for s in shards_meta]
+    items = [{"path": join(shard_set.root, e.path), "rows": e.rows} for e in files]
     ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
     if shuffle_files:
         ds = ds.randomize_block_order()
@@ -215,7 +206,7 @@ def _collate_class() -> type:
             self.groups, self.nomenclature, self.device = groups, nomenclature, device
 
         def __call__(self, table: pa.Table) -> dict[str, Any]:  # type: ignore[override]
-            nomenclature = self.nomenclature or (19 if "labels" in table.column_names else 43)
+            nomenclature = self.nomenclature or nomenclature_of(table.column_names)
             return to_torch(decode_batch(table, self.groups or _groups_in(table), nomenclature), self.device)
 
     return TorchCollate
@@ -260,10 +251,7 @@ def read_columns(
     matrices and lookups, not for training."""
     from concurrent.futures import ThreadPoolExecutor
 
-    fs, root = open_fs(shards, storage)
-    manifest = Manifest.load(fs, root)
-    wanted = None if split is None else {split} if isinstance(split, str) else set(split)
-    paths = [join(root, s["path"]) for s in manifest.shards if wanted is None or s["split"] in wanted]
+    paths = ShardSet.open(shards, storage).paths(split)  # an unknown split names the ones there are
     afs, _ = arrow_filesystem(shards, storage)
 
     def one(path: str) -> pa.Table:
@@ -272,6 +260,4 @@ def read_columns(
 
     with ThreadPoolExecutor(threads) as pool:
         tables = list(pool.map(one, paths))
-    if not tables:
-        raise ShardFormatError(f"{shards}: no shards for split {split!r}")
     return pa.concat_tables(tables)

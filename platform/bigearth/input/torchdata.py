@@ -34,11 +34,11 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from bigearth.core.bands import STATS
-from bigearth.core.storage import StorageOptions, arrow_filesystem, open_fs
-from bigearth.input.loader import row_groups
+from bigearth.core.storage import StorageOptions, arrow_filesystem, join
 from bigearth.input.raydata import decode_batch, groups_for
 from bigearth.models.stem import InputStem, resolve_bands
-from bigearth.shards.format import Manifest, ShardFormatError, open_shard, read_row_group
+from bigearth.shards.format import ShardFormatError, open_shard, read_row_group
+from bigearth.shards.shardset import ShardSet, label_column
 
 Sample = dict[str, Any]
 #: A row before it becomes a sample: its native-size band groups, its multi-hot labels, its patch id.
@@ -94,8 +94,7 @@ class ShardDataset(IterableDataset[Sample]):
     ) -> None:
         super().__init__()
         self.root, self.split, self.storage = str(root), split, storage
-        if nomenclature not in (19, 43):
-            raise ValueError(f"nomenclature {nomenclature}: expected 19 or 43")
+        label_column(nomenclature)  # 19 or 43, before anything is read
         if shuffle_buffer < 0 or (shuffle_buffer and not shuffle):
             raise ValueError(f"shuffle_buffer {shuffle_buffer}: expected rows >= 0, and shuffle=True to use one")
         if normalize and stats not in STATS:
@@ -106,22 +105,13 @@ class ShardDataset(IterableDataset[Sample]):
         self._stem = InputStem(self.bands, stats=table, size=120, mode=resample)
         self._groups = groups_for(self.bands)
         self.nomenclature, self.normalize, self.native, self.transforms = nomenclature, normalize, native, transforms
-        label = "labels" if nomenclature == 19 else "labels43"
-        self._columns = ["patch_id", label, *(b for names in self._groups.values() for b in names)]
         self.shuffle, self.seed, self.shuffle_buffer, self.epoch = shuffle, seed, shuffle_buffer, 0
 
-        plan = row_groups(self.root, split, storage)  # names the split and the splits there are, when missing
-        files: dict[str, list[int]] = {}
-        for g in plan:
-            files.setdefault(g.path, []).append(g.rows)
-        self.files: list[tuple[str, tuple[int, ...]]] = [(p, tuple(rows)) for p, rows in files.items()]
-        if nomenclature == 43:
-            layout = Manifest.load(*open_fs(self.root, storage)).source.get("layout")
-            if layout == "v2":
-                raise ShardFormatError(
-                    f"{self.root}: nomenclature 43 asked, but the shard set was ingested from a v2 archive, whose "
-                    "shards hold the 19-class labels only (43-class labels exist only in v1 shard sets)"
-                )
+        shard_set = ShardSet.open(self.root, storage)
+        entries = shard_set.files(split)  # an unknown split names the ones there are
+        label = shard_set.label_column(nomenclature)  # 43 classes of a v2 shard set: the shard set's error
+        self._columns = ["patch_id", label, *(b for names in self._groups.values() for b in names)]
+        self.files: list[tuple[str, tuple[int, ...]]] = [(join(shard_set.root, e.path), e.row_groups) for e in entries]
         self.rank, self.world_size = rank_and_world(rank, world_size)
         if len(self.files) < self.world_size:
             raise ValueError(

@@ -123,11 +123,10 @@ def _build_locked(
 ) -> dict[str, Any]:
     from tqdm import tqdm
 
-    from bigearth.core.storage import open_fs
     from bigearth.execution.raycluster import ensure_ray
     from bigearth.input.raydata import open_split
     from bigearth.models.checkpoints import resolve, weights_digest
-    from bigearth.shards.format import Manifest
+    from bigearth.shards.shardset import ShardSet
 
     ensure_ray()
     t0 = time.perf_counter()
@@ -136,8 +135,7 @@ def _build_locked(
     if spec.num_classes != 19:
         raise ValueError(f"{best}: the index uses the 19-class labels; this checkpoint has {spec.num_classes}")
     sizes = spec.vector_sizes
-    manifest = Manifest.load(*open_fs(data, storage))
-    total = sum(s["rows"] for s in manifest.shards if splits is None or s["split"] in splits)
+    total = sum(e.rows for e in ShardSet.open(data, storage).files(splits))  # an unknown split: named here
 
     described = {
         "model": meta["model"],

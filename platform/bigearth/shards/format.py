@@ -120,20 +120,51 @@ class ShardWriter:
         self._file.close()
 
 
+@dataclass(frozen=True)
+class ShardEntry:
+    """One shard file of a shard set, as its manifest lists it: `{"path", "rows", "split"}` in manifest.json."""
+
+    path: str  # relative to the shard set's root
+    split: str
+    rows: int
+
+    @classmethod
+    def from_record(cls, record: Any, where: str) -> ShardEntry:
+        """An entry of manifest.json's `shards` (`where`: the manifest, for the error)."""
+        try:
+            return cls(path=str(record["path"]), split=str(record["split"]), rows=int(record["rows"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ShardFormatError(
+                f"{where}: shard entry {record!r} is not {{path, rows, split}} ({type(e).__name__}: {e})"
+            ) from None
+
+    def record(self) -> dict[str, Any]:
+        """The entry as manifest.json holds it."""
+        return {"path": self.path, "rows": self.rows, "split": self.split}
+
+    @property
+    def row_groups(self) -> tuple[int, ...]:
+        """Rows of each Parquet row group: the writer cuts every shard into row groups of `ROW_GROUP_PAIRS` rows,
+        the last one shorter (readers check it)."""
+        full, rest = divmod(self.rows, ROW_GROUP_PAIRS)
+        return (ROW_GROUP_PAIRS,) * full + ((rest,) if rest else ())
+
+
 @dataclass
 class Manifest:
-    """`--out/manifest.json`: what a shard set holds and what ingest left out, with reasons."""
+    """`--out/manifest.json`: what a shard set holds and what ingest left out, with reasons. The rules readers
+    follow (splits, label columns, nomenclatures) are `bigearth.shards.shardset.ShardSet`'s."""
 
     pairs: int = 0
     splits: dict[str, int] = field(default_factory=dict)
-    shards: list[dict[str, Any]] = field(default_factory=list)  # {path (relative), rows, split}
+    shards: list[ShardEntry] = field(default_factory=list)
     quarantined: list[dict[str, str]] = field(default_factory=list)  # {patch_id, kind, reason}
     excluded: dict[str, int] = field(default_factory=dict)
     format_version: str = FORMAT_VERSION
     source: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> str:
-        return json.dumps(self.__dict__, indent=1, sort_keys=True)
+        return json.dumps({**self.__dict__, "shards": [s.record() for s in self.shards]}, indent=1, sort_keys=True)
 
     @classmethod
     def load(cls, fs: AbstractFileSystem, root: str) -> Manifest:
@@ -152,13 +183,15 @@ class Manifest:
                 f"{', '.join(READABLE_VERSIONS)}; re-run `bigearth ingest --archive ... --out {root} --overwrite` "
                 "with this version to rewrite it"
             )
+        doc["shards"] = [ShardEntry.from_record(s, path) for s in doc.get("shards") or []]
         return cls(**doc)
 
     def save(self, fs: AbstractFileSystem, root: str) -> None:
         write_bytes_atomic(fs, join(root, MANIFEST), self.to_json().encode())  # whole or not at all
 
     def shard_paths(self, root: str, split: str | None = None) -> list[str]:
-        return [join(root, s["path"]) for s in self.shards if split is None or s["split"] == split]
+        """Paths of the shard files (of one split), as listed: no check of the split (`ShardSet.paths` checks)."""
+        return [join(root, s.path) for s in self.shards if split is None or s.split == split]
 
 
 def open_shard(source: Any, where: str, metadata: Any = None) -> pq.ParquetFile:

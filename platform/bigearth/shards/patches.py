@@ -13,8 +13,8 @@ import numpy as np
 import pyarrow as pa
 
 from bigearth.archive.names import PatchNameError, check_safe_id
-from bigearth.core.storage import StorageOptions, arrow_filesystem, join, open_fs
-from bigearth.shards.format import META_COLUMNS, Manifest, ShardFormatError, open_shard, read_row_group
+from bigearth.core.storage import StorageOptions, arrow_filesystem, join
+from bigearth.shards.format import META_COLUMNS, ShardFormatError, open_shard, read_row_group
 from bigearth.shards.pages import (
     CorruptPage,
     Unsupported,
@@ -23,6 +23,7 @@ from bigearth.shards.pages import (
     read_footer,
     read_value,
 )
+from bigearth.shards.shardset import ShardSet
 
 
 class UnknownPatch(KeyError):
@@ -79,9 +80,9 @@ class PatchStore:
         from concurrent.futures import ThreadPoolExecutor
 
         self.shards, self.storage = shards, storage
-        fs, root = open_fs(shards, storage)
-        manifest = Manifest.load(fs, root)
-        self._paths = [join(root, s["path"]) for s in manifest.shards]
+        self._set = ShardSet.open(shards, storage)
+        entries = self._set.entries
+        self._paths = [join(self._set.root, e.path) for e in entries]
         self._by_split: dict[str, list[str]] = {}
         self._afs, _ = arrow_filesystem(shards, storage)
 
@@ -96,7 +97,7 @@ class PatchStore:
         self._where: dict[str, tuple[int, int, int]] = {}
         with ThreadPoolExecutor(8) as pool:
             for file_no, groups in enumerate(pool.map(ids, self._paths)):
-                split = self._by_split.setdefault(manifest.shards[file_no]["split"], [])
+                split = self._by_split.setdefault(entries[file_no].split, [])
                 for rg, _, names in groups:
                     for row, pid in enumerate(names):
                         self._where[pid] = (file_no, rg, row)
@@ -110,9 +111,8 @@ class PatchStore:
 
     def ids(self, split: str | None = None, offset: int = 0, limit: int = 100) -> list[str]:
         """Patch ids in shard order (of one split, or all), a page at a time."""
-        if split is not None and split not in self._by_split:
-            raise KeyError(f"no split {split!r}; the shard set has {sorted(self._by_split)}")
-        if split:
+        if split is not None:
+            self._set.files(split)  # an unknown split: `UnknownSplit` (a KeyError) naming the ones there are
             return self._by_split[split][offset : offset + limit]
         return list(itertools.islice(itertools.chain.from_iterable(self._by_split.values()), offset, offset + limit))
 

@@ -8,10 +8,10 @@ import time
 from typing import Any
 
 from bigearth.core.secrets import redact
-from bigearth.core.storage import StorageOptions, join, open_fs, portable_arrow_filesystem
+from bigearth.core.storage import StorageOptions, join, portable_arrow_filesystem
 from bigearth.input.loader import open_row_groups
 from bigearth.models.registry import create_model
-from bigearth.shards.format import Manifest
+from bigearth.shards.shardset import ShardSet
 from bigearth.training import tracking
 from bigearth.training.config import TrainConfig
 
@@ -44,13 +44,10 @@ def train(
 
     ensure_ray()
     so = storage_options or StorageOptions.from_env()
-    manifest = Manifest.load(*open_fs(data, so))
-    for split in (cfg.data.train_split, cfg.data.val_split):
-        if not manifest.splits.get(split):
-            raise ValueError(f"{data}: no {split!r} pairs; the shard set has {manifest.splits}")
+    shard_set = ShardSet.open(data, so)
+    shard_set.files([cfg.data.train_split, cfg.data.val_split])  # an unknown split names the ones there are
     model_bands(cfg)  # a bad model config fails here, before any worker starts (workers read these bands)
-    if cfg.data.nomenclature == 43 and manifest.source.get("layout") not in (None, "v1"):
-        raise ValueError(f"{data}: 43-class labels exist only in shards ingested from a v1 archive")
+    shard_set.label_column(cfg.data.nomenclature)  # 43 classes of a v2 shard set: the shard set's error
     # The plan (one row per Parquet row group) goes to every worker whole: each takes its share per epoch
     # (bigearth.input.loader.epoch_share), so all run the same number of steps and the split drops nothing.
     datasets = {
@@ -74,15 +71,15 @@ def train(
             "shards": data,
             "storage": storage,
             "world_size": cfg.scaling.num_workers,
-            "train_pairs": manifest.splits[cfg.data.train_split],
-            "val_pairs": manifest.splits[cfg.data.val_split],
+            "train_pairs": shard_set.splits[cfg.data.train_split],
+            "val_pairs": shard_set.splits[cfg.data.val_split],
         },
     )
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={
             "cfg": redact(cfg.model_dump()),  # the workers' config: no credentials (the tracking URI is `tracking`)
-            "train_pairs": manifest.splits[cfg.data.train_split],
+            "train_pairs": shard_set.splits[cfg.data.train_split],
             "run_dir": run_dir,
             "storage": so,
             "tracking": target,

@@ -1,5 +1,6 @@
 """The REAL patches in ../shared: ingested arrays are bit-equal to rasterio reads of the GeoTIFFs and to the RSiM
-LMDB; labels and splits match FACTS.md section 5."""
+LMDB; labels and splits match FACTS.md section 5. Ingested in this process, without Ray (`helpers.ingest_in_process`:
+the Ray ingest's shard set, tests/integration/test_shard_format.py)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,11 @@ from bigearth.archive.layouts import ArchiveLayout, layout_for
 from bigearth.archive.names import parse_s1
 from bigearth.core.bands import ALL_BANDS, BANDS, S1_BANDS, S2_BANDS
 from bigearth.core.storage import open_fs
-from bigearth.ingest.job import ingest
 from bigearth.shards.format import Manifest
 from bigearth.synth.render import render_pair
-from helpers import LISTS_V1, LISTS_V2, REAL_V1, REAL_V2
+from helpers import LISTS_V1, LISTS_V2, REAL_V1, REAL_V2, ingest_in_process
 
-pytestmark = [pytest.mark.real, pytest.mark.usefixtures("ray_local")]
+pytestmark = pytest.mark.real
 
 LAND = "Land principally occupied by agriculture, with significant areas of natural vegetation"
 # FACTS.md section 5: the v1 patches' labels in the 19-class nomenclature
@@ -64,7 +64,7 @@ V2_S1 = {
 
 def _rows(shards: Path) -> dict[str, dict]:  # type: ignore[type-arg]
     m = Manifest.load(*open_fs(str(shards)))
-    return {r["patch_id"]: r for s in m.shards for r in pq.read_table(shards / s["path"]).to_pylist()}
+    return {r["patch_id"]: r for s in m.shards for r in pq.read_table(shards / s.path).to_pylist()}
 
 
 def _array(row: dict, band: str) -> np.ndarray:  # type: ignore[type-arg]
@@ -83,7 +83,7 @@ def _official_split(name: str) -> str | None:
 @pytest.fixture(scope="module")
 def v1_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("real") / "v1"
-    ingest(str(REAL_V1), str(out), lists=str(LISTS_V1), patches=list(V1_EXPECTED), include_snow_cloud=True)
+    ingest_in_process(REAL_V1, out, lists=str(LISTS_V1), patches=list(V1_EXPECTED), include_snow_cloud=True)
     return out
 
 
@@ -124,7 +124,7 @@ def test_v1_real_labels_splits_and_quirks(v1_shards: Path) -> None:
 
 
 def test_v1_real_default_policy_excludes_the_snowy_pair(tmp_path: Path) -> None:
-    m = ingest(str(REAL_V1), str(tmp_path / "o"), lists=str(LISTS_V1), patches=list(V1_EXPECTED))
+    m = ingest_in_process(REAL_V1, tmp_path / "o", lists=str(LISTS_V1), patches=list(V1_EXPECTED))
     assert m.pairs == 5 and m.excluded == {"seasonal_snow": 1, "cloud_or_shadow": 0, "no_19_class_label": 0}
 
 
@@ -162,7 +162,7 @@ def v2_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
             _write_partner(lay, None, r["patch_id"], Path(lay.s1_band(r["s1_name"], "VV")), i)
     pq.write_table(meta.from_pylist(rows, schema=meta.schema), root / "metadata.parquet")
     out = root.parent / "v2shards"
-    ingest(str(root), str(out))
+    ingest_in_process(root, out)
     return out
 
 

@@ -24,7 +24,7 @@ from bigearth.core.bands import BAND_SETS, BANDS, GROUPS, STATS
 from bigearth.core.storage import open_fs
 from bigearth.input.raydata import decode_batch
 from bigearth.input.torchdata import ShardDataset
-from bigearth.shards.format import Manifest, ShardFormatError, ShardWriter
+from bigearth.shards.format import Manifest, ShardEntry, ShardFormatError, ShardWriter
 from helpers import REPO
 
 
@@ -33,7 +33,7 @@ def _reshard(src: Path, out: Path, rows_per_file: int) -> Path:
     to deal to 2 ranks x 2 workers."""
     fs, root = open_fs(str(src))
     m = Manifest.load(fs, root)
-    shards = []
+    shards: list[ShardEntry] = []
     for split in sorted(m.splits):
         table = pa.concat_tables(pq.read_table(p) for p in m.shard_paths(root, split))
         for k, start in enumerate(range(0, table.num_rows, rows_per_file)):
@@ -43,7 +43,7 @@ def _reshard(src: Path, out: Path, rows_per_file: int) -> Path:
             for row in table.slice(start, rows_per_file).to_pylist():
                 writer.write(row)
             writer.close()
-            shards.append({"path": rel, "rows": writer.rows, "split": split})
+            shards.append(ShardEntry(rel, split, writer.rows))
     Manifest(
         pairs=m.pairs, splits=m.splits, shards=shards, excluded=m.excluded, quarantined=m.quarantined, source=m.source
     ).save(fs, str(out))
@@ -226,7 +226,7 @@ def test_rows_and_row_groups_of_a_file_are_shuffled(
     assert all(span == list(range(span[0], span[0] + len(span))) for span in spans)  # a row group stays together
     assert [s[0] for s in spans] != sorted(s[0] for s in spans)  # row groups in another order
     assert any([read[k] for k in span] != g for span, g in zip(spans, written, strict=True) if len(g) > 1)  # rows
-    monkeypatch.setattr(bigearth.input.loader, "ROW_GROUP_PAIRS", 128)  # the manifest now implies other row groups
+    monkeypatch.setattr(bigearth.shards.format, "ROW_GROUP_PAIRS", 128)  # the manifest now implies other row groups
     stale = ShardDataset(multi, "train")
     with pytest.raises(ShardFormatError, match=r"expected 1 row group\(s\) of \[30\] rows"):
         list(stale)
