@@ -106,3 +106,18 @@ def kill_cli_ingest(archive: Path, out: Path, shard_size: int, reports: int, tim
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return list(folder.rglob("*.json"))
+
+
+def cli_subparser(name: str) -> Any:
+    """The argparse parser of `bigearth NAME` (tests/unit/test_cli.py, tests/e2e/test_cli.py)."""
+    import argparse
+
+    from bigearth.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[name]
+
+
+def cli_options(parser: Any) -> set[str]:
+    """Every option string (`--x`, `-h`) of an argparse parser."""
+    return {flag for action in parser._actions for flag in action.option_strings}
