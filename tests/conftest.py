@@ -94,6 +94,16 @@ def synth_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synth_v2_maps(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Two synthetic v2 pairs (seed 5) with their reference maps (tests/*/test_geotiff.py); treat as read-only."""
+    from bigearth.synth.archive import synthesize
+
+    root = tmp_path_factory.mktemp("v2maps") / "v2"
+    synthesize(str(root), layout="v2", pairs=2, seed=5, progress=False, workers=1, reference_maps=True)
+    return str(root)
+
+
+@pytest.fixture(scope="session")
 def shards_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
     """The synthetic v2 archive ingested with the default policy (shards of 30 pairs)."""
     from bigearth.ingest.job import ingest

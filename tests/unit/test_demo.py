@@ -24,5 +24,5 @@ def test_another_config_is_used_and_a_missing_one_is_named(tmp_path: Path) -> No
     other = tmp_path / "other.yaml"
     other.write_text(DEMO_CONFIG.read_text().replace("lr: 0.003", "lr: 0.01"))
     assert demo_config(1, other).optim.lr == 0.01
-    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         demo_config(1, tmp_path / "missing.yaml")
