@@ -146,3 +146,7 @@ def craft_tiff(
 TIFF_IMAGE = [(256, 3, 1, 120), (257, 3, 1, 120), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, None)]
 TIFF_IMAGE += [(277, 3, 1, 1), (278, 3, 1, 120), (279, 4, 1, 28800)]
 TIFF_FORMATS = [("<", False), (">", False), ("<", True), (">", True)]
+
+#: The KubeRay deployment (tests/*/test_infra.py) and the Kubernetes version its built-in kinds are validated for.
+INFRA = REPO / "infra" / "kuberay"
+K8S_VERSION = "1.32.0"
