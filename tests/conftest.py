@@ -23,6 +23,30 @@ TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e")
 #: Fixtures that start Ray or a server: a unit test may not use them, not even through another fixture.
 NOT_IN_UNIT = {"ray_local", "s3"}
+#: Session fixtures that train or index (tens of seconds each): under `--dist loadgroup` every module that uses one
+#: runs on one xdist worker, which builds them once; any other module is a group of its own (its module fixtures,
+#: such as a Serve deployment, are built once too).
+ONE_WORKER = {"tiny_run", "index_v2"}
+
+
+def xdist_worker() -> int | None:
+    """This process's pytest-xdist worker number (`gw3` -> 3), None outside xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER")
+    return int(name.removeprefix("gw")) if name else None
+
+
+def ray_temp_root() -> str | None:
+    """Under xdist, every Ray this worker starts (its session Ray, one a library starts, a CLI subprocess's) keeps its
+    sockets, logs and `ray_current_cluster` under /tmp/rw<n> (short: Ray's socket paths have a length limit)."""
+    n = xdist_worker()
+    return None if n is None else f"/tmp/rw{n}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = ray_temp_root()
+    if root:
+        os.makedirs(root, exist_ok=True)
+        os.environ["RAY_TMPDIR"] = root
 
 
 def tier_of(item: pytest.Item) -> str | None:
@@ -30,7 +54,18 @@ def tier_of(item: pytest.Item) -> str | None:
     return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
 
 
+def _xdist_groups(items: list[pytest.Item]) -> None:
+    heavy = {item.path for item in items if ONE_WORKER.intersection(getattr(item, "fixturenames", ()))}
+    for item in items:
+        if not item.get_closest_marker("xdist_group"):
+            name = "session-run" if item.path in heavy else item.path.relative_to(TESTS).as_posix()
+            item.add_marker(pytest.mark.xdist_group(name))
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.pluginmanager.hasplugin("xdist"):
+        _xdist_groups(items)
     misplaced = []
     for item in items:
         tier = tier_of(item)
@@ -64,11 +99,15 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
-    """One local Ray for the whole session (2 CPUs, no dashboard)."""
+    """One local Ray for the whole session (2 CPUs, no dashboard), always a new one (`address="local"`: never a
+    cluster found through RAY_ADDRESS or `ray_current_cluster`, such as another xdist worker's); under xdist in the
+    worker's own temp dir."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        root = ray_temp_root()
+        temp = {"_temp_dir": f"{root}/ray"} if root else {}
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, **temp)
     yield
     ray.shutdown()
 
