@@ -55,6 +55,7 @@ def tier_of(item: pytest.Item) -> str | None:
     return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
 
 
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: none without it
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """`--dist loadgroup` as this suite needs it: a module is one unit of work (its module fixtures, such as a Serve
     deployment, are built once), and the modules naming `tiny_run` or `index_v2` are one unit together. (xdist's own
