@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,11 +25,55 @@ TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e")
 #: Fixtures that start Ray or a server: a unit test may not use them, not even through another fixture.
 NOT_IN_UNIT = {"ray_local", "s3"}
+#: Session fixtures that train or index (tens of seconds each): under `--dist loadgroup` the modules that name one
+#: run on one xdist worker, which builds them once (`pytest_xdist_make_scheduler`).
+ONE_WORKER = re.compile(r"\b(tiny_run|index_v2)\b")
+
+
+def xdist_worker() -> int | None:
+    """This process's pytest-xdist worker number (`gw3` -> 3), None outside xdist."""
+    name = os.environ.get("PYTEST_XDIST_WORKER")
+    return int(name.removeprefix("gw")) if name else None
+
+
+def ray_temp_root() -> str | None:
+    """Under xdist, every Ray this worker starts (its session Ray, one a library starts, a CLI subprocess's) keeps its
+    sockets, logs and `ray_current_cluster` under /tmp/rw<n> (short: Ray's socket paths have a length limit)."""
+    n = xdist_worker()
+    return None if n is None else f"/tmp/rw{n}"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    root = ray_temp_root()
+    if root:
+        os.makedirs(root, exist_ok=True)
+        os.environ["RAY_TMPDIR"] = root
 
 
 def tier_of(item: pytest.Item) -> str | None:
     parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
     return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: none without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` as this suite needs it: a module is one unit of work (its module fixtures, such as a Serve
+    deployment, are built once), and the modules naming `tiny_run` or `index_v2` are one unit together. (xdist's own
+    loadgroup reads `xdist_group` marks through `item._nodeid`, which pytest 9.2's nodes no longer have.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    heavy = {
+        p.relative_to(config.rootpath).as_posix() for p in TESTS.glob("*/test_*.py") if ONE_WORKER.search(p.read_text())
+    }
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "session-run" if module in heavy else module
+
+    return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -64,11 +110,15 @@ def mlflow_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def ray_local() -> Iterator[None]:
-    """One local Ray for the whole session (2 CPUs, no dashboard)."""
+    """One local Ray for the whole session (2 CPUs, no dashboard), always a new one (`address="local"`: never a
+    cluster found through RAY_ADDRESS or `ray_current_cluster`, such as another xdist worker's); under xdist in the
+    worker's own temp dir."""
     import ray
 
     if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+        root = ray_temp_root()
+        temp = {"_temp_dir": f"{root}/ray"} if root else {}
+        ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, **temp)
     yield
     ray.shutdown()
 
@@ -91,6 +141,16 @@ def synth_v1(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("synth") / "v1"
     synthesize(str(out), layout="v1", pairs=120, seed=3, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def synth_v2_maps(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Two synthetic v2 pairs (seed 5) with their reference maps (tests/*/test_geotiff.py); treat as read-only."""
+    from bigearth.synth.archive import synthesize
+
+    root = tmp_path_factory.mktemp("v2maps") / "v2"
+    synthesize(str(root), layout="v2", pairs=2, seed=5, progress=False, workers=1, reference_maps=True)
+    return str(root)
 
 
 @pytest.fixture(scope="session")

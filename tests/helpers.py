@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -126,3 +127,46 @@ def kill_cli_ingest(archive: Path, out: Path, shard_size: int, reports: int, tim
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return list(folder.rglob("*.json"))
+
+
+def cli_subparser(name: str) -> Any:
+    """The argparse parser of `bigearth NAME` (tests/unit/test_cli.py, tests/e2e/test_cli.py)."""
+    import argparse
+
+    from bigearth.cli import build_parser
+
+    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    return sub.choices[name]
+
+
+def cli_options(parser: Any) -> set[str]:
+    """Every option string (`--x`, `-h`) of an argparse parser."""
+    return {flag for action in parser._actions for flag in action.option_strings}
+
+
+def craft_tiff(
+    entries: list[tuple[int, int, int, int | None]], tail: bytes = b"", order: str = "<", big: bool = False
+) -> bytes:
+    """A TIFF written by hand, classic or BigTIFF, in either byte order: one directory of `entries` (tag, type,
+    count, value or offset; None: the offset of `tail`, which follows the directory). tests/*/test_geotiff.py."""
+    first, head, size, word = (16, 8, 20, "Q") if big else (8, 2, 12, "I")
+    at = first + head + size * len(entries) + struct.calcsize(word)
+    out = (b"II" if order == "<" else b"MM") + struct.pack(order + "H", 43 if big else 42)
+    out += struct.pack(order + "HHQ", 8, 0, first) if big else struct.pack(order + "I", first)
+    out += struct.pack(order + ("Q" if big else "H"), len(entries))
+    for tag, typ, count, value in sorted(entries):
+        value = at if value is None else value
+        code = {3: "H", 4: "I", 16: "Q"}.get(typ, "B") if count * {3: 2, 4: 4, 16: 8}.get(typ, 1) <= 4 else word
+        field = struct.pack(order + code, value).ljust(struct.calcsize(word), b"\0")
+        out += struct.pack(order + "HH" + word, tag, typ, count) + field
+    return out + bytes(struct.calcsize(word)) + tail
+
+
+#: A 120x120 uint16 image in one strip at the start of the tail (28,800 bytes).
+TIFF_IMAGE = [(256, 3, 1, 120), (257, 3, 1, 120), (258, 3, 1, 16), (259, 3, 1, 1), (262, 3, 1, 1), (273, 4, 1, None)]
+TIFF_IMAGE += [(277, 3, 1, 1), (278, 3, 1, 120), (279, 4, 1, 28800)]
+TIFF_FORMATS = [("<", False), (">", False), ("<", True), (">", True)]
+
+#: The KubeRay deployment (tests/*/test_infra.py) and the Kubernetes version its built-in kinds are validated for.
+INFRA = REPO / "infra" / "kuberay"
+K8S_VERSION = "1.32.0"

@@ -33,12 +33,24 @@ def _bindable(port: int) -> bool:
     return True
 
 
+def _window() -> tuple[int, int]:
+    """Where this process's worker port ranges come from: 20000-32000, or its own slice of it under pytest-xdist
+    (worker n of N: the n-th of N slices), so two xdist workers' clusters never share a port range."""
+    n, count = os.environ.get("PYTEST_XDIST_WORKER"), os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if not (n and count):
+        return 20000, 32000
+    width = 12000 // int(count)
+    lo = 20000 + int(n.removeprefix("gw")) * width
+    return lo, lo + width
+
+
 def worker_port_range(size: int = 400) -> tuple[int, int]:
     """A range of free ports below the ephemeral range (where `free_ports` picks), clear of Ray's default worker
-    ports (10002-19999, used by the test session's own Ray) and of ranges given out before."""
+    ports (10002-19999, used by the test session's own Ray), of ranges given out before and of other xdist workers'."""
     rng = random.Random()
+    start, end = _window()
     for _ in range(200):
-        lo = rng.randrange(20000, 32000 - size)
+        lo = rng.randrange(start, end - size)
         ports = range(lo, lo + size)
         if not _TAKEN.intersection(ports) and all(_bindable(p) for p in ports):
             _TAKEN.update(ports)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -11,9 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REAL_V1, REPO
+from helpers import REAL_V1, REPO, cli_options, cli_subparser
 
-pytestmark = pytest.mark.usefixtures("ray_local")
+# the commands that run work attach to the session's Ray (RAY_ADDRESS); --help and argument errors start none
+uses_ray = pytest.mark.usefixtures("ray_local")
 
 
 def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
@@ -30,6 +30,7 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     )
 
 
+@uses_ray
 def test_synth_ingest_stats_bench(tmp_path: Path) -> None:
     archive, shards = tmp_path / "a", tmp_path / "s"
     r = _run("synth", "--layout", "v2", "--pairs", "60", "--out", str(archive), "--seed", "2")
@@ -59,6 +60,7 @@ def test_synth_ingest_stats_bench(tmp_path: Path) -> None:
     assert line["path"] == "rows" and line["pairs"] == manifest["splits"]["train"] and line["epochs"] == 2
 
 
+@uses_ray
 @pytest.mark.real
 def test_v1_without_lists_is_a_clear_error_not_a_traceback(tmp_path: Path) -> None:
     r = _run("ingest", "--archive", str(REAL_V1), "--out", str(tmp_path / "x"))
@@ -67,6 +69,7 @@ def test_v1_without_lists_is_a_clear_error_not_a_traceback(tmp_path: Path) -> No
     assert "Traceback" not in r.stderr
 
 
+@uses_ray
 def test_not_an_archive(tmp_path: Path) -> None:
     r = _run("ingest", "--archive", str(tmp_path), "--out", str(tmp_path / "x"))
     assert r.returncode == 2 and "not a BigEarthNet archive root" in r.stderr
@@ -77,17 +80,6 @@ def test_job_entrypoint_help() -> None:
     assert r.returncode == 0 and "--include-snow-cloud" in r.stdout and "--s3-endpoint" in r.stdout
 
 
-def _options(parser: argparse.ArgumentParser) -> set[str]:
-    return {flag for action in parser._actions for flag in action.option_strings}
-
-
-def _subparser(name: str) -> argparse.ArgumentParser:
-    from bigearth.cli import build_parser
-
-    (sub,) = [a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)]
-    return sub.choices[name]
-
-
 @pytest.mark.parametrize("job", sorted(p.stem for p in (REPO / "jobs").glob("*.py")))
 def test_every_job_is_a_shim_over_its_command(job: str) -> None:
     """`python jobs/X.py` (what the RayJobs run) takes exactly the options of `bigearth X`."""
@@ -96,7 +88,7 @@ def test_every_job_is_a_shim_over_its_command(job: str) -> None:
     command = job.replace("_", "-")
     assert r.stdout.startswith(f"usage: bigearth {command} ")
     shown = {w.strip("[],") for w in r.stdout.split() if w.startswith(("--", "[--"))}
-    assert shown >= _options(_subparser(command)) - {"-h"}
+    assert shown >= cli_options(cli_subparser(command)) - {"-h"}
 
 
 def test_version() -> None:
@@ -104,27 +96,6 @@ def test_version() -> None:
 
     r = subprocess.run([sys.executable, "-m", "bigearth.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and r.stdout.startswith(f"bigearth {version('bigearth')} (Ray {version('ray')}, ")
-
-
-def test_serve_exposes_every_app_argument(capsys: pytest.CaptureFixture[str]) -> None:
-    from bigearth.cli import main
-    from bigearth.cli.serve import model_values
-    from bigearth.serving.args import SECRET_FIELDS, AppArgs
-
-    flags = _options(_subparser("serve"))
-    fields = set(AppArgs.model_fields) - set(SECRET_FIELDS)
-    assert {"--" + f.replace("_", "-") for f in fields} <= flags and not {"--qdrant-api-key"} & flags
-    base = ["serve", "--checkpoint", "c", "--index", "i", "--data", "d"]
-    a = _subparser("serve").parse_args(
-        [*base[1:], "--replicas", "3", "--batch-wait-timeout-s", "0.05", "--classifier-max-replicas", "5"]
-    )
-    args = AppArgs(**model_values(a, AppArgs))
-    assert (args.classifier_replicas, args.batch_wait_timeout_s, args.classifier_max_replicas) == (3, 0.05, 5)
-    assert args.max_body_mb == AppArgs.model_fields["max_body_mb"].default  # unset flags keep the model's default
-    # the model validates the flags and names the field it refuses, before anything starts
-    assert main([*base, "--max-batch-size", "0"]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("bigearth serve: error:") and "max_batch_size" in err and "greater than or equal to 1" in err
 
 
 def test_a_job_fails_with_one_line_and_with_its_traceback_under_verbose() -> None:

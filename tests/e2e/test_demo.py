@@ -22,7 +22,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     from bigearth.demo.run import run_demo
 
     work = tmp_path_factory.mktemp("demo")
-    result = run_demo(str(work), pairs=400, epochs=2, port=0, shared=str(SHARED), samples=4, queries=2)
+    result = run_demo(str(work), pairs=200, epochs=2, port=0, shared=str(SHARED), samples=4, queries=2)
     result["workdir"] = work
     return result
 

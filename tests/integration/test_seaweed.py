@@ -251,7 +251,7 @@ def test_watchdog_cleans_up_when_owner_is_killed(tmp_path):
     code = textwrap.dedent(
         f"""
         import json, os, sys
-        sys.path.insert(0, {str(Path(__file__).parent)!r})
+        sys.path.insert(0, {str(Path(__file__).resolve().parents[1])!r})  # tests/, where seaweed.py is
         from seaweed import SeaweedS3
         s = SeaweedS3().start()
         print(json.dumps({{"pid": s.pid, "dir": str(s.data_dir)}}), flush=True)

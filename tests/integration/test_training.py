@@ -48,11 +48,21 @@ def test_bad_config_names_the_key(override: str, message: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def run(shards_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def trained(shards_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-epoch run, tracked in MLflow under its folder: test_rerun_with_the_same_name_resumes resumes it."""
     storage = tmp_path_factory.mktemp("runs")
     cfg = load_config(TINY, ["optim.epochs=2", "data.batch_size=16"])
     train(cfg, str(shards_v2), str(storage), "tiny-run")
     return storage / "tiny-run"
+
+
+@pytest.fixture(scope="module")
+def run(trained: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of `trained` taken before anything resumes it (the resume test asks for it too): the 2-epoch run the
+    other tests read, whichever order they run in."""
+    copy = tmp_path_factory.mktemp("runs-read") / "tiny-run"
+    shutil.copytree(trained, copy)
+    return copy
 
 
 def _history(run: Path) -> list[dict]:  # type: ignore[type-arg]
@@ -76,13 +86,14 @@ def test_training_writes_checkpoints_metrics_and_curves(run: Path) -> None:
     assert all(0 < h["train_align_loss"] < 100 for h in history)
 
 
-def test_rerun_with_the_same_name_resumes(run: Path, shards_v2: Path) -> None:
-    before = _history(run)
+def test_rerun_with_the_same_name_resumes(trained: Path, run: Path, shards_v2: Path) -> None:
+    before = _history(run)  # the copy, taken before this resume
     cfg = load_config(TINY, ["optim.epochs=3", "data.batch_size=16"])
-    train(cfg, str(shards_v2), str(run.parent), "tiny-run")
-    after = _history(run)
+    train(cfg, str(shards_v2), str(trained.parent), "tiny-run")
+    after = _history(trained)
     assert [h["epoch"] for h in after] == [1, 2, 3]
     assert after[:2] == before  # epochs 1-2 come from the checkpoint, not from a new start
+    assert _history(run) == before  # the run the other tests read is not the one resumed
     # the same MLflow run goes on (the session's store, tests/conftest.py): one point per epoch, the new epoch count
     # a tag (parameters cannot change)
     from mlflow.tracking import MlflowClient
@@ -92,7 +103,7 @@ def test_rerun_with_the_same_name_resumes(run: Path, shards_v2: Path) -> None:
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name("bigearth")
     assert experiment is not None
-    (tracked,) = client.search_runs([experiment.experiment_id], f"tags.`{RUN_DIR_TAG}` = '{run}'")
+    (tracked,) = client.search_runs([experiment.experiment_id], f"tags.`{RUN_DIR_TAG}` = '{trained}'")
     assert tracked.info.status == "FINISHED" and tracked.info.run_name == "tiny-run"
     assert tracked.data.params["optim.epochs"] == "2" and tracked.data.tags["resumed.optim.epochs"] == "3"
     points = client.get_metric_history(tracked.info.run_id, "val_macro_ap")

@@ -14,11 +14,12 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--serve", action="store_true", help="keep the service running at the end (Ctrl-C stops)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--shared", help="the folder holding bigearthnet/real (default: $BIGEARTH_SHARED or ../shared)")
+    p.add_argument("--config", help="the model and recipe (default: the repository's configs/tiny-cpu.yaml)")
     p.set_defaults(func=run)
 
 
 def run(a: argparse.Namespace) -> int:
     from bigearth.demo.run import run_demo
 
-    run_demo(a.workdir, pairs=a.pairs, epochs=a.epochs, seed=a.seed, serve=a.serve, port=a.port, shared=a.shared)
+    run_demo(a.workdir, a.pairs, a.epochs, a.seed, a.serve, a.port, a.shared, config=a.config)
     return 0

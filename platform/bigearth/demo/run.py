@@ -2,7 +2,8 @@
 
 synthesise an archive in the real v2 layout -> ingest -> train a small fused S1+S2 model -> evaluate -> index ->
 evaluate retrieval -> serve -> classify and search through the SDK (and a REAL patch when ../shared is there) ->
-an HTML report. `bigearth demo` (= `make demo`); `--serve` keeps the service running afterwards.
+an HTML report. `bigearth demo` (= `make demo`); `--serve` keeps the service running afterwards. The model is
+`configs/tiny-cpu.yaml` (the tests' config), trained for the demo's number of epochs.
 """
 
 from __future__ import annotations
@@ -11,15 +12,65 @@ import json
 import os
 import socket
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 STAGES = 8
+#: The demo's model and recipe: the repository's config file (a checkout or an editable install).
+DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "tiny-cpu.yaml"
 
 
-def _stage(i: int, text: str) -> float:
-    print(f"\n[{i}/{STAGES}] {text}", flush=True)
-    return time.perf_counter()
+@dataclass(frozen=True)
+class Workdir:
+    """The demo's folders, one per stage, under one working folder."""
+
+    root: Path
+
+    @property
+    def archive(self) -> Path:
+        return self.root / "archive"
+
+    @property
+    def shards(self) -> Path:
+        return self.root / "shards"
+
+    @property
+    def run(self) -> Path:
+        return self.root / "runs" / "tiny"
+
+    @property
+    def eval(self) -> Path:
+        return self.root / "eval"
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index"
+
+    @property
+    def retrieval(self) -> Path:
+        return self.root / "retrieval"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
+
+class Stages:
+    """Announces and times the stages: `with stages.stage("train", 3, "training ..."):`."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self.started = time.perf_counter()
+
+    @contextmanager
+    def stage(self, key: str, i: int, text: str) -> Iterator[None]:
+        print(f"\n[{i}/{STAGES}] {text}", flush=True)
+        t = time.perf_counter()
+        yield
+        self.seconds[key] = time.perf_counter() - t
 
 
 def _free_port(preferred: int) -> int:
@@ -47,6 +98,207 @@ def find_real_patches(shared: str | None = None) -> list[tuple[Path, Path]]:
     return sorted(pairs)
 
 
+def demo_config(epochs: int, config: str | Path | None = None) -> Any:
+    """The demo's `TrainConfig`: `config` (default `configs/tiny-cpu.yaml`) for `epochs` epochs, no early stop."""
+    from bigearth.training.config import load_config
+
+    path = Path(config) if config else DEMO_CONFIG
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: the demo's config (run the demo from a checkout, or pass --config)")
+    return load_config(path, [f"optim.epochs={epochs}", f"run.patience={epochs}"])
+
+
+def synthesise(w: Workdir, pairs: int, seed: int) -> None:
+    """A synthetic archive of `pairs` pairs in the v2 layout (kept when already there)."""
+    from bigearth.synth.archive import synthesize
+
+    if (w.archive / "metadata.parquet").exists():
+        print("      already there")
+        return
+    synthesize(str(w.archive), layout="v2", pairs=pairs, seed=seed)
+
+
+def ingest_archive(w: Workdir, pairs: int) -> Any:
+    """The archive ingested with Ray Data into about 8 shards; the manifest."""
+    from bigearth.execution.raycluster import ensure_ray
+    from bigearth.ingest.job import ingest
+
+    ensure_ray()
+    return ingest(str(w.archive), str(w.shards), shard_size=max(50, pairs // 8))
+
+
+def train_model(w: Workdir, cfg: Any) -> None:
+    from bigearth.training.trainer import train
+
+    train(cfg, str(w.shards), str(w.run.parent), w.run.name)
+
+
+def evaluate_model(w: Workdir) -> dict[str, Any]:
+    """The test split's metrics (and `eval/predictions.parquet`, read by the SDK stage)."""
+    from bigearth.evaluation.classification import evaluate
+
+    metrics: dict[str, Any] = evaluate(str(w.run), str(w.shards), "test", str(w.eval))
+    print(f"      micro F1 {metrics['micro_f1']:.3f}, macro AP {metrics['macro_ap']:.3f}")
+    return metrics
+
+
+def index_archive(w: Workdir) -> None:
+    from bigearth.retrieval.indexer import build_index
+
+    built = build_index(str(w.run), str(w.shards), str(w.index), recreate=True)
+    print(f"      {built['points_in_collection']} points, vectors {built['vectors']}")
+
+
+def evaluate_index(w: Workdir) -> dict[str, Any]:
+    """Retrieval metrics of test queries against the train split."""
+    from bigearth.retrieval.evaluation import evaluate_retrieval
+
+    retrieval: dict[str, Any] = evaluate_retrieval(
+        str(w.index), str(w.shards), str(w.retrieval), k=10, queries=200, exact_queries=50
+    )
+    for mode, v in retrieval["modes"].items():
+        print(f"      {mode:7s} mAP@10 {v['map@10']:.3f}  P@10 {v['precision@10']:.3f}  NDCG@10 {v['ndcg@10']:.3f}")
+    return retrieval
+
+
+def start_service(w: Workdir, port: int) -> None:
+    """The Serve app on 127.0.0.1:`port` over the demo's run, index and shards."""
+    from ray import serve as ray_serve
+
+    from bigearth.serving.app import AppArgs, build
+
+    ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
+    args = AppArgs(checkpoint=str(w.run), index=str(w.index), data=str(w.shards), replica_cpus=0.5)
+    ray_serve.run(build(args), name="bigearth", route_prefix="/")
+
+
+def wait_ready(client: Any, url: str, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while not _ready(client):
+        if time.time() > deadline:
+            raise RuntimeError(f"the service at {url} did not become ready in {timeout:.0f} s")
+        time.sleep(1)
+
+
+def _quicklook(client: Any, images: Path, patch_id: str) -> Path:
+    """The pair's RGB quicklook (scale 2) in `images`, fetched once."""
+    png = images / f"{patch_id}.png"
+    if not png.exists():
+        png.write_bytes(client.rgb(patch_id, scale=2))
+    return png
+
+
+def classify_samples(client: Any, preds: list[dict[str, Any]], images: Path) -> list[dict[str, Any]]:
+    """Each test pair classified by patch id, beside its true labels and quicklook."""
+    samples = []
+    for p in preds:
+        r = client.classify(patch_id=p["patch_id"])
+        png = images / f"{p['patch_id']}.png"
+        png.write_bytes(client.rgb(p["patch_id"], scale=2))
+        samples.append({"patch_id": p["patch_id"], "true": p["labels"], "pred": r.labels, "png": str(png)})
+    print(f"      classified {len(preds)} test pairs by patch id")
+    return samples
+
+
+def search_neighbours(client: Any, preds: list[dict[str, Any]], images: Path) -> list[dict[str, Any]]:
+    """The 5 nearest train pairs of each test pair, with the labels they share."""
+    queries = []
+    for p in preds:
+        res = client.search(patch_id=p["patch_id"], k=5, filter={"split": "train"})
+        hits = []
+        for h in res.hits:
+            labels = h.payload["labels"]
+            hits.append(
+                {
+                    "patch_id": h.patch_id,
+                    "score": h.score,
+                    "labels": labels,
+                    "shared": sorted(set(labels) & set(p["labels"])),
+                    "png": str(_quicklook(client, images, h.patch_id)),
+                }
+            )
+        png = str(images / f"{p['patch_id']}.png")
+        queries.append({"patch_id": p["patch_id"], "labels": p["labels"], "png": png, "hits": hits})
+    print(f"      searched the train split for the neighbours of {len(queries)} test pairs")
+    return queries
+
+
+def classify_real(client: Any, shared: str | None) -> list[dict[str, Any]]:
+    """The real pairs of ../shared uploaded as GeoTIFFs and classified (none when it is not there)."""
+    real = []
+    for s2, s1 in find_real_patches(shared):
+        r = client.classify(s2, s1)
+        top = sorted(r.probabilities.items(), key=lambda kv: -kv[1])[:3]
+        real.append({"name": s2.name, "labels": r.labels, "top": top})
+    if real:
+        print(f"      classified {len(real)} REAL BigEarthNet pairs uploaded as GeoTIFFs")
+    else:
+        print("      (no ../shared/bigearthnet/real: skipped the real patches)")
+    return real
+
+
+def call_service(w: Workdir, url: str, samples: int, queries: int, shared: str | None) -> dict[str, Any]:
+    """Classify, search and fetch quicklooks through the SDK: the report's samples, queries and real pairs."""
+    import pyarrow.parquet as pq
+
+    from bigearth.client import Client
+
+    images = w.report / "images"
+    images.mkdir(parents=True, exist_ok=True)
+    with Client(url, timeout=120) as c:
+        wait_ready(c, url)
+        preds = pq.read_table(w.eval / "predictions.parquet").to_pylist()[:samples]
+        return {
+            "samples": classify_samples(c, preds, images),
+            "queries": search_neighbours(c, preds[:queries], images),
+            "real": classify_real(c, shared),
+        }
+
+
+def write_demo_report(
+    w: Workdir,
+    data: dict[str, Any],
+    manifest: Any,
+    metrics: dict[str, Any],
+    retrieval: dict[str, Any],
+    url: str,
+    seconds: dict[str, float],
+    serve: bool,
+) -> tuple[str, dict[str, Any]]:
+    """The HTML report (and report.json) from every stage's results; (its path, the summary)."""
+    from bigearth.demo.report import write_report
+
+    history = [json.loads(line) for line in (w.run / "metrics.jsonl").read_text().splitlines()]
+    summary = {
+        "pairs ingested": manifest.pairs,
+        "splits": manifest.splits,
+        "epochs": len(history),
+        "service": url,
+        "seconds": {k: round(v, 1) for k, v in seconds.items()},
+    }
+    data.update(
+        title="BigEarthNet platform demo",
+        summary=summary,
+        curves_png=str(w.run / "curves.png"),
+        per_class_png=str(w.eval / "per_class.png"),
+        metrics={k: v for k, v in metrics.items() if k != "class_names"},
+        retrieval=retrieval,
+        history=history,
+        explorer=f"{url}/" if serve else None,
+    )
+    return write_report(str(w.report), data), summary
+
+
+def keep_serving(url: str) -> None:
+    """Block until Ctrl-C while the service runs."""
+    print(f"The service keeps running: the explorer page at {url}/, the API at {url}/docs; Ctrl-C stops it.")
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+
+
 def run_demo(
     workdir: str = "runs/demo",
     pairs: int = 2000,
@@ -57,159 +309,36 @@ def run_demo(
     shared: str | None = None,
     samples: int = 8,
     queries: int = 3,
+    config: str | None = None,
 ) -> dict[str, Any]:
     """Run every stage in `workdir`; return the summary (also in `workdir/report/report.json`)."""
     from ray import serve as ray_serve
 
-    from bigearth.client import Client
-    from bigearth.demo.report import write_report
-    from bigearth.evaluation.classification import evaluate
-    from bigearth.execution.raycluster import ensure_ray
-    from bigearth.ingest.job import ingest
-    from bigearth.retrieval.evaluation import evaluate_retrieval
-    from bigearth.retrieval.indexer import build_index
-    from bigearth.serving.app import AppArgs, build
-    from bigearth.synth.archive import synthesize
-    from bigearth.training.config import load_config
-    from bigearth.training.trainer import train
-
-    work = Path(workdir).resolve()
-    archive, shards, runs, ev = work / "archive", work / "shards", work / "runs", work / "eval"
-    index, rev, report = work / "index", work / "retrieval", work / "report"
-    times: dict[str, float] = {}
-    t_all = time.perf_counter()
-
-    t = _stage(1, f"synthesising {pairs} pairs in the BigEarthNet v2 layout -> {archive}")
-    if not (archive / "metadata.parquet").exists():
-        synthesize(str(archive), layout="v2", pairs=pairs, seed=seed)
-    else:
-        print("      already there")
-    times["synth"] = time.perf_counter() - t
-
-    t = _stage(2, f"ingesting with Ray Data -> {shards}")
-    ensure_ray()
-    manifest = ingest(str(archive), str(shards), shard_size=max(50, pairs // 8))
-    times["ingest"] = time.perf_counter() - t
-
-    t = _stage(3, f"training tiny-cpu (late fusion S1+S2) for {epochs} epochs with Ray Train -> {runs / 'tiny'}")
-    config = Path(__file__).resolve().parents[2] / "configs" / "tiny-cpu.yaml"
-    overrides = [f"optim.epochs={epochs}", f"run.patience={epochs}"]
-    if not config.exists():  # installed without the repository: tiny-cpu's essentials inline
-        overrides += ["model.name=tiny", "model.fusion=late", "optim.lr=0.003", "data.batch_size=32"]
-    cfg = load_config(config if config.exists() else None, overrides)
-    train(cfg, str(shards), str(runs), "tiny")
-    times["train"] = time.perf_counter() - t
-
-    t = _stage(4, f"evaluating on the test split -> {ev}")
-    metrics = evaluate(str(runs / "tiny"), str(shards), "test", str(ev))
-    print(f"      micro F1 {metrics['micro_f1']:.3f}, macro AP {metrics['macro_ap']:.3f}")
-    times["evaluate"] = time.perf_counter() - t
-
-    t = _stage(5, f"indexing every pair in the embedded vector engine -> {index}")
-    built = build_index(str(runs / "tiny"), str(shards), str(index), recreate=True)
-    print(f"      {built['points_in_collection']} points, vectors {built['vectors']}")
-    times["index"] = time.perf_counter() - t
-
-    t = _stage(6, f"evaluating retrieval (test queries against train) -> {rev}")
-    retrieval = evaluate_retrieval(str(index), str(shards), str(rev), k=10, queries=200, exact_queries=50)
-    for mode, v in retrieval["modes"].items():
-        print(f"      {mode:7s} mAP@10 {v['map@10']:.3f}  P@10 {v['precision@10']:.3f}  NDCG@10 {v['ndcg@10']:.3f}")
-    times["retrieval_eval"] = time.perf_counter() - t
-
+    w = Workdir(Path(workdir).resolve())
+    cfg = demo_config(epochs, config)  # before any work: a missing config fails at once
+    st = Stages()
+    with st.stage("synth", 1, f"synthesising {pairs} pairs in the BigEarthNet v2 layout -> {w.archive}"):
+        synthesise(w, pairs, seed)
+    with st.stage("ingest", 2, f"ingesting with Ray Data -> {w.shards}"):
+        manifest = ingest_archive(w, pairs)
+    with st.stage("train", 3, f"training tiny-cpu (late fusion S1+S2) for {epochs} epochs with Ray Train -> {w.run}"):
+        train_model(w, cfg)
+    with st.stage("evaluate", 4, f"evaluating on the test split -> {w.eval}"):
+        metrics = evaluate_model(w)
+    with st.stage("index", 5, f"indexing every pair in the embedded vector engine -> {w.index}"):
+        index_archive(w)
+    with st.stage("retrieval_eval", 6, f"evaluating retrieval (test queries against train) -> {w.retrieval}"):
+        retrieval = evaluate_index(w)
     port = _free_port(port)
     url = f"http://127.0.0.1:{port}"
-    t = _stage(7, f"serving with Ray Serve at {url} and calling it through the SDK")
-    ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(checkpoint=str(runs / "tiny"), index=str(index), data=str(shards), replica_cpus=0.5)
-    ray_serve.run(build(args), name="bigearth", route_prefix="/")
-    images = report / "images"
-    images.mkdir(parents=True, exist_ok=True)
-    data: dict[str, Any] = {"samples": [], "queries": [], "real": []}
-    with Client(url, timeout=120) as c:
-        deadline = time.time() + 180
-        while not _ready(c):
-            if time.time() > deadline:
-                raise RuntimeError(f"the service at {url} did not become ready in 180 s")
-            time.sleep(1)
-        import pyarrow.parquet as pq
-
-        preds = pq.read_table(ev / "predictions.parquet").to_pylist()[:samples]
-        for p in preds:
-            r = c.classify(patch_id=p["patch_id"])
-            png = images / f"{p['patch_id']}.png"
-            png.write_bytes(c.rgb(p["patch_id"], scale=2))
-            data["samples"].append({"patch_id": p["patch_id"], "true": p["labels"], "pred": r.labels, "png": str(png)})
-        print(f"      classified {len(preds)} test pairs by patch id")
-        for p in preds[:queries]:
-            res = c.search(patch_id=p["patch_id"], k=5, filter={"split": "train"})
-            hits = []
-            for h in res.hits:
-                png = images / f"{h.patch_id}.png"
-                if not png.exists():
-                    png.write_bytes(c.rgb(h.patch_id, scale=2))
-                labels = h.payload["labels"]
-                shared_labels = sorted(set(labels) & set(p["labels"]))
-                hits.append(
-                    {
-                        "patch_id": h.patch_id,
-                        "score": h.score,
-                        "labels": labels,
-                        "shared": shared_labels,
-                        "png": str(png),
-                    }
-                )
-            data["queries"].append(
-                {
-                    "patch_id": p["patch_id"],
-                    "labels": p["labels"],
-                    "png": str(images / f"{p['patch_id']}.png"),
-                    "hits": hits,
-                }
-            )
-        print(f"      searched the train split for the neighbours of {len(data['queries'])} test pairs")
-        for s2, s1 in find_real_patches(shared):
-            r = c.classify(s2, s1)
-            top = sorted(r.probabilities.items(), key=lambda kv: -kv[1])[:3]
-            data["real"].append({"name": s2.name, "labels": r.labels, "top": top})
-        if data["real"]:
-            print(f"      classified {len(data['real'])} REAL BigEarthNet pairs uploaded as GeoTIFFs")
-        else:
-            print("      (no ../shared/bigearthnet/real: skipped the real patches)")
-    times["serve_and_sdk"] = time.perf_counter() - t
-
-    t = _stage(8, f"writing the report -> {report / 'report.html'}")
-    history = [json.loads(line) for line in (runs / "tiny" / "metrics.jsonl").read_text().splitlines()]
-    summary = {
-        "pairs ingested": manifest.pairs,
-        "splits": manifest.splits,
-        "epochs": len(history),
-        "service": url,
-        "seconds": {k: round(v, 1) for k, v in times.items()},
-    }
-    data.update(
-        title="BigEarthNet platform demo",
-        summary=summary,
-        curves_png=str(runs / "tiny" / "curves.png"),
-        per_class_png=str(ev / "per_class.png"),
-        metrics={k: v for k, v in metrics.items() if k != "class_names"},
-        retrieval=retrieval,
-        history=history,
-        explorer=f"{url}/" if serve else None,
-    )
-    page = write_report(str(report), data)
-    times["report"] = time.perf_counter() - t
-    total = time.perf_counter() - t_all
-    print(f"\ndemo: done in {total:.0f} s. Report: {page}")
+    with st.stage("serve_and_sdk", 7, f"serving with Ray Serve at {url} and calling it through the SDK"):
+        start_service(w, port)
+        data = call_service(w, url, samples, queries, shared)
+    with st.stage("report", 8, f"writing the report -> {w.report / 'report.html'}"):
+        page, summary = write_demo_report(w, data, manifest, metrics, retrieval, url, st.seconds, serve)
+    print(f"\ndemo: done in {time.perf_counter() - st.started:.0f} s. Report: {page}")
     if serve:
-        print(
-            f"The service keeps running: the explorer page at {url}/, the API at {url}/docs; Ctrl-C stops it.",
-            flush=True,
-        )
-        try:
-            while True:
-                time.sleep(3600)
-        except KeyboardInterrupt:
-            pass
+        keep_serving(url)
     else:
         keep = f"bigearth demo --workdir {workdir} --serve"
         print(f"To keep the service running (the explorer page at /, the API at /docs): {keep}")
