@@ -64,6 +64,7 @@ def run_demo(
     from bigearth.client import Client
     from bigearth.demo.report import write_report
     from bigearth.evaluation.classification import evaluate
+    from bigearth.execution.executors import RayExecutor
     from bigearth.execution.raycluster import ensure_ray
     from bigearth.ingest.job import ingest
     from bigearth.retrieval.evaluation import evaluate_retrieval
@@ -87,8 +88,9 @@ def run_demo(
     times["synth"] = time.perf_counter() - t
 
     t = _stage(2, f"ingesting with Ray Data -> {shards}")
-    ensure_ray()
-    manifest = ingest(str(archive), str(shards), shard_size=max(50, pairs // 8))
+    ensure_ray()  # attached once: every stage below runs on this Ray
+    ray_executor = RayExecutor()
+    manifest = ingest(str(archive), str(shards), shard_size=max(50, pairs // 8), executor=ray_executor)
     times["ingest"] = time.perf_counter() - t
 
     t = _stage(3, f"training tiny-cpu (late fusion S1+S2) for {epochs} epochs with Ray Train -> {runs / 'tiny'}")
@@ -101,12 +103,12 @@ def run_demo(
     times["train"] = time.perf_counter() - t
 
     t = _stage(4, f"evaluating on the test split -> {ev}")
-    metrics = evaluate(str(runs / "tiny"), str(shards), "test", str(ev))
+    metrics = evaluate(str(runs / "tiny"), str(shards), "test", str(ev), executor=ray_executor)
     print(f"      micro F1 {metrics['micro_f1']:.3f}, macro AP {metrics['macro_ap']:.3f}")
     times["evaluate"] = time.perf_counter() - t
 
     t = _stage(5, f"indexing every pair in the embedded vector engine -> {index}")
-    built = build_index(str(runs / "tiny"), str(shards), str(index), recreate=True)
+    built = build_index(str(runs / "tiny"), str(shards), str(index), recreate=True, executor=ray_executor)
     print(f"      {built['points_in_collection']} points, vectors {built['vectors']}")
     times["index"] = time.perf_counter() - t
 
