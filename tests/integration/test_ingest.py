@@ -308,3 +308,21 @@ def test_overwrite_deletes_only_a_shard_set_of_ours(synth_v2: Path, shards_v2: P
     ingest(str(synth_v2), str(ours), shard_size=30, overwrite=True)
     assert Manifest.load(*open_fs(str(ours))).splits == Manifest.load(*open_fs(str(shards_v2))).splits
     assert pq.read_metadata(ours / "train" / "part-00000.parquet").num_rows > 0
+
+
+def test_the_ray_executor_writes_the_same_shard_set_as_the_local_one(
+    synth_v2: Path, shards_v2: Path, tmp_path: Path
+) -> None:
+    """`shards_v2` is ingested in-process (LocalExecutor); the default executor (a Ray Data task per shard) writes
+    the same files, byte for byte: shards, reports, plan, manifest and exclusions."""
+    from bigearth.execution.executors import RayExecutor
+
+    out = tmp_path / "ray"
+    ingest(str(synth_v2), str(out), shard_size=30, executor=RayExecutor(), progress=False)
+
+    def tree(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+    local, ray_made = tree(shards_v2), tree(out)
+    assert sorted(ray_made) == sorted(local)
+    assert [k for k in local if local[k] != ray_made[k]] == []

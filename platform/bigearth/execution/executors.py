@@ -227,8 +227,10 @@ def default_executor(executor: Executor | None) -> Executor:
 
 
 def unwrap(e: BaseException) -> BaseException:
-    """The exception a unit raised, out of Ray's wrappers (`RayTaskError.cause`, Ray Data's `UserCodeException`
-    and their chains), or `e` itself when none of them holds one of another kind."""
+    """The exception a unit raised, out of Ray's wrappers (`RayTaskError.cause`, an explicit `raise ... from`), or
+    `e` itself when they hold none of another kind (Ray Data's `UserCodeException` arrives without its cause:
+    `RayExecutor.map` sends a unit's exception back itself for that reason). Exceptions met while handling another
+    (`__context__`, e.g. the end of a stream) are not causes and are not followed."""
     seen: set[int] = set()
     todo: list[BaseException | None] = [e]
     while todo:
@@ -238,7 +240,7 @@ def unwrap(e: BaseException) -> BaseException:
         seen.add(id(x))
         if not type(x).__module__.startswith("ray."):
             return x
-        todo += [getattr(x, "cause", None), x.__cause__, x.__context__]
+        todo += [getattr(x, "cause", None), x.__cause__]
     return e
 
 
