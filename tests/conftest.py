@@ -106,6 +106,16 @@ def shards_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def packed_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`synth_v2` packed as the published downloads (`*.tar.zst` and their MD5SUMS); treat as read-only."""
+    from bigearth.synth.packed import pack_archive
+
+    out = tmp_path_factory.mktemp("packed-v2")
+    pack_archive(str(synth_v2), str(out), "v2")
+    return out
+
+
+@pytest.fixture(scope="session")
 def tiny_run(shards_v2: Path, tmp_path_factory: pytest.TempPathFactory, mlflow_store: str) -> Path:
     """`tiny-cpu` trained for 2 epochs on `shards_v2` (a run folder; treat as read-only), tracked in MLflow's default
     store of its storage folder (`tiny_run.parent / "mlflow.db"`, tests/integration/test_tracking.py)."""

@@ -106,3 +106,17 @@ def kill_cli_ingest(archive: Path, out: Path, shard_size: int, reports: int, tim
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return list(folder.rglob("*.json"))
+
+
+def assert_same_shards(a: Path, b: Path) -> None:
+    """Two shard sets hold the same pairs in the same shards (manifests alike but for their sources, tables equal)."""
+    import pyarrow.parquet as pq
+
+    from bigearth.core.storage import open_fs
+    from bigearth.shards.format import Manifest
+
+    ma, mb = Manifest.load(*open_fs(str(a))), Manifest.load(*open_fs(str(b)))
+    assert (ma.pairs, ma.splits, ma.shards, ma.excluded) == (mb.pairs, mb.splits, mb.shards, mb.excluded)
+    assert [(q["patch_id"], q["kind"]) for q in ma.quarantined] == [(q["patch_id"], q["kind"]) for q in mb.quarantined]
+    for s in ma.shards:
+        assert pq.read_table(a / s["path"]).equals(pq.read_table(b / s["path"])), s["path"]
