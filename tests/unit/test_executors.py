@@ -272,3 +272,46 @@ def test_band_stats_locally(shards_v2: Path) -> None:
     assert set(stats) == {band.name for band in ALL_BANDS}
     if not imported_before:
         assert not _ray_imported(), "the local path imported Ray"
+
+
+@pytest.mark.parametrize("command", ["ingest", "evaluate", "index", "stats"])
+def test_the_commands_take_an_executor_default_ray(command: str) -> None:
+    from bigearth.cli import build_parser
+
+    required = {
+        "ingest": ["--archive", "a", "--out", "o"],
+        "evaluate": ["--checkpoint", "c", "--data", "d", "--out", "o"],
+        "index": ["--checkpoint", "c", "--data", "d", "--index", "i"],
+        "stats": ["--shards", "s"],
+    }[command]
+    parser = build_parser()
+    assert parser.parse_args([command, *required]).executor == "ray"
+    assert parser.parse_args([command, *required, "--executor", "local"]).executor == "local"
+    with pytest.raises(SystemExit):
+        parser.parse_args([command, *required, "--executor", "dask"])
+
+
+def test_stats_command_with_the_local_executor_runs_without_ray(
+    shards_v2: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from bigearth.cli import build_parser
+
+    imported_before = _ray_imported()
+    args = build_parser().parse_args(
+        [
+            "stats",
+            "--shards",
+            str(shards_v2),
+            "--split",
+            "validation",
+            "--executor",
+            "local",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
+    assert args.func(args) == 0
+    written = json.loads((tmp_path / "s").read_text())
+    assert written["B02"]["count"] == Manifest.load(*open_fs(str(shards_v2))).splits["validation"] * 120 * 120
+    if not imported_before:
+        assert not _ray_imported(), "--executor local imported Ray"
