@@ -154,12 +154,24 @@ def synth_v2_maps(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 
 @pytest.fixture(scope="session")
-def shards_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory, ray_local: None) -> Path:
-    """The synthetic v2 archive ingested with the default policy (shards of 30 pairs)."""
+def shards_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The synthetic v2 archive ingested with the default policy (shards of 30 pairs), in this process (the local
+    executor: no Ray; tests/integration/test_ingest.py checks that the Ray executor writes the same bytes)."""
+    from bigearth.execution.executors import LocalExecutor
     from bigearth.ingest.job import ingest
 
     out = tmp_path_factory.mktemp("shards") / "v2"
-    ingest(str(synth_v2), str(out), shard_size=30)
+    ingest(str(synth_v2), str(out), shard_size=30, executor=LocalExecutor(progress=False))
+    return out
+
+
+@pytest.fixture(scope="session")
+def packed_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`synth_v2` packed as the published downloads (`*.tar.zst` and their MD5SUMS); treat as read-only."""
+    from bigearth.synth.packed import pack_archive
+
+    out = tmp_path_factory.mktemp("packed-v2")
+    pack_archive(str(synth_v2), str(out), "v2")
     return out
 
 

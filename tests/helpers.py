@@ -57,24 +57,14 @@ def deploy_app(app: Any, name: str, timeout: float = 120) -> str:
 
 
 def ingest_in_process(archive: Path, out: Path, shard_size: int = 1000, **options: Any) -> Any:
-    """`bigearth.ingest.job.ingest` of a local archive without Ray: the same catalogue (`options`: `lists`,
-    `patches`, `include_snow_cloud`, ...), plan, shard writer and manifest, its shards written one after another in
-    this process (so the same shard set, row for row; tests/integration/test_shard_format.py checks it). The
-    manifest."""
-    from bigearth.core.storage import StorageOptions, open_fs
-    from bigearth.ingest.job import DEFAULT_COMPRESSION, _manifest, build_catalogue, ingest_shard, plan_shards
+    """`bigearth.ingest.job.ingest` of a local archive with the local executor (no Ray; `options`: `lists`,
+    `patches`, `include_snow_cloud`, ...): the manifest. tests/integration/test_ingest.py checks that the Ray
+    executor writes the same shard set."""
+    from bigearth.execution.executors import LocalExecutor
+    from bigearth.ingest.job import ingest
 
-    storage = StorageOptions()
-    cat = build_catalogue(str(archive), storage=storage, **options)
-    include_no_19 = bool(options.get("include_no_19_labels"))
-    reports = [
-        ingest_shard(plan, cat.layout.name, str(archive), str(out), storage, include_no_19=include_no_19)
-        for plan in plan_shards(cat, shard_size)
-    ]
-    manifest = _manifest(cat, reports, str(archive))
-    manifest.source["compression"] = DEFAULT_COMPRESSION
-    manifest.save(*open_fs(str(out)))
-    return manifest
+    return ingest(str(archive), str(out), shard_size=shard_size, executor=LocalExecutor(progress=False), **options)
+
 
 def split_rows(shards: Path, split: str) -> dict[str, dict]:  # type: ignore[type-arg]
     """The rows of one split of a shard set, by patch id (pixels as the bytes the shards hold)."""
@@ -170,3 +160,17 @@ TIFF_FORMATS = [("<", False), (">", False), ("<", True), (">", True)]
 #: The KubeRay deployment (tests/*/test_infra.py) and the Kubernetes version its built-in kinds are validated for.
 INFRA = REPO / "infra" / "kuberay"
 K8S_VERSION = "1.32.0"
+
+
+def assert_same_shards(a: Path, b: Path) -> None:
+    """Two shard sets hold the same pairs in the same shards (manifests alike but for their sources, tables equal)."""
+    import pyarrow.parquet as pq
+
+    from bigearth.core.storage import open_fs
+    from bigearth.shards.format import Manifest
+
+    ma, mb = Manifest.load(*open_fs(str(a))), Manifest.load(*open_fs(str(b)))
+    assert (ma.pairs, ma.splits, ma.shards, ma.excluded) == (mb.pairs, mb.splits, mb.shards, mb.excluded)
+    assert [(q["patch_id"], q["kind"]) for q in ma.quarantined] == [(q["patch_id"], q["kind"]) for q in mb.quarantined]
+    for s in ma.shards:
+        assert pq.read_table(a / s.path).equals(pq.read_table(b / s.path)), s.path

@@ -18,7 +18,6 @@ from bigearth.core.storage import open_fs
 from bigearth.ingest.job import ingest
 from bigearth.input.raydata import iter_torch, open_split
 from bigearth.shards.format import MANIFEST, SHARD_SCHEMA, Manifest, ShardFormatError
-from helpers import ingest_in_process
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -101,12 +100,3 @@ def test_zstd_on_request_holds_the_same_rows(synth_v2: Path, shards_v2: Path, tm
     lz4 = sum(p.stat().st_size for p in shards_v2.rglob("part-*.parquet"))
     zstd = sum(p.stat().st_size for p in out.rglob("part-*.parquet"))
     assert zstd < lz4
-
-
-def test_a_shard_set_written_without_ray_is_the_ray_ingests(synth_v2: Path, shards_v2: Path, tmp_path: Path) -> None:
-    """`helpers.ingest_in_process` (the unit tier's `shards_v2`) writes the shard set a Ray ingest writes."""
-    local = ingest_in_process(synth_v2, tmp_path / "local", shard_size=30)
-    ray_written = Manifest.load(*open_fs(str(shards_v2)))
-    assert local == ray_written
-    for entry in ray_written.shards:
-        assert pq.read_table(tmp_path / "local" / entry.path).equals(pq.read_table(shards_v2 / entry.path))

@@ -1,15 +1,11 @@
-"""The unit tier's guard (a unit test that leaves Ray initialised, or imports a module that starts it, fails) and
-its shard set written without Ray."""
+"""The unit tier's guard: a unit test that leaves Ray initialised (or imports a module that starts it) fails."""
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
-
-from helpers import ingest_in_process
 
 
 def _ray_up() -> bool:
@@ -25,12 +21,3 @@ def _no_ray() -> Iterator[None]:
     yield
     if not before and _ray_up():
         pytest.fail("a unit test started Ray: unit tests run without Ray (tests/integration is the tier for it)")
-
-
-@pytest.fixture(scope="session")
-def shards_v2(synth_v2: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The unit tier's `shards_v2`: the synthetic v2 archive in shards of 30 pairs, written without Ray (the same
-    shard set as the integration tier's, which a Ray ingest writes)."""
-    out = tmp_path_factory.mktemp("shards") / "v2"
-    ingest_in_process(synth_v2, out, shard_size=30)
-    return out

@@ -21,6 +21,7 @@ import itertools
 import json
 import logging
 import struct
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -269,10 +270,10 @@ def _bar(name: str, size: int, progress: bool) -> Any:
     if not progress:
         return None
     try:
-        import ray
-        from ray.experimental.tqdm_ray import tqdm as ray_tqdm
+        ray = sys.modules.get("ray")  # never imported here: an in-process run has no Ray
+        if ray is not None and ray.is_initialized():  # in a Ray task: the driver draws the bar, one line a download
+            from ray.experimental.tqdm_ray import tqdm as ray_tqdm
 
-        if ray.is_initialized():  # in a Ray task: the bar is drawn by the driver, one line per download
             return ray_tqdm(desc=f"decompress {name}", total=size, unit="B")
     except Exception:  # progress is best effort
         pass

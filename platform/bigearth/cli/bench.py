@@ -31,8 +31,10 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
+    from bigearth.execution.raycluster import ensure_ray
     from bigearth.input.benchmark import bench_input
 
+    ensure_ray()
     result = bench_input(
         a.shards,
         a.split,

@@ -1,12 +1,15 @@
-"""What several commands share: object-storage options, secret options, patch lists."""
+"""What several commands share: object-storage options, secret options, patch lists, the executor."""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bigearth.core.secrets import read_secret
 from bigearth.core.storage import StorageOptions
+
+if TYPE_CHECKING:
+    from bigearth.execution.executors import Executor
 
 
 def add_secret_argument(g: Any, flag: str, env: str | None, help: str) -> None:
@@ -49,3 +52,24 @@ def patch_list(value: str | None) -> list[str] | None:
         return [v.strip() for v in value.split(",") if v.strip()]
     with open(value) as f:
         return [line.strip() for line in f if line.strip()]
+
+
+def add_executor_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--executor",
+        choices=["ray", "local"],
+        default="ray",
+        help="where the work runs: ray (default: the cluster of RAY_ADDRESS or the last `ray start`, else a local "
+        "Ray) or local (in this process, one unit after another, no Ray: small jobs, a laptop)",
+    )
+
+
+def executor_from_args(a: argparse.Namespace) -> Executor:
+    """The executor `--executor` names; for `ray`, attached here (the commands attach, library functions don't)."""
+    from bigearth.execution.executors import executor_for
+
+    if a.executor == "ray":
+        from bigearth.execution.raycluster import ensure_ray
+
+        ensure_ray()
+    return executor_for(a.executor)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bigearth.cli.common import add_storage_args, storage_from_args
+from bigearth.cli.common import add_executor_argument, add_storage_args, executor_from_args, storage_from_args
 
 SUMMARY = ("micro_precision", "micro_recall", "micro_f1", "micro_ap", "macro_f1", "macro_ap", "samples")
 
@@ -22,6 +22,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--split", default="test")
     p.add_argument("--out", required=True, help="folder for metrics.json, metrics.md, per_class.png, predictions")
     p.add_argument("--actors", type=int, default=1, help="inference actors (one model each)")
+    add_executor_argument(p)
     add_storage_args(p)
     p.set_defaults(func=run)
 
@@ -29,6 +30,8 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(a: argparse.Namespace) -> int:
     from bigearth.evaluation.classification import evaluate
 
-    m = evaluate(a.checkpoint, a.data, a.split, a.out, storage_from_args(a), actors=a.actors)
+    m = evaluate(
+        a.checkpoint, a.data, a.split, a.out, storage_from_args(a), actors=a.actors, executor=executor_from_args(a)
+    )
     print(json.dumps({"out": a.out, **{k: m[k] for k in SUMMARY}}))
     return 0

@@ -13,7 +13,14 @@ from __future__ import annotations
 import argparse
 import json
 
-from bigearth.cli.common import add_secret_argument, add_storage_args, secret_from_args, storage_from_args
+from bigearth.cli.common import (
+    add_executor_argument,
+    add_secret_argument,
+    add_storage_args,
+    executor_from_args,
+    secret_from_args,
+    storage_from_args,
+)
 from bigearth.core.outputlock import BREAK_LOCK_HELP
 
 
@@ -39,6 +46,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         help="in-RAM copy of vectors over 64 dims, rescored with the full vectors (docs/benchmarks.md)",
     )
     p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
+    add_executor_argument(p)
     add_storage_args(p)
     p.set_defaults(func=run)
 
@@ -66,6 +74,7 @@ def run(a: argparse.Namespace) -> int:
         add=a.add,
         settings=IndexSettings(quantization=a.quantization),
         break_lock=a.break_lock,
+        executor=executor_from_args(a),
     )
     print(json.dumps(report))
     if a.report:

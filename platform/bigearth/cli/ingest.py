@@ -5,7 +5,13 @@ from __future__ import annotations
 import argparse
 
 from bigearth.archive.layouts import list_layouts
-from bigearth.cli.common import add_storage_args, patch_list, storage_from_args
+from bigearth.cli.common import (
+    add_executor_argument,
+    add_storage_args,
+    executor_from_args,
+    patch_list,
+    storage_from_args,
+)
 from bigearth.core.outputlock import BREAK_LOCK_HELP
 
 
@@ -71,6 +77,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "an MD5SUMS stops the ingest before anything is read, as a bad mirror's would",
     )
     p.add_argument("--break-lock", action="store_true", help=BREAK_LOCK_HELP)
+    add_executor_argument(p)
     add_storage_args(p)
 
 
@@ -96,6 +103,7 @@ def run(a: argparse.Namespace) -> int:
         accept_checksum_mismatch=a.accept_checksum_mismatch,
         trust_md5sums=a.trust_md5sums,
         break_lock=a.break_lock,
+        executor=executor_from_args(a),
     )
     if m.quarantined:
         print(f"quarantined pairs (first 20 of {len(m.quarantined)}; all in {a.out}/manifest.json):")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from bigearth.cli.common import add_storage_args, storage_from_args
+from bigearth.cli.common import add_executor_argument, add_storage_args, executor_from_args, storage_from_args
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -13,6 +13,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--shards", required=True)
     p.add_argument("--split", default="train")
     p.add_argument("--out", help="also write the JSON here")
+    add_executor_argument(p)
     add_storage_args(p)
     p.set_defaults(func=run)
 
@@ -20,7 +21,7 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(a: argparse.Namespace) -> int:
     from bigearth.input.stats import band_stats
 
-    stats = band_stats(a.shards, a.split, storage_from_args(a))
+    stats = band_stats(a.shards, a.split, storage_from_args(a), executor_from_args(a))
     text = json.dumps(stats, indent=1)
     if a.out:
         with open(a.out, "w") as f:

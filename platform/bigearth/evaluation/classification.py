@@ -1,5 +1,6 @@
-"""Evaluate a checkpoint on a split: batch inference as a Ray Data job (one model per actor), the paper's metrics,
-a Markdown table, a per-class bar chart and the predictions as Parquet (`jobs/evaluate.py`)."""
+"""Evaluate a checkpoint on a split: batch inference through an executor (`Predictor`, one model per worker: a Ray
+Data actor pool by default, or in this process), the paper's metrics, a Markdown table, a per-class bar chart and
+the predictions as Parquet (`jobs/evaluate.py`)."""
 
 from __future__ import annotations
 
@@ -14,22 +15,22 @@ from bigearth.core import labels as lab
 from bigearth.core.records import write_bytes_atomic, write_json_atomic
 from bigearth.core.secrets import redact
 from bigearth.core.storage import StorageOptions, join, open_fs
+from bigearth.execution.executors import Executor, Resources, default_executor
 from bigearth.metrics.charts import per_class_chart, percent
 from bigearth.models.checkpoints import Checkpoint
 from bigearth.shards.shardset import label_column
 
 
 class Predictor:
-    """Ray Data callable class: loads the model once per actor (a `ModelRunner`); Arrow rows of a shard in,
-    probabilities out."""
+    """The unit of evaluation, a callable class for an executor's `map_batches`: loads the model once per worker (a
+    `ModelRunner`); predicts one batch: Arrow rows of a shard in, probabilities out."""
 
     def __init__(
         self, checkpoint: str | Checkpoint, device: str | None = None, storage: StorageOptions | None = None
     ) -> None:
-        from bigearth.models.checkpoints import load
         from bigearth.models.runner import ModelRunner
 
-        self.runner = ModelRunner(load(checkpoint, storage=storage), device)
+        self.runner = ModelRunner.from_checkpoint(checkpoint, device, storage)
         self.nomenclature = self.runner.nomenclature
 
     def __call__(self, table: pa.Table) -> dict[str, Any]:
@@ -51,44 +52,52 @@ def predict(
     batch_size: int = 128,
     actors: int = 1,
     gpus_per_actor: float = 0,
+    executor: Executor | None = None,
 ) -> Any:
-    """A Ray Dataset of `patch_id`, `probabilities`, `labels` (JSON list) for every pair of `split`, and the
-    checkpoint used (resolved once, here)."""
-    from bigearth.input.raydata import open_split
+    """Batches (dicts of numpy columns) of `patch_id`, `probabilities`, `labels` (JSON list) for every pair of
+    `split`, predicted by `Predictor` through `executor` (default: Ray), and the checkpoint used (resolved once,
+    here)."""
+    from functools import partial
+
+    from bigearth.input.raydata import shard_tables, split_files
     from bigearth.models.checkpoints import resolve
 
     ref = resolve(checkpoint, storage=storage)
     spec = ref.spec
-    ds = open_split(
-        data, split, bands=list(spec.bands), nomenclature=spec.num_classes, shuffle_files=False, storage=storage
-    )
-    preds = ds.map_batches(
+    files, columns = split_files(data, split, bands=list(spec.bands), nomenclature=spec.num_classes, storage=storage)
+    batches = default_executor(executor).map_batches(
         Predictor,
-        fn_constructor_kwargs={"checkpoint": ref, "storage": storage},
+        files,
+        read=partial(shard_tables, columns=columns, url=data, storage=storage),
+        unit_kwargs={"checkpoint": ref, "storage": storage},
         batch_size=batch_size,
-        batch_format="pyarrow",
-        concurrency=actors,
-        num_gpus=gpus_per_actor or None,
+        desc=f"predict {split}",
+        resources=Resources(gpus=gpus_per_actor, concurrency=actors),
     )
-    return preds, ref
+    return batches, ref
 
 
 def evaluate(
-    checkpoint: str, data: str, split: str, out: str, storage: StorageOptions | None = None, actors: int = 1
+    checkpoint: str,
+    data: str,
+    split: str,
+    out: str,
+    storage: StorageOptions | None = None,
+    actors: int = 1,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
-    """Write metrics.json, metrics.md, per_class.png and predictions.parquet to `out`; return the metrics."""
-    from bigearth.execution.raycluster import ensure_ray
+    """Write metrics.json, metrics.md, per_class.png and predictions.parquet to `out`; return the metrics.
+    `executor`: where the predictions run (default: Ray; `LocalExecutor`: in this process, no Ray)."""
     from bigearth.metrics.multilabel import MultilabelMetrics
 
-    ensure_ray()
-    ds, ref = predict(checkpoint, data, split, storage, actors=actors)
+    batches, ref = predict(checkpoint, data, split, storage, actors=actors, executor=executor)
     best = ref.path
     classes = ref.spec.num_classes
     names = lab.class_names(classes)  # type: ignore[arg-type]
     ids: list[str] = []
     probs: list[np.ndarray] = []
     truth: list[list[str]] = []
-    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+    for b in batches:
         ids.extend(str(x) for x in b["patch_id"])
         probs.append(np.asarray(b["probabilities"], dtype=np.float32))
         truth.extend(json.loads(x) for x in b["labels"])

@@ -1,4 +1,5 @@
-"""The download side of the ingest job (bigearth.ingest.job): stage every published download file as one Ray task,
+"""The download side of the ingest job (bigearth.ingest.job): stage every published download file as one unit of an
+executor (a Ray task by default),
 summarise and report what the downloads held, and remove the staged members at the end. A download whose md5
 differs from the expected one (bigearth.archive.checksums) stops the ingest here, before any shard task, unless
 the user accepts it. The staging itself (one pass over one download, the spills, a shard's view of them) is
@@ -7,6 +8,7 @@ bigearth.archive.staging."""
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -15,6 +17,7 @@ from bigearth.archive.catalogue import Catalogue
 from bigearth.archive.checksums import ChecksumMismatch, check_md5, check_md5sums, read_md5sums
 from bigearth.archive.staging import missing_record, record_path, stage_download, staged_download_summary
 from bigearth.core.storage import StorageOptions, join, open_fs
+from bigearth.execution.executors import Executor, Resources, default_executor
 from bigearth.shards.format import Manifest
 
 
@@ -27,8 +30,10 @@ def stage_downloads(
     progress: bool,
     accept_checksum_mismatch: bool = False,
     trust_md5sums: bool = False,
+    executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
-    """Stage every download the unfinished shards need (one Ray task per file, in parallel); return their records.
+    """Stage every download the unfinished shards need (one unit per file, through `executor`, default Ray: in
+    parallel); return their records.
 
     `todo`: planned shard index -> its catalogue rows, for the shards not yet written. Raises ChecksumMismatch
     when a staged download's md5 is not the expected one, unless `accept_checksum_mismatch`; its staged members
@@ -36,8 +41,6 @@ def stage_downloads(
     disagrees with a published md5 raises ChecksumMismatch before anything is staged, unless `trust_md5sums`
     (then its digests replace the published ones: a re-packed or synthetic archive).
     """
-    import ray
-
     fs, root = open_fs(archive, storage)
     sfs, sroot = open_fs(staging, storage)
     md5sums, problems = read_md5sums(fs, root)
@@ -45,8 +48,8 @@ def stage_downloads(
         print(f"ingest: WARNING {problem}")
     check_md5sums(cat.layout.downloads, md5sums, archive, trust_md5sums)
     key_column = {"s2": "patch_id", "reference_maps": "patch_id", "s1": "s1_name"}
-    refs, records = [], []
-    remote = ray.remote(num_cpus=1)(stage_download)
+    units: list[tuple[dict[str, Any], pa.Table, pa.Array]] = []
+    records: list[dict[str, Any]] = []
     for d in cat.layout.downloads:
         present = fs.exists(join(root, d.name))
         if not present:
@@ -60,10 +63,9 @@ def stage_downloads(
         shards = [i for i, rows in todo.items() for r in rows if r.get(col)]
         route = pa.table({"name": pa.array(names, pa.string()), "shard": pa.array(shards, pa.int32())})
         known = cat.known.column(col).combine_chunks() if cat.known is not None else pa.array([], pa.string())
-        refs.append(
-            remote.remote(dataclasses.asdict(d), archive, staging, storage, ray.put(route), ray.put(known), progress)
-        )
-    records.extend(ray.get(refs))
+        units.append((dataclasses.asdict(d), route, known))
+    unit = partial(_stage_one, archive=archive, staging=staging, storage=storage, progress=progress)
+    records.extend(default_executor(executor).map(unit, units, desc="stage downloads", resources=Resources(cpus=1)))
     try:
         check_md5(records, cat.layout.downloads, md5sums, archive, accept_checksum_mismatch, trust_md5sums)
     except ChecksumMismatch:
@@ -74,6 +76,14 @@ def stage_downloads(
                     sfs.rm(join(sroot, r["download"]), recursive=True)
         raise
     return records
+
+
+def _stage_one(
+    item: tuple[dict[str, Any], pa.Table, pa.Array], archive: str, staging: str, storage: StorageOptions, progress: bool
+) -> dict[str, Any]:
+    """The unit of staging: one download (its description, the route of its members, the names it may hold)."""
+    download, route, known = item
+    return stage_download(download, archive, staging, storage, route, known, progress)
 
 
 def downloads_summary(records: list[dict[str, Any]], fs: Any, root: str) -> dict[str, Any]:

@@ -1,14 +1,16 @@
 """Ingest: archive (v1 or v2, extracted or as published downloads, any fsspec URL) -> Parquet shards + manifest.
 
-The catalogue is cut into shards of ~`shard_size` pairs per split (a deterministic plan). Each shard is one Ray
-task: it fetches the files of its pairs in batches of concurrent GETs, decodes, validates, streams the good pairs
-into its Parquet file and writes a small report (rows, quarantined pairs with reasons, exclusions). A shard is done
-when its report exists, so a killed ingest re-run with the same arguments redoes only the unfinished shards and
-ends with every pair exactly once. The manifest is written last from the reports.
+The catalogue is cut into shards of ~`shard_size` pairs per split (a deterministic plan). Each shard is one unit
+(`run_planned_shard`, a plain function), run by an executor (a Ray Data task each by default, or one after another
+in this process: bigearth.execution.executors): it fetches the files of its pairs in batches of concurrent GETs,
+decodes, validates, streams the good pairs into its Parquet file and writes a small report (rows, quarantined pairs
+with reasons, exclusions). A shard is done when its report exists, so a killed ingest re-run with the same arguments
+redoes only the unfinished shards and ends with every pair exactly once. The manifest is written last from the reports.
 
-From the published downloads (`*.tar.zst` / `*.tar.gz`), a staging stage comes first: one task per download file
+From the published downloads (`*.tar.zst` / `*.tar.gz`), a staging stage comes first: one unit per download file
 decompresses it once and routes every member to its shard's bucket (bigearth.archive.staging); shard tasks then
-read their pairs' files from the buckets instead of the archive.
+read their pairs' files from the buckets instead of the archive. Storage faults are typed exceptions
+(`bigearth.core.storage.StorageError`) raised where they happen; every executor hands them back as themselves.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import logging
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import pyarrow as pa
@@ -30,14 +33,8 @@ from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
 from bigearth.archive.staging import StagedSource, download_problems, shard_entries
 from bigearth.core.outputlock import LOCK_FILE, OutputLock
 from bigearth.core.records import RecordError, is_temp_name, read_json, write_json_atomic
-from bigearth.core.storage import (
-    BlobReader,
-    StorageError,
-    StorageOptions,
-    StorageUnavailable,
-    join,
-    open_fs,
-)
+from bigearth.core.storage import BlobReader, StorageOptions, join, open_fs
+from bigearth.execution.executors import Executor, Resources, default_executor
 from bigearth.ingest.downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
 from bigearth.shards.format import DEFAULT_COMPRESSION, FORMAT_VERSION, MANIFEST, Manifest, ShardEntry, ShardWriter
 
@@ -258,8 +255,10 @@ def ingest(
     accept_checksum_mismatch: bool = False,
     trust_md5sums: bool = False,
     break_lock: bool = False,
+    executor: Executor | None = None,
 ) -> Manifest:
-    """Run the ingest job on the current Ray cluster (started locally if there is none).
+    """Run the ingest job: its shards through `executor` (default: Ray, the cluster this process is attached to;
+    `LocalExecutor`: one after another in this process, no Ray).
 
     `out` is locked while the job runs (bigearth.core.outputlock); `break_lock` takes another writer's lock over.
 
@@ -268,12 +267,10 @@ def ingest(
     whose md5 is not the expected one (the published one for a published name, else its `MD5SUMS` entry) stops
     the ingest before any shard is written (ChecksumMismatch) unless `accept_checksum_mismatch`; so does an
     `MD5SUMS` entry that disagrees with a published md5, unless `trust_md5sums` (a re-packed or synthetic archive:
-    its `MD5SUMS` digests then replace the published ones).
+    its `MD5SUMS` digests then replace the published ones). A store that stays down raises `StorageUnavailable`
+    (a re-run resumes), whichever the executor.
     """
-    import ray
-
-    from bigearth.execution.raycluster import ensure_ray
-
+    executor = default_executor(executor)
     storage = storage or StorageOptions.from_env()
     cat = build_catalogue(
         archive,
@@ -312,7 +309,6 @@ def ingest(
             f"{len(plans)} shards; excluded by policy: {cat.excluded_counts}"
         )
 
-        ensure_ray()
         with ThreadPoolExecutor(16) as pool:  # concurrent GETs on object storage; an unreadable report is redone
             finished = pool.map(lambda p: read_report(out_fs, join(out_root, p.report_path)) is not None, plans)
             todo = [i for i, done in enumerate(finished) if not done]
@@ -328,6 +324,7 @@ def ingest(
                 progress,
                 accept_checksum_mismatch,
                 trust_md5sums,
+                executor,
             )
         problems = download_problems(records)
         # One item (= one block = one task) per shard, carrying its own rows: nothing large is shared or captured.
@@ -338,7 +335,7 @@ def ingest(
             }
             for i, p in enumerate(plans)
         ]
-        task_args = {
+        task_args: dict[str, Any] = {
             "layout": cat.layout.name,
             "archive": archive,
             "out": out,
@@ -349,18 +346,10 @@ def ingest(
             "problems": problems,
             "reference_maps": cat.layout.reference_maps,
         }
-        ds: Any = ray.data.from_items(items, override_num_blocks=max(1, len(items)))
-        # Each task's output is a few-byte report: Ray Data's per-operator resource reservation (sized for operators
-        # that pass data on) held this one to 1 task of 2 CPUs for much of a run (measured: 202 -> 396 pairs/s).
-        ds.context.op_resource_reservation_enabled = False
-        ds = ds.map(_run_shard, fn_kwargs=task_args, concurrency=concurrency, num_cpus=1)
-        try:
-            reports = [json.loads(r["report"]) for r in ds.iter_rows()]
-        except Exception as e:
-            fault = _storage_fault(e)
-            if fault is not None:  # the store's fault, said plainly (Ray Data wraps it twice)
-                raise fault from None
-            raise
+        unit = partial(run_planned_shard, **task_args)
+        reports = list(
+            executor.map(unit, items, desc="ingest shards", resources=Resources(cpus=1, concurrency=concurrency))
+        )
         manifest = _manifest(cat, reports, archive)
         manifest.source["compression"] = compression
         if cat.layout.reference_maps:
@@ -401,20 +390,11 @@ def _read_plan(fs: Any, root: str, plan_file: str) -> dict[str, Any] | None:
         return None
 
 
-def _storage_fault(exc: BaseException) -> StorageError | None:
-    """The `StorageUnavailable` raised in a shard task. Ray Data re-raises it as a
-    `UserCodeException` inside a `RayTaskError`; the original's chain does not survive the trip between
-    processes, its text (the remote traceback) does."""
-    import re
-
-    found = re.findall(r"bigearth\.storage\.StorageUnavailable: ([^\n]+)", str(exc))
-    return StorageUnavailable(found[-1]) if found else None  # the last: the one the task died of
-
-
-def _run_shard(item: dict[str, Any], **task_args: Any) -> dict[str, Any]:
-    """Ray Data row UDF: one planned shard in, its report (JSON) out."""
+def run_planned_shard(item: dict[str, Any], **task_args: Any) -> dict[str, Any]:
+    """The unit of ingest: one planned shard in (its plan and staged entries as JSON, plain text that any executor
+    carries as is), its report out (`ingest_shard`)."""
     plan = ShardPlan(**json.loads(item["plan"]))
-    return {"report": json.dumps(ingest_shard(plan, staged=json.loads(item["staged"]), **task_args))}
+    return ingest_shard(plan, staged=json.loads(item["staged"]), **task_args)
 
 
 def _manifest(cat: Catalogue, reports: list[dict[str, Any]], archive: str) -> Manifest:

@@ -28,16 +28,16 @@ def bench_input(
     `shuffle_buffer` rows. `first_batch_s` is the first epoch's wait for its first batch (cold: processes and
     threads start, files are read for the first time); `epoch_start_s` the slowest wait of a later epoch (what
     every epoch of a long run pays); `steady_pairs_per_s_per_cpu` the rate after each later epoch's first batch.
-    `cpus` is what the Ray cluster offers."""
+    `cpus` is what the Ray cluster offers: the caller attaches to one first (`bigearth bench` does)."""
     import ray
 
-    from bigearth.execution.raycluster import ensure_ray
     from bigearth.input.loader import RowGroupLoader, epoch_share, open_row_groups, plan_of
     from bigearth.input.raydata import iter_torch, open_split
 
     if path not in ("rowgroups", "rows"):
         raise ValueError(f"path {path!r}: expected 'rowgroups' or 'rows'")
-    ensure_ray()
+    if not ray.is_initialized():
+        raise RuntimeError("bench_input measures on a Ray cluster: attach first (bigearth.execution.raycluster)")
     cpus = int(ray.cluster_resources().get("CPU", 0))
     epoch_no = 0
     if path == "rows":

@@ -128,13 +128,50 @@ def read_shards(
     nomenclature: int = 19,
 ) -> Any:
     """Ray Data UDF: shard paths in, one Arrow table per Parquet row group out (or decoded numpy batches)."""
-    fs, _ = arrow_filesystem(url, storage)
     for path in batch["path"]:
-        with fs.open_input_file(str(path)) as f:
-            pf = open_shard(f, str(path))
-            for i in range(pf.num_row_groups):
-                table = read_row_group(pf, i, columns, str(path))
-                yield table if decode_groups is None else decode_batch(table, decode_groups, nomenclature)
+        yield from shard_tables({"path": str(path)}, columns, url, storage, decode_groups, nomenclature)
+
+
+def shard_tables(
+    source: dict[str, Any],
+    columns: list[str],
+    url: str,
+    storage: StorageOptions | None,
+    decode_groups: dict[str, tuple[str, ...]] | None = None,
+    nomenclature: int = 19,
+) -> Any:
+    """One shard file (`source["path"]`, as `split_files` lists it) as one Arrow table per Parquet row group (or
+    decoded numpy batches): the read of every executor."""
+    fs, _ = arrow_filesystem(url, storage)
+    path = str(source["path"])
+    with fs.open_input_file(path) as f:
+        pf = open_shard(f, path)
+        for i in range(pf.num_row_groups):
+            table = read_row_group(pf, i, columns, path)
+            yield table if decode_groups is None else decode_batch(table, decode_groups, nomenclature)
+
+
+def split_files(
+    shards: str,
+    split: str | Sequence[str] | None = "train",
+    *,
+    bands: str | Sequence[str] = "all",
+    nomenclature: int = 19,
+    storage: StorageOptions | None = None,
+    extra_columns: Sequence[str] = (),
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """The shard files of a split (several: a list; None = every split) as `{"path", "rows"}` items, and the
+    columns a read needs (`patch_id`, the labels, the bands of `bands`, `extra_columns`). No Ray."""
+    shard_set = ShardSet.open(shards, storage)
+    files = shard_set.files(split)  # an unknown split names the ones there are
+    labels = shard_set.label_column(nomenclature)
+    groups = groups_for(bands)
+    unknown = sorted(set(extra_columns) - set(META_COLUMNS))
+    if unknown:
+        raise ShardFormatError(f"extra_columns: unknown column(s) {unknown}; expected some of {META_COLUMNS}")
+    base = ["patch_id", labels, *(b for g in groups.values() for b in g)]
+    columns = base + [c for c in extra_columns if c not in base]
+    return [{"path": join(shard_set.root, e.path), "rows": e.rows} for e in files], columns
 
 
 def open_split(
@@ -158,16 +195,10 @@ def open_split(
     """
     import ray
 
-    shard_set = ShardSet.open(shards, storage)
-    files = shard_set.files(split)  # an unknown split names the ones there are
-    labels = shard_set.label_column(nomenclature)
+    items, columns = split_files(
+        shards, split, bands=bands, nomenclature=nomenclature, storage=storage, extra_columns=extra_columns
+    )
     groups = groups_for(bands)
-    unknown = sorted(set(extra_columns) - set(META_COLUMNS))
-    if unknown:
-        raise ShardFormatError(f"extra_columns: unknown column(s) {unknown}; expected some of {META_COLUMNS}")
-    base = ["patch_id", labels, *(b for g in groups.values() for b in g)]
-    columns = base + [c for c in extra_columns if c not in base]
-    items = [{"path": join(shard_set.root, e.path), "rows": e.rows} for e in files]
     ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
     if shuffle_files:
         ds = ds.randomize_block_order()

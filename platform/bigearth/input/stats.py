@@ -1,13 +1,16 @@
-"""Per-band mean and standard deviation of a shard set's split, computed with Ray Data (`bigearth stats`)."""
+"""Per-band mean and standard deviation of a shard set's split (`bigearth stats`): one unit per shard file (its
+per-band sums), run by an executor (default: Ray)."""
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any
 
 import numpy as np
 
 from bigearth.core.bands import GROUPS
 from bigearth.core.storage import StorageOptions
+from bigearth.execution.executors import Executor, Resources, default_executor
 
 
 def _partial_sums(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -22,17 +25,30 @@ def _partial_sums(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return out
 
 
-def band_stats(shards: str, split: str = "train", storage: StorageOptions | None = None) -> dict[str, Any]:
-    """`{band: {"mean", "std", "count"}}` over every pixel of the split, at native resolution."""
-    from bigearth.execution.raycluster import ensure_ray
-    from bigearth.input.raydata import open_split
+def file_sums(source: dict[str, Any], columns: list[str], url: str, storage: StorageOptions | None) -> dict[str, float]:
+    """The unit: `{"<band>.n" | ".sum" | ".sumsq": value}` over every pixel of one shard file (`split_files`)."""
+    from bigearth.input.raydata import shard_tables
 
-    ensure_ray()
-    ds = open_split(shards, split, storage=storage, shuffle_files=False, decode=True)
     totals: dict[str, float] = {}
-    for row in ds.map_batches(_partial_sums, batch_format="numpy").iter_rows():
-        for key, value in row.items():
-            totals[key] = totals.get(key, 0.0) + float(value)
+    for batch in shard_tables(source, columns, url, storage, decode_groups=dict(GROUPS)):
+        for key, value in _partial_sums(batch).items():
+            totals[key] = totals.get(key, 0.0) + float(value[0])
+    return totals
+
+
+def band_stats(
+    shards: str, split: str = "train", storage: StorageOptions | None = None, executor: Executor | None = None
+) -> dict[str, Any]:
+    """`{band: {"mean", "std", "count"}}` over every pixel of the split, at native resolution. `executor`: where
+    the sums run (default: Ray; `LocalExecutor`: in this process, no Ray)."""
+    from bigearth.input.raydata import split_files
+
+    files, columns = split_files(shards, split, storage=storage)
+    unit = partial(file_sums, columns=columns, url=shards, storage=storage)
+    totals: dict[str, float] = {}
+    for sums in default_executor(executor).map(unit, files, desc=f"stats {split}", resources=Resources(cpus=1)):
+        for key, value in sums.items():
+            totals[key] = totals.get(key, 0.0) + value
     out: dict[str, Any] = {}
     for names in GROUPS.values():
         for name in names:

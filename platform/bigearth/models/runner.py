@@ -26,6 +26,15 @@ class ModelRunner:
         self.groups: dict[str, tuple[str, ...]] = self.spec.groups  # every group the model reads, and its bands
         self.vector_groups = {n: v.groups for n, v in self.spec.vectors.items()}
 
+    @classmethod
+    def from_checkpoint(
+        cls, checkpoint: Any, device: str | torch.device | None = None, storage: Any = None
+    ) -> ModelRunner:
+        """The runner of a checkpoint (a folder, a run folder or a resolved `Checkpoint`), loaded here."""
+        from bigearth.models.checkpoints import load
+
+        return cls(load(checkpoint, storage=storage), device)
+
     @property
     def nomenclature(self) -> int:
         return self.spec.num_classes

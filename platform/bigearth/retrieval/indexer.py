@@ -1,5 +1,6 @@
-"""Fill an index with every pair of a shard set: a Ray Data actor pool embeds (the model loaded once per actor, a
-GPU each when asked for), the driver upserts into the index in batches (`jobs/index.py`).
+"""Fill an index with every pair of a shard set: an executor's workers embed (`Embedder`, the model loaded once per
+worker: a Ray Data actor pool by default, a GPU each when asked for, or this process), the driver upserts into the
+index in batches (`jobs/index.py`).
 
 Every run builds a new version of the collection and switches to it only once it holds every pair it should
 (`VectorIndex.rebuild` / `publish`): a service keeps answering from the live version throughout, a failed or killed
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +21,7 @@ import pyarrow as pa
 
 from bigearth.core.secrets import redact
 from bigearth.core.storage import StorageOptions
-from bigearth.evaluation.classification import Predictor
+from bigearth.execution.executors import Executor, Resources, default_executor
 from bigearth.retrieval.backends import DEFAULT_COLLECTION, IndexSettings, VectorIndex, VectorIndexError, open_index
 
 log = logging.getLogger(__name__)
@@ -38,9 +40,15 @@ PAYLOAD_COLUMNS = [
 ]
 
 
-class Embedder(Predictor):
-    """Ray Data callable class (the model loaded once per actor, as `Predictor`): Arrow rows of a shard in; vectors
-    (`v_<name>` columns) and JSON payloads out."""
+class Embedder:
+    """The unit of indexing, a callable class for an executor's `map_batches`: loads the model once per worker (a
+    `ModelRunner`); embeds one batch: Arrow rows of a shard in; vectors (`v_<name>` columns) and JSON payloads out
+    (`upsert_embedded` writes them)."""
+
+    def __init__(self, checkpoint: Any, device: str | None = None, storage: StorageOptions | None = None) -> None:
+        from bigearth.models.runner import ModelRunner
+
+        self.runner = ModelRunner.from_checkpoint(checkpoint, device, storage)
 
     def __call__(self, table: pa.Table) -> dict[str, Any]:
         from bigearth.retrieval.schema import payloads
@@ -54,6 +62,20 @@ class Embedder(Predictor):
         for name, v in vectors.items():
             out[f"v_{name}"] = v.cpu().numpy().astype(np.float32)
         return out
+
+
+def upsert_embedded(
+    target: VectorIndex, batch: dict[str, Any], vectors: Sequence[str], per_split: dict[str, int] | None = None
+) -> int:
+    """Upsert one embedded batch (`Embedder`'s output) into `target`; count its pairs per split into `per_split`;
+    return how many pairs it held."""
+    ids = [str(x) for x in batch["patch_id"]]
+    pl = [json.loads(x) for x in batch["payload"]]
+    target.upsert(ids, {name: batch[f"v_{name}"] for name in vectors}, pl)
+    if per_split is not None:
+        for p in pl:
+            per_split[p["split"]] = per_split.get(p["split"], 0) + 1
+    return len(ids)
 
 
 def build_index(
@@ -73,6 +95,7 @@ def build_index(
     progress: bool = True,
     add: bool = False,
     break_lock: bool = False,
+    executor: Executor | None = None,
 ) -> dict[str, Any]:
     """Embed every pair of `splits` (default: all) of the shard set `data` into a new version of the collection and
     switch to it when complete (`recreate` is what every run does now; kept for callers); `add`: upsert into the
@@ -81,7 +104,7 @@ def build_index(
     One job writes a collection at a time: its writer lock (`VectorIndex.writer_lock`: a lock file beside the
     embedded engine's folder, a marker collection on Qdrant) is held throughout and checked right before the
     switch (a job whose lock was taken over stops there, its version discarded); `break_lock` takes another's
-    over."""
+    over. `executor`: where the embedding runs (default: Ray; `LocalExecutor`: in this process, no Ray)."""
     index = open_index(target, collection, api_key=api_key, settings=settings)
     try:
         with index.writer_lock("index", break_lock=break_lock) as lock:  # before any work: a second job stops here
@@ -100,6 +123,7 @@ def build_index(
                 gpus_per_actor,
                 progress,
                 add,
+                default_executor(executor),
             )
     finally:
         index.close()
@@ -120,15 +144,16 @@ def _build_locked(
     gpus_per_actor: float,
     progress: bool,
     add: bool,
+    executor: Executor,
 ) -> dict[str, Any]:
+    from functools import partial
+
     from tqdm import tqdm
 
-    from bigearth.execution.raycluster import ensure_ray
-    from bigearth.input.raydata import open_split
+    from bigearth.input.raydata import shard_tables, split_files
     from bigearth.models.checkpoints import resolve, weights_digest
     from bigearth.shards.shardset import ShardSet
 
-    ensure_ray()
     t0 = time.perf_counter()
     ref = resolve(checkpoint, storage=storage)
     best, meta, spec = ref.path, ref.meta, ref.spec
@@ -148,27 +173,26 @@ def _build_locked(
     }
     builder = _target_version(index, sizes, described, add)
     try:
-        ds = open_split(
-            data, splits, bands=list(spec.bands), shuffle_files=False, storage=storage, extra_columns=PAYLOAD_COLUMNS
-        ).map_batches(
+        files, columns = split_files(
+            data, splits, bands=list(spec.bands), storage=storage, extra_columns=PAYLOAD_COLUMNS
+        )
+        batches = executor.map_batches(
             Embedder,
-            fn_constructor_kwargs={"checkpoint": ref, "storage": storage},
+            files,
+            read=partial(shard_tables, columns=columns, url=data, storage=storage),
+            unit_kwargs={"checkpoint": ref, "storage": storage},
             batch_size=batch_size,
-            batch_format="pyarrow",
-            concurrency=actors,
-            num_gpus=gpus_per_actor or None,
+            out_batch_size=upsert_batch,
+            desc=f"embed {collection}",
+            resources=Resources(gpus=gpus_per_actor, concurrency=actors),
         )
         per_split: dict[str, int] = {}
         upserted = 0
         with tqdm(total=total, desc=f"index {collection}", unit="pair", disable=not progress) as bar:
-            for b in ds.iter_batches(batch_format="numpy", batch_size=upsert_batch):
-                ids = [str(x) for x in b["patch_id"]]
-                pl = [json.loads(x) for x in b["payload"]]
-                builder.upsert(ids, {name: b[f"v_{name}"] for name in sizes}, pl)
-                for p in pl:
-                    per_split[p["split"]] = per_split.get(p["split"], 0) + 1
-                upserted += len(ids)
-                bar.update(len(ids))
+            for b in batches:
+                n = upsert_embedded(builder, b, list(sizes), per_split)
+                upserted += n
+                bar.update(n)
         t_embed = time.perf_counter() - t0
         if upserted != total:  # before the switch: the live version stays
             raise RuntimeError(f"indexed {upserted} pairs but the manifest lists {total} for splits {splits or 'all'}")

@@ -1,0 +1,77 @@
+"""The ingested shard set (`shards_v2`, written in this process by the local executor): bit-exact shards, the
+manifest, the format metadata; a different ingest into it is refused before any work (the Ray ingests, planted
+faults, resume: tests/integration/test_ingest.py)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+import rasterio
+
+from bigearth.archive.layouts import layout_for
+from bigearth.core.bands import ALL_BANDS
+from bigearth.core.labels import BEN19
+from bigearth.core.storage import open_fs
+from bigearth.ingest.job import IngestError, ingest
+from bigearth.shards.format import SHARD_SCHEMA, Manifest
+
+
+def _rows(shards: Path) -> list[dict]:  # type: ignore[type-arg]
+    m = Manifest.load(*open_fs(str(shards)))
+    return [r for s in m.shards for r in pq.read_table(shards / s["path"]).to_pylist()]
+
+
+def test_shards_are_bit_exact_and_complete(synth_v2: Path, shards_v2: Path) -> None:
+    m = Manifest.load(*open_fs(str(shards_v2)))
+    meta = pq.read_table(synth_v2 / "metadata.parquet")
+    assert m.pairs == meta.num_rows and not m.quarantined  # the default policy keeps metadata.parquet only
+    extra = pq.read_table(synth_v2 / "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
+    flags = extra.to_pydict()
+    assert m.excluded == {
+        "seasonal_snow": sum(flags["contains_seasonal_snow"]),
+        "cloud_or_shadow": sum(flags["contains_cloud_or_shadow"]),
+        "no_19_class_label": 0,
+    }
+    assert sum(m.splits.values()) == m.pairs == sum(s.rows for s in m.shards)
+    rows = _rows(shards_v2)
+    assert sorted(r["patch_id"] for r in rows) == sorted(meta["patch_id"].to_pylist())
+    layout = layout_for("v2", str(synth_v2))
+    by_id = {r["patch_id"]: r for r in meta.to_pylist()}
+    for row in rows[:: max(1, len(rows) // 10)]:
+        src = by_id[row["patch_id"]]
+        assert row["labels"] == sorted(src["labels"], key=BEN19.index)  # official order, not alphabetical
+        assert row["split"] == src["split"] and row["s1_name"] == src["s1_name"]
+        for band in ALL_BANDS:
+            path = (
+                layout.s2_band(row["patch_id"], band.name)
+                if band.sensor == "s2"
+                else layout.s1_band(row["s1_name"], band.name)
+            )
+            with rasterio.open(path) as ds:
+                expected = ds.read(1)
+                assert (row["epsg"], row["ulx"], row["uly"]) == (ds.crs.to_epsg(), ds.transform.c, ds.transform.f)
+            got = np.frombuffer(row[band.name], dtype=np.dtype(band.dtype).newbyteorder("<")).reshape(band.shape)
+            assert got.dtype == expected.dtype and np.array_equal(got, expected), (row["patch_id"], band.name)
+
+
+def test_shard_files_carry_format_metadata(shards_v2: Path) -> None:
+    m = Manifest.load(*open_fs(str(shards_v2)))
+    for s in m.shards:
+        pf = pq.ParquetFile(shards_v2 / s.path)
+        assert pf.schema_arrow.equals(SHARD_SCHEMA, check_metadata=False)
+        meta = pf.schema_arrow.metadata
+        assert meta[b"bigearth.format_version"] == b"2" and meta[b"bigearth.compression"] == b"lz4"
+        bands = json.loads(meta[b"bigearth.bands"])
+        assert bands["B01"] == {"shape": [20, 20], "dtype": "uint16", "gsd": 60}
+        assert bands["VV"]["dtype"] == "float32"
+        assert pf.metadata.row_group(0).column(0).compression == "LZ4"
+        assert s.rows <= 30 and s.path.startswith(s.split + "/")
+
+
+def test_different_ingest_into_same_out_is_refused(shards_v2: Path, synth_v2: Path) -> None:
+    with pytest.raises(IngestError, match="holds a different ingest"):
+        ingest(str(synth_v2), str(shards_v2), shard_size=30, include_snow_cloud=True)
