@@ -150,13 +150,13 @@ def test_local_ingest_writes_the_documented_shard_set_without_ray(synth_v2: Path
     m = ingest(str(synth_v2), str(out), shard_size=30, executor=LocalExecutor(progress=False), progress=False)
     meta = pq.read_table(synth_v2 / "metadata.parquet")
     assert m.pairs == meta.num_rows and not m.quarantined
-    assert sorted(s["path"] for s in m.shards) == [
+    assert sorted(s.path for s in m.shards) == [
         "test/part-00000.parquet",
         "train/part-00000.parquet",
         "train/part-00001.parquet",
         "validation/part-00000.parquet",
     ]
-    ids = [r for s in m.shards for r in pq.read_table(out / s["path"], columns=["patch_id"])["patch_id"].to_pylist()]
+    ids = [r for s in m.shards for r in pq.read_table(out / s.path, columns=["patch_id"])["patch_id"].to_pylist()]
     assert sorted(ids) == sorted(meta["patch_id"].to_pylist())
     assert Manifest.load(*open_fs(str(out))).to_json() == m.to_json()
     if not imported_before:
@@ -261,7 +261,7 @@ def test_band_stats_locally(shards_v2: Path) -> None:
     imported_before = _ray_imported()
     stats = band_stats(str(shards_v2), "train", executor=LocalExecutor(progress=False))
     manifest = Manifest.load(*open_fs(str(shards_v2)))
-    rows = [pq.read_table(shards_v2 / s["path"]) for s in manifest.shards if s["split"] == "train"]
+    rows = [pq.read_table(shards_v2 / s.path) for s in manifest.shards if s.split == "train"]
     b = next(band for band in ALL_BANDS if band.name == "B04")
     from bigearth.input.raydata import band_view
 

@@ -22,7 +22,7 @@ from bigearth.shards.format import SHARD_SCHEMA, Manifest
 
 def _rows(shards: Path) -> list[dict]:  # type: ignore[type-arg]
     m = Manifest.load(*open_fs(str(shards)))
-    return [r for s in m.shards for r in pq.read_table(shards / s["path"]).to_pylist()]
+    return [r for s in m.shards for r in pq.read_table(shards / s.path).to_pylist()]
 
 
 def test_shards_are_bit_exact_and_complete(synth_v2: Path, shards_v2: Path) -> None:

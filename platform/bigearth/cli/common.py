@@ -65,11 +65,8 @@ def add_executor_argument(p: argparse.ArgumentParser) -> None:
 
 
 def executor_from_args(a: argparse.Namespace) -> Executor:
-    """The executor `--executor` names; for `ray`, attached here (the commands attach, library functions don't)."""
+    """The executor `--executor` names. A Ray executor attaches (`ensure_ray`: the cluster, its watchdog) when the
+    first unit runs, so a command that stops on its input (a held lock, a missing archive) starts no Ray."""
     from bigearth.execution.executors import executor_for
 
-    if a.executor == "ray":
-        from bigearth.execution.raycluster import ensure_ray
-
-        ensure_ray()
     return executor_for(a.executor)

@@ -91,7 +91,7 @@ class ModelSpec:
     @property
     def groups(self) -> dict[str, tuple[str, ...]]:
         """Batch group -> its bands, for every band of the model."""
-        from bigearth.input.raydata import groups_for
+        from bigearth.shards.decode import groups_for
 
         return groups_for(list(self.bands))
 
@@ -128,7 +128,7 @@ class BigEarthModel(nn.Module):
         return []
 
     def input_groups(self) -> tuple[str, ...]:
-        from bigearth.input.raydata import groups_for
+        from bigearth.shards.decode import groups_for
 
         return tuple(groups_for(list(self.bands)))
 

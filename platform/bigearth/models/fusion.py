@@ -139,7 +139,7 @@ class FusionClassifier(BigEarthModel):
 
     def encoder_groups(self) -> dict[str, tuple[str, ...]]:
         """Encoder name -> the batch groups it reads (`{"s1": ("s1",), "s2": ("s2_10m", "s2_20m")}`)."""
-        from bigearth.input.raydata import groups_for
+        from bigearth.shards.decode import groups_for
 
         return {name: tuple(groups_for(list(enc.stem.bands))) for name, enc in self._encoders().items()}
 

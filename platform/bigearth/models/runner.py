@@ -41,7 +41,7 @@ class ModelRunner:
 
     def batch_from_table(self, table: Any) -> dict[str, Any]:
         """Arrow rows of a shard -> the model's batch on its device."""
-        from bigearth.input.raydata import decode_batch, to_torch
+        from bigearth.shards.decode import decode_batch, to_torch
 
         return to_torch(decode_batch(table, self.groups, self.nomenclature), self.device)
 

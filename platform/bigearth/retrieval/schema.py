@@ -17,6 +17,7 @@ from typing import Annotated, Any, Literal, get_args
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
+from bigearth.archive.geo import centres_lonlat
 from bigearth.core.labels import BEN19, BEN43
 
 POINT_NAMESPACE = uuid.UUID("6f0b7c2e-5b1a-5d8e-9c39-2b3f4e1d0a77")  # fixed: ids must stay stable across releases
@@ -24,7 +25,6 @@ VECTOR_NAMES = ("fused", "s1", "s2")
 Season = Literal["winter", "spring", "summer", "autumn"]
 Split = Literal["train", "validation", "test"]
 KNOWN_LABELS = frozenset(BEN19) | frozenset(BEN43)
-PATCH_SIZE_M = 1200.0  # 120 px at 10 m
 #: Most values one filter list may hold after duplicates are dropped (docs/api.md "Limits"): every label of both
 #: nomenclatures, every country and a generous share of the archive's tiles fit; more is a 422, never an engine error.
 MAX_FILTER_VALUES = 64
@@ -39,25 +39,6 @@ def point_id(patch_id: str) -> str:
 def season(month: int) -> Season:
     """Meteorological season (the archive is European: northern hemisphere)."""
     return ("winter", "spring", "summer", "autumn")[(month % 12) // 3]  # type: ignore[return-value]
-
-
-def centres_lonlat(epsg: np.ndarray, ulx: np.ndarray, uly: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Patch centres (from the UTM upper-left corners) as WGS84 longitude, latitude."""
-    from rasterio.crs import CRS
-    from rasterio.warp import transform
-
-    lon = np.full(len(epsg), np.nan)
-    lat = np.full(len(epsg), np.nan)
-    for code in np.unique(epsg):
-        sel = np.flatnonzero(epsg == code)
-        xs, ys = transform(
-            CRS.from_epsg(int(code)),
-            CRS.from_epsg(4326),
-            (ulx[sel] + PATCH_SIZE_M / 2).tolist(),
-            (uly[sel] - PATCH_SIZE_M / 2).tolist(),
-        )
-        lon[sel], lat[sel] = xs, ys
-    return lon, lat
 
 
 def payloads(rows: dict[str, Any]) -> list[dict[str, Any]]:

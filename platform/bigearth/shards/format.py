@@ -163,6 +163,10 @@ class Manifest:
     format_version: str = FORMAT_VERSION
     source: dict[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # entries given as the records manifest.json holds ({path, rows, split}) become typed ones
+        self.shards = [s if isinstance(s, ShardEntry) else ShardEntry.from_record(s, "Manifest") for s in self.shards]
+
     def to_json(self) -> str:
         return json.dumps({**self.__dict__, "shards": [s.record() for s in self.shards]}, indent=1, sort_keys=True)
 

@@ -229,7 +229,7 @@ class PatchStore:
 
     def metadata(self, patch_id: str) -> dict[str, Any]:
         """The pair's metadata columns (no pixels) plus the patch centre as `location`."""
-        from bigearth.retrieval.schema import centres_lonlat
+        from bigearth.archive.geo import centres_lonlat
 
         meta = self.row(patch_id, [c for c in META_COLUMNS]).to_pylist()[0]
         lon, lat = centres_lonlat(np.array([meta["epsg"]]), np.array([meta["ulx"]]), np.array([meta["uly"]]))
@@ -238,8 +238,8 @@ class PatchStore:
 
     def arrays(self, patch_id: str, groups: dict[str, tuple[str, ...]]) -> dict[str, np.ndarray]:
         """The pair's band groups as `[1, C, H, W]` arrays (the batch layout of
-        `bigearth.input.raydata.decode_batch`)."""
-        from bigearth.input.raydata import decode_batch
+        `bigearth.shards.decode.decode_batch`)."""
+        from bigearth.shards.decode import decode_batch
 
         columns = ["patch_id", "labels", *(b for names in groups.values() for b in names)]
         batch = decode_batch(self.row(patch_id, columns), groups)
