@@ -106,3 +106,32 @@ def kill_cli_ingest(archive: Path, out: Path, shard_size: int, reports: int, tim
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     return list(folder.rglob("*.json"))
+
+
+def shards_in_process(archive: Path, out: Path, shard_size: int = 20) -> Path:
+    """An extracted archive ingested shard by shard in this process (`ingest_shard`, no Ray): a shard set for tests
+    of the tier without Ray."""
+    from bigearth.archive.catalogue import build_catalogue
+    from bigearth.core.storage import StorageOptions, open_fs
+    from bigearth.ingest.job import _manifest, ingest_shard, plan_shards
+
+    cat = build_catalogue(str(archive))
+    reports = [
+        ingest_shard(plan, cat.layout.name, str(archive), str(out), StorageOptions(), include_no_19=False)
+        for plan in plan_shards(cat, shard_size)
+    ]
+    _manifest(cat, reports, str(archive)).save(*open_fs(str(out)))
+    return out
+
+
+def random_checkpoint(path: Path, model: str = "tiny", classes: int = 19, **kwargs: Any) -> Path:
+    """A checkpoint folder of a randomly initialised registered model (default `tiny` late fusion), written through
+    `bigearth.models.checkpoints`: for tests that need a checkpoint, not a trained one."""
+    from bigearth.models import checkpoints
+    from bigearth.models.registry import create_model
+
+    kwargs = kwargs or ({"fusion": "late"} if model == "tiny" else {})
+    net: Any = create_model(model, num_classes=classes, **kwargs)
+    meta = checkpoints.CheckpointMeta(model={"name": model, **kwargs}, num_classes=classes, bands=list(net.bands))
+    checkpoints.write(str(path), net, meta)
+    return path
