@@ -124,14 +124,19 @@ def shards_in_process(archive: Path, out: Path, shard_size: int = 20) -> Path:
     return out
 
 
-def random_checkpoint(path: Path, model: str = "tiny", classes: int = 19, **kwargs: Any) -> Path:
-    """A checkpoint folder of a randomly initialised registered model (default `tiny` late fusion), written through
-    `bigearth.models.checkpoints`: for tests that need a checkpoint, not a trained one."""
+def random_checkpoint(
+    path: Path, model: str = "tiny", classes: int = 19, model_kwargs: dict[str, Any] | None = None, **meta: Any
+) -> Path:
+    """A checkpoint folder of a randomly initialised registered model (default: `tiny`, late fusion), written
+    through `bigearth.models.checkpoints`, for tests that need a checkpoint and not a trained one; `meta` adds
+    fields of its `CheckpointMeta` (`epoch`, `metrics`, ...)."""
     from bigearth.models import checkpoints
     from bigearth.models.registry import create_model
 
-    kwargs = kwargs or ({"fusion": "late"} if model == "tiny" else {})
+    kwargs = model_kwargs if model_kwargs is not None else ({"fusion": "late"} if model == "tiny" else {})
     net: Any = create_model(model, num_classes=classes, **kwargs)
-    meta = checkpoints.CheckpointMeta(model={"name": model, **kwargs}, num_classes=classes, bands=list(net.bands))
-    checkpoints.write(str(path), net, meta)
+    record = checkpoints.CheckpointMeta(
+        model={"name": model, **kwargs}, num_classes=classes, bands=list(net.bands), **meta
+    )
+    checkpoints.write(str(path), net, record)
     return path
