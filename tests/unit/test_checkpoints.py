@@ -31,8 +31,11 @@ def test_the_meta_record_round_trips(tmp_path: Path) -> None:
     doc = json.loads((path / checkpoints.META_FILE).read_text())
     assert CheckpointMeta.model_validate(doc) == record and record.to_dict() == doc
     assert "source" not in doc and "train_state" not in doc  # fields without a value are left out
-    with pytest.raises(CheckpointError, match="model: Field required"):
-        checkpoints.as_meta({"num_classes": 19})
+    with pytest.raises(CheckpointError, match="model: Input should be a valid dictionary"):
+        checkpoints.as_meta({"model": "tiny"})
+    (path / checkpoints.META_FILE).write_text(json.dumps({"num_classes": 19}))
+    with pytest.raises(CheckpointError, match=r"names no model \(`model.name`\)"):
+        load(path)
 
 
 @pytest.mark.parametrize("writer", ["training", "reben", "bench"])

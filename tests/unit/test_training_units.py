@@ -105,3 +105,20 @@ def test_a_resumed_run_keeps_its_own_retrieval_settings() -> None:
 def test_an_unknown_executor_is_refused(shards: Path, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match=r"unknown executor 'dask'; expected one of \['ray', 'local'\]"):
         train(load_config(TINY, [NO_MLFLOW]), str(shards), str(tmp_path), "x", executor="dask")
+
+
+def test_bigearth_train_executor_local_runs_without_ray(
+    shards: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`bigearth train --executor local` trains in this process (the tier's guard fails a test that starts Ray);
+    `--executor` takes ray (the default) or local."""
+    from bigearth import cli
+
+    sets = ["--set", "optim.epochs=1", "--set", "data.batch_size=8", "--set", NO_MLFLOW]
+    argv = ["train", "--config", TINY, "--data", str(shards), "--storage", str(tmp_path), "--name", "cli", *sets]
+    assert cli.main([*argv, "--executor", "local"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert printed["run"] == str(tmp_path / "cli") and printed["metrics"]["epoch"] == 1
+    assert cli.build_parser().parse_args(argv).executor == "ray"
+    with pytest.raises(SystemExit):
+        cli.build_parser().parse_args([*argv, "--executor", "dask"])

@@ -57,12 +57,15 @@ class RunInfo(BaseModel):
 
 
 class CheckpointMeta(BaseModel):
-    """`meta.json`: what a checkpoint is. Every field but `model` has a default, so the meta of any checkpoint the
-    platform ever wrote reads as this record; keys it does not name are kept (`extra`)."""
+    """`meta.json`: what a checkpoint is. Every field has a default, so the meta of any checkpoint the platform ever
+    wrote reads as this record; keys it does not name are kept (`extra`). The model is built from `spec`, else from
+    `model` (`builder`)."""
 
     model_config = ConfigDict(extra="allow")
 
-    model: dict[str, Any] = Field(description="registry name (`name`) and builder arguments, as configured")
+    model: dict[str, Any] = Field(
+        default_factory=dict, description="registry name (`name`) and builder arguments, as configured"
+    )
     num_classes: int = 19
     spec: dict[str, Any] | None = Field(None, description="`ModelSpec.to_dict()` of the saved model")
     epoch: int | None = None
