@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, shards_in_process
-from raycluster import LocalCluster, alive, descendants, matching
+from raycluster import RAY, LocalCluster, alive, descendants, matching
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
@@ -135,6 +135,8 @@ def test_killed_driver_resubmitted_resumes(cluster, small_shards: Path, tmp_path
         "job",
         "submit",
         "--no-wait",
+        "--submission-id",
+        f"{name}-{os.getpid()}",
         "--address",
         cluster.dashboard,
         "--working-dir",
@@ -143,7 +145,12 @@ def test_killed_driver_resubmitted_resumes(cluster, small_shards: Path, tmp_path
         *args,
     ]
     subprocess.run(cmd, env=cluster.env, check=True, capture_output=True, timeout=120, cwd=REPO)
-    _wait(lambda: _checkpointed(storage / name), 300, "the first checkpoint")
+    try:
+        _wait(lambda: _checkpointed(storage / name), 300, "the first checkpoint")
+    except AssertionError:  # say what the job did
+        logs = [RAY, "job", "logs", "--address", cluster.dashboard, f"{name}-{os.getpid()}"]
+        out = subprocess.run(logs, env=cluster.env, capture_output=True, text=True, timeout=60)
+        raise AssertionError(f"no checkpoint; the job's log:\n{out.stdout[-4000:]}{out.stderr[-2000:]}") from None
     drivers = cluster.processes("jobs/train.py", name)  # the job's driver: a process of this test's cluster
     assert drivers, "the job's driver process was not found"
     _kill(drivers)
