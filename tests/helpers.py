@@ -174,3 +174,28 @@ def assert_same_shards(a: Path, b: Path) -> None:
     assert [(q["patch_id"], q["kind"]) for q in ma.quarantined] == [(q["patch_id"], q["kind"]) for q in mb.quarantined]
     for s in ma.shards:
         assert pq.read_table(a / s.path).equals(pq.read_table(b / s.path)), s.path
+
+
+def shards_in_process(archive: Path, out: Path, shard_size: int = 20) -> Path:
+    """An extracted archive ingested in this process (the local executor, no Ray): a shard set for tests of the tier
+    without Ray."""
+    ingest_in_process(archive, out, shard_size=shard_size)
+    return out
+
+
+def random_checkpoint(
+    path: Path, model: str = "tiny", classes: int = 19, model_kwargs: dict[str, Any] | None = None, **meta: Any
+) -> Path:
+    """A checkpoint folder of a randomly initialised registered model (default: `tiny`, late fusion), written
+    through `bigearth.models.checkpoints`, for tests that need a checkpoint and not a trained one; `meta` adds
+    fields of its `CheckpointMeta` (`epoch`, `metrics`, ...)."""
+    from bigearth.models import checkpoints
+    from bigearth.models.registry import create_model
+
+    kwargs = model_kwargs if model_kwargs is not None else ({"fusion": "late"} if model == "tiny" else {})
+    net: Any = create_model(model, num_classes=classes, **kwargs)
+    record = checkpoints.CheckpointMeta(
+        model={"name": model, **kwargs}, num_classes=classes, bands=list(net.bands), **meta
+    )
+    checkpoints.write(str(path), net, record)
+    return path

@@ -73,6 +73,57 @@ def _node_args() -> list[str]:
     ]
 
 
+def process_table() -> dict[int, tuple[int, bytes]]:
+    """pid -> (parent pid, command line) of every process on the machine but this one."""
+    table: dict[int, tuple[int, bytes]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes()
+            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        table[int(proc.name)] = (ppid, cmd)
+    return table
+
+
+def descendants(roots: list[int], table: dict[int, tuple[int, bytes]] | None = None) -> list[int]:
+    """`roots` and every process below them."""
+    table = process_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = set(roots), list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return sorted(found)
+
+
+def matching(pids: list[int], *needles: str) -> list[int]:
+    """Those of `pids` still running whose command line holds every one of `needles`."""
+    out = []
+    for pid in pids:
+        try:
+            cmd = (Path("/proc") / str(pid) / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if all(n.encode() in cmd for n in needles):
+            out.append(pid)
+    return out
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 # Not ray.cluster_utils.Cluster: its users submit jobs / run subprocesses that attach by address and SIGKILL the
 # cluster, and Cluster (same process as the session's `ray_local` driver) rewrites the address record and resets
 # this process's internal KV on shutdown.
@@ -149,26 +200,12 @@ class LocalCluster:
         """Processes of this cluster: those naming its temp dir or its GCS port, and all their descendants (the
         agents rename themselves `ray::DashboardAgent`, so only their parentage gives them away)."""
         marks = (self.tmp.encode(), f":{self.gcs_port}".encode(), f"--gcs-address={self.address}".encode())
-        found: set[int] = set()
-        children: dict[int, list[int]] = {}
-        for proc in Path("/proc").iterdir():
-            if not proc.name.isdigit() or int(proc.name) == os.getpid():
-                continue
-            try:
-                cmd = (proc / "cmdline").read_bytes()
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(proc.name))
-            if any(m in cmd for m in marks):
-                found.add(int(proc.name))
-        todo = list(found)
-        while todo:
-            for child in children.get(todo.pop(), []):
-                if child not in found:
-                    found.add(child)
-                    todo.append(child)
-        return sorted(found)
+        table = process_table()
+        return descendants([pid for pid, (_, cmd) in table.items() if any(m in cmd for m in marks)], table)
+
+    def processes(self, *needles: str) -> list[int]:
+        """The processes of this cluster whose command line holds every one of `needles`."""
+        return matching(self.pids(), *needles)
 
     def stop(self) -> None:
         for _ in range(20):  # until every process of the cluster is gone (at most ~10 s)

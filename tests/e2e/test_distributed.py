@@ -1,5 +1,7 @@
 """Distributed behaviour on real Ray clusters: `ray job submit` to a 2-node cluster (workers on different nodes),
-a killed training worker, a killed job driver resubmitted under the same name."""
+a killed training worker, a killed job driver resubmitted under the same name. The kill tests train 2 epochs of a
+shard set of about 40 pairs and kill only processes of their own cluster (the module's `LocalCluster`, or the
+session's Ray started by this process), never another's."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from helpers import REPO
-from raycluster import LocalCluster
+from helpers import REPO, shards_in_process
+from raycluster import RAY, LocalCluster, alive, descendants, matching
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
@@ -24,19 +26,6 @@ TINY = "configs/tiny-cpu.yaml"
 def _history(run: Path) -> list[dict]:  # type: ignore[type-arg]
     path = run / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _pids(*needles: str) -> list[int]:
-    out = []
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            try:
-                cmd = (proc / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if all(n.encode() in cmd for n in needles):
-                out.append(int(proc.name))
-    return out
 
 
 def _checkpointed(run: Path) -> bool:
@@ -53,8 +42,25 @@ def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-unty
     while time.time() < deadline:
         if predicate():
             return
-        time.sleep(0.2)
+        time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def small_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """About 40 pairs (64 synthesized, some excluded by policy) in shards of 8, ingested in this process."""
+    from bigearth.synth.archive import synthesize
+
+    work = tmp_path_factory.mktemp("kill")
+    synthesize(str(work / "archive"), layout="v2", pairs=64, seed=11, progress=False)
+    return shards_in_process(work / "archive", work / "shards", shard_size=8)
+
+
+def _kill(pids: list[int]) -> None:
+    """SIGKILL `pids` and wait (polling) until every one is gone."""
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    _wait(lambda: not any(alive(p) for p in pids), 60, f"the killed processes {pids} to end")
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +112,7 @@ def test_job_submit_trains_on_two_nodes_then_evaluates(cluster, shards_v2: Path,
     assert json.loads((out / "metrics.json").read_text())["samples"] > 0
 
 
-def test_killed_driver_resubmitted_resumes(cluster, shards_v2: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_killed_driver_resubmitted_resumes(cluster, small_shards: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     storage, name = tmp_path / "runs", "driver-killed"
     args = [
         "python",
@@ -114,21 +120,23 @@ def test_killed_driver_resubmitted_resumes(cluster, shards_v2: Path, tmp_path: P
         "--config",
         TINY,
         "--data",
-        str(shards_v2),
+        str(small_shards),
         "--storage",
         str(storage),
         "--name",
         name,
         "--set",
-        "optim.epochs=3",
+        "optim.epochs=2",
         "--set",
-        "data.batch_size=16",
+        "data.batch_size=8",
     ]
     cmd = [
         str(Path(sys.executable).with_name("ray")),
         "job",
         "submit",
         "--no-wait",
+        "--submission-id",
+        f"{name}-{os.getpid()}",
         "--address",
         cluster.dashboard,
         "--working-dir",
@@ -137,26 +145,29 @@ def test_killed_driver_resubmitted_resumes(cluster, shards_v2: Path, tmp_path: P
         *args,
     ]
     subprocess.run(cmd, env=cluster.env, check=True, capture_output=True, timeout=120, cwd=REPO)
-    _wait(lambda: _checkpointed(storage / name), 300, "the first checkpoint")
-    drivers = _pids("jobs/train.py", name)
+    try:
+        _wait(lambda: _checkpointed(storage / name), 300, "the first checkpoint")
+    except AssertionError:  # say what the job did
+        logs = [RAY, "job", "logs", "--address", cluster.dashboard, f"{name}-{os.getpid()}"]
+        out = subprocess.run(logs, env=cluster.env, capture_output=True, text=True, timeout=60)
+        raise AssertionError(f"no checkpoint; the job's log:\n{out.stdout[-4000:]}{out.stderr[-2000:]}") from None
+    drivers = cluster.processes("jobs/train.py", name)  # the job's driver: a process of this test's cluster
     assert drivers, "the job's driver process was not found"
-    for pid in drivers:
-        os.kill(pid, signal.SIGKILL)
-    time.sleep(2)
+    _kill(drivers)
     snapshot = json.loads((storage / name / "checkpoint_manager_snapshot.json").read_text())
     registered = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
     saved = json.loads((storage / name / registered / "meta.json").read_text())["metrics"]
-    assert saved["epoch"] < 3
+    assert saved["epoch"] < 2
     r = cluster.job(*args)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-2000:])
     history = _history(storage / name)
-    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["epoch"] for h in history] == [1, 2]
     # resumed from the registered checkpoint: its epoch is in the history exactly as it was saved (a run started
     # over would have recomputed it with another data order)
     assert history[saved["epoch"] - 1] == saved
 
 
-def test_killed_worker_is_replaced_and_the_run_completes(shards_v2: Path, tmp_path: Path) -> None:
+def test_killed_worker_is_replaced_and_the_run_completes(small_shards: Path, tmp_path: Path) -> None:
     import ray
 
     storage, name = tmp_path / "runs", "worker-killed"
@@ -168,15 +179,15 @@ def test_killed_worker_is_replaced_and_the_run_completes(shards_v2: Path, tmp_pa
             "--config",
             TINY,
             "--data",
-            str(shards_v2),
+            str(small_shards),
             "--storage",
             str(storage),
             "--name",
             name,
             "--set",
-            "optim.epochs=3",
+            "optim.epochs=2",
             "--set",
-            "data.batch_size=16",
+            "data.batch_size=8",
         ],
         cwd=REPO,
         env=env,
@@ -186,13 +197,13 @@ def test_killed_worker_is_replaced_and_the_run_completes(shards_v2: Path, tmp_pa
     )
     try:
         _wait(lambda: _checkpointed(storage / name), 300, "the first checkpoint")
-        workers = _pids("RayTrainWorker")
+        # the session's Ray (tests/conftest.py `ray_local`) was started by this process: its workers are ours
+        workers = matching(descendants([os.getpid()]), "RayTrainWorker")
         assert workers, "no Ray Train worker process found"
-        for pid in workers:
-            os.kill(pid, signal.SIGKILL)
+        _kill(workers)
         output, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output[-4000:]
-    assert [h["epoch"] for h in _history(storage / name)] == [1, 2, 3]
+    assert [h["epoch"] for h in _history(storage / name)] == [1, 2]

@@ -1,8 +1,10 @@
 """`bigearth train` (and jobs/train.py): a Ray Train run from a config; the same --name and --storage resume.
 
     bigearth train --config configs/X.yaml --data SHARDS --storage URI [--name RUN] [--set key=value ...]
+                   [--executor ray|local]
 
-Starts a local Ray when there is no cluster (`ray job submit -- python jobs/train.py ...` on a cluster).
+With `--executor ray` (the default) it attaches to the cluster (`ray job submit -- python jobs/train.py ...`) or
+starts a local Ray; `--executor local` trains in this process with no Ray (a laptop run, a small job).
 """
 
 from __future__ import annotations
@@ -20,6 +22,12 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--storage", required=True, help="where runs live: local folder or s3://bucket/prefix")
     p.add_argument("--name", help="run name (default: model and time); the same name resumes")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. optim.lr=3e-4")
+    p.add_argument(
+        "--executor",
+        choices=["ray", "local"],
+        default="ray",
+        help="ray: Ray Train workers (attaches to the cluster or starts a local Ray); local: this process, no Ray",
+    )
     add_storage_args(p)
     p.set_defaults(func=run)
 
@@ -29,6 +37,10 @@ def run(a: argparse.Namespace) -> int:
     from bigearth.training.trainer import train
 
     cfg = load_config(a.config, a.set)  # a ConfigError names the key and what was expected
-    result = train(cfg, a.data, a.storage, a.name, storage_from_args(a))
+    if a.executor == "ray":
+        from bigearth.execution.raycluster import ensure_ray
+
+        ensure_ray()
+    result = train(cfg, a.data, a.storage, a.name, storage_from_args(a), executor=a.executor)
     print(json.dumps({"run": result.path, "metrics": result.metrics}, default=str))
     return 0

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +25,6 @@ import torch
 
 from bigearth.core import labels as lab
 from bigearth.core.bands import BAND_SETS
-from bigearth.core.records import write_bytes_atomic
 from bigearth.core.storage import StorageOptions, join, open_fs
 from bigearth.models import checkpoints
 from bigearth.models.checkpoints import CheckpointError
@@ -174,23 +171,10 @@ def import_checkpoint(
         )
     config, state = _read(src, storage)
     model, builder = convert(config, state, version, bands)
-    meta = {
-        "model": builder,
-        "num_classes": 19,
-        "metrics": {},
-        "epoch": None,
-        "source": {"format": "reben", "url": src, "version": version, "config": config},
-    }
-    with tempfile.TemporaryDirectory() as tmp:
-        checkpoints.save(tmp, model, meta)
-        fs, root = open_fs(out, storage)
-        fs.makedirs(root, exist_ok=True)
-        for name in sorted(os.listdir(tmp), key=lambda n: n == checkpoints.META_FILE):  # meta.json last, whole:
-            if name == checkpoints.META_FILE:  # it is what marks the folder as a checkpoint
-                if before_commit is not None:
-                    before_commit()
-                with open(os.path.join(tmp, name), "rb") as f:
-                    write_bytes_atomic(fs, join(root, name), f.read())
-            else:
-                fs.put_file(os.path.join(tmp, name), join(root, name))
+    meta = checkpoints.CheckpointMeta(
+        model=builder,
+        num_classes=19,
+        source={"format": "reben", "url": src, "version": version, "config": config},
+    )
+    checkpoints.write(out, model, meta, storage=storage, before_commit=before_commit)
     return out

@@ -1,20 +1,24 @@
-"""The Ray Train per-worker loop: stream the worker's shard, train with AdamW + warm-up/cosine, validate, checkpoint
-and report every epoch, stop early on validation macro AP, resume from the latest checkpoint."""
+"""The training units, plain functions over plain inputs (no Ray): `setup` (model, optimiser, schedule from the
+config), `resume` (a checkpoint's weights and train state, through `bigearth.models.checkpoints`), `fit_epoch`
+(one epoch in one process with the loader), `validate`, `epoch_metrics` / `advance` (the loop's state, early
+stopping on validation macro AP) and `checkpoint_meta` / `train_state`. `run_worker` strings them together for one
+worker behind a `Worker` (its rank, world, device and where its checkpoints go): Ray Train's per-worker function
+(`bigearth.training.raytrain`) and the in-process executor (`bigearth.training.local`) are thin `Worker`s."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import tempfile
 import time
-from contextlib import nullcontext
-from typing import Any
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-from bigearth.input.loader import RowGroupLoader, epoch_share, plan_of, row_share
+from bigearth.input.loader import RowGroup, RowGroupLoader, epoch_share, row_share
 from bigearth.metrics.multilabel import MultilabelMetrics
 from bigearth.models import checkpoints
 from bigearth.models.registry import create_model
@@ -35,190 +39,344 @@ def lr_lambda(step: int, warmup: int, total: int, start: float = 0.0, end: float
     return end + (1 - end) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray
-    import ray.train
-    import ray.train.torch
+@dataclass
+class LoopState:
+    """Where a run stands after its last epoch (`train_state.pt` key `loop`)."""
 
-    cfg = TrainConfig.model_validate(config["cfg"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    epoch: int = 0
+    best: float = -1.0
+    bad_epochs: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> LoopState:
+        return cls(int(d["epoch"]), float(d["best"]), int(d["bad_epochs"]), list(d["history"]))
+
+
+@dataclass
+class Setup:
+    """What one worker trains: the model as the worker runs it (`model`, DDP-wrapped under Ray Train) and the bare
+    module (`core`), the optimiser and its schedule, the builder arguments it was made with, its batch size."""
+
+    model: torch.nn.Module
+    core: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    model_kwargs: dict[str, Any]
+    batch_size: int
+    main_params: list[torch.nn.Parameter]
+    aux_params: list[torch.nn.Parameter]
+    loss_fn: torch.nn.Module = field(default_factory=torch.nn.BCEWithLogitsLoss)
+
+
+@dataclass
+class EpochTotals:
+    """One epoch of training on one worker (summed over the workers once `all_reduce`d): the classification loss
+    and alignment loss summed over pairs, the pairs seen, whether the model had a second objective, seconds."""
+
+    loss_sum: torch.Tensor
+    seen: torch.Tensor
+    align_sum: torch.Tensor
+    had_aux: bool
+    seconds: float
+
+
+def model_kwargs_for(cfg: TrainConfig, resumed: checkpoints.CheckpointMeta | None = None) -> dict[str, Any]:
+    """The builder arguments: the config's, except that a resumed run keeps the retrieval settings it started with
+    (a run begun before `retrieval` existed: logits)."""
+    kwargs = cfg.model_kwargs()
+    if resumed is None:
+        return kwargs
+    started = resumed.builder[2].get("retrieval")
+    if started != kwargs.get("retrieval"):
+        print(f"resuming with the run's own retrieval settings {started} (the config says {kwargs.get('retrieval')})")
+        kwargs = {k: v for k, v in kwargs.items() if k != "retrieval"}
+        if started is not None:
+            kwargs["retrieval"] = started
+    return kwargs
+
+
+def setup(
+    cfg: TrainConfig,
+    train_pairs: int,
+    *,
+    world: int = 1,
+    rank: int = 0,
+    device: torch.device | None = None,
+    resumed: checkpoints.CheckpointMeta | None = None,
+    prepare: Any = None,
+) -> Setup:
+    """Seed, build the model, optimiser and warm-up/cosine schedule for a worker of `world`; `prepare` puts the
+    model on its device (Ray Train's `prepare_model`: DDP); by default it is moved to `device`."""
+    device = device or torch.device("cpu")
     torch.manual_seed(cfg.run.seed + rank)
     np.random.seed(cfg.run.seed + rank)
-    device = ray.train.torch.get_device()
     cuda = device.type == "cuda"
-    nodes = [ray.get_runtime_context().get_node_id()] * world
-    if torch.distributed.is_initialized():
-        torch.distributed.all_gather_object(nodes, nodes[0])
-
-    model_kwargs = cfg.model_kwargs()
-    resumed = ray.train.get_checkpoint()
-    if resumed:  # a run resumes as the model it started as (a run begun before `retrieval` existed: logits)
-        with resumed.as_directory() as d, open(os.path.join(d, checkpoints.META_FILE)) as f:
-            started = json.load(f)["model"].get("retrieval")
-        if started != model_kwargs.get("retrieval"):
-            said = model_kwargs.get("retrieval")
-            print(f"resuming with the run's own retrieval settings {started} (the config says {said})")
-            model_kwargs = {k: v for k, v in model_kwargs.items() if k != "retrieval"}
-            if started is not None:
-                model_kwargs["retrieval"] = started
-    model = create_model(cfg.model.name, num_classes=cfg.data.nomenclature, **model_kwargs)
-    if cuda:  # the encoders feed channels-last tensors on CUDA; bf16 autocast below
+    model_kwargs = model_kwargs_for(cfg, resumed)
+    model: Any = create_model(cfg.model.name, num_classes=cfg.data.nomenclature, **model_kwargs)
+    if cuda:  # the encoders feed channels-last tensors on CUDA; bf16 autocast in fit_epoch
         model = model.to(memory_format=torch.channels_last)
     if cfg.scaling.sync_batchnorm and world > 1:  # the statistics of the global batch, as on one device
         if cuda:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         elif rank == 0:  # torch's SyncBatchNorm runs on accelerators only
             print("scaling.sync_batchnorm: not on CPU workers; BatchNorm uses each worker's share of the batch")
-    model = ray.train.torch.prepare_model(model)
+    model = prepare(model) if prepare is not None else model.to(device)
     core: Any = model.module if hasattr(model, "module") else model
     aux_ids = {id(p) for p in core.aux_parameters()}
-    main_params = [p for p in model.parameters() if id(p) not in aux_ids]
-    aux_params = [p for p in model.parameters() if id(p) in aux_ids]
-    had_aux = False
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     batch_size = cfg.worker_batch_size(world)
-    steps_per_epoch = max(1, math.ceil(config["train_pairs"] / (batch_size * world)))
-    total = steps_per_epoch * cfg.optim.epochs
+    steps_per_epoch = max(1, math.ceil(train_pairs / (batch_size * world)))
     o = cfg.optim
+    total = steps_per_epoch * o.epochs
     warmup = o.warmup_steps if o.warmup_steps is not None else int(o.warmup_epochs * steps_per_epoch)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_lambda(s, warmup, total, o.warmup_start, o.final_lr)
     )
-    loss_fn = torch.nn.BCEWithLogitsLoss()
+    return Setup(
+        model=model,
+        core=core,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        model_kwargs=model_kwargs,
+        batch_size=batch_size,
+        main_params=[p for p in model.parameters() if id(p) not in aux_ids],
+        aux_params=[p for p in model.parameters() if id(p) in aux_ids],
+    )
 
-    state: dict[str, Any] = {"epoch": 0, "best": -1.0, "bad_epochs": 0, "history": []}
-    if resumed:
-        with resumed.as_directory() as d:
-            core.load_state_dict(
-                torch.load(os.path.join(d, checkpoints.MODEL_FILE), map_location=device, weights_only=True)
-            )
-            saved = torch.load(os.path.join(d, checkpoints.STATE_FILE), map_location=device, weights_only=True)
-        optimizer.load_state_dict(saved["optimizer"])
-        scheduler.load_state_dict(saved["scheduler"])
-        state = saved["loop"]
+
+def resume(s: Setup, directory: str, device: Any = "cpu", storage: Any = None) -> LoopState:
+    """Load a training checkpoint's weights, optimiser and schedule into `s`; the loop's state it saved."""
+    weights, saved = checkpoints.read_train_state(directory, device, storage)
+    s.core.load_state_dict(weights)
+    s.optimizer.load_state_dict(saved["optimizer"])
+    s.scheduler.load_state_dict(saved["scheduler"])
+    return LoopState.from_dict(saved["loop"])
+
+
+def autocast_for(cfg: TrainConfig, device: torch.device) -> AbstractContextManager[Any]:
+    """bf16 autocast on CUDA unless `optim.precision: fp32` (then reduced-precision fp32 matmuls, as reBEN)."""
+    cuda = device.type == "cuda"
+    if cuda and cfg.optim.precision == "fp32":
+        torch.set_float32_matmul_precision("medium")
+    if cuda and cfg.optim.precision == "bf16":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def epoch_loader(
+    cfg: TrainConfig, plan: Sequence[RowGroup], epoch: int, batch_size: int, rank: int, world: int, **loader_kw: Any
+) -> RowGroupLoader:
+    """This worker's training batches of `epoch`: the same permutation on every worker, disjoint shares, the same
+    number of rows (so of steps) on each."""
+    share, limit = epoch_share(plan, epoch, cfg.run.seed, rank, world, shuffle=True, equal=True)
+    return RowGroupLoader(
+        share,
+        batch_size,
+        shuffle_buffer=cfg.data.local_shuffle_buffer,
+        seed=[cfg.run.seed, rank, epoch],
+        limit=limit,
+        **loader_kw,
+    )
+
+
+def fit_epoch(
+    s: Setup,
+    batches: Iterable[dict[str, Any]],
+    *,
+    grad_clip: float = 0.0,
+    augment: Any = None,
+    autocast: AbstractContextManager[Any] | None = None,
+    device: Any = "cpu",
+) -> EpochTotals:
+    """One epoch of optimiser steps over `batches` in this process (the model's own second objective, if any,
+    added to the loss and logged apart; its parameters clipped apart so it never rescales the classifier's step);
+    the totals summed over the workers when torch.distributed is initialised."""
+    s.model.train()
+    autocast = autocast or nullcontext()
+    start = time.perf_counter()
+    loss_sum, align_sum = torch.zeros((), device=device), torch.zeros((), device=device)
+    seen, had_aux = 0, False
+    for batch in batches:
+        if augment:
+            batch = augment(batch)
+        with autocast:
+            logits, aux = s.model(batch, aux=True)  # aux: the model's own second objective, if any
+        loss = cls_loss = s.loss_fn(logits.float(), batch["labels"])
+        if aux is not None:
+            loss = cls_loss + aux.float()
+            align_sum += aux.detach().float() * len(batch["patch_id"])
+            had_aux = True
+        s.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            torch.nn.utils.clip_grad_norm_(s.main_params, grad_clip)
+            if s.aux_params:
+                torch.nn.utils.clip_grad_norm_(s.aux_params, grad_clip)
+        s.optimizer.step()
+        s.scheduler.step()
+        loss_sum += cls_loss.detach() * len(batch["patch_id"])
+        seen += len(batch["patch_id"])
+    seconds = time.perf_counter() - start
+    totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device), align_sum])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    return EpochTotals(totals[0], totals[1], totals[2], had_aux, seconds)
+
+
+def validate(
+    s: Setup,
+    batches: Iterable[dict[str, Any]],
+    nomenclature: int,
+    *,
+    autocast: AbstractContextManager[Any] | None = None,
+    device: Any = "cpu",
+) -> tuple[dict[str, Any], float]:
+    """The validation scores (`MultilabelMetrics`, synced over the workers) and the mean loss of `batches`."""
+    s.model.eval()
+    autocast = autocast or nullcontext()
+    val = MultilabelMetrics(nomenclature, device=device)
+    val_loss = torch.zeros((), device=device)
+    with torch.no_grad():
+        for batch in batches:
+            with autocast:  # the bare module: no DDP collective in a forward whose count differs by worker
+                logits = s.core(batch).float()
+            val_loss += s.loss_fn(logits, batch["labels"]) * len(batch["patch_id"])
+            val.update(torch.sigmoid(logits), batch["labels"])
+    if torch.distributed.is_initialized():
+        torch.distributed.all_reduce(val_loss)
+    scores = val.compute()
+    return scores, float(val_loss) / max(int(scores["samples"]), 1)
+
+
+def epoch_metrics(
+    epoch: int, totals: EpochTotals, scores: dict[str, Any], val_loss: float, lr: float, workers: int, nodes: int
+) -> dict[str, Any]:
+    """The line of `metrics.jsonl` (and the report, and MLflow's step) of an epoch."""
+    seen = max(float(totals.seen), 1.0)
+    return {
+        "epoch": epoch,
+        "train_loss": float(totals.loss_sum) / seen,
+        **({"train_align_loss": float(totals.align_sum) / seen} if totals.had_aux else {}),
+        "val_loss": val_loss,
+        **{f"val_{k}": v for k, v in scores.items() if k not in ("per_class", "samples", "classes_without_positives")},
+        "lr": lr,
+        "train_samples_per_s": float(totals.seen) / max(totals.seconds, 1e-9),
+        "workers": workers,
+        "nodes": nodes,
+    }
+
+
+def advance(state: LoopState, metrics: dict[str, Any]) -> LoopState:
+    """The state after an epoch: its best validation macro AP, epochs without a better one, the history."""
+    score = metrics["val_macro_ap"] or 0.0
+    return LoopState(
+        epoch=int(metrics["epoch"]),
+        best=max(state.best, score),
+        bad_epochs=0 if score > state.best else state.bad_epochs + 1,
+        history=[*state.history, metrics],
+    )
+
+
+def checkpoint_meta(
+    cfg: TrainConfig, s: Setup, metrics: dict[str, Any], run: checkpoints.RunInfo | None = None
+) -> checkpoints.CheckpointMeta:
+    """The meta record of an epoch's checkpoint."""
+    return checkpoints.CheckpointMeta(
+        model={"name": cfg.model.name, **s.model_kwargs},
+        num_classes=cfg.data.nomenclature,
+        metrics=metrics,
+        epoch=int(metrics["epoch"]),
+        config=cfg.model_dump(),
+        bands=list(s.core.bands),
+        run=run,
+    )
+
+
+def train_state(s: Setup, state: LoopState) -> dict[str, Any]:
+    """What `train_state.pt` holds: optimiser, schedule, the loop's state."""
+    return {"optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(), "loop": asdict(state)}
+
+
+class Worker(Protocol):
+    """What `run_worker` needs of the process it runs in."""
+
+    rank: int
+    world: int
+    device: torch.device
+
+    def nodes(self) -> list[str]:
+        """The node of every worker (all_gathered)."""
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        """Put the model on the device (and wrap it for data-parallel training)."""
+
+    def resumed(self) -> AbstractContextManager[str | None]:
+        """The folder of the checkpoint to resume from (a local path or URL), or None for a new run."""
+
+    def plans(self) -> tuple[list[RowGroup], list[RowGroup]]:
+        """The training and validation plans (every row group of each split)."""
+
+    def report(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
+        """Hand over an epoch's metrics and (rank 0) its checkpoint folder, which is deleted afterwards."""
+
+
+def run_worker(worker: Worker, config: dict[str, Any]) -> None:
+    """Train one worker from `config` (`cfg`, `train_pairs`, `run_dir`, `storage`, `tracking`, `run`): resume,
+    then every epoch `fit_epoch`, `validate`, a checkpoint (rank 0) and a report; early stopping; rank 0 writes
+    `metrics.jsonl` and `curves.png` and logs to MLflow."""
+    cfg = TrainConfig.model_validate(config["cfg"])
+    rank, world, device = worker.rank, worker.world, worker.device
+    nodes = worker.nodes()
+    storage = config.get("storage")
+    with worker.resumed() as resumed_dir:
+        meta = checkpoints.read_meta(resumed_dir, storage) if resumed_dir else None
+        s = setup(
+            cfg, config["train_pairs"], world=world, rank=rank, device=device, resumed=meta, prepare=worker.prepare
+        )
+        state = resume(s, resumed_dir, device, storage) if resumed_dir else LoopState()
+    run = checkpoints.RunInfo(**config["run"]) if config.get("run") else None
 
     tracker = None  # rank 0 logs to MLflow (bigearth.training.tracking), epochs of an earlier attempt included
     if rank == 0 and config.get("tracking"):
         from bigearth.training.tracking import EpochLogger
 
-        tracker = EpochLogger(config["tracking"], state["history"])
+        tracker = EpochLogger(config["tracking"], state.history)
     scores: dict[str, Any] | None = None  # the last validation of this attempt (its per-class chart is logged)
 
-    # Every worker gets the whole plan (one entry per row group) once, and takes its share of it each epoch.
-    train_plan = plan_of(ray.train.get_dataset_shard("train"))
-    val_plan = plan_of(ray.train.get_dataset_shard("validation"))
+    train_plan, val_plan = worker.plans()
     # validation: each worker a contiguous, non-empty share of the rows (sizes differ by at most one)
     val_groups, val_skip, val_rows = row_share(val_plan, rank, world)
-    bands = tuple(core.bands)
     loader_kw: dict[str, Any] = {
-        "bands": bands,
+        "bands": tuple(s.core.bands),
         "nomenclature": cfg.data.nomenclature,
-        "storage": config.get("storage"),
+        "storage": storage,
         "device": device,
         "threads": cfg.data.reader_threads,
     }
-    if cuda and cfg.optim.precision == "fp32":
-        torch.set_float32_matmul_precision("medium")  # reBEN's setting: fp32 tensors, reduced-precision matmuls
-    bf16 = cuda and cfg.optim.precision == "bf16"
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if bf16 else nullcontext()
-    meta_model = {"name": cfg.model.name, **model_kwargs}
-
-    for epoch in range(int(state["epoch"]), cfg.optim.epochs):
-        if state["bad_epochs"] >= cfg.run.patience:
+    autocast = autocast_for(cfg, device)
+    for epoch in range(state.epoch, cfg.optim.epochs):
+        if state.bad_epochs >= cfg.run.patience:
             break
-        model.train()
-        start, seen, loss_sum = time.perf_counter(), 0, torch.zeros((), device=device)
-        align_sum = torch.zeros((), device=device)
-        # the same permutation on every worker, disjoint shares, the same number of rows (so of steps) on each
-        share, limit = epoch_share(train_plan, epoch, cfg.run.seed, rank, world, shuffle=True, equal=True)
+        batches = epoch_loader(cfg, train_plan, epoch, s.batch_size, rank, world, **loader_kw)
         augment = augmenter(cfg.data.augment, hash((cfg.run.seed, rank, epoch)) % 2**63)
-        for batch in RowGroupLoader(
-            share,
-            batch_size,
-            shuffle_buffer=cfg.data.local_shuffle_buffer,
-            seed=[cfg.run.seed, rank, epoch],
-            limit=limit,
-            **loader_kw,
-        ):
-            if augment:
-                batch = augment(batch)
-            with autocast:
-                logits, aux = model(batch, aux=True)  # aux: the model's own second objective, if any
-            loss = cls_loss = loss_fn(logits.float(), batch["labels"])
-            if aux is not None:
-                loss = cls_loss + aux.float()
-                align_sum += aux.detach().float() * len(batch["patch_id"])
-                had_aux = True
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.optim.grad_clip:  # the second objective's parameters apart: it never rescales the classifier's step
-                torch.nn.utils.clip_grad_norm_(main_params, cfg.optim.grad_clip)
-                if aux_params:
-                    torch.nn.utils.clip_grad_norm_(aux_params, cfg.optim.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            loss_sum += cls_loss.detach() * len(batch["patch_id"])
-            seen += len(batch["patch_id"])
-        train_seconds = time.perf_counter() - start
-        totals = torch.stack([loss_sum, torch.tensor(float(seen), device=device), align_sum])
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(totals)
-
-        model.eval()
-        val = MultilabelMetrics(cfg.data.nomenclature, device=device)
-        val_loss = torch.zeros((), device=device)
-        with torch.no_grad():
-            for batch in RowGroupLoader(val_groups, batch_size, skip=val_skip, limit=val_rows, **loader_kw):
-                with autocast:  # the bare module: no DDP collective in a forward whose count differs by worker
-                    logits = core(batch).float()
-                val_loss += loss_fn(logits, batch["labels"]) * len(batch["patch_id"])
-                val.update(torch.sigmoid(logits), batch["labels"])
-        if torch.distributed.is_initialized():
-            torch.distributed.all_reduce(val_loss)
-        scores = val.compute()
-        metrics = {
-            "epoch": epoch + 1,
-            "train_loss": float(totals[0]) / max(float(totals[1]), 1.0),
-            **({"train_align_loss": float(totals[2]) / max(float(totals[1]), 1.0)} if had_aux else {}),
-            "val_loss": float(val_loss) / max(int(scores["samples"]), 1),
-            **{
-                f"val_{k}": v
-                for k, v in scores.items()
-                if k not in ("per_class", "samples", "classes_without_positives")
-            },
-            "lr": scheduler.get_last_lr()[0],
-            "train_samples_per_s": float(totals[1]) / max(train_seconds, 1e-9),
-            "workers": world,
-            "nodes": len(set(nodes)),
-        }
-        improved = (metrics["val_macro_ap"] or 0.0) > state["best"]
-        state = {
-            "epoch": epoch + 1,
-            "best": max(state["best"], metrics["val_macro_ap"] or 0.0),
-            "bad_epochs": 0 if improved else state["bad_epochs"] + 1,
-            "history": [*state["history"], metrics],
-        }
+        totals = fit_epoch(s, batches, grad_clip=cfg.optim.grad_clip, augment=augment, autocast=autocast, device=device)
+        val_batches = RowGroupLoader(val_groups, s.batch_size, skip=val_skip, limit=val_rows, **loader_kw)
+        scores, val_loss = validate(s, val_batches, cfg.data.nomenclature, autocast=autocast, device=device)
+        lr = float(s.scheduler.get_last_lr()[0])
+        metrics = epoch_metrics(epoch + 1, totals, scores, val_loss, lr, world, len(set(nodes)))
+        state = advance(state, metrics)
         with tempfile.TemporaryDirectory() as tmp:
-            checkpoint = None
+            folder = None
             if rank == 0:
-                meta = {
-                    "model": meta_model,
-                    "num_classes": cfg.data.nomenclature,
-                    "metrics": metrics,
-                    "epoch": epoch + 1,
-                    "config": cfg.model_dump(),
-                    "bands": list(core.bands),
-                }
-                train_state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "loop": state}
-                checkpoints.save(tmp, core, meta, train_state)
-                checkpoint = ray.train.Checkpoint.from_directory(tmp)
-            ray.train.report({**metrics, "stop": state["bad_epochs"] >= cfg.run.patience}, checkpoint=checkpoint)
+                checkpoints.save(tmp, s.core, checkpoint_meta(cfg, s, metrics, run), train_state(s, state))
+                folder = tmp
+            worker.report({**metrics, "stop": state.bad_epochs >= cfg.run.patience}, folder)
         if rank == 0 and config.get("run_dir"):
             from bigearth.training.curves import write_history
 
-            write_history(config["run_dir"], state["history"], config.get("storage"))
+            write_history(config["run_dir"], state.history, storage)
         if tracker:
             tracker.epoch(metrics)
     if tracker:
-        tracker.finish(state["history"], scores, cfg.data.val_split)
+        tracker.finish(state.history, scores, cfg.data.val_split)

@@ -1,5 +1,6 @@
-"""Build and run the Ray Train `TorchTrainer` (Train V2 API) for a config; the same call works on a laptop (a
-local Ray is started) and on a cluster (`ray job submit`), with checkpoints on a local folder or `s3://`."""
+"""Train a config on a shard set: checked once on the driver, tracked in MLflow, then run by an executor: Ray
+Train's `TorchTrainer` (Train V2 API; on a laptop's local Ray or a cluster, `ray job submit`) or this process
+alone (`executor="local"`, no Ray); checkpoints on a local folder or `s3://`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from typing import Any
 
 from bigearth.core.secrets import redact
 from bigearth.core.storage import StorageOptions, join, portable_arrow_filesystem
-from bigearth.input.loader import open_row_groups
 from bigearth.models.registry import create_model
 from bigearth.shards.shardset import ShardSet
 from bigearth.training import tracking
@@ -27,41 +27,36 @@ def run_folder(storage: str, name: str) -> str:
     return join(storage.rstrip("/"), name) if "://" in storage else os.path.join(os.path.abspath(storage), name)
 
 
+#: How a run is executed: Ray Train (the default: workers on a cluster, or on a local Ray the caller attached to)
+#: or this process alone (`bigearth.training.local`, no Ray).
+EXECUTORS = ("ray", "local")
+
+
 def train(
     cfg: TrainConfig,
     data: str,
     storage: str,
     name: str | None = None,
     storage_options: StorageOptions | None = None,
+    executor: str = "ray",
 ) -> Any:
     """Train on the shard set `data`; checkpoints and metrics go to `storage/name` (re-run to resume), and to MLflow
-    (`cfg.tracking`, `bigearth.training.tracking`)."""
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
-    from bigearth.execution.raycluster import ensure_ray
-    from bigearth.training.loop import train_loop_per_worker
-
-    ensure_ray()
+    (`cfg.tracking`, `bigearth.training.tracking`). `executor="ray"` runs Ray Train on the Ray this process is
+    attached to (the CLI and the jobs attach, `bigearth.execution.raycluster.ensure_ray`); `"local"` trains in
+    this process with no Ray. Returns Ray Train's `Result`, or a `TrainResult` (both have `path` and `metrics`)."""
+    if executor not in EXECUTORS:
+        raise ValueError(f"unknown executor {executor!r}; expected one of {list(EXECUTORS)}")
     so = storage_options or StorageOptions.from_env()
     shard_set = ShardSet.open(data, so)
     shard_set.files([cfg.data.train_split, cfg.data.val_split])  # an unknown split names the ones there are
     model_bands(cfg)  # a bad model config fails here, before any worker starts (workers read these bands)
     shard_set.label_column(cfg.data.nomenclature)  # 43 classes of a v2 shard set: the shard set's error
-    # The plan (one row per Parquet row group) goes to every worker whole: each takes its share per epoch
-    # (bigearth.input.loader.epoch_share), so all run the same number of steps and the split drops nothing.
-    datasets = {
-        "train": open_row_groups(data, cfg.data.train_split, so),
-        "validation": open_row_groups(data, cfg.data.val_split, so),
-    }
     name = name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if "://" in storage:
-        fs, path = portable_arrow_filesystem(storage, so)  # pickled into Ray Train's actors: secrets sealed
-        storage_kw: dict[str, Any] = {"storage_path": path, "storage_filesystem": fs}
-    else:
+    if "://" not in storage:
         os.makedirs(storage, exist_ok=True)
-        storage_kw = {"storage_path": os.path.abspath(storage)}
     run_dir = run_folder(storage, name)
+    world = cfg.scaling.num_workers if executor == "ray" else 1
+    train_pairs = shard_set.splits[cfg.data.train_split]
     target = tracking.start_run(
         cfg,
         storage,
@@ -70,20 +65,55 @@ def train(
         {
             "shards": data,
             "storage": storage,
-            "world_size": cfg.scaling.num_workers,
-            "train_pairs": shard_set.splits[cfg.data.train_split],
+            "world_size": world,
+            "train_pairs": train_pairs,
             "val_pairs": shard_set.splits[cfg.data.val_split],
         },
     )
+    config = {
+        "cfg": redact(cfg.model_dump()),  # the workers' config: no credentials (the tracking URI is `tracking`)
+        "train_pairs": train_pairs,
+        "run_dir": run_dir,
+        "storage": so,
+        "tracking": target,
+        "run": {"name": name, "run_dir": redact(run_dir), "executor": executor, "world_size": world},
+    }
+    try:
+        if executor == "local":
+            from bigearth.training.local import fit_local
+
+            result = fit_local(cfg, data, run_dir, config)
+        else:
+            result = _fit_ray(cfg, data, storage, name, so, config)
+    except BaseException as e:
+        tracking.end_run(target, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    tracking.end_run(target, "FINISHED")
+    return result
+
+
+def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOptions, config: dict[str, Any]) -> Any:
+    """Ray Train's `TorchTrainer` over `bigearth.training.raytrain.train_loop_per_worker`."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from bigearth.input.loader import open_row_groups
+    from bigearth.training.raytrain import train_loop_per_worker
+
+    # The plan (one row per Parquet row group) goes to every worker whole: each takes its share per epoch
+    # (bigearth.input.loader.epoch_share), so all run the same number of steps and the split drops nothing.
+    datasets = {
+        "train": open_row_groups(data, cfg.data.train_split, so),
+        "validation": open_row_groups(data, cfg.data.val_split, so),
+    }
+    if "://" in storage:
+        fs, path = portable_arrow_filesystem(storage, so)  # pickled into Ray Train's actors: secrets sealed
+        storage_kw: dict[str, Any] = {"storage_path": path, "storage_filesystem": fs}
+    else:
+        storage_kw = {"storage_path": os.path.abspath(storage)}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={
-            "cfg": redact(cfg.model_dump()),  # the workers' config: no credentials (the tracking URI is `tracking`)
-            "train_pairs": shard_set.splits[cfg.data.train_split],
-            "run_dir": run_dir,
-            "storage": so,
-            "tracking": target,
-        },
+        train_loop_config=config,
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,
@@ -103,10 +133,4 @@ def train(
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=[]),
     )
-    try:
-        result = trainer.fit()
-    except BaseException as e:
-        tracking.end_run(target, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
-        raise
-    tracking.end_run(target, "FINISHED")
-    return result
+    return trainer.fit()

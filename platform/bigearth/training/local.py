@@ -1,0 +1,79 @@
+"""The in-process executor of training: the units of `bigearth.training.loop` run in this process as the one
+worker of a world of 1, with no Ray at all. It writes the run folder Ray Train does (`checkpoint_<epoch>/` folders,
+the best `run.keep_checkpoints` by validation macro AP and the latest kept, `metrics.jsonl`, `curves.png`, MLflow),
+so evaluation, indexing and serving take its runs as they take Ray's, and a re-run of the same folder resumes
+from its latest checkpoint (whichever executor wrote it)."""
+
+from __future__ import annotations
+
+import socket
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from bigearth.core.storage import StorageOptions, join
+from bigearth.input.loader import RowGroup, row_groups
+from bigearth.models import checkpoints
+from bigearth.training.config import TrainConfig
+from bigearth.training.loop import run_worker
+
+
+@dataclass
+class TrainResult:
+    """What a finished run returns (as Ray Train's `Result`): its folder and the last epoch's report."""
+
+    path: str
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def device_for(cfg: TrainConfig) -> torch.device:
+    """CUDA with `scaling.use_gpu` (refused when there is none), else the CPU."""
+    if cfg.scaling.use_gpu:
+        if not torch.cuda.is_available():
+            raise ValueError("scaling.use_gpu: no CUDA device in this process (the local executor trains here)")
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class LocalWorker:
+    """This process as the only worker: the plans read from the manifest, checkpoints copied into the run folder."""
+
+    rank, world = 0, 1
+
+    def __init__(self, cfg: TrainConfig, data: str, run_dir: str, storage: StorageOptions | None = None) -> None:
+        self.cfg, self.data, self.run_dir, self.storage = cfg, data, run_dir, storage
+        self.device = device_for(cfg)
+        self.metrics: dict[str, Any] = {}
+
+    def nodes(self) -> list[str]:
+        return [socket.gethostname()]
+
+    def prepare(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model.to(self.device)
+
+    def resumed(self) -> AbstractContextManager[str | None]:
+        latest = checkpoints.latest(self.run_dir, self.storage)
+        if latest is not None:
+            print(f"resuming {self.run_dir} from {latest.path} (epoch {latest.record.epoch})")
+        return nullcontext(latest.path if latest is not None else None)
+
+    def plans(self) -> tuple[list[RowGroup], list[RowGroup]]:
+        d = self.cfg.data
+        return row_groups(self.data, d.train_split, self.storage), row_groups(self.data, d.val_split, self.storage)
+
+    def report(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
+        self.metrics = metrics
+        if checkpoint is not None:
+            checkpoints.copy(checkpoint, join(self.run_dir, f"checkpoint_{int(metrics['epoch']):06d}"), self.storage)
+            checkpoints.retain(self.run_dir, self.cfg.run.keep_checkpoints, storage=self.storage)
+
+
+def fit_local(cfg: TrainConfig, data: str, run_dir: str, config: dict[str, Any]) -> TrainResult:
+    """Train `config` (as `bigearth.training.trainer` gives Ray Train) in this process; the run's result."""
+    if cfg.scaling.num_workers > 1:
+        print(f"executor local: one process (scaling.num_workers {cfg.scaling.num_workers} is Ray Train's)")
+    worker = LocalWorker(cfg, data, run_dir, config.get("storage"))
+    run_worker(worker, config)
+    return TrainResult(run_dir, worker.metrics)
