@@ -146,7 +146,7 @@ def test_killed_driver_resubmitted_resumes(cluster, small_shards: Path, tmp_path
     ]
     subprocess.run(cmd, env=cluster.env, check=True, capture_output=True, timeout=120, cwd=REPO)
     try:
-        _wait(lambda: _checkpointed(storage / name), 300, "the first checkpoint")
+        _wait(lambda: _checkpointed(storage / name), 90, "the first checkpoint")
     except AssertionError:  # say what the job did
         logs = [RAY, "job", "logs", "--address", cluster.dashboard, f"{name}-{os.getpid()}"]
         out = subprocess.run(logs, env=cluster.env, capture_output=True, text=True, timeout=60)
@@ -196,7 +196,7 @@ def test_killed_worker_is_replaced_and_the_run_completes(small_shards: Path, tmp
         text=True,
     )
     try:
-        _wait(lambda: _checkpointed(storage / name), 300, "the first checkpoint")
+        _wait(lambda: _checkpointed(storage / name), 90, "the first checkpoint")
         # the session's Ray (tests/conftest.py `ray_local`) was started by this process: its workers are ours
         workers = matching(descendants([os.getpid()]), "RayTrainWorker")
         assert workers, "no Ray Train worker process found"

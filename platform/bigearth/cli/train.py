@@ -34,9 +34,13 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 def run(a: argparse.Namespace) -> int:
     from bigearth.training.config import load_config
-    from bigearth.training.trainer import train
+    from bigearth.training.trainer import model_bands, train
 
     cfg = load_config(a.config, a.set)  # a ConfigError names the key and what was expected
+    # A bad model config fails before anything attaches; this also imports the torch stack while the working
+    # directory is there for certain (a `ray job submit --working-dir` driver on a cluster of several nodes of one
+    # machine saw its extracted folder replaced after attaching, and torch._dynamo asks for os.getcwd() on import)
+    model_bands(cfg)
     if a.executor == "ray":
         from bigearth.execution.raycluster import ensure_ray
 
