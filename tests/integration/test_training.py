@@ -1,6 +1,7 @@
 """Training with Ray Train on the local cluster: the session's tiny run (`tiny_run`: checkpoints, metrics and
-curves), resume of a Ray Train run (and of its MLflow run), evaluation outputs, learning. Config validation,
-checkpoint loading checks and early stopping are in tests/unit (test_training.py, test_training_units.py)."""
+curves), resume of a Ray Train run (and of its MLflow run), evaluation outputs. Learning is test_learning.py; config
+validation, checkpoint loading checks and early stopping are in tests/unit (test_training.py,
+test_training_units.py)."""
 
 from __future__ import annotations
 
@@ -23,8 +24,6 @@ from helpers import REPO
 pytestmark = pytest.mark.usefixtures("ray_local")
 
 TINY = str(REPO / "configs" / "tiny-cpu.yaml")
-#: The synthetic archive the learning test trains on (3,000 pairs before it trained in this process).
-PAIRS_TO_LEARN = 1500
 
 
 def _history(run: Path) -> list[dict]:  # type: ignore[type-arg]
@@ -102,23 +101,3 @@ def test_evaluate_writes_the_paper_metrics(tiny_run: Path, shards_v2: Path, tmp_
     assert preds.num_rows == test_pairs and preds.schema.field("probabilities").type.list_size == 19
     probs = [p for row in preds["probabilities"].to_pylist() for p in row]
     assert all(0.0 <= p <= 1.0 for p in probs)
-
-
-@pytest.mark.slow
-def test_tiny_model_learns_the_synthetic_archive(tmp_path: Path) -> None:
-    """On a synthetic archive `tiny-cpu` reaches a test micro F1 of at least 0.85 in minutes. Learning is the
-    units' (the same `fit_epoch` Ray Train drives), so it is trained, ingested and evaluated in this process
-    (the local executors): the Ray paths are the session's `tiny_run` and the tests above."""
-    from bigearth.execution.executors import LocalExecutor
-    from bigearth.ingest.job import ingest
-    from bigearth.synth.archive import synthesize
-
-    archive, shards = tmp_path / "archive", tmp_path / "shards"
-    synthesize(str(archive), layout="v2", pairs=PAIRS_TO_LEARN, seed=1, progress=False)
-    local = LocalExecutor(progress=False)
-    ingest(str(archive), str(shards), shard_size=250, executor=local, progress=False)
-    cfg = load_config(TINY, ["optim.epochs=10", "run.patience=10"])
-    train(cfg, str(shards), str(tmp_path / "runs"), "learn", executor="local")
-    m = evaluate(str(tmp_path / "runs" / "learn"), str(shards), "test", str(tmp_path / "eval"), executor=local)
-    assert m["micro_f1"] >= 0.85, m["micro_f1"]
-    assert m["macro_ap"] > 0.6
