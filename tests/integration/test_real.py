@@ -1,6 +1,6 @@
 """The REAL patches in ../shared: ingested arrays are bit-equal to rasterio reads of the GeoTIFFs and to the RSiM
 LMDB; labels and splits match FACTS.md section 5. Ingested in this process, without Ray (`helpers.ingest_in_process`:
-the Ray ingest's shard set, tests/integration/test_shard_format.py)."""
+the Ray ingest's shard set, tests/integration/test_ingest.py); integration tier for the published lists it reads."""
 
 from __future__ import annotations
 
