@@ -21,7 +21,7 @@ from bigearth.models.checkpoints import CheckpointError
 from bigearth.models.reben import V011, import_checkpoint
 from bigearth.models.runner import ModelRunner
 
-HERE = Path(__file__).resolve().parent
+HERE = Path(__file__).resolve().parents[1]  # tests/, where configilm_reference.py is
 
 
 @pytest.fixture(scope="module")

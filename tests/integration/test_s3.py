@@ -50,7 +50,7 @@ def test_synth_and_job_entrypoint_over_s3(s3, bucket: str) -> None:  # type: ign
     storage = s3.storage_options()
     synthesize(f"s3://{bucket}/v1archive", layout="v1", pairs=30, seed=11, storage=storage, progress=False)
     env = {**os.environ, **s3.env(), "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     done = subprocess.run(
         [
             sys.executable,

@@ -6,13 +6,16 @@ from pathlib import Path
 
 import pytest
 
-from bigearth.demo.run import DEMO_CONFIG, demo_config
+import bigearth.demo.run
+from bigearth.demo.run import DEMO_CONFIGS, demo_config
 from bigearth.training.config import load_config
 from helpers import REPO
 
+DEMO_CONFIG = REPO / "configs" / "tiny-cpu.yaml"
+
 
 def test_the_demo_trains_the_config_file_for_its_epochs_without_early_stop() -> None:
-    assert DEMO_CONFIG == REPO / "configs" / "tiny-cpu.yaml"
+    assert DEMO_CONFIGS[0] == DEMO_CONFIG
     got = demo_config(5)
     assert (got.optim.epochs, got.run.patience) == (5, 5)
     file = load_config(DEMO_CONFIG).model_dump()
@@ -26,3 +29,15 @@ def test_another_config_is_used_and_a_missing_one_is_named(tmp_path: Path) -> No
     assert demo_config(1, other).optim.lr == 0.01
     with pytest.raises(FileNotFoundError, match=r"missing\.yaml"):
         demo_config(1, tmp_path / "missing.yaml")
+
+
+def test_installed_without_the_checkout_it_takes_configs_from_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # as in the image: the package is a wheel in site-packages, configs/ beside the jobs in the working folder
+    monkeypatch.setattr(bigearth.demo.run, "DEMO_CONFIGS", (tmp_path / "site" / "tiny-cpu.yaml", DEMO_CONFIGS[1]))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match=r"none of .*site/tiny-cpu\.yaml, configs/tiny-cpu\.yaml"):
+        demo_config(1)
+    monkeypatch.chdir(REPO)
+    assert demo_config(1).model.name == load_config(DEMO_CONFIG).model.name

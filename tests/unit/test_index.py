@@ -39,7 +39,7 @@ def test_ranking_metrics_by_hand() -> None:
 
 def test_an_early_fusion_index_refuses_cross_modal_search_and_says_why(shards_v2: Path, tmp_path: Path) -> None:
     from bigearth.api.schemas import ApiError
-    from bigearth.serving.deployments import Retriever, missing_vectors
+    from bigearth.serving.retriever import Retriever, missing_vectors
 
     pid = read_columns(str(shards_v2), ["patch_id"], "test").column("patch_id")[0].as_py()
     index = open_index(str(tmp_path / "early"))
@@ -58,3 +58,14 @@ def test_an_early_fusion_index_refuses_cross_modal_search_and_says_why(shards_v2
     assert "early" not in missing_vectors("s1", ["fused", "s2"], early_fusion=False)
     ok = retriever.search({"patch_id": pid, "using": "fused", "include_query": True, "k": 1}, None)
     assert ok["hits"][0]["patch_id"] == pid and ok["vector_kind"] == "features"
+
+
+def test_an_index_says_early_fusion_from_the_spec_the_indexer_recorded() -> None:
+    from bigearth.serving.retriever import early_fusion_index
+
+    # the indexer records the spec's capability; a model named otherwise is taken at its spec's word
+    assert early_fusion_index({"early_fusion": True, "model": {"name": "my-fused"}})
+    assert not early_fusion_index({"early_fusion": False, "model": {"name": "tiny", "fusion": "early"}})
+    # an index built before the capability was recorded: its model's name or fusion
+    assert early_fusion_index({"model": {"name": "tiny", "fusion": "early"}})
+    assert not early_fusion_index({"model": {"name": "late"}}) and not early_fusion_index({})

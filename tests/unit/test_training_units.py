@@ -86,6 +86,13 @@ def test_the_local_executor_writes_a_run_and_resumes_it(shards: Path, tmp_path: 
     after = _history(run)
     assert [h["epoch"] for h in after] == [1, 2] and after[:1] == before  # epoch 1 from the checkpoint
     assert checkpoints.latest(run) is not None and checkpoints.load(run).name == "tiny/late"
+    # Ray Train would start this folder over (it resumes from its own snapshot only): refused before any worker
+    from bigearth.training.trainer import refuse_foreign_run
+
+    refused = rf"{run}: a run written by --executor local .* re-run it with --executor local"
+    with pytest.raises(ValueError, match=refused):
+        refuse_foreign_run(str(run))
+    refuse_foreign_run(str(tmp_path / "new-run"))  # a new folder, or one Ray Train wrote, goes ahead
 
 
 def test_early_stopping(shards: Path, tmp_path: Path) -> None:

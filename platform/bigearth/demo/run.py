@@ -20,7 +20,12 @@ from typing import Any
 
 STAGES = 8
 #: The demo's model and recipe: the repository's config file (a checkout or an editable install).
-DEMO_CONFIG = Path(__file__).resolve().parents[3] / "configs" / "tiny-cpu.yaml"
+#: Where the demo's config is looked for, in order: the checkout this package runs from, then `configs/` in the
+#: working folder (the image: the package installed as a wheel, `configs/` beside the jobs).
+DEMO_CONFIGS = (
+    Path(__file__).resolve().parents[3] / "configs" / "tiny-cpu.yaml",
+    Path("configs") / "tiny-cpu.yaml",
+)
 
 
 @dataclass(frozen=True)
@@ -102,9 +107,16 @@ def demo_config(epochs: int, config: str | Path | None = None) -> Any:
     """The demo's `TrainConfig`: `config` (default `configs/tiny-cpu.yaml`) for `epochs` epochs, no early stop."""
     from bigearth.training.config import load_config
 
-    path = Path(config) if config else DEMO_CONFIG
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: the demo's config (run the demo from a checkout, or pass --config)")
+    if config:
+        path = Path(config)
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: the demo's config not found")
+    else:
+        found = [p for p in DEMO_CONFIGS if p.exists()]
+        if not found:
+            tried = ", ".join(str(p) for p in DEMO_CONFIGS)
+            raise FileNotFoundError(f"the demo's config: none of {tried} (run it from a checkout, or pass --config)")
+        path = found[0]
     return load_config(path, [f"optim.epochs={epochs}", f"run.patience={epochs}"])
 
 

@@ -125,7 +125,6 @@ def evaluate(
     return result
 
 
-_fmt = percent  # the tables and the chart format scores alike
 
 
 def _plain(v: Any) -> str:
@@ -142,7 +141,7 @@ def metrics_markdown(m: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|",
     ]
     for avg in ("micro", "macro", "samples"):
-        cells = [_fmt(m.get(f"{avg}_{k}")) for k in ("precision", "recall", "f1", "f2", "ap")]
+        cells = [percent(m.get(f"{avg}_{k}")) for k in ("precision", "recall", "f1", "f2", "ap")]
         lines.append(f"| {avg} | " + " | ".join(cells) + " |")
     missing = m.get("classes_without_positives") or []
     lines += [
@@ -154,8 +153,8 @@ def metrics_markdown(m: dict[str, Any]) -> str:
         "",
         "| Hamming loss | subset accuracy | one-error | coverage | ranking loss | LRAP |",
         "|---|---|---|---|---|---|",
-        f"| {_fmt(m.get('hamming_loss'))} | {_fmt(m.get('subset_accuracy'))} | {_fmt(m.get('one_error'))} | "
-        f"{_plain(m.get('coverage'))} | {_fmt(m.get('ranking_loss'))} | {_fmt(m.get('lrap'))} |",
+        f"| {percent(m.get('hamming_loss'))} | {percent(m.get('subset_accuracy'))} | {percent(m.get('one_error'))} | "
+        f"{_plain(m.get('coverage'))} | {percent(m.get('ranking_loss'))} | {percent(m.get('lrap'))} |",
         "",
         "In %, except coverage (labels down the ranking to reach every true label, 1 = the top one).",
         "",
@@ -164,8 +163,8 @@ def metrics_markdown(m: dict[str, Any]) -> str:
     ]
     for name, c in m["per_class"].items():
         lines.append(
-            f"| {name} | {_fmt(c['precision'])} | {_fmt(c['recall'])} | {_fmt(c['f1'])} | "
-            f"{_fmt(c['ap'])} | {c['support']} |"
+            f"| {name} | {percent(c['precision'])} | {percent(c['recall'])} | {percent(c['f1'])} | "
+            f"{percent(c['ap'])} | {c['support']} |"
         )
     lines += ["", "![per-class scores](per_class.png)", ""]
     return "\n".join(lines)

@@ -18,7 +18,7 @@ releases the GIL), a second thread gathers the shuffled rows straight from the A
 (the only copy), and the next epoch begins with a list already in memory. Ray Data still delivers the plan to every
 worker, and remains the engine of ingest, evaluation, indexing and statistics.
 
-Batches are those of `bigearth.input.raydata.decode_batch`:
+Batches are those of `bigearth.shards.decode.decode_batch`:
 `{"s1", "s2_10m", "s2_20m", "s2_60m", "labels", "patch_id"}`.
 Shuffling is two-level: the row groups of every shard file are permuted together each epoch (seeded, the same
 permutation on every worker, which then takes its share), and every batch draws its rows at random, in equal
@@ -41,7 +41,7 @@ import pyarrow as pa
 
 from bigearth.core.bands import BANDS
 from bigearth.core.storage import StorageOptions, arrow_filesystem, join
-from bigearth.input.raydata import band_view, groups_for, label_matrix, to_torch
+from bigearth.shards.decode import band_view, groups_for, label_matrix, to_torch
 from bigearth.shards.format import ROW_GROUP_PAIRS, ShardFormatError, open_shard, read_row_group
 from bigearth.shards.shardset import ShardSet, label_column
 

@@ -9,7 +9,7 @@
 Samples use torchgeo's keys: `image` (float32 `C x 120 x 120`, channels in the order of `bands`, 20 m and 60 m bands
 resampled to 120 px by `bigearth.models.stem.InputStem`, the platform's models' own stem: bilinear by default),
 `label` (float32 multi-hot of the 19 classes in official order, or 43 on v1 shards), `patch_id` (str); with
-`native=True` also the native-size groups of `bigearth.input.raydata` (`s1`, `s2_10m`, `s2_20m`, `s2_60m`), as the
+`native=True` also the native-size groups of `bigearth.shards.decode` (`s1`, `s2_10m`, `s2_20m`, `s2_60m`), as the
 platform's models take them. Values are raw (S2 reflectance DN as float, S1 backscatter in dB) unless
 `normalize=True`, which applies the published statistics `bigearth.core.bands.STATS[stats]` exactly as `InputStem` does.
 
@@ -19,7 +19,7 @@ then each rank's to its DataLoader workers (`[worker::num_workers]`), so every f
 (the same permutation on every rank: `set_epoch` as with `DistributedSampler`), and so are the row groups of each
 file and the rows of each row group; `shuffle_buffer` mixes rows across row groups as well. Reading and decoding
 are the platform's
-(`bigearth.shards.format.open_shard` / `read_row_group`, checksums verified; `bigearth.input.raydata.decode_batch`).
+(`bigearth.shards.format.open_shard` / `read_row_group`, checksums verified; `bigearth.shards.decode.decode_batch`).
 """
 
 from __future__ import annotations
@@ -35,8 +35,8 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from bigearth.core.bands import STATS
 from bigearth.core.storage import StorageOptions, arrow_filesystem, join
-from bigearth.input.raydata import decode_batch, groups_for
 from bigearth.models.stem import InputStem, resolve_bands
+from bigearth.shards.decode import decode_batch, groups_for
 from bigearth.shards.format import ShardFormatError, open_shard, read_row_group
 from bigearth.shards.shardset import ShardSet, label_column
 

@@ -170,6 +170,7 @@ def _build_locked(
         "num_classes": 19,
         "data": redact(data),
         "vector_kinds": {n: v.kind for n, v in spec.vectors.items()},
+        "early_fusion": spec.early_fusion,  # from the spec: the service says why S1 -> S2 fails
     }
     builder = _target_version(index, sizes, described, add)
     try:
@@ -229,6 +230,8 @@ def _target_version(index: VectorIndex, sizes: dict[str, int], described: dict[s
     if not add:
         return index.rebuild(sizes, described, exclusive=True)  # the writer lock is held
     differs = index.differences(sizes, described)
+    if differs.get("early_fusion", (0, 0))[0] is None:  # built before the capability was recorded: not a difference
+        del differs["early_fusion"]
     if differs:
         said = "; ".join(f"{k} {a!r} there, {b!r} now" for k, (a, b) in differs.items())
         raise VectorIndexError(

@@ -34,6 +34,15 @@ def _why(early: bool) -> str:
     )
 
 
+def early_fusion_index(meta: dict[str, Any]) -> bool:
+    """Whether an index's model fuses S1 and S2 early (its vectors are of both or none): the spec's capability the
+    indexer records; an index built before it was recorded says it by its model's name or fusion."""
+    if "early_fusion" in meta:
+        return bool(meta["early_fusion"])
+    m = meta.get("model")
+    return isinstance(m, dict) and "early" in (m.get("name"), m.get("fusion"))
+
+
 def missing_vectors(name: str, have: list[str], early_fusion: bool) -> str:
     """The message for a query vector a model does not make (`early_fusion`: its `ModelSpec.early_fusion`)."""
     early = early_fusion
@@ -227,8 +236,7 @@ class Retriever:
         query_modality = r.query_modality or r.using
         for field, name in (("using", r.using), ("query_modality", query_modality)):
             if name not in sizes:
-                m = self.meta.get("model")
-                early = isinstance(m, dict) and "early" in (m.get("name"), m.get("fusion"))
+                early = early_fusion_index(self.meta)
                 raise ApiError(422, f"this index has no {name!r} vectors; it has {sorted(sizes)}{_why(early)}", field)
         t = time.perf_counter()
         exclude: list[str] = []

@@ -92,6 +92,28 @@ def train(
     return result
 
 
+#: What Ray Train keeps in a run folder it resumes (Train V2).
+RAY_SNAPSHOT = "checkpoint_manager_snapshot.json"
+
+
+def refuse_foreign_run(run_dir: str, so: StorageOptions | None = None) -> None:
+    """Ray Train resumes a run folder only from its own snapshot: a folder whose latest checkpoint a local run wrote
+    (`--executor local`, no snapshot) would be started over and its history overwritten, so it is refused, naming
+    the folder."""
+    from bigearth.core.storage import open_fs
+    from bigearth.models import checkpoints
+
+    fs, root = open_fs(run_dir, so)
+    if not fs.exists(root) or fs.exists(join(root, RAY_SNAPSHOT)):
+        return
+    last = checkpoints.latest(run_dir, so)
+    if last is not None and last.record.run is not None and last.record.run.executor == "local":
+        raise ValueError(
+            f"{run_dir}: a run written by --executor local (its checkpoints, no Ray Train snapshot); Ray Train would "
+            "start it over: re-run it with --executor local, or give another --name"
+        )
+
+
 def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOptions, config: dict[str, Any]) -> Any:
     """Ray Train's `TorchTrainer` over `bigearth.training.raytrain.train_loop_per_worker`."""
     import ray.train
@@ -106,6 +128,7 @@ def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOp
         "train": open_row_groups(data, cfg.data.train_split, so),
         "validation": open_row_groups(data, cfg.data.val_split, so),
     }
+    refuse_foreign_run(config["run_dir"], so)
     if "://" in storage:
         fs, path = portable_arrow_filesystem(storage, so)  # pickled into Ray Train's actors: secrets sealed
         storage_kw: dict[str, Any] = {"storage_path": path, "storage_filesystem": fs}
