@@ -185,7 +185,7 @@ def test_killed_worker_is_replaced_and_the_run_completes(small_shards: Path, tmp
             "--name",
             name,
             "--set",
-            "optim.epochs=2",
+            "optim.epochs=3",
             "--set",
             "data.batch_size=8",
         ],
@@ -201,9 +201,13 @@ def test_killed_worker_is_replaced_and_the_run_completes(small_shards: Path, tmp
         workers = matching(descendants([os.getpid()]), "RayTrainWorker")
         assert workers, "no Ray Train worker process found"
         _kill(workers)
+        # the kill landed before the run's end: the checkpoint registered when the workers died is not the last epoch's
+        snapshot = json.loads((storage / name / "checkpoint_manager_snapshot.json").read_text())
+        registered = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+        assert json.loads((storage / name / registered / "meta.json").read_text())["metrics"]["epoch"] < 3
         output, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output[-4000:]
-    assert [h["epoch"] for h in _history(storage / name)] == [1, 2]
+    assert [h["epoch"] for h in _history(storage / name)] == [1, 2, 3]
