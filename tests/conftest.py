@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,9 @@ TESTS = Path(__file__).resolve().parent
 TIERS = ("unit", "integration", "e2e")
 #: Fixtures that start Ray or a server: a unit test may not use them, not even through another fixture.
 NOT_IN_UNIT = {"ray_local", "s3"}
+#: Session fixtures that train or index (tens of seconds each): under `--dist loadgroup` the modules that name one
+#: run on one xdist worker, which builds them once (`pytest_xdist_make_scheduler`).
+ONE_WORKER = re.compile(r"\b(tiny_run|index_v2)\b")
 
 
 def xdist_worker() -> int | None:
@@ -48,6 +53,27 @@ def pytest_configure(config: pytest.Config) -> None:
 def tier_of(item: pytest.Item) -> str | None:
     parts = Path(str(item.path)).resolve().relative_to(TESTS).parts
     return parts[0] if len(parts) > 1 and parts[0] in TIERS else None
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: none without it
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """`--dist loadgroup` as this suite needs it: a module is one unit of work (its module fixtures, such as a Serve
+    deployment, are built once), and the modules naming `tiny_run` or `index_v2` are one unit together. (xdist's own
+    loadgroup reads `xdist_group` marks through `item._nodeid`, which pytest 9.2's nodes no longer have.)"""
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    heavy = {
+        p.relative_to(config.rootpath).as_posix() for p in TESTS.glob("*/test_*.py") if ONE_WORKER.search(p.read_text())
+    }
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "session-run" if module in heavy else module
+
+    return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
