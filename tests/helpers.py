@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -199,3 +200,22 @@ def random_checkpoint(
     )
     checkpoints.write(str(path), net, record)
     return path
+
+
+def openapi_operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
+    """(path, METHOD, operation) of every operation of an OpenAPI document (tests/*/test_openapi.py)."""
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            yield path, method.upper(), operation
+
+
+def openapi_refs(node: Any) -> Iterator[str]:
+    """Every `$ref` anywhere under `node` of an OpenAPI document."""
+    if isinstance(node, dict):
+        if isinstance(node.get("$ref"), str):
+            yield node["$ref"]
+        for value in node.values():
+            yield from openapi_refs(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from openapi_refs(value)

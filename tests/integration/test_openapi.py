@@ -11,28 +11,11 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import deploy_app
+from helpers import deploy_app, openapi_operations, openapi_refs
 
 KEY = "openapi-key"
 #: a well-formed v2 id that the synthetic archive does not hold (none of its tile products is this one)
 UNKNOWN_ID = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_99_99"
-
-
-def _operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    for path, operations in doc["paths"].items():
-        for method, operation in operations.items():
-            yield path, method.upper(), operation
-
-
-def _refs(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        if isinstance(node.get("$ref"), str):
-            yield node["$ref"]
-        for value in node.values():
-            yield from _refs(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _refs(value)
 
 
 # ------------------------------------------------------------------------------------------------ the service
@@ -79,7 +62,7 @@ def test_the_findings_answer_as_the_document_says(url: str, shards_v2: Path) -> 
     r = httpx.get(f"{url}/v1/nothing-here", headers=h)
     assert r.status_code == 404 and set(r.json()) == {"error", "message", "field"}, r.text
     served = httpx.get(f"{url}/openapi.json").json()
-    assert not [ref for ref in _refs(served) if not ref.startswith("#/components/")]
+    assert not [ref for ref in openapi_refs(served) if not ref.startswith("#/components/")]
 
 
 @pytest.mark.usefixtures("ray_local")
@@ -144,5 +127,5 @@ def test_a_schema_driven_fuzz_run_finds_no_5xx_and_no_undocumented_answer(url: s
         except (Exception, BaseExceptionGroup) as e:  # every operation runs; all failures are reported together
             failures[operation.label] = f"{type(e).__name__}: {e}"[:3000]
     print(ran)
-    assert len(ran) == len(list(_operations(schema.raw_schema))), ran
+    assert len(ran) == len(list(openapi_operations(schema.raw_schema))), ran
     assert not failures, "\n\n".join(f"{k}:\n{v}" for k, v in failures.items())

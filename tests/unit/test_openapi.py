@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from bigearth.serving.guard import OPEN_PATHS
+from helpers import openapi_operations, openapi_refs
 
 
 @pytest.fixture(scope="module")
@@ -20,23 +21,6 @@ def document() -> dict[str, Any]:
     from bigearth.serving.http import document
 
     return document()
-
-
-def _operations(doc: dict[str, Any]) -> Iterator[tuple[str, str, dict[str, Any]]]:
-    for path, operations in doc["paths"].items():
-        for method, operation in operations.items():
-            yield path, method.upper(), operation
-
-
-def _refs(node: Any) -> Iterator[str]:
-    if isinstance(node, dict):
-        if isinstance(node.get("$ref"), str):
-            yield node["$ref"]
-        for value in node.values():
-            yield from _refs(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from _refs(value)
 
 
 def _resolve(doc: dict[str, Any], ref: str) -> Any:
@@ -53,7 +37,7 @@ def test_the_document_is_valid_openapi_and_every_ref_resolves(document: dict[str
     from openapi_spec_validator import validate
 
     validate(document)  # the OpenAPI 3.1 meta-schema; it does not follow refs inside schemas: checked below
-    refs = set(_refs(document))
+    refs = set(openapi_refs(document))
     assert refs and not [r for r in refs if r.startswith("#/$defs")], sorted(refs)
     for ref in refs:
         _resolve(document, ref)
@@ -69,7 +53,7 @@ def _error_schema(response: dict[str, Any]) -> Any:
 def test_every_operation_lists_the_statuses_and_content_types_it_answers(document: dict[str, Any]) -> None:
     error_model = {"$ref": "#/components/schemas/ErrorBody"}
     assert "HTTPValidationError" not in document["components"]["schemas"]  # FastAPI's 422 body is not the service's
-    for path, method, op in _operations(document):
+    for path, method, op in openapi_operations(document):
         where = f"{method} {path}"
         responses = op["responses"]
         statuses = {int(s) for s in responses}
@@ -94,7 +78,8 @@ def test_every_operation_lists_the_statuses_and_content_types_it_answers(documen
         if "{patch_id}" in path or ("application/json" in body and "patch_id" in str(body)):
             assert 404 in statuses, where
     content = {
-        (p, m): {s: set(r.get("content", {})) for s, r in op["responses"].items()} for p, m, op in _operations(document)
+        (p, m): {s: set(r.get("content", {})) for s, r in op["responses"].items()}
+        for p, m, op in openapi_operations(document)
     }
     assert content[("/v1/patches/{patch_id}/rgb.png", "GET")]["200"] == {"image/png"}
     assert content[("/v1/quicklook", "POST")]["200"] == {"image/png"}
@@ -110,7 +95,7 @@ def _request_schemas(doc: dict[str, Any]) -> Iterator[tuple[str, dict[str, Any]]
     """Every schema a request is checked against: parameters and bodies, refs followed (each component once)."""
     seen: set[str] = set()
     stack: list[tuple[str, Any]] = []
-    for path, method, op in _operations(doc):
+    for path, method, op in openapi_operations(doc):
         for p in op.get("parameters", []):
             stack.append((f"{method} {path} {p['name']}", p["schema"]))
         for media, body in op.get("requestBody", {}).get("content", {}).items():
