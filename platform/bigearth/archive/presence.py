@@ -29,7 +29,7 @@ from bigearth.core.storage import join
 #: folders listed at once (one request each on object storage)
 LIST_THREADS = 16
 #: catalogue rows handled at once: what is computed per row (folder paths, reasons) is held for this many only
-CHUNK_ROWS = 1 << 16
+CHUNK_ROWS = 1 << 14
 #: protocols whose "folders" cannot be listed reliably: every pair is read instead
 UNLISTABLE = ("http", "https")
 

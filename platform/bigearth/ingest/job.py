@@ -303,6 +303,7 @@ def ingest(
         limit=limit,
         storage=storage,
     )
+    pa.default_memory_pool().release_unused()  # what decoding the metadata held (~2x the catalogue) goes back now
     archive_fs, _ = open_fs(archive, storage)
     presence = find_present(archive_fs, cat.layout, cat.pairs)  # None: not listable, every pair is read
     plans = plan_shards(cat.pairs if presence is None else cat.pairs.filter(presence.read), shard_size)
