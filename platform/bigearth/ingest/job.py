@@ -166,7 +166,8 @@ def ingest_shard(
     writer = ShardWriter(out_fs, join(out_root, plan.path), compression, reference_maps)
     quarantined: list[dict[str, str]] = []
     excluded: dict[str, int] = {}
-    batches = [plan.rows[i : i + READ_BATCH] for i in range(0, len(plan.rows), READ_BATCH)]
+    rows = plan.rows  # the shard's catalogue rows as dicts, made once, here in its task
+    batches = [rows[i : i + READ_BATCH] for i in range(0, len(rows), READ_BATCH)]
     if staged is not None:
         assert staging is not None
         _from_staged(
@@ -328,13 +329,9 @@ def ingest(
         else:
             out_fs.makedirs(join(out_root, STATE_DIR), exist_ok=True)
             write_json_atomic(out_fs, plan_file, {"fingerprint": fingerprint, "archive": archive, "shards": len(plans)})
-        absent = (
-            ""
-            if presence is None
-            else (
-                f"; {presence.count:,} not in the archive (quarantined, found by listing {presence.listings} folders)"
-            )
-        )
+        absent = ""
+        if presence is not None:
+            absent = f"; {presence.count:,} not in the archive (quarantined; {presence.listings} folders listed)"
         print(
             f"ingest: {len(cat):,} pairs of a {cat.version} archive ({cat.total:,} in its metadata){absent}; "
             f"{sum(p.pairs.num_rows for p in plans):,} to read into {len(plans)} shards; "
