@@ -172,4 +172,6 @@ class FolderLister:
             entries = self.fs.ls(folder, detail=False)
         except (FileNotFoundError, NotADirectoryError):
             return None
+        finally:
+            self.fs.invalidate_cache(folder)  # object stores keep each listing's entries (dicts) for good otherwise
         return frozenset(str(e).rstrip("/").rsplit("/", 1)[-1] for e in entries)
