@@ -172,9 +172,20 @@ def assert_same_shards(a: Path, b: Path) -> None:
 
     ma, mb = Manifest.load(*open_fs(str(a))), Manifest.load(*open_fs(str(b)))
     assert (ma.pairs, ma.splits, ma.shards, ma.excluded) == (mb.pairs, mb.splits, mb.shards, mb.excluded)
-    assert [(q["patch_id"], q["kind"]) for q in ma.quarantined] == [(q["patch_id"], q["kind"]) for q in mb.quarantined]
+    assert [(q["patch_id"], q["kind"]) for q in quarantined(a)] == [(q["patch_id"], q["kind"]) for q in quarantined(b)]
     for s in ma.shards:
         assert pq.read_table(a / s.path).equals(pq.read_table(b / s.path)), s.path
+
+
+def quarantined(shards: Path | str) -> list[dict[str, Any]]:
+    """Every pair a shard set's ingest quarantined ({patch_id, kind, reason}, by patch id): from its
+    quarantine.parquet, or from an older manifest's list."""
+    from bigearth.core.storage import open_fs
+    from bigearth.shards.format import Manifest
+
+    fs, root = open_fs(str(shards))
+    rows: list[dict[str, Any]] = Manifest.load(fs, root).quarantine_table(fs, root).to_pylist()
+    return rows
 
 
 def shards_in_process(archive: Path, out: Path, shard_size: int = 20) -> Path:

@@ -40,7 +40,9 @@ def test_synth_ingest_stats_bench(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     manifest = json.loads((shards / "manifest.json").read_text())
     assert f"ingest: wrote {manifest['pairs']} pairs" in r.stdout
-    assert set(manifest) >= {"pairs", "splits", "shards", "quarantined", "excluded", "format_version"}
+    assert set(manifest) >= {"pairs", "splits", "shards", "excluded", "format_version", "source"}
+    assert manifest["source"]["quarantine"] == {"pairs": 0, "kinds": {}, "file": "quarantine.parquet"}
+    assert (shards / "quarantine.parquet").exists()
     r = _run("stats", "--shards", str(shards), "--out", str(tmp_path / "stats.json"))
     assert r.returncode == 0, r.stderr
     stats = json.loads((tmp_path / "stats.json").read_text())

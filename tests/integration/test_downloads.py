@@ -27,7 +27,7 @@ from bigearth.ingest.job import STATE_DIR, ingest
 from bigearth.shards.format import Manifest
 from bigearth.synth.archive import synthesize
 from bigearth.synth.packed import pack_archive
-from helpers import assert_same_shards, kill_cli_ingest
+from helpers import assert_same_shards, kill_cli_ingest, quarantined
 from unit.test_downloads import _members
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -122,7 +122,8 @@ def test_faults_are_quarantined_naming_the_download_and_member(synth_v2: Path, a
         trust_md5sums=True,
     )
     assert {n: d["md5_matches"] for n, d in m.source["downloads"].items()} == {S1: False, S2: False}
-    q = {x["patch_id"]: x for x in m.quarantined}
+    q = {x["patch_id"]: x for x in quarantined(tmp_path / "out")}
+    assert m.quarantined_pairs == len(q)
     assert q[corrupt["patch_id"]]["kind"] == "corrupt_file"
     assert (
         f"{S2}:BigEarthNet-S2/" in q[corrupt["patch_id"]]["reason"] and "_B03.tif" in q[corrupt["patch_id"]]["reason"]
@@ -137,7 +138,7 @@ def test_faults_are_quarantined_naming_the_download_and_member(synth_v2: Path, a
     assert "ends early" in d[S1]["error"]
     # the truncation: exactly the pairs whose S1 files come after the last member read are missing their partner
     selected = {r["patch_id"] for r in rows if not (r["contains_seasonal_snow"] or r["contains_cloud_or_shadow"])}
-    cut = [x for x in m.quarantined if x["kind"] == "missing_s1"]
+    cut = [x for x in q.values() if x["kind"] == "missing_s1"]
     assert cut and all(S1 in x["reason"] and "ends early" in x["reason"] for x in cut)
     with open(packed / S1, "rb") as f:
         stream, _ = open_download(f, "zstd")
@@ -210,8 +211,9 @@ def test_a_missing_download_quarantines_its_pairs(
     shutil.copytree(packed_v2, partial)
     (partial / S1).unlink()
     m = ingest(str(partial), str(tmp_path / "out"), shard_size=30, limit=12, progress=False, trust_md5sums=True)
-    assert m.pairs == 0 and len(m.quarantined) == 12
-    assert all(x["kind"] == "missing_s1" and f"{S1} is not in the archive folder" in x["reason"] for x in m.quarantined)
+    q = quarantined(tmp_path / "out")
+    assert m.pairs == 0 and m.quarantined_pairs == len(q) == 12
+    assert all(x["kind"] == "missing_s1" and f"{S1} is not in the archive folder" in x["reason"] for x in q)
     assert m.source["downloads"][S1]["missing"] is True
     assert f"WARNING {S1} is not in the archive folder" in capsys.readouterr().out
 
@@ -321,7 +323,9 @@ def test_reference_maps_become_an_optional_column_bit_exact(tmp_path: Path) -> N
     mb = ingest(str(packed), str(b), shard_size=20, progress=False, trust_md5sums=True)
     assert_same_shards(a, b)
     assert ma.source["reference_maps"] == mb.source["reference_maps"]
-    assert ma.source["reference_maps"]["missing"] == [rows[1]["patch_id"]]
+    assert ma.reference_maps_missing(*open_fs(str(a))) == mb.reference_maps_missing(*open_fs(str(b)))
+    assert ma.reference_maps_missing(*open_fs(str(a))) == [rows[1]["patch_id"]]
+    assert ma.source["reference_maps"]["missing_pairs"] == 1
     assert "Reference_Maps.tar.zst" in mb.source["downloads"]
     t = pa.concat_tables([pq.read_table(b / s.path) for s in mb.shards])
     assert t.schema.field("reference_map").type == pa.binary(120 * 120 * 2)

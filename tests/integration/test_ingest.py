@@ -16,7 +16,7 @@ from bigearth.archive.layouts import layout_for
 from bigearth.core.storage import open_fs
 from bigearth.ingest.job import IngestError, ingest
 from bigearth.shards.format import Manifest, ShardFormatError
-from helpers import kill_cli_ingest
+from helpers import kill_cli_ingest, quarantined
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -129,7 +129,8 @@ def test_planted_faults_are_quarantined_exactly(synth_v2: Path, archive_copy, tm
     pq.write_table(pq.read_table(meta_path).from_pylist(rows, schema=table.schema), meta_path)
     out = tmp_path / "shards"
     m = ingest(str(root), str(out), shard_size=25)
-    got = {q["patch_id"]: (q["kind"], q["reason"]) for q in m.quarantined}
+    got = {q["patch_id"]: (q["kind"], q["reason"]) for q in quarantined(out)}
+    assert m.quarantined_pairs == len(got)
     assert set(got) == set(expected)
     for pid, (kind, reason) in expected.items():
         assert got[pid][0] == kind, pid
@@ -149,7 +150,8 @@ def test_v1_json_faults(synth_v1: Path, archive_copy, tmp_path: Path) -> None:  
     Path(lay.s2_json(b)).write_text("{not json")  # type: ignore[arg-type]
     os.remove(lay.s2_json(c))  # type: ignore[arg-type]
     m = ingest(str(root), str(tmp_path / "out"), lists=str(root / "lists"), shard_size=40)
-    got = {q["patch_id"]: (q["kind"], q["reason"]) for q in m.quarantined}
+    got = {q["patch_id"]: (q["kind"], q["reason"]) for q in quarantined(tmp_path / "out")}
+    assert m.quarantined_pairs == len(got)
     assert got[a] == ("unknown_label", f"{lay.s2_json(a)}: unknown 43-class label 'Tundra'")
     assert got[b][0] == "bad_metadata" and got[b][1].startswith(f"{lay.s2_json(b)}: not valid JSON")
     assert got[c] == ("missing_file", f"missing file: {lay.s2_json(c)}")
@@ -163,7 +165,7 @@ def test_v1_ingest_labels_and_policy(synth_v1: Path, tmp_path: Path) -> None:
         name: len((lists / f).read_text().splitlines())
         for name, f in [("train", "train.csv"), ("validation", "val.csv"), ("test", "test.csv")]
     }
-    assert m.splits == {k: v for k, v in n_listed.items() if v} and not m.quarantined
+    assert m.splits == {k: v for k, v in n_listed.items() if v} and m.quarantined_pairs == 0
     snow = len((lists / "patches_with_seasonal_snow.csv").read_text().splitlines())
     assert m.excluded["seasonal_snow"] == snow
     assert m.pairs + sum(m.excluded.values()) == 120

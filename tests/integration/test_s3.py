@@ -33,7 +33,7 @@ def test_ingest_s3_to_s3_matches_a_local_ingest(s3, bucket: str, synth_v2: Path,
     fs.put(str(synth_v2), f"{bucket}/archive", recursive=True)
     m = ingest(f"s3://{bucket}/archive", f"s3://{bucket}/shards", shard_size=30, storage=storage)
     local = Manifest.load(*open_fs(str(shards_v2)))
-    assert (m.pairs, m.splits, m.excluded, m.quarantined) == (local.pairs, local.splits, local.excluded, [])
+    assert (m.pairs, m.splits, m.excluded, m.quarantined_pairs) == (local.pairs, local.splits, local.excluded, 0)
     assert [s.path for s in m.shards] == [s.path for s in local.shards]
     for s in m.shards:
         with fs.open(f"{bucket}/shards/{s.path}", "rb") as f:
@@ -73,7 +73,7 @@ def test_synth_and_job_entrypoint_over_s3(s3, bucket: str) -> None:  # type: ign
     assert done.returncode == 0, done.stderr[-3000:]
     assert "ingest: wrote" in done.stdout
     m = Manifest.load(*open_fs(f"s3://{bucket}/v1shards", storage))
-    assert m.pairs > 0 and m.pairs + sum(m.excluded.values()) == 30 and not m.quarantined
+    assert m.pairs > 0 and m.pairs + sum(m.excluded.values()) == 30 and m.quarantined_pairs == 0
     batch = next(iter(iter_torch(open_split(f"s3://{bucket}/v1shards", "train", storage=storage), 4)))
     assert batch["labels"].shape[1] == 19 and np.isfinite(batch["s1"].numpy()).all()
 
@@ -198,7 +198,7 @@ def _crash_after(  # type: ignore[no-untyped-def]
 def _ids_once(out: Path, expected: list[str]) -> None:
     m = Manifest.load(*open_fs(str(out)))
     ids = [i for s in m.shards for i in pq.read_table(out / s.path, columns=["patch_id"]).column(0).to_pylist()]
-    assert sorted(ids) == sorted(expected) and not m.quarantined  # every pair exactly once, none quarantined
+    assert sorted(ids) == sorted(expected) and m.quarantined_pairs == 0  # every pair exactly once, none quarantined
 
 
 def test_an_ingest_survives_the_s3_server_restarting_and_resumes_after_a_long_outage(

@@ -28,7 +28,7 @@ def _rows(shards: Path) -> list[dict]:  # type: ignore[type-arg]
 def test_shards_are_bit_exact_and_complete(synth_v2: Path, shards_v2: Path) -> None:
     m = Manifest.load(*open_fs(str(shards_v2)))
     meta = pq.read_table(synth_v2 / "metadata.parquet")
-    assert m.pairs == meta.num_rows and not m.quarantined  # the default policy keeps metadata.parquet only
+    assert m.pairs == meta.num_rows and m.quarantined_pairs == 0  # the default policy keeps metadata.parquet only
     extra = pq.read_table(synth_v2 / "metadata_for_patches_with_snow_cloud_or_shadow.parquet")
     flags = extra.to_pydict()
     assert m.excluded == {

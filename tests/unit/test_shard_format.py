@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from types import SimpleNamespace
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -43,7 +42,6 @@ def test_unknown_format_version_names_the_command_that_rewrites_it(shards_v2: Pa
 def test_shards_never_exceed_the_shard_size() -> None:
     for n, size in ((20_001, 10_000), (20_000, 10_000), (1, 5), (29_999, 10_000), (3_001, 1_000)):
         ids = [f"S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_{i}_{i}" for i in range(n)]
-        cat = SimpleNamespace(pairs=pa.table({"patch_id": ids, "split": ["train"] * n}))
-        plans = plan_shards(cat, size)  # type: ignore[arg-type]
+        plans = plan_shards(pa.table({"patch_id": ids, "split": ["train"] * n}), size)
         assert all(len(p.rows) <= size for p in plans), (n, size)
         assert sum(len(p.rows) for p in plans) == n and len(plans) == -(-n // size)

@@ -38,22 +38,18 @@ class Catalogue:
     excluded: pa.Table  # patch_id, reason
     total: int  # pairs described by the metadata before any exclusion or subsetting
     options: dict[str, object] = field(default_factory=dict)
-    known: pa.Table | None = None  # patch_id, s1_name of every pair the metadata describes (before subsetting)
+    #: patch_id, s1_name of every pair the metadata describes (before subsetting); the published downloads only
+    known: pa.Table | None = None
 
     @property
     def excluded_counts(self) -> dict[str, int]:
         counts = {r: 0 for r in EXCLUSION_REASONS}
-        for r in self.excluded.column("reason").to_pylist():
-            counts[r] = counts.get(r, 0) + 1
+        counts.update(_value_counts(self.excluded.column("reason")))
         return counts
 
     @property
     def split_counts(self) -> dict[str, int]:
-        out: dict[str, int] = {}
-        for s in self.pairs.column("split").to_pylist():
-            key = s if s is not None else "unassigned"
-            out[key] = out.get(key, 0) + 1
-        return out
+        return _value_counts(pc.fill_null(self.pairs.column("split"), "unassigned"))
 
     def __len__(self) -> int:
         return self.pairs.num_rows
@@ -76,35 +72,48 @@ def build_catalogue(
     lay.probe(fs)
     table = lay.catalogue_table(fs, archive, lists, storage)
     total = table.num_rows
-    known = table.select(["patch_id", "s1_name"])
+    # what staging may meet in the downloads: every pair the metadata describes (held for the downloads only)
+    known = table.select(["patch_id", "s1_name"]) if lay.downloads else None
     if patches is not None:
         wanted = pa.array(sorted(set(patches)), pa.string())
         table = table.filter(pc.is_in(table["patch_id"], value_set=wanted))
-    table = table.sort_by("patch_id")
-    reason = _exclusion_reason(table, include_snow_cloud, include_no_19_labels)
+    # sorted by patch id, policy applied and limit cut on row indices: the pairs kept are copied once, nothing else
+    order = pc.sort_indices(table, sort_keys=[("patch_id", "ascending")])
+    reason = _exclusion_reason(table, include_snow_cloud, include_no_19_labels).take(order)
     keep = pc.is_null(reason)
-    excluded = pa.table({"patch_id": table["patch_id"], "reason": reason}).filter(pc.invert(keep))
-    pairs = table.filter(keep)
+    kept = order.filter(keep)
     if limit is not None:
-        pairs = pairs.slice(0, limit)
+        kept = kept.slice(0, limit)
+    pairs = table.take(kept)
+    excluded = pa.table(
+        {"patch_id": table["patch_id"].take(order.filter(pc.invert(keep))), "reason": reason.filter(pc.invert(keep))}
+    )
     opts: dict[str, object] = {"include_snow_cloud": include_snow_cloud, "include_no_19_labels": include_no_19_labels}
     if lay.reference_maps:
         opts["reference_maps"] = True
     return Catalogue(lay.version, lay, pairs, excluded, total, opts, known)
 
 
-def _exclusion_reason(table: pa.Table, include_snow_cloud: bool, include_no_19: bool) -> pa.Array:
-    reasons: list[str | None] = []
-    snow = table["contains_seasonal_snow"].to_pylist()
-    cloud = table["contains_cloud_or_shadow"].to_pylist()
-    no19 = table["no_19_class_label"].to_pylist()
-    for s, c, n in zip(snow, cloud, no19, strict=True):
-        if s and not include_snow_cloud:
-            reasons.append("seasonal_snow")
-        elif c and not include_snow_cloud:
-            reasons.append("cloud_or_shadow")
-        elif n and not include_no_19:
-            reasons.append("no_19_class_label")
-        else:
-            reasons.append(None)
-    return pa.array(reasons, pa.string())
+def _value_counts(values: pa.ChunkedArray | pa.Array) -> dict[str, int]:
+    """How often each value occurs (Arrow's count: no Python object per pair)."""
+    return {str(v["values"]): int(v["counts"]) for v in pc.value_counts(values).to_pylist()}
+
+
+#: The catalogue column that flags each exclusion reason.
+_FLAG_COLUMNS = {
+    "seasonal_snow": "contains_seasonal_snow",
+    "cloud_or_shadow": "contains_cloud_or_shadow",
+    "no_19_class_label": "no_19_class_label",
+}
+
+
+def _exclusion_reason(table: pa.Table, include_snow_cloud: bool, include_no_19: bool) -> pa.ChunkedArray:
+    """Per pair, the first reason of EXCLUSION_REASONS the policy excludes it for, else null (a null flag: not set)."""
+    applies = {"seasonal_snow": not include_snow_cloud, "cloud_or_shadow": not include_snow_cloud}
+    applies["no_19_class_label"] = not include_no_19
+    reason = pa.chunked_array([pa.nulls(table.num_rows, pa.string())], pa.string())
+    for name in reversed(EXCLUSION_REASONS):  # built from the last reason to the first: the first one set wins
+        if applies[name]:
+            flag = pc.fill_null(table[_FLAG_COLUMNS[name]], False)
+            reason = pc.if_else(flag, pa.scalar(name, pa.string()), reason)
+    return reason

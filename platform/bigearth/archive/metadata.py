@@ -65,12 +65,16 @@ class ArchiveError(ValueError):
 
 # --------------------------------------------------------------------------------------------------- v2
 def read_v2_metadata(fs: AbstractFileSystem, path: str) -> pa.Table:
-    """One v2 metadata parquet, checked for the published columns (read whole: works over plain HTTP too)."""
-    t = pq.read_table(io.BytesIO(fs.cat_file(path)))
-    need = {"patch_id", "labels", "split", "country", "s1_name", "contains_seasonal_snow", "contains_cloud_or_shadow"}
-    missing = need - set(t.column_names)
+    """The published columns of one v2 metadata parquet (read whole: works over plain HTTP too; the columns the
+    catalogue does not use are not decoded)."""
+    f = pq.ParquetFile(pa.BufferReader(fs.cat_file(path)))
+    need = ["patch_id", "labels", "split", "country", "s1_name", "contains_seasonal_snow", "contains_cloud_or_shadow"]
+    missing = set(need) - set(f.schema_arrow.names)
     if missing:
         raise ArchiveError(f"{path}: missing column(s) {sorted(missing)}; expected the published v2 metadata schema")
+    # a row group at a time, in this thread: the same table, at about 3/4 of the peak memory of one threaded read
+    groups = [f.read_row_group(i, columns=need, use_threads=False) for i in range(f.num_row_groups)]
+    t = pa.concat_tables(groups) if groups else f.schema_arrow.empty_table().select(need)
     bad = set(pc.unique(t["split"]).to_pylist()) - set(SPLITS)
     if bad:
         raise ArchiveError(f"{path}: unexpected split value(s) {sorted(map(str, bad))}; expected {SPLITS}")
@@ -90,7 +94,7 @@ def v2_table(fs: AbstractFileSystem, root: str) -> pa.Table:
         parts.append(read_v2_metadata(fs, extra))
     rows = []
     for t in parts:
-        labels = pa.array(t["labels"].to_pylist(), pa.list_(pa.string()))
+        labels = t["labels"].cast(pa.list_(pa.string()))  # Arrow to Arrow: no Python list per pair
         rows.append(
             pa.table(
                 {

@@ -82,7 +82,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(a: argparse.Namespace) -> int:
+    from bigearth.core.storage import open_fs
     from bigearth.ingest.job import ingest
+    from bigearth.shards.format import QUARANTINE
 
     m = ingest(
         a.archive,
@@ -105,8 +107,10 @@ def run(a: argparse.Namespace) -> int:
         break_lock=a.break_lock,
         executor=executor_from_args(a),
     )
-    if m.quarantined:
-        print(f"quarantined pairs (first 20 of {len(m.quarantined)}; all in {a.out}/manifest.json):")
-        for q in m.quarantined[:20]:
+    if m.quarantined_pairs:
+        fs, root = open_fs(a.out, storage_from_args(a))
+        first = m.quarantine_table(fs, root, limit=20).to_pylist()
+        print(f"quarantined pairs (first {len(first)} of {m.quarantined_pairs:,}; all in {a.out}/{QUARANTINE}):")
+        for q in first:
             print(f"  {q['patch_id']}: {q['reason']}")
     return 0

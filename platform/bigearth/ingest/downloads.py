@@ -12,6 +12,7 @@ from functools import partial
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from bigearth.archive.catalogue import Catalogue
 from bigearth.archive.checksums import ChecksumMismatch, check_md5, check_md5sums, read_md5sums
@@ -23,7 +24,7 @@ from bigearth.shards.format import Manifest
 
 def stage_downloads(
     cat: Catalogue,
-    todo: dict[int, list[dict[str, Any]]],
+    todo: dict[int, pa.Table],
     archive: str,
     staging: str,
     storage: StorageOptions,
@@ -35,7 +36,7 @@ def stage_downloads(
     """Stage every download the unfinished shards need (one unit per file, through `executor`, default Ray: in
     parallel); return their records.
 
-    `todo`: planned shard index -> its catalogue rows, for the shards not yet written. Raises ChecksumMismatch
+    `todo`: planned shard index -> its catalogue rows (a table), for the shards not yet written. Raises ChecksumMismatch
     when a staged download's md5 is not the expected one, unless `accept_checksum_mismatch`; its staged members
     are removed then, so that a re-run reads the file again (fetched anew, or accepted). An `MD5SUMS` entry that
     disagrees with a published md5 raises ChecksumMismatch before anything is staged, unless `trust_md5sums`
@@ -59,9 +60,7 @@ def stage_downloads(
         if not todo and not sfs.exists(record_path(sroot, d.name)):
             continue  # every shard is written: nothing to stage
         col = key_column[d.kind]
-        names = [r[col] for rows in todo.values() for r in rows if r.get(col)]
-        shards = [i for i, rows in todo.items() for r in rows if r.get(col)]
-        route = pa.table({"name": pa.array(names, pa.string()), "shard": pa.array(shards, pa.int32())})
+        route = _route(todo, col)
         known = cat.known.column(col).combine_chunks() if cat.known is not None else pa.array([], pa.string())
         units.append((dataclasses.asdict(d), route, known))
     unit = partial(_stage_one, archive=archive, staging=staging, storage=storage, progress=progress)
@@ -76,6 +75,19 @@ def stage_downloads(
                     sfs.rm(join(sroot, r["download"]), recursive=True)
         raise
     return records
+
+
+def _route(todo: dict[int, pa.Table], col: str) -> pa.Table:
+    """Member name (the pair's `col`: S2 patch id or S1 name) -> its shard, for every pair of `todo` naming one."""
+    parts = []
+    for i, rows in todo.items():
+        names = rows[col]
+        names = names.filter(pc.and_(pc.is_valid(names), pc.not_equal(names, "")))
+        parts.append(
+            pa.table({"name": names.cast(pa.string()), "shard": pa.nulls(len(names), pa.int32()).fill_null(i)})
+        )
+    schema = pa.schema([("name", pa.string()), ("shard", pa.int32())])
+    return pa.concat_tables(parts).cast(schema) if parts else schema.empty_table()
 
 
 def _stage_one(

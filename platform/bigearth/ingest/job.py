@@ -1,11 +1,15 @@
 """Ingest: archive (v1 or v2, extracted or as published downloads, any fsspec URL) -> Parquet shards + manifest.
 
-The catalogue is cut into shards of ~`shard_size` pairs per split (a deterministic plan). Each shard is one unit
+From extracted folders, what the archive holds is listed first, a folder at a time (bigearth.archive.presence): a
+pair whose S2 or S1 folder is absent is quarantined at once, naming the folder, and never read. The pairs to read
+are cut into shards of ~`shard_size` pairs per split (a deterministic plan). Each shard is one unit
 (`run_planned_shard`, a plain function), run by an executor (a Ray Data task each by default, or one after another
 in this process: bigearth.execution.executors): it fetches the files of its pairs in batches of concurrent GETs,
 decodes, validates, streams the good pairs into its Parquet file and writes a small report (rows, quarantined pairs
 with reasons, exclusions). A shard is done when its report exists, so a killed ingest re-run with the same arguments
-redoes only the unfinished shards and ends with every pair exactly once. The manifest is written last from the reports.
+redoes only the unfinished shards and ends with every pair exactly once. The manifest is written last from the
+reports; the quarantine (every pair with its kind and reason) and the pairs without a reference map go to Parquet
+files beside it, the manifest counts them: its size does not grow with them.
 
 From the published downloads (`*.tar.zst` / `*.tar.gz`), a staging stage comes first: one unit per download file
 decompresses it once and routes every member to its shard's bucket (bigearth.archive.staging); shard tasks then
@@ -18,17 +22,19 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bigearth.archive.catalogue import Catalogue, build_catalogue
 from bigearth.archive.layouts import layout_for
+from bigearth.archive.presence import Presence, find_present, missing_pairs
 from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
 from bigearth.archive.staging import StagedSource, download_problems, shard_entries
 from bigearth.core.outputlock import LOCK_FILE, OutputLock
@@ -36,7 +42,18 @@ from bigearth.core.records import RecordError, is_temp_name, read_json, write_js
 from bigearth.core.storage import BlobReader, StorageOptions, join, open_fs
 from bigearth.execution.executors import Executor, Resources, default_executor
 from bigearth.ingest.downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
-from bigearth.shards.format import DEFAULT_COMPRESSION, FORMAT_VERSION, MANIFEST, Manifest, ShardEntry, ShardWriter
+from bigearth.shards.format import (
+    DEFAULT_COMPRESSION,
+    FORMAT_VERSION,
+    MANIFEST,
+    QUARANTINE,
+    QUARANTINE_SCHEMA,
+    REFERENCE_MAPS_MISSING,
+    Manifest,
+    ShardEntry,
+    ShardWriter,
+    write_list,
+)
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +69,12 @@ class IngestError(RuntimeError):
 class ShardPlan:
     path: str  # relative to the output root
     split: str
-    rows: list[dict[str, Any]]  # catalogue rows
+    pairs: pa.Table  # its catalogue rows (a slice of the catalogue: no copy)
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """Its catalogue rows as dicts (made when asked: in the shard's task)."""
+        return self.pairs.to_pylist()
 
     @property
     def report_path(self) -> str:
@@ -68,13 +90,13 @@ def refuse_foreign_output(fs: Any, root: str, url: str) -> None:
     entries = [e for e in entries if e != LOCK_FILE and not is_temp_name(e)]  # ours: the lock, a killed write
     if not entries:
         return
-    if "manifest.json" not in entries and not fs.exists(join(root, STATE_DIR, "plan.json")):
+    if MANIFEST not in entries and not fs.exists(join(root, STATE_DIR, "plan.json")):
         raise IngestError(
             f"--overwrite: {url} is not a shard set written by bigearth ingest (no manifest.json or "
             f"{STATE_DIR}/plan.json; it holds {sorted(entries)[:5]}): nothing deleted; pass another --out"
         )
     for name in entries:
-        if name in ("manifest.json", STATE_DIR):
+        if name in (MANIFEST, QUARANTINE, REFERENCE_MAPS_MISSING, STATE_DIR):
             continue
         path = join(root, name)
         inside = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)] if fs.isdir(path) else None
@@ -85,22 +107,21 @@ def refuse_foreign_output(fs: Any, root: str, url: str) -> None:
             )
 
 
-def plan_shards(catalogue: Catalogue, shard_size: int) -> list[ShardPlan]:
-    """Deterministic: rows grouped by split, sorted by patch id, cut into shards of at most `shard_size`."""
+def plan_shards(pairs: pa.Table, shard_size: int) -> list[ShardPlan]:
+    """Deterministic: catalogue rows grouped by split, sorted by patch id, cut into shards of at most `shard_size`
+    (each a slice of one sorted table per split: no row is copied into Python)."""
     if shard_size < 1:
         raise ValueError(f"shard_size must be at least 1, got {shard_size}")
-    by_split: dict[str, list[dict[str, Any]]] = {}
-    for row in catalogue.pairs.to_pylist():
-        by_split.setdefault(row["split"] or "unassigned", []).append(row)
+    split = pc.fill_null(pairs["split"], "unassigned")
     plans = []
-    for split in sorted(by_split):
-        rows = sorted(by_split[split], key=lambda r: r["patch_id"])
-        n = max(1, -(-len(rows) // shard_size))  # ceil: no shard ever exceeds shard_size
-        size = -(-len(rows) // n)
+    for name in sorted(str(s) for s in pc.unique(split).to_pylist()):
+        rows = pairs.filter(pc.equal(split, name)).sort_by("patch_id")
+        n = max(1, -(-rows.num_rows // shard_size))  # ceil: no shard ever exceeds shard_size
+        size = -(-rows.num_rows // n)
         for i in range(n):
-            chunk = rows[i * size : (i + 1) * size]
-            if chunk:
-                plans.append(ShardPlan(f"{split}/part-{i:05d}.parquet", split, chunk))
+            chunk = rows.slice(i * size, size)
+            if chunk.num_rows:
+                plans.append(ShardPlan(f"{name}/part-{i:05d}.parquet", name, chunk))
     return plans
 
 
@@ -111,8 +132,8 @@ def _fingerprint(catalogue: Catalogue, plans: Iterable[ShardPlan], compression: 
     h.update(json.dumps(options, sort_keys=True).encode())
     for p in plans:
         h.update(p.path.encode())
-        for r in p.rows:
-            h.update(r["patch_id"].encode())
+        for patch_id in p.pairs["patch_id"].to_pylist():
+            h.update(patch_id.encode())
     return h.hexdigest()
 
 
@@ -145,7 +166,8 @@ def ingest_shard(
     writer = ShardWriter(out_fs, join(out_root, plan.path), compression, reference_maps)
     quarantined: list[dict[str, str]] = []
     excluded: dict[str, int] = {}
-    batches = [plan.rows[i : i + READ_BATCH] for i in range(0, len(plan.rows), READ_BATCH)]
+    rows = plan.rows  # the shard's catalogue rows as dicts, made once, here in its task
+    batches = [rows[i : i + READ_BATCH] for i in range(0, len(rows), READ_BATCH)]
     if staged is not None:
         assert staging is not None
         _from_staged(
@@ -282,7 +304,10 @@ def ingest(
         limit=limit,
         storage=storage,
     )
-    plans = plan_shards(cat, shard_size)
+    pa.default_memory_pool().release_unused()  # what decoding the metadata held (~2x the catalogue) goes back now
+    archive_fs, _ = open_fs(archive, storage)
+    presence = find_present(archive_fs, cat.layout, cat.pairs)  # None: not listable, every pair is read
+    plans = plan_shards(cat.pairs if presence is None else cat.pairs.filter(presence.read), shard_size)
     out_fs, out_root = open_fs(out, storage)
     fingerprint = _fingerprint(cat, plans, compression)
     # one writer per output: a second ingest into `out` is refused naming this one (bigearth.core.outputlock)
@@ -304,9 +329,13 @@ def ingest(
         else:
             out_fs.makedirs(join(out_root, STATE_DIR), exist_ok=True)
             write_json_atomic(out_fs, plan_file, {"fingerprint": fingerprint, "archive": archive, "shards": len(plans)})
+        absent = ""
+        if presence is not None:
+            absent = f"; {presence.count:,} not in the archive (quarantined; {presence.listings} folders listed)"
         print(
-            f"ingest: {len(cat):,} pairs of a {cat.version} archive ({cat.total:,} in its metadata) into "
-            f"{len(plans)} shards; excluded by policy: {cat.excluded_counts}"
+            f"ingest: {len(cat):,} pairs of a {cat.version} archive ({cat.total:,} in its metadata){absent}; "
+            f"{sum(p.pairs.num_rows for p in plans):,} to read into {len(plans)} shards; "
+            f"excluded by policy: {cat.excluded_counts}"
         )
 
         with ThreadPoolExecutor(16) as pool:  # concurrent GETs on object storage; an unreadable report is redone
@@ -317,7 +346,7 @@ def ingest(
         if cat.layout.downloads:
             records = stage_downloads(
                 cat,
-                {i: plans[i].rows for i in todo},
+                {i: plans[i].pairs for i in todo},
                 archive,
                 staging_url,
                 storage,
@@ -327,14 +356,6 @@ def ingest(
                 executor,
             )
         problems = download_problems(records)
-        # One item (= one block = one task) per shard, carrying its own rows: nothing large is shared or captured.
-        items = [
-            {
-                "plan": json.dumps({"path": p.path, "split": p.split, "rows": p.rows}, default=str),
-                "staged": json.dumps(shard_entries(records, i) if cat.layout.downloads else None),
-            }
-            for i, p in enumerate(plans)
-        ]
         task_args: dict[str, Any] = {
             "layout": cat.layout.name,
             "archive": archive,
@@ -347,29 +368,139 @@ def ingest(
             "reference_maps": cat.layout.reference_maps,
         }
         unit = partial(run_planned_shard, **task_args)
-        reports = list(
-            executor.map(unit, items, desc="ingest shards", resources=Resources(cpus=1, concurrency=concurrency))
-        )
-        manifest = _manifest(cat, reports, archive)
+        items = ShardItems(plans, records if cat.layout.downloads else None)
+        tally = Tally(cat)
+        resources = Resources(cpus=1, concurrency=concurrency)
+        for report in executor.map(unit, items, desc="ingest shards", resources=resources):
+            tally.add(report)  # each report is kept as counts and Arrow rows, not as its dicts
+        manifest = tally.manifest(archive)
         manifest.source["compression"] = compression
+        lock.verify()  # taken over by another writer meanwhile (--break-lock): that one writes the manifest
+        not_there = missing_pairs(cat.layout, cat.pairs, presence) if presence is not None else iter(())
+        quarantined = write_list(out_fs, join(out_root, QUARANTINE), tally.quarantine(not_there), QUARANTINE_SCHEMA)
+        kinds = tally.quarantine_kinds(presence)
+        assert quarantined == sum(kinds.values()), (quarantined, kinds)
+        manifest.source["quarantine"] = {"pairs": quarantined, "kinds": kinds, "file": QUARANTINE}
         if cat.layout.reference_maps:
-            missing = sorted(p for r in reports for p in r.get("reference_map_missing", []))
-            manifest.source["reference_maps"] = {"rows": manifest.pairs - len(missing), "missing": missing}
+            missing = pa.table({"patch_id": tally.reference_map_missing()})
+            schema = pa.schema([("patch_id", pa.string())])
+            write_list(out_fs, join(out_root, REFERENCE_MAPS_MISSING), [missing], schema)
+            manifest.source["reference_maps"] = {
+                "rows": manifest.pairs - missing.num_rows,
+                "missing_pairs": missing.num_rows,
+                "file": REFERENCE_MAPS_MISSING,
+            }
         if cat.layout.downloads:
             manifest.source["downloads"] = downloads_summary(records, out_fs, out_root)
-        lock.verify()  # taken over by another writer meanwhile (--break-lock): that one writes the manifest
-        manifest.save(out_fs, out_root)
+        manifest.save(out_fs, out_root)  # last: the shard set is whole once it exists
         pq.write_table(cat.excluded, join(out_root, STATE_DIR, "excluded.parquet"), filesystem=out_fs)
-        q = len(manifest.quarantined)
         print(
             f"ingest: wrote {manifest.pairs:,} pairs {manifest.splits} in {len(manifest.shards)} shards to {out}; "
-            f"quarantined {q}; excluded {manifest.excluded}"
+            f"quarantined {manifest.quarantined_pairs:,} {manifest.quarantine_kinds} (listed in {QUARANTINE}); "
+            f"excluded {manifest.excluded}"
         )
         if cat.layout.downloads:
             report_downloads(manifest.source["downloads"])
             if not keep_staging:
                 remove_staging(staging_url, storage, remove_empty_parent=staging is None)
         return manifest
+
+
+class ShardItems(Sequence[dict[str, Any]]):
+    """One executor item per planned shard, made when the executor takes it: its plan and staged entries as JSON,
+    its catalogue rows as Arrow IPC bytes (plain bytes that any executor carries as is; nothing large is shared or
+    captured, and the local executor holds one item at a time)."""
+
+    def __init__(self, plans: list[ShardPlan], records: list[dict[str, Any]] | None) -> None:
+        self.plans, self.records = plans, records
+
+    def __len__(self) -> int:
+        return len(self.plans)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
+        p = self.plans[i]
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, p.pairs.schema) as w:
+            w.write_table(p.pairs)
+        staged = shard_entries(self.records, i) if self.records is not None else None
+        return {
+            "plan": json.dumps({"path": p.path, "split": p.split}),
+            "pairs": sink.getvalue().to_pybytes(),
+            "staged": json.dumps(staged),
+        }
+
+
+class Tally:
+    """What the shard reports say, summed as they arrive: rows per split, exclusions, shard entries; their
+    quarantined pairs and pairs without a reference map as Arrow rows (a few bytes each, no dict per pair)."""
+
+    def __init__(self, cat: Catalogue) -> None:
+        self.cat = cat
+        self.splits: dict[str, int] = {}
+        self.excluded = dict(cat.excluded_counts)
+        self.entries: list[ShardEntry] = []
+        self.pairs = 0
+        self._quarantined: list[pa.Table] = []
+        self._no_map: list[pa.Array] = []
+
+    def add(self, report: dict[str, Any]) -> None:
+        self.pairs += report["rows"]
+        self.splits[report["split"]] = self.splits.get(report["split"], 0) + report["rows"]
+        for reason, n in report["excluded"].items():
+            self.excluded[reason] = self.excluded.get(reason, 0) + n
+        if report["rows"]:
+            self.entries.append(ShardEntry(report["path"], report["split"], report["rows"]))
+        if report["quarantined"]:
+            self._quarantined.append(pa.Table.from_pylist(report["quarantined"], schema=QUARANTINE_SCHEMA))
+        if report.get("reference_map_missing"):
+            self._no_map.append(pa.array(report["reference_map_missing"], pa.string()))
+
+    def manifest(self, archive: str) -> Manifest:
+        cat = self.cat
+        return Manifest(
+            pairs=self.pairs,
+            splits=self.splits,
+            shards=sorted(self.entries, key=lambda e: e.path),
+            excluded=self.excluded,
+            source={"archive": archive, "layout": cat.version, "catalogue_pairs": cat.total, **cat.options},
+        )
+
+    def reference_map_missing(self) -> pa.Array:
+        """Patch ids written without a reference map, sorted."""
+        ids = pa.chunked_array(self._no_map, pa.string()).combine_chunks()
+        return ids.take(pc.sort_indices(ids))
+
+    def quarantine(self, absent: Iterator[pa.Table]) -> Iterator[pa.Table]:
+        """Every quarantined pair by patch id: those found absent (`absent`: in patch-id order, a chunk at a time)
+        merged with those the reads quarantined."""
+        yield from _merged(absent, self._read_quarantine().sort_by("patch_id"))
+
+    def quarantine_kinds(self, presence: Presence | None) -> dict[str, int]:
+        """Quarantined pairs per kind: those found absent (`presence`) and those the reads quarantined."""
+        kinds: dict[str, int] = {}
+        if presence is not None:
+            kinds = {"missing_file": _count(presence.no_s2), "missing_s1": _count(presence.no_s1)}
+        for v in pc.value_counts(self._read_quarantine()["kind"]).to_pylist():
+            kinds[v["values"]] = kinds.get(v["values"], 0) + int(v["counts"])
+        return {k: n for k, n in sorted(kinds.items()) if n}
+
+    def _read_quarantine(self) -> pa.Table:
+        return pa.concat_tables(self._quarantined) if self._quarantined else QUARANTINE_SCHEMA.empty_table()
+
+
+def _count(flags: pa.ChunkedArray) -> int:
+    return int(pc.sum(flags).as_py() or 0)
+
+
+def _merged(absent: Iterator[pa.Table], read: pa.Table) -> Iterator[pa.Table]:
+    """Two quarantines sorted by patch id, as one (a chunk of `absent` at a time)."""
+    at = 0
+    for chunk in absent:
+        chunk = chunk.cast(QUARANTINE_SCHEMA)
+        upto = int(pc.sum(pc.less_equal(read["patch_id"], chunk["patch_id"][-1])).as_py() or 0)
+        yield pa.concat_tables([chunk, read.slice(at, upto - at)]).sort_by("patch_id")
+        at = upto
+    yield read.slice(at)
 
 
 def _read_plan(fs: Any, root: str, plan_file: str) -> dict[str, Any] | None:
@@ -391,33 +522,8 @@ def _read_plan(fs: Any, root: str, plan_file: str) -> dict[str, Any] | None:
 
 
 def run_planned_shard(item: dict[str, Any], **task_args: Any) -> dict[str, Any]:
-    """The unit of ingest: one planned shard in (its plan and staged entries as JSON, plain text that any executor
-    carries as is), its report out (`ingest_shard`)."""
-    plan = ShardPlan(**json.loads(item["plan"]))
-    return ingest_shard(plan, staged=json.loads(item["staged"]), **task_args)
-
-
-def _manifest(cat: Catalogue, reports: list[dict[str, Any]], archive: str) -> Manifest:
-    reports.sort(key=lambda r: r["path"])
-    excluded = dict(cat.excluded_counts)
-    splits: dict[str, int] = {}
-    for r in reports:
-        splits[r["split"]] = splits.get(r["split"], 0) + r["rows"]
-        for reason, n in r["excluded"].items():
-            excluded[reason] = excluded.get(reason, 0) + n
-    return Manifest(
-        pairs=sum(r["rows"] for r in reports),
-        splits=splits,
-        shards=[ShardEntry(r["path"], r["split"], r["rows"]) for r in reports if r["rows"]],
-        quarantined=sorted((q for r in reports for q in r["quarantined"]), key=lambda q: q["patch_id"]),
-        excluded=excluded,
-        source={"archive": archive, "layout": cat.version, "catalogue_pairs": cat.total, **cat.options},
-    )
-
-
-def quarantine_table(manifest: Manifest) -> pa.Table:
-    """The quarantine as a table (patch_id, kind, reason)."""
-    return pa.Table.from_pylist(
-        manifest.quarantined or [],
-        schema=pa.schema([("patch_id", pa.string()), ("kind", pa.string()), ("reason", pa.string())]),
-    )
+    """The unit of ingest: one planned shard in (its plan and staged entries as JSON, its catalogue rows as Arrow IPC
+    bytes: plain data that any executor carries as is), its report out (`ingest_shard`)."""
+    plan = json.loads(item["plan"])
+    pairs = pa.ipc.open_stream(item["pairs"]).read_all()
+    return ingest_shard(ShardPlan(plan["path"], plan["split"], pairs), staged=json.loads(item["staged"]), **task_args)

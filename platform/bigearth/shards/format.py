@@ -8,6 +8,7 @@ version are in each file's schema metadata. Version 1 (variable-length binary, z
 
 from __future__ import annotations
 
+import io
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,11 @@ from bigearth.core.storage import join
 FORMAT_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")  # v1: 14 variable-length binary columns, zstd, no page checksums
 MANIFEST = "manifest.json"
+#: Beside manifest.json: every quarantined pair (QUARANTINE_SCHEMA), and the pairs written without a reference map
+#: (`patch_id`), so that the manifest every reader loads stays small whatever they hold.
+QUARANTINE = "quarantine.parquet"
+REFERENCE_MAPS_MISSING = "reference_maps_missing.parquet"
+QUARANTINE_SCHEMA = pa.schema([("patch_id", pa.string()), ("kind", pa.string()), ("reason", pa.string())])
 ROW_GROUP_PAIRS = 128  # rows per Parquet row group: bounds writer memory and lets readers stream
 #: Rows per data page: a lookup by patch id (PatchStore) reads one page of each band column, found through the page
 #: index (1/16 of a 128-pair row group). 8, not 1: one pair a page made whole-shard reads (training, indexing) ~22 %
@@ -153,12 +159,16 @@ class ShardEntry:
 @dataclass
 class Manifest:
     """`--out/manifest.json`: what a shard set holds and what ingest left out, with reasons. The rules readers
-    follow (splits, label columns, nomenclatures) are `bigearth.shards.shardset.ShardSet`'s."""
+    follow (splits, label columns, nomenclatures) are `bigearth.shards.shardset.ShardSet`'s.
+
+    The quarantine is counted here (`source.quarantine`: pairs, per kind, and its file) and listed in
+    `quarantine.parquet` beside it (`quarantine_table`); manifests written before that list it in `quarantined`,
+    which is read as it is. `quarantined_pairs` and `quarantine_table` answer for both."""
 
     pairs: int = 0
     splits: dict[str, int] = field(default_factory=dict)
     shards: list[ShardEntry] = field(default_factory=list)
-    quarantined: list[dict[str, str]] = field(default_factory=list)  # {patch_id, kind, reason}
+    quarantined: list[dict[str, str]] = field(default_factory=list)  # older manifests only: {patch_id, kind, reason}
     excluded: dict[str, int] = field(default_factory=dict)
     format_version: str = FORMAT_VERSION
     source: dict[str, Any] = field(default_factory=dict)
@@ -168,7 +178,44 @@ class Manifest:
         self.shards = [s if isinstance(s, ShardEntry) else ShardEntry.from_record(s, "Manifest") for s in self.shards]
 
     def to_json(self) -> str:
-        return json.dumps({**self.__dict__, "shards": [s.record() for s in self.shards]}, indent=1, sort_keys=True)
+        doc = {**self.__dict__, "shards": [s.record() for s in self.shards]}
+        if not self.quarantined and "quarantine" in self.source:
+            del doc["quarantined"]  # counted in source.quarantine, listed in its file
+        return json.dumps(doc, indent=1, sort_keys=True)
+
+    @property
+    def quarantined_pairs(self) -> int:
+        """How many pairs the ingest quarantined."""
+        summary = self.source.get("quarantine")
+        return int(summary["pairs"]) if summary else len(self.quarantined)
+
+    @property
+    def quarantine_kinds(self) -> dict[str, int]:
+        """Quarantined pairs per kind."""
+        summary = self.source.get("quarantine")
+        if summary:
+            return {str(k): int(n) for k, n in (summary.get("kinds") or {}).items()}
+        kinds: dict[str, int] = {}
+        for q in self.quarantined:
+            kinds[q.get("kind", "")] = kinds.get(q.get("kind", ""), 0) + 1
+        return kinds
+
+    def quarantine_table(self, fs: AbstractFileSystem, root: str, limit: int | None = None) -> pa.Table:
+        """The quarantined pairs (QUARANTINE_SCHEMA), by patch id; `limit`: the first ones only (read no further)."""
+        summary = self.source.get("quarantine")
+        if not summary:
+            rows = [{k: q.get(k) for k in QUARANTINE_SCHEMA.names} for q in self.quarantined[:limit]]
+            return pa.Table.from_pylist(rows, schema=QUARANTINE_SCHEMA)
+        return _read_list(fs, join(root, summary["file"]), QUARANTINE_SCHEMA, limit)
+
+    def reference_maps_missing(self, fs: AbstractFileSystem, root: str) -> list[str]:
+        """Patch ids written without a reference map (the archive has none for them); [] when the shard set has no
+        reference-map column."""
+        maps = self.source.get("reference_maps") or {}
+        if "file" not in maps:
+            return list(maps.get("missing") or [])
+        schema = pa.schema([("patch_id", pa.string())])
+        return [str(p) for p in _read_list(fs, join(root, maps["file"]), schema, None)["patch_id"].to_pylist()]
 
     @classmethod
     def load(cls, fs: AbstractFileSystem, root: str) -> Manifest:
@@ -196,6 +243,39 @@ class Manifest:
     def shard_paths(self, root: str, split: str | None = None) -> list[str]:
         """Paths of the shard files (of one split), as listed: no check of the split (`ShardSet.paths` checks)."""
         return [join(root, s.path) for s in self.shards if split is None or s.split == split]
+
+
+def _read_list(fs: AbstractFileSystem, path: str, schema: pa.Schema, limit: int | None) -> pa.Table:
+    """A per-pair list beside the manifest (its columns of `schema`; `limit`: the first rows only)."""
+    try:
+        with fs.open(path, "rb") as f:
+            pf = pq.ParquetFile(f)
+            if limit is None:
+                return pf.read(columns=schema.names).cast(schema)
+            for batch in pf.iter_batches(batch_size=max(limit, 1), columns=schema.names):
+                return pa.Table.from_batches([batch]).slice(0, limit).cast(schema)  # the first `limit` rows
+            return schema.empty_table()
+    except FileNotFoundError:
+        raise ShardFormatError(
+            f"{path} not found: the manifest beside it names it; re-run the same `bigearth ingest` to write it again"
+        ) from None
+    except (OSError, pa.ArrowException) as e:
+        why = f"not a readable Parquet file ({e})"
+        raise ShardFormatError(f"{path}: {why}; re-run the same `bigearth ingest` to write it again") from None
+
+
+def write_list(fs: AbstractFileSystem, path: str, tables: Any, schema: pa.Schema) -> int:
+    """Write the per-pair list `tables` (an iterable of tables of `schema`'s columns) to `path` whole (zstd; one
+    temporary file renamed, or one PUT), streamed a table at a time; returns its rows."""
+    buffer = io.BytesIO()
+    rows = 0
+    with pq.ParquetWriter(buffer, schema, compression="zstd") as writer:
+        for t in tables:
+            if t.num_rows:
+                writer.write_table(t.select(schema.names).cast(schema))
+                rows += t.num_rows
+    write_bytes_atomic(fs, path, buffer.getvalue())
+    return rows
 
 
 def open_shard(source: Any, where: str, metadata: Any = None) -> pq.ParquetFile:

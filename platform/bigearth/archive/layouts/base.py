@@ -74,6 +74,13 @@ class ArchiveLayout(ABC):
     ) -> pa.Table:
         """One row per pair (bigearth.archive.metadata.CATALOGUE_SCHEMA), from the published metadata."""
 
+    def folders(self, pairs: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray] | None:
+        """Per catalogue row of `pairs`, the folder of its S2 patch and the folder of its S1 partner (`s2_dir`,
+        `s1_dir`, computed over the whole column at once; null where the row names no partner or a name the layout
+        cannot place), so that what the archive holds is found by listing folders (bigearth.archive.presence);
+        None where a pair has no folder of its own (the published downloads)."""
+        return None
+
     # ------------------------------------------------------------------ where each file of a pair lives
     @abstractmethod
     def s2_dir(self, patch_id: str) -> str: ...

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pyarrow as pa
+import pyarrow.compute as pc
 from fsspec import AbstractFileSystem
 
 from bigearth.archive.layouts import register_layout
@@ -29,6 +30,10 @@ class V1Folders(ArchiveLayout):
     ) -> pa.Table:
         return v1_table(archive, lists, storage)
 
+    def folders(self, pairs: pa.Table) -> tuple[pa.ChunkedArray, pa.ChunkedArray]:
+        s1 = pc.if_else(pc.equal(pairs["s1_name"], ""), pa.scalar(None, pa.string()), pairs["s1_name"])
+        return _under(join(self.root, V1_S2_DIR), pairs["patch_id"]), _under(join(self.root, V1_S1_DIR), s1)
+
     def s2_dir(self, patch_id: str) -> str:
         return join(self.root, V1_S2_DIR, patch_id)
 
@@ -40,3 +45,8 @@ class V1Folders(ArchiveLayout):
 
     def s1_json(self, s1_name: str) -> str | None:
         return join(self.s1_dir(s1_name), f"{s1_name}_labels_metadata.json")
+
+
+def _under(folder: str, names: pa.ChunkedArray) -> pa.ChunkedArray:
+    """`folder/<name>` for every name (null stays null)."""
+    return pc.binary_join_element_wise(pa.scalar(folder + "/"), names, "")
