@@ -7,8 +7,9 @@ Per size, on a local Ray cluster started for the size (`ray start --head`, its o
 commands at it): synthesise the published downloads (`bigearth synth --metadata ... --packed`), ingest them, the
 same archive as folders, ingest those, train one epoch of configs/tiny-cpu.yaml, evaluate, index, evaluate retrieval,
 and `bigearth serve` with the index until GET /readyz answers 200. Every stage's process tree and the cluster's
-processes (Ray workers, staging tasks) are sampled at about 5 Hz: wall time, pairs/s/core, the driver's peak RSS,
-the largest single other process's peak and the peak of the sum of all of them. Then per stage: the per-pair cost at
+processes (Ray workers, staging tasks, the raylet) are sampled at about 5 Hz: wall time, pairs/s/core, the driver's
+peak RSS, the largest single other process's peak and the peak of the sum of all of them (each process without the
+shared memory it maps; Ray's object store counted once, also reported alone). Then per stage: the per-pair cost at
 the largest size over the smallest (target <= 1.3) and how peak memory grew against the pairs, a Markdown table
 (OUT with .md), a plot of per-pair cost per stage against size (OUT with .png) and a projection of the full archive
 (549,488 pairs) on 16 and 64 cores. Sizes that would not fit on the work folder's disk are refused before any runs.
@@ -72,12 +73,15 @@ BOUNDS = {
 
 @dataclass
 class Peak:
-    """Peak RSS (MB) of a stage's processes: the driver (the command), the largest other process, the sum."""
+    """Peak RSS (MB) of a stage's processes, each without the shared memory it maps: the driver (the command), the
+    largest other process (a Ray worker, a synth process), the sum of all of them plus the shared memory (Ray's
+    object store: the largest any one process touched) counted once, and that shared memory alone."""
 
     driver_mb: float = 0.0
     worker_mb: float = 0.0
     sum_mb: float = 0.0
     processes: int = 0
+    shm_mb: float = 0.0
 
 
 @dataclass
@@ -110,6 +114,7 @@ class StageResult:
             "driver_peak_mb": round(self.peak.driver_mb, 1),
             "worker_peak_mb": round(self.peak.worker_mb, 1),
             "sum_peak_mb": round(self.peak.sum_mb, 1),
+            "shm_peak_mb": round(self.peak.shm_mb, 1),
             "processes": self.peak.processes,
             "ok": self.ok,
             "detail": self.detail,
@@ -137,8 +142,10 @@ def refuse_unfit(sizes: Sequence[int], free_bytes: int, bytes_per_pair: float, m
 
 
 def growth(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One stage's rows (one per size): per-pair cost largest/smallest, and peak memory growth against pairs
-    (`memory_vs_pairs`: the sum-of-all peak's growth factor over the pairs' growth factor; <= 1 grows no faster)."""
+    """One stage's rows (one per size): per-pair cost largest/smallest (`cost_ratio`) and, with three sizes or
+    more, the marginal cost of the pairs added at the top over those added at the bottom (`marginal_ratio`); linear
+    when both are <= 1.3. Peak memory growth against pairs (`memory_vs_pairs`: the sum-of-all peak's growth factor
+    over the pairs' growth factor; < 1 grows slower)."""
     rows = sorted((r for r in rows if r["ok"]), key=lambda r: r["pairs"])
     if len(rows) < 2:
         return {"sizes": len(rows)}
@@ -152,7 +159,12 @@ def growth(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     added = hi["pairs"] - lo["pairs"]
     out["sum_mb_per_1k_pairs"] = round((hi["sum_peak_mb"] - lo["sum_peak_mb"]) / added * 1000, 3) if added else None
     out["memory_vs_pairs"] = round(out["sum_mem_x"] / pairs_x, 3) if out["sum_mem_x"] else None
-    out["linear"] = cost <= 1.3
+    if len(rows) >= 3:  # the cost of the pairs added between the two largest sizes over that of the two smallest:
+        # start-up costs cancel, so a stage with a fixed start-up cannot hide a per-pair cost that grows
+        s_lo = (rows[1]["seconds"] - rows[0]["seconds"]) / (rows[1]["pairs"] - rows[0]["pairs"])
+        s_hi = (hi["seconds"] - rows[-2]["seconds"]) / (hi["pairs"] - rows[-2]["pairs"])
+        out["marginal_ratio"] = round(s_hi / s_lo, 3) if s_lo > 0 else None
+    out["linear"] = cost <= 1.3 and (out.get("marginal_ratio") or 0.0) <= 1.3
     out["memory_bounded"] = out["memory_vs_pairs"] is not None and out["sum_mem_x"] < pairs_x
     return out
 
@@ -191,32 +203,34 @@ def project(rows: Sequence[dict[str, Any]], cores: Sequence[int] = (16, 64), pai
 def markdown(results: Sequence[dict[str, Any]], summary: dict[str, Any], projection: dict[str, Any]) -> str:
     """The table of every stage at every size, then one summary line per stage and the projection."""
     lines = [
-        "| stage | pairs | wall s | pairs/s/core | core ms/pair | driver peak MB | largest worker MB | sum peak MB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| stage | pairs | wall s | pairs/s/core | core ms/pair | driver peak MB | largest worker MB | sum peak MB "
+        "| of which shared MB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in sorted(results, key=lambda r: (STAGES.index(r["stage"]) if r["stage"] in STAGES else 99, r["pairs"])):
         mark = "" if r["ok"] else " (failed)"
         lines.append(
             f"| {r['stage']}{mark} | {r['pairs']:,} | {r['seconds']:.1f} | {r['pairs_per_s_per_core']:.1f} | "
             f"{r['core_ms_per_pair']:.1f} | {r['driver_peak_mb']:.0f} | {r['worker_peak_mb']:.0f} | "
-            f"{r['sum_peak_mb']:.0f} |"
+            f"{r['sum_peak_mb']:.0f} | {r.get('shm_peak_mb', 0):.0f} |"
         )
     lines += [
         "",
-        "| stage | cost ratio largest/smallest (<= 1.3) | sum peak x (pairs x) | MB per 1k pairs | "
-        "full archive, 16 cores | 64 cores | bound |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| stage | cost ratio largest/smallest (<= 1.3) | marginal ratio | sum peak x (pairs x) | MB per 1k pairs "
+        "| full archive, 16 cores | 64 cores | bound |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for stage in STAGES:
         s, p = summary.get(stage, {}), projection.get(stage, {})
         if not s:
             continue
         ratio = f"{s['cost_ratio']:.2f}" if "cost_ratio" in s else "-"
+        marginal = f"{s['marginal_ratio']:.2f}" if s.get("marginal_ratio") is not None else "-"
         mem = f"{s['sum_mem_x']:.2f} ({s['pairs_x']:.1f})" if s.get("sum_mem_x") else "-"
         per_k = f"{s['sum_mb_per_1k_pairs']:.1f}" if s.get("sum_mb_per_1k_pairs") is not None else "-"
         h16 = f"{p['16_cores_h']:.2f} h" if p.get("16_cores_h") is not None else "-"
         h64 = f"{p['64_cores_h']:.2f} h" if p.get("64_cores_h") is not None else "-"
-        lines.append(f"| {stage} | {ratio} | {mem} | {per_k} | {h16} | {h64} | {BOUNDS.get(stage, '')} |")
+        lines.append(f"| {stage} | {ratio} | {marginal} | {mem} | {per_k} | {h16} | {h64} | {BOUNDS.get(stage, '')} |")
     return "\n".join(lines) + "\n"
 
 
@@ -225,8 +239,9 @@ def summary_line(stage: str, s: dict[str, Any]) -> str:
         return f"{stage}: one size measured, no ratio"
     verdict = "linear" if s["linear"] else "NOT LINEAR"
     mem = "memory grows slower than pairs" if s["memory_bounded"] else "MEMORY GROWS AS FAST AS PAIRS"
+    marginal = f", marginal x{s['marginal_ratio']:.2f}" if s.get("marginal_ratio") is not None else ""
     return (
-        f"{stage}: per-pair cost x{s['cost_ratio']:.2f} over x{s['pairs_x']:.1f} pairs ({verdict}); "
+        f"{stage}: per-pair cost x{s['cost_ratio']:.2f} over x{s['pairs_x']:.1f} pairs{marginal} ({verdict}); "
         f"sum peak RSS x{s['sum_mem_x']:.2f} ({mem})"
     )
 
@@ -273,14 +288,17 @@ def descendants(roots: Sequence[int], table: dict[int, tuple[int, bytes]]) -> se
     return found & set(table) | (set(roots) & set(table))
 
 
-def _status_kb(pid: int, key: str) -> float:
+def _status(pid: int) -> dict[str, float]:
+    """The kB figures of /proc/PID/status (VmRSS:, RssShmem:, ...); empty when the process is gone."""
+    out: dict[str, float] = {}
     try:
         for line in (Path("/proc") / str(pid) / "status").read_text().splitlines():
-            if line.startswith(key):
-                return float(line.split()[1])
-    except (OSError, ValueError, IndexError):
+            parts = line.split()
+            if len(parts) == 3 and parts[2] == "kB":
+                out[parts[0]] = float(parts[1])
+    except (OSError, ValueError):
         pass
-    return 0.0
+    return out
 
 
 class Cluster:
@@ -351,9 +369,8 @@ class Sampler:
 
     def __init__(self, root: int, cluster: Cluster | None, disk: Path | None = None, interval: float = 0.2) -> None:
         self.root, self.cluster, self.interval = root, cluster, interval
-        self.before = set(process_table())  # processes older than the stage: their VmHWM is not the stage's
         self.peaks: dict[int, float] = {}
-        self.sum_mb = 0.0
+        self.sum_mb, self.shm_mb = 0.0, 0.0
         self.free_min = shutil.disk_usage(REPO).free if disk is None else shutil.disk_usage(disk).free
         self.disk = disk
         self._stop = threading.Event()
@@ -377,20 +394,24 @@ class Sampler:
         pids = descendants([self.root], table)
         if self.cluster:
             pids |= self.cluster.pids(table)
-        total = 0.0
+        total, shm = 0.0, 0.0
         for pid in pids:
-            rss = _status_kb(pid, "VmRSS:") / 1024
-            if pid not in self.before:  # born in this stage: its own high-water mark catches what 5 Hz misses
-                rss = max(rss, _status_kb(pid, "VmHWM:") / 1024)
+            status = _status(pid)
+            # a process's own memory: the object store's shared pages it touched are counted once, below
+            rss = (status.get("VmRSS:", 0.0) - status.get("RssShmem:", 0.0)) / 1024
+            shm = max(shm, status.get("RssShmem:", 0.0) / 1024)
             total += rss
             self.peaks[pid] = max(self.peaks.get(pid, 0.0), rss)
+        self.shm_mb = max(self.shm_mb, shm)
+        total += shm
         self.sum_mb = max(self.sum_mb, total)
         if self.disk is not None:  # the least free space seen: what the stage's files took at their peak
             self.free_min = min(self.free_min, shutil.disk_usage(self.disk).free)
 
     def peak(self) -> Peak:
         others = [v for p, v in self.peaks.items() if p != self.root]
-        return Peak(self.peaks.get(self.root, 0.0), max(others, default=0.0), self.sum_mb, len(self.peaks))
+        driver = self.peaks.get(self.root, 0.0)
+        return Peak(driver, max(others, default=0.0), self.sum_mb, len(self.peaks), self.shm_mb)
 
 
 def bigearth(*args: str) -> list[str]:
@@ -583,8 +604,8 @@ def run_size(pairs: int, a: argparse.Namespace, cores: int, log: Path) -> tuple[
             free_min = min(free_min, free)
             print(
                 f"  [{pairs:,}] {name:18s} {r.seconds:8.1f} s  {r.pairs_per_s_per_core:8.1f} pairs/s/core  "
-                f"driver {r.peak.driver_mb:6.0f} MB  worker {r.peak.worker_mb:6.0f} MB  sum {r.peak.sum_mb:6.0f} MB"
-                + ("" if r.ok else f"  FAILED: {r.detail.splitlines()[0]}"),
+                f"driver {r.peak.driver_mb:5.0f} MB  worker {r.peak.worker_mb:5.0f} MB  sum {r.peak.sum_mb:5.0f} MB "
+                f"(shared {r.peak.shm_mb:4.0f} MB)" + ("" if r.ok else f"  FAILED: {r.detail.splitlines()[0]}"),
                 flush=True,
             )
             if not r.ok:

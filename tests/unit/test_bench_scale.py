@@ -57,6 +57,7 @@ def test_growth_linear_and_bounded() -> None:
     g = scale.growth(rows)
     assert g["sizes"] == 3 and g["pairs_x"] == 9.0
     assert g["cost_ratio"] == 1.1  # 99/9000 over 10/1000
+    assert g["marginal_ratio"] == pytest.approx((69 / 6000) / (20 / 2000), abs=1e-3)  # 1.15
     assert g["linear"] and g["memory_bounded"]
     assert g["sum_mem_x"] == 1.5
     assert g["sum_mb_per_1k_pairs"] == 62.5  # 500 MB over 8000 pairs
@@ -69,6 +70,15 @@ def test_growth_flags_superlinear_cost_and_memory() -> None:
     assert g["sum_mem_x"] == 4.0 and not g["memory_bounded"]  # memory grew as fast as the pairs
     assert "NOT LINEAR" in scale.summary_line("ingest_folder", g)
     assert "MEMORY GROWS AS FAST AS PAIRS" in scale.summary_line("ingest_folder", g)
+
+
+def test_a_fixed_start_up_cannot_hide_a_growing_per_pair_cost() -> None:
+    # 60 s of start-up, then 1 ms a pair up to 3000 and 3 ms a pair beyond: the overall ratio looks fine
+    rows = [_row("train", 1000, 61.0, 1.0), _row("train", 3000, 63.0, 1.0), _row("train", 9000, 81.0, 1.0)]
+    g = scale.growth(rows)
+    assert g["cost_ratio"] < 1.3
+    assert g["marginal_ratio"] == 3.0 and not g["linear"]
+    assert "marginal x3.00" in scale.summary_line("train", g)
 
 
 def test_growth_ignores_failed_rows_and_needs_two_sizes() -> None:
@@ -105,7 +115,7 @@ def test_markdown_table_and_summary_rows() -> None:
     body = [x for x in lines[2:] if x.startswith("| ") and "cost ratio" not in x]
     assert body[0].startswith("| synth_packed | 1,000 |")  # the pipeline's order, then by size
     assert any(x.startswith("| serve_startup (failed) | 1,000 |") for x in body)
-    assert "| train | 1.00 | 1.00 (3.0) |" in table  # cost ratio, memory growth (pairs growth)
+    assert "| train | 1.00 | - | 1.00 (3.0) |" in table  # cost ratio, no marginal (2 sizes), memory growth
     assert "serve_startup" not in summary  # no successful size: no summary line
 
 
