@@ -444,7 +444,7 @@ def run_stage(
         if ready_url:
             proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(60)
+                proc.wait(30)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()

@@ -39,7 +39,8 @@ def test_scale_benchmark_runs_every_stage(tmp_path: Path) -> None:
         assert r["seconds"] > 0 and r["driver_peak_mb"] > 50, r  # the command's process was sampled
         assert r["sum_peak_mb"] >= r["driver_peak_mb"]
     assert set(doc["summary"]) == set(wanted) and all("cost_ratio" in s for s in doc["summary"].values())
-    assert all(p["16_cores_h"] > 0 for p in doc["projection_full_archive"].values())
+    for p in doc["projection_full_archive"].values():  # at 40 and 60 pairs the per-pair part may fit as nothing
+        assert p["16_cores_h"] >= p["64_cores_h"] >= 0 and p["fixed_s"] >= 0
     table = out.with_suffix(".md").read_text()
     assert table.count("| train | ") == 3  # two sizes, one summary row
     assert out.with_suffix(".png").stat().st_size > 1000
