@@ -82,6 +82,7 @@ class Peak:
     sum_mb: float = 0.0
     processes: int = 0
     shm_mb: float = 0.0
+    worker: str = ""  # the largest other process's command (a Ray worker's title names its task or actor)
 
 
 @dataclass
@@ -115,6 +116,7 @@ class StageResult:
             "worker_peak_mb": round(self.peak.worker_mb, 1),
             "sum_peak_mb": round(self.peak.sum_mb, 1),
             "shm_peak_mb": round(self.peak.shm_mb, 1),
+            "largest_worker": self.peak.worker,
             "processes": self.peak.processes,
             "ok": self.ok,
             "detail": self.detail,
@@ -371,6 +373,7 @@ class Sampler:
         self.root, self.cluster, self.interval = root, cluster, interval
         self.peaks: dict[int, float] = {}
         self.sum_mb, self.shm_mb = 0.0, 0.0
+        self.titles: dict[int, str] = {}  # what each process was at its peak (Ray names a worker by its task)
         self.free_min = shutil.disk_usage(REPO).free if disk is None else shutil.disk_usage(disk).free
         self.disk = disk
         self._stop = threading.Event()
@@ -401,7 +404,9 @@ class Sampler:
             rss = (status.get("VmRSS:", 0.0) - status.get("RssShmem:", 0.0)) / 1024
             shm = max(shm, status.get("RssShmem:", 0.0) / 1024)
             total += rss
-            self.peaks[pid] = max(self.peaks.get(pid, 0.0), rss)
+            if rss > self.peaks.get(pid, 0.0):
+                self.peaks[pid] = rss
+                self.titles[pid] = table[pid][1].split(b"\0")[0].decode(errors="replace")[:60] if pid in table else ""
         self.shm_mb = max(self.shm_mb, shm)
         total += shm
         self.sum_mb = max(self.sum_mb, total)
@@ -409,9 +414,12 @@ class Sampler:
             self.free_min = min(self.free_min, shutil.disk_usage(self.disk).free)
 
     def peak(self) -> Peak:
-        others = [v for p, v in self.peaks.items() if p != self.root]
+        others = {p: v for p, v in self.peaks.items() if p != self.root}
+        top = max(others, key=lambda p: others[p], default=None)
         driver = self.peaks.get(self.root, 0.0)
-        return Peak(driver, max(others, default=0.0), self.sum_mb, len(self.peaks), self.shm_mb)
+        worker = others[top] if top is not None else 0.0
+        title = self.titles.get(top, "") if top is not None else ""
+        return Peak(driver, worker, self.sum_mb, len(self.peaks), self.shm_mb, title)
 
 
 def bigearth(*args: str) -> list[str]:
@@ -693,7 +701,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    log = out.with_suffix(".log")
+    log = work / "scale.log"  # every command's output (kept with the scratch, not beside the results)
     log.write_text("")
     cores = a.cores
     print(f"bench/scale.py: sizes {sizes}, {cores} cores, work {work}, commands' output in {log}", flush=True)
