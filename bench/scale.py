@@ -147,7 +147,8 @@ def growth(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """One stage's rows (one per size): per-pair cost largest/smallest (`cost_ratio`) and, with three sizes or
     more, the marginal cost of the pairs added at the top over those added at the bottom (`marginal_ratio`); linear
     when both are <= 1.3. Peak memory growth against pairs (`memory_vs_pairs`: the sum-of-all peak's growth factor
-    over the pairs' growth factor; < 1 grows slower)."""
+    over the pairs' growth factor), and each peak (driver, largest worker, sum) carried to the full archive by a
+    least-squares line (`*_mb_at_full`); `memory_bounded` when none of them more than doubles from the largest size."""
     rows = sorted((r for r in rows if r["ok"]), key=lambda r: r["pairs"])
     if len(rows) < 2:
         return {"sizes": len(rows)}
@@ -167,7 +168,17 @@ def growth(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
         s_hi = (hi["seconds"] - rows[-2]["seconds"]) / (hi["pairs"] - rows[-2]["pairs"])
         out["marginal_ratio"] = round(s_hi / s_lo, 3) if s_lo > 0 else None
     out["linear"] = cost <= 1.3 and (out.get("marginal_ratio") or 0.0) <= 1.3
-    out["memory_bounded"] = out["memory_vs_pairs"] is not None and out["sum_mem_x"] < pairs_x
+    # memory: each peak fitted as a fixed part plus a per-pair part, carried to the full archive; bounded when none
+    # of them would more than double from the largest size measured (a fixed start-up cannot hide a per-pair part)
+    grows = []
+    for key in ("driver_peak_mb", "worker_peak_mb", "sum_peak_mb"):
+        base, slope = fit([(r["pairs"], r[key]) for r in rows])
+        at_full = base + max(slope, 0.0) * FULL_PAIRS
+        out[key.replace("_peak_mb", "_mb_at_full")] = round(at_full, 1)
+        if at_full > 2 * hi[key]:
+            grows.append(f"{key.split('_')[0]} {at_full / 1024:.1f} GB")
+    out["memory_bounded"] = not grows
+    out["memory_grows"] = ", ".join(grows)
     return out
 
 
@@ -240,7 +251,7 @@ def summary_line(stage: str, s: dict[str, Any]) -> str:
     if "cost_ratio" not in s:
         return f"{stage}: one size measured, no ratio"
     verdict = "linear" if s["linear"] else "NOT LINEAR"
-    mem = "memory grows slower than pairs" if s["memory_bounded"] else "MEMORY GROWS AS FAST AS PAIRS"
+    mem = "memory bounded" if s["memory_bounded"] else f"MEMORY GROWS: {s['memory_grows']} at {FULL_PAIRS:,} pairs"
     marginal = f", marginal x{s['marginal_ratio']:.2f}" if s.get("marginal_ratio") is not None else ""
     return (
         f"{stage}: per-pair cost x{s['cost_ratio']:.2f} over x{s['pairs_x']:.1f} pairs{marginal} ({verdict}); "
