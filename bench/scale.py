@@ -10,9 +10,11 @@ and `bigearth serve` with the index until GET /readyz answers 200. Every stage's
 processes (Ray workers, staging tasks, the raylet) are sampled at about 5 Hz: wall time, pairs/s/core, the driver's
 peak RSS, the largest single other process's peak and the peak of the sum of all of them (each process without the
 shared memory it maps; Ray's object store counted once, also reported alone). Then per stage: the per-pair cost at
-the largest size over the smallest (target <= 1.3) and how peak memory grew against the pairs, a Markdown table
-(OUT with .md), a plot of per-pair cost per stage against size (OUT with .png) and a projection of the full archive
-(549,488 pairs) on 16 and 64 cores. Sizes that would not fit on the work folder's disk are refused before any runs.
+the largest size over the smallest and, with three sizes, the marginal cost ratio (both target <= 1.3), each memory
+peak carried to the full archive (549,488 pairs) along a fitted line, a Markdown table (OUT with .md), a plot of
+per-pair cost per stage against size (OUT with .png) and a projection of the full archive on 16 and 64 cores. A line
+per stage reports progress; the commands' output goes to WORK/scale.log. Sizes that would not fit on the work
+folder's disk are refused before any runs (each size's measured bytes per pair checks the next).
 """
 
 from __future__ import annotations
