@@ -114,15 +114,15 @@ def one(obj: str, folder: Path, work: Path) -> dict[str, Any]:
     if obj == "plan":
         cat = _catalogue(folder)
         with Measure() as m:
-            plans = bigearth.ingest.job.plan_shards(cat, 1000)
+            plans = bigearth.ingest.job.plan_shards(cat.pairs, 1000)
         return m.record(pairs=len(cat), shards=len(plans))
     if obj == "manifest":
         from bigearth.core.storage import open_fs
         from bigearth.shards.format import Manifest, ShardEntry
 
         cat = _catalogue(folder)
-        plans = bigearth.ingest.job.plan_shards(cat, 1000)
-        shards = [(p.path, p.split, len(p.rows)) for p in plans]
+        plans = bigearth.ingest.job.plan_shards(cat.pairs, 1000)
+        shards = [(p.path, p.split, p.pairs.num_rows) for p in plans]
         del plans
         out = work / "manifest"
         out.mkdir(exist_ok=True)
