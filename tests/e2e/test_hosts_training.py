@@ -60,6 +60,9 @@ def test_two_workers_on_two_hosts_train_to_the_end(shards_v2: Path, tmp_path: Pa
         overrides = ("optim.epochs=2", "scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD")
         r = c.run(0, _train(c, shards_v2, storage, "two-hosts", *overrides, "data.batch_size=16"), timeout=300)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
+    # each worker bound its collectives to the interface of its host's own address (not loopback)
+    for h in c.hosts:
+        assert f"node {h.address}: collectives on {c.tag}i{h.index} " in r.stdout + r.stderr
     history = _history(storage / "two-hosts")
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)  # one worker on each host

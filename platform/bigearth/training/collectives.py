@@ -4,18 +4,16 @@ on separate hosts reach each other even where a hostname resolves to loopback.""
 
 from __future__ import annotations
 
-import logging
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from ray.train.torch.config import TorchConfig, _TorchBackend
 
-log = logging.getLogger(__name__)
-
 
 def bind_collectives() -> str:
-    """In a worker, before `init_process_group`: set the backend variables (`netif.choose`); what was chosen."""
+    """In a worker, before `init_process_group`: set the backend variables (`netif.choose`); what was chosen (also
+    printed: the worker's output reaches the driver's)."""
     import ray
 
     from bigearth.execution import netif
@@ -23,13 +21,13 @@ def bind_collectives() -> str:
     address = ray.util.get_node_ip_address()
     choice = netif.choose(address, netif.interfaces(), os.environ)
     os.environ.update(choice.env)
-    return f"{address}: {choice.reason}"
+    print(f"node {address}: {choice.reason}", flush=True)
+    return choice.reason
 
 
 class _Backend(_TorchBackend):  # type: ignore[misc]
     def on_start(self, worker_group: Any, backend_config: Any) -> None:
-        for rank, reason in enumerate(worker_group.execute(bind_collectives)):
-            log.info("worker %d on %s", rank, reason)
+        worker_group.execute(bind_collectives)
         super().on_start(worker_group, backend_config)
 
 
