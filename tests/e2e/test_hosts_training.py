@@ -5,6 +5,7 @@ survives a worker host whose link is cut, or whose processes are killed, mid-run
 from __future__ import annotations
 
 import json
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -124,10 +125,11 @@ def test_a_lost_worker_host_mid_run_resumes_on_the_hosts_left(fault: str, shards
                 driver.kill()
         output = log.read_text()
     assert driver.returncode == 0, output[-6000:]
-    # the worker group started again after the fault (each worker prints the interface it binds), and not on the
-    # lost host
-    assert output.count(": collectives on ") >= 4, output[-6000:]
-    assert output.count(f"node {lost}: collectives on ") == 1, output[-6000:]
+    # the worker group started again after the fault (each worker process prints its node and the interface it
+    # binds, Ray prefixes its pid), and not on the lost host
+    workers = set(re.findall(r"RayTrainWorker pid=(\d+)\b.*?node ([\d.]+): collectives on ", output))
+    assert len(workers) >= 4, output[-6000:]
+    assert [ip for _, ip in workers].count(lost) == 1, workers
     history = _history(run)
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)), history  # each epoch once
     assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)
