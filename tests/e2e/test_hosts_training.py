@@ -133,5 +133,5 @@ def test_a_lost_worker_host_mid_run_resumes_on_the_hosts_left(fault: str, shards
     history = _history(run)
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)), history  # each epoch once
     assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)
-    result = json.loads([line for line in output.splitlines() if line.startswith('{"run"')][-1])
+    result = json.loads(re.findall(r'^.*?(\{"run": .*\})\s*$', output, re.M)[-1])  # after progress bars' escapes
     assert result["metrics"]["epoch"] == EPOCHS
