@@ -120,6 +120,7 @@ def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOp
     from ray.train.torch import TorchTrainer
 
     from bigearth.input.loader import open_row_groups
+    from bigearth.training.collectives import CollectiveConfig
     from bigearth.training.raytrain import train_loop_per_worker
 
     # The plan (one row per Parquet row group) goes to every worker whole: each takes its share per epoch
@@ -137,6 +138,7 @@ def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOp
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config=config,
+        torch_config=CollectiveConfig(),  # Gloo/NCCL on the interface of each node's Ray address
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.scaling.num_workers,
             use_gpu=cfg.scaling.use_gpu,

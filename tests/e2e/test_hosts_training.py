@@ -1,0 +1,137 @@
+"""Training on separate hosts (tests/hosts.py: every Ray node in its own network namespace with its own address, its
+hostname resolving to loopback): data-parallel workers on two hosts train to the end, and a run on three hosts
+survives a worker host whose link is cut, or whose processes are killed, mid-run."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from hosts import HostCluster, skip_reason
+from raycluster import matching
+
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))]
+
+TINY = "configs/tiny-cpu.yaml"
+
+
+def _history(run: Path) -> list[dict]:  # type: ignore[type-arg]
+    path = run / "metrics.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _train(c: HostCluster, data: Path, storage: Path, name: str, *overrides: str) -> list[str]:
+    """`jobs/train.py` as run on the head's host, attached to the cluster."""
+    sets = [a for o in overrides for a in ("--set", o)]
+    return [
+        "env",
+        f"RAY_ADDRESS={c.address}",
+        "RAY_DEDUP_LOGS=0",  # every worker's lines in the driver's output, even when two print the same
+        sys.executable,
+        "jobs/train.py",
+        "--config",
+        TINY,
+        "--data",
+        str(data),
+        "--storage",
+        str(storage),
+        "--name",
+        name,
+        *sets,
+    ]
+
+
+def test_two_workers_on_two_hosts_train_to_the_end(shards_v2: Path, tmp_path: Path) -> None:
+    storage = tmp_path / "runs"
+    with HostCluster(nodes=2, cpus=1) as c:
+        overrides = ("optim.epochs=2", "scaling.num_workers=2", "scaling.placement_strategy=STRICT_SPREAD")
+        r = c.run(0, _train(c, shards_v2, storage, "two-hosts", *overrides, "data.batch_size=16"), timeout=300)
+    assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-4000:])
+    # each worker bound its collectives to the interface of its host's own address (not loopback)
+    for h in c.hosts:
+        assert f"node {h.address}: collectives on {c.tag}i{h.index} " in r.stdout + r.stderr
+    history = _history(storage / "two-hosts")
+    assert [h["epoch"] for h in history] == [1, 2]
+    assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)  # one worker on each host
+
+
+def _registered_epoch(run: Path) -> int | None:
+    """The epoch of the checkpoint Ray Train has registered for the run (what a restarted worker group resumes
+    from), or None before the first."""
+    try:
+        snapshot = json.loads((run / "checkpoint_manager_snapshot.json").read_text())
+        name = snapshot["latest_checkpoint_result"]["checkpoint_dir_name"]
+        return int(json.loads((run / name / "meta.json").read_text())["metrics"]["epoch"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _worker_host(c: HostCluster) -> int:
+    """A host other than the head's that runs a Ray Train worker."""
+    for i in range(1, c.nodes):
+        if matching(c.pids(i), "RayTrainWorker"):
+            return i
+    raise AssertionError("no Ray Train worker on a host other than the head's")
+
+
+EPOCHS = 4
+
+
+@pytest.mark.parametrize("fault", ["cut", "kill"])
+def test_a_lost_worker_host_mid_run_resumes_on_the_hosts_left(fault: str, shards_v2: Path, tmp_path: Path) -> None:
+    """Three hosts of one CPU, two workers (one per host, any two): a worker host other than the driver's loses
+    its link (`cut`: its packets dropped, no reset) or its processes (`kill`) right after the first checkpoint.
+    Ray counts the node dead (the harness: 10 s), the worker group restarts on the two hosts left from that
+    checkpoint, and the run finishes with every epoch once."""
+    storage, name = tmp_path / "runs", f"lost-{fault}"
+    run = storage / name
+    log = tmp_path / "driver.log"
+    overrides = (
+        f"optim.epochs={EPOCHS}",
+        "scaling.num_workers=2",
+        "scaling.placement_strategy=STRICT_SPREAD",
+        "data.batch_size=4",  # more steps per epoch: the fault lands inside one, not after the run
+        "run.patience=10",
+    )
+    with HostCluster(nodes=3, cpus=1) as c:
+        driver = c.popen(0, _train(c, shards_v2, storage, name, *overrides), log)
+        try:
+            _wait(lambda: _registered_epoch(run) is not None or driver.poll() is not None, 240, "a checkpoint")
+            assert driver.poll() is None, log.read_text()[-4000:]
+            host = _worker_host(c)
+            lost = c.hosts[host].address
+            c.cut(host) if fault == "cut" else c.kill(host)
+            # the fault landed while the run was running: the run resumes from a checkpoint before the last epoch
+            at_fault = _registered_epoch(run)
+            assert driver.poll() is None and at_fault is not None and at_fault < EPOCHS
+            driver.wait(timeout=420)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+        output = log.read_text()
+    assert driver.returncode == 0, output[-6000:]
+    # the worker group started again after the fault (each worker process prints its node and the interface it
+    # binds, Ray prefixes its pid), and not on the lost host
+    workers = set(re.findall(r"RayTrainWorker pid=(\d+)\b.*?node ([\d.]+): collectives on ", output))
+    assert len(workers) >= 4, output[-6000:]
+    assert [ip for _, ip in workers].count(lost) == 1, workers
+    history = _history(run)
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)), history  # each epoch once
+    assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)
+    result = json.loads(re.findall(r'^.*?(\{"run": .*\})\s*$', output, re.M)[-1])  # after progress bars' escapes
+    assert result["metrics"]["epoch"] == EPOCHS
