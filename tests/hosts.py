@@ -8,7 +8,10 @@ own address, joined by veth pairs to a bridge (a switch) in the root namespace, 
 
 Only addresses of the namespaces made here are used (a private /24 no interface of this machine holds); nothing else on
 any network is contacted. Files are shared (one filesystem, as a cluster's shared volume). The hostname of every host
-resolves to a loopback address (/etc/hosts), as on many Debian machines: what a multi-host run must cope with.
+resolves to a loopback address (/etc/hosts), as on many Debian machines: what a multi-host run must cope with. Each
+host has its own process table too (a PID namespace with its own /proc, held by a `sleep` as its init): Ray finds
+the local raylet by scanning the processes, so a driver on a host attaches through that host's node, as on a
+real machine, not through the head's.
 
 Needs root and iproute2 (`ip netns`); `skip_reason()` says why the harness cannot run where it cannot.
 """
@@ -61,12 +64,39 @@ def _free_subnet() -> str:
     raise RuntimeError("no free 10.213.x.0/24 subnet")
 
 
+def _parent(pid: int) -> int:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def _start_init(netns: str) -> int:
+    """A `sleep` as the first process of a new PID namespace (with its own /proc) in `netns`; its pid here."""
+    unshare = subprocess.Popen(
+        ["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--mount", "--mount-proc", "sleep", "infinity"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        for proc in Path("/proc").iterdir():
+            if proc.name.isdigit() and _parent(int(proc.name)) == unshare.pid:
+                return int(proc.name)
+        time.sleep(0.05)
+    unshare.kill()
+    raise RuntimeError(f"the init of host {netns} did not start")
+
+
 @dataclass
 class Host:
     index: int
     netns: str
     address: str
     link: str  # the veth end on the switch (root namespace): cutting it is pulling the host's cable
+    init: int = 0  # pid (here) of the host's init: the first process of its PID namespace
 
 
 class HostCluster:
@@ -131,6 +161,7 @@ class HostCluster:
             _ip("-n", h.netns, "addr", "add", f"{h.address}/24", "dev", inner)
             _ip("-n", h.netns, "link", "set", inner, "up")
             _ip("-n", h.netns, "link", "set", "lo", "up")
+            h.init = _start_init(h.netns)
 
     def cut(self, i: int) -> None:
         """Host i's link down: its packets go nowhere, its connections hang (no reset), as a pulled cable or a dead
@@ -141,9 +172,10 @@ class HostCluster:
         _ip("link", "set", self.hosts[i].link, "up")
 
     def pids(self, i: int) -> list[int]:
-        """Processes running on host i (in its namespace)."""
+        """Processes running on host i (in its namespace), but its init."""
         out = _ip("netns", "pids", self.hosts[i].netns, check=False).stdout
-        return [int(p) for p in out.split()]
+        unshare = _parent(self.hosts[i].init)
+        return [int(p) for p in out.split() if int(p) not in (self.hosts[i].init, unshare)]
 
     def kill(self, i: int) -> None:
         """SIGKILL every process of host i (a machine that died), until none is left."""
@@ -158,7 +190,8 @@ class HostCluster:
 
     # -- commands on a host
     def command(self, i: int, args: Sequence[str]) -> list[str]:
-        return ["ip", "netns", "exec", self.hosts[i].netns, *args]
+        """`args` as run on host i: in its network, PID and mount (its /proc) namespaces."""
+        return ["nsenter", f"--target={self.hosts[i].init}", "--net", "--pid", "--mount", *args]
 
     def run(self, i: int, args: Sequence[str], timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:
         """A command on host i, waited for; output captured."""
@@ -238,9 +271,12 @@ class HostCluster:
         return self
 
     def stop(self) -> None:
-        for i in range(len(self.hosts)):
-            if self.hosts[i].netns in self._made:
+        for i, h in enumerate(self.hosts):
+            if h.netns in self._made:
                 self.kill(i)
+                if h.init:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(h.init, signal.SIGKILL)  # its PID namespace goes with it
         for name in reversed(self._made):
             if name == self.bridge:
                 _ip("link", "del", name, check=False)

@@ -16,6 +16,7 @@ ray.init(address='{address}', log_to_driver=False)
 def where():
     import time; time.sleep(1)
     return ray.util.get_node_ip_address(), socket.gethostbyname(socket.gethostname())
+print(ray.util.get_node_ip_address())  # the node this driver attached through
 print(sorted(set(ray.get([where.remote() for _ in range(4)]))))
 """
 
@@ -26,6 +27,8 @@ def test_nodes_are_hosts_with_their_own_addresses_and_a_cut_link_is_a_dead_node(
         assert head != worker and not head.startswith("127.")
         r = c.python(1, SPREAD.format(address=c.address))
         assert r.returncode == 0, r.stderr[-2000:]
+        # the driver attached through its own host's node (each host has its own process table), not the head's
+        assert r.stdout.strip().splitlines()[-2] == worker
         # each task ran on its own host, whose hostname resolves to loopback (the case collectives must survive)
         assert r.stdout.strip().splitlines()[-1] == repr(sorted([(head, "127.0.0.1"), (worker, "127.0.0.1")]))
         c.cut(1)

@@ -19,6 +19,9 @@ from bigearth.serving.metrics import MetricsHub
 __all__ = ["AppArgs", "MetricsHub", "build"]
 
 
+HEAD_NODE_RESOURCE = "node:__internal_head__"  # Ray's resource of the head node (ray._common.constants)
+
+
 def build(args: AppArgs) -> Any:
     """The application: `Ingress(Classifier, Retriever)` with replicas, batching and resources from `args`."""
     from ray import serve
@@ -49,13 +52,18 @@ def build(args: AppArgs) -> Any:
     from bigearth.serving.ingress import make_ingress
 
     ingress_cls = make_ingress(serve)
-    metrics = serve.deployment(
-        name="Metrics", num_replicas=1, max_ongoing_requests=1000, ray_actor_options={"num_cpus": 0}
-    )(MetricsHub).bind()
+    # The HTTP front (no CPU of its own) beside Serve's controller on the head: a request in flight to an Ingress on
+    # a worker node whose link is cut hangs (measured on separate hosts) until Ray gives the connection up.
+    front: dict[str, Any] = {"num_cpus": 0}
+    if args.ingress_on_head:
+        front["resources"] = {HEAD_NODE_RESOURCE: 0.001}
+    metrics = serve.deployment(name="Metrics", num_replicas=1, max_ongoing_requests=1000, ray_actor_options=front)(
+        MetricsHub
+    ).bind()
     ingress = serve.deployment(
         name="Ingress",
         num_replicas=args.ingress_replicas,
         max_ongoing_requests=args.max_ongoing_requests * 2,
-        ray_actor_options={"num_cpus": 0},
+        ray_actor_options=front,
     )(ingress_cls)
     return ingress.bind(classifier, retriever, metrics, args.model_dump())

@@ -85,6 +85,9 @@ class AppArgs(BaseModel):
     gpus_per_classifier: float = Field(0, ge=0, description="1 on a GPU cluster")
     replica_cpus: float = Field(1.0, ge=0, description="CPUs reserved per classifier replica")
     ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas (/metrics covers all of them)")
+    ingress_on_head: bool = Field(
+        True, description="Ingress and Metrics replicas on the head node: a lost worker node never takes them along"
+    )
     retriever_replicas: int = Field(1, ge=1, description="keep 1 for the embedded engine (one process per folder)")
     max_ongoing_requests: int = Field(128, ge=1, description="per replica; must exceed max_batch_size to batch")
     api_keys_file: str | None = Field(
