@@ -177,3 +177,21 @@ def test_every_reader_asks_the_shard_set(shards_v2: Path) -> None:
         with pytest.raises(ShardFormatError) as e:
             ask()
         assert str(e.value).startswith(no_43)
+
+
+def test_two_writers_of_one_shard_never_interleave(tmp_path: Path) -> None:
+    """A shard task run again while its first copy (a node cut off from the cluster, not from the volume) still
+    writes: the file that ends at the shard's path is one writer's whole, and nothing is there before a close."""
+    fs, root = open_fs(str(tmp_path))
+    path = f"{root}/part-00000.parquet"
+    first, again = ShardWriter(fs, path), ShardWriter(fs, path)
+    for i in range(ROW_GROUP_PAIRS + 3):  # interleaved, a row group each flushed on the way
+        first.write(_row(f"first-{i:04d}", "train", None))
+        again.write(_row(f"again-{i:04d}", "train", None))
+    assert not (tmp_path / "part-00000.parquet").exists()
+    again.close()
+    first.write(_row("first-late", "train", None))
+    first.close()
+    ids = pq.read_table(path, columns=["patch_id"])["patch_id"].to_pylist()
+    assert ids == [f"first-{i:04d}" for i in range(ROW_GROUP_PAIRS + 3)] + ["first-late"]  # the last to close, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet"]  # no temporary left

@@ -41,6 +41,12 @@ def is_temp_name(name: str) -> bool:
     return name.startswith(".") and name.endswith(TEMP_SUFFIX)
 
 
+def temp_name(path: str) -> str:
+    """A temporary name beside `path`, unique to this writer (`is_temp_name`)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f".{name}.{os.getpid()}-{secrets.token_hex(4)}{TEMP_SUFFIX}")
+
+
 def write_bytes_atomic(fs: AbstractFileSystem | None, path: str, data: bytes) -> None:
     """Write `data` to `path` whole: temporary name, fsync, rename (local; `fs=None` means local), or one PUT."""
     if not is_local(fs):

@@ -100,6 +100,7 @@ def refuse_foreign_output(fs: Any, root: str, url: str) -> None:
             continue
         path = join(root, name)
         inside = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(path, detail=False)] if fs.isdir(path) else None
+        inside = None if inside is None else [p for p in inside if not is_temp_name(p)]  # a killed writer's
         if inside is None or not all(p.startswith("part-") and p.endswith(".parquet") for p in inside):
             raise IngestError(
                 f"--overwrite: {url} holds {name!r}, which bigearth ingest does not write: nothing deleted; "

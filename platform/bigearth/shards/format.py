@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from fsspec import AbstractFileSystem
 
 from bigearth.core.bands import ALL_BANDS
-from bigearth.core.records import RecordError, read_json, write_bytes_atomic
+from bigearth.core.records import RecordError, is_local, read_json, temp_name, write_bytes_atomic
 from bigearth.core.storage import join
 
 FORMAT_VERSION = "2"
@@ -78,7 +78,11 @@ class ShardFormatError(ValueError):
 
 
 class ShardWriter:
-    """Streams rows into one Parquet shard, a row group at a time."""
+    """Streams rows into one Parquet shard, a row group at a time. On a local or shared filesystem it writes a
+    temporary name and renames it at `close`, so two writers of one shard (a task run again while the first copy,
+    on a node cut off from the cluster but not from the volume, still writes) never interleave their bytes: each
+    file there is one writer's whole. On object storage an object is one writer's whole by itself (its upload
+    completes at close)."""
 
     def __init__(
         self, fs: AbstractFileSystem, path: str, compression: str = DEFAULT_COMPRESSION, reference_maps: bool = False
@@ -93,7 +97,9 @@ class ShardWriter:
         schema = schema.with_metadata({**SHARD_SCHEMA.metadata, **extra})
         self.reference_maps = reference_maps
         self.reference_map_missing: list[str] = []  # patch ids written without one (the archive has none)
-        self._file = fs.open(path, "wb")
+        self._fs, self._path = fs, path
+        self._temp = temp_name(path) if is_local(fs) else path
+        self._file = fs.open(self._temp, "wb")
         self._writer = pq.ParquetWriter(
             self._file,
             schema,
@@ -124,6 +130,8 @@ class ShardWriter:
         self._flush()
         self._writer.close()
         self._file.close()
+        if self._temp != self._path:
+            self._fs.mv(self._temp, self._path)  # a rename: the shard appears whole
 
 
 @dataclass(frozen=True)
