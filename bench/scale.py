@@ -24,6 +24,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import signal
 import socket
@@ -364,8 +365,9 @@ class Cluster:
         return self
 
     def pids(self, table: dict[int, tuple[int, bytes]]) -> set[int]:
-        marks = (self.tmp.encode(), f":{self.port}".encode())
-        return descendants([p for p, (_, cmd) in table.items() if any(m in cmd for m in marks)], table)
+        port = re.compile(rb":%d(?!\d)" % self.port)  # this port, not one it is a prefix of (another cluster's)
+        mine = [p for p, (_, cmd) in table.items() if self.tmp.encode() in cmd or port.search(cmd)]
+        return descendants(mine, table)
 
     def stop(self) -> None:
         for _ in range(20):

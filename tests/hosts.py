@@ -47,6 +47,9 @@ def skip_reason() -> str | None:
         return "separate hosts need root (ip netns)"
     if shutil.which("ip") is None:
         return "separate hosts need iproute2 (`ip`)"
+    for tool in ("unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            return f"separate hosts need util-linux's `{tool}` (a process table per host)"
     name = f"bprobe{os.getpid() % 100000}"
     made = _ip("netns", "add", name, check=False)
     if made.returncode != 0:
@@ -179,7 +182,7 @@ class HostCluster:
 
     def kill(self, i: int) -> None:
         """SIGKILL every process of host i (a machine that died), until none is left."""
-        for _ in range(20):
+        for _ in range(40):
             pids = self.pids(i)
             if not pids:
                 return
@@ -187,6 +190,7 @@ class HostCluster:
                 with contextlib.suppress(ProcessLookupError):
                     os.kill(pid, signal.SIGKILL)
             time.sleep(0.5)
+        raise RuntimeError(f"host {self.hosts[i].address} still runs {self.pids(i)} after 20 s of SIGKILL")
 
     # -- commands on a host
     def command(self, i: int, args: Sequence[str]) -> list[str]:
@@ -273,7 +277,8 @@ class HostCluster:
     def stop(self) -> None:
         for i, h in enumerate(self.hosts):
             if h.netns in self._made:
-                self.kill(i)
+                with contextlib.suppress(RuntimeError):  # its init's death below takes the rest along
+                    self.kill(i)
                 if h.init:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(h.init, signal.SIGKILL)  # its PID namespace goes with it

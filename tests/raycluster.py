@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import signal
 import socket
@@ -199,9 +200,10 @@ class LocalCluster:
     def pids(self) -> list[int]:
         """Processes of this cluster: those naming its temp dir or its GCS port, and all their descendants (the
         agents rename themselves `ray::DashboardAgent`, so only their parentage gives them away)."""
-        marks = (self.tmp.encode(), f":{self.gcs_port}".encode(), f"--gcs-address={self.address}".encode())
+        port = re.compile(rb":%d(?!\d)" % self.gcs_port)  # this port, not one it is a prefix of (another cluster's)
         table = process_table()
-        return descendants([pid for pid, (_, cmd) in table.items() if any(m in cmd for m in marks)], table)
+        mine = [pid for pid, (_, cmd) in table.items() if self.tmp.encode() in cmd or port.search(cmd)]
+        return descendants(mine, table)
 
     def processes(self, *needles: str) -> list[int]:
         """The processes of this cluster whose command line holds every one of `needles`."""

@@ -328,8 +328,7 @@ def test_commands_attached_to_a_cluster_whose_heads_link_is_cut_stop_naming_it(
             _wait(lambda: "serving on" in _tail(serve_log), 300, "the service", serve, serve_log)
             ingest = _bigearth(c, 1, _ingest_args(synth_v2, out, "--concurrency", "1"), ingest_log)
             procs["ingest"] = (ingest, ingest_log)
-            # attached, its dataset started (its tasks wait here: a driver off the head attaches through the head's
-            # raylet, which Ray picks among the raylets it sees in the hosts' shared process table)
+            # attached, its dataset started: the cut comes while it runs
             _wait(lambda: "Starting execution of Dataset" in _tail(ingest_log), 240, "the shards", ingest, ingest_log)
             c.cut(0)
             cut = time.monotonic()

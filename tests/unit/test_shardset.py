@@ -181,7 +181,8 @@ def test_every_reader_asks_the_shard_set(shards_v2: Path) -> None:
 
 def test_two_writers_of_one_shard_never_interleave(tmp_path: Path) -> None:
     """A shard task run again while its first copy (a node cut off from the cluster, not from the volume) still
-    writes: the file that ends at the shard's path is one writer's whole, and nothing is there before a close."""
+    writes: the file at the shard's path is one writer's whole, nothing is there before a close, and a writer that
+    gives up (its task failed, or the other copy finished first) leaves neither its rows nor a temporary."""
     fs, root = open_fs(str(tmp_path))
     path = f"{root}/part-00000.parquet"
     first, again = ShardWriter(fs, path), ShardWriter(fs, path)
@@ -191,7 +192,12 @@ def test_two_writers_of_one_shard_never_interleave(tmp_path: Path) -> None:
     assert not (tmp_path / "part-00000.parquet").exists()
     again.close()
     first.write(_row("first-late", "train", None))
-    first.close()
+    first.abort()
     ids = pq.read_table(path, columns=["patch_id"])["patch_id"].to_pylist()
-    assert ids == [f"first-{i:04d}" for i in range(ROW_GROUP_PAIRS + 3)] + ["first-late"]  # the last to close, whole
+    assert ids == [f"again-{i:04d}" for i in range(ROW_GROUP_PAIRS + 3)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet"]  # no temporary left
+    late = ShardWriter(fs, path)  # a writer that finishes replaces the file whole (a shard rewritten on resume)
+    late.write(_row("late", "train", None))
+    late.close()
+    assert pq.read_table(path, columns=["patch_id"])["patch_id"].to_pylist() == ["late"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["part-00000.parquet"]

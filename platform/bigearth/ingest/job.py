@@ -19,6 +19,7 @@ read their pairs' files from the buckets instead of the archive. Storage faults 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -38,7 +39,7 @@ from bigearth.archive.presence import Presence, find_present, missing_pairs
 from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
 from bigearth.archive.staging import StagedSource, download_problems, shard_entries
 from bigearth.core.outputlock import LOCK_FILE, OutputLock
-from bigearth.core.records import RecordError, is_temp_name, read_json, write_json_atomic
+from bigearth.core.records import RecordError, is_local, is_temp_name, read_json, write_json_atomic
 from bigearth.core.storage import BlobReader, StorageOptions, join, open_fs
 from bigearth.execution.executors import Executor, Resources, default_executor
 from bigearth.ingest.downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
@@ -190,8 +191,14 @@ def ingest_shard(
                 blobs = pending.result() if pending else {}
                 pending = prefetch.submit(fetch_pairs, reader, lay, batches[k + 1]) if k + 1 < len(batches) else None
                 _consume(batch, read_pairs(reader, lay, batch, include_no_19, blobs), writer, quarantined, excluded)
-    finally:
-        writer.close()
+    except BaseException:
+        writer.abort()  # nothing of a failed task reaches the shard's path
+        raise
+    finished = read_report(out_fs, report_path)
+    if finished is not None:  # another copy of this task (run again while this one was cut off) finished first
+        writer.abort()
+        return finished
+    writer.close()
     report = {
         "reference_map_missing": writer.reference_map_missing,
         "path": plan.path,
@@ -235,7 +242,7 @@ def _from_staged(
             results = read_pairs(reader, lay, batch, include_no_19, source.fetch(lay, batch))
             _consume(batch, results, writer, quarantined, excluded)
     except BaseException:
-        writer.close()
+        writer.abort()
         raise
 
 
@@ -393,8 +400,10 @@ def ingest(
             }
         if cat.layout.downloads:
             manifest.source["downloads"] = downloads_summary(records, out_fs, out_root)
+        lock.verify()  # again: the lists above take a while on a large quarantine
         manifest.save(out_fs, out_root)  # last: the shard set is whole once it exists
         pq.write_table(cat.excluded, join(out_root, STATE_DIR, "excluded.parquet"), filesystem=out_fs)
+        _remove_temporaries(out_fs, out_root)
         print(
             f"ingest: wrote {manifest.pairs:,} pairs {manifest.splits} in {len(manifest.shards)} shards to {out}; "
             f"quarantined {manifest.quarantined_pairs:,} {manifest.quarantine_kinds} (listed in {QUARANTINE}); "
@@ -502,6 +511,19 @@ def _merged(absent: Iterator[pa.Table], read: pa.Table) -> Iterator[pa.Table]:
         yield pa.concat_tables([chunk, read.slice(at, upto - at)]).sort_by("patch_id")
         at = upto
     yield read.slice(at)
+
+
+def _remove_temporaries(fs: Any, root: str) -> None:
+    """Delete what killed shard writers left in the split folders (their temporary names: `ShardWriter`); every
+    shard is finished once the manifest exists, so none of them is still wanted."""
+    if not is_local(fs):
+        return  # object storage has no temporaries: an upload that never completed left nothing
+    for folder in fs.ls(root, detail=False):
+        if fs.isdir(folder) and folder.rstrip("/").rsplit("/", 1)[-1] != STATE_DIR:
+            for entry in fs.ls(folder, detail=False):
+                if is_temp_name(entry.rstrip("/").rsplit("/", 1)[-1]):
+                    with contextlib.suppress(FileNotFoundError):
+                        fs.rm_file(entry)
 
 
 def _read_plan(fs: Any, root: str, plan_file: str) -> dict[str, Any] | None:

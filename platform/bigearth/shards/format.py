@@ -8,8 +8,10 @@ version are in each file's schema metadata. Version 1 (variable-length binary, z
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -127,11 +129,32 @@ class ShardWriter:
             self._buffer = []
 
     def close(self) -> None:
+        """Finish the shard and put it at its path (a rename on a filesystem, after an fsync: a report written after
+        this never points at a shard a crash could still cut short)."""
         self._flush()
         self._writer.close()
+        if self._temp != self._path:
+            self._file.flush()
+            if hasattr(self._file, "fileno"):
+                os.fsync(self._file.fileno())
         self._file.close()
         if self._temp != self._path:
             self._fs.mv(self._temp, self._path)  # a rename: the shard appears whole
+
+    def abort(self) -> None:
+        """Give the shard up (its task failed, or another copy of it finished first): on a filesystem nothing
+        appears at its path and the temporary is deleted; on object storage the upload is abandoned (`discard`:
+        s3fs aborts its multipart upload; a smaller one was never sent), so nothing replaces the object there."""
+        if self._temp == self._path:
+            with contextlib.suppress(Exception):
+                self._file.discard()
+        with contextlib.suppress(Exception):
+            self._writer.close()
+        with contextlib.suppress(Exception):
+            self._file.close()
+        if self._temp != self._path:
+            with contextlib.suppress(FileNotFoundError):
+                self._fs.rm_file(self._temp)
 
 
 @dataclass(frozen=True)
