@@ -9,7 +9,7 @@ own address, joined by veth pairs to a bridge (a switch) in the root namespace, 
 Only addresses of the namespaces made here are used (a private /24 no interface of this machine holds); nothing else on
 any network is contacted. Files are shared (one filesystem, as a cluster's shared volume). The hostname of every host
 resolves to a loopback address (/etc/hosts), as on many Debian machines: what a multi-host run must cope with. Each
-host has its own process table too (a PID namespace with its own /proc, held by a `sleep` as its init): Ray finds
+host has its own process table too (a PID namespace with its own /proc, with an init that reaps): Ray finds
 the local raylet by scanning the processes, so a driver on a host attaches through that host's node, as on a
 real machine, not through the head's.
 
@@ -74,10 +74,23 @@ def _parent(pid: int) -> int:
         return 0
 
 
+#: The first process of a host's PID namespace: it reaps what dies there (an orphan is its child), as an init does, so
+#: an exited process never lingers as a zombie.
+INIT = """
+import os, time
+while True:
+    try:
+        os.wait()
+    except ChildProcessError:
+        time.sleep(0.2)
+"""
+
+
 def _start_init(netns: str) -> int:
-    """A `sleep` as the first process of a new PID namespace (with its own /proc) in `netns`; its pid here."""
+    """An init (`INIT`) as the first process of a new PID namespace (with its own /proc) in `netns`; its pid here."""
     unshare = subprocess.Popen(
-        ["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--mount", "--mount-proc", "sleep", "infinity"],
+        ["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--mount", "--mount-proc"]
+        + [sys.executable, "-c", INIT],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -195,7 +208,7 @@ class HostCluster:
     # -- commands on a host
     def command(self, i: int, args: Sequence[str]) -> list[str]:
         """`args` as run on host i: in its network, PID and mount (its /proc) namespaces."""
-        return ["nsenter", f"--target={self.hosts[i].init}", "--net", "--pid", "--mount", *args]
+        return ["nsenter", f"--target={self.hosts[i].init}", "--net", "--pid", "--mount", f"--wd={REPO}", *args]
 
     def run(self, i: int, args: Sequence[str], timeout: float = 600, **kw: object) -> subprocess.CompletedProcess[str]:
         """A command on host i, waited for; output captured."""
