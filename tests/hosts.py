@@ -88,9 +88,9 @@ while True:
 
 def _start_init(netns: str) -> int:
     """An init (`INIT`) as the first process of a new PID namespace (with its own /proc) in `netns`; its pid here."""
+    isolated = ["unshare", "--pid", "--fork", "--mount", "--mount-proc"]
     unshare = subprocess.Popen(
-        ["ip", "netns", "exec", netns, "unshare", "--pid", "--fork", "--mount", "--mount-proc"]
-        + [sys.executable, "-c", INIT],
+        ["ip", "netns", "exec", netns, *isolated, sys.executable, "-c", INIT],
         stdin=subprocess.DEVNULL,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
