@@ -35,6 +35,13 @@ REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 GCS_PORT = 6379  # every host is its own network namespace: default ports never collide
 DASHBOARD_PORT = 8265
+MARK = "@result "  # what a script on a host prints before its result: Ray's own warnings share the driver's stdout
+
+
+def results(stdout: str) -> list[str]:
+    """The lines a script printed as `print(MARK + ...)`, in order, without the mark; Ray's messages (a lagging raylet's
+    heartbeats, a dead node) are printed to the same stdout, so the last line is not the script's."""
+    return [line[len(MARK) :] for line in stdout.splitlines() if line.startswith(MARK)]
 
 
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -248,12 +255,15 @@ class HostCluster:
         """Addresses of the nodes the head counts alive (asked from the head's host)."""
         code = (
             f"import ray; ray.init(address='{self.address}', log_to_driver=False); "
-            "print(' '.join(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))"
+            f"print({MARK!r} + ' '.join(sorted(n['NodeManagerAddress'] for n in ray.nodes() if n['Alive'])))"
         )
         out = self.python(0, code)
         if out.returncode != 0:
             raise RuntimeError(f"asking {self.address} for its nodes failed:\n{out.stderr[-2000:]}")
-        return out.stdout.strip().splitlines()[-1].split() if out.stdout.strip() else []
+        said = results(out.stdout)
+        if not said:
+            raise RuntimeError(f"asking {self.address} for its nodes printed no result:\n{out.stdout[-2000:]}")
+        return said[-1].split()
 
     def wait_nodes(self, addresses: Sequence[str], timeout: float = 90) -> None:
         """Until exactly `addresses` are alive."""

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from helpers import assert_same_shards, random_checkpoint, shards_in_process
-from hosts import HostCluster, skip_reason
+from hosts import MARK, HostCluster, results, skip_reason
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))]
 
@@ -141,16 +141,17 @@ from ray.util.state import list_actors
 ray.init(address='{address}', log_to_driver=False)
 where = {{n['NodeID']: n['NodeManagerAddress'] for n in ray.nodes()}}
 alive = list_actors(filters=[('state', '=', 'ALIVE')], limit=1000, raise_on_missing_output=False)
-print(json.dumps([[a.name, where.get(a.node_id)] for a in alive if (a.name or '').startswith('SERVE_REPLICA::')]))
+serve = [[a.name, where.get(a.node_id)] for a in alive if (a.name or '').startswith('SERVE_REPLICA::')]
+print({mark!r} + json.dumps(serve))
 """
 
 
 def _replicas(c: HostCluster) -> dict[str, list[tuple[str, str]]]:
     """The Serve replicas alive, by deployment: (replica, the address of its host)."""
-    r = c.python(0, REPLICAS.format(address=c.address), timeout=60)
+    r = c.python(0, REPLICAS.format(address=c.address, mark=MARK), timeout=60)
     assert r.returncode == 0, r.stderr[-2000:]
     found: dict[str, list[tuple[str, str]]] = {}
-    for name, address in json.loads(r.stdout.strip().splitlines()[-1]):
+    for name, address in json.loads(results(r.stdout)[-1]):
         found.setdefault(name.split("#")[1], []).append((name, address))
     return found
 
@@ -280,7 +281,7 @@ ray.init(address='{address}', log_to_driver=False)
 def where():
     import time; time.sleep(1)
     return ray.util.get_node_ip_address()
-print(sorted(set(ray.get([where.remote() for _ in range(4)], timeout=90))))
+print({mark!r} + repr(sorted(set(ray.get([where.remote() for _ in range(4)], timeout=90)))))
 """
 
 
@@ -305,9 +306,9 @@ def test_a_partition_that_heals_under_an_ingest_then_the_host_rejoins_and_runs_t
         again, log2 = tmp_path / "again", tmp_path / "again.log"
         second = _bigearth(c, 0, _ingest_args(synth_v2, again), log2)
         assert second.wait(300) == 0, _tail(log2)
-        spread = c.python(0, SPREAD.format(address=c.address), timeout=120)
+        spread = c.python(0, SPREAD.format(address=c.address, mark=MARK), timeout=120)
         assert spread.returncode == 0, spread.stderr[-2000:]
-        assert spread.stdout.strip().splitlines()[-1] == repr(sorted([head, worker]))  # the healed host runs tasks
+        assert results(spread.stdout)[-1] == repr(sorted([head, worker]))  # the healed host runs tasks
     for shards in (out, again):
         ids = _patch_ids(shards)
         assert len(ids) == len(set(ids)) == len(_patch_ids(reference))
