@@ -23,7 +23,8 @@ from bigearth.archive.layouts import detect_layout, layout_for
 from bigearth.archive.staging import stage_download
 from bigearth.archive.tarstream import open_download
 from bigearth.core.storage import StorageOptions, open_fs
-from bigearth.ingest.job import STATE_DIR, ingest
+from bigearth.ingest.job import ingest
+from bigearth.ingest.shard import STATE_DIR
 from bigearth.synth.archive import synthesize
 from helpers import assert_same_shards
 

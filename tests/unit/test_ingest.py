@@ -84,14 +84,15 @@ def test_a_shard_task_that_fails_or_finishes_second_leaves_the_shard_as_it_was(
     volume): a copy that fails part-way puts nothing at the shard's path, and a copy that finds the shard's report
     written meanwhile (the other copy finished) leaves that copy's shard and report as they are."""
     import bigearth.ingest.job as job
+    import bigearth.ingest.shard as one_shard
     from helpers import ingest_in_process
 
     out = tmp_path / "out"
     ingest_in_process(synth_v2, out, shard_size=40)
     shard = out / "train" / "part-00000.parquet"
-    report = out / job.STATE_DIR / "reports" / "train" / "part-00000.json"
+    report = out / one_shard.STATE_DIR / "reports" / "train" / "part-00000.json"
     good, good_report = shard.read_bytes(), report.read_text()
-    reads = job.read_pairs
+    reads = one_shard.read_pairs
 
     def fails_on_the_second_batch(reader, lay, batch, *args):  # type: ignore[no-untyped-def]
         if batch[0] is not first_batch[0]:
@@ -102,27 +103,28 @@ def test_a_shard_task_that_fails_or_finishes_second_leaves_the_shard_as_it_was(
         report.write_text(good_report)  # the other copy's report lands while this one still reads
         return reads(reader, lay, batch, *args)
 
-    monkeypatch.setattr(job, "READ_BATCH", 8)  # several batches in the shard
+    monkeypatch.setattr(one_shard, "READ_BATCH", 8)  # several batches in the shard
     plan = next(p for p in job.plan_shards(job.build_catalogue(str(synth_v2)).pairs, 40) if p.split == "train")
-    first_batch = plan.rows[: job.READ_BATCH]
-    assert len(plan.rows) > job.READ_BATCH  # a second batch to fail on
+    first_batch = plan.rows[: one_shard.READ_BATCH]
+    assert len(plan.rows) > one_shard.READ_BATCH  # a second batch to fail on
     args = {"layout": "v2", "archive": str(synth_v2), "out": str(out), "storage": job.StorageOptions()}
 
     report.unlink()
     shard.unlink()
-    monkeypatch.setattr(job, "read_pairs", fails_on_the_second_batch)
+    monkeypatch.setattr(one_shard, "read_pairs", fails_on_the_second_batch)
     with pytest.raises(OSError, match="went away"):
-        job.ingest_shard(plan, include_no_19=False, **args)  # type: ignore[arg-type]
+        one_shard.ingest_shard(plan, include_no_19=False, **args)  # type: ignore[arg-type]
     assert not shard.exists() and not report.exists()  # nothing of the failed copy at the shard's path
 
     shard.write_bytes(good)  # the other copy's shard, its report not yet written
-    monkeypatch.setattr(job, "read_pairs", the_other_copy_finishes_meanwhile)
-    assert job.ingest_shard(plan, include_no_19=False, **args) == json.loads(good_report)  # type: ignore[arg-type]
+    monkeypatch.setattr(one_shard, "read_pairs", the_other_copy_finishes_meanwhile)
+    finished = one_shard.ingest_shard(plan, include_no_19=False, **args)  # type: ignore[arg-type]
+    assert finished == json.loads(good_report)
     assert shard.read_bytes() == good  # the finished copy's shard, untouched
     assert [p.name for p in shard.parent.iterdir() if p.name.startswith(".")] == []  # no temporary left
     stray = shard.parent / ".part-00001.parquet.999-dead.tmp"  # what a writer killed mid-shard leaves
     stray.write_bytes(b"half a shard")
     report.unlink()
-    monkeypatch.setattr(job, "read_pairs", reads)
+    monkeypatch.setattr(one_shard, "read_pairs", reads)
     ingest_in_process(synth_v2, out, shard_size=40)  # the re-run finishes the shard set and clears it away
     assert not stray.exists() and shard.read_bytes() == good

@@ -20,7 +20,8 @@ from bigearth.archive import staging
 from bigearth.core.outputlock import LOCK_FILE, OutputLock, OutputLocked
 from bigearth.core.records import RecordError, read_json, write_json_atomic
 from bigearth.core.storage import open_fs
-from bigearth.ingest.job import IngestError, _read_plan, read_report
+from bigearth.ingest.job import IngestError, _read_plan
+from bigearth.ingest.shard import read_report
 from bigearth.models import checkpoints
 from bigearth.shards.format import Manifest, ShardFormatError
 

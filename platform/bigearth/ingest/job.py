@@ -3,18 +3,18 @@
 From extracted folders, what the archive holds is listed first, a folder at a time (bigearth.archive.presence): a
 pair whose S2 or S1 folder is absent is quarantined at once, naming the folder, and never read. The pairs to read
 are cut into shards of ~`shard_size` pairs per split (a deterministic plan). Each shard is one unit
-(`run_planned_shard`, a plain function), run by an executor (a Ray Data task each by default, or one after another
-in this process: bigearth.execution.executors): it fetches the files of its pairs in batches of concurrent GETs,
-decodes, validates, streams the good pairs into its Parquet file and writes a small report (rows, quarantined pairs
-with reasons, exclusions). A shard is done when its report exists, so a killed ingest re-run with the same arguments
-redoes only the unfinished shards and ends with every pair exactly once. The manifest is written last from the
-reports; the quarantine (every pair with its kind and reason) and the pairs without a reference map go to Parquet
-files beside it, the manifest counts them: its size does not grow with them.
+(bigearth.ingest.shard: `run_planned_shard`, a plain function) run by an executor (a Ray Data task each by default,
+or one after another in this process: bigearth.execution.executors); it writes its Parquet file and a small report.
+A shard is done when its report exists, so a killed ingest re-run with the same arguments redoes only the
+unfinished shards and ends with every pair exactly once. The manifest is written last from the reports
+(bigearth.ingest.accounting); the quarantine (every pair with its kind and reason) and the pairs without a reference
+map go to Parquet files beside it, the manifest counts them: its size does not grow with them.
 
-From the published downloads (`*.tar.zst` / `*.tar.gz`), a staging stage comes first: one unit per download file
-decompresses it once and routes every member to its shard's bucket (bigearth.archive.staging); shard tasks then
-read their pairs' files from the buckets instead of the archive. Storage faults are typed exceptions
-(`bigearth.core.storage.StorageError`) raised where they happen; every executor hands them back as themselves.
+From the published downloads (`*.tar.zst` / `*.tar.gz`), a staging stage comes first (bigearth.ingest.downloads):
+one unit per download file decompresses it once and routes every member to its shard's bucket
+(bigearth.archive.staging); shard tasks then read their pairs' files from the buckets instead of the archive.
+Storage faults are typed exceptions (`bigearth.core.storage.StorageError`) raised where they happen; every executor
+hands them back as themselves.
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ import contextlib
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from functools import partial
 from typing import Any
 
@@ -34,15 +33,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from bigearth.archive.catalogue import Catalogue, build_catalogue
-from bigearth.archive.layouts import layout_for
-from bigearth.archive.presence import Presence, find_present, missing_pairs
-from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
-from bigearth.archive.staging import StagedSource, download_problems, shard_entries
+from bigearth.archive.presence import find_present, missing_pairs
+from bigearth.archive.staging import download_problems
 from bigearth.core.outputlock import LOCK_FILE, OutputLock
 from bigearth.core.records import RecordError, is_local, is_temp_name, read_json, write_json_atomic
-from bigearth.core.storage import BlobReader, StorageOptions, join, open_fs
+from bigearth.core.storage import StorageOptions, join, open_fs
 from bigearth.execution.executors import Executor, Resources, default_executor
+from bigearth.ingest.accounting import Tally
 from bigearth.ingest.downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
+from bigearth.ingest.shard import STATE_DIR, ShardItems, ShardPlan, read_report, run_planned_shard
 from bigearth.shards.format import (
     DEFAULT_COMPRESSION,
     FORMAT_VERSION,
@@ -51,35 +50,14 @@ from bigearth.shards.format import (
     QUARANTINE_SCHEMA,
     REFERENCE_MAPS_MISSING,
     Manifest,
-    ShardEntry,
-    ShardWriter,
     write_list,
 )
 
 log = logging.getLogger(__name__)
 
-STATE_DIR = "_ingest"
-READ_BATCH = 32  # pairs fetched per batch of concurrent GETs inside a task (the next batch is prefetched)
-
 
 class IngestError(RuntimeError):
     """The output already holds a different ingest, or the job cannot proceed."""
-
-
-@dataclass(frozen=True)
-class ShardPlan:
-    path: str  # relative to the output root
-    split: str
-    pairs: pa.Table  # its catalogue rows (a slice of the catalogue: no copy)
-
-    @property
-    def rows(self) -> list[dict[str, Any]]:
-        """Its catalogue rows as dicts (made when asked: in the shard's task)."""
-        return self.pairs.to_pylist()
-
-    @property
-    def report_path(self) -> str:
-        return join(STATE_DIR, "reports", self.path.replace(".parquet", ".json"))
 
 
 def refuse_foreign_output(fs: Any, root: str, url: str) -> None:
@@ -137,131 +115,6 @@ def _fingerprint(catalogue: Catalogue, plans: Iterable[ShardPlan], compression: 
         for patch_id in p.pairs["patch_id"].to_pylist():
             h.update(patch_id.encode())
     return h.hexdigest()
-
-
-def ingest_shard(
-    plan: ShardPlan,
-    layout: str,
-    archive: str,
-    out: str,
-    storage: StorageOptions,
-    include_no_19: bool,
-    compression: str = DEFAULT_COMPRESSION,
-    staging: str | None = None,
-    staged: list[list[Any]] | None = None,
-    problems: dict[str, str] | None = None,
-    reference_maps: bool = False,
-) -> dict[str, Any]:
-    """Write one shard (or return its report if a previous run finished it).
-
-    From downloads, `staged` lists the (download, spill, row group) holding this shard's files under `staging`.
-    """
-    reader = BlobReader(archive, storage)
-    lay = layout_for(layout, reader.root)
-    lay.reference_maps = reference_maps
-    out_fs, out_root = open_fs(out, storage)
-    report_path = join(out_root, plan.report_path)
-    done = read_report(out_fs, report_path)
-    if done is not None:
-        return done
-    out_fs.makedirs(join(out_root, plan.path.rsplit("/", 1)[0]), exist_ok=True)
-    writer = ShardWriter(out_fs, join(out_root, plan.path), compression, reference_maps)
-    quarantined: list[dict[str, str]] = []
-    excluded: dict[str, int] = {}
-    rows = plan.rows  # the shard's catalogue rows as dicts, made once, here in its task
-    batches = [rows[i : i + READ_BATCH] for i in range(0, len(rows), READ_BATCH)]
-    if staged is not None:
-        assert staging is not None
-        _from_staged(
-            lambda: StagedSource(staging, storage, staged, problems or {}),
-            lay,
-            reader,
-            batches,
-            include_no_19,
-            writer,
-            quarantined,
-            excluded,
-        )
-        batches = []
-    try:
-        # Fetch batch k+1 (I/O threads) while batch k is decoded and validated.
-        with ThreadPoolExecutor(1) as prefetch:
-            pending = prefetch.submit(fetch_pairs, reader, lay, batches[0]) if batches else None
-            for k, batch in enumerate(batches):
-                blobs = pending.result() if pending else {}
-                pending = prefetch.submit(fetch_pairs, reader, lay, batches[k + 1]) if k + 1 < len(batches) else None
-                _consume(batch, read_pairs(reader, lay, batch, include_no_19, blobs), writer, quarantined, excluded)
-    except BaseException:
-        writer.abort()  # nothing of a failed task reaches the shard's path
-        raise
-    finished = read_report(out_fs, report_path)
-    if finished is not None:  # another copy of this task (run again while this one was cut off) finished first
-        writer.abort()
-        return finished
-    writer.close()
-    report = {
-        "reference_map_missing": writer.reference_map_missing,
-        "path": plan.path,
-        "split": plan.split,
-        "rows": writer.rows,
-        "quarantined": quarantined,
-        "excluded": excluded,
-    }
-    out_fs.makedirs(join(out_root, plan.report_path.rsplit("/", 1)[0]), exist_ok=True)
-    write_json_atomic(out_fs, report_path, report)  # the shard is done once this exists: written whole
-    return report
-
-
-def read_report(fs: Any, path: str) -> dict[str, Any] | None:
-    """A finished shard's report, or None: absent, or unreadable (cut short by an older writer killed mid-write;
-    then it is deleted, said in a warning, and the shard is written again)."""
-    try:
-        return read_json(fs, path, "shard report")
-    except FileNotFoundError:
-        return None
-    except RecordError as e:
-        log.warning("%s: this shard is written again", e)
-        print(f"ingest: WARNING {e}: this shard is written again")
-        fs.rm_file(path)
-        return None
-
-
-def _from_staged(
-    make_source: Callable[[], StagedSource],
-    lay: Any,
-    reader: BlobReader,
-    batches: list[list[dict[str, Any]]],
-    include_no_19: bool,
-    writer: ShardWriter,
-    quarantined: list[dict[str, str]],
-    excluded: dict[str, int],
-) -> None:
-    try:
-        source = make_source()  # inside the try: a failed segment read still closes the shard writer
-        for batch in batches:
-            results = read_pairs(reader, lay, batch, include_no_19, source.fetch(lay, batch))
-            _consume(batch, results, writer, quarantined, excluded)
-    except BaseException:
-        writer.abort()
-        raise
-
-
-def _consume(
-    batch: list[dict[str, Any]],
-    results: list[Any],
-    writer: ShardWriter,
-    quarantined: list[dict[str, str]],
-    excluded: dict[str, int],
-) -> None:
-    for row, result in zip(batch, results, strict=True):
-        if isinstance(result, Problem):
-            quarantined.append({"patch_id": row["patch_id"], "kind": result.kind, "reason": result.message})
-        elif isinstance(result, Excluded):
-            excluded[result.reason] = excluded.get(result.reason, 0) + 1
-        else:
-            if writer.reference_maps and result.get("reference_map") is None:
-                writer.reference_map_missing.append(row["patch_id"])
-            writer.write(result)
 
 
 def ingest(
@@ -416,103 +269,6 @@ def ingest(
         return manifest
 
 
-class ShardItems(Sequence[dict[str, Any]]):
-    """One executor item per planned shard, made when the executor takes it: its plan and staged entries as JSON,
-    its catalogue rows as Arrow IPC bytes (plain bytes that any executor carries as is; nothing large is shared or
-    captured, and the local executor holds one item at a time)."""
-
-    def __init__(self, plans: list[ShardPlan], records: list[dict[str, Any]] | None) -> None:
-        self.plans, self.records = plans, records
-
-    def __len__(self) -> int:
-        return len(self.plans)
-
-    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
-        p = self.plans[i]
-        sink = pa.BufferOutputStream()
-        with pa.ipc.new_stream(sink, p.pairs.schema) as w:
-            w.write_table(p.pairs)
-        staged = shard_entries(self.records, i) if self.records is not None else None
-        return {
-            "plan": json.dumps({"path": p.path, "split": p.split}),
-            "pairs": sink.getvalue().to_pybytes(),
-            "staged": json.dumps(staged),
-        }
-
-
-class Tally:
-    """What the shard reports say, summed as they arrive: rows per split, exclusions, shard entries; their
-    quarantined pairs and pairs without a reference map as Arrow rows (a few bytes each, no dict per pair)."""
-
-    def __init__(self, cat: Catalogue) -> None:
-        self.cat = cat
-        self.splits: dict[str, int] = {}
-        self.excluded = dict(cat.excluded_counts)
-        self.entries: list[ShardEntry] = []
-        self.pairs = 0
-        self._quarantined: list[pa.Table] = []
-        self._no_map: list[pa.Array] = []
-
-    def add(self, report: dict[str, Any]) -> None:
-        self.pairs += report["rows"]
-        self.splits[report["split"]] = self.splits.get(report["split"], 0) + report["rows"]
-        for reason, n in report["excluded"].items():
-            self.excluded[reason] = self.excluded.get(reason, 0) + n
-        if report["rows"]:
-            self.entries.append(ShardEntry(report["path"], report["split"], report["rows"]))
-        if report["quarantined"]:
-            self._quarantined.append(pa.Table.from_pylist(report["quarantined"], schema=QUARANTINE_SCHEMA))
-        if report.get("reference_map_missing"):
-            self._no_map.append(pa.array(report["reference_map_missing"], pa.string()))
-
-    def manifest(self, archive: str) -> Manifest:
-        cat = self.cat
-        return Manifest(
-            pairs=self.pairs,
-            splits=self.splits,
-            shards=sorted(self.entries, key=lambda e: e.path),
-            excluded=self.excluded,
-            source={"archive": archive, "layout": cat.version, "catalogue_pairs": cat.total, **cat.options},
-        )
-
-    def reference_map_missing(self) -> pa.Array:
-        """Patch ids written without a reference map, sorted."""
-        ids = pa.chunked_array(self._no_map, pa.string()).combine_chunks()
-        return ids.take(pc.sort_indices(ids))
-
-    def quarantine(self, absent: Iterator[pa.Table]) -> Iterator[pa.Table]:
-        """Every quarantined pair by patch id: those found absent (`absent`: in patch-id order, a chunk at a time)
-        merged with those the reads quarantined."""
-        yield from _merged(absent, self._read_quarantine().sort_by("patch_id"))
-
-    def quarantine_kinds(self, presence: Presence | None) -> dict[str, int]:
-        """Quarantined pairs per kind: those found absent (`presence`) and those the reads quarantined."""
-        kinds: dict[str, int] = {}
-        if presence is not None:
-            kinds = {"missing_file": _count(presence.no_s2), "missing_s1": _count(presence.no_s1)}
-        for v in pc.value_counts(self._read_quarantine()["kind"]).to_pylist():
-            kinds[v["values"]] = kinds.get(v["values"], 0) + int(v["counts"])
-        return {k: n for k, n in sorted(kinds.items()) if n}
-
-    def _read_quarantine(self) -> pa.Table:
-        return pa.concat_tables(self._quarantined) if self._quarantined else QUARANTINE_SCHEMA.empty_table()
-
-
-def _count(flags: pa.ChunkedArray) -> int:
-    return int(pc.sum(flags).as_py() or 0)
-
-
-def _merged(absent: Iterator[pa.Table], read: pa.Table) -> Iterator[pa.Table]:
-    """Two quarantines sorted by patch id, as one (a chunk of `absent` at a time)."""
-    at = 0
-    for chunk in absent:
-        chunk = chunk.cast(QUARANTINE_SCHEMA)
-        upto = int(pc.sum(pc.less_equal(read["patch_id"], chunk["patch_id"][-1])).as_py() or 0)
-        yield pa.concat_tables([chunk, read.slice(at, upto - at)]).sort_by("patch_id")
-        at = upto
-    yield read.slice(at)
-
-
 def _remove_temporaries(fs: Any, root: str) -> None:
     """Delete what killed shard writers left in the split folders (their temporary names: `ShardWriter`); every
     shard is finished once the manifest exists, so none of them is still wanted."""
@@ -542,11 +298,3 @@ def _read_plan(fs: Any, root: str, plan_file: str) -> dict[str, Any] | None:
             ) from None
         print(f"ingest: WARNING {e}: no shard was written after it, so it is written again")
         return None
-
-
-def run_planned_shard(item: dict[str, Any], **task_args: Any) -> dict[str, Any]:
-    """The unit of ingest: one planned shard in (its plan and staged entries as JSON, its catalogue rows as Arrow IPC
-    bytes: plain data that any executor carries as is), its report out (`ingest_shard`)."""
-    plan = json.loads(item["plan"])
-    pairs = pa.ipc.open_stream(item["pairs"]).read_all()
-    return ingest_shard(ShardPlan(plan["path"], plan["split"], pairs), staged=json.loads(item["staged"]), **task_args)
