@@ -20,7 +20,6 @@ folder's disk are refused before any runs (each size's measured bytes per pair c
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
@@ -38,6 +37,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from procs import descendants, kill_until_gone, process_table, ray_port_flags, ray_start_env
 
 REPO = Path(__file__).resolve().parents[1]
 PLATFORM = REPO / "platform"
@@ -277,34 +278,6 @@ def _free_ports(n: int) -> list[int]:
             s.close()
 
 
-def process_table() -> dict[int, tuple[int, bytes]]:
-    """pid -> (parent pid, command line) of every process but this one."""
-    table: dict[int, tuple[int, bytes]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        table[int(proc.name)] = (ppid, cmd)
-    return table
-
-
-def descendants(roots: Sequence[int], table: dict[int, tuple[int, bytes]]) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(roots), list(roots)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return found & set(table) | (set(roots) & set(table))
-
-
 def _status(pid: int) -> dict[str, float]:
     """The kB figures of /proc/PID/status (VmRSS:, RssShmem:, ...); empty when the process is gone."""
     out: dict[str, float] = {}
@@ -324,14 +297,7 @@ class Cluster:
     def __init__(self, cpus: int) -> None:
         self.cpus = cpus
         self.tmp = tempfile.mkdtemp(prefix="bs", dir="/tmp")  # short: Ray's socket paths have a length limit
-        bin_dir = str(Path(sys.executable).parent)
-        self.env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "disabled",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
-        }
-        self.env.pop("RAY_ADDRESS", None)
+        self.env = ray_start_env()
         self.port = _free_ports(1)[0]
 
     @property
@@ -339,7 +305,7 @@ class Cluster:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> Cluster:
-        nm, om, agent, agent_grpc, metrics, runtime_env, client = _free_ports(7)
+        *ports, client = _free_ports(7)
         args = [
             str(Path(sys.executable).with_name("ray")),
             "start",
@@ -350,12 +316,7 @@ class Cluster:
             f"--num-cpus={self.cpus}",
             "--include-dashboard=false",
             "--disable-usage-stats",
-            f"--node-manager-port={nm}",
-            f"--object-manager-port={om}",
-            f"--dashboard-agent-listen-port={agent}",
-            f"--dashboard-agent-grpc-port={agent_grpc}",
-            f"--metrics-export-port={metrics}",
-            f"--runtime-env-agent-port={runtime_env}",
+            *ray_port_flags(ports),
             f"--ray-client-server-port={client}",
         ]
         done = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=180)
@@ -367,17 +328,10 @@ class Cluster:
     def pids(self, table: dict[int, tuple[int, bytes]]) -> set[int]:
         port = re.compile(rb":%d(?!\d)" % self.port)  # this port, not one it is a prefix of (another cluster's)
         mine = [p for p, (_, cmd) in table.items() if self.tmp.encode() in cmd or port.search(cmd)]
-        return descendants(mine, table)
+        return set(descendants(mine, table))
 
     def stop(self) -> None:
-        for _ in range(20):
-            pids = self.pids(process_table())
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.5)
+        kill_until_gone(lambda: self.pids(process_table()))  # every process of the cluster (at most ~10 s)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
@@ -410,7 +364,7 @@ class Sampler:
 
     def sample(self) -> None:
         table = process_table()
-        pids = descendants([self.root], table)
+        pids = set(descendants([self.root], table))
         if self.cluster:
             pids |= self.cluster.pids(table)
         total, shm = 0.0, 0.0

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 import socket
 import struct
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,6 +20,16 @@ REAL_V2 = BEN / "real" / "v2"
 LISTS_V1 = BEN / "lists" / "v1"
 LISTS_V2 = BEN / "lists" / "v2"
 FACTS = BEN / "FACTS.md"
+BENCH = REPO / "bench"
+
+
+def bench_module(name: str) -> ModuleType:
+    """bench/NAME.py imported as the module NAME (bench/ holds scripts, not a package). bench/ goes at the end of
+    sys.path, as a script's own folder is on its path when it runs: its siblings (bench/procs.py) import as they do
+    there, and it shadows no other module."""
+    if str(BENCH) not in sys.path:
+        sys.path.append(str(BENCH))
+    return importlib.import_module(name)
 
 
 def free_ports(n: int) -> list[int]:

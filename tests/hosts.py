@@ -31,6 +31,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from helpers import bench_module
+
+procs = bench_module("procs")  # SIGKILL until gone and `ray start`'s environment, as bench/scale.py's
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray"))
 GCS_PORT = 6379  # every host is its own network namespace: default ports never collide
@@ -139,19 +142,13 @@ class HostCluster:
             Host(i, f"{self.tag}h{i}", f"{self.subnet}.{i + 2}", f"{self.tag}v{i}") for i in range(nodes + spare)
         ]
         self.tmp = tempfile.mkdtemp(prefix="hc", dir="/tmp")  # short: Ray's socket paths have a length limit
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
         pythonpath = os.pathsep.join(p for p in (str(REPO / "platform"), os.environ.get("PYTHONPATH")) if p)
-        self.env = {
-            **os.environ,
-            "RAY_AUTH_MODE": "disabled",
-            "RAY_USAGE_STATS_ENABLED": "0",
-            "PATH": path,
-            "PYTHONPATH": pythonpath,
-            "RAY_health_check_period_ms": "1000",
-            "RAY_health_check_timeout_ms": "1000",
-            "RAY_health_check_failure_threshold": str(death_after_s),
-        }
-        self.env.pop("RAY_ADDRESS", None)
+        self.env = procs.ray_start_env(
+            PYTHONPATH=pythonpath,
+            RAY_health_check_period_ms="1000",
+            RAY_health_check_timeout_ms="1000",
+            RAY_health_check_failure_threshold=str(death_after_s),
+        )
         self._made: list[str] = []
 
     # -- addresses
@@ -202,15 +199,8 @@ class HostCluster:
 
     def kill(self, i: int) -> None:
         """SIGKILL every process of host i (a machine that died), until none is left."""
-        for _ in range(40):
-            pids = self.pids(i)
-            if not pids:
-                return
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.5)
-        raise RuntimeError(f"host {self.hosts[i].address} still runs {self.pids(i)} after 20 s of SIGKILL")
+        if not procs.kill_until_gone(lambda: self.pids(i), timeout=20):
+            raise RuntimeError(f"host {self.hosts[i].address} still runs {self.pids(i)} after 20 s of SIGKILL")
 
     # -- commands on a host
     def command(self, i: int, args: Sequence[str]) -> list[str]:

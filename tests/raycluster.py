@@ -4,12 +4,10 @@ Ray on the machine (only processes that mention our temp dir are killed)."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -17,8 +15,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from helpers import free_ports
+from helpers import bench_module, free_ports
 
+procs = bench_module("procs")  # the process table, trees, kills and `ray start`'s environment bench/scale.py uses too
 RAY = str(Path(sys.executable).with_name("ray"))
 
 
@@ -60,48 +59,13 @@ def worker_port_range(size: int = 400) -> tuple[int, int]:
 
 
 def _node_args() -> list[str]:
-    nm, om, agent, agent_grpc, metrics, runtime_env = free_ports(6)
+    ports = free_ports(6)
     lo, hi = worker_port_range()
     return [
-        f"--node-manager-port={nm}",
-        f"--object-manager-port={om}",
-        f"--dashboard-agent-listen-port={agent}",
-        f"--dashboard-agent-grpc-port={agent_grpc}",
-        f"--metrics-export-port={metrics}",
-        f"--runtime-env-agent-port={runtime_env}",
+        *procs.ray_port_flags(ports),
         f"--min-worker-port={lo}",
         f"--max-worker-port={hi}",
     ]
-
-
-def process_table() -> dict[int, tuple[int, bytes]]:
-    """pid -> (parent pid, command line) of every process on the machine but this one."""
-    table: dict[int, tuple[int, bytes]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmd = (proc / "cmdline").read_bytes()
-            ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, ValueError, IndexError):
-            continue
-        table[int(proc.name)] = (ppid, cmd)
-    return table
-
-
-def descendants(roots: list[int], table: dict[int, tuple[int, bytes]] | None = None) -> list[int]:
-    """`roots` and every process below them."""
-    table = process_table() if table is None else table
-    children: dict[int, list[int]] = {}
-    for pid, (ppid, _) in table.items():
-        children.setdefault(ppid, []).append(pid)
-    found, todo = set(roots), list(roots)
-    while todo:
-        for child in children.get(todo.pop(), []):
-            if child not in found:
-                found.add(child)
-                todo.append(child)
-    return sorted(found)
 
 
 def matching(pids: list[int], *needles: str) -> list[int]:
@@ -132,10 +96,7 @@ class LocalCluster:
     def __init__(self, nodes: int = 2, cpus_per_node: int = 2) -> None:
         self.nodes, self.cpus = nodes, cpus_per_node
         self.tmp = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths have a length limit
-        # the nodes run this environment's python, as a cluster's nodes run their image's (job entrypoints say `python`)
-        path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-        self.env = {**os.environ, "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0", "PATH": path}
-        self.env.pop("RAY_ADDRESS", None)
+        self.env = procs.ray_start_env()  # job entrypoints say `python`: this environment's, first on PATH
         self.gcs_port, self.dashboard_port, self.client_port = free_ports(3)
 
     @property
@@ -201,23 +162,16 @@ class LocalCluster:
         """Processes of this cluster: those naming its temp dir or its GCS port, and all their descendants (the
         agents rename themselves `ray::DashboardAgent`, so only their parentage gives them away)."""
         port = re.compile(rb":%d(?!\d)" % self.gcs_port)  # this port, not one it is a prefix of (another cluster's)
-        table = process_table()
+        table = procs.process_table()
         mine = [pid for pid, (_, cmd) in table.items() if self.tmp.encode() in cmd or port.search(cmd)]
-        return descendants(mine, table)
+        return procs.descendants(mine, table)
 
     def processes(self, *needles: str) -> list[int]:
         """The processes of this cluster whose command line holds every one of `needles`."""
         return matching(self.pids(), *needles)
 
     def stop(self) -> None:
-        for _ in range(20):  # until every process of the cluster is gone (at most ~10 s)
-            pids = self.pids()
-            if not pids:
-                break
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
-            time.sleep(0.5)
+        procs.kill_until_gone(self.pids)  # until every process of the cluster is gone (at most ~10 s)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def __exit__(self, *exc: object) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from helpers import REPO, shards_in_process
-from raycluster import RAY, LocalCluster, alive, descendants, matching
+from raycluster import RAY, LocalCluster, alive, matching, procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
@@ -198,7 +198,7 @@ def test_killed_worker_is_replaced_and_the_run_completes(small_shards: Path, tmp
     try:
         _wait(lambda: _checkpointed(storage / name), 90, "the first checkpoint")
         # the session's Ray (tests/conftest.py `ray_local`) was started by this process: its workers are ours
-        workers = matching(descendants([os.getpid()]), "RayTrainWorker")
+        workers = matching(procs.descendants([os.getpid()]), "RayTrainWorker")
         assert workers, "no Ray Train worker process found"
         _kill(workers)
         # the kill landed before the run's end: the checkpoint registered when the workers died is not the last epoch's

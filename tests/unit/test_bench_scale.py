@@ -2,26 +2,13 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from types import ModuleType
 from typing import Any
 
 import pytest
 
-from helpers import REPO
+from helpers import bench_module
 
-
-def _scale() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_scale", REPO / "bench" / "scale.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-scale = _scale()
+scale = bench_module("scale")
 
 
 def _row(stage: str, pairs: int, seconds: float, sum_mb: float, cores: int = 2, ok: bool = True) -> dict[str, Any]:
