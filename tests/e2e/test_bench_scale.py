@@ -8,19 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import REPO
+from helpers import REPO, bench_module
 
-STAGES = (
-    "synth_packed",
-    "ingest_downloads",
-    "synth_folder",
-    "ingest_folder",
-    "train",
-    "evaluate",
-    "index",
-    "evaluate_retrieval",
-    "serve_startup",
-)
+STAGES = bench_module("scale").STAGES
 
 
 def test_scale_benchmark_runs_every_stage(tmp_path: Path) -> None:
