@@ -10,22 +10,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from helpers import REPO, shards_in_process
+from helpers import REPO, metrics_history, shards_in_process, wait_for
 from raycluster import RAY, LocalCluster, alive, matching, procs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("ray_local")]
 
 TINY = "configs/tiny-cpu.yaml"
-
-
-def _history(run: Path) -> list[dict]:  # type: ignore[type-arg]
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def _checkpointed(run: Path) -> bool:
@@ -35,15 +29,6 @@ def _checkpointed(run: Path) -> bool:
         return bool(json.loads(snapshot.read_text()).get("latest_checkpoint_result"))
     except (OSError, ValueError):
         return False
-
-
-def _wait(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +45,7 @@ def _kill(pids: list[int]) -> None:
     """SIGKILL `pids` and wait (polling) until every one is gone."""
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
-    _wait(lambda: not any(alive(p) for p in pids), 60, f"the killed processes {pids} to end")
+    wait_for(lambda: not any(alive(p) for p in pids), 60, f"the killed processes {pids} to end")
 
 
 @pytest.fixture(scope="module")
@@ -92,7 +77,7 @@ def test_job_submit_trains_on_two_nodes_then_evaluates(cluster, shards_v2: Path,
         "data.batch_size=16",
     )
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-2000:])
-    history = _history(storage / "two-nodes")
+    history = metrics_history(storage / "two-nodes")
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)  # one worker per node
     out = tmp_path / "eval"
@@ -146,7 +131,7 @@ def test_killed_driver_resubmitted_resumes(cluster, small_shards: Path, tmp_path
     ]
     subprocess.run(cmd, env=cluster.env, check=True, capture_output=True, timeout=120, cwd=REPO)
     try:
-        _wait(lambda: _checkpointed(storage / name), 90, "the first checkpoint")
+        wait_for(lambda: _checkpointed(storage / name), 90, "the first checkpoint")
     except AssertionError:  # say what the job did
         logs = [RAY, "job", "logs", "--address", cluster.dashboard, f"{name}-{os.getpid()}"]
         out = subprocess.run(logs, env=cluster.env, capture_output=True, text=True, timeout=60)
@@ -160,7 +145,7 @@ def test_killed_driver_resubmitted_resumes(cluster, small_shards: Path, tmp_path
     assert saved["epoch"] < 2
     r = cluster.job(*args)
     assert r.returncode == 0, (r.stdout[-4000:], r.stderr[-2000:])
-    history = _history(storage / name)
+    history = metrics_history(storage / name)
     assert [h["epoch"] for h in history] == [1, 2]
     # resumed from the registered checkpoint: its epoch is in the history exactly as it was saved (a run started
     # over would have recomputed it with another data order)
@@ -196,7 +181,7 @@ def test_killed_worker_is_replaced_and_the_run_completes(small_shards: Path, tmp
         text=True,
     )
     try:
-        _wait(lambda: _checkpointed(storage / name), 90, "the first checkpoint")
+        wait_for(lambda: _checkpointed(storage / name), 90, "the first checkpoint")
         # the session's Ray (tests/conftest.py `ray_local`) was started by this process: its workers are ours
         workers = matching(procs.descendants([os.getpid()]), "RayTrainWorker")
         assert workers, "no Ray Train worker process found"
@@ -210,4 +195,4 @@ def test_killed_worker_is_replaced_and_the_run_completes(small_shards: Path, tmp
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, output[-4000:]
-    assert [h["epoch"] for h in _history(storage / name)] == [1, 2, 3]
+    assert [h["epoch"] for h in metrics_history(storage / name)] == [1, 2, 3]

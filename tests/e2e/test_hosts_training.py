@@ -7,32 +7,17 @@ from __future__ import annotations
 import json
 import re
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from helpers import metrics_history, wait_for
 from hosts import HostCluster, skip_reason
 from raycluster import matching
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(skip_reason() is not None, reason=str(skip_reason()))]
 
 TINY = "configs/tiny-cpu.yaml"
-
-
-def _history(run: Path) -> list[dict]:  # type: ignore[type-arg]
-    path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
-
-
-def _wait(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _train(c: HostCluster, data: Path, storage: Path, name: str, *overrides: str) -> list[str]:
@@ -65,7 +50,7 @@ def test_two_workers_on_two_hosts_train_to_the_end(shards_v2: Path, tmp_path: Pa
     # each worker bound its collectives to the interface of its host's own address (not loopback)
     for h in c.hosts:
         assert f"node {h.address}: collectives on {c.tag}i{h.index} " in r.stdout + r.stderr
-    history = _history(storage / "two-hosts")
+    history = metrics_history(storage / "two-hosts")
     assert [h["epoch"] for h in history] == [1, 2]
     assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)  # one worker on each host
 
@@ -111,7 +96,7 @@ def test_a_lost_worker_host_mid_run_resumes_on_the_hosts_left(fault: str, shards
     with HostCluster(nodes=3, cpus=1) as c:
         driver = c.popen(0, _train(c, shards_v2, storage, name, *overrides), log)
         try:
-            _wait(lambda: _registered_epoch(run) is not None or driver.poll() is not None, 240, "a checkpoint")
+            wait_for(lambda: _registered_epoch(run) is not None or driver.poll() is not None, 240, "a checkpoint")
             assert driver.poll() is None, log.read_text()[-4000:]
             host = _worker_host(c)
             lost = c.hosts[host].address
@@ -130,7 +115,7 @@ def test_a_lost_worker_host_mid_run_resumes_on_the_hosts_left(fault: str, shards
     workers = set(re.findall(r"RayTrainWorker pid=(\d+)\b.*?node ([\d.]+): collectives on ", output))
     assert len(workers) >= 4, output[-6000:]
     assert [ip for _, ip in workers].count(lost) == 1, workers
-    history = _history(run)
+    history = metrics_history(run)
     assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)), history  # each epoch once
     assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)
     result = json.loads(re.findall(r'^.*?(\{"run": .*\})\s*$', output, re.M)[-1])  # after progress bars' escapes
