@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from bigearth.core.memory import bound_heap, release_freed_memory
+
 #: A batch: an Arrow table or a dict of numpy columns.
 Batch = Any
 
@@ -246,7 +248,17 @@ def unwrap(e: BaseException) -> BaseException:
 
 def _call_pickled(row: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any]:
     """Ray Data row UDF: one pickled item in; its pickled result, or the exception it raised (pickled with the
-    remote traceback as a note: Ray's own wrapping loses the exception's type on the way to the driver)."""
+    remote traceback as a note: Ray's own wrapping loses the exception's type on the way to the driver). The worker
+    runs the next unit in the same process: its heap is bounded first and what the unit freed goes back after it
+    (bigearth.core.memory)."""
+    bound_heap()
+    try:
+        return _call(row, fn)
+    finally:
+        release_freed_memory()
+
+
+def _call(row: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any]:
     try:
         return {"result": pickle.dumps(fn(pickle.loads(row["item"]))), "error": b""}
     except Exception as e:
@@ -261,6 +273,7 @@ def _call_pickled(row: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, An
 
 def _read_pickled(batch: dict[str, np.ndarray], read: Callable[[Any], Iterable[Batch]]) -> Iterator[Batch]:
     """Ray Data UDF: pickled sources in, what `read` yields for each out."""
+    bound_heap()
     for blob in batch["source"]:
         yield from read(pickle.loads(blob))
 
