@@ -22,6 +22,7 @@ from bigearth.archive.catalogue import build_catalogue
 from bigearth.archive.layouts import layout_for
 from bigearth.archive.presence import FolderLister, find_present
 from bigearth.core.storage import open_fs
+from bigearth.ingest.job import IngestError
 from bigearth.shards.format import MANIFEST, QUARANTINE, Manifest
 from bigearth.synth.archive import synthesize
 from helpers import LISTS_V2, ingest_in_process, quarantined
@@ -152,6 +153,72 @@ def test_the_full_metadata_beside_a_few_pairs(partial_v2: Path, tmp_path: Path, 
     assert (again.pairs, again.quarantine_kinds) == (m.pairs, m.quarantine_kinds) and quarantined(out) == list(
         q.values()
     )
+
+
+def test_the_full_metadata_beside_partial_downloads_writes_a_shard_per_split(tmp_path: Path) -> None:
+    """The same case from the published downloads: nothing can be listed (a tar is read to its end), so every
+    described pair is planned; staging counts what each planned shard's pairs have in the downloads, and sparse
+    planned shards are packed into one file per `shard_size` pairs present instead of one each."""
+    root = tmp_path / "downloads"
+    real = LISTS_V2 / "metadata.parquet"
+    synthesize(str(root), layout="v2", pairs=8, seed=11, metadata=str(real), progress=False, workers=1, packed=True)
+    here = pq.read_table(root / "metadata.parquet")["patch_id"]
+    meta = pq.read_table(real)
+    others = meta.filter(pc.invert(pc.is_in(meta["patch_id"], value_set=here)))
+    described = pa.concat_tables([meta.filter(pc.is_in(meta["patch_id"], value_set=here)), others]).slice(0, 3000)
+    pq.write_table(described, root / "metadata.parquet")
+
+    out = tmp_path / "shards"
+    m = ingest_in_process(root, out, shard_size=100, trust_md5sums=True)
+    planned = json.loads((out / "_ingest" / "plan.json").read_text())["shards"]
+    packing = json.loads((out / "_ingest" / "groups.json").read_text())
+    assert planned >= 25 and packing["shards"] == planned  # ~2,900 described pairs in shards of 100
+    assert len(m.shards) == len(packing["groups"]) == len(m.splits)  # the pairs there fit one shard per split
+    written = [r for s in m.shards for r in pq.read_table(out / s.path, columns=["patch_id"])["patch_id"].to_pylist()]
+    assert sorted(written) == sorted(set(written)) and m.pairs == len(written) > 0
+    assert all(s.rows == m.splits[s.split] for s in m.shards)
+    q = [x["patch_id"] for x in quarantined(out)]
+    excluded = pq.read_table(out / "_ingest" / "excluded.parquet")["patch_id"].to_pylist()
+    catalogue = (
+        described["patch_id"].to_pylist()
+        + pq.read_table(root / "metadata_for_patches_with_snow_cloud_or_shadow.parquet")["patch_id"].to_pylist()
+    )
+    assert sorted(written + q + excluded) == sorted(catalogue) == sorted(set(catalogue))  # each pair once
+    assert set(m.quarantine_kinds) == {"missing_file"}
+
+    # killed before its last shard: the re-run stages again for that shard alone, packed as the first run packed
+    last = sorted(m.shards, key=lambda s: s.path)[-1]
+    (out / "_ingest" / "reports" / last.path.replace(".parquet", ".json")).unlink()
+    (out / last.path).unlink()
+    (out / MANIFEST).unlink()
+    kept = {p: p.stat().st_mtime_ns for p in out.rglob("part-*.parquet")}
+    again = ingest_in_process(root, out, shard_size=100, trust_md5sums=True)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("part-*.parquet") if p in kept} == kept
+    assert sorted(s.path for s in again.shards) == sorted(s.path for s in m.shards) and again.pairs == m.pairs
+    assert (again.quarantined_pairs, again.quarantine_kinds) == (m.quarantined_pairs, m.quarantine_kinds)
+
+    # the packing is state read back: one that does not cover the plan once is refused, naming its file
+    (out / "_ingest" / "groups.json").write_text(json.dumps({"shards": planned, "groups": [[0], [0]]}))
+    with pytest.raises(IngestError, match=r"groups\.json: expected the packing of the \d+ planned shards"):
+        ingest_in_process(root, out, shard_size=100, trust_md5sums=True)
+
+
+def test_planned_shards_are_packed_by_the_pairs_the_downloads_hold() -> None:
+    from bigearth.ingest.downloads import pack_buckets
+
+    splits = ["test"] * 3 + ["train"] * 4
+    full = {str(i): 90 for i in range(7)}
+    s2 = {"kind": "s2", "buckets": full}
+    # a complete archive: one shard per planned shard, as before
+    assert pack_buckets(splits, [s2, {"kind": "s1", "buckets": full}], 100) == [[i] for i in range(7)]
+    # a part of it: the fewer of S2 and S1 counts; consecutive buckets of one split while they fit; splits apart
+    s1 = {"kind": "s1", "buckets": {"0": 10, "1": 5, "2": 90, "3": 0, "4": 30, "5": 40, "6": 50}}
+    maps = {"kind": "reference_maps", "buckets": {}}  # not a pair's files: not counted
+    assert pack_buckets(splits, [s2, s1, maps], 100) == [[0, 1], [2], [3, 4, 5], [6]]
+    # a required download missing: nothing there, one shard per split
+    assert pack_buckets(splits, [s2, {"kind": "s1", "buckets": {}, "missing": True}], 100) == [[0, 1, 2], [3, 4, 5, 6]]
+    # staging records from before the counts (a resumed older ingest): nothing packed
+    assert pack_buckets(splits, [s2, {"kind": "s1"}], 100) == [[i] for i in range(7)]
 
 
 def test_v1_folders_absent_are_quarantined_without_a_read(synth_v1: Path, archive_copy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

@@ -109,6 +109,7 @@ def stage_download(
     bar = _bar(d.name, size, progress)
     counts = {"members": 0, "staged": 0, "not_selected": 0, "unknown": 0, "unexpected": 0}
     last_key, last_shard = None, None  # the members of a patch are adjacent: look each patch up once
+    buckets: dict[int, int] = {}  # shard -> patches of it this download holds (what the ingest packs shards by)
     examples: dict[str, list[str]] = {"unknown": [], "unexpected": []}
     spills: list[dict[str, Any]] = []
     buffer, spare = SpillBuffer(SPILL_BYTES), SpillBuffer(SPILL_BYTES)  # one filled while the other is written
@@ -130,6 +131,8 @@ def stage_download(
                     continue
                 if key != last_key:
                     last_key, last_shard = key, route.get(key)
+                    if last_shard is not None:
+                        buckets[last_shard] = buckets.get(last_shard, 0) + 1
                 shard = last_shard
                 if shard is None:
                     _skip(counts, examples, "not_selected" if key in known_set else "unknown", m.name)
@@ -181,6 +184,8 @@ def stage_download(
         "counts": counts,
         "examples": {k: v for k, v in examples.items() if v},
         "spills": spills,
+        "kind": d.kind,
+        "buckets": {str(k): n for k, n in sorted(buckets.items())},
     }
     write_json_atomic(fs, rec_path, record)  # written whole: the download is staged once this exists
     return record
@@ -368,4 +373,11 @@ def staged_download_summary(records: Sequence[dict[str, Any]]) -> dict[str, Any]
 
 def missing_record(download: Download) -> dict[str, Any]:
     """The record of a download that is not in the archive folder (its pairs are quarantined, naming it)."""
-    return {"download": download.name, "missing": True, "published_md5": download.md5, "spills": []}
+    return {
+        "download": download.name,
+        "missing": True,
+        "published_md5": download.md5,
+        "spills": [],
+        "kind": download.kind,
+        "buckets": {},
+    }

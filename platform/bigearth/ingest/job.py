@@ -40,7 +40,13 @@ from bigearth.core.records import RecordError, is_local, is_temp_name, read_json
 from bigearth.core.storage import StorageOptions, join, open_fs
 from bigearth.execution.executors import Executor, Resources, default_executor
 from bigearth.ingest.accounting import Tally
-from bigearth.ingest.downloads import downloads_summary, remove_staging, report_downloads, stage_downloads
+from bigearth.ingest.downloads import (
+    downloads_summary,
+    pack_buckets,
+    remove_staging,
+    report_downloads,
+    stage_downloads,
+)
 from bigearth.ingest.shard import STATE_DIR, ShardItems, ShardPlan, read_report, run_planned_shard
 from bigearth.shards.format import (
     DEFAULT_COMPRESSION,
@@ -199,9 +205,14 @@ def ingest(
             f"excluded by policy: {cat.excluded_counts}"
         )
 
+        groups_file = join(out_root, STATE_DIR, "groups.json")
+        groups = _read_groups(out_fs, groups_file, len(plans))  # the packing of an earlier run of this ingest
+        units = groups or [[i] for i in range(len(plans))]
         with ThreadPoolExecutor(16) as pool:  # concurrent GETs on object storage; an unreadable report is redone
-            finished = pool.map(lambda p: read_report(out_fs, join(out_root, p.report_path)) is not None, plans)
-            todo = [i for i, done in enumerate(finished) if not done]
+            finished = list(
+                pool.map(lambda g: read_report(out_fs, join(out_root, plans[g[0]].report_path)) is not None, units)
+            )
+            todo = [i for g, done in zip(units, finished, strict=True) if not done for i in g]
         staging_url = join(staging or join(out, STATE_DIR, "staged"), fingerprint[:16])
         records: list[dict[str, Any]] = []
         if cat.layout.downloads:
@@ -216,6 +227,14 @@ def ingest(
                 trust_md5sums,
                 executor,
             )
+            if groups is None and not any(finished):  # packed once, before any shard: a re-run reads the packing
+                groups = pack_buckets([p.split for p in plans], records, shard_size)
+                write_json_atomic(out_fs, groups_file, {"shards": len(plans), "groups": groups})
+                if len(groups) < len(plans):
+                    print(
+                        f"ingest: the downloads hold {_present(records):,} of the planned pairs: "
+                        f"{len(plans)} planned shards packed into {len(groups)}"
+                    )
         problems = download_problems(records)
         task_args: dict[str, Any] = {
             "layout": cat.layout.name,
@@ -229,7 +248,7 @@ def ingest(
             "reference_maps": cat.layout.reference_maps,
         }
         unit = partial(run_planned_shard, **task_args)
-        items = ShardItems(plans, records if cat.layout.downloads else None)
+        items = ShardItems(plans, records if cat.layout.downloads else None, groups)
         tally = Tally(cat)
         resources = Resources(cpus=1, concurrency=concurrency)
         for report in executor.map(unit, items, desc="ingest shards", resources=resources):
@@ -280,6 +299,30 @@ def _remove_temporaries(fs: Any, root: str) -> None:
                 if is_temp_name(entry.rstrip("/").rsplit("/", 1)[-1]):
                     with contextlib.suppress(FileNotFoundError):
                         fs.rm_file(entry)
+
+
+def _read_groups(fs: Any, path: str, shards: int) -> list[list[int]] | None:
+    """The packing an earlier run of this ingest wrote (downloads only), or None. It is written before any shard,
+    and the plan it packs is the one the fingerprint fixes; one that does not cover that plan once is refused."""
+    try:
+        record = read_json(fs, path, "shard packing")
+    except FileNotFoundError:
+        return None
+    groups = record.get("groups") if isinstance(record, dict) else None
+    lists = isinstance(groups, list) and all(isinstance(g, list) and g for g in groups)
+    flat = [i for g in groups for i in g] if lists else []  # type: ignore[union-attr]
+    if not lists or record.get("shards") != shards or sorted(flat) != list(range(shards)):
+        raise IngestError(
+            f"{path}: expected the packing of the {shards} planned shards (each once), found {str(record)[:200]}; "
+            "pass --overwrite to start again"
+        )
+    return [[int(i) for i in g] for g in groups]  # type: ignore[union-attr]
+
+
+def _present(records: list[dict[str, Any]]) -> int:
+    """Pairs the downloads hold of the planned ones (the fewer of S2 patches and S1 folders staged)."""
+    counts = [sum(int(n) for n in r.get("buckets", {}).values()) for r in records if r.get("kind") in ("s1", "s2")]
+    return min(counts) if counts else 0
 
 
 def _read_plan(fs: Any, root: str, plan_file: str) -> dict[str, Any] | None:

@@ -174,22 +174,36 @@ def _consume(
 
 
 class ShardItems(Sequence[dict[str, Any]]):
-    """One executor item per planned shard, made when the executor takes it: its plan and staged entries as JSON,
+    """One executor item per shard to write, made when the executor takes it: its plan and staged entries as JSON,
     its catalogue rows as Arrow IPC bytes (plain bytes that any executor carries as is; nothing large is shared or
-    captured, and the local executor holds one item at a time)."""
+    captured, and the local executor holds one item at a time). `groups`: the planned shards each writes (from
+    downloads, consecutive sparse ones are packed into one: `bigearth.ingest.downloads.pack_buckets`; it takes the
+    path of the first); default one each."""
 
-    def __init__(self, plans: list[ShardPlan], records: list[dict[str, Any]] | None) -> None:
+    def __init__(
+        self, plans: list[ShardPlan], records: list[dict[str, Any]] | None, groups: list[list[int]] | None = None
+    ) -> None:
         self.plans, self.records = plans, records
+        self.groups = groups if groups is not None else [[i] for i in range(len(plans))]
 
     def __len__(self) -> int:
-        return len(self.plans)
+        return len(self.groups)
 
-    def __getitem__(self, i: int) -> dict[str, Any]:  # type: ignore[override]
-        p = self.plans[i]
+    def plan(self, g: int) -> ShardPlan:
+        """The shard item `g` writes: the first planned shard's path, every planned shard's catalogue rows."""
+        members = [self.plans[i] for i in self.groups[g]]
+        if len(members) == 1:
+            return members[0]
+        return ShardPlan(members[0].path, members[0].split, pa.concat_tables([m.pairs for m in members]))
+
+    def __getitem__(self, g: int) -> dict[str, Any]:  # type: ignore[override]
+        p = self.plan(g)
         sink = pa.BufferOutputStream()
         with pa.ipc.new_stream(sink, p.pairs.schema) as w:
             w.write_table(p.pairs)
-        staged = shard_entries(self.records, i) if self.records is not None else None
+        staged = None
+        if self.records is not None:
+            staged = [e for i in self.groups[g] for e in shard_entries(self.records, i)]
         return {
             "plan": json.dumps({"path": p.path, "split": p.split}),
             "pairs": sink.getvalue().to_pybytes(),
