@@ -90,10 +90,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    from bigearth.core.memory import bound_heap
     from bigearth.execution import raycluster
 
-    bound_heap()  # the driver too holds many batches in turn (bigearth.core.memory)
     raycluster.arm()
     try:
         return int(args.func(args))

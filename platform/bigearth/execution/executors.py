@@ -273,7 +273,6 @@ def _call(row: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any]:
 
 def _read_pickled(batch: dict[str, np.ndarray], read: Callable[[Any], Iterable[Batch]]) -> Iterator[Batch]:
     """Ray Data UDF: pickled sources in, what `read` yields for each out."""
-    bound_heap()
     for blob in batch["source"]:
         yield from read(pickle.loads(blob))
 

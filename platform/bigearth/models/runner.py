@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from bigearth.core.memory import bound_heap
 from bigearth.models.checkpoints import LoadedModel
 
 
@@ -18,7 +17,6 @@ class ModelRunner:
     """`loaded` on `device` (default: CUDA when there is one); CPU threads capped at `threads` when given."""
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device | None = None, threads: int | None = None):
-        bound_heap()  # a runner lives for many batches in one worker: freed batches go back (bigearth.core.memory)
         self.loaded = loaded
         self.spec = loaded.spec
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
