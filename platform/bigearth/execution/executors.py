@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from bigearth.core.memory import bound_heap, release_freed_memory
+from bigearth.core.memory import HEAP_ENV, release_freed_memory
 
 #: A batch: an Arrow table or a dict of numpy columns.
 Batch = Any
@@ -168,6 +168,8 @@ class RayExecutor(Executor):
             concurrency=res.concurrency,
             num_cpus=res.cpus if res.cpus is not None else 1,
             num_gpus=res.gpus or None,
+            # workers of their own whose heap gives back what each unit freed (bigearth.core.memory)
+            runtime_env={"env_vars": HEAP_ENV},
         )
         try:
             for row in ds.iter_rows():
@@ -249,9 +251,7 @@ def unwrap(e: BaseException) -> BaseException:
 def _call_pickled(row: dict[str, Any], fn: Callable[[Any], Any]) -> dict[str, Any]:
     """Ray Data row UDF: one pickled item in; its pickled result, or the exception it raised (pickled with the
     remote traceback as a note: Ray's own wrapping loses the exception's type on the way to the driver). The worker
-    runs the next unit in the same process: its heap is bounded first and what the unit freed goes back after it
-    (bigearth.core.memory)."""
-    bound_heap()
+    runs the next unit in the same process: what the unit freed goes back after it (bigearth.core.memory)."""
     try:
         return _call(row, fn)
     finally:
