@@ -198,8 +198,12 @@ def test_the_full_metadata_beside_partial_downloads_writes_a_shard_per_split(tmp
     assert (again.quarantined_pairs, again.quarantine_kinds) == (m.quarantined_pairs, m.quarantine_kinds)
 
     # the packing is state read back: one that does not cover the plan once is refused, naming its file
-    (out / "_ingest" / "groups.json").write_text(json.dumps({"shards": planned, "groups": [[0], [0]]}))
-    with pytest.raises(IngestError, match=r"groups\.json: expected the packing of the \d+ planned shards"):
+    for bad in ([[0], [0]], [[1], [0]], [list(range(planned))]):  # twice; out of order; across splits
+        (out / "_ingest" / "groups.json").write_text(json.dumps({"shards": planned, "groups": bad}))
+        with pytest.raises(IngestError, match=r"groups\.json: expected the packing of the \d+ planned shards"):
+            ingest_in_process(root, out, shard_size=100, trust_md5sums=True)
+    (out / "_ingest" / "groups.json").write_text('{"shards": 3')  # cut short
+    with pytest.raises(IngestError, match=r"groups\.json.*pass --overwrite"):
         ingest_in_process(root, out, shard_size=100, trust_md5sums=True)
 
 
@@ -208,17 +212,25 @@ def test_planned_shards_are_packed_by_the_pairs_the_downloads_hold() -> None:
 
     splits = ["test"] * 3 + ["train"] * 4
     full = {str(i): 90 for i in range(7)}
-    s2 = {"kind": "s2", "buckets": full}
     # a complete archive: one shard per planned shard, as before
-    assert pack_buckets(splits, [s2, {"kind": "s1", "buckets": full}], 100) == [[i] for i in range(7)]
-    # a part of it: the fewer of S2 and S1 counts; consecutive buckets of one split while they fit; splits apart
-    s1 = {"kind": "s1", "buckets": {"0": 10, "1": 5, "2": 90, "3": 0, "4": 30, "5": 40, "6": 50}}
-    maps = {"kind": "reference_maps", "buckets": {}}  # not a pair's files: not counted
+    assert pack_buckets(splits, [{"kind": "s2", "buckets": full}, {"kind": "s1", "buckets": full}], 100) == [
+        [i] for i in range(7)
+    ]
+    # a part of it: per bucket the more of S2 and S1 staged (what its task loads); consecutive buckets of one split
+    # while they fit; splits apart; reference maps not counted
+    s2 = {"kind": "s2", "buckets": {"0": 10, "1": 5, "2": 90, "3": 0, "4": 30, "5": 40, "6": 50}}
+    s1 = {"kind": "s1", "buckets": {"0": 8, "1": 5, "2": 85, "4": 30, "5": 40, "6": 50}}
+    maps = {"kind": "reference_maps", "buckets": {"0": 1000}}
     assert pack_buckets(splits, [s2, s1, maps], 100) == [[0, 1], [2], [3, 4, 5], [6]]
-    # a required download missing: nothing there, one shard per split
-    assert pack_buckets(splits, [s2, {"kind": "s1", "buckets": {}, "missing": True}], 100) == [[0, 1, 2], [3, 4, 5, 6]]
-    # staging records from before the counts (a resumed older ingest): nothing packed
+    # a required download missing or cut short: packed by what the other holds, never past shard_size loaded
+    gone = {"kind": "s1", "buckets": {}, "missing": True}
+    assert pack_buckets(splits, [{"kind": "s2", "buckets": full}, gone], 100) == [[i] for i in range(7)]
+    assert pack_buckets(splits, [s2, gone], 100) == [[0, 1], [2], [3, 4, 5], [6]]
+    # staging records from before the counts (a resumed older ingest), one or all: nothing packed
     assert pack_buckets(splits, [s2, {"kind": "s1"}], 100) == [[i] for i in range(7)]
+    assert pack_buckets(splits, [s2, {"download": "BigEarthNet-S1.tar.zst", "spills": []}], 100) == [
+        [i] for i in range(7)
+    ]
 
 
 def test_v1_folders_absent_are_quarantined_without_a_read(synth_v1: Path, archive_copy, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]

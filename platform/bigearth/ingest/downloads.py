@@ -80,23 +80,24 @@ def stage_downloads(
 
 def pack_buckets(splits: Sequence[str], records: Sequence[dict[str, Any]], shard_size: int) -> list[list[int]]:
     """The planned shards (`splits`: the split of each, in plan order; the staging buckets) grouped into the shards
-    to write, from what the downloads held: consecutive buckets of one split join while the pairs present in them
-    (the fewer of a bucket's S2 patches and S1 folders staged) fit in `shard_size`. A complete archive keeps one
-    shard per bucket; the full metadata beside a part of the images no longer writes a file per few pairs. Staging
-    records made before buckets were counted leave every bucket its own shard."""
-    pairs = [r for r in records if r.get("kind") in ("s1", "s2")]
+    to write, from what the downloads held: consecutive buckets of one split join while the patches staged for them
+    fit in `shard_size` (per bucket, the more of its S2 patches and S1 folders staged: what its task loads). A
+    complete archive keeps one shard per bucket; the full metadata beside a part of the images no longer writes a
+    file per few pairs, and a task never loads more than `shard_size` patches of a download. Staging records made
+    before buckets were counted leave every bucket its own shard."""
+    pairs = [r for r in records if r.get("kind") != "reference_maps"]  # an older record has no kind: it counts
     if not pairs or any("buckets" not in r for r in pairs):
         return [[i] for i in range(len(splits))]
-    present = [min(int(r["buckets"].get(str(i), 0)) for r in pairs) for i in range(len(splits))]
+    load = [max(int(r["buckets"].get(str(i), 0)) for r in pairs) for i in range(len(splits))]
     groups: list[list[int]] = []
     filled = 0
     for i, split in enumerate(splits):
-        if groups and splits[groups[-1][0]] == split and filled + present[i] <= shard_size:
+        if groups and splits[groups[-1][0]] == split and filled + load[i] <= shard_size:
             groups[-1].append(i)
-            filled += present[i]
+            filled += load[i]
         else:
             groups.append([i])
-            filled = present[i]
+            filled = load[i]
     return groups
 
 

@@ -206,7 +206,8 @@ def ingest(
         )
 
         groups_file = join(out_root, STATE_DIR, "groups.json")
-        groups = _read_groups(out_fs, groups_file, len(plans))  # the packing of an earlier run of this ingest
+        # the packing of an earlier run of this ingest
+        groups = _read_groups(out_fs, groups_file, [p.split for p in plans])
         units = groups or [[i] for i in range(len(plans))]
         with ThreadPoolExecutor(16) as pool:  # concurrent GETs on object storage; an unreadable report is redone
             finished = list(
@@ -301,22 +302,34 @@ def _remove_temporaries(fs: Any, root: str) -> None:
                         fs.rm_file(entry)
 
 
-def _read_groups(fs: Any, path: str, shards: int) -> list[list[int]] | None:
+def _read_groups(fs: Any, path: str, splits: list[str]) -> list[list[int]] | None:
     """The packing an earlier run of this ingest wrote (downloads only), or None. It is written before any shard,
-    and the plan it packs is the one the fingerprint fixes; one that does not cover that plan once is refused."""
+    and the plan it packs is the one the fingerprint fixes; one that does not cover that plan once, in runs of
+    consecutive planned shards of one split, is refused."""
+    hint = "pass --overwrite to start again"
     try:
         record = read_json(fs, path, "shard packing")
     except FileNotFoundError:
         return None
+    except RecordError as e:
+        raise IngestError(f"{e}; {hint}") from None
     groups = record.get("groups") if isinstance(record, dict) else None
-    lists = isinstance(groups, list) and all(isinstance(g, list) and g for g in groups)
-    flat = [i for g in groups for i in g] if lists else []  # type: ignore[union-attr]
-    if not lists or record.get("shards") != shards or sorted(flat) != list(range(shards)):
-        raise IngestError(
-            f"{path}: expected the packing of the {shards} planned shards (each once), found {str(record)[:200]}; "
-            "pass --overwrite to start again"
+    ok = isinstance(groups, list) and all(
+        isinstance(g, list) and g and all(isinstance(i, int) and 0 <= i < len(splits) for i in g) for g in groups
+    )
+    if ok:
+        flat = [i for g in groups for i in g]  # type: ignore[union-attr]
+        ok = (
+            record.get("shards") == len(splits)
+            and flat == list(range(len(splits)))
+            and all(len({splits[i] for i in g}) == 1 for g in groups)  # type: ignore[union-attr]
         )
-    return [[int(i) for i in g] for g in groups]  # type: ignore[union-attr]
+    if not ok:
+        raise IngestError(
+            f"{path}: expected the packing of the {len(splits)} planned shards (each once, in order, runs of one "
+            f"split), found {str(record)[:200]}; {hint}"
+        )
+    return groups  # type: ignore[return-value]
 
 
 def _present(records: list[dict[str, Any]]) -> int:
