@@ -4,11 +4,12 @@
 driver whose cluster is torn down under it can wait on tasks that no node will run. So, before attaching, the
 GCS address (`RAY_ADDRESS`, or the record of the last `ray start` in `$RAY_TMPDIR/ray_current_cluster`) is probed:
 an explicit address that does not answer within `PROBE_S` is an error naming it; a stale record is reported and a
-local Ray is started instead. Once attached, a watchdog thread probes the GCS every few seconds; when it has not
-answered for `LOST_AFTER_S`, it logs what happened and what to do. In a command (`bigearth ...`, `jobs/*.py`:
-they call `arm()`) it also interrupts the main thread (a `KeyboardInterrupt`, which `bigearth` turns into that
-message), and exits with status 75 if the cluster is still silent 15 s later; a library caller (a notebook, a
-service embedding bigearth) only gets the log. Ray Client (`ray://`) connections are not watched.
+local Ray is started instead. Once attached, a watchdog thread probes the GCS every few seconds (every second once
+it is silent); when it has not answered for `LOST_AFTER_S` since its last answer, it logs what happened and what to
+do. In a command (`bigearth ...`, `jobs/*.py`: they call `arm()`) it also interrupts the main thread (a
+`KeyboardInterrupt`, which `bigearth` turns into that message), and exits with status 75 if the cluster is still
+silent `EXIT_AFTER_S` (10 s) later; a library caller (a notebook, a service embedding bigearth) only gets the log.
+Ray Client (`ray://`) connections are not watched.
 `BIGEARTH_RAY_PROBE_S` and `BIGEARTH_RAY_LOST_AFTER_S` change the two waits.
 """
 
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 PROBE_S = float(os.environ.get("BIGEARTH_RAY_PROBE_S", 15))  # how long an address may take to answer
 LOST_AFTER_S = float(os.environ.get("BIGEARTH_RAY_LOST_AFTER_S", 30))  # silence before the command stops
 EXIT_CODE = 75  # EX_TEMPFAIL: try again once the cluster is back
+EXIT_AFTER_S = 10.0  # after the interrupt: the process exits if a wait in Ray's native code still holds it
+SILENT_EVERY_S = 1.0  # probe interval once the GCS has stopped answering
 
 #: Set by the watchdog when the cluster went away: why, and what to do.
 LOST: str | None = None
@@ -156,26 +159,29 @@ def _watch(gcs_address: str, every: float) -> None:
         except Exception:
             return False
 
-    silent_since: float | None = None
+    last_answer = time.monotonic()  # the silence is counted from the last answer, not from the first failed probe
+    failed = 0  # probes failed in a row: one alone (a process paused past the window) never stops a command
     while attached():
         if _answers(gcs_address):
-            silent_since = None
-        else:
-            silent_since = silent_since or time.monotonic()
-            if time.monotonic() - silent_since >= LOST_AFTER_S:
-                LOST = (
-                    f"the Ray cluster at {gcs_address} stopped answering {LOST_AFTER_S:g} s ago (its head was "
-                    "stopped or the network is down): start it again and re-run the command (ingest and training "
-                    "resume where they stopped), or unset RAY_ADDRESS to run on a local Ray"
-                )
-                log.error(LOST)
-                if not _ARMED:
-                    return
-                print(f"error: {LOST}", file=sys.stderr, flush=True)
-                if _main_thread_caller:
-                    _thread.interrupt_main()
-                time.sleep(15)
-                if attached() and not _answers(gcs_address) and not _interactive():
-                    os._exit(EXIT_CODE)  # the interrupt did not end it: a wait in native code
+            last_answer, failed = time.monotonic(), 0
+            time.sleep(every)
+            continue
+        failed += 1
+        silent = time.monotonic() - last_answer
+        if silent >= LOST_AFTER_S and failed >= 2:
+            LOST = (
+                f"the Ray cluster at {gcs_address} stopped answering {silent:.0f} s ago (its head was "
+                "stopped or the network is down): start it again and re-run the command (ingest and training "
+                "resume where they stopped), or unset RAY_ADDRESS to run on a local Ray"
+            )
+            log.error(LOST)
+            if not _ARMED:
                 return
-        time.sleep(every)
+            print(f"error: {LOST}", file=sys.stderr, flush=True)
+            if _main_thread_caller:
+                _thread.interrupt_main()
+            time.sleep(EXIT_AFTER_S)
+            if attached() and not _answers(gcs_address) and not _interactive():
+                os._exit(EXIT_CODE)  # the interrupt did not end it: a wait in native code
+            return
+        time.sleep(min(every, SILENT_EVERY_S))  # silent: ask again sooner, so a cut is counted to the second
