@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,3 +121,48 @@ def test_a_lost_worker_host_mid_run_resumes_on_the_hosts_left(fault: str, shards
     assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)
     result = json.loads(re.findall(r'^.*?(\{"run": .*\})\s*$', output, re.M)[-1])  # after progress bars' escapes
     assert result["metrics"]["epoch"] == EPOCHS
+
+
+def test_a_run_that_lost_a_host_waits_for_a_spare_one_and_resumes_there(shards_v2: Path, tmp_path: Path) -> None:
+    """Two hosts of one CPU, two workers (one per host): the worker host's link is cut after the first checkpoint.
+    Ray counts it dead; the worker group cannot be placed on one host, so the run waits (Ray Train retries the
+    group's start, without charging `run.max_failures`), and resumes from the checkpoint once a spare host joins:
+    every epoch once, the restarted workers on the head's host and the spare."""
+    storage, name = tmp_path / "runs", "spare"
+    run = storage / name
+    log = tmp_path / "driver.log"
+    overrides = (
+        f"optim.epochs={EPOCHS}",
+        "scaling.num_workers=2",
+        "scaling.placement_strategy=STRICT_SPREAD",
+        "data.batch_size=4",
+        "run.patience=10",
+    )
+    with HostCluster(nodes=2, spare=1, cpus=1) as c:
+        head, lost, spare = (h.address for h in c.hosts)
+        driver = c.popen(0, _train(c, shards_v2, storage, name, *overrides), log)
+        try:
+            wait_for(lambda: _registered_epoch(run) is not None or driver.poll() is not None, 240, "a checkpoint")
+            assert driver.poll() is None, log.read_text()[-4000:]
+            c.cut(1)
+            c.wait_nodes([head], timeout=60)  # counted dead: one host left, too few for the group
+            at_fault = _registered_epoch(run)  # read once the group is stopped (no report can arrive after)
+            assert at_fault is not None and at_fault < EPOCHS
+            time.sleep(20)  # the group's failure is seen and its placement asked for again (60 s a try)
+            assert driver.poll() is None, log.read_text()[-4000:]  # waiting, not failed
+            assert _registered_epoch(run) == at_fault  # and not training on one host meanwhile
+            c.join(2)
+            driver.wait(timeout=420)
+        finally:
+            if driver.poll() is None:
+                driver.kill()
+        output = log.read_text()
+    assert driver.returncode == 0, output[-6000:]
+    workers = set(re.findall(r"RayTrainWorker pid=(\d+)\b.*?node ([\d.]+): collectives on ", output))
+    where = [ip for _, ip in workers]
+    # the first group on the head's host and the lost one; the restarted group on the head's host and the spare
+    # (a start tried again after the spare joined adds workers, never on the lost host)
+    assert where.count(lost) == 1 and where.count(spare) >= 1 and where.count(head) >= 2, workers
+    history = metrics_history(run)
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)), history  # each epoch once
+    assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)
