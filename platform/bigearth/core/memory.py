@@ -13,7 +13,7 @@ the process starts), large blocks are mapped on their own and unmapped when free
 `HEAP_ENV` is for the worker processes that run units of I/O and decoding (the executors' `map` units: ingest
 shards, staging, statistics; Ray starts them apart from other workers, since their environment differs), not for
 model inference, whose tensors of MBs would each be mapped and unmapped (measured with the threshold fixed in the
-inference workers and the CLI driver: `bigearth index` 2x and `bigearth evaluate` 1.5x slower at 20,000 pairs).
+inference workers and the CLI driver: `bigearth index` 1.6x and `bigearth evaluate` 1.2x slower at 20,000 pairs).
 `release_freed_memory` gives back, after a unit, what the heaps and Arrow's pool hold free.
 """
 
