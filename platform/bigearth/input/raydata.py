@@ -116,6 +116,9 @@ def open_split(
     ds: Any = ray.data.from_items(items, override_num_blocks=len(items))
     if shuffle_files:
         ds = ds.randomize_block_order()
+        # the files in that order: by default Ray Data yields blocks as their read tasks finish, and with as many
+        # CPUs as files the same (smallest) file comes first every epoch, whatever the shuffle
+        ds.context.execution_options.preserve_order = True
     kwargs: dict[str, Any] = {"columns": columns, "url": shards, "storage": storage}
     if decode:
         kwargs.update(decode_groups=groups, nomenclature=nomenclature)
