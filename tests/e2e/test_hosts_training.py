@@ -76,6 +76,26 @@ def _worker_host(c: HostCluster) -> int:
 
 
 EPOCHS = 4
+#: a run with one worker per host, and more steps per epoch: the fault lands inside one, not after the run
+FAULT_RUN = (
+    f"optim.epochs={EPOCHS}",
+    "scaling.num_workers=2",
+    "scaling.placement_strategy=STRICT_SPREAD",
+    "data.batch_size=4",
+    "run.patience=10",
+)
+
+
+def _worker_hosts(output: str) -> list[str]:
+    """The host of each Ray Train worker process the run started (each prints its node and the interface it binds;
+    Ray prefixes its pid)."""
+    return [ip for _, ip in set(re.findall(r"RayTrainWorker pid=(\d+)\b.*?node ([\d.]+): collectives on ", output))]
+
+
+def _each_epoch_once(run: Path) -> None:
+    history = metrics_history(run)
+    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)), history  # each epoch once
+    assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)
 
 
 @pytest.mark.parametrize("fault", ["cut", "kill"])
@@ -87,15 +107,8 @@ def test_a_lost_worker_host_mid_run_resumes_on_the_hosts_left(fault: str, shards
     storage, name = tmp_path / "runs", f"lost-{fault}"
     run = storage / name
     log = tmp_path / "driver.log"
-    overrides = (
-        f"optim.epochs={EPOCHS}",
-        "scaling.num_workers=2",
-        "scaling.placement_strategy=STRICT_SPREAD",
-        "data.batch_size=4",  # more steps per epoch: the fault lands inside one, not after the run
-        "run.patience=10",
-    )
     with HostCluster(nodes=3, cpus=1) as c:
-        driver = c.popen(0, _train(c, shards_v2, storage, name, *overrides), log)
+        driver = c.popen(0, _train(c, shards_v2, storage, name, *FAULT_RUN), log)
         try:
             wait_for(lambda: _registered_epoch(run) is not None or driver.poll() is not None, 240, "a checkpoint")
             assert driver.poll() is None, log.read_text()[-4000:]
@@ -111,14 +124,11 @@ def test_a_lost_worker_host_mid_run_resumes_on_the_hosts_left(fault: str, shards
                 driver.kill()
         output = log.read_text()
     assert driver.returncode == 0, output[-6000:]
-    # the worker group started again after the fault (each worker process prints its node and the interface it
-    # binds, Ray prefixes its pid), and not on the lost host
-    workers = set(re.findall(r"RayTrainWorker pid=(\d+)\b.*?node ([\d.]+): collectives on ", output))
-    assert len(workers) >= 4, output[-6000:]
-    assert [ip for _, ip in workers].count(lost) == 1, workers
-    history = metrics_history(run)
-    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)), history  # each epoch once
-    assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)
+    # the worker group started again after the fault, and not on the lost host
+    where = _worker_hosts(output)
+    assert len(where) >= 4, output[-6000:]
+    assert where.count(lost) == 1, where
+    _each_epoch_once(run)
     result = json.loads(re.findall(r'^.*?(\{"run": .*\})\s*$', output, re.M)[-1])  # after progress bars' escapes
     assert result["metrics"]["epoch"] == EPOCHS
 
@@ -131,16 +141,9 @@ def test_a_run_that_lost_a_host_waits_for_a_spare_one_and_resumes_there(shards_v
     storage, name = tmp_path / "runs", "spare"
     run = storage / name
     log = tmp_path / "driver.log"
-    overrides = (
-        f"optim.epochs={EPOCHS}",
-        "scaling.num_workers=2",
-        "scaling.placement_strategy=STRICT_SPREAD",
-        "data.batch_size=4",
-        "run.patience=10",
-    )
     with HostCluster(nodes=2, spare=1, cpus=1) as c:
         head, lost, spare = (h.address for h in c.hosts)
-        driver = c.popen(0, _train(c, shards_v2, storage, name, *overrides), log)
+        driver = c.popen(0, _train(c, shards_v2, storage, name, *FAULT_RUN), log)
         try:
             wait_for(lambda: _registered_epoch(run) is not None or driver.poll() is not None, 240, "a checkpoint")
             assert driver.poll() is None, log.read_text()[-4000:]
@@ -158,11 +161,8 @@ def test_a_run_that_lost_a_host_waits_for_a_spare_one_and_resumes_there(shards_v
                 driver.kill()
         output = log.read_text()
     assert driver.returncode == 0, output[-6000:]
-    workers = set(re.findall(r"RayTrainWorker pid=(\d+)\b.*?node ([\d.]+): collectives on ", output))
-    where = [ip for _, ip in workers]
+    where = _worker_hosts(output)
     # the first group on the head's host and the lost one; the restarted group on the head's host and the spare
     # (a start tried again after the spare joined adds workers, never on the lost host)
-    assert where.count(lost) == 1 and where.count(spare) >= 1 and where.count(head) >= 2, workers
-    history = metrics_history(run)
-    assert [h["epoch"] for h in history] == list(range(1, EPOCHS + 1)), history  # each epoch once
-    assert all(h["workers"] == 2 and h["nodes"] == 2 for h in history)
+    assert where.count(lost) == 1 and where.count(spare) >= 1 and where.count(head) >= 2, where
+    _each_epoch_once(run)
