@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bigearth.input.loader import RowGroup, RowGroupLoader, epoch_share, row_groups, row_share
+from bigearth.input.loader import BatchBuffers, RowGroup, RowGroupLoader, epoch_share, row_groups, row_share
 from bigearth.shards.format import ShardFormatError
 from helpers import assert_batch_holds_rows, ingest_in_process, split_rows
 
@@ -119,6 +119,26 @@ def test_memory_is_bounded_by_the_buffer_not_the_epoch(fine: Path) -> None:
     slots = -(-12 // max(g.rows for g in plan))
     assert seen == sum(g.rows for g in plan) and len(plan) > 4 * (2 * slots + 3)
     assert peak <= 2 * slots + 3  # slots, reads in flight (threads + 2 + empty slots), the one being taken
+
+
+def test_batch_memory_is_reused_only_once_nothing_holds_it(fine: Path) -> None:
+    """Batches a consumer keeps are never overwritten by later ones; batches it drops lend their memory to the next
+    (of this loader and of the next epoch's, with one `BatchBuffers` shared)."""
+    rows = split_rows(fine, "train")
+    plan = row_groups(str(fine), "train") * 3
+    kept = list(RowGroupLoader(plan, 8, shuffle_buffer=16, seed=2))
+    assert len(kept) > 10
+    for batch in kept:  # every batch still holds its own rows, none overwritten by a later batch
+        assert_batch_holds_rows(batch, rows)
+    buffers = BatchBuffers(keep=8)  # more than are ever alive at once (queue, the one assembled, the one used)
+    addresses, batches = set(), 0
+    for epoch in range(2):
+        for batch in RowGroupLoader(plan, 8, shuffle_buffer=16, seed=epoch, buffers=buffers):
+            assert_batch_holds_rows(batch, rows)
+            addresses.add(batch["s2_10m"].data_ptr())
+            batches += 1
+    assert batches > 20 and len(addresses) <= 8 + 1  # the kept arrays, and the short last batch of each shape
+    assert addresses <= {a.ctypes.data for arrays in buffers._arrays.values() for a in arrays}  # the pool's own
 
 
 def test_limit_drop_last_bands_and_an_early_stop(fine: Path) -> None:

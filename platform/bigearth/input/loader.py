@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import queue
+import sys
 import threading
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -140,6 +141,48 @@ class _Decoded:
         self.ids = table.column("patch_id").to_numpy()
 
 
+def _refs(array: np.ndarray) -> int:
+    return sys.getrefcount(array)
+
+
+class BatchBuffers:
+    """The memory of a loader's batch arrays, reused instead of fresh pages every batch (a batch's 70 MB of fresh
+    pages cost more than the gather itself on a VM that returns freed pages to its host: bench/input_pipeline.py).
+
+    On the CPU an array is handed out again only once nothing refers to it any more (its reference count is back to
+    the pool's own): a consumer that keeps its batches keeps their memory, and the pool then allocates anew (up to
+    `keep` arrays of a shape are kept). For a CUDA device the arrays are pinned tensors from torch's caching host
+    allocator: the batch is sent to the device without the extra copy of `pin_memory()`, and a block is reused only
+    once the copies from it have finished (the allocator records them on the stream). One instance may serve the
+    loaders of every epoch (`bigearth.training.loop` passes one)."""
+
+    def __init__(self, pinned: bool = False, keep: int = 6) -> None:
+        self.pinned, self.keep = pinned, keep
+        self._arrays: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
+        self._lock = threading.Lock()
+        probe = [np.empty(0)]
+        self._idle = _refs(probe[0])  # the count of an array only the pool's list holds, measured the same way
+
+    def take(self, shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, Any]:
+        """An array of `shape` and `dtype` to fill (no other holder), and the torch tensor it is a view of when
+        pinned (hand that tensor out, not a copy)."""
+        if self.pinned:
+            import torch
+
+            tensor = torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), pin_memory=True)
+            return tensor.numpy(), tensor
+        key = (shape, np.dtype(dtype).str)
+        with self._lock:
+            arrays = self._arrays.setdefault(key, [])
+            for i in range(len(arrays)):
+                if _refs(arrays[i]) == self._idle:
+                    return arrays[i], None
+            array = np.empty(shape, dtype=dtype)
+            if len(arrays) < self.keep:
+                arrays.append(array)
+            return array, None
+
+
 class RowGroupLoader:
     """Torch batches from a list of row groups (see the module docstring). Iterate it once per epoch.
 
@@ -163,6 +206,7 @@ class RowGroupLoader:
         drop_last: bool = False,
         threads: int = 2,
         prefetch: int = 2,
+        buffers: BatchBuffers | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -174,6 +218,7 @@ class RowGroupLoader:
             raise ValueError("skip is for unshuffled reading (evaluation shares from row_share)")
         self.skip = skip
         self.threads, self.prefetch = max(1, threads), max(1, prefetch)
+        self._buffers = buffers or BatchBuffers(pinned=_is_cuda(device), keep=self.prefetch + 4)
         self.columns = ["patch_id", label_column(nomenclature), *(b for names in self.bands.values() for b in names)]
         self._metadata: dict[str, Any] = {}  # footer of each file, read once per loader
         self._filesystems: dict[str, Any] = {}  # one pyarrow filesystem per shard set, made once per loader
@@ -259,13 +304,15 @@ class RowGroupLoader:
     def _assemble(self, buffer: list[tuple[_Decoded, np.ndarray]], counts: Any, n: int) -> dict[str, Any]:
         """Gather the drawn rows into the batch arrays: one copy, Arrow buffer -> batch. Each group's array is
         allocated band-major (`[C, B, H, W]` in memory) so that every band's rows land in contiguous memory (numpy
-        gathers ~4x faster into contiguous destinations), and handed out as its `[B, C, H, W]` view."""
+        gathers ~4x faster into contiguous destinations), and handed out as its `[B, C, H, W]` view. The arrays come
+        from `self._buffers` (recycled or pinned, see `BatchBuffers`), not from fresh pages each batch."""
         out: dict[str, Any] = {}
         band_major: dict[str, np.ndarray] = {}
         for group, names in self.bands.items():
             b = BANDS[names[0]]
-            band_major[group] = np.empty((len(names), n, b.size, b.size), dtype=b.dtype)
-            out[group] = band_major[group].transpose(1, 0, 2, 3)
+            array, handed = self._buffers.take((len(names), n, b.size, b.size), b.dtype)
+            band_major[group] = array
+            out[group] = handed.permute(1, 0, 2, 3) if handed is not None else array.transpose(1, 0, 2, 3)
         first = buffer[0][0]
         out["labels"] = np.empty((n, first.labels.shape[1]), dtype=np.float32)
         out["patch_id"] = np.empty(n, dtype=object)
@@ -317,6 +364,14 @@ class RowGroupLoader:
                 with contextlib.suppress(queue.Empty):
                     ready.get(timeout=0.05)
             worker.join()
+
+
+def _is_cuda(device: Any) -> bool:
+    if device is None:
+        return False
+    import torch
+
+    return torch.device(device).type == "cuda"
 
 
 def _equal_shares(sizes: Sequence[int], n: int, rng: np.random.Generator) -> np.ndarray:

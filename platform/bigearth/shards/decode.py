@@ -115,9 +115,9 @@ def label_matrix(table: pa.Table, nomenclature: int = 19) -> np.ndarray:
 
 
 def to_torch(batch: dict[str, np.ndarray], device: Any = None) -> dict[str, Any]:
-    """Arrays -> tensors (uint16 stays uint16: the stem casts on the device); `patch_id` stays a list of str.
-    For a CUDA device the batch is copied into pinned memory and sent without blocking, so the copy overlaps the
-    previous step."""
+    """Arrays (or tensors already, e.g. the loader's pinned ones) -> tensors (uint16 stays uint16: the stem casts
+    on the device); `patch_id` stays a list of str. For a CUDA device the batch is sent from pinned memory (copied
+    there first unless it is already) without blocking, so the copy overlaps the previous step."""
     import torch
 
     cuda = device is not None and torch.device(device).type == "cuda"
@@ -126,8 +126,9 @@ def to_torch(batch: dict[str, np.ndarray], device: Any = None) -> dict[str, Any]
         if key == "patch_id":
             out[key] = value.tolist() if isinstance(value, np.ndarray) else list(value)
         else:
-            tensor = torch.from_numpy(np.require(value, requirements="W"))  # Ray may hand out read-only arrays
-            if cuda:
+            # Ray may hand out read-only arrays (np.require copies those)
+            tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.require(value, requirements="W"))
+            if cuda and not tensor.is_pinned():
                 tensor = tensor.pin_memory()
             out[key] = tensor.to(device, non_blocking=True) if device is not None else tensor
     return out

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from bigearth.input.loader import RowGroup, RowGroupLoader, epoch_share, row_share
+from bigearth.input.loader import BatchBuffers, RowGroup, RowGroupLoader, epoch_share, row_share
 from bigearth.metrics.multilabel import MultilabelMetrics
 from bigearth.models import checkpoints
 from bigearth.models.registry import create_model
@@ -353,6 +353,8 @@ def run_worker(worker: Worker, config: dict[str, Any]) -> None:
         "storage": storage,
         "device": device,
         "threads": cfg.data.reader_threads,
+        # the batch arrays of every epoch's loaders, reused (pinned on CUDA): no fresh pages per batch
+        "buffers": BatchBuffers(pinned=torch.device(device).type == "cuda"),
     }
     autocast = autocast_for(cfg, device)
     for epoch in range(state.epoch, cfg.optim.epochs):
