@@ -57,9 +57,9 @@ def _rows(n: int) -> Iterator[dict[str, Any]]:
         yield row
 
 
-def _write(out: Path, old_layout: bool = False) -> Path:
-    """A shard set of PAIRS pairs in one file: written by the platform's writer, or (`old_layout`) as shards were
-    before the page index (one page per column chunk, no offset index)."""
+def _write(out: Path, old_layout: bool = False, compression: str = "lz4") -> Path:
+    """A shard set of PAIRS pairs in one file: written by the platform's writer (`compression`), or (`old_layout`)
+    as shards were before the page index (one page per column chunk, no offset index)."""
     from bigearth.core.storage import open_fs
     from bigearth.shards.format import SHARD_SCHEMA, Manifest, ShardWriter
 
@@ -70,7 +70,7 @@ def _write(out: Path, old_layout: bool = False) -> Path:
         table = pa.Table.from_pylist(list(_rows(PAIRS)), schema=SHARD_SCHEMA)
         pq.write_table(table, path, row_group_size=128, compression="lz4", write_page_checksum=True)
     else:
-        writer = ShardWriter(fs, str(path))
+        writer = ShardWriter(fs, str(path), compression)
         for row in _rows(PAIRS):
             writer.write(row)
         writer.close()
@@ -82,6 +82,12 @@ def _write(out: Path, old_layout: bool = False) -> Path:
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return _write(tmp_path_factory.mktemp("limits") / "shards")
+
+
+@pytest.fixture(scope="module")
+def plain_shards(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Uncompressed pages: what the writer makes on a local disk by default (`compression_for`)."""
+    return _write(tmp_path_factory.mktemp("limits") / "plain", compression="none")
 
 
 @pytest.fixture(scope="module")
@@ -564,15 +570,33 @@ def test_a_page_without_a_checksum_is_read_through_the_verified_row_group(shards
         assert all(np.array_equal(a[g], b[g]) for g in ALL_GROUPS)
 
 
-@settings(
+FLIPS = st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4)
+FUZZ = settings(
     max_examples=150, deadline=2000, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
-@given(st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 255)), min_size=1, max_size=4))
+
+
+@FUZZ
+@given(FLIPS)
 def test_a_mutated_page_reads_back_right_or_is_refused(shards: Path, flips: list[tuple[int, int]]) -> None:
     """Bytes of a real page (header and data) changed: the right value, or CorruptPage / Unsupported."""
+    _mutated_page(shards, "LZ4_RAW", flips)
+
+
+@FUZZ
+@given(FLIPS)
+def test_a_mutated_uncompressed_page_reads_back_right_or_is_refused(
+    plain_shards: Path, flips: list[tuple[int, int]]
+) -> None:
+    """The same for uncompressed pages, the default on local disks."""
+    _mutated_page(plain_shards, "UNCOMPRESSED", flips)
+
+
+def _mutated_page(shards: Path, codec: str, flips: list[tuple[int, int]]) -> None:
     from bigearth.shards.pages import offset_index_locations, page_locations, read_footer, read_value
 
-    data = _B02_FILE.get("data") or _B02_FILE.setdefault("data", (shards / "train" / "part-00000.parquet").read_bytes())
+    key = str(shards)
+    data = _B02_FILE.get(key) or _B02_FILE.setdefault(key, (shards / "train" / "part-00000.parquet").read_bytes())
     col = pq.ParquetFile(shards / "train" / "part-00000.parquet").schema_arrow.get_field_index("B02")
     where = offset_index_locations(read_footer(lambda n, o: data[o : o + n], len(data)))[0][col]
     assert where is not None
@@ -590,7 +614,7 @@ def test_a_mutated_page_reads_back_right_or_is_refused(shards: Path, flips: list
 
     width = 120 * 120 * 2
     try:
-        value = read_value(read_at, "LZ4_RAW", pages, 128, 7, width, 1)
+        value = read_value(read_at, codec, pages, 128, 7, width, 1)
     except (CorruptPage, Unsupported):
         assert changed
         return

@@ -14,7 +14,15 @@ import pytest
 from bigearth.core.bands import ALL_BANDS
 from bigearth.core.storage import open_fs
 from bigearth.ingest.job import plan_shards
-from bigearth.shards.format import MANIFEST, SHARD_SCHEMA, Manifest, ShardFormatError
+from bigearth.shards.format import (
+    MANIFEST,
+    SHARD_SCHEMA,
+    Manifest,
+    ShardFormatError,
+    compression_for,
+    resolve_compression,
+)
+from helpers import ingest_in_process
 
 
 def _first_file(shards: Path, split: str = "validation") -> Path:
@@ -45,3 +53,40 @@ def test_shards_never_exceed_the_shard_size() -> None:
         plans = plan_shards(pa.table({"patch_id": ids, "split": ["train"] * n}), size)
         assert all(len(p.rows) <= size for p in plans), (n, size)
         assert sum(len(p.rows) for p in plans) == n and len(plans) == -(-n // size)
+
+
+MOUNTS = """\
+/dev/vda1 / ext4 rw,relatime 0 0
+tmpfs /tmp tmpfs rw 0 0
+server:/export /mnt/data nfs4 rw 0 0
+bucket /mnt/data/s3 fuse.s3fs rw 0 0
+//nas/share /mnt/my\\040share cifs rw 0 0
+"""
+
+
+def test_the_default_codec_follows_the_storage() -> None:
+    """Local disks get uncompressed pages; whatever crosses a network (object stores, network or FUSE mounts) zstd."""
+    for url in ("s3://bucket/shards", "gs://b/s", "az://c/s", "https://host/s", "hdfs://nn/s"):
+        assert compression_for(url, MOUNTS) == "zstd", url
+    for url in ("/data/shards", "/tmp/x", "file:///data/shards", "relative/shards", "/mnt/database"):
+        assert compression_for(url, MOUNTS) == "none", url
+    for url in ("/mnt/data/shards", "/mnt/data", "/mnt/data/s3/x", "/mnt/my share/s", "file:///mnt/data/x"):
+        assert compression_for(url, MOUNTS) == "zstd", url
+    assert compression_for("/anything", "") == "none"  # no mount table: a local disk
+    assert resolve_compression("lz4", "s3://b/s") == "lz4" and resolve_compression("auto", "s3://b/s") == "zstd"
+    with pytest.raises(ValueError, match="compression 'brotli': expected 'auto' or one of"):
+        resolve_compression("brotli", "/x")
+
+
+def test_an_ingest_begun_with_another_codec_resumes_in_it(synth_v2: Path, tmp_path: Path) -> None:
+    """Re-running with the default (auto) over an ingest begun with a named codec (or an earlier version's default,
+    lz4) carries it on in that codec instead of refusing it as a different ingest; naming another codec is refused."""
+    from bigearth.ingest.job import IngestError
+
+    out = tmp_path / "shards"
+    first = ingest_in_process(synth_v2, out, shard_size=30, compression="lz4")
+    again = ingest_in_process(synth_v2, out, shard_size=30)
+    assert first.source["compression"] == again.source["compression"] == "lz4"
+    assert pq.ParquetFile(_first_file(out)).metadata.row_group(0).column(0).compression == "LZ4"
+    with pytest.raises(IngestError, match="holds a different ingest"):
+        ingest_in_process(synth_v2, out, shard_size=30, compression="zstd")

@@ -46,9 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--shard-size", type=int, default=1000, help="pairs per Parquet shard (default 1000)")
     p.add_argument(
         "--compression",
-        default="lz4",
-        choices=["lz4", "zstd", "none"],
-        help="shard compression (default lz4: fastest to read; zstd: about half the bytes; see docs/benchmarks.md)",
+        default="auto",
+        choices=["auto", "none", "lz4", "zstd"],
+        help="shard compression (default auto: none on a local disk, fastest to read; zstd, about half the bytes, "
+        "where they cross a network: object stores, network file systems; see docs/benchmarks.md)",
     )
     p.add_argument("--concurrency", type=int, help="at most this many shard tasks at once (default: as many as CPUs)")
     p.add_argument(

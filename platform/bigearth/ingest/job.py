@@ -49,6 +49,8 @@ from bigearth.ingest.downloads import (
 )
 from bigearth.ingest.shard import STATE_DIR, ShardItems, ShardPlan, read_report, run_planned_shard
 from bigearth.shards.format import (
+    AUTO_COMPRESSION,
+    COMPRESSIONS,
     DEFAULT_COMPRESSION,
     FORMAT_VERSION,
     MANIFEST,
@@ -56,6 +58,7 @@ from bigearth.shards.format import (
     QUARANTINE_SCHEMA,
     REFERENCE_MAPS_MISSING,
     Manifest,
+    resolve_compression,
     write_list,
 )
 
@@ -176,6 +179,7 @@ def ingest(
     presence = find_present(archive_fs, cat.layout, cat.pairs)  # None: not listable, every pair is read
     plans = plan_shards(cat.pairs if presence is None else cat.pairs.filter(presence.read), shard_size)
     out_fs, out_root = open_fs(out, storage)
+    requested, compression = compression, resolve_compression(compression, out)
     fingerprint = _fingerprint(cat, plans, compression)
     # one writer per output: a second ingest into `out` is refused naming this one (bigearth.core.outputlock)
     with OutputLock(out, "ingest", storage, break_lock=break_lock) as lock:
@@ -187,6 +191,13 @@ def ingest(
                     out_fs.rm(entry, recursive=True)
         previous = _read_plan(out_fs, out_root, plan_file)
         if previous is not None:
+            if previous.get("fingerprint") != fingerprint and requested == AUTO_COMPRESSION:
+                # an ingest begun with another codec (named, or an earlier version's default) resumes in that codec
+                for other in COMPRESSIONS:
+                    if _fingerprint(cat, plans, other) == previous.get("fingerprint"):
+                        compression, fingerprint = other, previous["fingerprint"]
+                        log.info("resuming with the codec it began with: %s", other)
+                        break
             if previous.get("fingerprint") != fingerprint:
                 raise IngestError(
                     f"{out} holds a different ingest (other archive, subset or options); "

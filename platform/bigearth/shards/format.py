@@ -21,7 +21,7 @@ from fsspec import AbstractFileSystem
 
 from bigearth.core.bands import ALL_BANDS
 from bigearth.core.records import RecordError, is_local, read_json, temp_name, write_bytes_atomic
-from bigearth.core.storage import join
+from bigearth.core.storage import join, to_url
 
 FORMAT_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")  # v1: 14 variable-length binary columns, zstd, no page checksums
@@ -40,7 +40,50 @@ PAGE_PAIRS = 8
 #: `--compression` choices -> (Parquet codec, level). lz4: ~5x zstd's read rate for ~1.9x its bytes on real
 #: pixels (docs/benchmarks.md); zstd (level 3) for archives kept on slow or paid storage.
 COMPRESSIONS: dict[str, tuple[str, int | None]] = {"lz4": ("lz4", None), "zstd": ("zstd", 3), "none": ("none", None)}
-DEFAULT_COMPRESSION = "lz4"
+#: The default: the codec chosen by where the shards are written (`compression_for`).
+AUTO_COMPRESSION = "auto"
+DEFAULT_COMPRESSION = AUTO_COMPRESSION
+#: File systems whose bytes cross a network although they are mounted as folders.
+NETWORK_MOUNTS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "beegfs", "gpfs", "afs"}
+)
+
+
+def compression_for(url: str, mounts: str | None = None) -> str:
+    """The codec for shards written to `url`, by measurement (docs/benchmarks.md, "The shard codec by storage"):
+    on a local disk reading is CPU-bound and uncompressed pages read fastest (`none`, for ~3-14 % more bytes than
+    lz4); where the bytes cross a network (object stores, network file systems, FUSE mounts) they are what bounds
+    a node's input and what is billed, and zstd needs about half of them (`zstd`). `mounts`: the text of
+    /proc/mounts (read when None), to tell a network file system mounted as a folder."""
+    if "://" in url and url.split("://", 1)[0] not in ("file", "local"):
+        return "zstd"
+    path = os.path.abspath(url.split("://", 1)[-1])
+    if mounts is None:
+        try:
+            with open("/proc/mounts") as f:
+                mounts = f.read()
+        except OSError:
+            mounts = ""
+    best, fstype = "", ""
+    for line in mounts.splitlines():  # the mount holding `path`: the longest mount point that is a prefix of it
+        fields = line.split()
+        if len(fields) < 3:
+            continue
+        point = fields[1].replace("\\040", " ")
+        inside = path == point or path.startswith(point.rstrip("/") + "/")
+        if inside and len(point) >= len(best):
+            best, fstype = point, fields[2]
+    return "zstd" if fstype in NETWORK_MOUNTS or fstype.startswith("fuse") else "none"
+
+
+def resolve_compression(compression: str, url: str) -> str:
+    """`compression` itself, or the codec for `url` when it is `auto`; anything else names the choices."""
+    if compression == AUTO_COMPRESSION:
+        return compression_for(url)
+    if compression not in COMPRESSIONS:
+        raise ValueError(f"compression {compression!r}: expected {AUTO_COMPRESSION!r} or one of {sorted(COMPRESSIONS)}")
+    return compression
+
 
 SCHEMA_METADATA = {
     "bigearth.format_version": FORMAT_VERSION,
@@ -89,8 +132,7 @@ class ShardWriter:
     def __init__(
         self, fs: AbstractFileSystem, path: str, compression: str = DEFAULT_COMPRESSION, reference_maps: bool = False
     ) -> None:
-        if compression not in COMPRESSIONS:
-            raise ValueError(f"compression {compression!r}: expected one of {sorted(COMPRESSIONS)}")
+        compression = resolve_compression(compression, to_url(fs, path))
         codec, level = COMPRESSIONS[compression]
         schema = SHARD_SCHEMA.append(REFERENCE_MAP) if reference_maps else SHARD_SCHEMA
         extra = {b"bigearth.compression": compression.encode()}
