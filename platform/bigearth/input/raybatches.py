@@ -1,0 +1,192 @@
+"""Training input, Ray Data side (`data.pipeline: ray_data`): row groups read and collated into the platform's
+batches in Ray Data tasks, on any node with a CPU, and handed to each Ray Train worker through its dataset shard.
+
+    ds = open_batches("s3://bucket/shards", "train", batch_size=256, shuffle_buffer=2048, seed=0)
+    # TorchTrainer(datasets={"train_batches": ds}, dataset_config=DataConfig(datasets_to_split=["train_batches"]))
+    for batch in shard_batches(ray.train.get_dataset_shard("train_batches"), device): ...   # once per epoch
+
+The plan (one item per Parquet row group, `bigearth.input.loader.row_groups`) is a Dataset of one block per row
+group; `randomize_block_order` permutes it on every execution, seeded (`RandomSeedConfig(seed,
+reseed_after_execution=True)`: Ray Data combines the seed with its execution index, so each epoch, which is one
+execution of the split, has another order, the same in every run). `map_batches` then hands every task
+`groups_per_task` consecutive row groups of that order (CPU only: the tasks go wherever Ray has a free CPU, CPU-only
+nodes included) and `collate` reads them with `RowGroupLoader` and a shuffle buffer of all of them, so every batch
+takes equal shares of rows from each of them (no per-row Python).
+
+A row of the Dataset is one whole batch (`pack`): each band group as its band-major `[C, B, H, W]` array (as the
+loader allocates it; no re-layout), the labels `[B, classes]`, the ids. Ray Train's `DataConfig` splits the Dataset
+with `streaming_split(world, equal=True, locality_hints=...)`, so every worker receives the same number of rows,
+i.e. of batches, in every epoch (at most `world - 1` batches of the epoch are dropped to equalise, none read twice),
+and `shard_batches` turns each row back into the batch of `bigearth.shards.decode` (`[B, C, H, W]` views) as
+tensors. Batches are those of `RowGroupLoader`, except that each task ends with a short batch when its rows are not
+a multiple of the batch size (a task of full row groups, 128 rows each, holds a multiple of 128).
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import numpy as np
+
+from bigearth.core.storage import StorageOptions
+from bigearth.shards.decode import groups_for, to_torch
+from bigearth.shards.format import ROW_GROUP_PAIRS
+
+from .loader import RowGroup, RowGroupLoader, row_groups
+
+#: The Dataset's columns besides the band groups.
+META_KEYS = ("labels", "patch_id")
+
+
+def groups_per_task(plan: Sequence[RowGroup], batch_size: int, shuffle_buffer: int) -> int:
+    """Row groups one collating task reads: enough for a shuffle buffer of `shuffle_buffer` rows and for one
+    batch, and at least two (so batches mix row groups) when the plan has two."""
+    group_rows = max((g.rows for g in plan), default=ROW_GROUP_PAIRS)
+    want = max(-(-shuffle_buffer // group_rows), -(-batch_size // group_rows), 2 if shuffle_buffer else 1)
+    return max(1, min(want, len(plan)))
+
+
+def task_seed(seed: int, groups: Sequence[RowGroup]) -> list[int]:
+    """The seed of a task's shuffle: the run's seed and the row groups it was dealt (which differ every epoch)."""
+    key = "\n".join(f"{g.path}#{g.index}" for g in groups).encode()
+    return [seed, zlib.crc32(key)]
+
+
+def resume_seed(seed: int, start_epoch: int) -> int:
+    """The base seed of a Dataset whose executions begin at epoch `start_epoch` (a resumed run): `seed` itself
+    from epoch 0, else another seed per starting epoch, so a resumed run does not replay epoch 0's order."""
+    if start_epoch == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, start_epoch]).generate_state(1)[0])
+
+
+def plan_items(plan: Sequence[RowGroup]) -> list[dict[str, Any]]:
+    """The plan as Dataset items (one per row group)."""
+    return [{"url": g.url, "path": g.path, "index": g.index, "rows": g.rows} for g in plan]
+
+
+def groups_of(items: dict[str, Any]) -> list[RowGroup]:
+    """The row groups of a batch of plan items (as `map_batches` hands them: a column per field)."""
+    return [
+        RowGroup(str(u), str(p), int(i), int(n))
+        for u, p, i, n in zip(items["url"], items["path"], items["index"], items["rows"], strict=True)
+    ]
+
+
+def pack(batch: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A batch of `RowGroupLoader` (tensors on the CPU) as one Dataset row: each band group's band-major `[C, B,
+    H, W]` array (the memory the loader filled, not copied), `labels` `[B, classes]`, `patch_id` `[B]`; each with
+    a leading axis of 1."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in batch.items():
+        if key == "patch_id":
+            ids = np.empty(1, dtype=object)
+            ids[0] = np.asarray(value, dtype=object)
+            out[key] = ids
+        elif key == "labels":
+            out[key] = np.asarray(value)[None]
+        else:
+            band_major = np.asarray(value).transpose(1, 0, 2, 3)
+            out[key] = np.ascontiguousarray(band_major)[None]  # contiguous already: the loader's own layout
+    return out
+
+
+def unpack(row: dict[str, Any]) -> dict[str, np.ndarray]:
+    """A Dataset row (a batch of one row, as `iter_batches(batch_size=1)` gives it) as the platform's batch:
+    `[B, C, H, W]` views of the band-major arrays, labels, ids."""
+    out: dict[str, np.ndarray] = {}
+    for key, value in row.items():
+        item = np.asarray(value[0])  # a fixed-shape column is [1, ...]; a variable-shaped one, objects
+        if key == "patch_id":
+            out[key] = np.asarray(item, dtype=object)
+        elif key == "labels":
+            out[key] = item
+        else:
+            out[key] = item.transpose(1, 0, 2, 3)
+    return out
+
+
+def collate(
+    items: dict[str, Any],
+    *,
+    batch_size: int,
+    shuffle_buffer: int,
+    bands: str | Sequence[str] = "all",
+    nomenclature: int = 19,
+    storage: StorageOptions | None = None,
+    seed: int = 0,
+    threads: int = 1,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Ray Data UDF: the row groups of a batch of plan items in, packed batches out (`pack`), every batch mixing
+    rows of all of them (`RowGroupLoader`'s shuffle buffer over the task's rows)."""
+    groups = groups_of(items)
+    buffer = sum(g.rows for g in groups) if shuffle_buffer else 0
+    loader = RowGroupLoader(
+        groups,
+        batch_size,
+        bands=bands,
+        nomenclature=nomenclature,
+        storage=storage,
+        shuffle_buffer=buffer,
+        seed=task_seed(seed, groups),
+        threads=threads,
+        prefetch=1,
+    )
+    for batch in loader:
+        yield pack(batch)
+
+
+def shuffled_plan(plan: Sequence[RowGroup], seed: int) -> Any:
+    """The plan as a Dataset of one block per row group whose order every execution permutes anew: seeded, the
+    `n`-th execution of any such Dataset of the same plan and seed in the same order."""
+    import ray
+
+    ds: Any = ray.data.from_items(plan_items(plan), override_num_blocks=len(plan))
+    return ds.randomize_block_order(seed=ray.data.RandomSeedConfig(seed=seed, reseed_after_execution=True))
+
+
+def open_batches(
+    shards: str,
+    split: str | Sequence[str],
+    *,
+    batch_size: int,
+    shuffle_buffer: int,
+    bands: str | Sequence[str] = "all",
+    nomenclature: int = 19,
+    storage: StorageOptions | None = None,
+    seed: int = 0,
+    threads: int = 1,
+    plan: Sequence[RowGroup] | None = None,
+) -> Any:
+    """The training batches of a split as a streaming Ray Dataset (see the module docstring): every execution
+    (epoch) another seeded order of the row groups, collated in CPU-only tasks of `groups_per_task` row groups."""
+    plan = list(plan) if plan is not None else row_groups(shards, split, storage)
+    if not plan:
+        raise ValueError(f"{shards}: split {split!r} has no row groups")
+    band_set = tuple(bands) if not isinstance(bands, str) else bands
+    groups_for(band_set)  # an unknown band set fails here, not in the tasks
+    kwargs: dict[str, Any] = {
+        "batch_size": batch_size,
+        "shuffle_buffer": shuffle_buffer,
+        "bands": band_set,
+        "nomenclature": nomenclature,
+        "storage": storage,
+        "seed": seed,
+        "threads": threads,
+    }
+    return shuffled_plan(plan, seed).map_batches(
+        collate,
+        batch_size=groups_per_task(plan, batch_size, shuffle_buffer),
+        batch_format="numpy",
+        num_cpus=1,
+        fn_kwargs=kwargs,
+    )
+
+
+def shard_batches(shard: Any, device: Any = None, prefetch: int = 2) -> Iterator[dict[str, Any]]:
+    """One epoch of a worker's batches from its dataset shard (a `DataIterator` of `open_batches`' Dataset, or the
+    Dataset itself), as tensors on `device`."""
+    for row in shard.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=prefetch):
+        yield to_torch(unpack(row), device)
