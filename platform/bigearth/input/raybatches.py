@@ -18,8 +18,13 @@ loader allocates it; no re-layout), the labels `[B, classes]`, the ids. Ray Trai
 with `streaming_split(world, equal=True, locality_hints=...)`, so every worker receives the same number of rows,
 i.e. of batches, in every epoch (at most `world - 1` batches of the epoch are dropped to equalise, none read twice),
 and `shard_batches` turns each row back into the batch of `bigearth.shards.decode` (`[B, C, H, W]` views) as
-tensors. Batches are those of `RowGroupLoader`, except that each task ends with a short batch when its rows are not
-a multiple of the batch size (a task of full row groups, 128 rows each, holds a multiple of 128).
+tensors. Batches are those of `RowGroupLoader` (keys, dtypes, shapes, band-major memory), except that each task
+ends with a short batch, from what is left of its buffer (perhaps one row group), when its rows are not a multiple
+of the batch size (a task of full row groups, 128 rows each, and a batch size dividing its rows has none).
+
+Validation does not come this way: it keeps the worker path's `row_share` (every row exactly once, which an
+equalising split cannot promise). Why a Ray Dataset per run and not per epoch: DataConfig splits the Datasets it
+is given once per worker group, and Ray Data re-executes the split every epoch, reseeding the shuffle.
 """
 
 from __future__ import annotations
@@ -94,7 +99,7 @@ def pack(batch: dict[str, Any]) -> dict[str, np.ndarray]:
 
 
 def unpack(row: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A Dataset row (a batch of one row, as `iter_batches(batch_size=1)` gives it) as the platform's batch:
+    """A Dataset row (a batch of one row: `block[i : i + 1]` of a numpy block) as the platform's batch:
     `[B, C, H, W]` views of the band-major arrays, labels, ids."""
     out: dict[str, np.ndarray] = {}
     for key, value in row.items():
@@ -188,5 +193,7 @@ def open_batches(
 def shard_batches(shard: Any, device: Any = None, prefetch: int = 2) -> Iterator[dict[str, Any]]:
     """One epoch of a worker's batches from its dataset shard (a `DataIterator` of `open_batches`' Dataset, or the
     Dataset itself), as tensors on `device`."""
-    for row in shard.iter_batches(batch_size=1, batch_format="numpy", prefetch_batches=prefetch):
-        yield to_torch(unpack(row), device)
+    # whole blocks (batch_size=None: no re-batching by Ray), each row of a block one batch
+    for block in shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=prefetch):
+        for i in range(len(block["patch_id"])):
+            yield to_torch(unpack({key: value[i : i + 1] for key, value in block.items()}), device)

@@ -3,7 +3,8 @@ worker of a world of 1, with no Ray at all. It writes the run folder Ray Train d
 the best `run.keep_checkpoints` by validation macro AP and the latest kept, `metrics.jsonl`, `curves.png`, MLflow),
 so evaluation, indexing and serving take its runs as they take Ray's, and a local re-run of the same folder resumes
 from its latest checkpoint (whichever executor wrote it). Ray Train resumes only its own runs (its
-`checkpoint_manager_snapshot.json`): a Ray re-run of a folder a local run wrote is refused, naming it."""
+`checkpoint_manager_snapshot.json`): a Ray re-run of a folder a local run wrote is refused, naming it. With no Ray,
+`data.pipeline: ray_data` falls back to the worker path (this process reads its input; it says so)."""
 
 from __future__ import annotations
 
