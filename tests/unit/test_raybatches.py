@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -71,11 +72,10 @@ def test_pack_keeps_the_loaders_band_major_memory_and_unpack_gives_its_batch(fin
     plan = row_groups(str(fine), "train")
     batch = next(iter(RowGroupLoader(plan, 10, shuffle_buffer=12, seed=0)))
     row = pack(batch)
-    assert set(row) == set(batch)
-    for key in ("s1", "s2_10m", "s2_20m", "s2_60m"):
-        assert row[key].shape == (1, batch[key].shape[1], 10, *batch[key].shape[2:])
-        assert np.shares_memory(row[key], batch[key].numpy())  # the loader's own array, not a copy
-    assert row["labels"].shape == (1, 10, 19) and row["patch_id"].shape == (1,)
+    assert row.num_rows == 1 and set(row.column_names) == {*batch, "rows"}
+    for key in ("s1", "s2_10m", "s2_20m", "s2_60m", "labels"):
+        data = row.column(key).chunk(0).buffers()[2]
+        assert data.address == batch[key].numpy().__array_interface__["data"][0]  # the loader's memory, no copy
     back = to_torch(unpack(row))
     for key, value in batch.items():
         if key == "patch_id":
@@ -85,11 +85,12 @@ def test_pack_keeps_the_loaders_band_major_memory_and_unpack_gives_its_batch(fin
             assert torch.equal(back[key], value)
     plain = unpack(row)
     assert plain["s2_10m"].transpose(1, 0, 2, 3).flags.c_contiguous  # [C, B, H, W] in memory, as the loader's
-    # a variable-shaped column (batches of several sizes in one block) comes back as objects: the same batch
-    objects = {k: np.empty(1, dtype=object) for k in row}
-    for k in row:
-        objects[k][0] = row[k][0]
-    assert all(np.array_equal(unpack(objects)[k], plain[k]) for k in plain if k != "patch_id")
+    # a block of several batches (of several sizes): each row is its own batch
+    short = next(iter(RowGroupLoader(plan[:1], 4, seed=0)))
+    block = pa.concat_tables([pack(short), row])
+    assert list(unpack(block, 0)["patch_id"]) == short["patch_id"]
+    assert unpack(block, 1)["s2_20m"].shape == (10, 6, 60, 60)
+    assert np.array_equal(unpack(block, 1)["labels"], plain["labels"])
 
 
 def test_collate_reads_every_row_once_and_mixes_row_groups_in_every_batch(fine: Path) -> None:
@@ -119,10 +120,10 @@ def test_collate_is_seeded_by_its_row_groups(fine: Path) -> None:
     plan = row_groups(str(fine), "train")[:3]
 
     def order(groups: list[RowGroup]) -> list[str]:
-        return [p for row in collate(_items(groups), batch_size=8, shuffle_buffer=18) for p in row["patch_id"][0]]
+        return [p for row in collate(_items(groups), batch_size=8, shuffle_buffer=18) for p in unpack(row)["patch_id"]]
 
     first = order(plan)
     assert order(plan) == first
     assert order(plan[::-1]) != first and Counter(order(plan[::-1])) == Counter(first)
-    unshuffled = [p for row in collate(_items(plan), batch_size=8, shuffle_buffer=0) for p in row["patch_id"][0]]
+    unshuffled = [p for row in collate(_items(plan), batch_size=8, shuffle_buffer=0) for p in unpack(row)["patch_id"]]
     assert unshuffled == sorted(unshuffled, key=list(_group_of(plan)).index)  # 0: the row groups in order

@@ -13,14 +13,16 @@ execution of the split, has another order, the same in every run). `map_batches`
 nodes included) and `collate` reads them with `RowGroupLoader` and a shuffle buffer of all of them, so every batch
 takes equal shares of rows from each of them (no per-row Python).
 
-A row of the Dataset is one whole batch (`pack`): each band group as its band-major `[C, B, H, W]` array (as the
-loader allocates it; no re-layout), the labels `[B, classes]`, the ids. Ray Train's `DataConfig` splits the Dataset
-with `streaming_split(world, equal=True, locality_hints=...)`, so every worker receives the same number of rows,
-i.e. of batches, in every epoch (at most `world - 1` batches of the epoch are dropped to equalise, none read twice),
-and `shard_batches` turns each row back into the batch of `bigearth.shards.decode` (`[B, C, H, W]` views) as
-tensors. Batches are those of `RowGroupLoader` (keys, dtypes, shapes, band-major memory), except that each task
-ends with a short batch, from what is left of its buffer (perhaps one row group), when its rows are not a multiple
-of the batch size (a task of full row groups, 128 rows each, and a batch size dividing its rows has none).
+A row of the Dataset is one whole batch (`pack`): each band group's band-major `[C, B, H, W]` array (as the loader
+allocates it; no re-layout) and the labels `[B, classes]` as one Arrow binary value each (wrapping the loader's
+memory; Ray's tensor columns cost the consumer ~100 us a pair to turn back into numpy, measured), the ids. Ray
+Train's `DataConfig` splits the Dataset with `streaming_split(world, equal=True, locality_hints=...)`, so every
+worker receives the same number of rows, i.e. of batches, in every epoch (at most `world - 1` batches of the epoch
+are dropped to equalise, none read twice), and `shard_batches` turns each row back into the batch of
+`bigearth.shards.decode` (`[B, C, H, W]` views) as tensors. Batches are those of `RowGroupLoader` (keys, dtypes,
+shapes, band-major memory), except that each task ends with a short batch, from what is left of its buffer
+(perhaps one row group), when its rows are not a multiple of the batch size (a task of full row groups, 128 rows
+each, and a batch size dividing its rows has none).
 
 Validation does not come this way: it keeps the worker path's `row_share` (every row exactly once, which an
 equalising split cannot promise). Why a Ray Dataset per run and not per epoch: DataConfig splits the Datasets it
@@ -34,15 +36,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
+from bigearth.core.bands import BANDS, GROUPS
 from bigearth.core.storage import StorageOptions
 from bigearth.shards.decode import groups_for, to_torch
 from bigearth.shards.format import ROW_GROUP_PAIRS
 
 from .loader import RowGroup, RowGroupLoader, row_groups
-
-#: The Dataset's columns besides the band groups.
-META_KEYS = ("labels", "patch_id")
 
 
 def groups_per_task(plan: Sequence[RowGroup], batch_size: int, shuffle_buffer: int) -> int:
@@ -80,36 +81,48 @@ def groups_of(items: dict[str, Any]) -> list[RowGroup]:
     ]
 
 
-def pack(batch: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A batch of `RowGroupLoader` (tensors on the CPU) as one Dataset row: each band group's band-major `[C, B,
-    H, W]` array (the memory the loader filled, not copied), `labels` `[B, classes]`, `patch_id` `[B]`; each with
-    a leading axis of 1."""
-    out: dict[str, np.ndarray] = {}
+def pack(batch: dict[str, Any]) -> pa.Table:
+    """A batch of `RowGroupLoader` (tensors on the CPU) as one Dataset row, Arrow values wrapping the loader's own
+    memory (no copy): each band group's band-major `[C, B, H, W]` array and the labels `[B, classes]` as one binary
+    value each, the ids as a list, `rows` = B."""
+    columns: dict[str, pa.Array] = {}
+    n = len(batch["patch_id"])
     for key, value in batch.items():
         if key == "patch_id":
-            ids = np.empty(1, dtype=object)
-            ids[0] = np.asarray(value, dtype=object)
-            out[key] = ids
-        elif key == "labels":
-            out[key] = np.asarray(value)[None]
-        else:
-            band_major = np.asarray(value).transpose(1, 0, 2, 3)
-            out[key] = np.ascontiguousarray(band_major)[None]  # contiguous already: the loader's own layout
-    return out
+            columns[key] = pa.array([list(value)], type=pa.list_(pa.string()))
+            continue
+        array = np.asarray(value)
+        if key != "labels":
+            array = array.transpose(1, 0, 2, 3)  # the band-major memory the loader filled
+        if not array.flags.c_contiguous:
+            raise ValueError(f"{key}: expected the loader's contiguous arrays")
+        data = pa.py_buffer(array)
+        offsets = pa.py_buffer(np.array([0, data.size], dtype=np.int64))
+        columns[key] = pa.Array.from_buffers(pa.large_binary(), 1, [None, offsets, data])
+    columns["rows"] = pa.array([n], type=pa.int64())
+    return pa.table(columns)
 
 
-def unpack(row: dict[str, Any]) -> dict[str, np.ndarray]:
-    """A Dataset row (a batch of one row: `block[i : i + 1]` of a numpy block) as the platform's batch:
-    `[B, C, H, W]` views of the band-major arrays, labels, ids."""
+def unpack(table: pa.Table, i: int = 0) -> dict[str, np.ndarray]:
+    """Row `i` of a block of packed batches as the platform's batch: `[B, C, H, W]` views of the band-major arrays
+    (read-only, over the block's memory: no copy), labels, ids."""
+    n = int(table.column("rows")[i].as_py())
     out: dict[str, np.ndarray] = {}
-    for key, value in row.items():
-        item = np.asarray(value[0])  # a fixed-shape column is [1, ...]; a variable-shaped one, objects
+    for key in table.column_names:
+        if key == "rows":
+            continue
+        value = table.column(key)[i]
         if key == "patch_id":
-            out[key] = np.asarray(item, dtype=object)
-        elif key == "labels":
-            out[key] = item
-        else:
-            out[key] = item.transpose(1, 0, 2, 3)
+            out[key] = np.array(value.as_py(), dtype=object)
+            continue
+        buffer = value.as_buffer()  # a slice of the block's buffer
+        if key == "labels":
+            out[key] = np.frombuffer(buffer, dtype=np.float32).reshape(n, -1)
+            continue
+        names = GROUPS[key]
+        b = BANDS[names[0]]
+        band_major = np.frombuffer(buffer, dtype=np.dtype(b.dtype)).reshape(len(names), n, b.size, b.size)
+        out[key] = band_major.transpose(1, 0, 2, 3)
     return out
 
 
@@ -123,7 +136,7 @@ def collate(
     storage: StorageOptions | None = None,
     seed: int = 0,
     threads: int = 1,
-) -> Iterator[dict[str, np.ndarray]]:
+) -> Iterator[pa.Table]:
     """Ray Data UDF: the row groups of a batch of plan items in, packed batches out (`pack`), every batch mixing
     rows of all of them (`RowGroupLoader`'s shuffle buffer over the task's rows)."""
     groups = groups_of(items)
@@ -193,7 +206,8 @@ def open_batches(
 def shard_batches(shard: Any, device: Any = None, prefetch: int = 2) -> Iterator[dict[str, Any]]:
     """One epoch of a worker's batches from its dataset shard (a `DataIterator` of `open_batches`' Dataset, or the
     Dataset itself), as tensors on `device`."""
-    # whole blocks (batch_size=None: no re-batching by Ray), each row of a block one batch
-    for block in shard.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=prefetch):
-        for i in range(len(block["patch_id"])):
-            yield to_torch(unpack({key: value[i : i + 1] for key, value in block.items()}), device)
+    # whole Arrow blocks (batch_size=None: no re-batching, no conversion by Ray), each row of a block one batch;
+    # to_torch copies the read-only block memory once (as the worker path's pinned copy on CUDA)
+    for block in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch):
+        for i in range(block.num_rows):
+            yield to_torch(unpack(block, i), device)
