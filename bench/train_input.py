@@ -10,6 +10,7 @@ Two clusters, one after the other, each its own `ray start` nodes (own short tem
           pinned to core 0 with taskset, and one CPU-only node (1 CPU, no `trainer`) to core 1. The Train worker
           asks for `trainer`, so it runs on the training node; its CPU is the node's only one, so Ray Data's tasks
           (CPU only) run on the CPU-only node. The worker path can only use core 0.
+  hetero-head-apart  the same two nodes, the head (GCS, the driver) on the CPU-only one.
 Per path and epoch: the pairs over the epoch's wall time (the headline: Ray Data's tasks run ahead while the
 consumer waits, so the rate after the first batch flatters it), the wait for the first batch (epoch start; the first
 epoch's is cold) and the rate after it; the CPU time of the Train worker process per pair, and (hetero) how busy
@@ -245,6 +246,16 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "core": 0,
         "about": "training node pinned to core 0 (1 CPU, the Train worker's) + a CPU-only node pinned to core 1",
     },
+    "hetero-head-apart": {
+        "nodes": [
+            {"cores": "1", "cpus": 1},
+            {"cores": "0", "cpus": 1, "resources": {"trainer": 1}},
+        ],
+        "cores": {"worker": 1, "ray_data": 2},
+        "core": 0,
+        "about": "as hetero, but the head (GCS, the driver's node) is the CPU-only node: the training node runs only "
+        "its raylet, object manager and the Train worker",
+    },
 }
 
 
@@ -279,7 +290,7 @@ def main() -> None:
     p.add_argument("--batch", type=int, default=128)
     p.add_argument("--shuffle", type=int, default=1024, help="data.local_shuffle_buffer")
     p.add_argument("--reader-threads", type=int, default=2, help="the worker path's data.reader_threads")
-    p.add_argument("--scenarios", default="single,hetero")
+    p.add_argument("--scenarios", default="single,hetero,hetero-head-apart")
     p.add_argument("--workdir", default=str(REPO / ".bench"))
     p.add_argument("--out", help="write the JSON here too")
     a = p.parse_args()
