@@ -127,3 +127,12 @@ def test_collate_is_seeded_by_its_row_groups(fine: Path) -> None:
     assert order(plan[::-1]) != first and Counter(order(plan[::-1])) == Counter(first)
     unshuffled = [p for row in collate(_items(plan), batch_size=8, shuffle_buffer=0) for p in unpack(row)["patch_id"]]
     assert unshuffled == sorted(unshuffled, key=list(_group_of(plan)).index)  # 0: the row groups in order
+
+
+def test_data_pipeline_is_worker_or_ray_data() -> None:
+    from bigearth.training.config import ConfigError, TrainConfig, load_config
+
+    assert TrainConfig().data.pipeline == "worker"
+    assert load_config(None, ["data.pipeline=ray_data"]).data.pipeline == "ray_data"
+    with pytest.raises(ConfigError, match=r"data\.pipeline"):
+        load_config(None, ["data.pipeline=ray"])
