@@ -45,6 +45,9 @@ from bigearth.shards.format import ROW_GROUP_PAIRS
 
 from .loader import RowGroup, RowGroupLoader, row_groups
 
+#: Ray Data's target block size for the collated batches: below one batch, so each batch is a block of its own.
+BLOCK_BYTES = 1 << 20
+
 
 def groups_per_task(plan: Sequence[RowGroup], batch_size: int, shuffle_buffer: int) -> int:
     """Row groups one collating task reads: enough for a shuffle buffer of `shuffle_buffer` rows and for one
@@ -194,13 +197,18 @@ def open_batches(
         "seed": seed,
         "threads": threads,
     }
-    return shuffled_plan(plan, seed).map_batches(
+    ds = shuffled_plan(plan, seed).map_batches(
         collate,
         batch_size=groups_per_task(plan, batch_size, shuffle_buffer),
         batch_format="numpy",
         num_cpus=1,
         fn_kwargs=kwargs,
     )
+    # every batch its own block, handed on as soon as it is collated: under Ray's default target (128 MiB) a task
+    # holds back ~4 batches of 128 pairs before the first leaves (measured: 1.2-2.5 s to an epoch's first batch,
+    # 0.2-0.3 s with this)
+    ds.context.target_max_block_size = BLOCK_BYTES
+    return ds
 
 
 def shard_batches(shard: Any, device: Any = None, prefetch: int = 2) -> Iterator[dict[str, Any]]:
