@@ -44,8 +44,16 @@ class ModelConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    """The input pipeline (`bigearth.input.loader`: row groups streamed into each worker)."""
+    """The input pipeline: `worker` (`bigearth.input.loader`: row groups streamed into each worker) or `ray_data`
+    (`bigearth.input.raybatches`: batches collated in Ray Data tasks on any node, streamed to the workers)."""
 
+    pipeline: Literal["worker", "ray_data"] = Field(
+        "worker",
+        description="training input: worker (each Ray Train worker reads and collates its share with reader_threads "
+        "of its own node's cores) or ray_data (Ray Data tasks, 1 CPU each on any node, CPU-only nodes included, read "
+        "and collate the batches; each worker receives them through its dataset shard; validation stays on the "
+        "worker path; the local executor falls back to worker)",
+    )
     batch_size: int = Field(256, ge=1, description="per worker (ignored when global_batch_size is set)")
     global_batch_size: int | None = Field(
         None, ge=1, description="pairs per optimizer step over all workers; must divide by scaling.num_workers"

@@ -3,7 +3,8 @@ worker of a world of 1, with no Ray at all. It writes the run folder Ray Train d
 the best `run.keep_checkpoints` by validation macro AP and the latest kept, `metrics.jsonl`, `curves.png`, MLflow),
 so evaluation, indexing and serving take its runs as they take Ray's, and a local re-run of the same folder resumes
 from its latest checkpoint (whichever executor wrote it). Ray Train resumes only its own runs (its
-`checkpoint_manager_snapshot.json`): a Ray re-run of a folder a local run wrote is refused, naming it."""
+`checkpoint_manager_snapshot.json`): a Ray re-run of a folder a local run wrote is refused, naming it. With no Ray,
+`data.pipeline: ray_data` falls back to the worker path (this process reads its input; it says so)."""
 
 from __future__ import annotations
 
@@ -64,6 +65,9 @@ class LocalWorker:
         d = self.cfg.data
         return row_groups(self.data, d.train_split, self.storage), row_groups(self.data, d.val_split, self.storage)
 
+    def batch_stream(self) -> None:
+        return None  # one process, no Ray: data.pipeline ray_data falls back to the worker path
+
     def report(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
         self.metrics = metrics
         if checkpoint is not None:
@@ -75,6 +79,8 @@ def fit_local(cfg: TrainConfig, data: str, run_dir: str, config: dict[str, Any])
     """Train `config` (as `bigearth.training.trainer` gives Ray Train) in this process; the run's result."""
     if cfg.scaling.num_workers > 1:
         print(f"executor local: one process (scaling.num_workers {cfg.scaling.num_workers} is Ray Train's)")
+    if cfg.data.pipeline == "ray_data":
+        print("executor local: data.pipeline ray_data falls back to worker (no Ray; this process reads its input)")
     worker = LocalWorker(cfg, data, run_dir, config.get("storage"))
     run_worker(worker, config)
     return TrainResult(run_dir, worker.metrics)

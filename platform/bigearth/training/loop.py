@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from bigearth.input.loader import BatchBuffers, RowGroup, RowGroupLoader, epoch_share, row_share
+from bigearth.input.raybatches import shard_batches
 from bigearth.metrics.multilabel import MultilabelMetrics
 from bigearth.models import checkpoints
 from bigearth.models.registry import create_model
@@ -317,6 +318,10 @@ class Worker(Protocol):
     def plans(self) -> tuple[list[RowGroup], list[RowGroup]]:
         """The training and validation plans (every row group of each split)."""
 
+    def batch_stream(self) -> Any:
+        """Where `data.pipeline: ray_data` batches come from (a Ray Train dataset shard of
+        `bigearth.input.raybatches.open_batches`), or None: this worker reads its share itself (the worker path)."""
+
     def report(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
         """Hand over an epoch's metrics and (rank 0) its checkpoint folder, which is deleted afterwards."""
 
@@ -345,6 +350,7 @@ def run_worker(worker: Worker, config: dict[str, Any]) -> None:
     scores: dict[str, Any] | None = None  # the last validation of this attempt (its per-class chart is logged)
 
     train_plan, val_plan = worker.plans()
+    stream = worker.batch_stream() if cfg.data.pipeline == "ray_data" else None
     # validation: each worker a contiguous, non-empty share of the rows (sizes differ by at most one)
     val_groups, val_skip, val_rows = row_share(val_plan, rank, world)
     loader_kw: dict[str, Any] = {
@@ -360,7 +366,11 @@ def run_worker(worker: Worker, config: dict[str, Any]) -> None:
     for epoch in range(state.epoch, cfg.optim.epochs):
         if state.bad_epochs >= cfg.run.patience:
             break
-        batches = epoch_loader(cfg, train_plan, epoch, s.batch_size, rank, world, **loader_kw)
+        batches: Iterable[dict[str, Any]]
+        if stream is not None:  # collated by Ray Data tasks; the same number of batches on every worker
+            batches = shard_batches(stream, device)
+        else:
+            batches = epoch_loader(cfg, train_plan, epoch, s.batch_size, rank, world, **loader_kw)
         augment = augmenter(cfg.data.augment, hash((cfg.run.seed, rank, epoch)) % 2**63)
         totals = fit_epoch(s, batches, grad_clip=cfg.optim.grad_clip, augment=augment, autocast=autocast, device=device)
         val_batches = RowGroupLoader(val_groups, s.batch_size, skip=val_skip, limit=val_rows, **loader_kw)

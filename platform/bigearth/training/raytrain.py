@@ -12,14 +12,18 @@ import torch
 from bigearth.input.loader import RowGroup, plan_of
 from bigearth.training.loop import run_worker
 
+#: The Ray Train dataset of `data.pipeline: ray_data` batches (split among the workers by DataConfig).
+BATCHES = "train_batches"
+
 
 class RayWorker:
     """This process as a Ray Train worker."""
 
-    def __init__(self) -> None:
+    def __init__(self, pipeline: str = "worker") -> None:
         import ray.train
         import ray.train.torch
 
+        self.pipeline = pipeline
         ctx = ray.train.get_context()
         self.rank, self.world = ctx.get_world_rank(), ctx.get_world_size()
         self.device: torch.device = ray.train.torch.get_device()
@@ -46,6 +50,12 @@ class RayWorker:
         # every worker gets the whole plan (one entry per row group) once, and takes its share of it each epoch
         return plan_of(ray.train.get_dataset_shard("train")), plan_of(ray.train.get_dataset_shard("validation"))
 
+    def batch_stream(self) -> Any:
+        import ray.train
+
+        # data.pipeline ray_data: this worker's split of the collated batches (DataConfig's streaming_split)
+        return ray.train.get_dataset_shard(BATCHES) if self.pipeline == "ray_data" else None
+
     def report(self, metrics: dict[str, Any], checkpoint: str | None) -> None:
         import ray.train
 
@@ -66,4 +76,4 @@ def _resumed() -> Iterator[str | None]:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's `train_loop_per_worker` (the config of `bigearth.training.trainer`)."""
-    run_worker(RayWorker(), config)
+    run_worker(RayWorker(config["cfg"]["data"]["pipeline"]), config)

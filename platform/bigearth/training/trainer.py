@@ -114,6 +114,26 @@ def refuse_foreign_run(run_dir: str, so: StorageOptions | None = None) -> None:
         )
 
 
+def ray_data_batches(cfg: TrainConfig, data: str, so: StorageOptions | None, run_dir: str) -> Any:
+    """The `data.pipeline: ray_data` Dataset of a run (`bigearth.input.raybatches.open_batches`): the workers'
+    batch size and bands; its shuffle seeded by `run.seed` and the epoch the run resumes at (Ray Data reseeds by
+    its execution index, which starts at 0 whenever the Dataset is split anew)."""
+    from bigearth.input.raybatches import open_batches, resume_seed
+    from bigearth.models import checkpoints
+
+    last = checkpoints.latest(run_dir, so)
+    return open_batches(
+        data,
+        cfg.data.train_split,
+        batch_size=cfg.worker_batch_size(),
+        shuffle_buffer=cfg.data.local_shuffle_buffer,
+        bands=model_bands(cfg),
+        nomenclature=cfg.data.nomenclature,
+        storage=so,
+        seed=resume_seed(cfg.run.seed, (last.record.epoch or 0) if last is not None else 0),
+    )
+
+
 def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOptions, config: dict[str, Any]) -> Any:
     """Ray Train's `TorchTrainer` over `bigearth.training.raytrain.train_loop_per_worker`."""
     import ray.train
@@ -121,7 +141,7 @@ def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOp
 
     from bigearth.input.loader import open_row_groups
     from bigearth.training.collectives import CollectiveConfig
-    from bigearth.training.raytrain import train_loop_per_worker
+    from bigearth.training.raytrain import BATCHES, train_loop_per_worker
 
     # The plan (one row per Parquet row group) goes to every worker whole: each takes its share per epoch
     # (bigearth.input.loader.epoch_share), so all run the same number of steps and the split drops nothing.
@@ -130,6 +150,11 @@ def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOp
         "validation": open_row_groups(data, cfg.data.val_split, so),
     }
     refuse_foreign_run(config["run_dir"], so)
+    split: list[str] = []
+    if cfg.data.pipeline == "ray_data":
+        # batches collated by Ray Data tasks on any node; DataConfig splits them with streaming_split(equal=True)
+        datasets[BATCHES] = ray_data_batches(cfg, data, so, config["run_dir"])
+        split = [BATCHES]
     if "://" in storage:
         fs, path = portable_arrow_filesystem(storage, so)  # pickled into Ray Train's actors: secrets sealed
         storage_kw: dict[str, Any] = {"storage_path": path, "storage_filesystem": fs}
@@ -156,6 +181,6 @@ def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOp
             **storage_kw,
         ),
         datasets=datasets,
-        dataset_config=ray.train.DataConfig(datasets_to_split=[]),
+        dataset_config=ray.train.DataConfig(datasets_to_split=split),
     )
     return trainer.fit()
