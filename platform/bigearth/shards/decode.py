@@ -126,8 +126,13 @@ def to_torch(batch: dict[str, np.ndarray], device: Any = None) -> dict[str, Any]
         if key == "patch_id":
             out[key] = value.tolist() if isinstance(value, np.ndarray) else list(value)
         else:
-            # Ray may hand out read-only arrays (np.require copies those)
-            tensor = value if isinstance(value, torch.Tensor) else torch.from_numpy(np.require(value, requirements="W"))
+            if isinstance(value, torch.Tensor):
+                tensor = value
+            elif cuda:  # one copy into pinned memory, writable or not (Ray hands out read-only arrays)
+                tensor = torch.empty(value.shape, dtype=torch.from_numpy(value[:0].copy()).dtype, pin_memory=True)
+                np.copyto(tensor.numpy(), value)
+            else:
+                tensor = torch.from_numpy(np.require(value, requirements="W"))  # a read-only array is copied
             if cuda and not tensor.is_pinned():
                 tensor = tensor.pin_memory()
             out[key] = tensor.to(device, non_blocking=True) if device is not None else tensor
