@@ -126,7 +126,7 @@ def bench_read_alone(
     from bigearth.core.bands import BAND_SETS
     from bigearth.core.storage import arrow_filesystem
     from bigearth.input.loader import row_groups
-    from bigearth.shards.format import open_shard, read_row_group
+    from bigearth.shards.format import open_for_reading, open_shard, read_row_group
     from bigearth.shards.shardset import ShardSet
 
     shard_set = ShardSet.open(shards, storage)
@@ -135,7 +135,7 @@ def bench_read_alone(
     afs, _ = arrow_filesystem(shards, storage)
 
     def one(group: Any) -> int:
-        with afs.open_input_file(group.path) as f:
+        with open_for_reading(afs, group.path) as f:
             pf = open_shard(f, group.path) if verify else pq.ParquetFile(f)
             return read_row_group(pf, group.index, columns, group.path).num_rows
 

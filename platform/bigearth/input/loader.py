@@ -43,7 +43,7 @@ import pyarrow as pa
 from bigearth.core.bands import BANDS
 from bigearth.core.storage import StorageOptions, arrow_filesystem, join
 from bigearth.shards.decode import band_view, groups_for, label_matrix, to_torch
-from bigearth.shards.format import ROW_GROUP_PAIRS, ShardFormatError, open_shard, read_row_group
+from bigearth.shards.format import ROW_GROUP_PAIRS, ShardFormatError, open_for_reading, open_shard, read_row_group
 from bigearth.shards.shardset import ShardSet, label_column
 
 
@@ -237,7 +237,7 @@ class RowGroupLoader:
         fs = self._filesystems.get(group.url)
         if fs is None:
             fs = self._filesystems[group.url] = arrow_filesystem(group.url, self.storage)[0]
-        with fs.open_input_file(group.path) as f:
+        with open_for_reading(fs, group.path) as f:
             pf = open_shard(f, group.path, self._metadata.get(group.path))
             self._metadata[group.path] = pf.metadata
             if group.index >= pf.num_row_groups or pf.metadata.row_group(group.index).num_rows != group.rows:

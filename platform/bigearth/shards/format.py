@@ -351,6 +351,18 @@ def write_list(fs: AbstractFileSystem, path: str, tables: Any, schema: pa.Schema
     return rows
 
 
+def open_for_reading(afs: Any, path: str) -> Any:
+    """A shard file of pyarrow filesystem `afs` opened for whole row-group reads: memory-mapped on a local disk
+    (the page cache's pages are read in place: ~20 % faster than copying them out first, bench/input_pipeline.py),
+    else the filesystem's own input file. The ingest replaces a file by renaming a new one over it, so a map never
+    sees its file shrink."""
+    import pyarrow.fs as pafs
+
+    if isinstance(afs, pafs.LocalFileSystem):
+        return pa.memory_map(path)
+    return afs.open_input_file(path)
+
+
 def open_shard(source: Any, where: str, metadata: Any = None) -> pq.ParquetFile:
     """A shard file opened for reading with every page's checksum verified (files without checksums, format 1,
     are read as they are); a file that is not Parquet names itself in the error. `metadata`: its footer, when
