@@ -85,12 +85,16 @@ def evaluate(
     storage: StorageOptions | None = None,
     actors: int = 1,
     executor: Executor | None = None,
+    gpus_per_actor: float = 0,
 ) -> dict[str, Any]:
     """Write metrics.json, metrics.md, per_class.png and predictions.parquet to `out`; return the metrics.
-    `executor`: where the predictions run (default: Ray; `LocalExecutor`: in this process, no Ray)."""
+    `executor`: where the predictions run (default: Ray; `LocalExecutor`: in this process, no Ray);
+    `gpus_per_actor`: GPUs each of its `actors` holds (Ray)."""
     from bigearth.metrics.multilabel import MultilabelMetrics
 
-    batches, ref = predict(checkpoint, data, split, storage, actors=actors, executor=executor)
+    batches, ref = predict(
+        checkpoint, data, split, storage, actors=actors, gpus_per_actor=gpus_per_actor, executor=executor
+    )
     best = ref.path
     classes = ref.spec.num_classes
     names = lab.class_names(classes)  # type: ignore[arg-type]
