@@ -15,7 +15,8 @@ Steps, in order:
    steps, for bf16 and fp32 (`optim.precision`): pairs/s, GPU utilisation while the steps run (NVML or
    nvidia-smi; null on CPU), peak GPU memory, and the input-bound fraction 1 - rate(loader) / rate(the same steps
    on one batch held on the device). The trained weights come back as a checkpoint.
-4. evaluate, 5. index: `evaluate` and `build_index` of that checkpoint on the GPU (one actor, one GPU): pairs/s.
+4. evaluate, 5. index: `evaluate` and `build_index` of that checkpoint on the test split, on the GPU (one actor,
+   one GPU): pairs/s.
 6. serve: the checkpoint behind Ray Serve on the GPU (bench/serve.py's measurement): requests/s at 32 clients
    with batch size 1 and with dynamic batching, p50/p99.
 
@@ -138,11 +139,10 @@ def step_probe(c: Check) -> dict[str, Any]:
         "ray": ray.__version__,
         "cuda_available": torch.cuda.is_available(),
     }
-    if c.cuda:
+    if c.cuda:  # no CUDA context in this process: the data step forks its synthesis workers
         if not torch.cuda.is_available():
             raise RuntimeError("--device cuda: torch sees no CUDA device")
-        props = torch.cuda.get_device_properties(0)
-        figures |= {"gpus": torch.cuda.device_count(), "gpu": props.name, "gpu_memory_gib": props.total_memory / 2**30}
+        figures["gpus"] = torch.cuda.device_count()
         figures["nvidia_smi"] = nvidia_smi("name,memory.total,driver_version")
     return figures
 
@@ -150,13 +150,14 @@ def step_probe(c: Check) -> dict[str, Any]:
 # -- 2. data -------------------------------------------------------------------------------------------------
 
 
-def synth_and_ingest(archive: Path, shards: Path, pairs: int, shard_size: int) -> dict[str, float]:
-    """Synthesise `pairs` v2 pairs and ingest them (Ray); the archive is deleted afterwards (the disk)."""
+def synth_and_ingest(archive: Path, shards: Path, pairs: int, shard_size: int, workers: int) -> dict[str, float]:
+    """Synthesise `pairs` v2 pairs (`workers` processes) and ingest them (Ray); the archive is deleted afterwards
+    (the disk)."""
     from bigearth.ingest.job import ingest
     from bigearth.synth.archive import synthesize
 
     t0 = time.perf_counter()
-    synthesize(str(archive), layout="v2", pairs=pairs, seed=25, progress=False)
+    synthesize(str(archive), layout="v2", pairs=pairs, seed=25, workers=workers, progress=False)
     t1 = time.perf_counter()
     ingest(str(archive), str(shards), shard_size=shard_size, progress=False, overwrite=True)
     t2 = time.perf_counter()
@@ -203,13 +204,13 @@ def step_data(c: Check) -> dict[str, Any]:
     cal = []
     n1, n2 = c.profile["calibration"]
     for i, n in enumerate((n1, n1, n2)):  # the first run pays the one-off costs (imports, Ray Data's start)
-        took = synth_and_ingest(c.work / f"cal{i}", c.work / f"cal{i}-shards", n, c.profile["shard_size"])
+        took = synth_and_ingest(c.work / f"cal{i}", c.work / f"cal{i}-shards", n, c.profile["shard_size"], c.cores)
         shutil.rmtree(c.work / f"cal{i}-shards", ignore_errors=True)
         cal.append((n, took["seconds"]))
     sizing = plan_pairs(c, cal[1:], time.perf_counter() - t0)
     sizing["warm_up_run"] = {"pairs": n1, "seconds": round(cal[0][1], 2)}
     shards = c.work / "shards"
-    took = synth_and_ingest(c.work / "archive", shards, sizing["pairs"], c.profile["shard_size"])
+    took = synth_and_ingest(c.work / "archive", shards, sizing["pairs"], c.profile["shard_size"], c.cores)
     sizing["actual_s"] = round(took["seconds"], 1)
     c.shards = str(shards)
     splits = ShardSet.open(c.shards).splits
@@ -373,6 +374,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
     import ray.train
     import ray.train.torch
+    import torch
 
     from bigearth.models import checkpoints
     from bigearth.training.config import TrainConfig
@@ -380,6 +382,9 @@ def train_worker(config: dict[str, Any]) -> None:
 
     device = ray.train.torch.get_device()
     figures: dict[str, Any] = {"device": str(device)}
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        figures |= {"gpu": props.name, "gpu_memory_gib": props.total_memory / 2**30}
     for precision, raw in config["cfgs"].items():
         cfg = TrainConfig.model_validate(raw)
         figures[precision], s = train_precision(cfg, config["plan"], config["train_pairs"], config, device)
@@ -455,9 +460,12 @@ def step_index(c: Check) -> dict[str, Any]:
 
     c.index = str(c.work / "index")
     t0 = time.perf_counter()
-    report = build_index(c.checkpoint, c.shards, c.index, gpus_per_actor=int(c.cuda), recreate=True, progress=False)
+    report = build_index(
+        c.checkpoint, c.shards, c.index, splits=["test"], gpus_per_actor=int(c.cuda), recreate=True, progress=False
+    )
     seconds = time.perf_counter() - t0
     return {
+        "split": "test",
         "pairs": report["upserted"],
         "pairs_per_s": report["upserted"] / seconds,
         "embed_and_upsert_s": report["embed_and_upsert_s"],
@@ -530,6 +538,8 @@ STEP_FUNCTIONS: dict[str, Callable[[Check], dict[str, Any]]] = {
 
 
 def show(v: Any) -> str:
+    if v is None:
+        return "null"
     if isinstance(v, float):
         return f"{v:,.3g}" if abs(v) < 100 else f"{v:,.0f}"
     if isinstance(v, int) and not isinstance(v, bool):
