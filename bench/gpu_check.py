@@ -296,13 +296,17 @@ def endless(make_loader: Callable[[int], Any]) -> Iterator[Any]:
     the epoch's loader (its threads stop)."""
     epoch = 0
     while True:
-        batches = iter(make_loader(epoch))
+        batches, seen = iter(make_loader(epoch)), 0
         try:
-            yield from batches
+            for batch in batches:
+                seen += 1
+                yield batch
         finally:
             close = getattr(batches, "close", None)
             if close:
                 close()
+        if not seen:
+            raise RuntimeError(f"epoch {epoch} of the training split gave no batch")
         epoch += 1
 
 
