@@ -56,7 +56,7 @@ def predict(
 ) -> Any:
     """Batches (dicts of numpy columns) of `patch_id`, `probabilities`, `labels` (JSON list) for every pair of
     `split`, predicted by `Predictor` through `executor` (default: Ray), and the checkpoint used (resolved once,
-    here)."""
+    here). Actors holding a GPU predict on CUDA or fail (never silently on the CPU)."""
     from functools import partial
 
     from bigearth.input.raydata import shard_tables, split_files
@@ -69,7 +69,7 @@ def predict(
         Predictor,
         files,
         read=partial(shard_tables, columns=columns, url=data, storage=storage),
-        unit_kwargs={"checkpoint": ref, "storage": storage},
+        unit_kwargs={"checkpoint": ref, "storage": storage, "device": "cuda" if gpus_per_actor else None},
         batch_size=batch_size,
         desc=f"predict {split}",
         resources=Resources(gpus=gpus_per_actor, concurrency=actors),
