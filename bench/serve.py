@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -130,9 +131,11 @@ def batch_stats(url: str) -> tuple[float, float]:
     return total, count
 
 
-def deploy(url: str, ckpt: str, index: str, shards: str, max_batch_size: int, gpus: float = 0) -> None:
+def deploy(
+    url: str, ckpt: str, index: str, shards: str, max_batch_size: int, gpus: float = 0, ready_timeout_s: float = 300
+) -> None:
     """The application on the Serve started at `url`, its classifier batching up to `max_batch_size` (on `gpus`
-    GPUs a replica); returns once it is ready."""
+    GPUs a replica); returns once it is ready, raises TimeoutError when it is not after `ready_timeout_s`."""
     import httpx
     from ray import serve
 
@@ -149,7 +152,10 @@ def deploy(url: str, ckpt: str, index: str, shards: str, max_batch_size: int, gp
         max_ongoing_requests=128,
     )
     serve.run(build(args), name="bigearth", route_prefix="/")
+    deadline = time.monotonic() + ready_timeout_s
     while httpx.get(f"{url}/readyz").status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/readyz not ready after {ready_timeout_s:.0f} s")
         time.sleep(0.5)
 
 
@@ -166,10 +172,12 @@ def batching_modes(
     make_request: Any,
     gpus: float = 0,
     warmup_s: float = 3,
+    monitor: Any = None,
 ) -> dict[str, list[dict[str, Any]]]:
     """The application deployed with batch size 1, then with dynamic batching (max 32), each loaded by `clients`
     concurrent clients in turn for `seconds` after a warm-up: a row per client count (`load`'s figures and the
-    mean batch size from /metrics), per mode; the application is deleted after each."""
+    mean batch size from /metrics), per mode; the application is deleted after each. `monitor`: a function giving
+    a context manager held around each load, whose `figures()` join the row (bench/gpu_check.py's GPU sampler)."""
     from ray import serve
 
     modes: dict[str, list[dict[str, Any]]] = {}
@@ -179,7 +187,10 @@ def batching_modes(
         rows = []
         for n in clients:
             before = batch_stats(url)
-            row = asyncio.run(load(url, n, seconds, make_request))
+            with monitor() if monitor else contextlib.nullcontext() as watched:
+                row = asyncio.run(load(url, n, seconds, make_request))
+            if watched is not None:
+                row |= watched.figures()
             after = batch_stats(url)
             row["mean_batch"] = round((after[0] - before[0]) / max(after[1] - before[1], 1), 2)
             rows.append(row)
