@@ -629,7 +629,9 @@ def step_train(c: Check) -> dict[str, Any]:
             use_gpu=c.cuda,
             resources_per_worker={"CPU": cfg.scaling.cpus_per_worker, **({"GPU": 1} if c.cuda else {})},
         ),
-        run_config=ray.train.RunConfig(name="gpu-check", storage_path=str(c.work / "ray-train")),
+        run_config=ray.train.RunConfig(  # a run of its own each time: --from train reuses WORK
+            name=f"gpu-check-{time.strftime('%Y%m%d-%H%M%S')}", storage_path=str(c.work / "ray-train")
+        ),
     )
     try:
         result = trainer.fit()
