@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import io
 import json
 import os
@@ -130,7 +131,11 @@ def batch_stats(url: str) -> tuple[float, float]:
     return total, count
 
 
-def deploy(url: str, ckpt: str, index: str, shards: str, max_batch_size: int) -> None:
+def deploy(
+    url: str, ckpt: str, index: str, shards: str, max_batch_size: int, gpus: float = 0, ready_timeout_s: float = 300
+) -> None:
+    """The application on the Serve started at `url`, its classifier batching up to `max_batch_size` (on `gpus`
+    GPUs a replica); returns once it is ready, raises TimeoutError when it is not after `ready_timeout_s`."""
     import httpx
     from ray import serve
 
@@ -141,13 +146,68 @@ def deploy(url: str, ckpt: str, index: str, shards: str, max_batch_size: int) ->
         index=index,
         data=shards,
         max_batch_size=max_batch_size,
+        gpus_per_classifier=gpus,
         replica_cpus=1,
         batch_wait_timeout_s=0.01,
         max_ongoing_requests=128,
     )
     serve.run(build(args), name="bigearth", route_prefix="/")
+    deadline = time.monotonic() + ready_timeout_s
     while httpx.get(f"{url}/readyz").status_code != 200:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url}/readyz not ready after {ready_timeout_s:.0f} s")
         time.sleep(0.5)
+
+
+UNBATCHED, BATCHED = "batch size 1", "dynamic batching (max 32)"
+
+
+def batching_modes(
+    url: str,
+    ckpt: str,
+    index: str,
+    shards: str,
+    clients: list[int],
+    seconds: float,
+    make_request: Any,
+    gpus: float = 0,
+    warmup_s: float = 3,
+    monitor: Any = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The application deployed with batch size 1, then with dynamic batching (max 32), each loaded by `clients`
+    concurrent clients in turn for `seconds` after a warm-up: a row per client count (`load`'s figures and the
+    mean batch size from /metrics), per mode; the application is deleted after each. `monitor`: a function giving
+    a context manager held around each load, whose `figures()` join the row (bench/gpu_check.py's GPU sampler)."""
+    from ray import serve
+
+    modes: dict[str, list[dict[str, Any]]] = {}
+    for mode, mbs in ((UNBATCHED, 1), (BATCHED, 32)):
+        deploy(url, ckpt, index, shards, mbs, gpus)
+        asyncio.run(load(url, 4, warmup_s, make_request))  # warm-up
+        rows = []
+        for n in clients:
+            before = batch_stats(url)
+            with monitor() if monitor else contextlib.nullcontext() as watched:
+                row = asyncio.run(load(url, n, seconds, make_request))
+            if watched is not None:
+                row |= watched.figures()
+            after = batch_stats(url)
+            row["mean_batch"] = round((after[0] - before[0]) / max(after[1] - before[1], 1), 2)
+            rows.append(row)
+            print(mode, row, flush=True)
+        modes[mode] = rows
+        serve.delete("bigearth")
+    return modes
+
+
+def classify_request(bodies: list[bytes]) -> Any:
+    """`make_request` for `load`: one classification of a random body of `bodies` (an .npz upload)."""
+
+    def classify(c: Any, i: int) -> Any:
+        body = bodies[random.randrange(len(bodies))]
+        return c.post("/v1/classify", files=[("patch.npz", ("patch.npz", body, "application/octet-stream"))])
+
+    return classify
 
 
 def main() -> int:
@@ -174,26 +234,12 @@ def main() -> int:
     url = f"http://127.0.0.1:{port}"
     serve.start(http_options={"host": "127.0.0.1", "port": port})
 
-    def classify(c: Any, i: int) -> Any:
-        body = bodies[random.randrange(len(bodies))]
-        return c.post("/v1/classify", files=[("patch.npz", ("patch.npz", body, "application/octet-stream"))])
-
-    result: dict[str, Any] = {"model": a.model, "machine": f"{platform.node()}, {os.cpu_count()} CPUs", "modes": {}}
-    for mode, mbs in (("batch size 1", 1), ("dynamic batching (max 32)", 32)):
-        deploy(url, ckpt, index, shards, mbs)
-        asyncio.run(load(url, 4, 3, classify))  # warm-up
-        rows = []
-        for n in [int(x) for x in a.clients.split(",")]:
-            before = batch_stats(url)
-            row = asyncio.run(load(url, n, a.seconds, classify))
-            after = batch_stats(url)
-            row["mean_batch"] = round((after[0] - before[0]) / max(after[1] - before[1], 1), 2)
-            rows.append(row)
-            print(mode, row, flush=True)
-        result["modes"][mode] = rows
-        serve.delete("bigearth")
+    classify = classify_request(bodies)
+    result: dict[str, Any] = {"model": a.model, "machine": f"{platform.node()}, {os.cpu_count()} CPUs"}
+    clients = [int(x) for x in a.clients.split(",")]
+    result["modes"] = batching_modes(url, ckpt, index, shards, clients, a.seconds, classify)
     top = {m: rows[-1]["rps"] for m, rows in result["modes"].items()}
-    result["speedup_at_max_clients"] = round(top["dynamic batching (max 32)"] / top["batch size 1"], 2)
+    result["speedup_at_max_clients"] = round(top[BATCHED] / top[UNBATCHED], 2)
 
     deploy(url, ckpt, index, shards, 32)
     train = [pid for pid in ids]

@@ -56,7 +56,7 @@ def predict(
 ) -> Any:
     """Batches (dicts of numpy columns) of `patch_id`, `probabilities`, `labels` (JSON list) for every pair of
     `split`, predicted by `Predictor` through `executor` (default: Ray), and the checkpoint used (resolved once,
-    here)."""
+    here). Actors holding a GPU predict on CUDA or fail (never silently on the CPU)."""
     from functools import partial
 
     from bigearth.input.raydata import shard_tables, split_files
@@ -69,7 +69,7 @@ def predict(
         Predictor,
         files,
         read=partial(shard_tables, columns=columns, url=data, storage=storage),
-        unit_kwargs={"checkpoint": ref, "storage": storage},
+        unit_kwargs={"checkpoint": ref, "storage": storage, "device": "cuda" if gpus_per_actor else None},
         batch_size=batch_size,
         desc=f"predict {split}",
         resources=Resources(gpus=gpus_per_actor, concurrency=actors),
@@ -85,12 +85,16 @@ def evaluate(
     storage: StorageOptions | None = None,
     actors: int = 1,
     executor: Executor | None = None,
+    gpus_per_actor: float = 0,
 ) -> dict[str, Any]:
     """Write metrics.json, metrics.md, per_class.png and predictions.parquet to `out`; return the metrics.
-    `executor`: where the predictions run (default: Ray; `LocalExecutor`: in this process, no Ray)."""
+    `executor`: where the predictions run (default: Ray; `LocalExecutor`: in this process, no Ray);
+    `gpus_per_actor`: GPUs each of its `actors` holds (Ray)."""
     from bigearth.metrics.multilabel import MultilabelMetrics
 
-    batches, ref = predict(checkpoint, data, split, storage, actors=actors, executor=executor)
+    batches, ref = predict(
+        checkpoint, data, split, storage, actors=actors, gpus_per_actor=gpus_per_actor, executor=executor
+    )
     best = ref.path
     classes = ref.spec.num_classes
     names = lab.class_names(classes)  # type: ignore[arg-type]

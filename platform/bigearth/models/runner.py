@@ -14,12 +14,15 @@ from bigearth.models.checkpoints import LoadedModel
 
 
 class ModelRunner:
-    """`loaded` on `device` (default: CUDA when there is one); CPU threads capped at `threads` when given."""
+    """`loaded` on `device` (default: CUDA when there is one; a CUDA device asked for by name and not there is an
+    error, not a silent CPU); CPU threads capped at `threads` when given."""
 
     def __init__(self, loaded: LoadedModel, device: str | torch.device | None = None, threads: int | None = None):
         self.loaded = loaded
         self.spec = loaded.spec
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        if self.device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {self.device} asked for, but torch sees no CUDA device")
         self.model = loaded.model.to(self.device).eval()
         if self.device.type == "cpu" and threads:
             torch.set_num_threads(int(threads))

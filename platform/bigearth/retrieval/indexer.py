@@ -181,7 +181,7 @@ def _build_locked(
             Embedder,
             files,
             read=partial(shard_tables, columns=columns, url=data, storage=storage),
-            unit_kwargs={"checkpoint": ref, "storage": storage},
+            unit_kwargs={"checkpoint": ref, "storage": storage, "device": "cuda" if gpus_per_actor else None},
             batch_size=batch_size,
             out_batch_size=upsert_batch,
             desc=f"embed {collection}",

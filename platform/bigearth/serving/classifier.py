@@ -12,15 +12,16 @@ from bigearth.api.schemas import ModelInfo
 
 
 class ModelClassifier:
-    """One model, loaded from `checkpoint` (a run folder, a checkpoint folder or a URL) with `cpus` threads."""
+    """One model, loaded from `checkpoint` (a run folder, a checkpoint folder or a URL) with `cpus` threads, on
+    `device` (default: CUDA when there is one; `ModelRunner`)."""
 
-    def __init__(self, checkpoint: str, cpus: float = 1.0) -> None:
+    def __init__(self, checkpoint: str, cpus: float = 1.0, device: str | None = None) -> None:
         from bigearth.core.storage import StorageOptions
         from bigearth.models.checkpoints import load
         from bigearth.models.runner import ModelRunner
 
         loaded = load(checkpoint, storage=StorageOptions.from_env())  # resolved, read and digested once
-        self.runner = ModelRunner(loaded, threads=int(cpus) if cpus >= 1 else None)
+        self.runner = ModelRunner(loaded, device, threads=int(cpus) if cpus >= 1 else None)
         spec = loaded.spec
         self.info = ModelInfo(
             name=loaded.name,

@@ -17,10 +17,13 @@ __all__ = ["Classifier", "Retriever", "missing_vectors"]
 
 class Classifier:
     """Model replica: one model (`ModelClassifier`), requests batched by `@serve.batch` (its size and wait set per
-    replica)."""
+    replica); a replica given a GPU runs on CUDA or fails to start."""
 
     def __init__(self, checkpoint: str, cpus: float, max_batch_size: int, batch_wait_timeout_s: float) -> None:
-        self.model = ModelClassifier(checkpoint, cpus)
+        import ray
+
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []  # built outside a replica (a test): no Ray
+        self.model = ModelClassifier(checkpoint, cpus, device="cuda" if gpus else None)
         # @serve.batch's own setters (its queue is made lazily, in this replica's process)
         self.infer.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
         self.infer.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
