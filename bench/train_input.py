@@ -131,7 +131,7 @@ def run_path(
     from bigearth.input.raybatches import open_batches
 
     def loop(config: dict[str, Any]) -> None:  # pickled by value into the worker
-        from bigearth.input.loader import RowGroupLoader, epoch_share, plan_of
+        from bigearth.input.loader import BatchBuffers, RowGroupLoader, epoch_share, plan_of
         from bigearth.input.raybatches import shard_batches
 
         ctx = ray.train.get_context()
@@ -139,6 +139,7 @@ def run_path(
         ray_data = config["pipeline"] == "ray_data"
         source = ray.train.get_dataset_shard("train_batches" if ray_data else "train")
         plan = None if ray_data else plan_of(source)
+        buffers = BatchBuffers()  # one for every epoch's loader, as training does
         epochs = []
         for epoch in range(config["epochs"]):
             cpu0, busy0 = time.process_time(), core_busy(config["core"])
@@ -153,6 +154,7 @@ def run_path(
                     shuffle_buffer=config["shuffle"],
                     seed=[0, rank, epoch],
                     limit=limit,
+                    buffers=buffers,
                     threads=config["threads"],
                 )
             first, pairs, total, steps, t_first = None, 0, 0, 0, start

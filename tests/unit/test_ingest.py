@@ -17,7 +17,7 @@ from bigearth.core.bands import ALL_BANDS
 from bigearth.core.labels import BEN19
 from bigearth.core.storage import open_fs
 from bigearth.ingest.job import IngestError, ingest
-from bigearth.shards.format import SHARD_SCHEMA, Manifest
+from bigearth.shards.format import SHARD_SCHEMA, Manifest, compression_for
 
 
 def _rows(shards: Path) -> list[dict]:  # type: ignore[type-arg]
@@ -64,12 +64,13 @@ def test_shard_files_carry_format_metadata(shards_v2: Path) -> None:
         pf = pq.ParquetFile(shards_v2 / s.path)
         assert pf.schema_arrow.equals(SHARD_SCHEMA, check_metadata=False)
         meta = pf.schema_arrow.metadata
-        # the default codec on a local disk (`compression_for`): uncompressed pages
-        assert meta[b"bigearth.format_version"] == b"2" and meta[b"bigearth.compression"] == b"none"
+        # the default codec where the set is written (`compression_for`: uncompressed pages on a local disk)
+        codec = compression_for(str(shards_v2))
+        assert meta[b"bigearth.format_version"] == b"2" and meta[b"bigearth.compression"] == codec.encode()
         bands = json.loads(meta[b"bigearth.bands"])
         assert bands["B01"] == {"shape": [20, 20], "dtype": "uint16", "gsd": 60}
         assert bands["VV"]["dtype"] == "float32"
-        assert pf.metadata.row_group(0).column(0).compression == "UNCOMPRESSED"
+        assert pf.metadata.row_group(0).column(0).compression == {"none": "UNCOMPRESSED", "zstd": "ZSTD"}[codec]
         assert s.rows <= 30 and s.path.startswith(s.split + "/")
 
 

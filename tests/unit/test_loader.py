@@ -135,10 +135,12 @@ def test_batch_memory_is_reused_only_once_nothing_holds_it(fine: Path) -> None:
     for epoch in range(2):
         for batch in RowGroupLoader(plan, 8, shuffle_buffer=16, seed=epoch, buffers=buffers):
             assert_batch_holds_rows(batch, rows)
-            addresses.add(batch["s2_10m"].data_ptr())
-            batches += 1
-    assert batches > 20 and len(addresses) <= 8 + 1  # the kept arrays, and the short last batch of each shape
+            if len(batch["patch_id"]) == 8:  # a short last batch is never pooled (its size changes by epoch)
+                addresses.add(batch["s2_10m"].data_ptr())
+                batches += 1
+    assert batches > 20 and len(addresses) <= 8  # the kept arrays
     assert addresses <= {a.ctypes.data for arrays in buffers._arrays.values() for a in arrays}  # the pool's own
+    assert all(shape[1] == 8 for shape, _ in buffers._arrays)
 
 
 def test_limit_drop_last_bands_and_an_early_stop(fine: Path) -> None:

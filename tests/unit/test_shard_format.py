@@ -60,18 +60,26 @@ MOUNTS = """\
 tmpfs /tmp tmpfs rw 0 0
 server:/export /mnt/data nfs4 rw 0 0
 bucket /mnt/data/s3 fuse.s3fs rw 0 0
+/dev/sdb1 /mnt/data/usb fuseblk rw 0 0
 //nas/share /mnt/my\\040share cifs rw 0 0
+//nas/tab /mnt/a\\011tab cifs rw 0 0
 """
 
 
-def test_the_default_codec_follows_the_storage() -> None:
-    """Local disks get uncompressed pages; whatever crosses a network (object stores, network or FUSE mounts) zstd."""
+def test_the_default_codec_follows_the_storage(tmp_path: Path) -> None:
+    """Local disks get uncompressed pages; whatever crosses a network (object stores, network file systems, network
+    FUSE mounts) zstd; a symbolic link counts where it leads."""
     for url in ("s3://bucket/shards", "gs://b/s", "az://c/s", "https://host/s", "hdfs://nn/s"):
         assert compression_for(url, MOUNTS) == "zstd", url
-    for url in ("/data/shards", "/tmp/x", "file:///data/shards", "relative/shards", "/mnt/database"):
+    for url in ("/data/shards", "/tmp/x", "file:///data/shards", "/mnt/database", "/mnt/data/usb/x"):
         assert compression_for(url, MOUNTS) == "none", url
-    for url in ("/mnt/data/shards", "/mnt/data", "/mnt/data/s3/x", "/mnt/my share/s", "file:///mnt/data/x"):
+    for url in ("/mnt/data/shards", "/mnt/data", "/mnt/data/s3/x", "/mnt/my share/s", "/mnt/a\ttab/s"):
         assert compression_for(url, MOUNTS) == "zstd", url
+    for url in ("file:///mnt/data/x", "file://localhost/mnt/data/x"):
+        assert compression_for(url, MOUNTS) == "zstd", url
+    link = tmp_path / "scratch"
+    link.symlink_to("/mnt/data/project")
+    assert compression_for(str(link / "shards"), MOUNTS) == "zstd"
     assert compression_for("/anything", "") == "none"  # no mount table: a local disk
     assert resolve_compression("lz4", "s3://b/s") == "lz4" and resolve_compression("auto", "s3://b/s") == "zstd"
     with pytest.raises(ValueError, match="compression 'brotli': expected 'auto' or one of"):

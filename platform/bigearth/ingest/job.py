@@ -213,7 +213,7 @@ def ingest(
         print(
             f"ingest: {len(cat):,} pairs of a {cat.version} archive ({cat.total:,} in its metadata){absent}; "
             f"{sum(p.pairs.num_rows for p in plans):,} to read into {len(plans)} shards; "
-            f"excluded by policy: {cat.excluded_counts}"
+            f"excluded by policy: {cat.excluded_counts}; shards compressed: {compression}"
         )
 
         groups_file = join(out_root, STATE_DIR, "groups.json")

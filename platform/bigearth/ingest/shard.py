@@ -24,7 +24,7 @@ from bigearth.archive.reader import Excluded, Problem, fetch_pairs, read_pairs
 from bigearth.archive.staging import StagedSource, shard_entries
 from bigearth.core.records import RecordError, read_json, write_json_atomic
 from bigearth.core.storage import BlobReader, StorageOptions, join, open_fs
-from bigearth.shards.format import DEFAULT_COMPRESSION, ShardWriter
+from bigearth.shards.format import ShardWriter
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def ingest_shard(
     out: str,
     storage: StorageOptions,
     include_no_19: bool,
-    compression: str = DEFAULT_COMPRESSION,
+    compression: str = "lz4",
     staging: str | None = None,
     staged: list[list[Any]] | None = None,
     problems: dict[str, str] | None = None,

@@ -160,22 +160,25 @@ class BatchBuffers:
         self.pinned, self.keep = pinned, keep
         self._arrays: dict[tuple[tuple[int, ...], str], list[np.ndarray]] = {}
         self._lock = threading.Lock()
-        probe = [np.empty(0)]
-        self._idle = _refs(probe[0])  # the count of an array only the pool's list holds, measured the same way
 
-    def take(self, shape: tuple[int, ...], dtype: Any) -> tuple[np.ndarray, Any]:
+    def take(self, shape: tuple[int, ...], dtype: Any, pool: bool = True) -> tuple[np.ndarray, Any]:
         """An array of `shape` and `dtype` to fill (no other holder), and the torch tensor it is a view of when
-        pinned (hand that tensor out, not a copy)."""
+        pinned (hand that tensor out, not a copy). `pool=False` (a short last batch, whose size changes from epoch
+        to epoch): a new array, never kept."""
         if self.pinned:
             import torch
 
             tensor = torch.empty(shape, dtype=getattr(torch, np.dtype(dtype).name), pin_memory=True)
             return tensor.numpy(), tensor
+        if not pool:
+            return np.empty(shape, dtype=dtype), None
         key = (shape, np.dtype(dtype).str)
         with self._lock:
+            probe = [np.empty(0)]
+            idle = _refs(probe[0])  # the count of an array only a list holds, measured the same way, every time
             arrays = self._arrays.setdefault(key, [])
             for i in range(len(arrays)):
-                if _refs(arrays[i]) == self._idle:
+                if _refs(arrays[i]) == idle:
                     return arrays[i], None
             array = np.empty(shape, dtype=dtype)
             if len(arrays) < self.keep:
@@ -310,7 +313,7 @@ class RowGroupLoader:
         band_major: dict[str, np.ndarray] = {}
         for group, names in self.bands.items():
             b = BANDS[names[0]]
-            array, handed = self._buffers.take((len(names), n, b.size, b.size), b.dtype)
+            array, handed = self._buffers.take((len(names), n, b.size, b.size), b.dtype, pool=n == self.batch_size)
             band_major[group] = array
             out[group] = handed.permute(1, 0, 2, 3) if handed is not None else array.transpose(1, 0, 2, 3)
         first = buffer[0][0]

@@ -129,11 +129,22 @@ def to_torch(batch: dict[str, np.ndarray], device: Any = None) -> dict[str, Any]
             if isinstance(value, torch.Tensor):
                 tensor = value
             elif cuda:  # one copy into pinned memory, writable or not (Ray hands out read-only arrays)
-                tensor = torch.empty(value.shape, dtype=torch.from_numpy(value[:0].copy()).dtype, pin_memory=True)
+                tensor = _pinned_like(value)
                 np.copyto(tensor.numpy(), value)
             else:
                 tensor = torch.from_numpy(np.require(value, requirements="W"))  # a read-only array is copied
-            if cuda and not tensor.is_pinned():
+            if cuda and tensor.device.type == "cpu" and not tensor.is_pinned():
                 tensor = tensor.pin_memory()
             out[key] = tensor.to(device, non_blocking=True) if device is not None else tensor
     return out
+
+
+def _pinned_like(value: np.ndarray) -> Any:
+    """An empty pinned tensor of `value`'s shape, dtype and memory order (a band-major `[C, B, H, W]` array seen as
+    `[B, C, H, W]` stays band-major, as the loader's own pinned batches are)."""
+    import torch
+
+    dtype = torch.from_numpy(np.empty(0, dtype=value.dtype)).dtype
+    order = sorted(range(value.ndim), key=lambda d: -value.strides[d])  # outermost dimension first
+    tensor = torch.empty([value.shape[d] for d in order], dtype=dtype, pin_memory=True)
+    return tensor.permute(*sorted(range(value.ndim), key=lambda d: order[d]))

@@ -12,6 +12,7 @@ import contextlib
 import io
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -21,7 +22,7 @@ from fsspec import AbstractFileSystem
 
 from bigearth.core.bands import ALL_BANDS
 from bigearth.core.records import RecordError, is_local, read_json, temp_name, write_bytes_atomic
-from bigearth.core.storage import join, to_url
+from bigearth.core.storage import join
 
 FORMAT_VERSION = "2"
 READABLE_VERSIONS = ("1", "2")  # v1: 14 variable-length binary columns, zstd, no page checksums
@@ -43,21 +44,37 @@ COMPRESSIONS: dict[str, tuple[str, int | None]] = {"lz4": ("lz4", None), "zstd":
 #: The default: the codec chosen by where the shards are written (`compression_for`).
 AUTO_COMPRESSION = "auto"
 DEFAULT_COMPRESSION = AUTO_COMPRESSION
-#: File systems whose bytes cross a network although they are mounted as folders.
-NETWORK_MOUNTS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "beegfs", "gpfs", "afs"}
+#: File systems whose bytes cross a network although they are mounted as folders (FUSE ones by their subtype; local
+#: FUSE file systems, e.g. fuseblk disks or fuse-overlayfs roots, are not in it).
+_NETWORK_FUSE = (
+    "sshfs s3fs gcsfuse glusterfs ceph-fuse rclone juicefs goofys mountpoint-s3 blobfuse blobfuse2 cvmfs2 davfs "
+    "alluxio-fuse geesefs lustre weka"
 )
+NETWORK_MOUNTS = frozenset(
+    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "beegfs", "gpfs", "afs", "wekafs", "panfs"}
+    | {f"fuse.{name}" for name in _NETWORK_FUSE.split()}
+)
+
+
+def _mount_point(field: str) -> str:
+    """A mount point as /proc/mounts escapes it (space, tab, newline, backslash as octal)."""
+    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
 
 
 def compression_for(url: str, mounts: str | None = None) -> str:
     """The codec for shards written to `url`, by measurement (docs/benchmarks.md, "The shard codec by storage"):
-    on a local disk reading is CPU-bound and uncompressed pages read fastest (`none`, for ~3-14 % more bytes than
-    lz4); where the bytes cross a network (object stores, network file systems, FUSE mounts) they are what bounds
-    a node's input and what is billed, and zstd needs about half of them (`zstd`). `mounts`: the text of
-    /proc/mounts (read when None), to tell a network file system mounted as a folder."""
-    if "://" in url and url.split("://", 1)[0] not in ("file", "local"):
+    on a local disk reading is CPU-bound and uncompressed pages read fastest (`none`, for 14 % more bytes than lz4
+    on real pixels); where the bytes cross a network (object stores, network file systems, network FUSE mounts)
+    they are what bounds a node's input and what is billed, and zstd needs about half of them (`zstd`). `mounts`:
+    the text of /proc/mounts (read when None), to tell a network file system mounted as a folder; symbolic links
+    are followed to the mount that holds the data. The ingest decides once, on its driver: a folder that is a local
+    disk there (an NFS server's own export) is `none` even where the workers mount it over NFS."""
+    scheme, _, rest = url.partition("://") if "://" in url else ("file", "", url)
+    if scheme not in ("file", "local"):
         return "zstd"
-    path = os.path.abspath(url.split("://", 1)[-1])
+    if rest.startswith("localhost/"):
+        rest = rest[len("localhost") :]
+    path = os.path.realpath(rest)
     if mounts is None:
         try:
             with open("/proc/mounts") as f:
@@ -69,11 +86,11 @@ def compression_for(url: str, mounts: str | None = None) -> str:
         fields = line.split()
         if len(fields) < 3:
             continue
-        point = fields[1].replace("\\040", " ")
+        point = _mount_point(fields[1])
         inside = path == point or path.startswith(point.rstrip("/") + "/")
         if inside and len(point) >= len(best):
             best, fstype = point, fields[2]
-    return "zstd" if fstype in NETWORK_MOUNTS or fstype.startswith("fuse") else "none"
+    return "zstd" if fstype in NETWORK_MOUNTS else "none"
 
 
 def resolve_compression(compression: str, url: str) -> str:
@@ -130,9 +147,10 @@ class ShardWriter:
     completes at close)."""
 
     def __init__(
-        self, fs: AbstractFileSystem, path: str, compression: str = DEFAULT_COMPRESSION, reference_maps: bool = False
+        self, fs: AbstractFileSystem, path: str, compression: str = "lz4", reference_maps: bool = False
     ) -> None:
-        compression = resolve_compression(compression, to_url(fs, path))
+        if compression not in COMPRESSIONS:  # `auto` is the ingest's to resolve, once for the whole shard set
+            raise ValueError(f"compression {compression!r}: expected one of {sorted(COMPRESSIONS)}")
         codec, level = COMPRESSIONS[compression]
         schema = SHARD_SCHEMA.append(REFERENCE_MAP) if reference_maps else SHARD_SCHEMA
         extra = {b"bigearth.compression": compression.encode()}
