@@ -70,7 +70,7 @@ class PeakMemory:
 
 def rasterio_alone(layout: Any, rows: list[dict[str, Any]]) -> float:
     """Seconds to read and decode every GeoTIFF of `rows` with rasterio, one process."""
-    from bigearth.archive.reader import GDAL_OPTIONS
+    from bigearth.archive.geotiff import GDAL_OPTIONS
     from bigearth.core.bands import S1_BANDS, S2_BANDS
 
     start = time.perf_counter()
