@@ -48,11 +48,14 @@ def test_two_workers_get_equal_batches_every_epoch_each_row_at_most_once(fine: P
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from bigearth.input.raybatches import shard_batches
+    from bigearth.input.loader import row_groups
+    from bigearth.input.raybatches import groups_per_task, shard_batches
 
     rows = split_rows(fine, "train")
     assert len(rows) % 2 == 1  # uneven between 2 workers
     epochs, batch = 3, 8
+    plan = row_groups(str(fine), "train")
+    tasks = -(-len(plan) // groups_per_task(plan, batch, 16))
 
     def loop(config: dict[str, Any]) -> None:  # defined here: pickled by value into the workers
         ctx = ray.train.get_context()
@@ -75,8 +78,9 @@ def test_two_workers_get_equal_batches_every_epoch_each_row_at_most_once(fine: P
         assert steps[0] == steps[1] > 0, steps  # the same number of steps on both workers: nobody waits
         ids = [p for r in range(2) for b in ranks[r][epoch] for p in b]
         assert len(ids) == len(set(ids)) and set(ids) <= set(rows)  # every row at most once
-        assert all(0 < len(b) <= batch for r in range(2) for b in ranks[r][epoch])
-        assert len(rows) - len(ids) < batch  # dropped to equalise: at most world - 1 = 1 batch
+        assert all(len(b) == batch for r in range(2) for b in ranks[r][epoch])  # whole batches only
+        # dropped: each task's rest (less than a batch) and, to equalise, at most world - 1 = 1 whole batch
+        assert len(rows) - len(ids) < batch * (1 + tasks)
     # another shuffle every epoch: other row groups collated together, so other batches
     batches = [frozenset(frozenset(b) for r in range(2) for b in ranks[r][e]) for e in range(epochs)]
     assert len(set(batches)) == epochs

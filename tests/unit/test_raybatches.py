@@ -56,7 +56,9 @@ def test_a_task_reads_enough_row_groups_for_its_shuffle_buffer_and_a_batch() -> 
     assert groups_per_task(plan, 32, 0) == 1
     assert groups_per_task(plan, 32, 100) == 2  # at least two: batches mix row groups
     assert groups_per_task(plan[:3], 256, 2048) == 3  # never more than the plan
-    assert groups_per_task([RowGroup("u", "p", 0, 6)] * 12, 8, 16) == 3
+    # rounded up so that full row groups make whole batches: 4 x 6 rows = 3 batches of 8 (3 would leave a rest)
+    assert groups_per_task([RowGroup("u", "p", 0, 6)] * 12, 8, 16) == 4
+    assert groups_per_task(plan, 100, 100) == 2  # 25 row groups for whole batches of 100: over 8, not rounded
 
 
 def test_a_tasks_seed_follows_its_row_groups_and_a_resumed_run_has_its_own() -> None:
@@ -103,29 +105,33 @@ def test_collate_reads_every_row_once_and_mixes_row_groups_in_every_batch(fine: 
     for start in range(0, len(plan), k):  # the tasks of one epoch, as map_batches deals them
         task = plan[start : start + k]
         batches = [to_torch(unpack(row)) for row in collate(_items(task), batch_size=8, shuffle_buffer=16, seed=1)]
-        for i, batch in enumerate(batches):
+        for batch in batches:
             n = len(batch["patch_id"])
             sizes.append(n)
             assert batch["s1"].shape == (n, 2, 120, 120) and batch["s1"].dtype == torch.float32
             assert batch["s2_20m"].dtype == torch.uint16 and batch["labels"].shape == (n, 19)
             assert_batch_holds_rows(batch, rows)
-            if len(task) > 1 and (i < len(batches) - 1 or n == 8):  # but a task's short last batch, its rest
+            if len(task) > 1:
                 assert len({group_of[p] for p in batch["patch_id"]}) > 1
             seen.extend(batch["patch_id"])
-    assert sorted(seen) == sorted(rows)  # every row exactly once over the tasks
-    assert sum(n < 8 for n in sizes) <= -(-len(plan) // k)  # at most one short batch per task
+        dropped = sum(g.rows for g in task) % 8
+        assert sum(len(b["patch_id"]) for b in batches) == sum(g.rows for g in task) - dropped
+    assert len(seen) == len(set(seen)) and set(seen) <= set(rows)  # every row at most once over the tasks
+    assert set(sizes) == {8}  # whole batches only: an epoch never has more steps than the schedule counts
+    assert len(rows) - len(seen) < 8 * -(-len(plan) // k)  # each task drops less than a batch
 
 
 def test_collate_is_seeded_by_its_row_groups(fine: Path) -> None:
     plan = row_groups(str(fine), "train")[:3]
 
     def order(groups: list[RowGroup]) -> list[str]:
-        return [p for row in collate(_items(groups), batch_size=8, shuffle_buffer=18) for p in unpack(row)["patch_id"]]
+        # batches of 6: the 3 row groups' 18 rows are whole batches, none dropped
+        return [p for row in collate(_items(groups), batch_size=6, shuffle_buffer=18) for p in unpack(row)["patch_id"]]
 
     first = order(plan)
     assert order(plan) == first
     assert order(plan[::-1]) != first and Counter(order(plan[::-1])) == Counter(first)
-    unshuffled = [p for row in collate(_items(plan), batch_size=8, shuffle_buffer=0) for p in unpack(row)["patch_id"]]
+    unshuffled = [p for row in collate(_items(plan), batch_size=6, shuffle_buffer=0) for p in unpack(row)["patch_id"]]
     assert unshuffled == sorted(unshuffled, key=list(_group_of(plan)).index)  # 0: the row groups in order
 
 

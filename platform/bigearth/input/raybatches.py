@@ -20,17 +20,21 @@ Train's `DataConfig` splits the Dataset with `streaming_split(world, equal=True,
 worker receives the same number of rows, i.e. of batches, in every epoch (at most `world - 1` batches of the epoch
 are dropped to equalise, none read twice), and `shard_batches` turns each row back into the batch of
 `bigearth.shards.decode` (`[B, C, H, W]` views) as tensors. Batches are those of `RowGroupLoader` (keys, dtypes,
-shapes, band-major memory), except that each task ends with a short batch, from what is left of its buffer
-(perhaps one row group), when its rows are not a multiple of the batch size (a task of full row groups, 128 rows
-each, and a batch size dividing its rows has none).
+shapes, band-major memory), all of them whole: a task drops what is left of its rows after its last whole batch
+(`groups_per_task` makes a task of full row groups hold whole batches where it can, so only tasks holding a shard's
+last, shorter row group drop rows, fewer than a batch each, other rows every epoch). An epoch therefore has at
+most the steps the learning-rate schedule counts (train pairs / global batch), never more.
 
 Validation does not come this way: it keeps the worker path's `row_share` (every row exactly once, which an
-equalising split cannot promise). Why a Ray Dataset per run and not per epoch: DataConfig splits the Datasets it
-is given once per worker group, and Ray Data re-executes the split every epoch, reseeding the shuffle.
+equalising split cannot promise). Why a Ray Dataset per worker group and not per epoch: DataConfig splits the
+Datasets it is given once per worker group, and Ray Data re-executes the split every epoch, reseeding the shuffle;
+the trainer hands Ray Train a function that makes the Dataset, called at every worker group's start, so a group
+restarted after a failure gets the seed of the epoch it resumes at (`resume_seed`) instead of replaying epoch 0's.
 """
 
 from __future__ import annotations
 
+import math
 import zlib
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -51,9 +55,13 @@ BLOCK_BYTES = 1 << 20
 
 def groups_per_task(plan: Sequence[RowGroup], batch_size: int, shuffle_buffer: int) -> int:
     """Row groups one collating task reads: enough for a shuffle buffer of `shuffle_buffer` rows and for one
-    batch, and at least two (so batches mix row groups) when the plan has two."""
+    batch, and at least two (so batches mix row groups) when the plan has two; rounded up so that full row groups
+    make whole batches (a task drops its short rest: `collate`) where that takes at most 8 times as many."""
     group_rows = max((g.rows for g in plan), default=ROW_GROUP_PAIRS)
     want = max(-(-shuffle_buffer // group_rows), -(-batch_size // group_rows), 2 if shuffle_buffer else 1)
+    whole = batch_size // math.gcd(batch_size, group_rows)  # row groups whose rows are a multiple of the batch
+    if whole <= 8:
+        want = -(-want // whole) * whole
     return max(1, min(want, len(plan)))
 
 
@@ -154,6 +162,7 @@ def collate(
         seed=task_seed(seed, groups),
         threads=threads,
         prefetch=1,
+        drop_last=True,  # whole batches only: the steps of an epoch never exceed the schedule's count
     )
     for batch in loader:
         yield pack(batch)
@@ -215,7 +224,8 @@ def shard_batches(shard: Any, device: Any = None, prefetch: int = 2) -> Iterator
     """One epoch of a worker's batches from its dataset shard (a `DataIterator` of `open_batches`' Dataset, or the
     Dataset itself), as tensors on `device`."""
     # whole Arrow blocks (batch_size=None: no re-batching, no conversion by Ray), each row of a block one batch;
-    # to_torch copies the read-only block memory once (as the worker path's pinned copy on CUDA)
+    # to_torch copies the read-only block memory once (into pinned memory on CUDA: a copy the worker path, which
+    # fills pinned batches itself, does not make)
     for block in shard.iter_batches(batch_size=None, batch_format="pyarrow", prefetch_batches=prefetch):
         for i in range(block.num_rows):
             yield to_torch(unpack(block, i), device)

@@ -4,6 +4,7 @@ alone (`executor="local"`, no Ray); checkpoints on a local folder or `s3://`."""
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from typing import Any
@@ -114,10 +115,13 @@ def refuse_foreign_run(run_dir: str, so: StorageOptions | None = None) -> None:
         )
 
 
-def ray_data_batches(cfg: TrainConfig, data: str, so: StorageOptions | None, run_dir: str) -> Any:
+def ray_data_batches(
+    cfg: TrainConfig, data: str, so: StorageOptions | None, run_dir: str, bands: tuple[str, ...] | None = None
+) -> Any:
     """The `data.pipeline: ray_data` Dataset of a run (`bigearth.input.raybatches.open_batches`): the workers'
-    batch size and bands; its shuffle seeded by `run.seed` and the epoch the run resumes at (Ray Data reseeds by
-    its execution index, which starts at 0 whenever the Dataset is split anew)."""
+    batch size and bands; its shuffle seeded by `run.seed` and the epoch the run resumes at, read from the run's
+    latest checkpoint when called (Ray Data reseeds by its execution index, which starts at 0 whenever the Dataset
+    is split anew: Ray Train calls this at every worker group's start, a restart after a failure included)."""
     from bigearth.input.raybatches import open_batches, resume_seed
     from bigearth.models import checkpoints
 
@@ -127,11 +131,30 @@ def ray_data_batches(cfg: TrainConfig, data: str, so: StorageOptions | None, run
         cfg.data.train_split,
         batch_size=cfg.worker_batch_size(),
         shuffle_buffer=cfg.data.local_shuffle_buffer,
-        bands=model_bands(cfg),
+        bands=bands or model_bands(cfg),
         nomenclature=cfg.data.nomenclature,
         storage=so,
         seed=resume_seed(cfg.run.seed, (last.record.epoch or 0) if last is not None else 0),
     )
+
+
+def check_ray_data(cfg: TrainConfig, train_pairs: int, cpus: float) -> None:
+    """`data.pipeline: ray_data` on this cluster: an epoch must give every worker a batch (whole batches only,
+    split equally), and the collating tasks need a CPU the Train workers leave free (else they wait for one)."""
+    batch, world = cfg.worker_batch_size(), cfg.scaling.num_workers
+    if train_pairs // batch < world:
+        raise ValueError(
+            f"data.pipeline ray_data: {train_pairs} train pairs make {train_pairs // batch} whole batches of "
+            f"{batch}, fewer than scaling.num_workers {world}: lower data.batch_size (or global_batch_size) or the "
+            "workers, or use data.pipeline worker"
+        )
+    free = cpus - world * cfg.scaling.cpus_per_worker
+    if free < 1:
+        print(
+            f"data.pipeline ray_data: the Train workers reserve {world} x scaling.cpus_per_worker "
+            f"{cfg.scaling.cpus_per_worker:g} of the cluster's {cpus:g} CPUs, leaving {max(free, 0):g}: the collating "
+            "tasks need one each and wait until a node with a free CPU joins (lower scaling.cpus_per_worker)"
+        )
 
 
 def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOptions, config: dict[str, Any]) -> Any:
@@ -145,7 +168,7 @@ def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOp
 
     # The plan (one row per Parquet row group) goes to every worker whole: each takes its share per epoch
     # (bigearth.input.loader.epoch_share), so all run the same number of steps and the split drops nothing.
-    datasets = {
+    datasets: dict[str, Any] = {
         "train": open_row_groups(data, cfg.data.train_split, so),
         "validation": open_row_groups(data, cfg.data.val_split, so),
     }
@@ -153,7 +176,9 @@ def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOp
     split: list[str] = []
     if cfg.data.pipeline == "ray_data":
         # batches collated by Ray Data tasks on any node; DataConfig splits them with streaming_split(equal=True)
-        datasets[BATCHES] = ray_data_batches(cfg, data, so, config["run_dir"])
+        check_ray_data(cfg, int(config["train_pairs"]), float(ray.cluster_resources().get("CPU", 0)))
+        # a function: Ray Train makes the Dataset at every worker group's start (seeded by the epoch resumed at)
+        datasets[BATCHES] = functools.partial(ray_data_batches, cfg, data, so, config["run_dir"], model_bands(cfg))
         split = [BATCHES]
     if "://" in storage:
         fs, path = portable_arrow_filesystem(storage, so)  # pickled into Ray Train's actors: secrets sealed
