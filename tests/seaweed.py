@@ -463,7 +463,10 @@ class SeaweedS3:
             try:
                 if client is None:
                     client = self.client(connect_timeout=1, read_timeout=5, retries={"max_attempts": 1})
-                client.create_bucket(Bucket=_PROBE_BUCKET)
+                # an earlier try (or the run before a restart) may have made it and failed after that
+                made = (client.exceptions.BucketAlreadyOwnedByYou, client.exceptions.BucketAlreadyExists)
+                with contextlib.suppress(*made):
+                    client.create_bucket(Bucket=_PROBE_BUCKET)
                 client.put_object(Bucket=_PROBE_BUCKET, Key="probe", Body=b"ok")
                 if client.get_object(Bucket=_PROBE_BUCKET, Key="probe")["Body"].read() != b"ok":
                     raise RuntimeError("probe object read back wrong")
