@@ -34,7 +34,8 @@ REAL_LAYOUT, REAL_NAMES = "fixed14", {"none": "none", "lz4": "lz4", "zstd": "zst
 
 def loader_rate(shards: str, threads: int, epochs: int = 2) -> float:
     """Steady pairs/s of the training input over `epochs` epochs of train (after each epoch's first batch)."""
-    from bigearth.input.loader import BatchBuffers, RowGroupLoader, epoch_share, row_groups
+    from bigearth.input.buffers import BatchBuffers
+    from bigearth.input.loader import RowGroupLoader, epoch_share, row_groups
 
     plan = row_groups(shards, "train")
     buffers = BatchBuffers()

@@ -26,7 +26,6 @@ import platform
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -38,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from procs import descendants, kill_until_gone, process_table, ray_port_flags, ray_start_env
+from procs import descendants, free_ports, kill_until_gone, process_table, ray_port_flags, ray_start_env
 
 REPO = Path(__file__).resolve().parents[1]
 PLATFORM = REPO / "platform"
@@ -267,17 +266,6 @@ def summary_line(stage: str, s: dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- processes
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
 def _status(pid: int) -> dict[str, float]:
     """The kB figures of /proc/PID/status (VmRSS:, RssShmem:, ...); empty when the process is gone."""
     out: dict[str, float] = {}
@@ -298,14 +286,14 @@ class Cluster:
         self.cpus = cpus
         self.tmp = tempfile.mkdtemp(prefix="bs", dir="/tmp")  # short: Ray's socket paths have a length limit
         self.env = ray_start_env()
-        self.port = _free_ports(1)[0]
+        self.port = free_ports(1)[0]
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> Cluster:
-        *ports, client = _free_ports(7)
+        *ports, client = free_ports(7)
         args = [
             str(Path(sys.executable).with_name("ray")),
             "start",
@@ -468,7 +456,7 @@ def run_size(pairs: int, a: argparse.Namespace, cores: int, log: Path) -> tuple[
         env["RAY_ADDRESS"] = cluster.address
     ex = ["--executor", a.executor]
     meta = ["--metadata", a.metadata] if a.metadata else []
-    port = _free_ports(1)[0]
+    port = free_ports(1)[0]
     run, shards = work / "runs" / "tiny", work / "shards"
     plan: list[tuple[str, list[str], str | None]] = [
         (

@@ -26,7 +26,6 @@ import os
 import platform
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,20 +38,9 @@ sys.path.insert(0, str(REPO / "bench"))
 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from procs import descendants, kill_until_gone, process_table, ray_port_flags, ray_start_env  # noqa: E402
+from procs import descendants, free_ports, kill_until_gone, process_table, ray_port_flags, ray_start_env  # noqa: E402
 
 RAY = str(Path(sys.executable).with_name("ray"))
-
-
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [int(s.getsockname()[1]) for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Nodes:
@@ -63,7 +51,7 @@ class Nodes:
         self.nodes = nodes  # {"cores": "0", "cpus": 1, "resources": {...}}
         self.tmp = tempfile.mkdtemp(prefix="ti", dir="/tmp")  # short: Ray's socket paths have a length limit
         self.env = ray_start_env()
-        self.port = _free_ports(1)[0]
+        self.port = free_ports(1)[0]
 
     @property
     def address(self) -> str:
@@ -71,7 +59,7 @@ class Nodes:
 
     def start(self) -> Nodes:
         for i, node in enumerate(self.nodes):
-            *ports, client = _free_ports(7)
+            *ports, client = free_ports(7)
             lo = 20000 + 600 * i + 400 * (os.getpid() % 10)  # worker port ranges apart from each other's
             args = [
                 "taskset",
@@ -131,7 +119,8 @@ def run_path(
     from bigearth.input.raybatches import open_batches
 
     def loop(config: dict[str, Any]) -> None:  # pickled by value into the worker
-        from bigearth.input.loader import BatchBuffers, RowGroupLoader, epoch_share, plan_of
+        from bigearth.input.buffers import BatchBuffers
+        from bigearth.input.loader import RowGroupLoader, epoch_share, plan_of
         from bigearth.input.raybatches import shard_batches
 
         ctx = ray.train.get_context()

@@ -17,7 +17,8 @@ from bigearth.core.bands import ALL_BANDS
 from bigearth.core.labels import BEN19
 from bigearth.core.storage import open_fs
 from bigearth.ingest.job import IngestError, ingest
-from bigearth.shards.format import SHARD_SCHEMA, Manifest, compression_for
+from bigearth.shards.codecs import compression_for
+from bigearth.shards.format import SHARD_SCHEMA, Manifest
 
 
 def _rows(shards: Path) -> list[dict]:  # type: ignore[type-arg]

@@ -11,7 +11,8 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from bigearth.input.loader import BatchBuffers, RowGroup, RowGroupLoader, epoch_share, row_groups, row_share
+from bigearth.input.buffers import BatchBuffers
+from bigearth.input.loader import RowGroup, RowGroupLoader, epoch_share, row_groups, row_share
 from bigearth.shards.format import ShardFormatError
 from helpers import assert_batch_holds_rows, ingest_in_process, split_rows
 

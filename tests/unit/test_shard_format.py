@@ -14,13 +14,12 @@ import pytest
 from bigearth.core.bands import ALL_BANDS
 from bigearth.core.storage import open_fs
 from bigearth.ingest.job import plan_shards
+from bigearth.shards.codecs import compression_for, resolve_compression
 from bigearth.shards.format import (
     MANIFEST,
     SHARD_SCHEMA,
     Manifest,
     ShardFormatError,
-    compression_for,
-    resolve_compression,
 )
 from helpers import ingest_in_process
 

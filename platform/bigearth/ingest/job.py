@@ -48,6 +48,7 @@ from bigearth.ingest.downloads import (
     stage_downloads,
 )
 from bigearth.ingest.shard import STATE_DIR, ShardItems, ShardPlan, read_report, run_planned_shard
+from bigearth.shards.codecs import resolve_compression
 from bigearth.shards.format import (
     AUTO_COMPRESSION,
     COMPRESSIONS,
@@ -58,7 +59,6 @@ from bigearth.shards.format import (
     QUARANTINE_SCHEMA,
     REFERENCE_MAPS_MISSING,
     Manifest,
-    resolve_compression,
     write_list,
 )
 

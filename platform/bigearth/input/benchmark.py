@@ -31,7 +31,8 @@ def bench_input(
     `cpus` is what the Ray cluster offers: the caller attaches to one first (`bigearth bench` does)."""
     import ray
 
-    from bigearth.input.loader import BatchBuffers, RowGroupLoader, epoch_share, open_row_groups, plan_of
+    from bigearth.input.buffers import BatchBuffers
+    from bigearth.input.loader import RowGroupLoader, epoch_share, open_row_groups, plan_of
     from bigearth.input.raydata import iter_torch, open_split
 
     if path not in ("rowgroups", "rows"):

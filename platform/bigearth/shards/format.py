@@ -1,7 +1,7 @@
 """The shard format: Parquet files of ~1,000 pairs, one row per pair, every band raw at native size.
 
 See docs/data-format.md. Version 2: one fixed-size binary column per band holding the little-endian array bytes in
-row-major order, bit-exact with the GeoTIFF; compressed by where the set is written (`compression_for`: none on a
+row-major order, bit-exact with the GeoTIFF; compressed by where the set is written (`bigearth.shards.codecs`: none on a
 local disk, zstd over a network; lz4 on request; docs/benchmarks.md); a CRC32 checksum on every page, verified
 when read. Shapes, dtypes, compression and the format version are in each file's schema metadata. Version 1
 (variable-length binary, zstd, no checksums) stays readable.
@@ -13,7 +13,6 @@ import contextlib
 import io
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,67 +41,9 @@ PAGE_PAIRS = 8
 #: `--compression` choices -> (Parquet codec, level). On real pixels: none 275 KB a pair, lz4 241 KB, zstd (level 3)
 #: 130 KB; the training input reads none ~1.4x lz4 and ~2.4x zstd on a core (docs/benchmarks.md).
 COMPRESSIONS: dict[str, tuple[str, int | None]] = {"lz4": ("lz4", None), "zstd": ("zstd", 3), "none": ("none", None)}
-#: The default: the codec chosen by where the shards are written (`compression_for`).
+#: The default: the codec chosen by where the shards are written (`bigearth.shards.codecs.compression_for`).
 AUTO_COMPRESSION = "auto"
 DEFAULT_COMPRESSION = AUTO_COMPRESSION
-#: File systems whose bytes cross a network although they are mounted as folders (FUSE ones by their subtype; local
-#: FUSE file systems, e.g. fuseblk disks or fuse-overlayfs roots, are not in it).
-_NETWORK_FUSE = (
-    "sshfs s3fs gcsfuse glusterfs ceph-fuse rclone juicefs goofys mountpoint-s3 blobfuse blobfuse2 cvmfs2 davfs "
-    "alluxio-fuse geesefs lustre weka"
-)
-NETWORK_MOUNTS = frozenset(
-    {"nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "glusterfs", "lustre", "beegfs", "gpfs", "afs", "wekafs", "panfs"}
-    | {f"fuse.{name}" for name in _NETWORK_FUSE.split()}
-)
-
-
-def _mount_point(field: str) -> str:
-    """A mount point as /proc/mounts escapes it (space, tab, newline, backslash as octal)."""
-    return re.sub(r"\\([0-7]{3})", lambda m: chr(int(m[1], 8)), field)
-
-
-def compression_for(url: str, mounts: str | None = None) -> str:
-    """The codec for shards written to `url`, by measurement (docs/benchmarks.md, "The shard codec by storage"):
-    on a local disk reading is CPU-bound and uncompressed pages read fastest (`none`, for 14 % more bytes than lz4
-    on real pixels); where the bytes cross a network (object stores, network file systems, network FUSE mounts)
-    they are what bounds a node's input and what is billed, and zstd needs about half of them (`zstd`). `mounts`:
-    the text of /proc/mounts (read when None), to tell a network file system mounted as a folder; symbolic links
-    are followed to the mount that holds the data. The ingest decides once, on its driver: a folder that is a local
-    disk there (an NFS server's own export) is `none` even where the workers mount it over NFS."""
-    scheme, _, rest = url.partition("://") if "://" in url else ("file", "", url)
-    if scheme not in ("file", "local"):
-        return "zstd"
-    if rest.startswith("localhost/"):
-        rest = rest[len("localhost") :]
-    path = os.path.realpath(rest)
-    if mounts is None:
-        try:
-            with open("/proc/mounts") as f:
-                mounts = f.read()
-        except OSError:
-            mounts = ""
-    best, fstype = "", ""
-    for line in mounts.splitlines():  # the mount holding `path`: the longest mount point that is a prefix of it
-        fields = line.split()
-        if len(fields) < 3:
-            continue
-        point = _mount_point(fields[1])
-        inside = path == point or path.startswith(point.rstrip("/") + "/")
-        if inside and len(point) >= len(best):
-            best, fstype = point, fields[2]
-    return "zstd" if fstype in NETWORK_MOUNTS else "none"
-
-
-def resolve_compression(compression: str, url: str) -> str:
-    """`compression` itself, or the codec for `url` when it is `auto`; anything else names the choices."""
-    if compression == AUTO_COMPRESSION:
-        return compression_for(url)
-    if compression not in COMPRESSIONS:
-        raise ValueError(f"compression {compression!r}: expected {AUTO_COMPRESSION!r} or one of {sorted(COMPRESSIONS)}")
-    return compression
-
-
 SCHEMA_METADATA = {
     "bigearth.format_version": FORMAT_VERSION,
     "bigearth.bands": json.dumps({b.name: {"shape": list(b.shape), "dtype": b.dtype, "gsd": b.gsd} for b in ALL_BANDS}),

@@ -18,7 +18,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from bigearth.input.loader import BatchBuffers, RowGroup, RowGroupLoader, epoch_share, row_share
+from bigearth.input.buffers import BatchBuffers
+from bigearth.input.loader import RowGroup, RowGroupLoader, epoch_share, row_share
 from bigearth.input.raybatches import shard_batches
 from bigearth.metrics.multilabel import MultilabelMetrics
 from bigearth.models import checkpoints
