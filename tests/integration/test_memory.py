@@ -24,8 +24,11 @@ def test_map_units_run_where_a_freed_large_block_leaves_the_process(ray_local: N
 
         libc = ctypes.CDLL("libc.so.6")
         libc.mallinfo2.restype = Mallinfo2
-        big = bytes(16 << 20)
-        del big  # freeing a mapped block is what raises a moving threshold
+        # a block is taken from the heap's free chunks when one fits, whatever the threshold (earlier units leave
+        # some): ask for more than the heap holds free, so only the threshold decides between mapping and the heap
+        size = max(size, int(libc.mallinfo2().fa) + (1 << 20))  # fa: fordblks, the free bytes of the heap
+        big = bytes(2 * size + (16 << 20))
+        del big  # freeing a mapped block is what raises a moving threshold (above `size`)
         # the mapped bytes are the process's: Ray's own threads map and unmap blocks meanwhile, so the best of a
         # few tries (a moved threshold gives none: every block then comes from a heap)
         grown, left = 0, 1 << 62
