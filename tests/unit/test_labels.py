@@ -100,3 +100,41 @@ def test_unknown_label_is_named() -> None:
         lab.encode(["Forest"])
     with pytest.raises(ValueError, match="expected a vector of 19 entries"):
         lab.decode(np.zeros(43))
+
+
+def test_reference_targets_map_every_code_as_the_image_labels_do():
+    from bigearth.core.labels import CLC_UNLABELED, IGNORE_INDEX, reference_targets
+
+    codes = np.array(sorted(lab.CLC_CODE_TO_19) + list(CLC_UNLABELED) + [0], np.uint16).reshape(1, -1)
+    targets = reference_targets(codes)
+    assert targets.dtype == np.uint8 and targets.shape == codes.shape
+    for code, t in zip(codes[0], targets[0], strict=True):
+        names = lab.clc_codes_to_19([int(code)]) if code else []
+        assert (lab.BEN19[t] if t != IGNORE_INDEX else None) == (names[0] if names else None), code
+    assert (targets[0, len(lab.CLC_CODE_TO_19) :] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize("bad", [5, 1000, 65535, -3])
+def test_reference_targets_name_an_unknown_code_and_the_patch(bad):
+    from bigearth.core.labels import reference_targets
+
+    with pytest.raises(lab.UnknownLabelError, match=rf"patch P: unknown CLC code\(s\) \[{bad}\]"):
+        reference_targets(np.array([[111, bad]], np.int32), "patch P")
+    with pytest.raises(lab.UnknownLabelError, match="integer"):
+        reference_targets(np.array([111.0]), "patch P")
+
+
+def test_colours_one_distinct_per_19_class():
+    assert len(lab.BEN19_COLOURS) == len(lab.BEN19) == len(set(lab.BEN19_COLOURS))
+    assert lab.IGNORE_COLOUR not in lab.BEN19_COLOURS
+    assert all(0 <= c <= 255 for rgb in lab.BEN19_COLOURS for c in rgb)
+
+
+def test_season_of_every_month():
+    from bigearth.core.seasons import season
+
+    assert [season(m) for m in range(1, 13)] == ["winter"] * 2 + ["spring"] * 3 + ["summer"] * 3 + ["autumn"] * 3 + [
+        "winter"
+    ]
+    with pytest.raises(ValueError, match="1-12"):
+        season(0)

@@ -208,3 +208,73 @@ def decode(vector: Sequence[float] | np.ndarray, nomenclature: Nomenclature = 19
     if arr.shape != (len(names),):
         raise ValueError(f"expected a vector of {len(names)} entries, got shape {arr.shape}")
     return [names[i] for i in np.flatnonzero(arr > threshold)]
+
+
+# ---------------------------------------------------------------------------------------------- per pixel (maps)
+#: The target of a reference-map pixel with no 19-class class (code 0 = no data, the UNLABELED codes): ignored by
+#: the segmentation loss and metrics.
+IGNORE_INDEX = 255
+#: The largest CLC code (999: UNLABELED "no data" of the CLC product).
+_MAX_CODE = 999
+#: Every code a reference map may hold: 0 (GDAL_NODATA), the 19-class ones and the UNLABELED ones.
+_KNOWN_CODES = frozenset({0, *CLC_CODE_TO_19, *CLC_UNLABELED})
+
+
+def _code_lut() -> np.ndarray:
+    lut = np.full(_MAX_CODE + 1, IGNORE_INDEX, np.uint8)
+    for code, i in CLC_CODE_TO_19.items():
+        lut[code] = i
+    return lut
+
+
+#: CLC code -> 19-class index (IGNORE_INDEX for 0 and the UNLABELED codes): the per-pixel form of `CLC_CODE_TO_19`.
+CLC_LUT_19: np.ndarray = _code_lut()
+CLC_LUT_19.setflags(write=False)
+
+
+def reference_targets(codes: np.ndarray, where: str = "reference map") -> np.ndarray:
+    """Per-pixel 19-class targets (uint8, `IGNORE_INDEX` where the code has no 19-class class) of reference-map
+    CLC codes of any shape; a code that is no CLC code of the archive raises `UnknownLabelError` naming it and
+    `where` (the patch)."""
+    arr = np.asarray(codes)
+    if arr.dtype.kind not in "iu":
+        raise UnknownLabelError(f"{where}: expected integer CLC codes, got dtype {arr.dtype}")
+    clipped = np.clip(arr, 0, _MAX_CODE).astype(np.intp, copy=False)
+    bad = (arr < 0) | (arr > _MAX_CODE)
+    targets = CLC_LUT_19[clipped]
+    suspect = bad | ((targets == IGNORE_INDEX) & (arr != 0))
+    if suspect.any():
+        unknown = sorted({int(c) for c in np.unique(arr[suspect])} - _KNOWN_CODES)
+        if unknown:
+            raise UnknownLabelError(
+                f"{where}: unknown CLC code(s) {unknown[:8]}; a reference map holds 0 (no data), the codes of the "
+                f"19 classes and the UNLABELED codes {list(CLC_UNLABELED)}"
+            )
+    return targets
+
+
+#: The colour (RGB) of each 19-class class in maps and legends: the CORINE Land Cover colour of its first CLC code
+#: (Marine waters: 523, Sea and ocean, the one it mostly is).
+BEN19_COLOURS: tuple[tuple[int, int, int], ...] = (
+    (230, 0, 77),  # 111 Urban fabric
+    (204, 77, 242),  # 121 Industrial or commercial units
+    (255, 255, 168),  # 211 Arable land
+    (230, 128, 0),  # 221 Permanent crops
+    (230, 230, 77),  # 231 Pastures
+    (255, 230, 77),  # 242 Complex cultivation patterns
+    (230, 204, 77),  # 243 Agriculture with natural vegetation
+    (242, 204, 166),  # 244 Agro-forestry areas
+    (128, 255, 0),  # 311 Broad-leaved forest
+    (0, 166, 0),  # 312 Coniferous forest
+    (77, 255, 0),  # 313 Mixed forest
+    (204, 242, 77),  # 321 Natural grassland and sparsely vegetated areas
+    (166, 255, 128),  # 322 Moors, heathland and sclerophyllous vegetation
+    (166, 242, 0),  # 324 Transitional woodland, shrub
+    (230, 230, 230),  # 331 Beaches, dunes, sands
+    (166, 166, 255),  # 411 Inland wetlands
+    (204, 204, 255),  # 421 Coastal wetlands
+    (0, 204, 242),  # 511 Inland waters
+    (230, 242, 255),  # 523 Marine waters
+)
+#: The colour of ignored pixels (no data, UNLABELED) in maps.
+IGNORE_COLOUR: tuple[int, int, int] = (0, 0, 0)

@@ -13,7 +13,10 @@ new model is one new file with a `@register_model` builder and no change anywher
   vector only the groups of its `VectorSpec` (an S1-only query gives the vectors S1 alone can make).
 - `embed(batch)`: the vectors of `infer`.
 - `spec`: a `ModelSpec` (registry name and builder arguments, bands, statistics, input size, resampling,
-  nomenclature and class order, vectors), saved with every checkpoint.
+  nomenclature and class order, vectors, task), saved with every checkpoint.
+
+A segmentation model (`task = "segmentation"`, `bigearth.models.segmentation`) keeps the same surface with maps:
+`forward(batch)` gives per-pixel class logits `[B, classes, 120, 120]`, `infer` those logits and no vectors.
 """
 
 from __future__ import annotations
@@ -49,6 +52,9 @@ class ModelSpec:
     img_size: int
     resample: str
     vectors: dict[str, VectorSpec] = field(default_factory=dict)
+    #: what the model produces: `classification` (multi-label logits `[B, classes]`) or `segmentation` (class
+    #: logits per pixel `[B, classes, 120, 120]`, on the reference maps' grid; no vectors)
+    task: str = "classification"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -72,7 +78,13 @@ class ModelSpec:
             img_size=int(d.get("img_size", 120)),
             resample=d.get("resample", "bilinear"),
             vectors=vectors,
+            task=d.get("task", "classification"),
         )
+
+    @property
+    def produces_maps(self) -> bool:
+        """A segmentation model: its output is a class map per patch, not one vector of class scores."""
+        return self.task == "segmentation"
 
     @property
     def vector_sizes(self) -> dict[str, int]:
@@ -110,6 +122,8 @@ class BigEarthModel(nn.Module):
     # set by `create_model`: the registry name and the builder's arguments, so a checkpoint rebuilds the model
     registry_name: str = ""
     builder_kwargs: dict[str, Any]
+    #: `ModelSpec.task`: a segmentation model sets "segmentation"
+    task: str = "classification"
 
     # ------------------------------------------------------------------ the contract
     def forward_features(self, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -159,4 +173,5 @@ class BigEarthModel(nn.Module):
             img_size=int(self.img_size),
             resample=self.resample,
             vectors=self.vector_specs(),
+            task=self.task,
         )

@@ -19,10 +19,10 @@ from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, field_validat
 
 from bigearth.archive.geo import centres_lonlat
 from bigearth.core.labels import BEN19, BEN43
+from bigearth.core.seasons import Season, season
 
 POINT_NAMESPACE = uuid.UUID("6f0b7c2e-5b1a-5d8e-9c39-2b3f4e1d0a77")  # fixed: ids must stay stable across releases
 VECTOR_NAMES = ("fused", "s1", "s2")
-Season = Literal["winter", "spring", "summer", "autumn"]
 Split = Literal["train", "validation", "test"]
 KNOWN_LABELS = frozenset(BEN19) | frozenset(BEN43)
 #: Most values one filter list may hold after duplicates are dropped (docs/api.md "Limits"): every label of both
@@ -34,11 +34,6 @@ MAX_FILTER_VALUE_CHARS = 64  # a country or tile name is far shorter
 def point_id(patch_id: str) -> str:
     """The point id of a pair: UUID5 of its patch id (stable, so a re-run updates instead of duplicating)."""
     return str(uuid.uuid5(POINT_NAMESPACE, patch_id))
-
-
-def season(month: int) -> Season:
-    """Meteorological season (the archive is European: northern hemisphere)."""
-    return ("winter", "spring", "summer", "autumn")[(month % 12) // 3]  # type: ignore[return-value]
 
 
 def payloads(rows: dict[str, Any]) -> list[dict[str, Any]]:
