@@ -138,3 +138,18 @@ def test_season_of_every_month():
     ]
     with pytest.raises(ValueError, match="1-12"):
         season(0)
+
+
+def test_the_real_reference_map_maps_to_its_19_classes_pixel_for_pixel():
+    """The archive's own map (FACTS.md 2.3: 26_57 holds {211: 7075, 231: 1154, 311: 4131, 313: 2040} pixels)."""
+    from bigearth.archive.geotiff import read_file
+    from bigearth.core.labels import reference_targets
+    from helpers import SHARED
+
+    pid = "S2A_MSIL2A_20170613T101031_N9999_R022_T33UUP_26_57"
+    path = SHARED / "bigearthnet/real/v2/Reference_Maps" / pid.rsplit("_", 2)[0] / pid / f"{pid}_reference_map.tif"
+    codes = read_file(str(path)).array
+    targets = reference_targets(codes, pid)
+    got = dict(zip(*np.unique(targets, return_counts=True), strict=True))
+    want = {"Arable land": 7075, "Pastures": 1154, "Broad-leaved forest": 4131, "Mixed forest": 2040}
+    assert {lab.BEN19[int(k)]: int(v) for k, v in got.items()} == want
