@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import pyarrow.compute as pc
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from bigearth.core.seasons import SEASONS, season
+from bigearth.shards.format import ShardFormatError, open_for_reading, open_shard
 
 #: The shard columns a subset reads.
 SUBSET_COLUMNS = ("country", "s2_acquisition")
@@ -150,3 +152,31 @@ def check_selected(subset: MetadataSubset, split: str, table: pa.Table, mask: np
             there = ", ".join(f"{k} ({n})" for k, n in sorted(counts.items())) or "none: the split is empty"
             values.append(f"its {name}: {there}")
     raise EmptySubsetError(f"{subset.describe()} selects no pair of split {split!r}; " + "; ".join(values))
+
+
+def selected_rows(
+    fs: Any, files: Sequence[tuple[str, Sequence[int]]], subset: MetadataSubset, split: str, threads: int = 8
+) -> list[list[np.ndarray]]:
+    """For each shard file `(path on the pyarrow filesystem fs, rows of each of its row groups as the manifest
+    says)`, the positions within each row group of the rows `subset` selects. Only the metadata columns
+    `SUBSET_COLUMNS` are read (`threads` files at a time: S3 latency); an `EmptySubsetError` when none is selected."""
+    def read(path: str) -> pa.Table:
+        with open_for_reading(fs, path) as f:
+            return open_shard(f, path).read(columns=list(SUBSET_COLUMNS))
+
+    with ThreadPoolExecutor(max(1, min(threads, len(files)))) as pool:
+        tables = list(pool.map(read, [path for path, _ in files]))
+    for (path, sizes), t in zip(files, tables, strict=True):
+        if t.num_rows != sum(sizes):
+            raise ShardFormatError(f"{path}: {t.num_rows} rows, the manifest says {sum(sizes)}: re-run the ingest")
+    empty = pa.table({"country": pa.array([], pa.string()), "s2_acquisition": pa.array([], pa.timestamp("ms"))})
+    keep = check_selected(subset, split, pa.concat_tables(tables) if tables else empty)
+    out: list[list[np.ndarray]] = []
+    at = 0
+    for _, sizes in files:
+        groups = []
+        for n in sizes:
+            groups.append(np.flatnonzero(keep[at : at + n]))
+            at += n
+        out.append(groups)
+    return out
