@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from bigearth.input.loader import RowGroup, RowGroupLoader, epoch_share, row_groups, row_share
+from bigearth.input.raybatches import groups_of, plan_items
 from bigearth.shards.format import ShardFormatError
 from bigearth.shards.subsets import EmptySubsetError, MetadataSubset
 from helpers import assert_batch_holds_rows, ingest_in_process, split_rows
@@ -117,13 +118,34 @@ def test_the_reader_checks_the_groups_total_against_the_file(fine: Path) -> None
 
 
 def test_plan_items_carry_the_selection(fine: Path) -> None:
-    for g in row_groups(str(fine), "train", subset=NO_PORTUGAL):
-        item = g.item()
-        # as Ray hands them back: numpy scalars and arrays
-        back = RowGroup.of_item(
-            **{
-                k: np.asarray(v) if isinstance(v, list) else np.int64(v) if isinstance(v, int) else v
-                for k, v in item.items()
-            }
+    plan = row_groups(str(fine), "train", subset=NO_PORTUGAL)
+    items = plan_items(plan)
+    assert {type(it["selected"]) for it in items} == {str}  # one Arrow type in every block
+    # as map_batches hands them to a task (a numpy column per field), and as iter_rows does (numpy scalars)
+    columns = {k: np.array([it[k] for it in items]) for k in items[0]}
+    assert groups_of(columns) == plan
+    assert [RowGroup.of_item(**{k: v[i] for k, v in columns.items()}) for i in range(len(plan))] == plan
+
+
+def test_the_local_executor_trains_on_the_selected_pairs(fine: Path, tmp_path: Path) -> None:
+    from bigearth.models.checkpoints import find_best, read_train_state
+    from bigearth.training.config import load_config
+    from bigearth.training.trainer import train
+    from helpers import REPO
+
+    tiny = str(REPO / "configs" / "tiny-cpu.yaml")
+    base = ["optim.epochs=1", "data.batch_size=4", "tracking.mlflow=false"]
+    want = _selected(fine, "train", MetadataSubset(countries={"include": ["Austria", "Serbia"]}))
+    cfg = load_config(tiny, [*base, "data.countries.include=[Austria, Serbia]"])
+    train(cfg, str(fine), str(tmp_path), "two", executor="local")
+    _, state = read_train_state(find_best(str(tmp_path / "two")))
+    assert state["scheduler"]["last_epoch"] == -(-len(want) // 4)  # the schedule counts the selected pairs
+    with pytest.raises(EmptySubsetError, match=r"data.seasons include \['winter'\] selects no pair of split 'train'"):
+        train(
+            load_config(tiny, [*base, "data.seasons.include=[winter]"]),
+            str(fine),
+            str(tmp_path),
+            "none",
+            executor="local",
         )
-        assert back == g
+    assert not (tmp_path / "none").exists()  # refused before anything was written

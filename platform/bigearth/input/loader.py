@@ -69,8 +69,9 @@ class RowGroup:
         return self.rows if self.total is None else self.total
 
     def item(self) -> dict[str, Any]:
-        """As a Ray Dataset item (`selected` as a list, empty for all rows: a group with none is never planned)."""
-        selected = list(self.selected) if self.selected is not None else []
+        """As a Ray Dataset item; `selected` as text, "0,3,7" ("" for all rows: a group with none is never
+        planned), one Arrow type in every block and safe in numpy's string arrays, whatever the selection."""
+        selected = ",".join(str(i) for i in self.selected or ())
         return {
             "url": self.url,
             "path": self.path,
@@ -81,10 +82,10 @@ class RowGroup:
         }
 
     @classmethod
-    def of_item(cls, url: Any, path: Any, index: Any, rows: Any, selected: Any = None, total: Any = None) -> RowGroup:
-        """Back from `item()`'s fields (Ray hands them as numpy scalars and arrays)."""
-        picked = tuple(int(i) for i in selected) if selected is not None and len(selected) else None
-        return cls(str(url), str(path), int(index), int(rows), picked, int(total) if picked is not None else None)
+    def of_item(cls, url: Any, path: Any, index: Any, rows: Any, selected: Any = "", total: Any = None) -> RowGroup:
+        """Back from `item()`'s fields (as Ray hands them: numpy scalars and strings)."""
+        picked = tuple(int(i) for i in str(selected).split(",")) if selected else None
+        return cls(str(url), str(path), int(index), int(rows), picked, int(total) if picked else None)
 
 
 def row_groups(

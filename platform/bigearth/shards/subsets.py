@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from bigearth.core.seasons import SEASONS, season
 from bigearth.shards.format import ShardFormatError, open_for_reading, open_shard
@@ -63,6 +63,17 @@ class ValueFilter(BaseModel):
         return np.asarray(keep.to_numpy(zero_copy_only=False), dtype=bool)
 
 
+class SeasonFilter(ValueFilter):
+    """A `ValueFilter` of season names (`bigearth.core.seasons.SEASONS`)."""
+
+    @model_validator(mode="after")
+    def _known(self) -> SeasonFilter:
+        unknown = [s for s in self.values if s not in SEASONS]
+        if unknown:
+            raise ValueError(f"unknown season(s) {unknown}: the seasons are {list(SEASONS)}")
+        return self
+
+
 class MetadataSubset(BaseModel):
     """Pairs selected by country and season (`data.countries`, `data.seasons`; `bigearth evaluate --countries ...`)."""
 
@@ -71,20 +82,11 @@ class MetadataSubset(BaseModel):
     countries: ValueFilter | None = Field(
         None, description="{include: [names]} or {exclude: [names]}: countries of the archive's metadata (Austria, ...)"
     )
-    seasons: ValueFilter | None = Field(
+    seasons: SeasonFilter | None = Field(
         None,
         description="{include: [...]} or {exclude: [...]} of winter (Dec-Feb), spring, summer, autumn: the season of "
         "the Sentinel-2 acquisition",
     )
-
-    @field_validator("seasons")
-    @classmethod
-    def _known_seasons(cls, v: ValueFilter | None) -> ValueFilter | None:
-        if v is not None:
-            unknown = [s for s in v.values if s not in SEASONS]
-            if unknown:
-                raise ValueError(f"unknown season(s) {unknown}: the seasons are {list(SEASONS)}")
-        return v
 
     @classmethod
     def of(
