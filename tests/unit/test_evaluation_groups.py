@@ -62,6 +62,12 @@ def test_figures_per_country_and_season(checkpoint: Path, shards_v2: Path, tmp_p
     assert f"| {country} * | {g['pairs']} | {100 * g['micro_f1']:.2f} |" in md  # few pairs: marked
     assert f"\\* fewer than {MIN_GROUP_PAIRS} pairs" in md
     assert (out / "by_group.png").read_bytes()[:4] == b"\x89PNG"
+    # the demo's report shows the chart beside the per-class one
+    from bigearth.demo.report import write_report
+
+    page = Path(write_report(str(tmp_path / "report"), {"metrics": saved, "by_group_png": str(out / "by_group.png")}))
+    assert '<img src="images/by_group.png" alt="scores by country and season">' in page.read_text()
+    assert (tmp_path / "report" / "images" / "by_group.png").read_bytes() == (out / "by_group.png").read_bytes()
 
 
 def test_a_subset_is_applied_before_inference(checkpoint: Path, shards_v2: Path, tmp_path: Path) -> None:
