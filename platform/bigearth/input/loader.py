@@ -2,6 +2,7 @@
 
     groups = row_groups("s3://bucket/shards", "train")               # the plan: one entry per Parquet row group
     for batch in RowGroupLoader(groups, 256, shuffle_buffer=2048, seed=(0, epoch)): ...
+    row_groups(url, "train", subset=MetadataSubset(countries={"exclude": ["Portugal"]}))   # the rows it selects
 
     # in a Ray Train worker (datasets={"train": open_row_groups(...)}, DataConfig(datasets_to_split=[])):
     plan = plan_of(ray.train.get_dataset_shard("train"))               # once per run
