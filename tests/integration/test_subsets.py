@@ -1,6 +1,7 @@
 """Training on a metadata subset with Ray Train (`data.countries: {exclude: [X]}`): the plans Ray Train hands the
 workers carry the selection (their loader's patch ids hold no pair of X) and the run steps through the selected
-pairs only (its schedule counts them). Plans and the loader without Ray: tests/unit/test_subset_plans.py."""
+pairs only (its schedule counts them); its evaluation on X alone, through Ray, has X's figures by country and
+season. Plans and the loader without Ray: tests/unit/test_subset_plans.py."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from bigearth.core.seasons import season
+from bigearth.evaluation.classification import evaluate
 from bigearth.input.loader import RowGroupLoader, plan_dataset, plan_of, row_groups
 from bigearth.models.checkpoints import find_best, read_train_state
 from bigearth.shards.subsets import MetadataSubset
@@ -44,3 +47,12 @@ def test_training_without_a_country_never_sees_its_pairs(shards_v2: Path, tmp_pa
     assert result.metrics["epoch"] == 1
     _, state = read_train_state(find_best(str(tmp_path / "no-x")))
     assert state["scheduler"]["last_epoch"] == math.ceil(len(others) / 4)  # one step per batch of selected pairs
+
+    # evaluated on the held-out country through Ray Data's actor pool: country and acquisition come back per pair
+    test = split_rows(shards_v2, "test")
+    held_out = MetadataSubset(countries={"include": [X]})
+    m = evaluate(str(tmp_path / "no-x"), str(shards_v2), "test", str(tmp_path / "eval"), subset=held_out)
+    mine = [r for r in test.values() if r["country"] == X]
+    assert m["samples"] == len(mine) > 0 and list(m["by_country"]) == [X]
+    seasons = sorted({season(r["s2_acquisition"].month) for r in mine})
+    assert list(m["by_season"]) == seasons and sum(g["pairs"] for g in m["by_season"].values()) == len(mine)
