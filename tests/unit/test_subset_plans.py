@@ -127,6 +127,17 @@ def test_plan_items_carry_the_selection(fine: Path) -> None:
     assert [RowGroup.of_item(**{k: v[i] for k, v in columns.items()}) for i in range(len(plan))] == plan
 
 
+def test_ray_data_collation_draws_the_selected_rows(fine: Path) -> None:
+    from bigearth.input.raybatches import collate, unpack
+
+    plan = row_groups(str(fine), "train", subset=NO_PORTUGAL)
+    want = _selected(fine, "train", NO_PORTUGAL)
+    items = plan_items(plan)
+    columns = {k: np.array([it[k] for it in items]) for k in items[0]}  # as map_batches hands them to a task
+    ids = [i for t in collate(columns, batch_size=4, shuffle_buffer=16) for i in unpack(t)["patch_id"]]
+    assert set(ids) <= set(want) and len(ids) == len(set(ids)) == len(want) // 4 * 4  # whole batches only
+
+
 def test_the_local_executor_trains_on_the_selected_pairs(fine: Path, tmp_path: Path) -> None:
     from bigearth.models.checkpoints import find_best, read_train_state
     from bigearth.training.config import load_config
