@@ -113,3 +113,29 @@ def test_bigearth_evaluate_takes_the_subset_options(
     for bad in (["--countries", "A", "--exclude-countries", "B"], ["--seasons", "monsoon"]):
         with pytest.raises(SystemExit):
             parser.parse_args(["--checkpoint", "c", "--data", "d", "--out", "o", *bad])
+
+
+def test_the_read_and_the_predictor_keep_the_selected_rows_only(checkpoint: Path, shards_v2: Path) -> None:
+    from bigearth.evaluation.classification import Predictor, selected_tables
+    from bigearth.input.raydata import shard_tables, split_files
+    from bigearth.shards.subsets import SUBSET_COLUMNS
+
+    subset = MetadataSubset(countries={"exclude": ["Austria"]})
+    files, columns = split_files(str(shards_v2), "test", extra_columns=SUBSET_COLUMNS)
+    tables = [t for f in files for t in selected_tables(f, columns, str(shards_v2), None, subset)]
+    assert all(t.num_rows for t in tables)  # no empty table reaches the model (nor Ray Data's join)
+    want = sorted(i for i, r in split_rows(shards_v2, "test").items() if r["country"] != "Austria")
+    assert sorted(i for t in tables for i in t.column("patch_id").to_pylist()) == want
+    whole = next(
+        t
+        for f in files
+        for t in shard_tables(f, columns, str(shards_v2), None)
+        if "Austria" in t["country"].to_pylist()
+    )
+    out = Predictor(str(checkpoint), device="cpu", subset=subset)(whole)
+    kept = [c != "Austria" for c in whole.column("country").to_pylist()]
+    assert list(out["patch_id"]) == [i for i, k in zip(whole.column("patch_id").to_pylist(), kept, strict=True) if k]
+    assert out["probabilities"].shape == (sum(kept), 19) and "Austria" not in list(out["country"])
+    assert out["s2_acquisition"].dtype == np.dtype("datetime64[ms]")
+    none = Predictor(str(checkpoint), device="cpu", subset=MetadataSubset(countries={"include": ["Narnia"]}))(whole)
+    assert none["probabilities"].shape == (0, 19) and len(none["patch_id"]) == 0

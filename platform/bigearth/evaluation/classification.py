@@ -7,6 +7,7 @@ only: its rows are filtered before inference."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -50,7 +51,7 @@ class Predictor:
         if table.num_rows:
             batch = self.runner.batch_from_table(table)
             probs, ids = self.runner.predict(batch).cpu().numpy(), batch["patch_id"]
-        else:  # nothing of this batch selected
+        else:  # nothing of this batch selected (`predict` reads none such: `selected_tables`)
             probs, ids = np.zeros((0, self.runner.spec.num_classes), np.float32), []
         out = {
             "patch_id": np.asarray(ids, dtype=object),
@@ -82,7 +83,7 @@ def predict(
     CPU)."""
     from functools import partial
 
-    from bigearth.input.raydata import shard_tables, split_files
+    from bigearth.input.raydata import split_files
     from bigearth.models.checkpoints import resolve
 
     ref = resolve(checkpoint, storage=storage)
@@ -103,7 +104,7 @@ def predict(
     batches = default_executor(executor).map_batches(
         Predictor,
         files,
-        read=partial(shard_tables, columns=columns, url=data, storage=storage),
+        read=partial(selected_tables, columns=columns, url=data, storage=storage, subset=subset),
         unit_kwargs={
             "checkpoint": ref,
             "storage": storage,
@@ -115,6 +116,25 @@ def predict(
         resources=Resources(gpus=gpus_per_actor, concurrency=actors),
     )
     return batches, ref
+
+
+def selected_tables(
+    source: dict[str, Any],
+    columns: list[str],
+    url: str,
+    storage: StorageOptions | None,
+    subset: MetadataSubset | None = None,
+) -> Iterator[pa.Table]:
+    """The read of `predict`: `shard_tables` with only the rows `subset` selects, and no table left empty (a batch of
+    no rows would reach the model, and Ray Data cannot join an empty batch's result to the others)."""
+    from bigearth.input.raydata import shard_tables
+
+    for table in shard_tables(source, columns, url, storage):
+        keep = subset.mask(table) if subset is not None and subset.active else None
+        if keep is None:
+            yield table
+        elif keep.any():
+            yield table.filter(pa.array(keep))
 
 
 def evaluate(
