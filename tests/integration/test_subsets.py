@@ -56,3 +56,21 @@ def test_training_without_a_country_never_sees_its_pairs(shards_v2: Path, tmp_pa
     assert m["samples"] == len(mine) > 0 and list(m["by_country"]) == [X]
     seasons = sorted({season(r["s2_acquisition"].month) for r in mine})
     assert list(m["by_season"]) == seasons and sum(g["pairs"] for g in m["by_season"].values()) == len(mine)
+
+
+def test_the_ray_data_pipeline_trains_on_the_subset(shards_v2: Path, tmp_path: Path) -> None:
+    from bigearth.input.raybatches import shard_batches
+    from bigearth.training.trainer import model_bands, ray_data_batches
+
+    rows = split_rows(shards_v2, "train")
+    others = {pid for pid, r in rows.items() if r["country"] != X}
+    over = ["optim.epochs=1", "data.batch_size=4", "tracking.mlflow=false", "data.pipeline=ray_data"]
+    cfg = load_config(TINY, [*over, f"data.countries.exclude=[{X}]", "scaling.cpus_per_worker=0.5"])
+    plan = training_plans(cfg, str(shards_v2), None)[0]
+    # the Dataset Ray Train splits among the workers, as the trainer makes it: whole batches of other pairs only
+    ds = ray_data_batches(cfg, str(shards_v2), None, str(tmp_path / "rd"), model_bands(cfg), plan)
+    seen = [i for b in shard_batches(ds) for i in b["patch_id"]]
+    assert set(seen) <= others and len(seen) == len(set(seen)) and len(seen) % 4 == 0
+    assert len(seen) > len(others) - 4 * len(plan)  # each collating task drops less than a batch
+    result = train(cfg, str(shards_v2), str(tmp_path), "rd")
+    assert result.metrics["epoch"] == 1 and result.metrics["train_loss"] > 0
