@@ -52,7 +52,7 @@ def write_report(out: str, data: dict[str, Any]) -> str:
     """Write `out/report.html` and `out/report.json`; image paths in `data` are copied into `out/images/`.
 
     `data` keys: title, summary (dict), explorer (the web page's URL, while it is served), curves_png,
-    per_class_png, metrics (evaluate's metrics.json), retrieval
+    per_class_png, by_group_png, metrics (evaluate's metrics.json), retrieval
     (evaluate_retrieval's JSON), samples [{patch_id, true, pred, png}], queries [{patch_id, labels, png,
     hits: [{patch_id, score, labels, shared, png}]}], real [{name, labels, top: [[class, p], ...]}].
     """
@@ -97,6 +97,8 @@ def write_report(out: str, data: dict[str, Any]) -> str:
                 + "</tr>"
             )
         body.append("</table>" + img(data.get("per_class_png"), "per-class scores"))
+        if data.get("by_group_png"):  # evaluate's figures per country and season (metrics by_country, by_season)
+            body.append("<h3>By country and season</h3>" + img(data["by_group_png"], "scores by country and season"))
     if data.get("samples"):
         body.append('<h2>Sample test patches: true and predicted labels</h2><div class="grid">')
         for s in data["samples"]:

@@ -293,6 +293,7 @@ def write_demo_report(
         summary=summary,
         curves_png=str(w.run / "curves.png"),
         per_class_png=str(w.eval / "per_class.png"),
+        by_group_png=str(w.eval / "by_group.png"),
         metrics={k: v for k, v in metrics.items() if k != "class_names"},
         retrieval=retrieval,
         history=history,

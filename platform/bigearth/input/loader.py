@@ -2,6 +2,7 @@
 
     groups = row_groups("s3://bucket/shards", "train")               # the plan: one entry per Parquet row group
     for batch in RowGroupLoader(groups, 256, shuffle_buffer=2048, seed=(0, epoch)): ...
+    row_groups(url, "train", subset=MetadataSubset(countries={"exclude": ["Portugal"]}))   # the rows it selects
 
     # in a Ray Train worker (datasets={"train": open_row_groups(...)}, DataConfig(datasets_to_split=[])):
     plan = plan_of(ray.train.get_dataset_shard("train"))               # once per run
@@ -45,6 +46,7 @@ from bigearth.input.buffers import BatchBuffers
 from bigearth.shards.decode import band_view, groups_for, label_matrix, to_torch
 from bigearth.shards.format import ROW_GROUP_PAIRS, ShardFormatError, open_for_reading, open_shard, read_row_group
 from bigearth.shards.shardset import ShardSet, label_column
+from bigearth.shards.subsets import MetadataSubset, selected_rows
 
 
 @dataclass(frozen=True)
@@ -54,33 +56,98 @@ class RowGroup:
     url: str  # the shard set (for the filesystem)
     path: str  # the shard file, as the filesystem of `url` names it
     index: int
-    rows: int
+    rows: int  # the rows the loader yields of it: all of them, or the selected ones
+    selected: tuple[int, ...] | None = None  # a metadata subset's rows within the group (ascending); None = all
+    total: int | None = None  # the group's rows in the file when a selection is given
+
+    def __post_init__(self) -> None:
+        if self.selected is not None and (len(self.selected) != self.rows or self.total is None):
+            raise ValueError(f"{self.path}#{self.index}: {self.rows} rows but {len(self.selected)} selected")
+
+    @property
+    def file_rows(self) -> int:
+        """The group's rows in the shard file (what the manifest says and the reader checks)."""
+        return self.rows if self.total is None else self.total
+
+    def item(self) -> dict[str, Any]:
+        """As a Ray Dataset item; `selected` as text, "0,3,7" ("" for all rows: a group with none is never
+        planned), one Arrow type in every block and safe in numpy's string arrays, whatever the selection."""
+        selected = ",".join(str(i) for i in self.selected or ())
+        return {
+            "url": self.url,
+            "path": self.path,
+            "index": self.index,
+            "rows": self.rows,
+            "selected": selected,
+            "total": self.file_rows,
+        }
+
+    @classmethod
+    def of_item(cls, url: Any, path: Any, index: Any, rows: Any, selected: Any = "", total: Any = None) -> RowGroup:
+        """Back from `item()`'s fields (as Ray hands them: numpy scalars and strings)."""
+        picked = tuple(int(i) for i in str(selected).split(",")) if selected else None
+        return cls(str(url), str(path), int(index), int(rows), picked, int(total) if picked else None)
 
 
-def row_groups(shards: str, split: str | Sequence[str], storage: StorageOptions | None = None) -> list[RowGroup]:
+def row_groups(
+    shards: str, split: str | Sequence[str], storage: StorageOptions | None = None, subset: MetadataSubset | None = None
+) -> list[RowGroup]:
     """The row groups of a split (several: a list) of a shard set, from the manifest alone
-    (`ShardEntry.row_groups`; readers check them against the files)."""
+    (`ShardEntry.row_groups`; readers check them against the files). With an active `subset`, the selected rows of
+    each group, from the metadata columns of the split's files (`select_rows`); groups with none are left out."""
     shard_set = ShardSet.open(shards, storage)
+    entries = shard_set.files(split)  # an unknown split names the ones there are
+    if subset is not None and subset.active:
+        return select_rows(shards, shard_set, entries, split, subset, storage)
+    return [RowGroup(shards, join(shard_set.root, e.path), i, n) for e in entries for i, n in enumerate(e.row_groups)]
+
+
+def select_rows(
+    shards: str,
+    shard_set: ShardSet,
+    entries: Sequence[Any],
+    split: str | Sequence[str],
+    subset: MetadataSubset,
+    storage: StorageOptions | None = None,
+) -> list[RowGroup]:
+    """The row groups of `entries` with the rows `subset` selects (`bigearth.shards.subsets.selected_rows`: the
+    metadata columns of the files only); whole groups stay plain, groups with none are left out."""
+    paths = [join(shard_set.root, e.path) for e in entries]
+    files = [(p, tuple(e.row_groups)) for p, e in zip(paths, entries, strict=True)]
+    picked = selected_rows(arrow_filesystem(shards, storage)[0], files, subset, _split_name(split))
     return [
-        RowGroup(shards, join(shard_set.root, e.path), i, n)
-        for e in shard_set.files(split)  # an unknown split names the ones there are
-        for i, n in enumerate(e.row_groups)
+        RowGroup(shards, path, i, n)
+        if len(rows) == n
+        else RowGroup(shards, path, i, len(rows), tuple(rows.tolist()), n)
+        for (path, sizes), groups in zip(files, picked, strict=True)
+        for i, (n, rows) in enumerate(zip(sizes, groups, strict=True))
+        if len(rows)
     ]
 
 
-def open_row_groups(shards: str, split: str | Sequence[str], storage: StorageOptions | None = None) -> Any:
+def _split_name(split: str | Sequence[str]) -> str:
+    return split if isinstance(split, str) else ", ".join(split)
+
+
+def open_row_groups(
+    shards: str, split: str | Sequence[str], storage: StorageOptions | None = None, subset: MetadataSubset | None = None
+) -> Any:
     """The plan of a split as a Ray Dataset (one row per row group), to hand to Ray Train with
     `DataConfig(datasets_to_split=[])`: every worker receives the whole plan and takes its share with
     `epoch_share`, so every worker runs the same number of steps and nothing is dropped by the split."""
+    return plan_dataset(row_groups(shards, split, storage, subset))
+
+
+def plan_dataset(plan: Sequence[RowGroup]) -> Any:
+    """A plan as a Ray Dataset (one row per row group, selections included)."""
     import ray
 
-    return ray.data.from_items([g.__dict__ for g in row_groups(shards, split, storage)])
+    return ray.data.from_items([g.item() for g in plan])
 
 
 def plan_of(source: Any) -> list[RowGroup]:
     """The plan from `open_row_groups`' Dataset or a Ray Train dataset shard of it, in its original order."""
-    rows = list(source.iter_rows())
-    return [RowGroup(str(r["url"]), str(r["path"]), int(r["index"]), int(r["rows"])) for r in rows]
+    return [RowGroup.of_item(**r) for r in source.iter_rows()]
 
 
 def epoch_share(
@@ -139,6 +206,12 @@ class _Decoded:
                 self.bands[name] = band_view(col.chunk(0) if col.num_chunks == 1 else col.combine_chunks(), name)
         self.labels = label_matrix(table, nomenclature)
         self.ids = table.column("patch_id").to_numpy()
+        self.selected: np.ndarray | None = None  # the rows to draw from (a metadata subset's); None = all
+
+    def order(self, rng: np.random.Generator | None, skip: int = 0) -> np.ndarray:
+        """The rows to draw, in draw order: all (or the selected) rows, permuted by `rng`, else in order from `skip`."""
+        rows = self.selected if self.selected is not None else np.arange(self.rows)
+        return rng.permutation(rows) if rng is not None else rows[skip:]
 
 
 class RowGroupLoader:
@@ -198,12 +271,14 @@ class RowGroupLoader:
         with open_for_reading(fs, group.path) as f:
             pf = open_shard(f, group.path, self._metadata.get(group.path))
             self._metadata[group.path] = pf.metadata
-            if group.index >= pf.num_row_groups or pf.metadata.row_group(group.index).num_rows != group.rows:
+            if group.index >= pf.num_row_groups or pf.metadata.row_group(group.index).num_rows != group.file_rows:
                 raise ShardFormatError(
-                    f"{group.path}: expected row group {group.index} of {group.rows} rows as the manifest "
+                    f"{group.path}: expected row group {group.index} of {group.file_rows} rows as the manifest "
                     f"implies; the file has {pf.num_row_groups} row groups: re-run the ingest of this shard set"
                 )
-            return _Decoded(read_row_group(pf, group.index, self.columns, group.path), self.bands, self.nomenclature)
+            d = _Decoded(read_row_group(pf, group.index, self.columns, group.path), self.bands, self.nomenclature)
+            d.selected = np.asarray(group.selected, dtype=np.int64) if group.selected is not None else None
+            return d
 
     def _batches(self, stop: threading.Event) -> Iterator[dict[str, np.ndarray]]:
         """The shuffle buffer is a set of `slots` row groups (enough for `shuffle_buffer` rows), each with its rows
@@ -216,7 +291,8 @@ class RowGroupLoader:
         shuffle = self.shuffle_buffer > 0
         group_rows = max((g.rows for g in self.groups), default=ROW_GROUP_PAIRS)
         per_batch = -(-self.batch_size // group_rows)  # row groups one batch needs
-        slots_max = max(per_batch, -(-self.shuffle_buffer // group_rows)) if shuffle else per_batch
+        held = max((g.file_rows for g in self.groups), default=ROW_GROUP_PAIRS)  # a slot holds the whole group
+        slots_max = max(per_batch, -(-self.shuffle_buffer // held)) if shuffle else per_batch
         todo = iter(self.groups)
         inflight: list[Future[_Decoded]] = []
         buffer: list[tuple[_Decoded, np.ndarray]] = []  # group, its rows not yet used (in draw order)
@@ -234,7 +310,7 @@ class RowGroupLoader:
                 def take_read() -> None:
                     nonlocal skip
                     d = inflight.pop(0).result()
-                    buffer.append((d, rng.permutation(d.rows) if shuffle else np.arange(skip, d.rows)))
+                    buffer.append((d, d.order(rng if shuffle else None, skip)))
                     skip = 0
 
                 top_up()

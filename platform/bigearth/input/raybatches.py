@@ -46,6 +46,7 @@ from bigearth.core.bands import BANDS, GROUPS
 from bigearth.core.storage import StorageOptions
 from bigearth.shards.decode import groups_for, to_torch
 from bigearth.shards.format import ROW_GROUP_PAIRS
+from bigearth.shards.subsets import MetadataSubset
 
 from .loader import RowGroup, RowGroupLoader, row_groups
 
@@ -80,16 +81,14 @@ def resume_seed(seed: int, start_epoch: int) -> int:
 
 
 def plan_items(plan: Sequence[RowGroup]) -> list[dict[str, Any]]:
-    """The plan as Dataset items (one per row group)."""
-    return [{"url": g.url, "path": g.path, "index": g.index, "rows": g.rows} for g in plan]
+    """The plan as Dataset items (one per row group, a metadata subset's selection included: `RowGroup.item`)."""
+    return [g.item() for g in plan]
 
 
 def groups_of(items: dict[str, Any]) -> list[RowGroup]:
     """The row groups of a batch of plan items (as `map_batches` hands them: a column per field)."""
-    return [
-        RowGroup(str(u), str(p), int(i), int(n))
-        for u, p, i, n in zip(items["url"], items["path"], items["index"], items["rows"], strict=True)
-    ]
+    fields = ("url", "path", "index", "rows", "selected", "total")
+    return [RowGroup.of_item(*values) for values in zip(*(items[f] for f in fields), strict=True)]
 
 
 def pack(batch: dict[str, Any]) -> pa.Table:
@@ -189,10 +188,12 @@ def open_batches(
     seed: int = 0,
     threads: int = 1,
     plan: Sequence[RowGroup] | None = None,
+    subset: MetadataSubset | None = None,
 ) -> Any:
     """The training batches of a split as a streaming Ray Dataset (see the module docstring): every execution
-    (epoch) another seeded order of the row groups, collated in CPU-only tasks of `groups_per_task` row groups."""
-    plan = list(plan) if plan is not None else row_groups(shards, split, storage)
+    (epoch) another seeded order of the row groups, collated in CPU-only tasks of `groups_per_task` row groups.
+    `plan` (else the split's, of the metadata `subset` when given) may select rows of its groups."""
+    plan = list(plan) if plan is not None else row_groups(shards, split, storage, subset)
     if not plan:
         raise ValueError(f"{shards}: split {split!r} has no row groups")
     band_set = tuple(bands) if not isinstance(bands, str) else bands

@@ -1,5 +1,5 @@
 """Charts of the metric suite, shared by training (MLflow artefacts) and evaluation (the report): the training curves
-and the per-class scores, as PNG bytes."""
+the per-class scores and a headline figure per country and season, as PNG bytes."""
 
 from __future__ import annotations
 
@@ -63,6 +63,56 @@ def per_class_chart(m: dict[str, Any]) -> bytes:
     ax.set_xlabel("score")
     ax.set_title(f"Per-class scores on {m['split']} (micro F1 {percent(m['micro_f1'])} %)")
     ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def by_group_chart(by: dict[str, dict[str, dict[str, Any]]], figure: str, label: str, split: str) -> bytes:
+    """Bars of one headline `figure` (e.g. `macro_ap`, `miou`) per group, one panel per grouping (`{"country":
+    by_country, "season": by_season}`, `bigearth.evaluation.groups.by_group`), each bar labelled with its pair
+    count; groups marked `few_pairs` hatched and pale."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(name, groups) for name, groups in by.items() if groups]
+    rows = [len(groups) for _, groups in panels] or [1]
+    fig, axes = plt.subplots(
+        max(1, len(panels)),
+        1,
+        figsize=(8, 0.35 * sum(rows) + 1.2 * len(rows) + 0.5),
+        squeeze=False,
+        gridspec_kw={"height_ratios": rows},
+    )
+    for ax, (name, groups) in zip(axes[:, 0], panels, strict=False):
+        names = list(groups)
+        y = np.arange(len(names))
+        values = [groups[n].get(figure) or 0 for n in names]
+        few = [bool(groups[n].get("few_pairs")) for n in names]
+        bars = ax.barh(y, values, height=0.6, color=["#9ecae1" if f else "#3182bd" for f in few])
+        for bar, f, n in zip(bars, few, names, strict=True):
+            if f:
+                bar.set_hatch("//")
+            ax.annotate(
+                f"{groups[n]['pairs']} pairs",
+                (bar.get_width(), bar.get_y() + bar.get_height() / 2),
+                xytext=(3, 0),
+                textcoords="offset points",
+                va="center",
+                fontsize=7,
+            )
+        ax.set_yticks(y, names, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1.15)
+        ax.set_ylabel(name)
+    if not panels:
+        axes[0, 0].text(0.5, 0.5, "no groups", ha="center", va="center")
+    axes[-1, 0].set_xlabel(f"{label} (hatched: few pairs)")
+    fig.suptitle(f"{label} by country and season on {split}")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)

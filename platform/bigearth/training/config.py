@@ -13,6 +13,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from bigearth.models.align import AlignConfig
+from bigearth.shards.subsets import MetadataSubset, SeasonFilter, ValueFilter
 
 
 class _Strict(BaseModel):
@@ -68,6 +69,20 @@ class DataConfig(_Strict):
     nomenclature: Literal[19, 43] = Field(19, description="label nomenclature; 43 needs shards ingested from v1")
     train_split: str = Field("train", description="split trained on")
     val_split: str = Field("validation", description="split for validation metrics, early stopping, best checkpoint")
+    countries: ValueFilter | None = Field(
+        None,
+        description="train and validate on pairs of some countries only: {include: [Austria, ...]} or {exclude: "
+        "[Portugal]} (the shards' country column; a filter that selects nothing is an error naming it)",
+    )
+    seasons: SeasonFilter | None = Field(
+        None,
+        description="train and validate on pairs of some seasons only: {include: [...]} or {exclude: [...]} of "
+        "winter (Dec-Feb), spring, summer, autumn (the month of the Sentinel-2 acquisition)",
+    )
+
+    def subset(self) -> MetadataSubset:
+        """The metadata subset of `countries` and `seasons` (`bigearth.shards.subsets`; inactive when both are None)."""
+        return MetadataSubset(countries=self.countries, seasons=self.seasons)
 
 
 class OptimConfig(_Strict):

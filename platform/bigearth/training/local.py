@@ -40,12 +40,21 @@ def device_for(cfg: TrainConfig) -> torch.device:
 
 
 class LocalWorker:
-    """This process as the only worker: the plans read from the manifest, checkpoints copied into the run folder."""
+    """This process as the only worker: the plans read from the manifest (or given: the trainer's, of a metadata
+    subset), checkpoints copied into the run folder."""
 
     rank, world = 0, 1
 
-    def __init__(self, cfg: TrainConfig, data: str, run_dir: str, storage: StorageOptions | None = None) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: str,
+        run_dir: str,
+        storage: StorageOptions | None = None,
+        plans: tuple[list[RowGroup], list[RowGroup]] | None = None,
+    ) -> None:
         self.cfg, self.data, self.run_dir, self.storage = cfg, data, run_dir, storage
+        self._plans = plans
         self.device = device_for(cfg)
         self.metrics: dict[str, Any] = {}
 
@@ -62,8 +71,13 @@ class LocalWorker:
         return nullcontext(latest.path if latest is not None else None)
 
     def plans(self) -> tuple[list[RowGroup], list[RowGroup]]:
-        d = self.cfg.data
-        return row_groups(self.data, d.train_split, self.storage), row_groups(self.data, d.val_split, self.storage)
+        if self._plans is not None:
+            return self._plans
+        d, subset = self.cfg.data, self.cfg.data.subset()
+        return (
+            row_groups(self.data, d.train_split, self.storage, subset),
+            row_groups(self.data, d.val_split, self.storage, subset),
+        )
 
     def batch_stream(self) -> None:
         return None  # one process, no Ray: data.pipeline ray_data falls back to the worker path
@@ -75,12 +89,19 @@ class LocalWorker:
             checkpoints.retain(self.run_dir, self.cfg.run.keep_checkpoints, storage=self.storage)
 
 
-def fit_local(cfg: TrainConfig, data: str, run_dir: str, config: dict[str, Any]) -> TrainResult:
-    """Train `config` (as `bigearth.training.trainer` gives Ray Train) in this process; the run's result."""
+def fit_local(
+    cfg: TrainConfig,
+    data: str,
+    run_dir: str,
+    config: dict[str, Any],
+    plans: tuple[list[RowGroup], list[RowGroup]] | None = None,
+) -> TrainResult:
+    """Train `config` (as `bigearth.training.trainer` gives Ray Train) in this process; the run's result. `plans`:
+    the training and validation plans when the trainer made them (else read here)."""
     if cfg.scaling.num_workers > 1:
         print(f"executor local: one process (scaling.num_workers {cfg.scaling.num_workers} is Ray Train's)")
     if cfg.data.pipeline == "ray_data":
         print("executor local: data.pipeline ray_data falls back to worker (no Ray; this process reads its input)")
-    worker = LocalWorker(cfg, data, run_dir, config.get("storage"))
+    worker = LocalWorker(cfg, data, run_dir, config.get("storage"), plans)
     run_worker(worker, config)
     return TrainResult(run_dir, worker.metrics)

@@ -11,6 +11,7 @@ from typing import Any
 
 from bigearth.core.secrets import redact
 from bigearth.core.storage import StorageOptions, join, portable_arrow_filesystem
+from bigearth.input.loader import RowGroup, row_groups
 from bigearth.models.registry import create_model
 from bigearth.shards.shardset import ShardSet
 from bigearth.training import tracking
@@ -57,7 +58,8 @@ def train(
         os.makedirs(storage, exist_ok=True)
     run_dir = run_folder(storage, name)
     world = cfg.scaling.num_workers if executor == "ray" else 1
-    train_pairs = shard_set.splits[cfg.data.train_split]
+    plans = training_plans(cfg, data, so)  # data.countries / data.seasons: the selected rows (else the manifest's)
+    train_pairs, val_pairs = (sum(g.rows for g in p) for p in plans)
     target = tracking.start_run(
         cfg,
         storage,
@@ -68,7 +70,7 @@ def train(
             "storage": storage,
             "world_size": world,
             "train_pairs": train_pairs,
-            "val_pairs": shard_set.splits[cfg.data.val_split],
+            "val_pairs": val_pairs,
         },
     )
     config = {
@@ -83,14 +85,21 @@ def train(
         if executor == "local":
             from bigearth.training.local import fit_local
 
-            result = fit_local(cfg, data, run_dir, config)
+            result = fit_local(cfg, data, run_dir, config, plans)
         else:
-            result = _fit_ray(cfg, data, storage, name, so, config)
+            result = _fit_ray(cfg, data, storage, name, so, config, plans)
     except BaseException as e:
         tracking.end_run(target, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     tracking.end_run(target, "FINISHED")
     return result
+
+
+def training_plans(cfg: TrainConfig, data: str, so: StorageOptions | None) -> tuple[list[RowGroup], list[RowGroup]]:
+    """The training and validation plans (`bigearth.input.loader.row_groups`) of the config's splits, of the rows
+    `data.countries` / `data.seasons` select (an `EmptySubsetError` naming the filter and split when none)."""
+    subset = cfg.data.subset()
+    return row_groups(data, cfg.data.train_split, so, subset), row_groups(data, cfg.data.val_split, so, subset)
 
 
 #: What Ray Train keeps in a run folder it resumes (Train V2).
@@ -116,12 +125,18 @@ def refuse_foreign_run(run_dir: str, so: StorageOptions | None = None) -> None:
 
 
 def ray_data_batches(
-    cfg: TrainConfig, data: str, so: StorageOptions | None, run_dir: str, bands: tuple[str, ...] | None = None
+    cfg: TrainConfig,
+    data: str,
+    so: StorageOptions | None,
+    run_dir: str,
+    bands: tuple[str, ...] | None = None,
+    plan: list[RowGroup] | None = None,
 ) -> Any:
     """The `data.pipeline: ray_data` Dataset of a run (`bigearth.input.raybatches.open_batches`): the workers'
     batch size and bands; its shuffle seeded by `run.seed` and the epoch the run resumes at, read from the run's
     latest checkpoint when called (Ray Data reseeds by its execution index, which starts at 0 whenever the Dataset
-    is split anew: Ray Train calls this at every worker group's start, a restart after a failure included)."""
+    is split anew: Ray Train calls this at every worker group's start, a restart after a failure included).
+    `plan`: the training plan (else the split's, of `data.countries` / `data.seasons`)."""
     from bigearth.input.raybatches import open_batches, resume_seed
     from bigearth.models import checkpoints
 
@@ -135,6 +150,8 @@ def ray_data_batches(
         nomenclature=cfg.data.nomenclature,
         storage=so,
         seed=resume_seed(cfg.run.seed, (last.record.epoch or 0) if last is not None else 0),
+        plan=plan,
+        subset=cfg.data.subset(),
     )
 
 
@@ -157,20 +174,28 @@ def check_ray_data(cfg: TrainConfig, train_pairs: int, cpus: float) -> None:
         )
 
 
-def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOptions, config: dict[str, Any]) -> Any:
+def _fit_ray(
+    cfg: TrainConfig,
+    data: str,
+    storage: str,
+    name: str,
+    so: StorageOptions,
+    config: dict[str, Any],
+    plans: tuple[list[RowGroup], list[RowGroup]],
+) -> Any:
     """Ray Train's `TorchTrainer` over `bigearth.training.raytrain.train_loop_per_worker`."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from bigearth.input.loader import open_row_groups
+    from bigearth.input.loader import plan_dataset
     from bigearth.training.collectives import CollectiveConfig
     from bigearth.training.raytrain import BATCHES, train_loop_per_worker
 
     # The plan (one row per Parquet row group) goes to every worker whole: each takes its share per epoch
     # (bigearth.input.loader.epoch_share), so all run the same number of steps and the split drops nothing.
     datasets: dict[str, Any] = {
-        "train": open_row_groups(data, cfg.data.train_split, so),
-        "validation": open_row_groups(data, cfg.data.val_split, so),
+        "train": plan_dataset(plans[0]),
+        "validation": plan_dataset(plans[1]),
     }
     refuse_foreign_run(config["run_dir"], so)
     split: list[str] = []
@@ -178,7 +203,8 @@ def _fit_ray(cfg: TrainConfig, data: str, storage: str, name: str, so: StorageOp
         # batches collated by Ray Data tasks on any node; DataConfig splits them with streaming_split(equal=True)
         check_ray_data(cfg, int(config["train_pairs"]), float(ray.cluster_resources().get("CPU", 0)))
         # a function: Ray Train makes the Dataset at every worker group's start (seeded by the epoch resumed at)
-        datasets[BATCHES] = functools.partial(ray_data_batches, cfg, data, so, config["run_dir"], model_bands(cfg))
+        batches = functools.partial(ray_data_batches, cfg, data, so, config["run_dir"], model_bands(cfg), plans[0])
+        datasets[BATCHES] = batches
         split = [BATCHES]
     if "://" in storage:
         fs, path = portable_arrow_filesystem(storage, so)  # pickled into Ray Train's actors: secrets sealed
