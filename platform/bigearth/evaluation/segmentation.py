@@ -52,7 +52,7 @@ class Predictor:
 
         batch = decode_batch(table, self.runner.groups, self.classes, maps=True)  # type: ignore[call-arg]
         mask = torch.from_numpy(np.ascontiguousarray(batch.pop("mask")))
-        pred = self.runner.segment(to_torch(batch, self.runner.device)).cpu()  # type: ignore[attr-defined]
+        pred = self.runner.segment(to_torch(batch, self.runner.device)).cpu()
         cm = confusion_matrix(pred, mask, self.classes)
         n = len(cm)
         return {
