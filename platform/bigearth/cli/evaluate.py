@@ -2,7 +2,8 @@
 
     bigearth evaluate --checkpoint PATH --data SHARDS --split test --out DIR
 
-PATH is a checkpoint folder or a run folder (its best checkpoint by validation macro AP).
+PATH is a checkpoint folder or a run folder (its best checkpoint by validation macro AP). A segmentation checkpoint
+writes its own figures (mIoU, per-class IoU, ...: bigearth.evaluation.segmentation).
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 from bigearth.cli.common import add_executor_argument, add_storage_args, executor_from_args, storage_from_args
 
 SUMMARY = ("micro_precision", "micro_recall", "micro_f1", "micro_ap", "macro_f1", "macro_ap", "samples")
+#: The summary of a segmentation checkpoint's evaluation (bigearth.evaluation.segmentation).
+SEGMENTATION_SUMMARY = ("miou", "pixel_accuracy", "fw_iou", "scored_pixels", "patches", "unscored_patches")
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -33,5 +36,6 @@ def run(a: argparse.Namespace) -> int:
     m = evaluate(
         a.checkpoint, a.data, a.split, a.out, storage_from_args(a), actors=a.actors, executor=executor_from_args(a)
     )
-    print(json.dumps({"out": a.out, **{k: m[k] for k in SUMMARY}}))
+    keys = SEGMENTATION_SUMMARY if m.get("task") == "segmentation" else SUMMARY
+    print(json.dumps({"out": a.out, **{k: m[k] for k in keys}}))
     return 0

@@ -91,10 +91,14 @@ def evaluate(
     `executor`: where the predictions run (default: Ray; `LocalExecutor`: in this process, no Ray);
     `gpus_per_actor`: GPUs each of its `actors` holds (Ray)."""
     from bigearth.metrics.multilabel import MultilabelMetrics
+    from bigearth.models.checkpoints import resolve
 
-    batches, ref = predict(
-        checkpoint, data, split, storage, actors=actors, gpus_per_actor=gpus_per_actor, executor=executor
-    )
+    ref = resolve(checkpoint, storage=storage)
+    if ref.spec.produces_maps:  # a segmentation checkpoint: its own figures (bigearth.evaluation.segmentation)
+        from bigearth.evaluation import segmentation
+
+        return segmentation.evaluate(ref, data, split, out, storage, actors, executor, gpus_per_actor)
+    batches, ref = predict(ref, data, split, storage, actors=actors, gpus_per_actor=gpus_per_actor, executor=executor)
     best = ref.path
     classes = ref.spec.num_classes
     names = lab.class_names(classes)  # type: ignore[arg-type]
@@ -127,8 +131,6 @@ def evaluate(
         pq.write_table(table, f, compression="zstd")
     result["class_names"] = list(names)
     return result
-
-
 
 
 def _plain(v: Any) -> str:
