@@ -121,3 +121,27 @@ def test_bigearthnet_mm_configs_follow_the_v1_code(path: Path) -> None:
     assert (o.weight_decay, o.grad_clip) == (0, 0)
     assert all(lr_lambda(s, 0, 1000, o.warmup_start, o.final_lr) == 1.0 for s in range(0, 1000, 7))  # constant lr
     assert cfg.run.patience >= o.epochs  # no early stopping
+
+
+def test_flips_move_the_mask_with_its_pair() -> None:
+    """A segmentation batch: each pair's `mask` flips exactly as its image groups (a pixel's class stays under it),
+    and the coin tosses are those of the same batch without a mask."""
+    n = 64
+    g = torch.Generator().manual_seed(1)
+    mask = torch.randint(0, 19, (n, 120, 120), generator=g, dtype=torch.uint8)
+    mask[:, :3] = 255  # ignored pixels flip too
+    s1 = torch.stack([mask.float(), -mask.float()], dim=1)  # an image that is its mask
+    s2_20m = mask[:, ::2, ::2].float().unsqueeze(1).repeat(1, 6, 1, 1)
+    batch = {"s1": s1, "s2_20m": s2_20m, "mask": mask, "labels": torch.ones(n, 19)}
+    out = random_flips(batch, torch.Generator().manual_seed(0))
+    plain = random_flips({k: v for k, v in batch.items() if k != "mask"}, torch.Generator().manual_seed(0))
+    assert out["mask"].dtype == torch.uint8 and out["mask"].shape == mask.shape
+    assert torch.equal(out["s1"][:, 0], out["mask"].float()) and torch.equal(out["s1"][:, 1], -out["mask"].float())
+    assert torch.equal(out["s1"], plain["s1"]) and torch.equal(out["s2_20m"], plain["s2_20m"])
+    flipped = sum(not torch.equal(out["mask"][i], mask[i]) for i in range(n))
+    assert 30 < flipped < 64  # three of four pairs flip one way or both
+    for i in range(n):  # the 20 m group went the way its mask went
+        ways = {"none": lambda x: x, "lr": lambda x: x.flip(-1), "tb": lambda x: x.flip(-2)}
+        ways["both"] = lambda x: x.flip(-1).flip(-2)
+        way = [k for k, f in ways.items() if torch.equal(out["mask"][i], f(mask[i]))]
+        assert way and any(torch.equal(out["s2_20m"][i], ways[k](s2_20m[i])) for k in way)

@@ -3,8 +3,9 @@
     bigearth evaluate --checkpoint PATH --data SHARDS --split test --out DIR
     bigearth evaluate ... --countries Portugal                 # the pairs of some countries only (or seasons)
 
-PATH is a checkpoint folder or a run folder (its best checkpoint by validation macro AP). metrics.json has the
-figures of the whole (selected) split and, per country and season, `by_country` and `by_season`.
+PATH is a checkpoint folder or a run folder (its best checkpoint by its validation score). metrics.json has the
+figures of the whole (selected) split and, per country and season, `by_country` and `by_season`. A segmentation
+checkpoint writes its own figures (mIoU, per-class IoU, ...: bigearth.evaluation.segmentation).
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ if TYPE_CHECKING:
     from bigearth.shards.subsets import MetadataSubset
 
 SUMMARY = ("micro_precision", "micro_recall", "micro_f1", "micro_ap", "macro_f1", "macro_ap", "samples")
+#: The summary of a segmentation checkpoint's evaluation (bigearth.evaluation.segmentation).
+SEGMENTATION_SUMMARY = ("miou", "pixel_accuracy", "fw_iou", "scored_pixels", "patches", "unscored_patches")
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,5 +69,6 @@ def run(a: argparse.Namespace) -> int:
         executor=executor_from_args(a),
         subset=subset_from_args(a),
     )
-    print(json.dumps({"out": a.out, **{k: m[k] for k in SUMMARY}}))
+    keys = SEGMENTATION_SUMMARY if m.get("task") == "segmentation" else SUMMARY
+    print(json.dumps({"out": a.out, **{k: m[k] for k in keys}}))
     return 0

@@ -151,9 +151,19 @@ def evaluate(
     """Write metrics.json, metrics.md, per_class.png, by_group.png and predictions.parquet to `out`; return the
     metrics (`by_country`, `by_season`: `bigearth.evaluation.groups`). `executor`: where the predictions run
     (default: Ray; `LocalExecutor`: in this process, no Ray); `gpus_per_actor`: GPUs each of its `actors` holds
-    (Ray); `subset`: the pairs evaluated (`bigearth.shards.subsets`; an `EmptySubsetError` when it selects none)."""
+    (Ray); `subset`: the pairs evaluated (`bigearth.shards.subsets`; an `EmptySubsetError` when it selects none).
+    A segmentation checkpoint writes its own figures (`bigearth.evaluation.segmentation`)."""
+    from bigearth.models.checkpoints import resolve
+
+    ref = resolve(checkpoint, storage=storage)
+    if ref.spec.produces_maps:
+        from bigearth.evaluation import segmentation
+
+        return segmentation.evaluate(
+            ref, data, split, out, storage, actors, executor, gpus_per_actor, subset=subset
+        )
     batches, ref = predict(
-        checkpoint,
+        ref,
         data,
         split,
         storage,

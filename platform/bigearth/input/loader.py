@@ -20,7 +20,7 @@ releases the GIL), a second thread gathers the shuffled rows straight from the A
 worker, and remains the engine of ingest, evaluation, indexing and statistics.
 
 Batches are those of `bigearth.shards.decode.decode_batch`:
-`{"s1", "s2_10m", "s2_20m", "s2_60m", "labels", "patch_id"}`.
+`{"s1", "s2_10m", "s2_20m", "s2_60m", "labels", "patch_id"}`, and `mask` with `maps=True` (segmentation).
 Shuffling is two-level: the row groups of every shard file are permuted together each epoch (seeded, the same
 permutation on every worker, which then takes its share), and every batch draws its rows at random, in equal
 shares, from a buffer of row groups holding `shuffle_buffer` rows. Memory is bounded by that buffer, the reads in
@@ -43,7 +43,7 @@ import pyarrow as pa
 from bigearth.core.bands import BANDS
 from bigearth.core.storage import StorageOptions, arrow_filesystem, join
 from bigearth.input.buffers import BatchBuffers
-from bigearth.shards.decode import band_view, groups_for, label_matrix, to_torch
+from bigearth.shards.decode import band_view, groups_for, label_matrix, map_targets, require_maps, to_torch
 from bigearth.shards.format import ROW_GROUP_PAIRS, ShardFormatError, open_for_reading, open_shard, read_row_group
 from bigearth.shards.shardset import ShardSet, label_column
 from bigearth.shards.subsets import MetadataSubset, selected_rows
@@ -194,9 +194,17 @@ def row_share(plan: Sequence[RowGroup], rank: int = 0, world: int = 1) -> tuple[
 
 
 class _Decoded:
-    """A row group read and decompressed: zero-copy per-band views of its Arrow buffers, multi-hot labels, ids."""
+    """A row group read and decompressed: zero-copy per-band views of its Arrow buffers, multi-hot labels, ids,
+    and with `maps` the per-pixel targets of its reference maps (`where`: its shard set, for errors)."""
 
-    def __init__(self, table: pa.Table, groups: dict[str, tuple[str, ...]], nomenclature: int) -> None:
+    def __init__(
+        self,
+        table: pa.Table,
+        groups: dict[str, tuple[str, ...]],
+        nomenclature: int,
+        maps: bool = False,
+        where: str = "",
+    ) -> None:
         self.table = table  # keeps the buffers the views point into alive
         self.rows = table.num_rows
         self.bands: dict[str, np.ndarray] = {}
@@ -206,6 +214,7 @@ class _Decoded:
                 self.bands[name] = band_view(col.chunk(0) if col.num_chunks == 1 else col.combine_chunks(), name)
         self.labels = label_matrix(table, nomenclature)
         self.ids = table.column("patch_id").to_numpy()
+        self.mask = map_targets(table, where) if maps else None
         self.selected: np.ndarray | None = None  # the rows to draw from (a metadata subset's); None = all
 
     def order(self, rng: np.random.Generator | None, skip: int = 0) -> np.ndarray:
@@ -219,7 +228,8 @@ class RowGroupLoader:
 
     `threads` reader threads keep up to `threads + 2` row groups in flight; one assembler thread fills batches
     into a queue of `prefetch`; the iterating thread only turns arrays into tensors (pinned and sent without
-    blocking when `device` is CUDA). `limit` stops after that many rows; `drop_last` drops a short last batch."""
+    blocking when `device` is CUDA). `limit` stops after that many rows; `drop_last` drops a short last batch;
+    `maps` adds each pair's `mask` (a segmentation model's targets; shards without reference maps are an error)."""
 
     def __init__(
         self,
@@ -238,6 +248,7 @@ class RowGroupLoader:
         threads: int = 2,
         prefetch: int = 2,
         buffers: BatchBuffers | None = None,
+        maps: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
@@ -251,6 +262,9 @@ class RowGroupLoader:
         self.threads, self.prefetch = max(1, threads), max(1, prefetch)
         self._buffers = buffers or BatchBuffers(pinned=_is_cuda(device), keep=self.prefetch + 4)
         self.columns = ["patch_id", label_column(nomenclature), *(b for names in self.bands.values() for b in names)]
+        self.maps = maps
+        if maps:
+            self.columns.append("reference_map")
         self._metadata: dict[str, Any] = {}  # footer of each file, read once per loader
         self._filesystems: dict[str, Any] = {}  # one pyarrow filesystem per shard set, made once per loader
 
@@ -276,7 +290,10 @@ class RowGroupLoader:
                     f"{group.path}: expected row group {group.index} of {group.file_rows} rows as the manifest "
                     f"implies; the file has {pf.num_row_groups} row groups: re-run the ingest of this shard set"
                 )
-            d = _Decoded(read_row_group(pf, group.index, self.columns, group.path), self.bands, self.nomenclature)
+            if self.maps:
+                require_maps(pf.schema_arrow.names, f"shard set {group.url} ({group.path})")
+            table = read_row_group(pf, group.index, self.columns, group.path)
+            d = _Decoded(table, self.bands, self.nomenclature, self.maps, f"shard set {group.url}")
             d.selected = np.asarray(group.selected, dtype=np.int64) if group.selected is not None else None
             return d
 
@@ -350,6 +367,8 @@ class RowGroupLoader:
         first = buffer[0][0]
         out["labels"] = np.empty((n, first.labels.shape[1]), dtype=np.float32)
         out["patch_id"] = np.empty(n, dtype=object)
+        if first.mask is not None:
+            out["mask"] = np.empty((n, *first.mask.shape[1:]), dtype=np.uint8)
         pos = 0
         for (d, rows), k in zip(buffer, counts, strict=True):
             if not k:
@@ -361,6 +380,8 @@ class RowGroupLoader:
                     np.take(d.bands[name], take, axis=0, out=dest[c, pos : pos + k], mode="clip")
             out["labels"][pos : pos + k] = d.labels[take]
             out["patch_id"][pos : pos + k] = d.ids[take]
+            if d.mask is not None:
+                np.take(d.mask, take, axis=0, out=out["mask"][pos : pos + k])
             pos += k
         return out
 

@@ -1,7 +1,9 @@
 """The shard format's decode step, with no Ray and no pipeline: Arrow rows of a shard -> the platform's batch.
 
 A batch is `{"s1": f32[B,2,120,120], "s2_10m": u16[B,4,120,120], "s2_20m": u16[B,6,60,60],
-"s2_60m": u16[B,2,20,20], "labels": f32[B,19 or 43], "patch_id": str[B]}` (groups outside the band set left out).
+"s2_60m": u16[B,2,20,20], "labels": f32[B,19 or 43], "patch_id": str[B]}` (groups outside the band set left out),
+and with `maps=True` `"mask": u8[B,120,120]`: the reference map's 19-class target per pixel (`IGNORE_INDEX` where
+its code has no class, and everywhere for a pair ingested without a map).
 Decoding views the Parquet binary buffers without copying and copies each band once into the batch: the CPU only
 moves bytes; normalisation and resampling happen on the device in `bigearth.models.stem.InputStem`. Every reader
 (Ray Data's rows, the training loader, the PyTorch dataset, the service's patch store, the model runner) decodes here.
@@ -18,7 +20,7 @@ import pyarrow.compute as pc
 
 from bigearth.core import labels as lab
 from bigearth.core.bands import BAND_SETS, BANDS, GROUPS
-from bigearth.shards.format import ShardFormatError
+from bigearth.shards.format import REFERENCE_MAP, ShardFormatError
 from bigearth.shards.shardset import label_column, missing_labels
 
 BandSet = Literal["all", "s1", "s2-10", "s2-12", "s1s2-10", "s1s2-12"]
@@ -77,9 +79,14 @@ def _labels_multi_hot(col: pa.ChunkedArray, nomenclature: int) -> np.ndarray:
 
 
 def decode_batch(
-    table: pa.Table, groups: dict[str, tuple[str, ...]] | None = None, nomenclature: int = 19
+    table: pa.Table,
+    groups: dict[str, tuple[str, ...]] | None = None,
+    nomenclature: int = 19,
+    maps: bool = False,
+    where: str = "shard rows",
 ) -> dict[str, np.ndarray]:
-    """Arrow rows of a shard -> the batch dict described in the module docstring."""
+    """Arrow rows of a shard -> the batch dict described in the module docstring (`maps`: with `mask`; `where`
+    names the rows' shard set in errors)."""
     groups = groups or dict(GROUPS)
     out: dict[str, np.ndarray] = {}
     n = table.num_rows
@@ -94,6 +101,47 @@ def decode_batch(
         out[group] = stacked
     out["labels"] = label_matrix(table, nomenclature)
     out["patch_id"] = table.column("patch_id").to_numpy()  # object array built in C, no per-row Python
+    if maps:
+        out["mask"] = map_targets(table, where)
+    return out
+
+
+class NoReferenceMaps(ShardFormatError):
+    """Shards without the `reference_map` column, asked for the per-pixel targets of a segmentation model."""
+
+
+def require_maps(names: Sequence[str], where: str) -> None:
+    """Raise `NoReferenceMaps` naming `where` (the shard set) unless `names` (its columns) hold `reference_map`."""
+    if REFERENCE_MAP.name not in names:
+        raise NoReferenceMaps(
+            f"{where}: the shards have no {REFERENCE_MAP.name} column, which a segmentation model needs: ingest a "
+            "v2 archive with its reference maps (Reference_Maps/ or Reference_Maps.tar.zst beside S1 and S2; "
+            "`bigearth synth --reference-maps` makes a synthetic one) into a new shard set"
+        )
+
+
+def map_targets(table: pa.Table, where: str = "shard rows") -> np.ndarray:
+    """`uint8 [rows, 120, 120]` per-pixel 19-class targets of a shard table's `reference_map` column (CLC codes
+    through `CLC_LUT_19`, whole arrays at once): `IGNORE_INDEX` where a code has no class and for every pixel of a
+    null map; an unknown code is an `UnknownLabelError` naming the patch."""
+    require_maps(table.column_names, where)
+    n, side = table.num_rows, 120
+    out = np.full((n, side, side), lab.IGNORE_INDEX, dtype=np.uint8)
+    row0 = 0
+    for chunk in table.column(REFERENCE_MAP.name).chunks:
+        rows = len(chunk)
+        valid = np.ones(rows, bool) if not chunk.null_count else chunk.is_valid().to_numpy(zero_copy_only=False)
+        if valid.any():
+            filled = chunk.fill_null(b"\0" * (side * side * 2)) if chunk.null_count else chunk
+            codes = _chunk_bytes(filled, REFERENCE_MAP.name, side * side * 2).view("<u2").reshape(rows, side, side)
+            try:
+                out[row0 : row0 + rows][valid] = lab.reference_targets(codes[valid], where)
+            except lab.UnknownLabelError:
+                ids = table.column("patch_id").slice(row0, rows).to_pylist()
+                for i in np.flatnonzero(valid):  # only to name the patch: the error path
+                    lab.reference_targets(codes[i], f"{where}: reference map of {ids[i]}")
+                raise
+        row0 += rows
     return out
 
 

@@ -1,7 +1,8 @@
 """Augmentation of a training batch, on whatever device the batch is on (the loader delivers it there).
 
 `flips`: each pair is flipped left-right with probability 0.5 and, independently, top-bottom with probability 0.5
-(the reBEN recipe). The S1 and S2 groups of one pair always flip together. The flags come from a seeded CPU
+(the reBEN recipe). The S1 and S2 groups of one pair, and its reference map's `mask` (segmentation), always flip
+together. The flags come from a seeded CPU
 generator (one per worker and epoch), so a run is reproducible; the flips themselves run on the device.
 
 The groups are flipped at their native size, before the stem resamples them: upsampling to 120 px by the archive's
@@ -23,8 +24,8 @@ AUGMENTATIONS = ("none", "flips")
 
 
 def random_flips(batch: Mapping[str, Any], generator: torch.Generator) -> dict[str, Any]:
-    """A new batch with every band group of each pair flipped as that pair's two coin tosses say."""
-    groups = [g for g in GROUPS if g in batch]
+    """A new batch with every band group of each pair, and its `mask`, flipped as that pair's two coin tosses say."""
+    groups = [g for g in (*GROUPS, "mask") if g in batch]
     if not groups:
         return dict(batch)
     n = len(batch[groups[0]])
@@ -32,7 +33,8 @@ def random_flips(batch: Mapping[str, Any], generator: torch.Generator) -> dict[s
     out = dict(batch)
     for g in groups:
         x = batch[g]
-        h, v = (f.to(x.device, non_blocking=True).view(-1, 1, 1, 1) for f in flags)
+        shape = (-1,) + (1,) * (x.dim() - 1)  # [B, C, H, W] groups, the [B, H, W] mask
+        h, v = (f.to(x.device, non_blocking=True).view(shape) for f in flags)
         x = torch.where(h, x.flip(-1), x)
         out[g] = torch.where(v, x.flip(-2), x)
     return out
