@@ -159,9 +159,7 @@ def evaluate(
     if ref.spec.produces_maps:
         from bigearth.evaluation import segmentation
 
-        return segmentation.evaluate(
-            ref, data, split, out, storage, actors, executor, gpus_per_actor, subset=subset
-        )
+        return segmentation.evaluate(ref, data, split, out, storage, actors, executor, gpus_per_actor, subset=subset)
     batches, ref = predict(
         ref,
         data,
