@@ -107,3 +107,11 @@ def scored_pixels(indices: np.ndarray) -> int:
     from bigearth.core.labels import BEN19
 
     return int((_class_map(indices, "class map") < len(BEN19)).sum())
+
+
+def legend(classes: tuple[str, ...] | list[str] = ()) -> list[dict[str, str]]:
+    """`[{"name", "colour": "#rrggbb"}]` of the 19 classes (or of `classes`, 19-class names), in index order."""
+    from bigearth.core.labels import BEN19, BEN19_COLOURS
+
+    names = list(classes) or list(BEN19)
+    return [{"name": n, "colour": "#{:02x}{:02x}{:02x}".format(*BEN19_COLOURS[BEN19.index(n)])} for n in names]

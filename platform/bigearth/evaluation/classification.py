@@ -129,8 +129,6 @@ def evaluate(
     return result
 
 
-
-
 def _plain(v: Any) -> str:
     return "n/a" if v is None else f"{v:.3f}"
 
