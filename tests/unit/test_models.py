@@ -27,7 +27,7 @@ def _batch(n: int = 2) -> dict[str, torch.Tensor]:
     }
 
 
-@pytest.mark.parametrize("name", list_models())
+@pytest.mark.parametrize("name", list_models("classification"))
 @pytest.mark.parametrize("classes", [19, 43])
 def test_every_model_has_the_common_surface(name: str, classes: int) -> None:
     kwargs = {} if name == "tiny" else {"backbone": "test_resnet"}
@@ -56,7 +56,8 @@ def test_fusion_variants_read_the_right_bands() -> None:
 
 
 def test_errors_name_what_was_expected() -> None:
-    with pytest.raises(ValueError, match=r"unknown model 'vit-huge'; registered: early, late, s1, s2, tiny"):
+    registered = "early, late, s1, s2, seg-early, seg-late, seg-s1, seg-s2, seg-tiny, tiny"
+    with pytest.raises(ValueError, match=rf"unknown model 'vit-huge'; registered: {registered}"):
         create_model("vit-huge")
     for name in ("s2", "early", "late"):
         with pytest.raises(ValueError, match="s2_bands must be 10 or 12, got 11"):
@@ -86,7 +87,8 @@ def _serve_items(batch: dict[str, torch.Tensor], groups: list[str] | tuple[str, 
 
 @pytest.mark.parametrize(
     ("name", "retrieval"),
-    [(n, None) for n in list_models()] + [(n, {"cross_modal": "aligned", "dim": 16}) for n in ("late", "tiny")],
+    [(n, None) for n in list_models("classification")]
+    + [(n, {"cross_modal": "aligned", "dim": 16}) for n in ("late", "tiny")],
 )
 def test_every_model_embeds_saves_loads_and_serves_through_the_contract(
     name: str, retrieval: dict[str, Any] | None, tmp_path: Path

@@ -281,18 +281,30 @@ def _child(url: str, name: str) -> str:
     return url.rstrip("/") + "/" + name if "://" in url else os.path.join(url, name)
 
 
-def find_best(run_dir: str | Path, metric: str = "val_macro_ap", storage: StorageOptions | None = None) -> str:
+#: the epoch metric that ranks a run's checkpoints (`val_macro_ap` of a classifier, `val_miou` of a segmentation
+#: model); checkpoints written before it ranked by `val_macro_ap`, which they are read by
+SCORE = "val_score"
+
+
+def _score(doc: Mapping[str, Any], metric: str) -> Any:
+    metrics = doc.get("metrics", {})
+    value = metrics.get(metric)
+    return metrics.get("val_macro_ap") if value is None and metric == SCORE else value
+
+
+def find_best(run_dir: str | Path, metric: str = SCORE, storage: StorageOptions | None = None) -> str:
     """The checkpoint folder (path or URL) of a run with the highest `metric`; a checkpoint folder is returned as
     is."""
     url = str(run_dir)
     fs, root = open_fs(url, storage)
     if fs.exists(join(root, META_FILE)):
         return url
-    scored = [(doc.get("metrics", {}).get(metric), name) for name, doc in _scan(url, storage)]
+    scored = [(_score(doc, metric), name) for name, doc in _scan(url, storage)]
     scored = [(value, name) for value, name in scored if value is not None]
     if not scored:
         _refuse_foreign(fs, root, url)
-        raise CheckpointError(f"{run_dir}: no checkpoint with {metric} found (expected checkpoint_*/{META_FILE})")
+        wanted = "val_macro_ap found, nor with val_score" if metric == SCORE else f"{metric} found"
+        raise CheckpointError(f"{run_dir}: no checkpoint with {wanted} (expected checkpoint_*/{META_FILE})")
     return _child(url, max(scored)[1])
 
 
@@ -307,7 +319,7 @@ def latest(run_dir: str | Path, storage: StorageOptions | None = None) -> Checkp
 
 
 def retain(
-    run_dir: str | Path, keep: int, metric: str = "val_macro_ap", storage: StorageOptions | None = None
+    run_dir: str | Path, keep: int, metric: str = SCORE, storage: StorageOptions | None = None
 ) -> list[str]:
     """Delete a run's checkpoints but the `keep` best by `metric` and the latest (Ray Train's `CheckpointConfig`
     rule); return the folders deleted."""
@@ -316,7 +328,7 @@ def retain(
     if not found:
         return []
     newest = max(found, key=lambda f: (int(f[1]["epoch"]), f[0]))[0]
-    ranked = sorted(found, key=lambda f: f[1].get("metrics", {}).get(metric) or 0.0, reverse=True)
+    ranked = sorted(found, key=lambda f: _score(f[1], metric) or 0.0, reverse=True)
     kept = {name for name, _ in ranked[:keep]} | {newest}
     fs, root = open_fs(url, storage)
     gone = []

@@ -54,6 +54,12 @@ def backbone(name: str, in_chans: int, pretrained: str | None = None, **kwargs: 
     """A timm model as a pooled feature extractor (`num_classes=0`) for `in_chans` channels, trained from scratch
     unless `pretrained` names a local file or URL of a state dict."""
     model = create_timm(name, num_classes=0, in_chans=in_chans, **kwargs)
+    load_pretrained(model, name, in_chans, pretrained)
+    return model
+
+
+def load_pretrained(model: nn.Module, name: str, in_chans: int, pretrained: str | None) -> None:
+    """Load a local file's or a URL's state dict into a timm backbone (a classifier head it lacks is not needed)."""
     if pretrained:
         if "://" in pretrained:
             state = torch.hub.load_state_dict_from_url(pretrained, map_location="cpu", weights_only=True)
@@ -68,7 +74,6 @@ def backbone(name: str, in_chans: int, pretrained: str | None = None, **kwargs: 
             ) from None
         if missing:
             raise ValueError(f"{pretrained}: {len(missing)} backbone weights of {name} missing, e.g. {missing[:3]}")
-    return model
 
 
 class Encoder(nn.Module):

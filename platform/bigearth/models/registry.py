@@ -11,11 +11,20 @@ from typing import Any
 from torch import nn
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
+_TASKS: dict[str, str] = {}  # registry name -> what its models produce (`ModelSpec.task`)
 
 
 def register_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
-    """Register a builder under its function name (`_` becomes `-`)."""
+    """Register a builder under its function name (`_` becomes `-`), of a classification model."""
     _REGISTRY[fn.__name__.replace("_", "-")] = fn
+    _TASKS[fn.__name__.replace("_", "-")] = "classification"
+    return fn
+
+
+def register_segmentation_model(fn: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+    """`register_model` for a builder of segmentation models (`bigearth.models.segmentation`)."""
+    register_model(fn)
+    _TASKS[fn.__name__.replace("_", "-")] = "segmentation"
     return fn
 
 
@@ -30,9 +39,10 @@ def accepts(name: str, param: str) -> bool:
     return p is not None and p.kind is not inspect.Parameter.VAR_KEYWORD
 
 
-def list_models() -> list[str]:
+def list_models(task: str | None = None) -> list[str]:
+    """Registered names, all or those of one task (`classification`, `segmentation`)."""
     _load_builtin()
-    return sorted(_REGISTRY)
+    return sorted(n for n in _REGISTRY if task is None or _TASKS.get(n) == task)
 
 
 def create_model(name: str, **kwargs: Any) -> nn.Module:
@@ -49,4 +59,4 @@ def create_model(name: str, **kwargs: Any) -> nn.Module:
 
 
 def _load_builtin() -> None:
-    from bigearth.models import fusion  # noqa: F401  (registers the built-in models)
+    from bigearth.models import fusion, segmentation  # noqa: F401  (register the built-in models)

@@ -48,10 +48,45 @@ class ModelRunner:
 
         return to_torch(decode_batch(table, self.groups, self.nomenclature), self.device)
 
+    @staticmethod
+    def _inputs(batch: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k not in ("labels", "mask")}
+
+    def _require_task(self, task: str, call: str) -> None:
+        if self.spec.task != task:
+            other = "segment or map_probabilities" if self.spec.task == "segmentation" else "infer or predict"
+            raise ValueError(
+                f"{call} is for {task} models; this {self.spec.name!r} model's task is {self.spec.task}: use {other}"
+            )
+
+    @torch.no_grad()
+    def map_probabilities(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """A segmentation model's per-pixel class probabilities (softmax), float32 `[B, classes, 120, 120]`."""
+        self._require_task("segmentation", "map_probabilities")
+        logits, _ = self.model.infer(self._inputs(batch))
+        if logits is None:
+            raise ValueError(
+                f"the batch lacks groups the model needs: it has {sorted(batch)}, needs {list(self.groups)}"
+            )
+        return torch.softmax(logits.float(), dim=1)
+
+    @torch.no_grad()
+    def segment(self, batch: Mapping[str, Any]) -> torch.Tensor:
+        """A segmentation model's class map per patch: uint8 `[B, 120, 120]` class indices (argmax), on the CPU."""
+        self._require_task("segmentation", "segment")
+        logits, _ = self.model.infer(self._inputs(batch))
+        if logits is None:
+            raise ValueError(
+                f"the batch lacks groups the model needs: it has {sorted(batch)}, needs {list(self.groups)}"
+            )
+        return logits.argmax(dim=1).to(torch.uint8).cpu()
+
     @torch.no_grad()
     def infer(self, batch: Mapping[str, Any]) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
-        """(class probabilities, or None when a group the head needs is missing; vectors), float32."""
-        tensors = {k: v for k, v in batch.items() if isinstance(v, torch.Tensor) and k != "labels"}
+        """(class probabilities, or None when a group the head needs is missing; vectors), float32. A
+        classification model's only: a segmentation model's maps come from `segment`/`map_probabilities`."""
+        self._require_task("classification", "infer")
+        tensors = self._inputs(batch)
         logits, vectors = self.model.infer(tensors)
         probs = None if logits is None else torch.sigmoid(logits.float())
         return probs, {n: v.float() for n, v in vectors.items()}
