@@ -326,7 +326,7 @@ async function neighbours(query, truth, seq) {
 // ------------------------------------------------------------------------------------------------ land-cover maps
 // The model's map (POST /v1/segment, a PNG in its JSON) over the quicklook, beside the archive's reference map
 // (GET .../reference.png); the section stays hidden when the service serves no segmentation model (facets).
-const seg = { prediction: null, reference: null };
+const seg = { prediction: null, reference: null, wanted: "prediction" }; // wanted: the layer last chosen
 const LAYER_CAPTIONS = {
   prediction: "The model's land-cover map over the quicklook.",
   reference: "The reference map over the quicklook.",
@@ -334,12 +334,11 @@ const LAYER_CAPTIONS = {
 };
 
 function segLayer() {
-  let checked = document.querySelector('input[name="seg-layer"]:checked');
-  if (checked.disabled) {
-    checked = [...document.querySelectorAll('input[name="seg-layer"]')].find((i) => !i.disabled);
-    checked.checked = true;
-  }
-  const layer = checked.value;
+  // the layer chosen last, else (not there for this patch) the first there is; the choice itself is kept
+  const inputs = [...document.querySelectorAll('input[name="seg-layer"]')];
+  const shown = inputs.find((i) => i.value === seg.wanted && !i.disabled) || inputs.find((i) => !i.disabled);
+  shown.checked = true;
+  const layer = shown.value;
   const overlay = $("#seg-overlay");
   const src = layer === "none" ? null : seg[layer];
   overlay.hidden = !src;
@@ -589,7 +588,12 @@ async function start() {
   drop.addEventListener("click", () => $("#upload-files").click());
   drop.addEventListener("keydown", (ev) => (ev.key === "Enter" || ev.key === " ") && $("#upload-files").click());
   $("#upload-files").addEventListener("change", (ev) => upload(ev.target.files));
-  for (const input of document.querySelectorAll('input[name="seg-layer"]')) input.addEventListener("change", segLayer);
+  for (const input of document.querySelectorAll('input[name="seg-layer"]')) {
+    input.addEventListener("change", () => {
+      seg.wanted = input.value;
+      segLayer();
+    });
+  }
   $("#seg-opacity").addEventListener("input", segLayer);
   await drawCountries();
   await init();
