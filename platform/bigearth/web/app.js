@@ -354,7 +354,7 @@ function segLegend(entries, shares) {
     const share = shares[name] || 0;
     const swatch = el("span", { class: "swatch", "aria-hidden": "true" });
     swatch.style.background = colour;
-    const text = `${name}${share ? `: ${(share * 100).toFixed(1)} %` : ""}`;
+    const text = `${name}${share ? `: ${share < 0.001 ? "<0.1" : (share * 100).toFixed(1)} %` : ""}`;
     return el("li", { class: share ? undefined : "absent", "data-colour": colour }, swatch, el("span", { text }));
   });
   $("#seg-legend").replaceChildren(...items);
