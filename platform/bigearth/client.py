@@ -4,6 +4,8 @@
     with Client("http://127.0.0.1:8000", api_key=None) as c:
         c.classify("BigEarthNet-v1.0/S2A_..._87_48", "BigEarthNet-S1-v1.0/S1A_..._87_48")   # band folders
         c.classify(patch_id="S2A_MSIL2A_...")                                              # an archived pair
+        m = c.segment(patch_id="S2A_MSIL2A_..."); m.shares, m.png_bytes                    # a land-cover map
+        c.reference_map("S2A_MSIL2A_...")                                                  # the archive's map, PNG
         c.search(patch_id="S2A_MSIL2A_...", k=10, filter={"labels_any": ["Inland waters"], "split": "train"})
         c.search(patch=["S1A_..."], using="s2", query_modality="s1")                      # S1 upload -> S2
         c.patch("S2A_MSIL2A_..."), c.rgb("S2A_MSIL2A_...")                                  # metadata, PNG
@@ -37,6 +39,7 @@ from bigearth.api.schemas import (
     SearchFilter,
     SearchRequest,
     SearchResponse,
+    SegmentResponse,
     ServiceError,
 )
 from bigearth.api.uploads import band_of
@@ -93,6 +96,17 @@ def _classify_request(patch: Sequence[PatchLike], patch_id: str | None, threshol
             raise ValueError("give either a patch or a patch_id")
         return {"json": {"patch_id": patch_id} | ({"threshold": threshold} if threshold is not None else {})}
     return {"files": _flatten(patch), "params": {"threshold": threshold} if threshold is not None else None}
+
+
+def _segment_request(patch: Sequence[PatchLike], patch_id: str | None) -> dict[str, Any]:
+    """httpx keyword arguments of a segment call: JSON for an archived pair, multipart for a patch."""
+    if patch_id is not None:
+        if patch:
+            raise ValueError("give either a patch or a patch_id")
+        return {"json": {"patch_id": patch_id}}
+    if not patch:
+        raise ValueError("give a patch (band folders, files or arrays) or a patch_id")
+    return {"files": _flatten(patch)}
 
 
 def _search_request(
@@ -196,6 +210,17 @@ class Client(_Base):
         r = self._request("POST", "/v1/classify", **_classify_request(patch, patch_id, threshold))
         return ClassifyResponse.model_validate(r.json())
 
+    def segment(self, *patch: PatchLike, patch_id: str | None = None) -> SegmentResponse:
+        """The land-cover map of band folders/files or a dict of arrays, or of an archived pair by `patch_id`:
+        each class's share, the legend and the map as PNG (`.png_bytes`). A service without a segmentation model
+        answers 404 (`ServiceError.error == "no_segmentation_model"`)."""
+        r = self._request("POST", "/v1/segment", **_segment_request(patch, patch_id))
+        return SegmentResponse.model_validate(r.json())
+
+    def reference_map(self, patch_id: str) -> bytes:
+        """The archive's reference map of a pair as a paletted PNG (a 404 when it has none)."""
+        return self._request("GET", f"/v1/patches/{_quote(patch_id)}/reference.png").content
+
     def search(
         self,
         *patch: PatchLike,
@@ -267,6 +292,13 @@ class AsyncClient(_Base):
     ) -> ClassifyResponse:
         r = await self._request("POST", "/v1/classify", **_classify_request(patch, patch_id, threshold))
         return ClassifyResponse.model_validate(r.json())
+
+    async def segment(self, *patch: PatchLike, patch_id: str | None = None) -> SegmentResponse:
+        r = await self._request("POST", "/v1/segment", **_segment_request(patch, patch_id))
+        return SegmentResponse.model_validate(r.json())
+
+    async def reference_map(self, patch_id: str) -> bytes:
+        return (await self._request("GET", f"/v1/patches/{_quote(patch_id)}/reference.png")).content
 
     async def search(
         self,

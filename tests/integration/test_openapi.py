@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 
-from helpers import deploy_app, openapi_operations, openapi_refs
+from helpers import deploy_app, openapi_operations, openapi_refs, random_checkpoint
 
 KEY = "openapi-key"
 #: a well-formed v2 id that the synthetic archive does not hold (none of its tile products is this one)
@@ -27,8 +27,10 @@ def url(tiny_run: Path, index_v2: Path, shards_v2: Path, tmp_path_factory: pytes
 
     keys = tmp_path_factory.mktemp("openapi-secrets") / "api-keys"
     keys.write_text(f"{KEY}\n")
+    seg = random_checkpoint(tmp_path_factory.mktemp("openapi-seg") / "seg", "seg-tiny", model_kwargs={"fusion": "late"})
     args = AppArgs(
         checkpoint=str(tiny_run),
+        segmentation_checkpoint=str(seg),  # /v1/segment fuzzed with a model behind it
         index=str(index_v2),
         data=str(shards_v2),
         replica_cpus=0.25,

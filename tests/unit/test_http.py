@@ -61,7 +61,21 @@ def _rows(split: str) -> Iterator[dict[str, Any]]:
         yield row
 
 
-def _write_shards(out: Path) -> Path:
+def reference_map(i: int) -> np.ndarray | None:
+    """The reference map (CLC codes) of pair `i` in a shard set written `maps=True`: the left half its first label,
+    the right half its second, the top row no data (0) and the next one UNLABELED; none for every fifth pair."""
+    from bigearth.core.labels import CLC_CODE_OF_19, CLC_UNLABELED
+
+    if i % 5 == 0:
+        return None
+    codes = np.full((120, 120), CLC_CODE_OF_19[i % 19], np.uint16)
+    codes[:, 60:] = CLC_CODE_OF_19[(i + 5) % 19]
+    codes[0], codes[1] = 0, CLC_UNLABELED[0]
+    return codes
+
+
+def _write_shards(out: Path, maps: bool = False) -> Path:
+    """The shard set (`maps`: with the reference-map column, `reference_map(i)` of pair i)."""
     from bigearth.core.storage import open_fs
     from bigearth.shards.format import Manifest, ShardWriter
 
@@ -69,9 +83,12 @@ def _write_shards(out: Path) -> Path:
     entries, splits = [], {}
     for split in SPLITS:
         (out / split).mkdir(parents=True)
-        writer = ShardWriter(fs, str(out / split / "part-00000.parquet"))
+        writer = ShardWriter(fs, str(out / split / "part-00000.parquet"), reference_maps=maps)
         rows = list(_rows(split))
         for row in rows:
+            if maps:
+                codes = reference_map(int(row["patch_id"][-5:].replace("_", "")))
+                row["reference_map"] = None if codes is None else codes.tobytes()
             writer.write(row)
         writer.close()
         entries.append({"path": f"{split}/part-00000.parquet", "rows": len(rows), "split": split})
@@ -96,13 +113,18 @@ def _checkpoint(out: Path, fusion: str) -> Path:
 @pytest.fixture(scope="module")
 def built(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     """The shard set, the checkpoint, and every pair embedded by it into an embedded index (in this process)."""
+    return build_service_files(tmp_path_factory.mktemp("http"))
+
+
+def build_service_files(root: Path, maps: bool = False) -> dict[str, Any]:
+    """Under `root`: the shard set (`maps`: with reference maps), the checkpoint, every pair embedded by it into an
+    embedded index, and a keys file."""
     from bigearth.retrieval import open_index
     from bigearth.retrieval.schema import payloads
     from bigearth.serving.classifier import ModelClassifier
     from bigearth.shards.patches import PatchStore
 
-    root = tmp_path_factory.mktemp("http")
-    shards = _write_shards(root / "shards")
+    shards = _write_shards(root / "shards", maps)
     ck = _checkpoint(root / "ck", "late")
     model = ModelClassifier(str(ck))
     described = model.describe()

@@ -41,9 +41,14 @@ def test_the_document_is_valid_openapi_and_every_ref_resolves(document: dict[str
     assert refs and not [r for r in refs if r.startswith("#/$defs")], sorted(refs)
     for ref in refs:
         _resolve(document, ref)
-    assert {"SearchRequest", "SearchFilter", "Near", "ClassifyByIdRequest", "BrowseRequest"} <= set(
-        document["components"]["schemas"]
-    )
+    assert {
+        "SearchRequest",
+        "SearchFilter",
+        "Near",
+        "ClassifyByIdRequest",
+        "SegmentByIdRequest",
+        "BrowseRequest",
+    } <= set(document["components"]["schemas"])
 
 
 def _error_schema(response: dict[str, Any]) -> Any:
@@ -83,6 +88,16 @@ def test_every_operation_lists_the_statuses_and_content_types_it_answers(documen
     }
     assert content[("/v1/patches/{patch_id}/rgb.png", "GET")]["200"] == {"image/png"}
     assert content[("/v1/quicklook", "POST")]["200"] == {"image/png"}
+    assert content[("/v1/patches/{patch_id}/reference.png", "GET")]["200"] == {"image/png"}
+    assert content[("/v1/segment", "POST")]["200"] == {"application/json", "image/png"}  # JSON, or the PNG asked for
+    segment = document["paths"]["/v1/segment"]["post"]
+    assert set(segment["requestBody"]["content"]) == {"application/json", "multipart/form-data"}
+    assert segment["requestBody"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SegmentByIdRequest"
+    }
+    assert segment["responses"]["200"]["content"]["application/json"]["schema"] == {
+        "$ref": "#/components/schemas/SegmentResponse"
+    }
     assert content[("/metrics", "GET")]["200"] == {"text/plain"}
     assert set(document["paths"]["/v1/browse"]["post"]["requestBody"]["content"]) == {"application/json"}
     assert set(document["paths"]["/v1/search"]["post"]["requestBody"]["content"]) == {

@@ -31,3 +31,11 @@ def test_the_http_front_sits_on_the_head_node_unless_told_otherwise() -> None:
         assert "resources" not in on_head[name]
     anywhere = _options(args.model_copy(update={"ingress_on_head": False}))
     assert all("resources" not in o for o in anywhere.values())
+
+
+def test_a_segmentation_checkpoint_adds_a_segmenter_beside_the_classifier() -> None:
+    args = AppArgs(checkpoint="run", index="index", data="shards", replica_cpus=0.5, gpus_per_classifier=1)
+    assert "Segmenter" not in _options(args)  # none without the option
+    options = _options(args.model_copy(update={"segmentation_checkpoint": "seg-run"}))
+    assert set(options) == {"Ingress", "Classifier", "Retriever", "Metrics", "Segmenter"}
+    assert options["Segmenter"] == options["Classifier"] == {"num_cpus": 0.5, "num_gpus": 1}

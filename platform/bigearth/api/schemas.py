@@ -97,7 +97,8 @@ class ApiError(Exception):
 ERROR_STATUSES = {
     400: "an unreadable multipart body, or a client that disconnected before sending the whole body",
     401: "a missing or wrong API key (only when the service has keys)",
-    404: "no archived pair with this patch id",
+    404: "no archived pair with this patch id (or: the pair has no reference map; the service serves no "
+    "segmentation model, error `no_segmentation_model`)",
     405: "a method this path does not take",
     408: "the request body sent nothing for `body_timeout_s` (or, in plain text from Serve's proxy, the request took "
     "longer than its `request_timeout_s`)",
@@ -145,6 +146,38 @@ class ClassifyResponse(BaseModel):
     labels: list[str] = Field(description="classes with probability above threshold (as the evaluation metrics)")
     threshold: float
     model: ModelInfo
+
+
+class SegmentByIdRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    patch_id: PatchId
+
+
+class LegendEntry(BaseModel):
+    name: str
+    colour: str = Field(description="the class's colour in the map, `#rrggbb` (its CORINE Land Cover colour)")
+
+
+class SegmentResponse(BaseModel):
+    """A predicted class map: the PNG (base64) and each class's share of its scored pixels."""
+
+    patch_id: str | None = None
+    classes: list[str] = Field(description="class names in index order (the PNG's palette indices)")
+    shares: dict[str, float] = Field(description="class name -> share of the map's scored pixels, in index order")
+    scored_pixels: int = Field(description="pixels of the map that hold a class")
+    png: str = Field(
+        description="the map as a base64 paletted PNG (120x120): palette index = class index, its colour the "
+        "legend's; 255 (no class) transparent"
+    )
+    legend: list[LegendEntry]
+    model: ModelInfo
+
+    @property
+    def png_bytes(self) -> bytes:
+        """The PNG of the map, decoded."""
+        import base64
+
+        return base64.b64decode(self.png)
 
 
 class SearchRequest(BaseModel):
@@ -236,7 +269,8 @@ class BrowseResponse(BaseModel):
 
 
 class Facets(BaseModel):
-    """What the archive holds, for filter choices: pairs per value of each field, and the model's classes."""
+    """What the archive holds, for filter choices: pairs per value of each field, the model's classes, and whether
+    land-cover maps are served."""
 
     total: int
     split: dict[str, int]
@@ -245,6 +279,8 @@ class Facets(BaseModel):
     labels: dict[str, int]
     classes: list[str] = Field(description="the model's classes, in its output order")
     vectors: list[str] = Field(description="the index's vectors (fused, s1, s2): which searches exist")
+    segmentation: bool = Field(False, description="the service serves a segmentation model (POST /v1/segment)")
+    reference_maps: bool = Field(False, description="the shard set holds reference maps (GET .../reference.png)")
 
 
 class SearchHit(BaseModel):

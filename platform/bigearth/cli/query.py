@@ -1,4 +1,5 @@
-"""`bigearth query`: call a running service (classify, search, patch, rgb) through the client SDK."""
+"""`bigearth query`: call a running service (classify, segment, search, patch, rgb, reference) through the client
+SDK."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from bigearth.cli.common import add_secret_argument, secret_from_args
 
 
 def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    p = sub.add_parser("query", help="call a running service (classify, search, patch, rgb)")
+    p = sub.add_parser("query", help="call a running service (classify, segment, search, patch, rgb, reference)")
     p.add_argument("--url", default=None, help="service URL (default: $BIGEARTH_URL or http://127.0.0.1:8000)")
     add_secret_argument(p, "--api-key", "BIGEARTH_API_KEY", "API key (X-API-Key)")
     p.add_argument("--timeout", type=float, default=60.0)
@@ -18,6 +19,10 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("patch", nargs="*", help="band GeoTIFF folders or files (S2 and S1 of one pair)")
     c.add_argument("--patch-id")
     c.add_argument("--threshold", type=float)
+    c = q.add_parser("segment", help="land-cover map of band folders/files, or --patch-id: PNG to --out, shares")
+    c.add_argument("patch", nargs="*", help="band GeoTIFF folders or files (S2 and S1 of one pair)")
+    c.add_argument("--patch-id")
+    c.add_argument("--out", required=True, help="where to write the map (paletted PNG)")
     c = q.add_parser("search", help="similar pairs to --patch-id or to uploaded band folders")
     c.add_argument("patch", nargs="*")
     c.add_argument("--patch-id")
@@ -37,6 +42,9 @@ def add(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.add_argument("patch_id")
     c.add_argument("--out", required=True)
     c.add_argument("--scale", type=int, default=1)
+    c = q.add_parser("reference", help="the archive's reference map PNG of a pair")
+    c.add_argument("patch_id")
+    c.add_argument("--out", required=True)
     p.set_defaults(func=run)
 
 
@@ -61,12 +69,23 @@ def run(a: argparse.Namespace) -> int:
                 filter=flt or None,
             )
             out = res.model_dump()
+        elif a.call == "segment":
+            seg = c.segment(*a.patch, patch_id=a.patch_id)
+            png = seg.png_bytes
+            _write(a.out, png)
+            shares = {n: round(s, 6) for n, s in seg.shares.items() if s > 0}
+            out = {"patch_id": seg.patch_id, "written": a.out, "bytes": len(png), "scored_pixels": seg.scored_pixels}
+            out |= {"shares": dict(sorted(shares.items(), key=lambda x: -x[1])), "model": seg.model.model_dump()}
         elif a.call == "patch":
             out = c.patch(a.patch_id).model_dump()
         else:
-            data = c.rgb(a.patch_id, scale=a.scale)
-            with open(a.out, "wb") as f:
-                f.write(data)
+            data = c.rgb(a.patch_id, scale=a.scale) if a.call == "rgb" else c.reference_map(a.patch_id)
+            _write(a.out, data)
             out = {"written": a.out, "bytes": len(data)}
     print(json.dumps(out, indent=1, default=str))
     return 0
+
+
+def _write(path: str, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)

@@ -1,12 +1,14 @@
-"""The Ray Serve application: an ingress (the FastAPI application of `bigearth.serving.http`) composing a
-`Classifier` (model replicas, dynamic batching) and a `Retriever` (the vector index and the shard set).
+"""The Ray Serve application: an ingress (the FastAPI application of `bigearth.serving.http`) composing a `Classifier`
+(model replicas, dynamic batching), a `Retriever` (the vector index and the shard set) and, with
+`segmentation_checkpoint`, a `Segmenter` (a segmentation model's replicas, batched alike).
 
     serve run bigearth.serving.app:build checkpoint=RUN index=INDEX data=SHARDS    # or serve/config.yaml
     bigearth serve --checkpoint RUN --index INDEX --data SHARDS                     # the same, locally
 
-Routes (the OpenAPI page at /docs is the reference): POST /v1/classify, POST /v1/search, GET /v1/patches/{id},
-GET /v1/patches/{id}/rgb.png, GET /healthz, GET /readyz, GET /metrics. Bad input gets a 4xx JSON error
-(`bigearth.api.schemas.ErrorBody`) naming the field; the service keeps answering.
+Routes (the OpenAPI page at /docs is the reference): POST /v1/classify, POST /v1/segment, POST /v1/search, GET
+/v1/patches/{id}, GET /v1/patches/{id}/rgb.png, GET /v1/patches/{id}/reference.png, GET /healthz, GET /readyz, GET
+/metrics. Bad input gets a 4xx JSON error (`bigearth.api.schemas.ErrorBody`) naming the field; the service keeps
+answering.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ def build(args: AppArgs) -> Any:
     """The application: `Ingress(Classifier, Retriever)` with replicas, batching and resources from `args`."""
     from ray import serve
 
-    from bigearth.serving.deployments import Classifier, Retriever  # imports Ray Serve: here, not for `AppArgs`
+    from bigearth.serving.deployments import Classifier, Retriever, Segmenter  # imports Ray Serve: not for AppArgs
 
     cls_opts: dict[str, Any] = {
         "max_ongoing_requests": args.max_ongoing_requests,
@@ -43,6 +45,16 @@ def build(args: AppArgs) -> Any:
     classifier = serve.deployment(name="Classifier", **cls_opts)(Classifier).bind(
         args.checkpoint, args.replica_cpus, args.max_batch_size, args.batch_wait_timeout_s
     )
+    segmenter = None
+    if args.segmentation_checkpoint:
+        segmenter = serve.deployment(
+            name="Segmenter",
+            num_replicas=args.segmenter_replicas,
+            max_ongoing_requests=args.max_ongoing_requests,
+            ray_actor_options={"num_cpus": args.replica_cpus, "num_gpus": args.gpus_per_classifier},
+        )(Segmenter).bind(
+            args.segmentation_checkpoint, args.replica_cpus, args.max_batch_size, args.batch_wait_timeout_s
+        )
     retriever = serve.deployment(
         name="Retriever",
         num_replicas=args.retriever_replicas,
@@ -66,4 +78,4 @@ def build(args: AppArgs) -> Any:
         max_ongoing_requests=args.max_ongoing_requests * 2,
         ray_actor_options=front,
     )(ingress_cls)
-    return ingress.bind(classifier, retriever, metrics, args.model_dump())
+    return ingress.bind(classifier, retriever, metrics, args.model_dump(), segmenter)

@@ -74,6 +74,10 @@ class AppArgs(BaseModel):
     checkpoint: str = Field(description="checkpoint folder or run folder (its best checkpoint); path or URL")
     index: str = Field(description="embedded-engine folder, or http(s):// Qdrant URL")
     data: str = Field(description="the shard set (patch lookups, quicklooks, classify by patch id)")
+    segmentation_checkpoint: str | None = Field(
+        None, description="a segmentation model's checkpoint or run folder, served by POST /v1/segment (none: no maps)"
+    )
+    segmenter_replicas: int = Field(1, ge=1, description="segmentation model replicas (with segmentation_checkpoint)")
     collection: str = "bigearthnet"
     qdrant_api_key_file: str | None = Field(
         None, description="file holding the Qdrant API key, read by each replica (else $QDRANT_API_KEY)"
@@ -82,8 +86,8 @@ class AppArgs(BaseModel):
     classifier_max_replicas: int | None = Field(None, description="> classifier_replicas: autoscale up to this")
     max_batch_size: int = Field(32, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=1)
-    gpus_per_classifier: float = Field(0, ge=0, description="1 on a GPU cluster")
-    replica_cpus: float = Field(1.0, ge=0, description="CPUs reserved per classifier replica")
+    gpus_per_classifier: float = Field(0, ge=0, description="1 on a GPU cluster (the segmenter's replicas too)")
+    replica_cpus: float = Field(1.0, ge=0, description="CPUs reserved per classifier (and segmenter) replica")
     ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas (/metrics covers all of them)")
     ingress_on_head: bool = Field(
         True, description="Ingress and Metrics replicas on the head node: a lost worker node never takes them along"

@@ -1,6 +1,7 @@
-"""The deployments behind the ingress: `Classifier` (model replicas, `infer` batched by `@serve.batch`) and
-`Retriever` (the vector index and the shard set, `bigearth.serving.retriever`). Importing this imports Ray Serve
-(for the decorator), never starts it."""
+"""The deployments behind the ingress: `Classifier` (model replicas, `infer` batched by `@serve.batch`),
+`Segmenter` (the same for a segmentation model, `segment`; only with `segmentation_checkpoint`) and `Retriever`
+(the vector index and the shard set, `bigearth.serving.retriever`). Importing this imports Ray Serve (for the
+decorator), never starts it."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from ray import serve
 
 from bigearth.serving.classifier import ModelClassifier
 from bigearth.serving.retriever import Retriever, missing_vectors
+from bigearth.serving.segmenter import ModelSegmenter
 
-__all__ = ["Classifier", "Retriever", "missing_vectors"]
+__all__ = ["Classifier", "Retriever", "Segmenter", "missing_vectors"]
 
 
 class Classifier:
@@ -36,3 +38,24 @@ class Classifier:
         """A batch of patches (`{group: [1,C,H,W]}`; the same groups within a batch are stacked together) ->
         per patch: probabilities (when every group the head needs is present), vectors, and the batch size."""
         return self.model.infer_batch(items)
+
+
+class Segmenter:
+    """Segmentation model replica (`ModelSegmenter`), requests batched by `@serve.batch` as the Classifier's; a
+    replica given a GPU runs on CUDA or fails to start."""
+
+    def __init__(self, checkpoint: str, cpus: float, max_batch_size: int, batch_wait_timeout_s: float) -> None:
+        import ray
+
+        gpus = ray.get_gpu_ids() if ray.is_initialized() else []
+        self.model = ModelSegmenter(checkpoint, cpus, device="cuda" if gpus else None)
+        self.segment.set_max_batch_size(max_batch_size)  # type: ignore[attr-defined]
+        self.segment.set_batch_wait_timeout_s(batch_wait_timeout_s)  # type: ignore[attr-defined]
+
+    def describe(self) -> dict[str, Any]:
+        return self.model.describe()
+
+    @serve.batch
+    async def segment(self, items: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        """A batch of patches (`{group: [1,C,H,W]}`) -> per patch: `map` (uint8 [120, 120]) and the batch size."""
+        return self.model.segment_batch(items)

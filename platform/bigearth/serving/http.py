@@ -18,7 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from bigearth.api.schemas import ApiError
 from bigearth.serving.args import AppArgs
 from bigearth.serving.guard import OPEN_PATHS, content_length_error, internal_error
-from bigearth.serving.interfaces import Classifier, Metrics, Retriever, Unavailable
+from bigearth.serving.interfaces import Classifier, Metrics, Retriever, Segmenter, Unavailable
 from bigearth.serving.openapi import ServiceApi, new_api
 from bigearth.serving.routes import ROUTERS
 from bigearth.serving.service import Service
@@ -26,11 +26,18 @@ from bigearth.serving.service import Service
 log = logging.getLogger("bigearth.serve")
 
 
-def create_app(classifier: Classifier, retriever: Retriever, metrics: Metrics, args: AppArgs) -> ServiceApi:
-    """The application answering with `classifier`, `retriever` and `metrics` under `args` (API keys, body limit
-    and timeout, default threshold); refuses to be made without keys when `args.require_auth` (NoApiKeysError)."""
+def create_app(
+    classifier: Classifier,
+    retriever: Retriever,
+    metrics: Metrics,
+    args: AppArgs,
+    segmenter: Segmenter | None = None,
+) -> ServiceApi:
+    """The application answering with `classifier`, `retriever`, `metrics` and `segmenter` (none: /v1/segment is a
+    404 saying so) under `args` (API keys, body limit and timeout, default threshold); refuses to be made without
+    keys when `args.require_auth` (NoApiKeysError)."""
     app = build_api()
-    app.state.service = Service(classifier, retriever, metrics, args)
+    app.state.service = Service(classifier, retriever, metrics, args, segmenter)
     return app
 
 

@@ -60,6 +60,19 @@ class HandleClassifier:
         return result
 
 
+class HandleSegmenter:
+    """`Segmenter` over the Segmenter deployment's handle."""
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def describe(self) -> dict[str, Any]:
+        return await _call(self.handle.describe.remote())  # type: ignore[no-any-return]
+
+    async def segment(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        return await _call(self.handle.segment.remote(inputs))  # type: ignore[no-any-return]
+
+
 class HandleRetriever:
     """`Retriever` over the Retriever deployment's handle."""
 
@@ -90,6 +103,9 @@ class HandleRetriever:
     async def rgb(self, patch_id: str, scale: int) -> bytes:
         return await _call(self.handle.rgb.remote(patch_id, scale))  # type: ignore[no-any-return]
 
+    async def reference_png(self, patch_id: str) -> bytes:
+        return await _call(self.handle.reference_png.remote(patch_id))  # type: ignore[no-any-return]
+
 
 class HandleMetrics:
     """`Metrics` over the MetricsHub deployment's handle."""
@@ -112,7 +128,9 @@ def make_ingress(serve: Any) -> Any:
 
     @serve.ingress()
     class Ingress:
-        def __init__(self, classifier: Any, retriever: Any, metrics: Any, args: dict[str, Any]) -> None:
+        def __init__(
+            self, classifier: Any, retriever: Any, metrics: Any, args: dict[str, Any], segmenter: Any = None
+        ) -> None:
             # NoApiKeysError here (the replica does not start) when require_auth finds no key; not `self.app`:
             # Serve's wrapper has a read-only property of that name
             self.http_app = create_app(
@@ -120,6 +138,7 @@ def make_ingress(serve: Any) -> Any:
                 HandleRetriever(retriever),
                 HandleMetrics(metrics),
                 AppArgs.model_validate(args),
+                None if segmenter is None else HandleSegmenter(segmenter),
             )
 
         def __serve_build_asgi_app__(self) -> Any:

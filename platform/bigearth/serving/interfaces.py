@@ -1,10 +1,10 @@
-"""What the HTTP application (`bigearth.serving.http`) needs from the rest of the service, as interfaces: a
-`Classifier` (the model), a `Retriever` (the vector index and the shard set) and `Metrics` (the application-wide
-Prometheus registry). Serve's deployment handles are adapted to them in `bigearth.serving.ingress`; in-process
-implementations are in `bigearth.serving.local`.
+"""What the HTTP application (`bigearth.serving.http`) needs from the rest of the service, as interfaces: a `Classifier`
+(the model), optionally a `Segmenter` (a model that makes class maps), a `Retriever` (the vector index and the shard
+set) and `Metrics` (the application-wide Prometheus registry). Serve's deployment handles are adapted to them in
+`bigearth.serving.ingress`; in-process implementations are in `bigearth.serving.local`.
 
-Every method is async. A request the backend refuses raises `bigearth.api.schemas.ApiError` (its status and field
-go to the client); a backend that is restarting or overloaded raises `Unavailable` (a 503 with Retry-After).
+Every method is async. A request the backend refuses raises `bigearth.api.schemas.ApiError` (its status and field go to
+the client); a backend that is restarting or overloaded raises `Unavailable` (a 503 with Retry-After).
 """
 
 from __future__ import annotations
@@ -30,6 +30,18 @@ class Classifier(Protocol):
         ...
 
 
+class Segmenter(Protocol):
+    """The segmentation model, when the service has one (`segmentation_checkpoint`)."""
+
+    async def describe(self) -> dict[str, Any]:
+        """`{"model": ModelInfo as a dict, "groups": {group: [band]}}` (every group is needed)."""
+        ...
+
+    async def segment(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        """One patch (`{group: [1, C, H, W]}`) -> `{"map": uint8 [120, 120] class indices, "batch_size": n}`."""
+        ...
+
+
 class Retriever(Protocol):
     async def ready(self) -> dict[str, Any]:
         """What `/readyz` shows a caller with a key: collection, points, vectors, model, pairs_in_shards."""
@@ -50,6 +62,10 @@ class Retriever(Protocol):
     async def patch_info(self, patch_id: str) -> dict[str, Any]: ...
 
     async def rgb(self, patch_id: str, scale: int) -> bytes: ...
+
+    async def reference_png(self, patch_id: str) -> bytes:
+        """The pair's reference map as a paletted PNG; a 404 naming the pair when it has none."""
+        ...
 
 
 class Metrics(Protocol):

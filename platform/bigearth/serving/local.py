@@ -14,6 +14,7 @@ from bigearth.serving.classifier import ModelClassifier
 from bigearth.serving.metrics import MetricsHub
 from bigearth.serving.openapi import ServiceApi
 from bigearth.serving.retriever import Retriever
+from bigearth.serving.segmenter import ModelSegmenter
 
 
 class LocalClassifier:
@@ -27,6 +28,20 @@ class LocalClassifier:
 
     async def infer(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
         (result,) = await run_in_threadpool(self.model.infer_batch, [inputs])
+        return result
+
+
+class LocalSegmenter:
+    """`Segmenter` over a `ModelSegmenter`: each request a batch of one."""
+
+    def __init__(self, model: ModelSegmenter) -> None:
+        self.model = model
+
+    async def describe(self) -> dict[str, Any]:
+        return self.model.describe()
+
+    async def segment(self, inputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        (result,) = await run_in_threadpool(self.model.segment_batch, [inputs])
         return result
 
 
@@ -60,6 +75,9 @@ class LocalRetriever:
     async def rgb(self, patch_id: str, scale: int) -> bytes:
         return await run_in_threadpool(self.retriever.rgb, patch_id, scale)
 
+    async def reference_png(self, patch_id: str) -> bytes:
+        return await run_in_threadpool(self.retriever.reference_png, patch_id)
+
 
 class LocalMetrics:
     """`Metrics` over a `MetricsHub` of this process."""
@@ -75,9 +93,11 @@ class LocalMetrics:
 
 
 def create_local_app(args: AppArgs) -> ServiceApi:
-    """The service of `args` (checkpoint, index, shards, keys, limits) in this process."""
+    """The service of `args` (checkpoint, segmentation checkpoint, index, shards, keys, limits) in this process."""
     from bigearth.serving.http import create_app
 
     model = ModelClassifier(args.checkpoint, args.replica_cpus)
+    seg = args.segmentation_checkpoint
+    segmenter = LocalSegmenter(ModelSegmenter(seg, args.replica_cpus)) if seg else None
     retriever = Retriever(args.index, args.collection, args.data, args.qdrant_api_key_file)
-    return create_app(LocalClassifier(model), LocalRetriever(retriever), LocalMetrics(), args)
+    return create_app(LocalClassifier(model), LocalRetriever(retriever), LocalMetrics(), args, segmenter)

@@ -8,12 +8,19 @@ from typing import Any
 from fastapi import FastAPI
 from pydantic import BaseModel
 
-from bigearth.api.schemas import ERROR_STATUSES, BrowseRequest, ClassifyByIdRequest, ErrorBody, SearchRequest
+from bigearth.api.schemas import (
+    ERROR_STATUSES,
+    BrowseRequest,
+    ClassifyByIdRequest,
+    ErrorBody,
+    SearchRequest,
+    SegmentByIdRequest,
+)
 from bigearth.serving.guard import OPEN_PATHS
 
 #: The JSON request bodies the routes read by hand (a route that also takes multipart cannot declare a FastAPI body
 #: parameter): their schemas join the document's components, where the operations refer to them.
-BODY_MODELS: tuple[type[BaseModel], ...] = (ClassifyByIdRequest, SearchRequest, BrowseRequest)
+BODY_MODELS: tuple[type[BaseModel], ...] = (ClassifyByIdRequest, SegmentByIdRequest, SearchRequest, BrowseRequest)
 SECURITY_SCHEMES = {
     "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
     "Bearer": {"type": "http", "scheme": "bearer", "description": "the same key as `Authorization: Bearer KEY`"},
@@ -51,12 +58,12 @@ def complete_document(doc: dict[str, Any]) -> dict[str, Any]:
 def new_api() -> ServiceApi:
     """The service's app, no route yet (`bigearth.serving.http.create_app` adds them)."""
     return ServiceApi(
-        title="BigEarthNet-MM classification and retrieval",
+        title="BigEarthNet-MM classification, segmentation and retrieval",
         version="1",
-        description="Multi-label land-cover classification and content-based retrieval of Sentinel-1/Sentinel-2 "
-        "patch pairs. Every error is `{error, message, field}` JSON (`ErrorBody`); each operation lists the statuses "
-        "it answers. With API keys configured, every path but the probes, /metrics, the docs and the web page needs "
-        "one (`X-API-Key` or `Authorization: Bearer`).",
+        description="Multi-label land-cover classification, land-cover maps (segmentation) and content-based "
+        "retrieval of Sentinel-1/Sentinel-2 patch pairs. Every error is `{error, message, field}` JSON (`ErrorBody`); "
+        "each operation lists the statuses it answers. With API keys configured, every path but the probes, "
+        "/metrics, the docs and the web page needs one (`X-API-Key` or `Authorization: Bearer`).",
     )
 
 
@@ -103,6 +110,20 @@ CLASSIFY_BODY = {
         },
         "required": True,
     }
+}
+SEGMENT_BODY = {
+    "requestBody": {
+        "content": {
+            "application/json": {"schema": {"$ref": "#/components/schemas/SegmentByIdRequest"}},
+            "multipart/form-data": PATCH_FILES,
+        },
+        "required": True,
+    }
+}
+#: /v1/segment's answer: JSON (`SegmentResponse`, from the route's response model) or, when asked, the PNG itself
+SEGMENT_PNG = {
+    "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}},
+    "description": "the map (`SegmentResponse`), or its paletted PNG with `format=png` or `Accept: image/png`",
 }
 UPLOAD_BODY = {
     "requestBody": {

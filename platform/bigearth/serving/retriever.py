@@ -1,6 +1,6 @@
-"""The Retriever: the vector index and the shard set (patch lookups, search, browse, facets, quicklooks) of one
-service, as plain methods; Serve runs it as a deployment (`bigearth.serving.deployments`), `bigearth.serving.local`
-in-process. No Ray."""
+"""The Retriever: the vector index and the shard set (patch lookups, search, browse, facets, quicklooks, reference
+maps) of one service, as plain methods; Serve runs it as a deployment (`bigearth.serving.deployments`),
+`bigearth.serving.local` in-process. No Ray."""
 
 from __future__ import annotations
 
@@ -194,7 +194,11 @@ class Retriever:
 
         counts = self.counts.get(("facets", index.version), scan)
         vectors = sorted(index.metadata()["vectors"])
-        return Facets(total=self._count(index=index), classes=classes, vectors=vectors, **counts).model_dump()
+        first = self.store.ids(None, 0, 1)
+        maps = bool(first) and self.store.has_pixels(first[0], "reference_map")
+        return Facets(
+            total=self._count(index=index), classes=classes, vectors=vectors, reference_maps=maps, **counts
+        ).model_dump()
 
     def patch_info(self, patch_id: str) -> dict[str, Any]:
         self._patch(patch_id)
@@ -227,6 +231,22 @@ class Retriever:
 
         self._patch(patch_id)
         return rgb_png(self.store.arrays(patch_id, {"s2_10m": GROUPS["s2_10m"]}), scale)
+
+    def reference_png(self, patch_id: str) -> bytes:
+        """The pair's reference map (shard column `reference_map`, CLC codes) as a paletted PNG of its 19 classes;
+        a 404 naming the pair when the shard set has no maps or the archive none for this pair."""
+        from bigearth.core.quicklook import reference_map_png
+
+        self._patch(patch_id)
+        if not self.store.has_pixels(patch_id, "reference_map"):
+            raise ApiError(
+                404, f"patch {patch_id!r}: this shard set holds no reference maps (ingested without them)", "patch_id"
+            )
+        value = self.store.row(patch_id, ["reference_map"]).column(0)[0].as_py()
+        if value is None:
+            raise ApiError(404, f"patch {patch_id!r} has no reference map (the archive has none for it)", "patch_id")
+        codes = np.frombuffer(value, np.uint16).reshape(120, 120)
+        return reference_map_png(codes, where=f"the reference map of {patch_id}")
 
     def search(self, req: dict[str, Any], query_vectors: dict[str, list[float]] | None) -> dict[str, Any]:
         from bigearth.retrieval import SearchFilter, VectorIndexError

@@ -1,13 +1,15 @@
-"""The service's routes, one small function each, in four routers: probes (health, readiness, metrics), the model
-(classify, search), the archive (patches, browse, facets, quicklooks) and the web page. Each reaches the service's
-state (`bigearth.serving.service.Service`) through a dependency; none imports Ray.
+"""The service's routes, one small function each, in four routers: probes (health, readiness, metrics), the models
+(classify, segment, search), the archive (patches, browse, facets, quicklooks, reference maps) and the web page. Each
+reaches the service's state (`bigearth.serving.service.Service`) through a dependency; none imports Ray.
 
 No `from __future__ import annotations` here: FastAPI reads the route annotations (`Request`, ...) as objects.
 """
 
+import base64
 import logging
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
+import numpy as np
 from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -28,6 +30,8 @@ from bigearth.api.schemas import (
     Ready,
     SearchRequest,
     SearchResponse,
+    SegmentByIdRequest,
+    SegmentResponse,
 )
 from bigearth.api.uploads import assemble
 from bigearth.retrieval.schema import Split
@@ -41,6 +45,8 @@ from bigearth.serving.openapi import (
     PNG,
     READYZ_RESPONSES,
     SEARCH_BODY,
+    SEGMENT_BODY,
+    SEGMENT_PNG,
     UPLOAD_BODY,
     errors,
 )
@@ -146,6 +152,59 @@ async def classify(
 
 
 @model.post(
+    "/v1/segment",
+    response_model=SegmentResponse,
+    openapi_extra=SEGMENT_BODY,
+    summary="the land-cover map of a patch: uploaded band files, an .npz, or an archived patch id",
+    responses={200: SEGMENT_PNG, **errors(*BODY_ERRORS, 404)},
+)
+async def segment(
+    request: Request,
+    service: Svc,
+    format: Annotated[
+        Literal["json", "png"] | None,
+        Query(description="png: the map's PNG itself (as `Accept: image/png`); default JSON"),
+    ] = None,
+) -> Response:
+    from bigearth.core.quicklook import area_shares, class_map_png, legend, scored_pixels
+
+    segmenter, described = await service.seg_model()  # a 404 naming the option when no model is served
+    groups = {g: tuple(b) for g, b in described["groups"].items()}
+    ctype = request.headers.get("content-type", "")
+    patch_id = None
+    if ctype.startswith("multipart/form-data"):
+        bands, _ = await service.upload(request)
+        inputs = assemble(bands, groups)
+    elif ctype.startswith("application/json"):
+        patch_id = parse_json(await service.body(request), SegmentByIdRequest).patch_id
+        inputs = await service.retriever.patch_arrays(patch_id, described["groups"])
+    else:
+        raise ApiError(
+            415,
+            f"content type {ctype or 'none'!r}: send multipart/form-data (band files or "
+            '.npz) or application/json ({{"patch_id": ...}})',
+            "content-type",
+        )
+    indices = np.asarray((await segmenter.segment(inputs))["map"], np.uint8)
+    png = class_map_png(indices)
+    accept = request.headers.get("accept", "")
+    if format == "png" or (format is None and "image/png" in accept and "application/json" not in accept):
+        return Response(png, media_type="image/png")
+    classes = described["model"]["classes"]
+    return JSONResponse(
+        SegmentResponse(
+            patch_id=patch_id,
+            classes=classes,
+            shares=area_shares(indices),
+            scored_pixels=scored_pixels(indices),
+            png=base64.b64encode(png).decode("ascii"),
+            legend=legend(classes),
+            model=described["model"],
+        ).model_dump()
+    )
+
+
+@model.post(
     "/v1/search",
     response_model=SearchResponse,
     openapi_extra=SEARCH_BODY,
@@ -228,7 +287,8 @@ async def browse(request: Request, service: Svc) -> dict[str, Any]:
 )
 async def facets(service: Svc) -> dict[str, Any]:
     described = await service.model()
-    return await service.retriever.facets(described["model"]["classes"])
+    facets = await service.retriever.facets(described["model"]["classes"])
+    return {**facets, "segmentation": service.segmenter is not None}
 
 
 @archive.post(
@@ -267,6 +327,16 @@ async def patch(service: Svc, patch_id: PatchId) -> dict[str, Any]:
 )
 async def rgb(service: Svc, patch_id: PatchId, scale: ScaleQuery = 1) -> Response:
     return Response(await service.retriever.rgb(patch_id, scale), media_type="image/png")
+
+
+@archive.get(
+    "/v1/patches/{patch_id}/reference.png",
+    summary="the archive's reference map of a pair (its CLC codes in the 19 classes' colours; no class transparent)",
+    response_class=Response,
+    responses={200: PNG, **errors(404, 422)},
+)
+async def reference(service: Svc, patch_id: PatchId) -> Response:
+    return Response(await service.retriever.reference_png(patch_id), media_type="image/png")
 
 
 # ------------------------------------------------------------------------------------------------ the web page

@@ -181,6 +181,13 @@ class PatchStore:
                 arrays.update(zip(rest, table.slice(row, 1).columns, strict=True))
         return pa.table({c: arrays[c] for c in columns})
 
+    def has_pixels(self, patch_id: str, column: str) -> bool:
+        """Whether the shard of a pair has the fixed-size column `column` (a band, or the optional `reference_map`
+        of an ingest with reference maps)."""
+        file_no, _, _ = self.locate(patch_id)
+        with _Opener(self._afs, self._paths[file_no]) as f:
+            return column in self._layout(file_no, f).fixed
+
     def _layout(self, file_no: int, f: _Opener) -> _Layout:
         key = ("layout", file_no)
         layout = self._cached_get(key)

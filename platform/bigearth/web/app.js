@@ -1,5 +1,5 @@
 // The BigEarthNet explorer: a grid of archived patches with filters, a map, a patch view with the model's
-// probabilities and nearest neighbours, and uploads. Plain JavaScript against the service's own /v1 API; every
+// probabilities, its land-cover map beside the archive's reference map, and nearest neighbours, and uploads. Plain JavaScript against the service's own /v1 API; every
 // file it loads comes from this origin (see bigearth/serving/web.py).
 "use strict";
 
@@ -47,10 +47,11 @@ function svg(tag, attrs = {}) {
 
 // ------------------------------------------------------------------------------------------------ the API
 class ApiProblem extends Error {
-  constructor(message, status, field) {
+  constructor(message, status, field, code = null) {
     super(message);
     this.status = status;
     this.field = field;
+    this.code = code;
   }
 }
 
@@ -71,7 +72,7 @@ async function api(path, options = {}) {
       body = null;
     }
     const message = body && body.message ? body.message : `${response.status} ${response.statusText}`;
-    throw new ApiProblem(message, response.status, body && body.field);
+    throw new ApiProblem(message, response.status, body && body.field, body && body.error);
   }
   return response;
 }
@@ -322,6 +323,93 @@ async function neighbours(query, truth, seq) {
   }
 }
 
+// ------------------------------------------------------------------------------------------------ land-cover maps
+// The model's map (POST /v1/segment, a PNG in its JSON) over the quicklook, beside the archive's reference map
+// (GET .../reference.png); the section stays hidden when the service serves no segmentation model (facets).
+const seg = { prediction: null, reference: null, wanted: "prediction" }; // wanted: the layer last chosen
+const LAYER_CAPTIONS = {
+  prediction: "The model's land-cover map over the quicklook.",
+  reference: "The reference map over the quicklook.",
+  none: "The quicklook alone.",
+};
+
+function segLayer() {
+  // the layer chosen last, else (not there for this patch) the first there is; the choice itself is kept
+  const inputs = [...document.querySelectorAll('input[name="seg-layer"]')];
+  const shown = inputs.find((i) => i.value === seg.wanted && !i.disabled) || inputs.find((i) => !i.disabled);
+  shown.checked = true;
+  const layer = shown.value;
+  const overlay = $("#seg-overlay");
+  const src = layer === "none" ? null : seg[layer];
+  overlay.hidden = !src;
+  if (src) overlay.src = src;
+  else overlay.removeAttribute("src");
+  overlay.alt = src ? `${layer === "prediction" ? "Predicted" : "Reference"} land-cover map over the quicklook` : "";
+  overlay.style.opacity = String($("#seg-opacity").value / 100);
+  $("#seg-overlay-caption").textContent = LAYER_CAPTIONS[layer];
+}
+
+function segLegend(entries, shares) {
+  const items = entries.map(({ name, colour }) => {
+    const share = shares[name] || 0;
+    const swatch = el("span", { class: "swatch", "aria-hidden": "true" });
+    swatch.style.background = colour;
+    const text = `${name}${share ? `: ${share < 0.001 ? "<0.1" : (share * 100).toFixed(1)} %` : ""}`;
+    return el("li", { class: share ? undefined : "absent", "data-colour": colour }, swatch, el("span", { text }));
+  });
+  $("#seg-legend").replaceChildren(...items);
+}
+
+function resetSeg() {
+  seg.prediction = seg.reference = null;
+  $("#view-seg").hidden = true;
+  $("#seg-base").removeAttribute("src");
+  $("#seg-reference").removeAttribute("src");
+  $("#seg-reference").alt = "";
+  $("#seg-legend").replaceChildren();
+  $("#seg-model").textContent = "";
+  for (const input of document.querySelectorAll('input[name="seg-layer"]')) input.disabled = input.value !== "none";
+  segLayer();
+}
+
+async function landCover(query, seq) {
+  if (!(state.facets && state.facets.segmentation)) return; // no model: the section stays hidden
+  $("#view-seg").hidden = false;
+  $("#seg-model").textContent = "Mapping…";
+  $("#seg-reference-caption").textContent = "The archive's reference map (CORINE Land Cover, 19 classes).";
+  const predicted = query.patchId
+    ? postJSON("/v1/segment", { patch_id: query.patchId })
+    : api("/v1/segment", { method: "POST", body: query.form(null) }).then((r) => r.json());
+  const reference = !query.patchId
+    ? Promise.reject(new Error("an upload has none"))
+    : !state.facets.reference_maps
+    ? Promise.reject(new Error("the shard set holds none (ingested without them)"))
+    : api(`/v1/patches/${encodeURIComponent(query.patchId)}/reference.png`).then((r) => r.blob());
+  const [p, r] = await Promise.allSettled([predicted, reference]);
+  if (seq !== state.viewSeq) return; // the view shows another patch now
+  const refImg = $("#seg-reference");
+  if (r.status === "fulfilled") {
+    seg.reference = URL.createObjectURL(r.value);
+    refImg.src = seg.reference;
+    refImg.alt = `The archive's reference land-cover map of ${query.patchId}`;
+  } else {
+    $("#seg-reference-caption").textContent = `No reference map: ${r.reason.message}`;
+  }
+  if (p.status === "fulfilled") {
+    const m = p.value;
+    seg.prediction = `data:image/png;base64,${m.png}`;
+    segLegend(m.legend, m.shares);
+    $("#seg-model").textContent =
+      `Model ${m.model.name} (${m.model.version}); the legend gives each class's share of the ${m.scored_pixels} pixels.`;
+  } else {
+    $("#seg-model").textContent = `Not mapped: ${p.reason.message}`;
+  }
+  for (const input of document.querySelectorAll('input[name="seg-layer"]')) {
+    input.disabled = input.value !== "none" && !seg[input.value];
+  }
+  segLayer();
+}
+
 function openView(title) {
   state.viewSeq += 1;
   const view = $("#view");
@@ -330,6 +418,7 @@ function openView(title) {
   $("#view-probs tbody").replaceChildren();
   $("#view-model").textContent = "Classifying…";
   $("#view-neighbours").replaceChildren();
+  resetSeg();
   $("#close").focus();
   return state.viewSeq;
 }
@@ -346,6 +435,8 @@ async function openPatch(patchId) {
   meta([]);
   $("#view-labels").replaceChildren();
   quicklook(img, patchId, 2, () => seq === state.viewSeq);
+  quicklook($("#seg-base"), patchId, 2, () => seq === state.viewSeq);
+  landCover({ patchId }, seq); // beside the classification: it reports its own failures in its section
   let info;
   try {
     info = await (await api(`/v1/patches/${encodeURIComponent(patchId)}`)).json();
@@ -424,7 +515,7 @@ async function upload(files) {
   if (modalities.has("s2")) {
     api("/v1/quicklook?scale=2", { method: "POST", body: form(null) })
       .then((r) => r.blob())
-      .then((blob) => seq === state.viewSeq && (img.src = URL.createObjectURL(blob)))
+      .then((blob) => seq === state.viewSeq && (img.src = $("#seg-base").src = URL.createObjectURL(blob)))
       .catch((e) => seq === state.viewSeq && (img.alt = `No quicklook: ${e.message}`));
   }
   meta([
@@ -432,6 +523,7 @@ async function upload(files) {
     ["left out", ignored.map((f) => f.name).join(", ")],
   ]);
   $("#view-labels").replaceChildren(el("li", { text: "unknown (an upload)" }));
+  landCover({ form }, seq);
   try {
     const result = await (await api("/v1/classify", { method: "POST", body: form(null) })).json();
     if (seq !== state.viewSeq) return;
@@ -496,6 +588,13 @@ async function start() {
   drop.addEventListener("click", () => $("#upload-files").click());
   drop.addEventListener("keydown", (ev) => (ev.key === "Enter" || ev.key === " ") && $("#upload-files").click());
   $("#upload-files").addEventListener("change", (ev) => upload(ev.target.files));
+  for (const input of document.querySelectorAll('input[name="seg-layer"]')) {
+    input.addEventListener("change", () => {
+      seg.wanted = input.value;
+      segLayer();
+    });
+  }
+  $("#seg-opacity").addEventListener("input", segLayer);
   await drawCountries();
   await init();
 }
