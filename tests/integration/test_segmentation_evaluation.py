@@ -120,3 +120,33 @@ def test_ray_executor_gives_the_local_figures(
     for key in ("miou", "per_class_iou", "pixel_accuracy", "fw_iou", "scored_pixels", "patches", "unscored_patches"):
         assert ray[key] == local[key], key
     assert ray["by_season"] == local["by_season"]
+
+
+def test_a_subset_evaluates_its_pairs_only(seg_shards: tuple[Path, str], seg_checkpoint: Path, tmp_path: Path) -> None:
+    from bigearth.evaluation.segmentation import evaluate as evaluate_maps
+    from bigearth.models.checkpoints import resolve
+    from bigearth.shards.subsets import EmptySubsetError, MetadataSubset
+
+    shards, _ = seg_shards
+    countries = _test_rows(shards)["country"].to_pylist()
+    first = countries[0]
+    ref = resolve(str(seg_checkpoint))
+    subset = MetadataSubset.of(countries=[first])
+    m = evaluate_maps(ref, str(shards), "test", str(tmp_path / "a"), executor=LocalExecutor(False), subset=subset)
+    assert m["patches"] == countries.count(first) and list(m["by_country"]) == [first]
+    assert m["subset"] == subset.describe()
+    with pytest.raises(EmptySubsetError, match="Atlantis"):
+        evaluate_maps(
+            ref, str(shards), "test", str(tmp_path / "b"), executor=LocalExecutor(False),
+            subset=MetadataSubset.of(countries=["Atlantis"]),
+        )  # fmt: skip
+
+
+def test_shards_without_reference_maps_are_refused(seg_checkpoint: Path, tmp_path: Path) -> None:
+    from bigearth.ingest.job import ingest
+    from bigearth.shards.decode import NoReferenceMaps
+
+    synthesize(str(tmp_path / "src"), layout="v2", pairs=6, seed=7, progress=False, workers=1)
+    ingest(str(tmp_path / "src"), str(tmp_path / "shards"), executor=LocalExecutor(progress=False))
+    with pytest.raises(NoReferenceMaps, match="no reference maps"):
+        evaluate(str(seg_checkpoint), str(tmp_path / "shards"), "train", str(tmp_path / "e"), executor=LocalExecutor())

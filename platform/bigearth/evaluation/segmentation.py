@@ -7,6 +7,7 @@ per_class_iou.png, confusion.png and predictions.parquet."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,8 +23,8 @@ from bigearth.execution.executors import Executor, Resources, default_executor
 from bigearth.metrics.charts import percent
 from bigearth.metrics.segmentation import PRESENCE_SHARE, class_shares, confusion_matrix, scores_from_confusion
 from bigearth.models.checkpoints import Checkpoint
-from bigearth.shards.format import ShardFormatError
 from bigearth.shards.shardset import label_column
+from bigearth.shards.subsets import MetadataSubset
 
 #: The shard columns a segmentation evaluation reads besides the bands and the labels.
 MAP_COLUMNS = ("reference_map", "country", "s2_acquisition")
@@ -50,7 +51,7 @@ class Predictor:
 
         from bigearth.shards.decode import decode_batch, to_torch
 
-        batch = decode_batch(table, self.runner.groups, self.classes, maps=True)  # type: ignore[call-arg]
+        batch = decode_batch(table, self.runner.groups, self.classes, maps=True)
         mask = torch.from_numpy(np.ascontiguousarray(batch.pop("mask")))
         pred = self.runner.segment(to_torch(batch, self.runner.device)).cpu()
         cm = confusion_matrix(pred, mask, self.classes)
@@ -163,6 +164,17 @@ def aggregate(p: PatchResults, classes: int, presence_share: float = PRESENCE_SH
     return result
 
 
+def subset_tables(source: dict[str, Any], subset: MetadataSubset | None, **read: Any) -> Iterator[pa.Table]:
+    """`shard_tables` of one shard file, keeping the rows `subset` selects (all when None); no empty table."""
+    from bigearth.input.raydata import shard_tables
+
+    for table in shard_tables(source, **read):
+        if subset is not None and subset.active:
+            table = table.filter(pa.array(subset.mask(table)))
+        if table.num_rows:
+            yield table
+
+
 def predict(
     checkpoint: Checkpoint,
     data: str,
@@ -172,27 +184,33 @@ def predict(
     actors: int = 1,
     gpus_per_actor: float = 0,
     executor: Executor | None = None,
+    subset: MetadataSubset | None = None,
 ) -> Any:
-    """Batches of the Predictor's columns for every pair of `split` through `executor` (default: Ray). A shard set
-    ingested without reference maps is refused (there is nothing to score the maps against)."""
+    """Batches of the Predictor's columns for every pair of `split` (of `subset` only, when given) through
+    `executor` (default: Ray). A shard set ingested without reference maps is refused (there is nothing to score
+    the maps against); a subset that selects nothing is an `EmptySubsetError` naming the filter."""
     from functools import partial
 
-    from bigearth.input.raydata import shard_tables, split_files
+    from bigearth.input.raydata import read_columns, split_files
+    from bigearth.shards.decode import NoReferenceMaps
     from bigearth.shards.shardset import ShardSet
+    from bigearth.shards.subsets import check_selected
 
     manifest = ShardSet.open(data, storage).manifest
     if not manifest.source.get("reference_maps"):
-        raise ShardFormatError(
+        raise NoReferenceMaps(
             f"{redact(data)}: this shard set has no reference maps (its archive had none when ingested); a"
             " segmentation checkpoint is evaluated on shards ingested from a v2 archive with Reference_Maps"
         )
     spec = checkpoint.spec
     files, columns = split_files(data, split, bands=list(spec.bands), nomenclature=spec.num_classes, storage=storage)
     columns += [c for c in MAP_COLUMNS if c not in columns]
+    if subset is not None and subset.active:  # before any model is loaded: an empty selection names its filter
+        check_selected(subset, split, read_columns(data, ["country", "s2_acquisition"], split, storage))
     return default_executor(executor).map_batches(
         Predictor,
         files,
-        read=partial(shard_tables, columns=columns, url=data, storage=storage),
+        read=partial(subset_tables, subset=subset, columns=columns, url=data, storage=storage),
         unit_kwargs={"checkpoint": checkpoint, "storage": storage, "device": "cuda" if gpus_per_actor else None},
         batch_size=batch_size,
         desc=f"segment {split}",
@@ -210,17 +228,22 @@ def evaluate(
     executor: Executor | None = None,
     gpus_per_actor: float = 0,
     presence_share: float = PRESENCE_SHARE,
+    subset: MetadataSubset | None = None,
 ) -> dict[str, Any]:
     """Write metrics.json, metrics.md, per_class_iou.png, confusion.png and predictions.parquet to `out`; return
-    the metrics (with `class_names`)."""
+    the metrics (with `class_names`). `subset`: only the pairs of these countries / seasons."""
     from bigearth.metrics.segmentation_charts import confusion_chart, per_class_iou_chart
 
     classes = checkpoint.spec.num_classes
     names = list(lab.class_names(classes))  # type: ignore[arg-type]
-    batches = predict(checkpoint, data, split, storage, actors=actors, gpus_per_actor=gpus_per_actor, executor=executor)
+    batches = predict(
+        checkpoint, data, split, storage, actors=actors, gpus_per_actor=gpus_per_actor, executor=executor, subset=subset
+    )
     p = PatchResults.gather(batches, classes)
     figs = aggregate(p, classes, presence_share)
     result = {"checkpoint": redact(checkpoint.path), "split": split, "data": redact(data), "task": "segmentation"}
+    if subset is not None and subset.active:
+        result["subset"] = subset.describe()
     result.update(figs)
     cm = p.confusion.sum(0, dtype=np.int64).reshape(classes, classes)
     fs, root = open_fs(out, storage)
