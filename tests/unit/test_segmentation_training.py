@@ -108,6 +108,7 @@ def test_the_driver_refuses_what_cannot_train_a_segmentation_model(shard_sets: t
         check_segmentation(cfg, ShardSet.open(str(plain)))
     with pytest.raises(ValueError, match=r"data.pipeline ray_data collates bands and labels, not reference maps"):
         check_segmentation(load_config(SEG_TINY, ["data.pipeline=ray_data"]), ShardSet.open(str(shards)))
+    check_segmentation(load_config(SEG_TINY, ["data.pipeline=ray_data"]), ShardSet.open(str(shards)), "local")
     with pytest.raises(ValueError, match=r"segmentation maps have the 19 classes; data\.nomenclature is 43"):
         check_segmentation(load_config(SEG_TINY, ["data.nomenclature=43"]), ShardSet.open(str(shards)))
     check_segmentation(load_config(None), ShardSet.open(str(plain)))  # a classifier needs no maps

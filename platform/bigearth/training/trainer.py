@@ -52,7 +52,7 @@ def train(
     shard_set.files([cfg.data.train_split, cfg.data.val_split])  # an unknown split names the ones there are
     model_bands(cfg)  # a bad model config fails here, before any worker starts (workers read these bands)
     shard_set.label_column(cfg.data.nomenclature)  # 43 classes of a v2 shard set: the shard set's error
-    check_segmentation(cfg, shard_set)
+    check_segmentation(cfg, shard_set, executor)
     name = name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "://" not in storage:
         os.makedirs(storage, exist_ok=True)
@@ -94,15 +94,16 @@ def train(
     return result
 
 
-def check_segmentation(cfg: TrainConfig, shard_set: ShardSet) -> None:
-    """A segmentation model needs the shards' reference maps, the 19 classes and the worker pipeline: refused here,
-    before any worker starts, naming the shard set and what to do."""
+def check_segmentation(cfg: TrainConfig, shard_set: ShardSet, executor: str = "ray") -> None:
+    """A segmentation model needs the shards' reference maps, the 19 classes and, under Ray, the worker pipeline
+    (the local executor reads with it whatever `data.pipeline` says): refused here, before any worker starts, naming
+    the shard set and what to do."""
     if task_of(cfg.model.name) != "segmentation":
         return
     from bigearth.shards.decode import require_maps
     from bigearth.training.loop import RAY_DATA_NO_MAPS
 
-    if cfg.data.pipeline == "ray_data":
+    if cfg.data.pipeline == "ray_data" and executor == "ray":
         raise ValueError(RAY_DATA_NO_MAPS)
     if cfg.data.nomenclature != 19:
         raise ValueError(f"segmentation maps have the 19 classes; data.nomenclature is {cfg.data.nomenclature}")
