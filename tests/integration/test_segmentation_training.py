@@ -101,3 +101,45 @@ def test_seg_tiny_beats_the_majority_class_map_trains_around_missing_maps_and_re
     baseline = _validation_scores(shards, lambda b: torch.full(b["mask"].shape, major, dtype=torch.long))
     assert baseline["miou"] is not None and trained["miou"] >= baseline["miou"] + MARGIN, (trained, baseline)
     assert trained["pixel_accuracy"] > baseline["pixel_accuracy"]
+
+
+@pytest.mark.usefixtures("ray_local")
+def test_a_segmentation_run_under_ray_train_is_ranked_by_miou_and_tracked(
+    map_shards: tuple[Path, dict[str, list[str]]], tmp_path: Path
+) -> None:
+    """The same model through Ray Train (the path of a cluster): checkpoints ranked by `val_score` (Ray Train's
+    `checkpoint_score_attribute`: mIoU here), the run in MLflow with its mIoU per epoch and the per-class IoU
+    chart and scores at the end."""
+    import os
+
+    from mlflow.tracking import MlflowClient
+
+    from bigearth.core.labels import BEN19
+
+    shards, _ = map_shards
+    cfg = load_config(SEG_TINY, ["optim.epochs=2", "run.keep_checkpoints=1"])
+    train(cfg, str(shards), str(tmp_path), "seg-ray")
+    run = tmp_path / "seg-ray"
+    history = _history(run)
+    assert [h["epoch"] for h in history] == [1, 2] and all(h["val_score"] == h["val_miou"] for h in history)
+    best = checkpoints.resolve(run)
+    assert best.spec.task == "segmentation" and best.record.run is not None and best.record.run.executor == "ray"
+    assert best.record.metrics["val_miou"] == max(h["val_miou"] for h in history)
+
+    client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("bigearth")
+    assert experiment is not None
+    (tracked,) = client.search_runs([experiment.experiment_id], "attributes.run_name = 'seg-ray'")
+    assert tracked.info.status == "FINISHED" and tracked.data.params["model.name"] == "seg-tiny"
+    points = client.get_metric_history(tracked.info.run_id, "val_miou")
+    assert [(p.step, p.value) for p in points] == [(h["epoch"], pytest.approx(h["val_miou"])) for h in history]
+    assert {a.path for a in client.list_artifacts(tracked.info.run_id)} == {
+        "curves.png",
+        "metrics.jsonl",
+        "per_class.png",
+        "metrics.json",
+    }
+    out = Path(client.download_artifacts(tracked.info.run_id, "metrics.json", str(tmp_path / "dl")))
+    last = json.loads(out.read_text())
+    assert last["epoch"] == 2 and list(last["per_class_iou"]) == list(BEN19)
+    assert last["miou"] == pytest.approx(history[-1]["val_miou"])
