@@ -79,6 +79,10 @@ def test_val_score_is_the_tasks_score_and_early_stopping_follows_it() -> None:
         1, totals, {"macro_ap": 0.4, "micro_ap": 0.5, "per_class": {}, "samples": 2}, 0.5, 1e-3, 1, 1
     )
     assert classification["val_score"] == classification["val_macro_ap"] == 0.4 and "val_samples" not in classification
+    unscored = SegmentationMetrics(19)
+    unscored.update(pred, torch.full_like(mask, IGNORE_INDEX))  # a validation split without any map
+    m = loop.epoch_metrics(1, totals, unscored.compute(), 0.0, 1e-3, 1, 1, "segmentation")
+    assert m["val_miou"] is None and m["val_score"] == 0.0 and m["val_unscored_patches"] == 2
 
 
 def test_one_epoch_of_seg_tiny_through_the_units(shard_sets: tuple[Path, Path]) -> None:

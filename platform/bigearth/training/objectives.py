@@ -78,12 +78,14 @@ def validated_pairs(task: str, scores: dict[str, Any]) -> int:
 
 
 def epoch_figures(task: str, scores: dict[str, Any]) -> dict[str, Any]:
-    """The `val_*` entries of an epoch's metrics from the validation scores, and `val_score`; a segmentation
-    model's image-level figures (of its predicted maps) as `val_image_*`."""
+    """The `val_*` entries of an epoch's metrics from the validation scores, and `val_score` (0 where the task's
+    score is undefined, so that every ranking, Ray Train's included, has a number); a segmentation model's
+    image-level figures (of its predicted maps) as `val_image_*`."""
     left_out = NOT_EPOCH_FIGURES[check_task(task)]
     out = {f"val_{k}": v for k, v in scores.items() if k not in left_out}
     if task == "segmentation" and scores.get("image"):
         image = scores["image"]
         out.update({f"val_image_{k}": v for k, v in image.items() if k not in NOT_EPOCH_FIGURES["classification"]})
-    out["val_score"] = out.get(SCORE[task])
+    score = out.get(SCORE[task])
+    out["val_score"] = 0.0 if score is None else score  # undefined (no scored pixel, no positive): ranked last
     return out
