@@ -25,14 +25,20 @@ def plot_curves(history: list[dict[str, Any]]) -> bytes:
     ax1.plot(epochs, [h["train_loss"] for h in history], "o-", label="train loss")
     ax1.plot(epochs, [h["val_loss"] for h in history], "o-", label="validation loss")
     ax1.set_xlabel("epoch")
-    ax1.set_ylabel("BCE loss")
+    segmentation = any("val_miou" in h for h in history)
+    ax1.set_ylabel("cross-entropy loss" if segmentation else "BCE loss")
     ax1.legend()
-    for key, label in (
-        ("val_micro_f1", "micro F1"),
-        ("val_macro_f1", "macro F1"),
-        ("val_micro_ap", "micro AP"),
-        ("val_macro_ap", "macro AP"),
-    ):
+    scores = (
+        (("val_miou", "mIoU"), ("val_pixel_accuracy", "pixel accuracy"), ("val_fw_iou", "frequency-weighted IoU"))
+        if segmentation
+        else (
+            ("val_micro_f1", "micro F1"),
+            ("val_macro_f1", "macro F1"),
+            ("val_micro_ap", "micro AP"),
+            ("val_macro_ap", "macro AP"),
+        )
+    )
+    for key, label in scores:
         ax2.plot(epochs, [h.get(key) or 0 for h in history], "o-", label=label)
     ax2.set_xlabel("epoch")
     ax2.set_ylabel("validation score")

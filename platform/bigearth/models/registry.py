@@ -39,6 +39,14 @@ def accepts(name: str, param: str) -> bool:
     return p is not None and p.kind is not inspect.Parameter.VAR_KEYWORD
 
 
+def task_of(name: str) -> str:
+    """What the models of a registered name produce (`classification`, `segmentation`), without building one."""
+    _load_builtin()
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown model {name!r}; registered: {', '.join(sorted(_REGISTRY))}")
+    return _TASKS.get(name, "classification")
+
+
 def list_models(task: str | None = None) -> list[str]:
     """Registered names, all or those of one task (`classification`, `segmentation`)."""
     _load_builtin()

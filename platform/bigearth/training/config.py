@@ -23,9 +23,13 @@ class _Strict(BaseModel):
 class ModelConfig(_Strict):
     """Which model to build (`bigearth.models.registry`) and its input."""
 
-    name: str = Field("late", description="registered model: early, late, s1, s2, tiny")
+    name: str = Field(
+        "late",
+        description="registered model: early, late, s1, s2, tiny; segmentation: seg-early, seg-late, seg-s1, seg-s2, "
+        "seg-tiny (bigearth.models.segmentation)",
+    )
     backbone: str | None = Field(None, description="timm model name (resnet18, resnet50, ...)")
-    fusion: str | None = Field(None, description="tiny only: early, late, s1 or s2")
+    fusion: str | None = Field(None, description="tiny and seg-tiny only: early, late, s1 or s2")
     s2_bands: Literal[10, 12] | None = Field(None, description="Sentinel-2 bands: 10 (no B01/B09) or 12")
     bands: list[str] | None = Field(
         None, description="early/s1/s2: an explicit channel order (e.g. the v1 models': S2 first), instead of s2_bands"
@@ -41,6 +45,9 @@ class ModelConfig(_Strict):
     img_size: int | None = Field(None, ge=16, description="side the stem resamples every band to (default 120)")
     resample: Literal["nearest", "bilinear", "bicubic"] | None = Field(
         None, description="how the stem resamples the 20 m / 60 m bands to img_size (default bilinear)"
+    )
+    decoder_channels: int | None = Field(
+        None, ge=1, description="segmentation models: channels of the FPN decoder (default 128; seg-tiny 32)"
     )
 
 
@@ -122,9 +129,13 @@ class RunConfig(_Strict):
     """Reproducibility, early stopping, fault tolerance, checkpoint retention."""
 
     seed: int = Field(0, description="seeds torch, numpy and the shuffles")
-    patience: int = Field(5, ge=1, description="early stopping: epochs without a better val macro AP")
+    patience: int = Field(
+        5,
+        ge=1,
+        description="early stopping: epochs without a better val_score (val macro AP; mIoU of a segmentation model)",
+    )
     max_failures: int = Field(3, ge=0, description="worker-group restarts after a worker or node loss")
-    keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept by val macro AP (+ the latest)")
+    keep_checkpoints: int = Field(2, ge=1, description="best checkpoints kept by val_score (+ the latest)")
 
 
 _ALIGN = AlignConfig()  # the model's defaults (bigearth.models.align), but `aligned` when training

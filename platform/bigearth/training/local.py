@@ -1,6 +1,7 @@
 """The in-process executor of training: the units of `bigearth.training.loop` run in this process as the one
 worker of a world of 1, with no Ray at all. It writes the run folder Ray Train does (`checkpoint_<epoch>/` folders,
-the best `run.keep_checkpoints` by validation macro AP and the latest kept, `metrics.jsonl`, `curves.png`, MLflow),
+the best `run.keep_checkpoints` by `val_score` (macro AP; mIoU) and the latest kept, `metrics.jsonl`, `curves.png`,
+MLflow),
 so evaluation, indexing and serving take its runs as they take Ray's, and a local re-run of the same folder resumes
 from its latest checkpoint (whichever executor wrote it). Ray Train resumes only its own runs (its
 `checkpoint_manager_snapshot.json`): a Ray re-run of a folder a local run wrote is refused, naming it. With no Ray,

@@ -1,7 +1,8 @@
 """The training units, plain functions over plain inputs (no Ray): `setup` (model, optimiser, schedule from the
 config), `resume` (a checkpoint's weights and train state, through `bigearth.models.checkpoints`), `fit_epoch`
 (one epoch in one process with the loader), `validate`, `epoch_metrics` / `advance` (the loop's state, early
-stopping on validation macro AP) and `checkpoint_meta` / `train_state`. `run_worker` strings them together for one
+stopping on `val_score`: validation macro AP, or mIoU for a segmentation model, `bigearth.training.objectives`) and
+`checkpoint_meta` / `train_state`. `run_worker` strings them together for one
 worker behind a `Worker` (its rank, world, device and where its checkpoints go): Ray Train's per-worker function
 (`bigearth.training.raytrain`) and the in-process executor (`bigearth.training.local`) are thin `Worker`s."""
 
@@ -21,9 +22,9 @@ import torch
 from bigearth.input.buffers import BatchBuffers
 from bigearth.input.loader import RowGroup, RowGroupLoader, epoch_share, row_share
 from bigearth.input.raybatches import shard_batches
-from bigearth.metrics.multilabel import MultilabelMetrics
 from bigearth.models import checkpoints
 from bigearth.models.registry import create_model
+from bigearth.training import objectives
 from bigearth.training.augment import augmenter
 from bigearth.training.config import TrainConfig
 
@@ -58,7 +59,8 @@ class LoopState:
 @dataclass
 class Setup:
     """What one worker trains: the model as the worker runs it (`model`, DDP-wrapped under Ray Train) and the bare
-    module (`core`), the optimiser and its schedule, the builder arguments it was made with, its batch size."""
+    module (`core`), the optimiser and its schedule, the builder arguments it was made with, its batch size; its
+    task (`classification`, `segmentation`), the loss and the batch key the loss compares the logits with."""
 
     model: torch.nn.Module
     core: Any
@@ -69,6 +71,8 @@ class Setup:
     main_params: list[torch.nn.Parameter]
     aux_params: list[torch.nn.Parameter]
     loss_fn: torch.nn.Module = field(default_factory=torch.nn.BCEWithLogitsLoss)
+    task: str = "classification"
+    target: str = "labels"
 
 
 @dataclass
@@ -125,6 +129,9 @@ def setup(
             print("scaling.sync_batchnorm: not on CPU workers; BatchNorm uses each worker's share of the batch")
     model = prepare(model) if prepare is not None else model.to(device)
     core: Any = model.module if hasattr(model, "module") else model
+    task = objectives.check_task(getattr(core, "task", "classification"))
+    if task == "segmentation" and cfg.data.nomenclature != 19:
+        raise ValueError(f"segmentation maps have the 19 classes; data.nomenclature is {cfg.data.nomenclature}")
     aux_ids = {id(p) for p in core.aux_parameters()}
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     batch_size = cfg.worker_batch_size(world)
@@ -144,6 +151,9 @@ def setup(
         batch_size=batch_size,
         main_params=[p for p in model.parameters() if id(p) not in aux_ids],
         aux_params=[p for p in model.parameters() if id(p) in aux_ids],
+        loss_fn=objectives.loss_for(task),
+        task=task,
+        target=objectives.TARGET[task],
     )
 
 
@@ -204,7 +214,7 @@ def fit_epoch(
             batch = augment(batch)
         with autocast:
             logits, aux = s.model(batch, aux=True)  # aux: the model's own second objective, if any
-        loss = cls_loss = s.loss_fn(logits.float(), batch["labels"])
+        loss = cls_loss = s.loss_fn(logits.float(), batch[s.target])
         if aux is not None:
             loss = cls_loss + aux.float()
             align_sum += aux.detach().float() * len(batch["patch_id"])
@@ -234,34 +244,43 @@ def validate(
     autocast: AbstractContextManager[Any] | None = None,
     device: Any = "cpu",
 ) -> tuple[dict[str, Any], float]:
-    """The validation scores (`MultilabelMetrics`, synced over the workers) and the mean loss of `batches`."""
+    """The validation scores (`MultilabelMetrics`, or `SegmentationMetrics` for a segmentation model; synced over the
+    workers) and the mean loss of `batches` per pair."""
     s.model.eval()
     autocast = autocast or nullcontext()
-    val = MultilabelMetrics(nomenclature, device=device)
+    val = objectives.metrics_for(s.task, nomenclature, device)
     val_loss = torch.zeros((), device=device)
     with torch.no_grad():
         for batch in batches:
             with autocast:  # the bare module: no DDP collective in a forward whose count differs by worker
                 logits = s.core(batch).float()
-            val_loss += s.loss_fn(logits, batch["labels"]) * len(batch["patch_id"])
-            val.update(torch.sigmoid(logits), batch["labels"])
+            val_loss += s.loss_fn(logits, batch[s.target]) * len(batch["patch_id"])
+            objectives.update(val, s.task, logits, batch)
     if torch.distributed.is_initialized():
         torch.distributed.all_reduce(val_loss)
     scores = val.compute()
-    return scores, float(val_loss) / max(int(scores["samples"]), 1)
+    return scores, float(val_loss) / max(objectives.validated_pairs(s.task, scores), 1)
 
 
 def epoch_metrics(
-    epoch: int, totals: EpochTotals, scores: dict[str, Any], val_loss: float, lr: float, workers: int, nodes: int
+    epoch: int,
+    totals: EpochTotals,
+    scores: dict[str, Any],
+    val_loss: float,
+    lr: float,
+    workers: int,
+    nodes: int,
+    task: str = "classification",
 ) -> dict[str, Any]:
-    """The line of `metrics.jsonl` (and the report, and MLflow's step) of an epoch."""
+    """The line of `metrics.jsonl` (and the report, and MLflow's step) of an epoch; `val_score` is the task's
+    score (`objectives.SCORE`)."""
     seen = max(float(totals.seen), 1.0)
     return {
         "epoch": epoch,
         "train_loss": float(totals.loss_sum) / seen,
         **({"train_align_loss": float(totals.align_sum) / seen} if totals.had_aux else {}),
         "val_loss": val_loss,
-        **{f"val_{k}": v for k, v in scores.items() if k not in ("per_class", "samples", "classes_without_positives")},
+        **objectives.epoch_figures(task, scores),
         "lr": lr,
         "train_samples_per_s": float(totals.seen) / max(totals.seconds, 1e-9),
         "workers": workers,
@@ -270,8 +289,9 @@ def epoch_metrics(
 
 
 def advance(state: LoopState, metrics: dict[str, Any]) -> LoopState:
-    """The state after an epoch: its best validation macro AP, epochs without a better one, the history."""
-    score = metrics["val_macro_ap"] or 0.0
+    """The state after an epoch: its best `val_score` (validation macro AP, or mIoU), epochs without a better one,
+    the history."""
+    score = metrics.get("val_score", metrics.get("val_macro_ap")) or 0.0
     return LoopState(
         epoch=int(metrics["epoch"]),
         best=max(state.best, score),
@@ -298,6 +318,13 @@ def checkpoint_meta(
 def train_state(s: Setup, state: LoopState) -> dict[str, Any]:
     """What `train_state.pt` holds: optimiser, schedule, the loop's state."""
     return {"optimizer": s.optimizer.state_dict(), "scheduler": s.scheduler.state_dict(), "loop": asdict(state)}
+
+
+#: why `data.pipeline: ray_data` does not train a segmentation model (checked on the driver, and in the workers)
+RAY_DATA_NO_MAPS = (
+    "data.pipeline ray_data collates bands and labels, not reference maps: a segmentation model trains with "
+    "data.pipeline worker (the default)"
+)
 
 
 class Worker(Protocol):
@@ -362,7 +389,10 @@ def run_worker(worker: Worker, config: dict[str, Any]) -> None:
         "threads": cfg.data.reader_threads,
         # the batch arrays of every epoch's loaders, reused (pinned on CUDA): no fresh pages per batch
         "buffers": BatchBuffers(pinned=torch.device(device).type == "cuda"),
+        **({"maps": True} if s.task == "segmentation" else {}),  # the mask: reference maps' per-pixel targets
     }
+    if stream is not None and s.task == "segmentation":
+        raise ValueError(RAY_DATA_NO_MAPS)
     autocast = autocast_for(cfg, device)
     for epoch in range(state.epoch, cfg.optim.epochs):
         if state.bad_epochs >= cfg.run.patience:
@@ -377,7 +407,7 @@ def run_worker(worker: Worker, config: dict[str, Any]) -> None:
         val_batches = RowGroupLoader(val_groups, s.batch_size, skip=val_skip, limit=val_rows, **loader_kw)
         scores, val_loss = validate(s, val_batches, cfg.data.nomenclature, autocast=autocast, device=device)
         lr = float(s.scheduler.get_last_lr()[0])
-        metrics = epoch_metrics(epoch + 1, totals, scores, val_loss, lr, world, len(set(nodes)))
+        metrics = epoch_metrics(epoch + 1, totals, scores, val_loss, lr, world, len(set(nodes)), s.task)
         state = advance(state, metrics)
         with tempfile.TemporaryDirectory() as tmp:
             folder = None

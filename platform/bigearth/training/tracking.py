@@ -193,7 +193,12 @@ def artefacts(history: list[dict[str, Any]], scores: dict[str, Any] | None, spli
         files["metrics.jsonl"] = "".join(json.dumps(h) + "\n" for h in history).encode()
     if scores is not None:
         last = {"split": split, "epoch": history[-1]["epoch"] if history else None, **scores}
-        files["per_class.png"] = per_class_chart(last)
+        if "per_class_iou" in scores:  # a segmentation model's: IoU per class
+            from bigearth.metrics.segmentation_charts import per_class_iou_chart
+
+            files["per_class.png"] = per_class_iou_chart(last)
+        else:
+            files["per_class.png"] = per_class_chart(last)
         files["metrics.json"] = json.dumps(last, indent=1).encode()
     return files
 

@@ -12,7 +12,7 @@ from typing import Any
 from bigearth.core.secrets import redact
 from bigearth.core.storage import StorageOptions, join, portable_arrow_filesystem
 from bigearth.input.loader import RowGroup, row_groups
-from bigearth.models.registry import create_model
+from bigearth.models.registry import create_model, task_of
 from bigearth.shards.shardset import ShardSet
 from bigearth.training import tracking
 from bigearth.training.config import TrainConfig
@@ -53,6 +53,7 @@ def train(
     shard_set.files([cfg.data.train_split, cfg.data.val_split])  # an unknown split names the ones there are
     model_bands(cfg)  # a bad model config fails here, before any worker starts (workers read these bands)
     shard_set.label_column(cfg.data.nomenclature)  # 43 classes of a v2 shard set: the shard set's error
+    check_segmentation(cfg, shard_set, executor)
     name = name or f"{cfg.model.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     if "://" not in storage:
         os.makedirs(storage, exist_ok=True)
@@ -100,6 +101,23 @@ def training_plans(cfg: TrainConfig, data: str, so: StorageOptions | None) -> tu
     `data.countries` / `data.seasons` select (an `EmptySubsetError` naming the filter and split when none)."""
     subset = cfg.data.subset()
     return row_groups(data, cfg.data.train_split, so, subset), row_groups(data, cfg.data.val_split, so, subset)
+
+
+def check_segmentation(cfg: TrainConfig, shard_set: ShardSet, executor: str = "ray") -> None:
+    """A segmentation model needs the shards' reference maps, the 19 classes and, under Ray, the worker pipeline
+    (the local executor reads with it whatever `data.pipeline` says): refused here, before any worker starts, naming
+    the shard set and what to do."""
+    if task_of(cfg.model.name) != "segmentation":
+        return
+    from bigearth.shards.decode import require_maps
+    from bigearth.training.loop import RAY_DATA_NO_MAPS
+
+    if cfg.data.pipeline == "ray_data" and executor == "ray":
+        raise ValueError(RAY_DATA_NO_MAPS)
+    if cfg.data.nomenclature != 19:
+        raise ValueError(f"segmentation maps have the 19 classes; data.nomenclature is {cfg.data.nomenclature}")
+    maps = shard_set.manifest.source.get("reference_maps")
+    require_maps(["reference_map"] if maps else [], f"shard set {shard_set.url}")
 
 
 #: What Ray Train keeps in a run folder it resumes (Train V2).
@@ -225,7 +243,7 @@ def _fit_ray(
             name=name,
             checkpoint_config=ray.train.CheckpointConfig(
                 num_to_keep=cfg.run.keep_checkpoints,
-                checkpoint_score_attribute="val_macro_ap",
+                checkpoint_score_attribute="val_score",  # val_macro_ap, or val_miou (bigearth.training.objectives)
                 checkpoint_score_order="max",
             ),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
