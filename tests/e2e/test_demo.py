@@ -1,5 +1,5 @@
 """The newcomer's path: the demo end to end at a small size (synth -> ingest -> train -> evaluate -> index ->
-retrieval metrics -> serve -> SDK -> report), then the report rendered in headless Chromium."""
+retrieval metrics -> segmentation -> serve -> SDK -> report), then the report rendered in headless Chromium."""
 
 from __future__ import annotations
 
@@ -48,6 +48,16 @@ def test_the_demo_writes_a_report_holding_the_metrics_files_numbers(demo: dict[s
     for q in data["queries"]:
         for h in q["hits"]:
             assert h["shared"] == sorted(set(h["labels"]) & set(q["labels"]))
+    seg = json.loads((work / "eval-segmentation" / "metrics.json").read_text())
+    for key in ("miou", "pixel_accuracy", "fw_iou", "scored_pixels", "patches"):
+        assert data["segmentation"][key] == seg[key]
+    assert seg["patches"] == metrics["samples"] and seg["scored_pixels"] > 0  # every test pair has its map
+    assert f"{100 * seg['miou']:.1f}" in page and '<table id="segmentation">' in page
+    assert len(data["segmentations"]) == 2
+    for x in data["segmentations"]:  # quicklook, predicted map, reference map: each a real PNG in the report
+        for key in ("png", "predicted_png", "reference_png"):
+            assert f'src="images/{Path(x[key]).name}"' in page
+        assert 0 < sum(share for _, share in x["top"]) <= 1.0 + 1e-6
     if (SHARED / "bigearthnet" / "real").exists():
         assert len(data["real"]) >= 3 and all(len(x["top"]) == 3 for x in data["real"])
 
@@ -73,8 +83,9 @@ def test_the_report_renders_in_headless_chromium(demo: dict[str, Any]) -> None:
     loaded = re.search(r'data-images-loaded="(\d+)/(\d+)"', dom)
     assert loaded, dom[:500]
     ok, total = map(int, loaded.groups())
-    assert total >= 18 and ok == total  # every image decoded (naturalWidth > 0), none broken
+    assert total >= 18 + 1 + 2 * 3 and ok == total  # every image decoded (naturalWidth > 0), none broken
     assert '<table id="metrics">' in dom and '<table id="retrieval">' in dom and "Neighbours of" in dom
+    assert '<table id="segmentation">' in dom and 'id="legend"' in dom
 
 
 def test_the_report_links_to_the_explorer_page_only_while_it_is_served(tmp_path: Path) -> None:

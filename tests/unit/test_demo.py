@@ -41,3 +41,11 @@ def test_installed_without_the_checkout_it_takes_configs_from_the_working_folder
         demo_config(1)
     monkeypatch.chdir(REPO)
     assert demo_config(1).model.name == load_config(DEMO_CONFIG).model.name
+
+
+def test_the_segmentation_model_is_its_own_config_file_from_the_same_places() -> None:
+    from bigearth.demo.run import SEG_CONFIG
+
+    got = demo_config(3, name=SEG_CONFIG)
+    assert (got.optim.epochs, got.run.patience) == (3, 3)
+    assert got.model.name == load_config(REPO / "configs" / SEG_CONFIG).model.name == "seg-tiny"

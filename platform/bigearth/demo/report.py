@@ -1,6 +1,7 @@
 """The demo's report: one HTML page (plus the JSON and PNG files it shows) with the training curves, the test
-metrics table and per-class chart, quicklooks of sample patches with true and predicted labels, retrieval metrics,
-and the nearest neighbours of a few query patches with scores and shared labels."""
+metrics table and per-class chart, the figures by country and season, quicklooks of sample patches with true and
+predicted labels, retrieval metrics, the nearest neighbours of a few query patches with scores and shared labels,
+and the segmentation model's figures with predicted and reference maps beside each patch's quicklook."""
 
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} #summary t
 .ok{color:#176f2c} .miss{color:#a0102a} .extra{color:#9a6700} .muted{color:#666}
 .row{display:flex;gap:.8rem;align-items:flex-start;margin:1rem 0;overflow-x:auto}
 .row .card{width:150px} .row .card img{width:150px;height:150px} .query img{border:3px solid #1f5fbf}
+.legend{display:flex;flex-wrap:wrap;gap:.3rem .9rem;font-size:.8rem;margin:.5rem 0}
+.legend span.swatch{display:inline-block;width:.9rem;height:.9rem;border:1px solid #666;vertical-align:middle;
+margin-right:.3rem}
 """
 
 _SCRIPT = """
@@ -48,13 +52,25 @@ def _labels(true: list[str], pred: list[str]) -> str:
     return "".join(parts)
 
 
+def _legend() -> str:
+    """The 19 classes in their map colours."""
+    from bigearth.core.labels import BEN19, BEN19_COLOURS
+
+    items = "".join(
+        f'<div><span class="swatch" style="background:rgb{c}"></span>{html.escape(n)}</div>'
+        for n, c in zip(BEN19, BEN19_COLOURS, strict=True)
+    )
+    return f'<div class="legend" id="legend">{items}<div class="muted">transparent: no class (ignored)</div></div>'
+
+
 def write_report(out: str, data: dict[str, Any]) -> str:
     """Write `out/report.html` and `out/report.json`; image paths in `data` are copied into `out/images/`.
 
     `data` keys: title, summary (dict), explorer (the web page's URL, while it is served), curves_png,
-    per_class_png, by_group_png, metrics (evaluate's metrics.json), retrieval
-    (evaluate_retrieval's JSON), samples [{patch_id, true, pred, png}], queries [{patch_id, labels, png,
-    hits: [{patch_id, score, labels, shared, png}]}], real [{name, labels, top: [[class, p], ...]}].
+    per_class_png, by_group_png, metrics (evaluate's metrics.json), retrieval (evaluate_retrieval's JSON),
+    segmentation (a segmentation model's metrics.json), per_class_iou_png, samples [{patch_id, true, pred, png}],
+    queries [{patch_id, labels, png, hits: [{patch_id, score, labels, shared, png}]}], segmentations [{patch_id,
+    png, predicted_png, reference_png, top: [[class, share], ...]}], real [{name, labels, top: [[class, p], ...]}].
     """
     images = os.path.join(out, "images")
     os.makedirs(images, exist_ok=True)
@@ -97,8 +113,22 @@ def write_report(out: str, data: dict[str, Any]) -> str:
                 + "</tr>"
             )
         body.append("</table>" + img(data.get("per_class_png"), "per-class scores"))
-        if data.get("by_group_png"):  # evaluate's figures per country and season (metrics by_country, by_season)
-            body.append("<h3>By country and season</h3>" + img(data["by_group_png"], "scores by country and season"))
+        groups = [(key, m[key]) for key in ("by_country", "by_season") if m.get(key)]
+        if groups:
+            body.append("<h3>By country and by season</h3>")
+            body.append(
+                '<table id="by-group"><tr><th>group</th><th>pairs</th><th>micro F1</th><th>macro AP</th></tr>'
+            )
+            for key, table in groups:
+                for name, g in table.items():
+                    few = ' <span class="muted">(few pairs)</span>' if g.get("few_pairs") else ""
+                    body.append(
+                        f"<tr><td>{html.escape(key[3:])}: {html.escape(str(name))}{few}</td><td>{g.get('pairs')}</td>"
+                        f"<td>{_pct(g.get('micro_f1'))}</td><td>{_pct(g.get('macro_ap'))}</td></tr>"
+                    )
+            body.append("</table>")
+        if data.get("by_group_png") and os.path.exists(data["by_group_png"]):
+            body.append(img(data["by_group_png"], "figures by country and season"))
     if data.get("samples"):
         body.append('<h2>Sample test patches: true and predicted labels</h2><div class="grid">')
         for s in data["samples"]:
@@ -135,6 +165,28 @@ def write_report(out: str, data: dict[str, Any]) -> str:
                 f'<div class="{"ok" if h["shared"] else "miss"}">shared: {html.escape(shared)}</div></div>'
             )
         body.append("</div>")
+    seg = data.get("segmentation") or {}
+    if seg:
+        body.append(f"<h2>Land-cover segmentation ({seg.get('patches')} test pairs)</h2>")
+        body.append(
+            '<table id="segmentation"><tr><th>mIoU</th><th>pixel accuracy</th><th>frequency-weighted IoU</th>'
+            "<th>scored pixels</th><th>patches without a scored pixel</th></tr>"
+            f"<tr><td>{_pct(seg.get('miou'))}</td><td>{_pct(seg.get('pixel_accuracy'))}</td>"
+            f"<td>{_pct(seg.get('fw_iou'))}</td><td>{seg.get('scored_pixels')}</td>"
+            f"<td>{seg.get('unscored_patches')}</td></tr></table>"
+        )
+        body.append(img(data.get("per_class_iou_png"), "per-class IoU"))
+    if data.get("segmentations"):
+        body.append("<h3>Predicted and reference maps</h3>" + _legend())
+        for x in data["segmentations"]:
+            top = ", ".join(f"{html.escape(c)} {100 * p:.0f}%" for c, p in x["top"])
+            body.append(
+                f"<div class='row segmentation'><div class='card'>{img(x['png'], x['patch_id'])}"
+                f"<div class='muted'>{html.escape(x['patch_id'][-24:])}</div></div>"
+                f"<div class='card'>{img(x['predicted_png'], 'predicted map')}<div><b>predicted</b></div>"
+                f"<div class='muted'>{top}</div></div>"
+                f"<div class='card'>{img(x['reference_png'], 'reference map')}<div><b>reference</b></div></div></div>"
+            )
     if data.get("real"):
         body.append(
             "<h2>Real BigEarthNet patches classified through the API</h2><table id='real'>"

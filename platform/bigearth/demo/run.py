@@ -1,9 +1,11 @@
 """The whole platform on embedded defaults (local Ray, local folders, the embedded vector engine), end to end:
 
-synthesise an archive in the real v2 layout -> ingest -> train a small fused S1+S2 model -> evaluate -> index ->
-evaluate retrieval -> serve -> classify and search through the SDK (and a REAL patch when ../shared is there) ->
-an HTML report. `bigearth demo` (= `make demo`); `--serve` keeps the service running afterwards. The model is
-`configs/tiny-cpu.yaml` (the tests' config), trained for the demo's number of epochs.
+synthesise an archive in the real v2 layout, reference maps included -> ingest -> train a small fused S1+S2 model
+-> evaluate (overall, by country, by season) -> index -> evaluate retrieval -> train and evaluate a small S1+S2
+segmentation model on the reference maps -> serve both -> classify, search and segment through the SDK (and a REAL
+patch when ../shared is there) -> an HTML report. `bigearth demo` (= `make demo`); `--serve` keeps the service
+running afterwards. The models are `configs/tiny-cpu.yaml` and `configs/seg-tiny-cpu.yaml` (the tests' configs),
+trained for the demo's number of epochs.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-STAGES = 8
+STAGES = 9
 #: The demo's model and recipe: the repository's config file (a checkout or an editable install).
 #: Where the demo's config is looked for, in order: the checkout this package runs from, then `configs/` in the
 #: working folder (the image: the package installed as a wheel, `configs/` beside the jobs).
@@ -26,6 +28,8 @@ DEMO_CONFIGS = (
     Path(__file__).resolve().parents[3] / "configs" / "tiny-cpu.yaml",
     Path("configs") / "tiny-cpu.yaml",
 )
+#: The demo's segmentation model, looked for in the same places.
+SEG_CONFIG = "seg-tiny-cpu.yaml"
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,14 @@ class Workdir:
     @property
     def eval(self) -> Path:
         return self.root / "eval"
+
+    @property
+    def seg_run(self) -> Path:
+        return self.root / "runs" / "seg-tiny"
+
+    @property
+    def seg_eval(self) -> Path:
+        return self.root / "eval-segmentation"
 
     @property
     def index(self) -> Path:
@@ -103,8 +115,9 @@ def find_real_patches(shared: str | None = None) -> list[tuple[Path, Path]]:
     return sorted(pairs)
 
 
-def demo_config(epochs: int, config: str | Path | None = None) -> Any:
-    """The demo's `TrainConfig`: `config` (default `configs/tiny-cpu.yaml`) for `epochs` epochs, no early stop."""
+def demo_config(epochs: int, config: str | Path | None = None, name: str | None = None) -> Any:
+    """The demo's `TrainConfig`: `config` (default `configs/tiny-cpu.yaml`, or the file `name` in the same places)
+    for `epochs` epochs, no early stop."""
     from bigearth.training.config import load_config
 
     if config:
@@ -112,22 +125,31 @@ def demo_config(epochs: int, config: str | Path | None = None) -> Any:
         if not path.exists():
             raise FileNotFoundError(f"{path}: the demo's config not found")
     else:
-        found = [p for p in DEMO_CONFIGS if p.exists()]
+        places = [p.with_name(name) for p in DEMO_CONFIGS] if name else list(DEMO_CONFIGS)
+        found = [p for p in places if p.exists()]
         if not found:
-            tried = ", ".join(str(p) for p in DEMO_CONFIGS)
+            tried = ", ".join(str(p) for p in places)
             raise FileNotFoundError(f"the demo's config: none of {tried} (run it from a checkout, or pass --config)")
         path = found[0]
     return load_config(path, [f"optim.epochs={epochs}", f"run.patience={epochs}"])
 
 
 def synthesise(w: Workdir, pairs: int, seed: int) -> None:
-    """A synthetic archive of `pairs` pairs in the v2 layout (kept when already there)."""
+    """A synthetic archive of `pairs` pairs in the v2 layout with a reference map per pair (kept when already
+    there; an archive of an earlier demo without maps is made again)."""
+    import shutil
+
+    from bigearth.archive.layouts.v2 import V2_REFERENCE_MAPS_DIR
     from bigearth.synth.archive import synthesize
 
     if (w.archive / "metadata.parquet").exists():
-        print("      already there")
-        return
-    synthesize(str(w.archive), layout="v2", pairs=pairs, seed=seed)
+        if (w.archive / V2_REFERENCE_MAPS_DIR).is_dir():
+            print("      already there")
+            return
+        print("      an earlier archive without reference maps: made again")
+        shutil.rmtree(w.archive)
+        shutil.rmtree(w.shards, ignore_errors=True)
+    synthesize(str(w.archive), layout="v2", pairs=pairs, seed=seed, reference_maps=True)
 
 
 def ingest_archive(w: Workdir, pairs: int) -> Any:
@@ -151,6 +173,24 @@ def evaluate_model(w: Workdir) -> dict[str, Any]:
 
     metrics: dict[str, Any] = evaluate(str(w.run), str(w.shards), "test", str(w.eval))
     print(f"      micro F1 {metrics['micro_f1']:.3f}, macro AP {metrics['macro_ap']:.3f}")
+    return metrics
+
+
+def train_segmenter(w: Workdir, cfg: Any) -> None:
+    from bigearth.training.trainer import train
+
+    train(cfg, str(w.shards), str(w.seg_run.parent), w.seg_run.name)
+
+
+def evaluate_segmenter(w: Workdir) -> dict[str, Any]:
+    """The segmentation model's test-split metrics (mIoU, per-class IoU, ...) in `eval-segmentation/`."""
+    from bigearth.evaluation.classification import evaluate
+
+    metrics: dict[str, Any] = evaluate(str(w.seg_run), str(w.shards), "test", str(w.seg_eval))
+    print(
+        f"      mIoU {metrics['miou']:.3f}, pixel accuracy {metrics['pixel_accuracy']:.3f} "
+        f"over {metrics['scored_pixels']:,} scored pixels of {metrics['patches']} patches"
+    )
     return metrics
 
 
@@ -180,7 +220,13 @@ def start_service(w: Workdir, port: int) -> None:
     from bigearth.serving.app import AppArgs, build
 
     ray_serve.start(http_options={"host": "127.0.0.1", "port": port})
-    args = AppArgs(checkpoint=str(w.run), index=str(w.index), data=str(w.shards), replica_cpus=0.5)
+    args = AppArgs(
+        checkpoint=str(w.run),
+        index=str(w.index),
+        data=str(w.shards),
+        segmentation_checkpoint=str(w.seg_run),
+        replica_cpus=0.5,
+    )
     ray_serve.run(build(args), name="bigearth", route_prefix="/")
 
 
@@ -235,6 +281,30 @@ def search_neighbours(client: Any, preds: list[dict[str, Any]], images: Path) ->
     return queries
 
 
+def segment_samples(client: Any, preds: list[dict[str, Any]], images: Path) -> list[dict[str, Any]]:
+    """Each test pair segmented by patch id: its quicklook, the predicted map, the archive's reference map and the
+    predicted class shares."""
+    out = []
+    for p in preds:
+        pid = p["patch_id"]
+        r = client.segment(patch_id=pid)
+        predicted, reference = images / f"{pid}.segmentation.png", images / f"{pid}.reference.png"
+        predicted.write_bytes(r.png_bytes)
+        reference.write_bytes(client.reference_map(pid))
+        top = sorted(r.shares.items(), key=lambda kv: -kv[1])[:3]
+        out.append(
+            {
+                "patch_id": pid,
+                "png": str(_quicklook(client, images, pid)),
+                "predicted_png": str(predicted),
+                "reference_png": str(reference),
+                "top": top,
+            }
+        )
+    print(f"      segmented {len(out)} test pairs by patch id")
+    return out
+
+
 def classify_real(client: Any, shared: str | None) -> list[dict[str, Any]]:
     """The real pairs of ../shared uploaded as GeoTIFFs and classified (none when it is not there)."""
     real = []
@@ -263,6 +333,7 @@ def call_service(w: Workdir, url: str, samples: int, queries: int, shared: str |
         return {
             "samples": classify_samples(c, preds, images),
             "queries": search_neighbours(c, preds[:queries], images),
+            "segmentations": segment_samples(c, preds[:queries], images),
             "real": classify_real(c, shared),
         }
 
@@ -273,6 +344,7 @@ def write_demo_report(
     manifest: Any,
     metrics: dict[str, Any],
     retrieval: dict[str, Any],
+    segmentation: dict[str, Any],
     url: str,
     seconds: dict[str, float],
     serve: bool,
@@ -285,6 +357,7 @@ def write_demo_report(
         "pairs ingested": manifest.pairs,
         "splits": manifest.splits,
         "epochs": len(history),
+        "segmentation mIoU (test)": round(float(segmentation["miou"] or 0.0), 3),
         "service": url,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }
@@ -296,6 +369,8 @@ def write_demo_report(
         by_group_png=str(w.eval / "by_group.png"),
         metrics={k: v for k, v in metrics.items() if k != "class_names"},
         retrieval=retrieval,
+        segmentation={k: v for k, v in segmentation.items() if k != "class_names"},
+        per_class_iou_png=str(w.seg_eval / "per_class_iou.png"),
         history=history,
         explorer=f"{url}/" if serve else None,
     )
@@ -329,6 +404,7 @@ def run_demo(
 
     w = Workdir(Path(workdir).resolve())
     cfg = demo_config(epochs, config)  # before any work: a missing config fails at once
+    seg_cfg = demo_config(epochs, name=SEG_CONFIG)
     st = Stages()
     with st.stage("synth", 1, f"synthesising {pairs} pairs in the BigEarthNet v2 layout -> {w.archive}"):
         synthesise(w, pairs, seed)
@@ -342,13 +418,16 @@ def run_demo(
         index_archive(w)
     with st.stage("retrieval_eval", 6, f"evaluating retrieval (test queries against train) -> {w.retrieval}"):
         retrieval = evaluate_index(w)
+    with st.stage("segmentation", 7, f"training and evaluating seg-tiny (S1+S2 land-cover maps) -> {w.seg_run}"):
+        train_segmenter(w, seg_cfg)
+        segmentation = evaluate_segmenter(w)
     port = _free_port(port)
     url = f"http://127.0.0.1:{port}"
-    with st.stage("serve_and_sdk", 7, f"serving with Ray Serve at {url} and calling it through the SDK"):
+    with st.stage("serve_and_sdk", 8, f"serving with Ray Serve at {url} and calling it through the SDK"):
         start_service(w, port)
         data = call_service(w, url, samples, queries, shared)
-    with st.stage("report", 8, f"writing the report -> {w.report / 'report.html'}"):
-        page, summary = write_demo_report(w, data, manifest, metrics, retrieval, url, st.seconds, serve)
+    with st.stage("report", 9, f"writing the report -> {w.report / 'report.html'}"):
+        page, summary = write_demo_report(w, data, manifest, metrics, retrieval, segmentation, url, st.seconds, serve)
     print(f"\ndemo: done in {time.perf_counter() - st.started:.0f} s. Report: {page}")
     if serve:
         keep_serving(url)
@@ -356,7 +435,13 @@ def run_demo(
         keep = f"bigearth demo --workdir {workdir} --serve"
         print(f"To keep the service running (the explorer page at /, the API at /docs): {keep}")
     ray_serve.shutdown()
-    return {"report": page, "summary": summary, "metrics": data["metrics"], "retrieval": retrieval}
+    return {
+        "report": page,
+        "summary": summary,
+        "metrics": data["metrics"],
+        "retrieval": retrieval,
+        "segmentation": data["segmentation"],
+    }
 
 
 def _ready(client: Any) -> bool:
