@@ -116,9 +116,7 @@ def write_report(out: str, data: dict[str, Any]) -> str:
         groups = [(key, m[key]) for key in ("by_country", "by_season") if m.get(key)]
         if groups:
             body.append("<h3>By country and by season</h3>")
-            body.append(
-                '<table id="by-group"><tr><th>group</th><th>pairs</th><th>micro F1</th><th>macro AP</th></tr>'
-            )
+            body.append('<table id="by-group"><tr><th>group</th><th>pairs</th><th>micro F1</th><th>macro AP</th></tr>')
             for key, table in groups:
                 for name, g in table.items():
                     few = ' <span class="muted">(few pairs)</span>' if g.get("few_pairs") else ""
@@ -128,7 +126,7 @@ def write_report(out: str, data: dict[str, Any]) -> str:
                     )
             body.append("</table>")
         if data.get("by_group_png") and os.path.exists(data["by_group_png"]):
-            body.append(img(data["by_group_png"], "figures by country and season"))
+            body.append(img(data["by_group_png"], "scores by country and season"))
     if data.get("samples"):
         body.append('<h2>Sample test patches: true and predicted labels</h2><div class="grid">')
         for s in data["samples"]:
