@@ -15,6 +15,7 @@ from bigearth.metrics.segmentation import (
     SegmentationMetrics,
     class_shares,
     confusion_matrix,
+    presence_threshold,
     scores_from_confusion,
 )
 
@@ -97,8 +98,9 @@ def test_pixel_figures_match_scikit_learn(seed: int) -> None:
 
 def _sk_image(pred: np.ndarray, labels: np.ndarray, share: float) -> dict:
     b = len(pred)
-    shares = np.stack([np.bincount(pred[i].ravel(), minlength=C) / pred[i].size for i in range(b)])
-    yp = (shares > share).astype(np.int64)
+    counts = np.stack([np.bincount(pred[i].ravel(), minlength=C) for i in range(b)])
+    shares = counts / pred[0].size
+    yp = (counts >= share * pred[0].size - 1e-9).astype(np.int64)  # present: at least `share` of the pixels
     keep = labels.sum(0) > 0
     z = {"zero_division": 0}
     return {
@@ -153,8 +155,32 @@ def test_invalid_inputs_are_refused() -> None:
         confusion_matrix(bad, pred, C)
     with pytest.raises(ValueError, match=r"\[B, H, W\]"):
         confusion_matrix(pred[0], pred[0], C)
-    with pytest.raises(ValueError, match="presence_share"):
-        SegmentationMetrics(C, presence_share=1.0)
+    for share in (0.0, -0.1, 1.5):
+        with pytest.raises(ValueError, match="presence_share"):
+            SegmentationMetrics(C, presence_share=share)
+    m = SegmentationMetrics(C)
+    m.update(pred, pred, torch.zeros((1, C)))
+    with pytest.raises(ValueError, match="one size per metric"):
+        m.update(
+            torch.zeros((1, 5, 5), dtype=torch.uint8), torch.zeros((1, 5, 5), dtype=torch.uint8), torch.zeros((1, C))
+        )
+
+
+@pytest.mark.parametrize("share", [0.01, 0.0125, 1 / 3, 0.5, 1.0])
+def test_a_class_covering_exactly_the_presence_share_is_present(share: float) -> None:
+    """ "At least" the share, exactly: the pixel count that reaches it counts, one pixel fewer does not."""
+    pixels = 120 * 120
+    need = int(np.ceil(share * pixels - 1e-9))
+    pred = torch.zeros((2, 120, 120), dtype=torch.uint8)  # class 0 everywhere, then class 1 on `need` pixels
+    pred[0].view(-1)[:need] = 1
+    pred[1].view(-1)[: need - 1] = 1
+    labels = torch.zeros((2, C))
+    labels[:, 1] = 1.0
+    m = SegmentationMetrics(C, presence_share=share)
+    m.update(pred, pred, labels)
+    r = m.compute()["image"]
+    assert r["per_class"][NAMES[1]]["recall"] == pytest.approx(0.5)  # the first map has it, the second does not
+    assert presence_threshold(share) < need / pixels and presence_threshold(share) > (need - 1) / pixels
 
 
 def test_reset_and_forward_accumulate() -> None:

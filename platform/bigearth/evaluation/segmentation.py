@@ -20,8 +20,14 @@ from bigearth.core.records import write_bytes_atomic, write_json_atomic
 from bigearth.core.secrets import redact
 from bigearth.core.storage import StorageOptions, join, open_fs
 from bigearth.execution.executors import Executor, Resources, default_executor
-from bigearth.metrics.charts import percent
-from bigearth.metrics.segmentation import PRESENCE_SHARE, class_shares, confusion_matrix, scores_from_confusion
+from bigearth.metrics.charts import by_group_chart, percent
+from bigearth.metrics.segmentation import (
+    PRESENCE_SHARE,
+    class_shares,
+    confusion_matrix,
+    presence_threshold,
+    scores_from_confusion,
+)
 from bigearth.models.checkpoints import Checkpoint
 from bigearth.shards.shardset import label_column
 from bigearth.shards.subsets import MetadataSubset
@@ -137,7 +143,7 @@ def figures(
     out["unscored_patches"] = int((p.scored[idx] == 0).sum())
     out["patches_without_map"] = int((~p.has_map[idx]).sum())
     if len(idx):
-        metric = MultilabelMetrics(classes, threshold=presence_share)
+        metric = MultilabelMetrics(classes, threshold=presence_threshold(presence_share))
         truth = lab.encode_many([p.truth[i] for i in idx], classes)  # type: ignore[arg-type]
         metric.update(torch.from_numpy(p.shares[idx]), torch.from_numpy(truth))
         full = metric.compute()
@@ -230,7 +236,8 @@ def evaluate(
     presence_share: float = PRESENCE_SHARE,
     subset: MetadataSubset | None = None,
 ) -> dict[str, Any]:
-    """Write metrics.json, metrics.md, per_class_iou.png, confusion.png and predictions.parquet to `out`; return
+    """Write metrics.json, metrics.md, per_class_iou.png, confusion.png, by_group.png (mIoU by country and season)
+    and predictions.parquet to `out`; return
     the metrics (with `class_names`). `subset`: only the pairs of these countries / seasons."""
     from bigearth.metrics.segmentation_charts import confusion_chart, per_class_iou_chart
 
@@ -252,6 +259,8 @@ def evaluate(
     write_bytes_atomic(fs, join(root, "metrics.md"), metrics_markdown(result).encode())
     write_bytes_atomic(fs, join(root, "per_class_iou.png"), per_class_iou_chart(result))
     write_bytes_atomic(fs, join(root, "confusion.png"), confusion_chart(cm, names, split))
+    by = {"country": result["by_country"], "season": result["by_season"]}
+    write_bytes_atomic(fs, join(root, "by_group.png"), by_group_chart(by, "miou", "mIoU", split))
     table = pa.table(
         {
             "patch_id": pa.array(p.ids, pa.string()),
@@ -307,7 +316,7 @@ def metrics_markdown(m: dict[str, Any]) -> str:
         + "; frequency-weighted IoU weights each class's IoU by its share of the scored pixels. An unscored pair"
         " has no scored pixel and adds nothing to the pixel figures.",
         "",
-        f"Image level: a class is predicted present when its predicted map covers more than {100 * share:g} % of"
+        f"Image level: a class is predicted present when its predicted map covers at least {100 * share:g} % of"
         " the pair's pixels; truth: the pair's labels.",
         "",
         "| average | precision | recall | F1 | AP |",
@@ -320,6 +329,7 @@ def metrics_markdown(m: dict[str, Any]) -> str:
     for name, iou in m["per_class_iou"].items():
         lines.append(f"| {name} | {percent(iou)} | {m['reference_pixels'][name]} |")
     lines += ["", "![per-class IoU](per_class_iou.png)", "", "![confusion matrix](confusion.png)", ""]
+    lines += ["![mIoU by country and season](by_group.png)", ""]
     for title, key in (("By country", "by_country"), ("By season", "by_season")):
         lines += [f"## {title}", "", *_group_rows(m[key]), ""]
     lines.append("Groups marked *few pairs* have too few pairs for their figures to be compared.")

@@ -11,10 +11,11 @@ multi-label figures of the predicted maps. The conventions (docs/evaluation.md):
 - `miou` is the mean IoU over the present classes (null when no pixel was scored); `pixel_accuracy` is the trace over
   the scored pixels; `fw_iou` sums, over the present classes, the class's share of the reference pixels times its IoU;
 - a patch without any scored pixel counts in `patches` and in `unscored_patches`, and adds nothing to the confusion;
-- image-level: a class is predicted present in a patch when its predicted map covers more than `presence_share` of
+- image-level: a class is predicted present in a patch when its predicted map covers at least `presence_share` of
   the patch's pixels (all of them, ignored or not: the model predicts a class everywhere); the shares are the scores
-  and the patch's labels the truth of `bigearth.metrics.multilabel.MultilabelMetrics` thresholded at
-  `presence_share`, so every figure there (F1, AP, ...) keeps its conventions.
+  and the patch's labels the truth of `bigearth.metrics.multilabel.MultilabelMetrics`, so every figure there (F1,
+  AP, ...) keeps its conventions. Its threshold is "above" (as torchmetrics); `presence_threshold` turns "at least
+  this share of a map's pixels" into the exactly equivalent "above" threshold, halfway between two pixel counts.
 """
 
 from __future__ import annotations
@@ -29,8 +30,20 @@ from torchmetrics import Metric
 from bigearth.core import labels as lab
 from bigearth.metrics.multilabel import MultilabelMetrics
 
-#: The default share of a patch's pixels a predicted class must exceed to count as present at image level.
+#: The default share of a patch's pixels a predicted class must cover (at least) to count as present at image level.
 PRESENCE_SHARE = 0.01
+#: Pixels of a predicted map (the reference maps' 120 x 120 grid).
+MAP_PIXELS = 120 * 120
+
+
+def presence_threshold(presence_share: float, pixels: int = MAP_PIXELS) -> float:
+    """The "above" threshold on class shares (multiples of 1 / `pixels`) that selects exactly the classes covering
+    at least `presence_share` of the map: halfway below the smallest pixel count that reaches the share, so that
+    float rounding of the shares never moves a class across it. `presence_share` in (0, 1]."""
+    if not 0 < presence_share <= 1:
+        raise ValueError(f"presence_share must be in (0, 1], got {presence_share}")
+    need = int(np.ceil(presence_share * pixels - 1e-9))  # the fewest pixels that cover the share
+    return (max(need, 1) - 0.5) / pixels
 
 
 def confusion_matrix(
@@ -99,8 +112,7 @@ class SegmentationMetrics(Metric):
 
     def __init__(self, num_classes: int = 19, device: Any = None, presence_share: float = PRESENCE_SHARE) -> None:
         super().__init__()
-        if not 0 <= presence_share < 1:
-            raise ValueError(f"presence_share must be in [0, 1), got {presence_share}")
+        presence_threshold(presence_share)  # refused here, before any update, when out of range
         self.num_classes = num_classes
         self.presence_share = presence_share
         self.names = lab.class_names(num_classes)  # type: ignore[arg-type]
@@ -109,8 +121,7 @@ class SegmentationMetrics(Metric):
         self.add_state("patches", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("unscored_patches", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self._device_arg = device or "cpu"
-        self.image = MultilabelMetrics(num_classes, threshold=presence_share, device=self._device_arg)
-        self.with_labels = False
+        self._image_for(MAP_PIXELS)  # the threshold depends on the maps' pixel count (`presence_threshold`)
         if device is not None:
             self.to(device)
 
@@ -127,9 +138,14 @@ class SegmentationMetrics(Metric):
         self.patches += per_image.shape[0]
         self.unscored_patches += int((per_image.sum((1, 2)) == 0).sum())
         if labels is not None:
+            pixels = int(pred.shape[1] * pred.shape[2])
+            if pixels != self.map_pixels:
+                if self.with_labels:
+                    raise ValueError(f"maps of {pixels} pixels after maps of {self.map_pixels}: one size per metric")
+                self._image_for(pixels, self.image.support.device)
+            self.with_labels = True
             where = self.image.support.device  # the image-level metrics stay where they were made
             self.image.update(class_shares(pred, self.num_classes).to(where), labels.to(where))
-            self.with_labels = True
 
     def forward(self, *args: Any, **kwargs: Any) -> None:
         """Accumulates only (torchmetrics' forward would also compute per-batch figures and reset the image-level
@@ -146,5 +162,11 @@ class SegmentationMetrics(Metric):
 
     def reset(self) -> None:
         super().reset()
-        self.image = MultilabelMetrics(self.num_classes, threshold=self.presence_share, device=self.confusion.device)
+        self._image_for(self.map_pixels, self.confusion.device)
+
+    def _image_for(self, pixels: int, device: Any = None) -> None:
+        """New image-level metrics for maps of `pixels` pixels (their threshold: `presence_threshold`)."""
+        threshold = presence_threshold(self.presence_share, pixels)
+        self.image = MultilabelMetrics(self.num_classes, threshold=threshold, device=device or self._device_arg)
+        self.map_pixels = pixels
         self.with_labels = False
