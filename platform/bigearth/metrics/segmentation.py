@@ -109,6 +109,9 @@ class SegmentationMetrics(Metric):
     confusion: torch.Tensor
     patches: torch.Tensor
     unscored_patches: torch.Tensor
+    image: MultilabelMetrics
+    map_pixels: int
+    with_labels: bool
 
     def __init__(self, num_classes: int = 19, device: Any = None, presence_share: float = PRESENCE_SHARE) -> None:
         super().__init__()
