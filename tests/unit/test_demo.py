@@ -49,3 +49,22 @@ def test_the_segmentation_model_is_its_own_config_file_from_the_same_places() ->
     got = demo_config(3, name=SEG_CONFIG)
     assert (got.optim.epochs, got.run.patience) == (3, 3)
     assert got.model.name == load_config(REPO / "configs" / SEG_CONFIG).model.name == "seg-tiny"
+
+
+def test_two_charts_of_one_name_both_reach_the_report(tmp_path: Path) -> None:
+    from bigearth.demo.report import write_report
+
+    for folder, colour in (("eval", b"A"), ("eval-segmentation", b"B")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "by_group.png").write_bytes(colour * 200)
+    data = {
+        "metrics": {"samples": 1},
+        "by_group_png": str(tmp_path / "eval" / "by_group.png"),
+        "segmentation": {"patches": 1},
+        "seg_by_group_png": str(tmp_path / "eval-segmentation" / "by_group.png"),
+    }
+    page = Path(write_report(str(tmp_path / "report"), data)).read_text()
+    images = tmp_path / "report" / "images"
+    assert 'src="images/by_group.png"' in page and 'src="images/eval-segmentation-by_group.png"' in page
+    assert (images / "by_group.png").read_bytes()[:1] == b"A"
+    assert (images / "eval-segmentation-by_group.png").read_bytes()[:1] == b"B"

@@ -68,18 +68,26 @@ def write_report(out: str, data: dict[str, Any]) -> str:
 
     `data` keys: title, summary (dict), explorer (the web page's URL, while it is served), curves_png,
     per_class_png, by_group_png, metrics (evaluate's metrics.json), retrieval (evaluate_retrieval's JSON),
-    segmentation (a segmentation model's metrics.json), per_class_iou_png, samples [{patch_id, true, pred, png}],
-    queries [{patch_id, labels, png, hits: [{patch_id, score, labels, shared, png}]}], segmentations [{patch_id,
-    png, predicted_png, reference_png, top: [[class, share], ...]}], real [{name, labels, top: [[class, p], ...]}].
+    segmentation (a segmentation model's metrics.json), per_class_iou_png, seg_by_group_png, samples [{patch_id,
+    true, pred, png}], queries [{patch_id, labels, png, hits: [{patch_id, score, labels, shared, png}]}],
+    segmentations [{patch_id, png, predicted_png, reference_png, top: [[class, share], ...]}], real [{name, labels,
+    top: [[class, p], ...]}]. Two images of one file name (`by_group.png` of eval/ and eval-segmentation/) are both
+    kept: the second is prefixed with its folder's name.
     """
     images = os.path.join(out, "images")
     os.makedirs(images, exist_ok=True)
+
+    copied: dict[str, str] = {}  # name in images/ -> the file copied there
 
     def img(path: str | None, alt: str) -> str:
         if not path:
             return ""
         name = os.path.basename(path)
         if os.path.abspath(os.path.dirname(path)) != os.path.abspath(images):
+            source = os.path.abspath(path)
+            if copied.get(name, source) != source:  # two outputs of one name (eval/ and eval-segmentation/)
+                name = f"{os.path.basename(os.path.dirname(source))}-{name}"
+            copied[name] = source
             shutil.copyfile(path, os.path.join(images, name))
         return f'<img src="images/{html.escape(name)}" alt="{html.escape(alt)}">'
 
@@ -174,6 +182,8 @@ def write_report(out: str, data: dict[str, Any]) -> str:
             f"<td>{seg.get('unscored_patches')}</td></tr></table>"
         )
         body.append(img(data.get("per_class_iou_png"), "per-class IoU"))
+        if data.get("seg_by_group_png") and os.path.exists(data["seg_by_group_png"]):
+            body.append(img(data["seg_by_group_png"], "mIoU by country and season"))
     if data.get("segmentations"):
         body.append("<h3>Predicted and reference maps</h3>" + _legend())
         for x in data["segmentations"]:

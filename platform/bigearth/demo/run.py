@@ -371,6 +371,7 @@ def write_demo_report(
         retrieval=retrieval,
         segmentation={k: v for k, v in segmentation.items() if k != "class_names"},
         per_class_iou_png=str(w.seg_eval / "per_class_iou.png"),
+        seg_by_group_png=str(w.seg_eval / "by_group.png"),
         history=history,
         explorer=f"{url}/" if serve else None,
     )
