@@ -21,6 +21,7 @@ th{background:#f3f3f3} td:first-child,th:first-child{text-align:left} #summary t
 .ok{color:#176f2c} .miss{color:#a0102a} .extra{color:#9a6700} .muted{color:#666}
 .row{display:flex;gap:.8rem;align-items:flex-start;margin:1rem 0;overflow-x:auto}
 .row .card{width:150px} .row .card img{width:150px;height:150px} .query img{border:3px solid #1f5fbf}
+.card .muted{overflow-wrap:anywhere}
 .legend{display:flex;flex-wrap:wrap;gap:.3rem .9rem;font-size:.8rem;margin:.5rem 0}
 .legend span.swatch{display:inline-block;width:.9rem;height:.9rem;border:1px solid #666;vertical-align:middle;
 margin-right:.3rem}

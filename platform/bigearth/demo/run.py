@@ -291,7 +291,7 @@ def segment_samples(client: Any, preds: list[dict[str, Any]], images: Path) -> l
         predicted, reference = images / f"{pid}.segmentation.png", images / f"{pid}.reference.png"
         predicted.write_bytes(r.png_bytes)
         reference.write_bytes(client.reference_map(pid))
-        top = sorted(r.shares.items(), key=lambda kv: -kv[1])[:3]
+        top = sorted(((c, v) for c, v in r.shares.items() if v > 0), key=lambda kv: -kv[1])[:3]
         out.append(
             {
                 "patch_id": pid,
