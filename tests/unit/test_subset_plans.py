@@ -94,10 +94,15 @@ def test_shares_and_skips_count_selected_rows(fine: Path) -> None:
         assert len(ids) == n
         seen.extend(ids)
     assert sorted(seen) == sorted(want)  # every selected row exactly once
-    shares = [epoch_share(plan, 1, seed=2, rank=r, world=2) for r in range(2)]
-    limit = shares[0][1]
-    assert limit == min(sum(g.rows for g in s) for s, _ in shares)
-    assert {len(RowGroupLoader(s, 4, limit=limit)) for s, _ in shares} == {-(-limit // 4)}
+    for world in (2, 3, 4):
+        shares = [epoch_share(plan, 1, seed=2, rank=r, world=world) for r in range(world)]
+        limit = shares[0][1]
+        assert limit is not None and limit == min(sum(g.rows for g in s) for s, _ in shares)
+        assert {len(RowGroupLoader(s, 4, limit=limit)) for s, _ in shares} == {-(-limit // 4)}
+        loaders = [RowGroupLoader(s, 4, limit=limit, shuffle_buffer=8) for s, _ in shares]
+        drawn = [i for loader in loaders for b in loader for i in b["patch_id"]]
+        assert len(drawn) == world * limit == len(set(drawn)) and set(drawn) <= set(want)
+        assert len(want) - len(drawn) < world  # the equal shares leave out fewer than `world` selected rows
 
 
 def test_an_empty_selection_names_the_filter_and_the_split(fine: Path) -> None:

@@ -161,17 +161,39 @@ def epoch_share(
     equal: bool = True,
 ) -> tuple[list[RowGroup], int | None]:
     """This worker's row groups for an epoch and how many rows it may yield (`equal`: the same number on every
-    worker, the smallest share, so data-parallel workers run the same number of steps; None = all of them).
+    worker, `n // world` of the plan's `n` rows, so data-parallel workers run the same number of steps and fewer
+    than `world` rows of the epoch are left out; None = all of them).
 
-    With `shuffle`, every worker permutes the plan with the same `(seed, epoch)` generator and takes every
-    `world`-th row group from position `rank`: the shares are disjoint and cover the plan. `equal=False` (for
-    evaluation) keeps every row."""
+    With `shuffle`, every worker permutes the plan's row groups with the same `(seed, epoch)` generator; the rows
+    of that order are then cut into `world` contiguous ranges whose sizes differ by at most one row (as
+    `row_share`), and this worker takes range `rank`: the shares are disjoint and cover the plan. A row group on
+    the boundary of two ranges is split into two `RowGroup`s with disjoint `selected` rows (one without a
+    selection gets one; `total` stays the file's rows, which the reader checks). Balancing rows and not row groups
+    matters with a metadata subset, whose groups hold anywhere from 1 to all of their rows. Two workers sharing a
+    boundary group each read (and decompress) the whole group and draw their own rows of it: at most `world - 1`
+    extra row-group reads an epoch. `equal=False` (for evaluation and benchmarks) keeps every row."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside a world of {world}")
     order = np.random.default_rng([seed, epoch]).permutation(len(plan)) if shuffle else np.arange(len(plan))
-    shares = [[plan[i] for i in order[r::world]] for r in range(world)]
-    limit = min(sum(g.rows for g in s) for s in shares) if equal and world > 1 else None
-    return shares[rank], limit
+    total = sum(g.rows for g in plan)
+    start, stop = rank * total // world, (rank + 1) * total // world
+    share: list[RowGroup] = []
+    at = 0
+    for i in order:
+        g = plan[i]
+        lo, hi = max(start - at, 0), min(stop - at, g.rows)
+        if lo < hi:
+            share.append(g if (lo, hi) == (0, g.rows) else _part(g, lo, hi))
+        at += g.rows
+        if at >= stop:
+            break
+    return share, total // world if equal and world > 1 else None
+
+
+def _part(group: RowGroup, lo: int, hi: int) -> RowGroup:
+    """Rows `lo:hi` of the rows `group` yields, as a row group of its own (a selection of the file's group)."""
+    rows = group.selected if group.selected is not None else tuple(range(group.file_rows))
+    return RowGroup(group.url, group.path, group.index, hi - lo, tuple(rows[lo:hi]), group.file_rows)
 
 
 def row_share(plan: Sequence[RowGroup], rank: int = 0, world: int = 1) -> tuple[list[RowGroup], int, int]:
