@@ -46,7 +46,14 @@ from bigearth.input.buffers import BatchBuffers
 from bigearth.shards.decode import band_view, groups_for, label_matrix, map_targets, require_maps, to_torch
 from bigearth.shards.format import ROW_GROUP_PAIRS, ShardFormatError, open_for_reading, open_shard, read_row_group
 from bigearth.shards.shardset import ShardSet, label_column
-from bigearth.shards.subsets import MetadataSubset, selected_rows
+from bigearth.shards.subsets import (
+    MetadataSubset,
+    check_selected,
+    check_values,
+    group_positions,
+    metadata_table,
+    selected_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -112,9 +119,35 @@ def select_rows(
 ) -> list[RowGroup]:
     """The row groups of `entries` with the rows `subset` selects (`bigearth.shards.subsets.selected_rows`: the
     metadata columns of the files only); whole groups stay plain, groups with none are left out."""
-    paths = [join(shard_set.root, e.path) for e in entries]
-    files = [(p, tuple(e.row_groups)) for p, e in zip(paths, entries, strict=True)]
-    picked = selected_rows(arrow_filesystem(shards, storage)[0], files, subset, _split_name(split))
+    files = _files(shard_set, entries)
+    fs = arrow_filesystem(shards, storage)[0]
+    return _selected(shards, files, selected_rows(fs, files, subset, _split_name(split)))
+
+
+def subset_plans(
+    shards: str, splits: Sequence[str], storage: StorageOptions | None = None, subset: MetadataSubset | None = None
+) -> list[list[RowGroup]]:
+    """The plans (`row_groups`) of splits a run reads together, e.g. training and validation. The countries of an
+    active `subset` are checked against all of them at once (`check_values`: a leave-one-country-out run excludes
+    a country its validation split may lack), each split's selection on its own (`EmptySubsetError`)."""
+    if subset is None or not subset.active:
+        return [row_groups(shards, split, storage) for split in splits]
+    shard_set = ShardSet.open(shards, storage)
+    fs = arrow_filesystem(shards, storage)[0]
+    files = [_files(shard_set, shard_set.files(split)) for split in splits]
+    tables = [metadata_table(fs, f) for f in files]
+    keeps = [check_selected(subset, split, t, values=False) for split, t in zip(splits, tables, strict=True)]
+    check_values(subset, ", ".join(splits), pa.concat_tables(tables))
+    return [_selected(shards, f, group_positions(keep, f)) for f, keep in zip(files, keeps, strict=True)]
+
+
+def _files(shard_set: ShardSet, entries: Sequence[Any]) -> list[tuple[str, tuple[int, ...]]]:
+    return [(join(shard_set.root, e.path), tuple(e.row_groups)) for e in entries]
+
+
+def _selected(
+    shards: str, files: Sequence[tuple[str, Sequence[int]]], picked: Sequence[Sequence[np.ndarray]]
+) -> list[RowGroup]:
     return [
         RowGroup(shards, path, i, n)
         if len(rows) == n
