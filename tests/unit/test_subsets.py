@@ -17,6 +17,7 @@ from bigearth.shards.subsets import (
     check_selected,
     check_values,
     season_column,
+    subset_record,
 )
 
 
@@ -138,3 +139,10 @@ def test_a_country_no_pair_carries_is_named() -> None:
     assert check_selected(MetadataSubset.of(exclude_seasons=["winter"]), "test", t.slice(1, 3)).sum() == 3
     assert check_selected(MetadataSubset.of(seasons=["winter", "summer"]), "test", t.slice(1, 3)).sum() == 1
     check_values(MetadataSubset.of(exclude_countries=["Serbia"]), "train, validation", t)
+
+
+def test_the_record_of_a_subset() -> None:
+    assert subset_record(None) is None and subset_record(MetadataSubset()) is None
+    both = MetadataSubset.of(exclude_countries=["Portugal"], seasons=["summer"])
+    assert subset_record(both) == {"countries": {"exclude": ["Portugal"]}, "seasons": {"include": ["summer"]}}
+    assert MetadataSubset.model_validate(subset_record(both)) == both  # reads back as the config spells it

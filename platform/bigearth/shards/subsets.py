@@ -136,6 +136,12 @@ class MetadataSubset(BaseModel):
         return "; ".join(parts) or "all pairs"
 
 
+def subset_record(subset: MetadataSubset | None) -> dict[str, Any] | None:
+    """A subset as metrics.json records it (classification and segmentation alike): its filters as the config
+    spells them, `{"countries": {"exclude": ["Portugal"]}}`, or None when nothing is filtered."""
+    return subset.model_dump(exclude_none=True) if subset is not None and subset.active else None
+
+
 def season_column(acquisitions: pa.Array | pa.ChunkedArray) -> pa.Array:
     """The season name of each timestamp (null stays null), vectorised over the month."""
     months = pc.month(acquisitions)
