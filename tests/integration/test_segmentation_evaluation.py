@@ -66,6 +66,7 @@ def test_segmentation_metrics_match_scikit_learn(
     ) == 0  # fmt: skip
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     m = json.loads((out / "metrics.json").read_text())
+    assert m["subset"] is None  # the key is always there, as in classification's metrics.json
     assert {k: printed[k] for k in ("miou", "pixel_accuracy", "fw_iou", "patches")} == {
         k: m[k] for k in ("miou", "pixel_accuracy", "fw_iou", "patches")
     }
@@ -134,7 +135,9 @@ def test_a_subset_evaluates_its_pairs_only(seg_shards: tuple[Path, str], seg_che
     subset = MetadataSubset.of(countries=[first])
     m = evaluate_maps(ref, str(shards), "test", str(tmp_path / "a"), executor=LocalExecutor(False), subset=subset)
     assert m["patches"] == countries.count(first) and list(m["by_country"]) == [first]
-    assert m["subset"] == subset.describe()
+    saved = json.loads((tmp_path / "a" / "metrics.json").read_text())
+    assert m["subset"] == saved["subset"] == {"countries": {"include": [first]}}  # as classification records it
+    assert f'`{{"countries": {{"include": ["{first}"]}}}}`' in (tmp_path / "a" / "metrics.md").read_text()
     with pytest.raises(EmptySubsetError, match="Atlantis"):
         evaluate_maps(
             ref, str(shards), "test", str(tmp_path / "b"), executor=LocalExecutor(False),

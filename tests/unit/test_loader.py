@@ -49,8 +49,8 @@ def test_shares_are_disjoint_cover_the_plan_and_run_equal_steps(fine: Path) -> N
     plan = row_groups(str(fine), "train")
     for world in (1, 2, 3):
         shares = [epoch_share(plan, 4, seed=7, rank=r, world=world) for r in range(world)]
-        groups = [g for share, _ in shares for g in share]
-        assert sorted(groups, key=lambda g: (g.path, g.index)) == sorted(plan, key=lambda g: (g.path, g.index))
+        rows = [r for share, _ in shares for g in share for r in _rows(g)]
+        assert len(rows) == len(set(rows)) and set(rows) == {r for g in plan for r in _rows(g)}  # disjoint, cover
         limits = {limit for _, limit in shares}
         assert len(limits) == 1  # every worker computes the same limit, without talking to the others
         limit = limits.pop()
@@ -63,6 +63,38 @@ def test_shares_are_disjoint_cover_the_plan_and_run_equal_steps(fine: Path) -> N
     assert epoch_share(plan, 5, seed=7, rank=1, world=2)[0] != again[0]  # another epoch, another permutation
     with pytest.raises(ValueError, match="rank 2 outside a world of 2"):
         epoch_share(plan, 0, rank=2, world=2)
+
+
+def _key(g: RowGroup) -> tuple[str, int]:
+    return g.path, g.index
+
+
+def _rows(g: RowGroup) -> list[tuple[str, int, int]]:
+    """The rows a row group yields, as (file, group, row in the group)."""
+    return [(g.path, g.index, r) for r in (g.selected if g.selected is not None else range(g.rows))]
+
+
+def test_shares_balance_rows_of_unequal_groups() -> None:
+    # a metadata subset's plan: groups holding 128, 128, 128 and 10 selected rows (and one of full groups)
+    sel = [RowGroup("u", f"f{i}", 0, n, tuple(range(0, 2 * n, 2)), 256) for i, n in enumerate((128, 128, 128, 10))]
+    full = [RowGroup("u", "g", i, n) for i, n in enumerate((128, 128, 37))]
+    for plan in (sel, full, sel + full):
+        want = {r for g in plan for r in _rows(g)}
+        for world in (2, 3, 4):
+            for epoch in (0, 1):
+                shares = [epoch_share(plan, epoch, seed=3, rank=r, world=world) for r in range(world)]
+                (limit,) = {limit for _, limit in shares}
+                assert limit is not None and {sum(g.rows for g in s) for s, _ in shares} <= {limit, limit + 1}
+                got = [r for s, _ in shares for g in s for r in _rows(g)]
+                assert len(got) == len(set(got)) and set(got) == want  # disjoint, covering the plan
+                assert len(want) - world * limit < world  # what the equal limit leaves out: fewer than world rows
+                for s, _ in shares:
+                    for g in s:  # a split group keeps the file's row count (the reader checks it)
+                        assert g.file_rows == next(p.file_rows for p in plan if (p.path, p.index) == (g.path, g.index))
+                again = [epoch_share(plan, epoch, seed=3, rank=r, world=world) for r in range(world)]
+                assert again == shares  # the same on every worker, without talking to the others
+        one, limit = epoch_share(plan, 0, seed=3)
+        assert limit is None and sorted(one, key=_key) == sorted(plan, key=_key)  # one worker: the groups, whole
 
 
 def test_evaluation_shares_hold_every_row_once_and_none_is_empty(fine: Path) -> None:

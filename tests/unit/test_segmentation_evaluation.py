@@ -99,6 +99,11 @@ def test_report_and_charts() -> None:
     md = metrics_markdown(m)
     assert f"({m['patches']} pairs)" in md and "| Austria (few pairs) |" in md and "## By season" in md
     assert "none for: " + m["classes_without_pixels"][0] in md
+    assert "subset" not in md and "subset" not in metrics_markdown({**m, "subset": None})
+    subset = {"countries": {"exclude": ["Portugal"]}}
+    assert 'Evaluated on a subset of `test`: `{"countries": {"exclude": ["Portugal"]}}`' in metrics_markdown(
+        {**m, "subset": subset}
+    )
     cm = p.confusion.sum(0).reshape(C, C)
     for png in (per_class_iou_chart(m), confusion_chart(cm, NAMES, "test")):
         assert png.startswith(b"\x89PNG")

@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from bigearth.input.loader import RowGroup, RowGroupLoader, epoch_share, row_groups, row_share
+from bigearth.input.loader import RowGroup, RowGroupLoader, epoch_share, row_groups, row_share, subset_plans
 from bigearth.input.raybatches import groups_of, plan_items
 from bigearth.shards.format import ShardFormatError
-from bigearth.shards.subsets import EmptySubsetError, MetadataSubset
+from bigearth.shards.subsets import EmptySubsetError, MetadataSubset, UnknownSubsetValueError
 from helpers import assert_batch_holds_rows, ingest_in_process, split_rows
 
 NO_PORTUGAL = MetadataSubset(countries={"exclude": ["Portugal"]})
@@ -94,10 +94,15 @@ def test_shares_and_skips_count_selected_rows(fine: Path) -> None:
         assert len(ids) == n
         seen.extend(ids)
     assert sorted(seen) == sorted(want)  # every selected row exactly once
-    shares = [epoch_share(plan, 1, seed=2, rank=r, world=2) for r in range(2)]
-    limit = shares[0][1]
-    assert limit == min(sum(g.rows for g in s) for s, _ in shares)
-    assert {len(RowGroupLoader(s, 4, limit=limit)) for s, _ in shares} == {-(-limit // 4)}
+    for world in (2, 3, 4):
+        shares = [epoch_share(plan, 1, seed=2, rank=r, world=world) for r in range(world)]
+        limit = shares[0][1]
+        assert limit is not None and limit == min(sum(g.rows for g in s) for s, _ in shares)
+        assert {len(RowGroupLoader(s, 4, limit=limit)) for s, _ in shares} == {-(-limit // 4)}
+        loaders = [RowGroupLoader(s, 4, limit=limit, shuffle_buffer=8) for s, _ in shares]
+        drawn = [i for loader in loaders for b in loader for i in b["patch_id"]]
+        assert len(drawn) == world * limit == len(set(drawn)) and set(drawn) <= set(want)
+        assert len(want) - len(drawn) < world  # the equal shares leave out fewer than `world` selected rows
 
 
 def test_an_empty_selection_names_the_filter_and_the_split(fine: Path) -> None:
@@ -160,3 +165,22 @@ def test_the_local_executor_trains_on_the_selected_pairs(fine: Path, tmp_path: P
             executor="local",
         )
     assert not (tmp_path / "none").exists()  # refused before anything was written
+
+
+def test_countries_are_checked_against_the_splits_a_run_reads(fine: Path) -> None:
+    train = {r["country"] for r in split_rows(fine, "train").values()}
+    val = {r["country"] for r in split_rows(fine, "validation").values()}
+    only = sorted(train - val)[0]  # a country of the training split that the validation split lacks (Ireland)
+    out = MetadataSubset(countries={"exclude": [only]})
+    # one split alone calls it unknown; the run's two splits together know it, and each plan leaves it out
+    with pytest.raises(UnknownSubsetValueError, match=f"no pair of split 'validation' has country '{only}'"):
+        row_groups(str(fine), "validation", subset=out)
+    plans = subset_plans(str(fine), ["train", "validation"], subset=out)
+    assert plans == [row_groups(str(fine), "train", subset=out), row_groups(str(fine), "validation")]
+    with pytest.raises(UnknownSubsetValueError, match=r"split 'train, validation' has country 'Portgual'; its count"):
+        subset_plans(str(fine), ["train", "validation"], subset=MetadataSubset.of(countries=["Austria", "Portgual"]))
+    with pytest.raises(EmptySubsetError, match="selects no pair of split 'validation'; its countries: Austria"):
+        subset_plans(str(fine), ["train", "validation"], subset=MetadataSubset.of(countries=[only]))
+    assert subset_plans(str(fine), ["train", "validation"]) == [
+        row_groups(str(fine), s) for s in ("train", "validation")
+    ]

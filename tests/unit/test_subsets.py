@@ -10,7 +10,15 @@ import pytest
 from pydantic import ValidationError
 
 from bigearth.evaluation.groups import MIN_GROUP_PAIRS, UNKNOWN, by_group, group_keys
-from bigearth.shards.subsets import EmptySubsetError, MetadataSubset, check_selected, season_column
+from bigearth.shards.subsets import (
+    EmptySubsetError,
+    MetadataSubset,
+    UnknownSubsetValueError,
+    check_selected,
+    check_values,
+    season_column,
+    subset_record,
+)
 
 
 def _table() -> pa.Table:
@@ -112,3 +120,29 @@ def test_by_group_counts_marks_and_computes_on_the_groups_rows() -> None:
     assert out["b"]["pairs"] == MIN_GROUP_PAIRS + 1 and out["b"]["few_pairs"] is False
     assert out["b"]["first"] == 0
     assert by_group([], lambda idx: {}) == {}
+
+
+def test_a_country_no_pair_carries_is_named() -> None:
+    t = _table()
+    with pytest.raises(UnknownSubsetValueError) as e:  # a misspelt exclusion would keep everything
+        check_selected(MetadataSubset.of(exclude_countries=["Portgual"]), "train", t)
+    assert str(e.value) == (
+        "data.countries exclude ['Portgual']: no pair of split 'train' has country 'Portgual'; "
+        "its countries: Austria (3), Portugal (2), Serbia (1), unknown (1)"
+    )
+    # one misspelt name of two would select the other's pairs only
+    with pytest.raises(UnknownSubsetValueError, match=r"has country 'Portgual', 'Narnia'; its countries: Austria"):
+        check_selected(MetadataSubset.of(countries=["Austria", "Portgual", "Narnia"]), "test", t)
+    assert not isinstance(UnknownSubsetValueError("x"), EmptySubsetError)
+    assert check_selected(MetadataSubset.of(countries=["Austria", "Portgual"]), "t", t, values=False).sum() == 3
+    # a valid season a split lacks is no typo: only an empty selection is an error
+    assert check_selected(MetadataSubset.of(exclude_seasons=["winter"]), "test", t.slice(1, 3)).sum() == 3
+    assert check_selected(MetadataSubset.of(seasons=["winter", "summer"]), "test", t.slice(1, 3)).sum() == 1
+    check_values(MetadataSubset.of(exclude_countries=["Serbia"]), "train, validation", t)
+
+
+def test_the_record_of_a_subset() -> None:
+    assert subset_record(None) is None and subset_record(MetadataSubset()) is None
+    both = MetadataSubset.of(exclude_countries=["Portugal"], seasons=["summer"])
+    assert subset_record(both) == {"countries": {"exclude": ["Portugal"]}, "seasons": {"include": ["summer"]}}
+    assert MetadataSubset.model_validate(subset_record(both)) == both  # reads back as the config spells it

@@ -23,7 +23,7 @@ from bigearth.execution.executors import Executor, Resources, default_executor
 from bigearth.metrics.charts import by_group_chart, per_class_chart, percent
 from bigearth.models.checkpoints import Checkpoint
 from bigearth.shards.shardset import label_column
-from bigearth.shards.subsets import SUBSET_COLUMNS, MetadataSubset
+from bigearth.shards.subsets import SUBSET_COLUMNS, MetadataSubset, subset_record
 
 
 class Predictor:
@@ -197,7 +197,7 @@ def evaluate(
         "checkpoint": redact(best),
         "split": split,
         "data": redact(data),
-        "subset": subset.model_dump(exclude_none=True) if subset is not None and subset.active else None,
+        "subset": subset_record(subset),
         **_scores(p, targets, classes),
         "by_country": by_group(keys["country"], scores),
         "by_season": by_group(keys["season"], scores),

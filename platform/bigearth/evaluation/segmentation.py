@@ -30,7 +30,7 @@ from bigearth.metrics.segmentation import (
 )
 from bigearth.models.checkpoints import Checkpoint
 from bigearth.shards.shardset import label_column
-from bigearth.shards.subsets import MetadataSubset
+from bigearth.shards.subsets import MetadataSubset, subset_record
 
 #: The shard columns a segmentation evaluation reads besides the bands and the labels.
 MAP_COLUMNS = ("reference_map", "country", "s2_acquisition")
@@ -248,9 +248,13 @@ def evaluate(
     )
     p = PatchResults.gather(batches, classes)
     figs = aggregate(p, classes, presence_share)
-    result = {"checkpoint": redact(checkpoint.path), "split": split, "data": redact(data), "task": "segmentation"}
-    if subset is not None and subset.active:
-        result["subset"] = subset.describe()
+    result = {
+        "checkpoint": redact(checkpoint.path),
+        "split": split,
+        "data": redact(data),
+        "task": "segmentation",
+        "subset": subset_record(subset),
+    }
     result.update(figs)
     cm = p.confusion.sum(0, dtype=np.int64).reshape(classes, classes)
     fs, root = open_fs(out, storage)
@@ -303,6 +307,7 @@ def metrics_markdown(m: dict[str, Any]) -> str:
         "",
         f"Checkpoint: `{m['checkpoint']}`",
         "",
+        *([f"Evaluated on a subset of `{m['split']}`: `{json.dumps(m['subset'])}`.", ""] if m.get("subset") else []),
         "| mIoU | pixel accuracy | frequency-weighted IoU | scored pixels | pixels | unscored pairs |"
         " pairs without a map |",
         "|---|---|---|---|---|---|---|",

@@ -46,7 +46,14 @@ from bigearth.input.buffers import BatchBuffers
 from bigearth.shards.decode import band_view, groups_for, label_matrix, map_targets, require_maps, to_torch
 from bigearth.shards.format import ROW_GROUP_PAIRS, ShardFormatError, open_for_reading, open_shard, read_row_group
 from bigearth.shards.shardset import ShardSet, label_column
-from bigearth.shards.subsets import MetadataSubset, selected_rows
+from bigearth.shards.subsets import (
+    MetadataSubset,
+    check_selected,
+    check_values,
+    group_positions,
+    metadata_table,
+    selected_rows,
+)
 
 
 @dataclass(frozen=True)
@@ -112,9 +119,35 @@ def select_rows(
 ) -> list[RowGroup]:
     """The row groups of `entries` with the rows `subset` selects (`bigearth.shards.subsets.selected_rows`: the
     metadata columns of the files only); whole groups stay plain, groups with none are left out."""
-    paths = [join(shard_set.root, e.path) for e in entries]
-    files = [(p, tuple(e.row_groups)) for p, e in zip(paths, entries, strict=True)]
-    picked = selected_rows(arrow_filesystem(shards, storage)[0], files, subset, _split_name(split))
+    files = _files(shard_set, entries)
+    fs = arrow_filesystem(shards, storage)[0]
+    return _selected(shards, files, selected_rows(fs, files, subset, _split_name(split)))
+
+
+def subset_plans(
+    shards: str, splits: Sequence[str], storage: StorageOptions | None = None, subset: MetadataSubset | None = None
+) -> list[list[RowGroup]]:
+    """The plans (`row_groups`) of splits a run reads together, e.g. training and validation. The countries of an
+    active `subset` are checked against all of them at once (`check_values`: a leave-one-country-out run excludes
+    a country its validation split may lack), each split's selection on its own (`EmptySubsetError`)."""
+    if subset is None or not subset.active:
+        return [row_groups(shards, split, storage) for split in splits]
+    shard_set = ShardSet.open(shards, storage)
+    fs = arrow_filesystem(shards, storage)[0]
+    files = [_files(shard_set, shard_set.files(split)) for split in splits]
+    tables = [metadata_table(fs, f) for f in files]
+    keeps = [check_selected(subset, split, t, values=False) for split, t in zip(splits, tables, strict=True)]
+    check_values(subset, ", ".join(splits), pa.concat_tables(tables))
+    return [_selected(shards, f, group_positions(keep, f)) for f, keep in zip(files, keeps, strict=True)]
+
+
+def _files(shard_set: ShardSet, entries: Sequence[Any]) -> list[tuple[str, tuple[int, ...]]]:
+    return [(join(shard_set.root, e.path), tuple(e.row_groups)) for e in entries]
+
+
+def _selected(
+    shards: str, files: Sequence[tuple[str, Sequence[int]]], picked: Sequence[Sequence[np.ndarray]]
+) -> list[RowGroup]:
     return [
         RowGroup(shards, path, i, n)
         if len(rows) == n
@@ -161,17 +194,39 @@ def epoch_share(
     equal: bool = True,
 ) -> tuple[list[RowGroup], int | None]:
     """This worker's row groups for an epoch and how many rows it may yield (`equal`: the same number on every
-    worker, the smallest share, so data-parallel workers run the same number of steps; None = all of them).
+    worker, `n // world` of the plan's `n` rows, so data-parallel workers run the same number of steps and fewer
+    than `world` rows of the epoch are left out; None = all of them).
 
-    With `shuffle`, every worker permutes the plan with the same `(seed, epoch)` generator and takes every
-    `world`-th row group from position `rank`: the shares are disjoint and cover the plan. `equal=False` (for
-    evaluation) keeps every row."""
+    With `shuffle`, every worker permutes the plan's row groups with the same `(seed, epoch)` generator; the rows
+    of that order are then cut into `world` contiguous ranges whose sizes differ by at most one row (as
+    `row_share`), and this worker takes range `rank`: the shares are disjoint and cover the plan. A row group on
+    the boundary of two ranges is split into two `RowGroup`s with disjoint `selected` rows (one without a
+    selection gets one; `total` stays the file's rows, which the reader checks). Balancing rows and not row groups
+    matters with a metadata subset, whose groups hold anywhere from 1 to all of their rows. Two workers sharing a
+    boundary group each read (and decompress) the whole group and draw their own rows of it: at most `world - 1`
+    extra row-group reads an epoch. `equal=False` (for evaluation and benchmarks) keeps every row."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} outside a world of {world}")
     order = np.random.default_rng([seed, epoch]).permutation(len(plan)) if shuffle else np.arange(len(plan))
-    shares = [[plan[i] for i in order[r::world]] for r in range(world)]
-    limit = min(sum(g.rows for g in s) for s in shares) if equal and world > 1 else None
-    return shares[rank], limit
+    total = sum(g.rows for g in plan)
+    start, stop = rank * total // world, (rank + 1) * total // world
+    share: list[RowGroup] = []
+    at = 0
+    for i in order:
+        g = plan[i]
+        lo, hi = max(start - at, 0), min(stop - at, g.rows)
+        if lo < hi:
+            share.append(g if (lo, hi) == (0, g.rows) else _part(g, lo, hi))
+        at += g.rows
+        if at >= stop:
+            break
+    return share, total // world if equal and world > 1 else None
+
+
+def _part(group: RowGroup, lo: int, hi: int) -> RowGroup:
+    """Rows `lo:hi` of the rows `group` yields, as a row group of its own (a selection of the file's group)."""
+    rows = group.selected if group.selected is not None else tuple(range(group.file_rows))
+    return RowGroup(group.url, group.path, group.index, hi - lo, tuple(rows[lo:hi]), group.file_rows)
 
 
 def row_share(plan: Sequence[RowGroup], rank: int = 0, world: int = 1) -> tuple[list[RowGroup], int, int]:

@@ -3,12 +3,13 @@ own metadata columns (`country`, and `s2_acquisition` whose month gives the seas
 
     subset = MetadataSubset(countries={"exclude": ["Portugal"]}, seasons={"include": ["summer"]})
     keep = subset.mask(table)                      # np.ndarray[bool], one per row of a table with those columns
-    check_selected(subset, "train", countries, acquisitions, keep)   # EmptySubsetError when nothing is kept
+    check_selected(subset, "train", table)         # the mask, or EmptySubsetError / UnknownSubsetValueError
 
 Each filter is None (everything), `{"include": [...]}` or `{"exclude": [...]}`; both filters must hold for a row
 to be selected. Country names are those of the archive's metadata (`Austria`, `Portugal`, ...); a name no pair
-carries selects nothing, and a subset that selects nothing in a split is an error naming the filter, the split and
-the values the split has.
+of the splits a run reads carries is an error (a misspelt name would otherwise select nothing, or keep everything
+when excluded), and so is a subset that selects nothing in a split; both name the filter, the split and the values
+the split has.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ SUBSET_COLUMNS = ("country", "s2_acquisition")
 
 class EmptySubsetError(ValueError):
     """A metadata subset selects no pair of a split."""
+
+
+class UnknownSubsetValueError(ValueError):
+    """A metadata subset names a country that no pair of the splits it is applied to carries (a misspelt name)."""
 
 
 class ValueFilter(BaseModel):
@@ -131,6 +136,12 @@ class MetadataSubset(BaseModel):
         return "; ".join(parts) or "all pairs"
 
 
+def subset_record(subset: MetadataSubset | None) -> dict[str, Any] | None:
+    """A subset as metrics.json records it (classification and segmentation alike): its filters as the config
+    spells them, `{"countries": {"exclude": ["Portugal"]}}`, or None when nothing is filtered."""
+    return subset.model_dump(exclude_none=True) if subset is not None and subset.active else None
+
+
 def season_column(acquisitions: pa.Array | pa.ChunkedArray) -> pa.Array:
     """The season name of each timestamp (null stays null), vectorised over the month."""
     months = pc.month(acquisitions)
@@ -138,30 +149,59 @@ def season_column(acquisitions: pa.Array | pa.ChunkedArray) -> pa.Array:
     return pc.take(by_month, pc.subtract(months, 1))
 
 
-def check_selected(subset: MetadataSubset, split: str, table: pa.Table, mask: np.ndarray | None = None) -> np.ndarray:
-    """The mask of `subset` over `table` (the split's metadata columns), or an `EmptySubsetError` when it selects
-    nothing: naming the filter, the split and the values there are, with their pair counts."""
+def _counts(values: list[Any]) -> str:
+    counts = Counter("unknown" if v is None else str(v) for v in values)
+    return ", ".join(f"{k} ({n})" for k, n in sorted(counts.items())) or "none: the split is empty"
+
+
+def check_values(subset: MetadataSubset, split: str, table: pa.Table) -> None:
+    """An `UnknownSubsetValueError` when `subset` includes or excludes a country that no pair of `table` (the
+    metadata columns of `split`, several splits joined with ", " when a run reads them together) carries: naming
+    each such value and the countries there are, with their pair counts. Seasons are checked against `SEASONS`
+    when the subset is made; a valid season a split lacks is no typo (only an empty selection is an error).
+
+    Why per run and not per split: a leave-one-country-out run trains with `exclude: [X]` on its training and
+    validation splits, and X may be in one and not the other; the trainer checks the two together
+    (`bigearth.input.loader.subset_plans`), evaluation the split it evaluates."""
+    f = subset.countries
+    if f is None:
+        return
+    column = table.column("country")
+    there = set(pc.unique(column).to_pylist())
+    unknown = [v for v in f.values if v not in there]
+    if unknown:
+        raise UnknownSubsetValueError(
+            f"{subset.describe()}: no pair of split {split!r} has country {', '.join(map(repr, unknown))}; its "
+            f"countries: {_counts(column.to_pylist())}"
+        )
+
+
+def check_selected(
+    subset: MetadataSubset, split: str, table: pa.Table, mask: np.ndarray | None = None, *, values: bool = True
+) -> np.ndarray:
+    """The mask of `subset` over `table` (the split's metadata columns), or an error: `EmptySubsetError` when
+    nothing is selected, naming the filter, the split and the values there are, with their pair counts; else
+    `UnknownSubsetValueError` for a country no pair carries (`check_values`; `values=False`: the caller checks
+    them over the several splits a run reads)."""
     keep = subset.mask(table) if mask is None else mask
     if keep.any() or not subset.active:
+        if values:
+            check_values(subset, split, table)
         return keep
-    values: list[str] = []
+    found: list[str] = []
     for name, f, column in (
         ("countries", subset.countries, lambda: table.column("country")),
         ("seasons", subset.seasons, lambda: season_column(table.column("s2_acquisition"))),
     ):
         if f is not None:
-            counts = Counter("unknown" if v is None else str(v) for v in column().to_pylist())
-            there = ", ".join(f"{k} ({n})" for k, n in sorted(counts.items())) or "none: the split is empty"
-            values.append(f"its {name}: {there}")
-    raise EmptySubsetError(f"{subset.describe()} selects no pair of split {split!r}; " + "; ".join(values))
+            found.append(f"its {name}: {_counts(column().to_pylist())}")
+    raise EmptySubsetError(f"{subset.describe()} selects no pair of split {split!r}; " + "; ".join(found))
 
 
-def selected_rows(
-    fs: Any, files: Sequence[tuple[str, Sequence[int]]], subset: MetadataSubset, split: str, threads: int = 8
-) -> list[list[np.ndarray]]:
-    """For each shard file `(path on the pyarrow filesystem fs, rows of each of its row groups as the manifest
-    says)`, the positions within each row group of the rows `subset` selects. Only the metadata columns
-    `SUBSET_COLUMNS` are read (`threads` files at a time: S3 latency); an `EmptySubsetError` when none is selected."""
+def metadata_table(fs: Any, files: Sequence[tuple[str, Sequence[int]]], threads: int = 8) -> pa.Table:
+    """The metadata columns `SUBSET_COLUMNS` of shard files `(path on the pyarrow filesystem fs, rows of each of
+    its row groups as the manifest says)`, in order (`threads` files at a time: S3 latency)."""
+
     def read(path: str) -> pa.Table:
         with open_for_reading(fs, path) as f:
             return open_shard(f, path).read(columns=list(SUBSET_COLUMNS))
@@ -172,7 +212,11 @@ def selected_rows(
         if t.num_rows != sum(sizes):
             raise ShardFormatError(f"{path}: {t.num_rows} rows, the manifest says {sum(sizes)}: re-run the ingest")
     empty = pa.table({"country": pa.array([], pa.string()), "s2_acquisition": pa.array([], pa.timestamp("ms"))})
-    keep = check_selected(subset, split, pa.concat_tables(tables) if tables else empty)
+    return pa.concat_tables(tables) if tables else empty
+
+
+def group_positions(keep: np.ndarray, files: Sequence[tuple[str, Sequence[int]]]) -> list[list[np.ndarray]]:
+    """A mask over the rows of `files` (as `metadata_table` reads them) as the kept positions within each row group."""
     out: list[list[np.ndarray]] = []
     at = 0
     for _, sizes in files:
@@ -182,3 +226,13 @@ def selected_rows(
             at += n
         out.append(groups)
     return out
+
+
+def selected_rows(
+    fs: Any, files: Sequence[tuple[str, Sequence[int]]], subset: MetadataSubset, split: str, threads: int = 8
+) -> list[list[np.ndarray]]:
+    """For each shard file `(path on the pyarrow filesystem fs, rows of each of its row groups as the manifest
+    says)`, the positions within each row group of the rows `subset` selects. Only the metadata columns
+    `SUBSET_COLUMNS` are read; an `UnknownSubsetValueError` or `EmptySubsetError` as `check_selected` says."""
+    keep = check_selected(subset, split, metadata_table(fs, files, threads))
+    return group_positions(keep, files)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from bigearth.core.storage import StorageOptions, join
-from bigearth.input.loader import RowGroup, row_groups
+from bigearth.input.loader import RowGroup, subset_plans
 from bigearth.models import checkpoints
 from bigearth.training.config import TrainConfig
 from bigearth.training.loop import run_worker
@@ -74,11 +74,9 @@ class LocalWorker:
     def plans(self) -> tuple[list[RowGroup], list[RowGroup]]:
         if self._plans is not None:
             return self._plans
-        d, subset = self.cfg.data, self.cfg.data.subset()
-        return (
-            row_groups(self.data, d.train_split, self.storage, subset),
-            row_groups(self.data, d.val_split, self.storage, subset),
-        )
+        d = self.cfg.data
+        train_plan, val_plan = subset_plans(self.data, [d.train_split, d.val_split], self.storage, d.subset())
+        return train_plan, val_plan
 
     def batch_stream(self) -> None:
         return None  # one process, no Ray: data.pipeline ray_data falls back to the worker path

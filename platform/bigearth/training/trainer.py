@@ -11,7 +11,7 @@ from typing import Any
 
 from bigearth.core.secrets import redact
 from bigearth.core.storage import StorageOptions, join, portable_arrow_filesystem
-from bigearth.input.loader import RowGroup, row_groups
+from bigearth.input.loader import RowGroup, subset_plans
 from bigearth.models.registry import create_model, task_of
 from bigearth.shards.shardset import ShardSet
 from bigearth.training import tracking
@@ -98,9 +98,10 @@ def train(
 
 def training_plans(cfg: TrainConfig, data: str, so: StorageOptions | None) -> tuple[list[RowGroup], list[RowGroup]]:
     """The training and validation plans (`bigearth.input.loader.row_groups`) of the config's splits, of the rows
-    `data.countries` / `data.seasons` select (an `EmptySubsetError` naming the filter and split when none)."""
-    subset = cfg.data.subset()
-    return row_groups(data, cfg.data.train_split, so, subset), row_groups(data, cfg.data.val_split, so, subset)
+    `data.countries` / `data.seasons` select (an `EmptySubsetError` naming the filter and split when none; an
+    `UnknownSubsetValueError` for a country neither split has: `subset_plans`)."""
+    train_plan, val_plan = subset_plans(data, [cfg.data.train_split, cfg.data.val_split], so, cfg.data.subset())
+    return train_plan, val_plan
 
 
 def check_segmentation(cfg: TrainConfig, shard_set: ShardSet, executor: str = "ray") -> None:
