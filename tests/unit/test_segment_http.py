@@ -220,6 +220,28 @@ def test_a_service_without_a_segmentation_model_or_maps_says_so(tmp_path: Path, 
         create_local_app(_args(built, segmentation_checkpoint=str(built["ck"])))  # a classifier's checkpoint
 
 
+def test_a_segmentation_checkpoint_is_refused_as_the_classifier_and_by_the_indexer(
+    tmp_path: Path, built: dict[str, Any]
+) -> None:
+    """At start, naming the task and the option to use: not a service whose every classify is a 500, nor an index
+    run failing in its workers."""
+    from bigearth.execution.executors import LocalExecutor
+    from bigearth.retrieval import open_index
+    from bigearth.retrieval.indexer import build_index
+    from bigearth.serving.classifier import NotAClassificationModel
+    from bigearth.serving.local import create_local_app
+
+    seg = str(built["seg"])
+    expected = f"checkpoint {seg!r} is a segmentation model (task: segmentation): serve it with segmentation_checkpoint"
+    with pytest.raises(NotAClassificationModel) as e:
+        create_local_app(_args(built).model_copy(update={"checkpoint": seg}))
+    assert str(e.value).startswith(expected)
+    with pytest.raises(ValueError, match=r"is a segmentation model \(task: segmentation\): it makes class maps, no "):
+        build_index(seg, str(built["shards"]), str(tmp_path / "index"), progress=False, executor=LocalExecutor())
+    with open_index(str(tmp_path / "index"), "bigearthnet") as index:
+        assert index.live_version() is None and index._versions() == []  # refused before any version was begun
+
+
 def test_the_sdk_segments_and_fetches_reference_maps(app: Any, built: dict[str, Any]) -> None:
     """`Client.segment`/`reference_map` (and the AsyncClient's) over the in-process app: the SDK's own request
     building and parsing, httpx's ASGI transport instead of a socket."""
