@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -197,6 +198,19 @@ def test_bad_segment_requests_are_a_4xx_naming_the_field(app: Any, case: str) ->
     assert r.status_code == status, r.text
     assert r.json()["field"] == field and message in r.json()["message"], r.json()
     assert call(app, "GET", "/healthz").status_code == 200  # and the service keeps answering
+
+
+def test_segment_matches_the_content_type_by_its_media_type(app: Any, built: dict[str, Any]) -> None:
+    pid = _with_map(built)
+    body = json.dumps({"patch_id": pid}).encode()
+    expected = call(app, "POST", "/v1/segment", json={"patch_id": pid}, headers=H).json()
+    for ctype in ("Application/JSON", "application/json; charset=utf-8"):
+        r = call(app, "POST", "/v1/segment", content=body, headers={**H, "content-type": ctype})
+        assert r.status_code == 200 and r.json() == expected, (ctype, r.text)
+    r = call(app, "POST", "/v1/segment", content=body, headers={**H, "content-type": "application/jsonx"})
+    assert r.status_code == 415 and r.json()["field"] == "content-type", r.text
+    assert "'application/jsonx'" in r.json()["message"]
+    assert 'application/json ({"patch_id": ...})' in r.json()["message"] and "{{" not in r.json()["message"]
 
 
 def test_a_service_without_a_segmentation_model_or_maps_says_so(tmp_path: Path, built: dict[str, Any]) -> None:
