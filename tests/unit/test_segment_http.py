@@ -200,6 +200,56 @@ def test_bad_segment_requests_are_a_4xx_naming_the_field(app: Any, case: str) ->
     assert call(app, "GET", "/healthz").status_code == 200  # and the service keeps answering
 
 
+def _damaged_copy(built: dict[str, Any], out: Path, pid: str, width: int, codes: np.ndarray | None) -> Path:
+    """The shard set with its train shard rewritten: the `reference_map` column `width` bytes a map (its maps cut
+    to that), the map of `pid` replaced by `codes`; what a bad ingest or another writer could leave."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(built["shards"], out)
+    path = out / "train" / "part-00000.parquet"
+    table = pq.read_table(path)
+    maps = [None if m is None else m[:width] for m in table.column("reference_map").to_pylist()]
+    if codes is not None:
+        maps[table.column("patch_id").to_pylist().index(pid)] = codes.astype("<u2").tobytes()
+    at = table.schema.get_field_index("reference_map")
+    table = table.set_column(at, pa.field("reference_map", pa.binary(width)), pa.array(maps, pa.binary(width)))
+    pq.write_table(table, path, write_page_index=True, write_page_checksum=True)
+    return out
+
+
+def test_a_corrupt_stored_reference_map_is_a_500_whose_log_names_the_pair(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Corrupt stored data as elsewhere (a damaged shard page): a 500 with an error id, the log naming the pair and
+    the fix; the service keeps answering for the other pairs."""
+    from bigearth.serving.local import create_local_app
+
+    files = build_service_files(tmp_path / "service", maps=True)  # its own index: the module's app holds the other
+    pid, other = [p for p in files["ids"]["train"] if reference_map(_index(p)) is not None][:2]
+    damages = {
+        "CLC code(s) [150]": (120 * 120 * 2, np.full((120, 120), 150, np.uint16)),  # 150: no CLC code
+        "14400 bytes, not 28800": (120 * 60 * 2, None),  # every map of the shard cut to half
+    }
+    for n, (expected, (width, codes)) in enumerate(damages.items()):
+        data = _damaged_copy(files, tmp_path / f"shards-{n}", pid, width, codes)
+        application = create_local_app(_args(files).model_copy(update={"data": str(data)}))
+        try:
+            caplog.clear()
+            with caplog.at_level("ERROR", logger="bigearth.serve"):
+                r = call(application, "GET", f"/v1/patches/{pid}/reference.png", headers=H)
+            assert r.status_code == 500 and r.json()["error"] == "internal", r.text
+            logged = [str(rec.exc_info[1]) for rec in caplog.records if rec.exc_info]
+            assert logged and f"patch {pid!r}" in logged[-1] and expected in logged[-1], logged
+            assert "re-run the ingest of this shard set" in logged[-1]
+            if codes is not None:  # the other pairs' maps are whole
+                assert call(application, "GET", f"/v1/patches/{other}/reference.png", headers=H).status_code == 200
+        finally:
+            application.state.service.retriever.retriever.index.close()
+
+
 def test_segment_matches_the_content_type_by_its_media_type(app: Any, built: dict[str, Any]) -> None:
     pid = _with_map(built)
     body = json.dumps({"patch_id": pid}).encode()
