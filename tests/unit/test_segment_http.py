@@ -250,6 +250,20 @@ def test_a_corrupt_stored_reference_map_is_a_500_whose_log_names_the_pair(
             application.state.service.retriever.retriever.index.close()
 
 
+def test_facets_read_the_shard_set_for_its_maps_once(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shard set is fixed while served: whether it holds reference maps is read once, not by every request."""
+    store = app.state.service.retriever.retriever.store
+
+    def no(*args: Any) -> Any:
+        raise AssertionError("the shard set was read per request")
+
+    monkeypatch.setattr(store, "has_pixels", no)
+    monkeypatch.setattr(store, "ids", no)
+    for _ in range(2):
+        r = call(app, "GET", "/v1/facets", headers=H)
+        assert r.status_code == 200 and r.json()["reference_maps"] is True, r.text
+
+
 def test_segment_matches_the_content_type_by_its_media_type(app: Any, built: dict[str, Any]) -> None:
     pid = _with_map(built)
     body = json.dumps({"patch_id": pid}).encode()

@@ -74,6 +74,9 @@ class Retriever:
         self._before: Any = None  # the version before, open for requests that started on it
         self._looked, self._following = time.monotonic(), threading.Lock()
         self.store = PatchStore(data, StorageOptions.from_env())
+        # the shard set is fixed while served: whether it holds reference maps is read once (facets), not per request
+        first = self.store.ids(None, 0, 1)
+        self.reference_maps = bool(first) and self.store.has_pixels(first[0], "reference_map")
         from bigearth.serving.cache import TtlCache
 
         # browse totals and facets scan the collection: computed once per filter, reused for COUNT_TTL_S
@@ -194,10 +197,12 @@ class Retriever:
 
         counts = self.counts.get(("facets", index.version), scan)
         vectors = sorted(index.metadata()["vectors"])
-        first = self.store.ids(None, 0, 1)
-        maps = bool(first) and self.store.has_pixels(first[0], "reference_map")
         return Facets(
-            total=self._count(index=index), classes=classes, vectors=vectors, reference_maps=maps, **counts
+            total=self._count(index=index),
+            classes=classes,
+            vectors=vectors,
+            reference_maps=self.reference_maps,
+            **counts,
         ).model_dump()
 
     def patch_info(self, patch_id: str) -> dict[str, Any]:
