@@ -131,6 +131,18 @@ def test_dev_is_cpu_only_and_prod_has_gpus() -> None:
     assert "nvidia.com/gpu" not in yaml.safe_dump_all(dev) and "nvidia.com/gpu" in yaml.safe_dump_all(prod)
     assert _serve_configs(dev)[0]["applications"][0]["args"]["gpus_per_classifier"] == 0
     assert _serve_configs(prod)[0]["applications"][0]["args"]["gpus_per_classifier"] == 1
+    assert _serve_configs(dev)[0]["applications"][0]["args"]["gpus_per_segmenter"] == 0
+    assert _serve_configs(prod)[0]["applications"][0]["args"]["gpus_per_segmenter"] == 1
+
+
+def test_a_segmenter_on_gpus_without_a_gpu_group_fails() -> None:
+    """gpus_per_segmenter places replicas on GPUs as gpus_per_classifier does: the dev overlay has no GPU group."""
+    docs = render(INFRA / "overlays/dev")
+    service = next(d for d in docs if d["kind"] == "RayService")
+    cfg = yaml.safe_load(service["spec"]["serveConfigV2"])
+    cfg["applications"][0]["args"]["gpus_per_segmenter"] = 0.5
+    service["spec"]["serveConfigV2"] = yaml.safe_dump(cfg)
+    assert gpu_image_problems(docs) == ["RayService/bigearth: Serve asks for GPUs but no group has any"]
 
 
 # ------------------------------------------------------------------------------------------------ the validator
@@ -206,8 +218,8 @@ def _gpus(pod: Pod, container: dict[str, Any]) -> float:
 
 def gpu_image_problems(docs: list[dict[str, Any]]) -> list[str]:
     """Every container asking for GPUs (nvidia.com/gpu, or Ray's num-gpus) must run the GPU image and every other
-    container of ours the CPU image; a serveConfigV2 placing replicas on GPUs (gpus_per_classifier, or
-    ray_actor_options.num_gpus) needs a GPU group in its RayService."""
+    container of ours the CPU image; a serveConfigV2 placing replicas on GPUs (gpus_per_classifier,
+    gpus_per_segmenter, or ray_actor_options.num_gpus) needs a GPU group in its RayService."""
     problems = []
     for pod in pods(docs):
         for c in pod.containers():
@@ -222,7 +234,11 @@ def gpu_image_problems(docs: list[dict[str, Any]]) -> list[str]:
         if d["kind"] != "RayService":
             continue
         cfg = yaml.safe_load(d["spec"]["serveConfigV2"])
-        wants = [float(a.get("args", {}).get("gpus_per_classifier", 0)) for a in cfg["applications"]]
+        wants = [
+            float(a.get("args", {}).get(key, 0))
+            for a in cfg["applications"]
+            for key in ("gpus_per_classifier", "gpus_per_segmenter")
+        ]
         wants += [
             float((dep.get("ray_actor_options") or {}).get("num_gpus", 0))
             for a in cfg["applications"]

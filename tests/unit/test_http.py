@@ -405,6 +405,39 @@ def test_bad_input_is_a_4xx_naming_the_field(
     assert call(app, "GET", "/healthz").status_code == 200
 
 
+def _multipart(files: list[Any], media_type: str) -> dict[str, Any]:
+    """A multipart body as httpx encodes it, sent under `media_type` (its boundary parameter kept)."""
+    encoded = httpx.Request("POST", "http://unit", files=files)
+    _, _, params = encoded.headers["content-type"].partition(";")
+    return {"content": encoded.read(), "headers": {**H, "content-type": f"{media_type};{params}"}}
+
+
+def test_the_content_type_is_matched_by_its_media_type(app: Any, ids: dict[str, list[str]]) -> None:
+    """Case-insensitive, the media type before `;`, exactly: `Application/JSON` and a charset are JSON,
+    `application/jsonx` is not; the 415 shows the JSON body as it is sent."""
+    pid = ids["train"][0]
+    body = json.dumps({"patch_id": pid}).encode()
+    expected = call(app, "POST", "/v1/classify", json={"patch_id": pid}, headers=H).json()
+    for ctype in ("Application/JSON", "application/json; charset=utf-8", " APPLICATION/json ;charset=UTF-8"):
+        r = call(app, "POST", "/v1/classify", content=body, headers={**H, "content-type": ctype})
+        assert r.status_code == 200 and r.json() == expected, (ctype, r.text)
+        search = {"patch_id": pid, "k": 2}
+        r = call(app, "POST", "/v1/search", content=json.dumps(search).encode(), headers={**H, "content-type": ctype})
+        assert r.status_code == 200 and r.json()["hits"], (ctype, r.text)
+    for path in ("/v1/classify", "/v1/search"):
+        r = call(app, "POST", path, content=body, headers={**H, "content-type": "application/jsonx"})
+        assert r.status_code == 415 and r.json()["field"] == "content-type", (path, r.text)
+        assert "'application/jsonx'" in r.json()["message"]
+    message = call(app, "POST", "/v1/classify", content=body, headers={**H, "content-type": "text/plain"}).json()
+    assert 'application/json ({"patch_id": ...})' in message["message"] and "{{" not in message["message"]
+    b = {f"B0{i}": np.full((120, 120), 100 * i, np.uint16) for i in (2, 3, 4, 8)}
+    files = [("q.npz", ("q.npz", _npz(b), "application/zip"))]
+    r = call(app, "POST", "/v1/quicklook", **_multipart(files, "Multipart/Form-Data"))
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png", r.text
+    r = call(app, "POST", "/v1/quicklook", **_multipart(files, "multipart/form-datax"))
+    assert r.status_code == 415 and r.json()["field"] == "content-type", r.text
+
+
 def test_a_band_that_names_a_file_or_a_url_reaches_neither(app: Any, tmp_path: Path) -> None:
     """Issue 22: VRT and WMS XML as bands of classify, search and quicklook uploads are 422s naming the band; no
     byte of the local file a VRT names comes back, and nothing connects to the listener the others name."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -199,6 +200,83 @@ def test_bad_segment_requests_are_a_4xx_naming_the_field(app: Any, case: str) ->
     assert call(app, "GET", "/healthz").status_code == 200  # and the service keeps answering
 
 
+def _damaged_copy(built: dict[str, Any], out: Path, pid: str, width: int, codes: np.ndarray | None) -> Path:
+    """The shard set with its train shard rewritten: the `reference_map` column `width` bytes a map (its maps cut
+    to that), the map of `pid` replaced by `codes`; what a bad ingest or another writer could leave."""
+    import shutil
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copytree(built["shards"], out)
+    path = out / "train" / "part-00000.parquet"
+    table = pq.read_table(path)
+    maps = [None if m is None else m[:width] for m in table.column("reference_map").to_pylist()]
+    if codes is not None:
+        maps[table.column("patch_id").to_pylist().index(pid)] = codes.astype("<u2").tobytes()
+    at = table.schema.get_field_index("reference_map")
+    table = table.set_column(at, pa.field("reference_map", pa.binary(width)), pa.array(maps, pa.binary(width)))
+    pq.write_table(table, path, write_page_index=True, write_page_checksum=True)
+    return out
+
+
+def test_a_corrupt_stored_reference_map_is_a_500_whose_log_names_the_pair(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Corrupt stored data as elsewhere (a damaged shard page): a 500 with an error id, the log naming the pair and
+    the fix; the service keeps answering for the other pairs."""
+    from bigearth.serving.local import create_local_app
+
+    files = build_service_files(tmp_path / "service", maps=True)  # its own index: the module's app holds the other
+    pid, other = [p for p in files["ids"]["train"] if reference_map(_index(p)) is not None][:2]
+    damages = {
+        "CLC code(s) [150]": (120 * 120 * 2, np.full((120, 120), 150, np.uint16)),  # 150: no CLC code
+        "14400 bytes, not 28800": (120 * 60 * 2, None),  # every map of the shard cut to half
+    }
+    for n, (expected, (width, codes)) in enumerate(damages.items()):
+        data = _damaged_copy(files, tmp_path / f"shards-{n}", pid, width, codes)
+        application = create_local_app(_args(files).model_copy(update={"data": str(data)}))
+        try:
+            caplog.clear()
+            with caplog.at_level("ERROR", logger="bigearth.serve"):
+                r = call(application, "GET", f"/v1/patches/{pid}/reference.png", headers=H)
+            assert r.status_code == 500 and r.json()["error"] == "internal", r.text
+            logged = [str(rec.exc_info[1]) for rec in caplog.records if rec.exc_info]
+            assert logged and f"patch {pid!r}" in logged[-1] and expected in logged[-1], logged
+            assert "re-run the ingest of this shard set" in logged[-1]
+            if codes is not None:  # the other pairs' maps are whole
+                assert call(application, "GET", f"/v1/patches/{other}/reference.png", headers=H).status_code == 200
+        finally:
+            application.state.service.retriever.retriever.index.close()
+
+
+def test_facets_read_the_shard_set_for_its_maps_once(app: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The shard set is fixed while served: whether it holds reference maps is read once, not by every request."""
+    store = app.state.service.retriever.retriever.store
+
+    def no(*args: Any) -> Any:
+        raise AssertionError("the shard set was read per request")
+
+    monkeypatch.setattr(store, "has_pixels", no)
+    monkeypatch.setattr(store, "ids", no)
+    for _ in range(2):
+        r = call(app, "GET", "/v1/facets", headers=H)
+        assert r.status_code == 200 and r.json()["reference_maps"] is True, r.text
+
+
+def test_segment_matches_the_content_type_by_its_media_type(app: Any, built: dict[str, Any]) -> None:
+    pid = _with_map(built)
+    body = json.dumps({"patch_id": pid}).encode()
+    expected = call(app, "POST", "/v1/segment", json={"patch_id": pid}, headers=H).json()
+    for ctype in ("Application/JSON", "application/json; charset=utf-8"):
+        r = call(app, "POST", "/v1/segment", content=body, headers={**H, "content-type": ctype})
+        assert r.status_code == 200 and r.json() == expected, (ctype, r.text)
+    r = call(app, "POST", "/v1/segment", content=body, headers={**H, "content-type": "application/jsonx"})
+    assert r.status_code == 415 and r.json()["field"] == "content-type", r.text
+    assert "'application/jsonx'" in r.json()["message"]
+    assert 'application/json ({"patch_id": ...})' in r.json()["message"] and "{{" not in r.json()["message"]
+
+
 def test_a_service_without_a_segmentation_model_or_maps_says_so(tmp_path: Path, built: dict[str, Any]) -> None:
     from bigearth.serving.local import create_local_app
     from bigearth.serving.segmenter import NotASegmentationModel
@@ -218,6 +296,28 @@ def test_a_service_without_a_segmentation_model_or_maps_says_so(tmp_path: Path, 
         application.state.service.retriever.retriever.index.close()
     with pytest.raises(NotASegmentationModel, match=r"classification model, it makes no class maps"):
         create_local_app(_args(built, segmentation_checkpoint=str(built["ck"])))  # a classifier's checkpoint
+
+
+def test_a_segmentation_checkpoint_is_refused_as_the_classifier_and_by_the_indexer(
+    tmp_path: Path, built: dict[str, Any]
+) -> None:
+    """At start, naming the task and the option to use: not a service whose every classify is a 500, nor an index
+    run failing in its workers."""
+    from bigearth.execution.executors import LocalExecutor
+    from bigearth.retrieval import open_index
+    from bigearth.retrieval.indexer import build_index
+    from bigearth.serving.classifier import NotAClassificationModel
+    from bigearth.serving.local import create_local_app
+
+    seg = str(built["seg"])
+    expected = f"checkpoint {seg!r} is a segmentation model (task: segmentation): serve it with segmentation_checkpoint"
+    with pytest.raises(NotAClassificationModel) as e:
+        create_local_app(_args(built).model_copy(update={"checkpoint": seg}))
+    assert str(e.value).startswith(expected)
+    with pytest.raises(ValueError, match=r"is a segmentation model \(task: segmentation\): it makes class maps, no "):
+        build_index(seg, str(built["shards"]), str(tmp_path / "index"), progress=False, executor=LocalExecutor())
+    with open_index(str(tmp_path / "index"), "bigearthnet") as index:
+        assert index.live_version() is None and index._versions() == []  # refused before any version was begun
 
 
 def test_the_sdk_segments_and_fetches_reference_maps(app: Any, built: dict[str, Any]) -> None:

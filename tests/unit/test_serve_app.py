@@ -38,4 +38,11 @@ def test_a_segmentation_checkpoint_adds_a_segmenter_beside_the_classifier() -> N
     assert "Segmenter" not in _options(args)  # none without the option
     options = _options(args.model_copy(update={"segmentation_checkpoint": "seg-run"}))
     assert set(options) == {"Ingress", "Classifier", "Retriever", "Metrics", "Segmenter"}
-    assert options["Segmenter"] == options["Classifier"] == {"num_cpus": 0.5, "num_gpus": 1}
+    assert options["Classifier"] == {"num_cpus": 0.5, "num_gpus": 1}
+    # the segmenter's GPUs are its own setting: a one-GPU node with the classifier on it still places it
+    assert options["Segmenter"] == {"num_cpus": 0.5, "num_gpus": 0}
+    shared = args.model_copy(
+        update={"segmentation_checkpoint": "seg-run", "gpus_per_classifier": 0.5, "gpus_per_segmenter": 0.5}
+    )
+    options = _options(shared)
+    assert options["Classifier"]["num_gpus"] == options["Segmenter"]["num_gpus"] == 0.5

@@ -157,6 +157,11 @@ def _build_locked(
     t0 = time.perf_counter()
     ref = resolve(checkpoint, storage=storage)
     best, meta, spec = ref.path, ref.meta, ref.spec
+    if spec.produces_maps:  # before any work: it would fail in every embedding worker instead
+        raise ValueError(
+            f"checkpoint {redact(checkpoint)!r} is a segmentation model (task: {spec.task}): it makes class maps, no "
+            "vectors to index; index a classification model's checkpoint"
+        )
     if spec.num_classes != 19:
         raise ValueError(f"{best}: the index uses the 19-class labels; this checkpoint has {spec.num_classes}")
     sizes = spec.vector_sizes

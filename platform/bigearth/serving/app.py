@@ -51,7 +51,7 @@ def build(args: AppArgs) -> Any:
             name="Segmenter",
             num_replicas=args.segmenter_replicas,
             max_ongoing_requests=args.max_ongoing_requests,
-            ray_actor_options={"num_cpus": args.replica_cpus, "num_gpus": args.gpus_per_classifier},
+            ray_actor_options={"num_cpus": args.replica_cpus, "num_gpus": args.gpus_per_segmenter},
         )(Segmenter).bind(
             args.segmentation_checkpoint, args.replica_cpus, args.max_batch_size, args.batch_wait_timeout_s
         )

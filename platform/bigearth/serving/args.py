@@ -86,7 +86,13 @@ class AppArgs(BaseModel):
     classifier_max_replicas: int | None = Field(None, description="> classifier_replicas: autoscale up to this")
     max_batch_size: int = Field(32, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.01, ge=0, le=1)
-    gpus_per_classifier: float = Field(0, ge=0, description="1 on a GPU cluster (the segmenter's replicas too)")
+    gpus_per_classifier: float = Field(0, ge=0, description="GPUs per classifier replica: 1 on a GPU cluster")
+    gpus_per_segmenter: float = Field(
+        0,
+        ge=0,
+        description="GPUs per segmenter replica (with segmentation_checkpoint): the two models need a GPU each, or "
+        "fractional shares (0.5 and 0.5 on a one-GPU node)",
+    )
     replica_cpus: float = Field(1.0, ge=0, description="CPUs reserved per classifier (and segmenter) replica")
     ingress_replicas: int = Field(1, ge=1, description="HTTP ingress replicas (/metrics covers all of them)")
     ingress_on_head: bool = Field(

@@ -11,16 +11,27 @@ import numpy as np
 from bigearth.api.schemas import ModelInfo
 
 
+class NotAClassificationModel(ValueError):
+    """`checkpoint` names a checkpoint whose model makes maps (a segmentation model): no probabilities, no vectors."""
+
+
 class ModelClassifier:
     """One model, loaded from `checkpoint` (a run folder, a checkpoint folder or a URL) with `cpus` threads, on
-    `device` (default: CUDA when there is one; `ModelRunner`)."""
+    `device` (default: CUDA when there is one; `ModelRunner`). A segmentation model's checkpoint is refused here,
+    at start (`NotAClassificationModel`), not by every request after."""
 
     def __init__(self, checkpoint: str, cpus: float = 1.0, device: str | None = None) -> None:
+        from bigearth.core.secrets import redact
         from bigearth.core.storage import StorageOptions
         from bigearth.models.checkpoints import load
         from bigearth.models.runner import ModelRunner
 
         loaded = load(checkpoint, storage=StorageOptions.from_env())  # resolved, read and digested once
+        if loaded.spec.produces_maps:
+            raise NotAClassificationModel(
+                f"checkpoint {redact(checkpoint)!r} is a segmentation model (task: {loaded.spec.task}): serve it with "
+                "segmentation_checkpoint (bigearth serve --segmentation-checkpoint)"
+            )
         self.runner = ModelRunner(loaded, device, threads=int(cpus) if cpus >= 1 else None)
         spec = loaded.spec
         self.info = ModelInfo(

@@ -74,6 +74,9 @@ class Retriever:
         self._before: Any = None  # the version before, open for requests that started on it
         self._looked, self._following = time.monotonic(), threading.Lock()
         self.store = PatchStore(data, StorageOptions.from_env())
+        # the shard set is fixed while served: whether it holds reference maps is read once (facets), not per request
+        first = self.store.ids(None, 0, 1)
+        self.reference_maps = bool(first) and self.store.has_pixels(first[0], "reference_map")
         from bigearth.serving.cache import TtlCache
 
         # browse totals and facets scan the collection: computed once per filter, reused for COUNT_TTL_S
@@ -194,10 +197,12 @@ class Retriever:
 
         counts = self.counts.get(("facets", index.version), scan)
         vectors = sorted(index.metadata()["vectors"])
-        first = self.store.ids(None, 0, 1)
-        maps = bool(first) and self.store.has_pixels(first[0], "reference_map")
         return Facets(
-            total=self._count(index=index), classes=classes, vectors=vectors, reference_maps=maps, **counts
+            total=self._count(index=index),
+            classes=classes,
+            vectors=vectors,
+            reference_maps=self.reference_maps,
+            **counts,
         ).model_dump()
 
     def patch_info(self, patch_id: str) -> dict[str, Any]:
@@ -234,8 +239,12 @@ class Retriever:
 
     def reference_png(self, patch_id: str) -> bytes:
         """The pair's reference map (shard column `reference_map`, CLC codes) as a paletted PNG of its 19 classes;
-        a 404 naming the pair when the shard set has no maps or the archive none for this pair."""
+        a 404 naming the pair when the shard set has no maps or the archive none for this pair. A stored map that is
+        no map (its size, a code no CLC code) is corrupt data: a `ShardFormatError` naming the pair (a 500 with an
+        error id, as a damaged shard page)."""
+        from bigearth.core.labels import UnknownLabelError
         from bigearth.core.quicklook import reference_map_png
+        from bigearth.shards.format import ShardFormatError
 
         self._patch(patch_id)
         if not self.store.has_pixels(patch_id, "reference_map"):
@@ -245,8 +254,15 @@ class Retriever:
         value = self.store.row(patch_id, ["reference_map"]).column(0)[0].as_py()
         if value is None:
             raise ApiError(404, f"patch {patch_id!r} has no reference map (the archive has none for it)", "patch_id")
-        codes = np.frombuffer(value, np.uint16).reshape(120, 120)
-        return reference_map_png(codes, where=f"the reference map of {patch_id}")
+        where, fix = f"patch {patch_id!r}: its stored reference map", "re-run the ingest of this shard set"
+        size = 120 * 120 * 2
+        if len(value) != size:
+            raise ShardFormatError(f"{where} holds {len(value)} bytes, not {size} (120 x 120 uint16 CLC codes); {fix}")
+        codes = np.frombuffer(value, "<u2").astype(np.uint16).reshape(120, 120)  # little-endian, as shards.decode
+        try:
+            return reference_map_png(codes, where=where)
+        except UnknownLabelError as e:
+            raise ShardFormatError(f"{e}; {fix}") from None
 
     def search(self, req: dict[str, Any], query_vectors: dict[str, list[float]] | None) -> dict[str, Any]:
         from bigearth.retrieval import SearchFilter, VectorIndexError

@@ -62,6 +62,15 @@ def current(request: Request) -> Service:
     return service
 
 
+def media_type(request: Request) -> str:
+    """The request's media type: its Content-Type before any `;` parameter, lower-case ("" without one). Routes
+    compare it exactly: `Application/JSON; charset=utf-8` is JSON, `application/jsonx` is not."""
+    return request.headers.get("content-type", "").partition(";")[0].strip().lower()
+
+
+#: the 415 of a route taking an upload or a JSON patch id
+UPLOAD_OR_ID = 'send multipart/form-data (band files or .npz) or application/json ({"patch_id": ...})'
+
 Svc = Annotated[Service, Depends(current)]
 ScaleQuery = Annotated[int, Query(ge=1, le=MAX_SCALE)]
 
@@ -119,23 +128,18 @@ async def classify(
     ] = None,
 ) -> dict[str, Any]:
     described = await service.model()
-    ctype = request.headers.get("content-type", "")
+    ctype, kind = request.headers.get("content-type", ""), media_type(request)
     patch_id = None
-    if ctype.startswith("multipart/form-data"):
+    if kind == "multipart/form-data":
         bands, _ = await service.upload(request)
         inputs = assemble(bands, {g: tuple(b) for g, b in described["groups"].items()})
-    elif ctype.startswith("application/json"):
+    elif kind == "application/json":
         req = parse_json(await service.body(request), ClassifyByIdRequest)
         patch_id = req.patch_id
         threshold = threshold if threshold is not None else req.threshold
         inputs = await service.retriever.patch_arrays(patch_id, described["groups"])
     else:
-        raise ApiError(
-            415,
-            f"content type {ctype or 'none'!r}: send multipart/form-data (band files or "
-            '.npz) or application/json ({{"patch_id": ...}})',
-            "content-type",
-        )
+        raise ApiError(415, f"content type {ctype or 'none'!r}: {UPLOAD_OR_ID}", "content-type")
     threshold = service.args.threshold if threshold is None else threshold
     if not 0 < threshold < 1:
         raise ApiError(422, f"threshold must be between 0 and 1, got {threshold}", "threshold")
@@ -170,21 +174,16 @@ async def segment(
 
     segmenter, described = await service.seg_model()  # a 404 naming the option when no model is served
     groups = {g: tuple(b) for g, b in described["groups"].items()}
-    ctype = request.headers.get("content-type", "")
+    ctype, kind = request.headers.get("content-type", ""), media_type(request)
     patch_id = None
-    if ctype.startswith("multipart/form-data"):
+    if kind == "multipart/form-data":
         bands, _ = await service.upload(request)
         inputs = assemble(bands, groups)
-    elif ctype.startswith("application/json"):
+    elif kind == "application/json":
         patch_id = parse_json(await service.body(request), SegmentByIdRequest).patch_id
         inputs = await service.retriever.patch_arrays(patch_id, described["groups"])
     else:
-        raise ApiError(
-            415,
-            f"content type {ctype or 'none'!r}: send multipart/form-data (band files or "
-            '.npz) or application/json ({{"patch_id": ...}})',
-            "content-type",
-        )
+        raise ApiError(415, f"content type {ctype or 'none'!r}: {UPLOAD_OR_ID}", "content-type")
     indices = np.asarray((await segmenter.segment(inputs))["map"], np.uint8)
     png = class_map_png(indices)
     accept = request.headers.get("accept", "")
@@ -212,10 +211,10 @@ async def segment(
     summary="similar patches: by patch id, by vector, or by an uploaded patch; filters; cross-modal",
 )
 async def search(request: Request, service: Svc) -> dict[str, Any]:
-    ctype = request.headers.get("content-type", "")
-    if ctype.startswith("multipart/form-data"):
+    ctype, kind = request.headers.get("content-type", ""), media_type(request)
+    if kind == "multipart/form-data":
         return await _search_upload(request, service)
-    if ctype.startswith("application/json"):
+    if kind == "application/json":
         req = parse_json(await service.body(request), SearchRequest)
         if req.patch_id is None and req.vector is None:
             raise ApiError(422, "give a patch_id or a vector (or upload a patch as multipart)", "patch_id")
@@ -303,7 +302,7 @@ async def quicklook(request: Request, service: Svc, scale: ScaleQuery = 1) -> Re
     from bigearth.core.quicklook import rgb_png
 
     ctype = request.headers.get("content-type", "")
-    if not ctype.startswith("multipart/form-data"):
+    if media_type(request) != "multipart/form-data":
         raise ApiError(415, f"content type {ctype or 'none'!r}: send multipart/form-data", "content-type")
     bands, _ = await service.upload(request)
     return Response(rgb_png(assemble(bands, {"s2_10m": GROUPS["s2_10m"]}), scale), media_type="image/png")
