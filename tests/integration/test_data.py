@@ -80,10 +80,6 @@ def test_43_class_labels_from_v1_shards(synth_v1: Path, tmp_path: Path) -> None:
         assert lab.decode(batch["labels"][i].numpy(), 43) == rows[pid]["labels43"]
 
 
-
-
-
-
 def test_stats_match_numpy(shards_v2: Path) -> None:
     stats = band_stats(str(shards_v2), "train")
     rows = _split_rows(shards_v2, "train")
@@ -93,7 +89,3 @@ def test_stats_match_numpy(shards_v2: Path) -> None:
         assert stats[name]["count"] == values.size
         assert stats[name]["mean"] == pytest.approx(values.mean(), rel=1e-9)
         assert stats[name]["std"] == pytest.approx(values.std(), rel=1e-6)
-
-
-
-

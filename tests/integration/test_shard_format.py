@@ -35,8 +35,6 @@ def _first_file(shards: Path, split: str = "validation") -> Path:
     return Path(m.shard_paths(str(shards), split)[0])
 
 
-
-
 def test_flipped_bytes_are_an_error_naming_the_file(shards_v2: Path, tmp_path: Path) -> None:
     shards = tmp_path / "s"
     shutil.copytree(shards_v2, shards)
@@ -86,8 +84,6 @@ def test_format_1_shard_sets_stay_readable(shards_v2: Path, tmp_path: Path) -> N
     for pid, arrays in new.items():
         for key, value in arrays.items():
             assert np.array_equal(value, legacy[pid][key]), (pid, key)
-
-
 
 
 def test_zstd_on_request_holds_the_same_rows(synth_v2: Path, shards_v2: Path, tmp_path: Path) -> None:

@@ -277,6 +277,8 @@ def test_a_filter_date_anywhere_in_the_calendar_is_a_range_or_a_422(when: Any, m
             bound = lo or hi
             assert bound is not None and len(bound) == 27 and bound.endswith("Z"), bound
             assert datetime.fromisoformat(bound).tzinfo == UTC
+
+
 def _gdal_tiff(dtype: str = "uint16", **options: Any) -> bytes:
     """A 120x120 band as GDAL writes it (creation `options`), in memory."""
     import rasterio

@@ -144,8 +144,11 @@ def test_rows_without_43_class_labels_are_the_same_error(tmp_path: Path) -> None
     assert shards.label_column(43) == "labels43"
     table = pq.read_table(shards.paths("test")[0])
     assert label_matrix(table.slice(0, 1), 43).shape == (1, 43)
-    with pytest.raises(ShardFormatError, match=r"shard rows: nomenclature 43 asked, but 1 row\(s\) have no labels43; "
-                       "43-class labels exist only in shards ingested from a v1 archive"):
+    with pytest.raises(
+        ShardFormatError,
+        match=r"shard rows: nomenclature 43 asked, but 1 row\(s\) have no labels43; "
+        "43-class labels exist only in shards ingested from a v1 archive",
+    ):
         label_matrix(table, 43)
 
 

@@ -318,9 +318,7 @@ def latest(run_dir: str | Path, storage: StorageOptions | None = None) -> Checkp
     return Checkpoint(_child(url, name), as_meta(doc))
 
 
-def retain(
-    run_dir: str | Path, keep: int, metric: str = SCORE, storage: StorageOptions | None = None
-) -> list[str]:
+def retain(run_dir: str | Path, keep: int, metric: str = SCORE, storage: StorageOptions | None = None) -> list[str]:
     """Delete a run's checkpoints but the `keep` best by `metric` and the latest (Ray Train's `CheckpointConfig`
     rule); return the folders deleted."""
     url = str(run_dir)
