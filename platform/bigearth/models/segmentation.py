@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from bigearth.models.base import BigEarthModel, VectorSpec
-from bigearth.models.fusion import _bands, _s2_set, create_timm, load_pretrained
+from bigearth.models.fusion import _bands, _s2_set, backbone
 from bigearth.models.registry import register_segmentation_model
 from bigearth.models.stem import InputStem
 
@@ -34,7 +34,14 @@ MIN_REDUCTION = 4
 
 
 class PyramidEncoder(nn.Module):
-    """InputStem for a band set + a timm backbone with `features_only=True`: batch -> feature maps, finest first."""
+    """InputStem for a band set + a plain timm backbone (as a classifier's, `bigearth.models.fusion.backbone`):
+    batch -> feature maps `[B, C, H, W]`, finest first, from timm's `forward_intermediates`.
+
+    The backbone is built and `pretrained` loaded exactly as for a classifier (same state-dict keys, so a
+    classifier's S2 backbone loads), then what follows its deepest level (final norm, head) is pruned, so every
+    parameter takes part in a step (DDP). The levels read: stride 4 and coarser, the deepest of each stride (a ViT's
+    blocks all have stride 16: its last). A backbone timm cannot give feature maps for, or not at `img_size`, is
+    refused here, at build time, with a ValueError naming it."""
 
     def __init__(
         self,
@@ -48,19 +55,68 @@ class PyramidEncoder(nn.Module):
     ) -> None:
         super().__init__()
         self.stem = InputStem(bands, stats=stats, size=img_size, mode=resample)
-        self.backbone = create_timm(backbone_name, features_only=True, in_chans=self.stem.in_chans, **kwargs)
-        load_pretrained(self.backbone, backbone_name, self.stem.in_chans, pretrained)
-        info: Any = self.backbone.feature_info
-        reductions, channels = list(info.reduction()), list(info.channels())
-        self.levels = [i for i, r in enumerate(reductions) if r >= MIN_REDUCTION] or [len(reductions) - 1]
-        self.channels: list[int] = [int(channels[i]) for i in self.levels]
+        model: Any = backbone(backbone_name, self.stem.in_chans, pretrained, img_size=img_size, **kwargs)
+        info = getattr(model, "feature_info", None)
+        if not (callable(getattr(model, "forward_intermediates", None)) and isinstance(info, list) and info):
+            raise ValueError(
+                f"backbone {backbone_name!r} gives no feature maps (timm's forward_intermediates and feature_info): "
+                "it cannot be a segmentation encoder"
+            )
+        _check_patches(model, backbone_name, img_size)
+        reductions = [int(f["reduction"]) for f in info]
+        deepest = {r: i for i, r in enumerate(reductions) if r >= MIN_REDUCTION}  # per stride: its last level
+        self.levels: list[int] = sorted(deepest.values()) or [len(info) - 1]
+        self.channels: list[int] = [int(info[i]["num_chs"]) for i in self.levels]
+        if callable(getattr(model, "prune_intermediate_layers", None)):
+            model.prune_intermediate_layers(self.levels, prune_norm=True, prune_head=True)
+        self.backbone = model
+        _dry_run(self, backbone_name, img_size)
 
     def forward(self, batch: Mapping[str, torch.Tensor]) -> list[torch.Tensor]:
         x = self.stem(batch)
         if x.is_cuda:
             x = x.contiguous(memory_format=torch.channels_last)
-        maps: list[torch.Tensor] = self.backbone(x)
-        return [maps[i] for i in self.levels]
+        return self.features(x)
+
+    def features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The backbone's maps of `self.levels` for a stem output `x`, NCHW."""
+        maps: list[torch.Tensor] = self.backbone.forward_intermediates(  # type: ignore[operator]
+            x, indices=self.levels, intermediates_only=True, output_fmt="NCHW"
+        )
+        return maps
+
+
+def _check_patches(model: Any, name: str, img_size: int) -> None:
+    """A patch embedding (ViT, Swin...) must tile the input: timm drops the pixels past the last whole patch, which
+    would shift the map against the reference grid."""
+    patch = getattr(getattr(model, "patch_embed", None), "patch_size", None)
+    sides = tuple(patch) if isinstance(patch, (tuple, list)) else (patch,) if isinstance(patch, int) else ()
+    bad = [int(p) for p in sides if img_size % int(p)]
+    if bad:
+        raise ValueError(
+            f"backbone {name!r}: its patch size {bad[0]} does not divide img_size {img_size} (timm would drop the "
+            f"last {img_size % bad[0]} pixels of each row and column); use an img_size divisible by {bad[0]}"
+        )
+
+
+def _dry_run(encoder: PyramidEncoder, name: str, img_size: int) -> None:
+    """One forward of a blank image in eval mode (no statistics change): a backbone that fails at `img_size`, or
+    gives other channels than its feature_info says, is refused at build time."""
+    net: Any = encoder.backbone
+    was_training = net.training
+    net.eval()
+    try:
+        with torch.no_grad():
+            maps = encoder.features(torch.zeros(1, encoder.stem.in_chans, img_size, img_size))  # type: ignore[arg-type]
+    except Exception as e:  # any timm failure, said with the backbone's name
+        raise ValueError(
+            f"backbone {name!r} gives no feature maps at img_size {img_size}: {type(e).__name__}: {str(e)[:300]}"
+        ) from None
+    finally:
+        net.train(was_training)
+    got = [int(m.shape[1]) if m.ndim == 4 else -1 for m in maps]
+    if got != encoder.channels:
+        raise ValueError(f"backbone {name!r}: feature maps of {got} channels, its feature_info says {encoder.channels}")
 
 
 class FPNDecoder(nn.Module):
