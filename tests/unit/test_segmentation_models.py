@@ -91,6 +91,71 @@ def test_pretrained_encoder_weights_from_a_local_file(tmp_path: Path) -> None:
         create_model("seg-s1", backbone="test_resnet", pretrained=str(path))
 
 
+#: the backbones verified as segmentation encoders (docs/training.md), as small variants: name, builder arguments
+BACKBONES = {
+    "test_resnet": {},
+    "test_convnext": {"img_size": 60},
+    "test_efficientnet": {"img_size": 60},
+    "vit_tiny_patch16_224": {"img_size": 64, "depth": 2},  # timm arguments: a 2-block ViT
+    "swin_tiny_patch4_window7_224": {"img_size": 56, "embed_dim": 24, "depths": (1, 1, 1, 1), "num_heads": (1,) * 4},
+}
+
+
+@pytest.mark.parametrize("fusion", FUSIONS)
+@pytest.mark.parametrize("backbone", list(BACKBONES))
+def test_cnn_vit_and_swin_backbones_give_maps_in_every_fusion(backbone: str, fusion: str) -> None:
+    model = create_model(f"seg-{fusion}", backbone=backbone, decoder_channels=16, **BACKBONES[backbone])
+    encoder = next(iter(model.encoders.values()))
+    maps = encoder(_batch())
+    assert [m.shape[1] for m in maps] == encoder.channels and all(m.ndim == 4 for m in maps)  # NCHW, Swin too
+    assert [m.shape[-1] for m in maps] == sorted((m.shape[-1] for m in maps), reverse=True)  # finest first
+    if backbone.startswith("vit"):
+        assert encoder.levels == [1]  # every block has stride 16: the last one is read
+    logits = model(_batch())
+    assert logits.shape == (2, 19, 120, 120)
+    logits.sum().backward()  # the final norm / head past the deepest level were pruned: every weight trains (DDP)
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_backbones_that_cannot_give_maps_are_refused_at_build_time() -> None:
+    with pytest.raises(ValueError, match=r"'vit_tiny_patch16_224': its patch size 16 does not divide img_size 120"):
+        create_model("seg-s1", backbone="vit_tiny_patch16_224", depth=1)
+    with pytest.raises(ValueError, match=r"'test_maxvit' gives no feature maps at img_size 60: RuntimeError"):
+        create_model("seg-s1", backbone="test_maxvit", img_size=60)
+    with pytest.raises(ValueError, match=r"seg-tiny takes no backbone .* use seg-late with backbone="):
+        create_model("seg-tiny", backbone="resnet18")
+
+
+@pytest.mark.parametrize("backbone", ["convnext_atto", "resnet18", "test_efficientnet"])
+def test_a_classifiers_s2_backbone_loads_as_the_seg_s2_encoder(backbone: str, tmp_path: Path) -> None:
+    from bigearth.models.fusion import backbone as classifier_backbone
+
+    source = classifier_backbone(backbone, 10).state_dict()
+    torch.save(source, tmp_path / "s2.pt")
+    for name in ("seg-s2", "seg-late"):
+        model = create_model(name, backbone=backbone, pretrained=str(tmp_path / "s2.pt"), img_size=64)
+        got = model.encoders["s2"].backbone.state_dict()
+        assert set(got) <= set(source) and all(torch.equal(got[k], source[k]) for k in got)  # a classifier's keys
+    if backbone == "convnext_atto":
+        assert "stages.0.blocks.0.conv_dw.weight" in got  # not features_only's `stages_0`
+
+
+def test_config_keys_a_model_does_not_take_are_refused_by_name() -> None:
+    from bigearth.training.config import ConfigError, TrainConfig
+
+    def kwargs(**model: object) -> dict[str, object]:
+        return TrainConfig.model_validate({"model": model}).model_kwargs()
+
+    with pytest.raises(ConfigError, match=r"model.backbone: model 'seg-tiny' \(segmentation\) takes no backbone"):
+        kwargs(name="seg-tiny", backbone="resnet18")
+    with pytest.raises(ConfigError, match=r"model.decoder_channels: model 'late' \(classification\) takes no"):
+        kwargs(name="late", decoder_channels=64)
+    with pytest.raises(ConfigError, match=r"model.fusion: model 'seg-late' \(segmentation\) takes no fusion"):
+        kwargs(name="seg-late", fusion="early")
+    assert kwargs(name="seg-late", backbone="resnet18", decoder_channels=8)["decoder_channels"] == 8
+    assert kwargs(name="seg-tiny", fusion="s1", decoder_channels=8)["fusion"] == "s1"
+
+
 @pytest.mark.parametrize("fusion", FUSIONS)
 def test_a_checkpoint_keeps_the_task_and_the_weights(fusion: str, tmp_path: Path) -> None:
     model = create_model("seg-tiny", fusion=fusion)

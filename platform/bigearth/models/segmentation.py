@@ -285,6 +285,8 @@ def seg_tiny(
     """timm's `test_resnet` (it gives feature maps) in any fusion, inputs resampled to `img_size` (60 px by
     default), a 32-channel decoder: a segmentation model CPU tests train in seconds. Maps stay 120 x 120."""
     builders = {"early": seg_early, "late": seg_late, "s1": seg_s1, "s2": seg_s2}
+    if "backbone" in kwargs:
+        raise ValueError(f"seg-tiny takes no backbone (it is built on test_resnet): use seg-{fusion} with backbone=...")
     if fusion not in builders:
         raise ValueError(f"fusion must be one of {sorted(builders)}, got {fusion!r}")
     extra = {} if fusion == "s1" else {"s2_bands": s2_bands}

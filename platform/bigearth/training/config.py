@@ -214,12 +214,27 @@ class TrainConfig(_Strict):
     def model_kwargs(self) -> dict[str, Any]:
         """What the model builder gets (besides `num_classes`) and a checkpoint records: the `model` section and,
         as `retrieval`, the `retrieval` section (for builders that take it)."""
-        from bigearth.models.registry import accepts
+        from bigearth.models.registry import accepts, task_of
 
         kwargs = self.model.model_dump(exclude={"name"}, exclude_none=True)
+        name = self.model.name
+        for key in BUILDER_KEYS:  # keys only some builders take: refused by name, not by a TypeError deep in timm
+            if key in kwargs and not accepts(name, key):
+                raise ConfigError(
+                    f"model.{key}: model {name!r} ({task_of(name)}) takes no {key}"
+                    + (f" ({BUILDER_KEYS[key]})" if BUILDER_KEYS[key] else "")
+                )
         if accepts(self.model.name, "retrieval"):
             kwargs["retrieval"] = self.retrieval.model_dump()
         return kwargs
+
+
+#: model-section keys a builder must declare to take (else `model_kwargs` refuses them, naming the key and model)
+BUILDER_KEYS = {
+    "backbone": "tiny and seg-tiny have a fixed backbone, test_resnet",
+    "fusion": "only tiny and seg-tiny take it; the other names are the fusions",
+    "decoder_channels": "only the segmentation models (seg-*) have a decoder",
+}
 
 
 class ConfigError(ValueError):
