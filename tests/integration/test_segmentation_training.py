@@ -22,9 +22,12 @@ from bigearth.training.trainer import train
 from helpers import REPO, ingest_in_process
 
 SEG_TINY = str(REPO / "configs" / "seg-tiny-cpu.yaml")
-#: how much higher than the majority-class map's the trained model's validation mIoU must be (measured: 0.27
-#: against 0.01 after 8 epochs on this archive)
-MARGIN = 0.10
+#: how much higher than the majority-class map's the trained model's validation mIoU must be. Measured (8 epochs,
+#: synthetic archives of seeds 3 and 7 x run seeds 1, 2, 5): margins 0.195-0.268 against a majority map of mIoU
+#: 0.008-0.009 (pixel accuracy 0.12-0.14); epoch 1 alone reaches 0.08-0.135, so 0.15 fails a model that stopped
+#: learning after its first epoch. Pixel accuracy is only asserted above the majority map's: it was not measured
+#: over seeds, so no floor relative to it is stated.
+MARGIN = 0.15
 #: pairs of each split whose reference map is removed before the ingest (their pixels are all IGNORE_INDEX)
 UNMAPPED = {"train": 8, "validation": 3}
 
@@ -72,7 +75,7 @@ def test_seg_tiny_beats_the_majority_class_map_trains_around_missing_maps_and_re
     map_shards: tuple[Path, dict[str, list[str]]], tmp_path: Path
 ) -> None:
     """`seg-tiny` (configs/seg-tiny-cpu.yaml) trained 8 epochs, in two legs (2 epochs, then a re-run of the same run
-    to 8, which resumes from the latest checkpoint), reaches a validation mIoU at least `MARGIN` (0.10) above that
+    to 8, which resumes from the latest checkpoint), reaches a validation mIoU at least `MARGIN` (0.15) above that
     of the majority-class map (the class with the most pixels in the training maps, everywhere). 8 training and 3
     validation pairs have no reference map: trained around (their pixels are ignored), not failed; validation
     counts the 3 as unscored patches."""

@@ -68,3 +68,11 @@ def test_two_charts_of_one_name_both_reach_the_report(tmp_path: Path) -> None:
     assert 'src="images/by_group.png"' in page and 'src="images/eval-segmentation-by_group.png"' in page
     assert (images / "by_group.png").read_bytes()[:1] == b"A"
     assert (images / "eval-segmentation-by_group.png").read_bytes()[:1] == b"B"
+
+
+def test_an_undefined_segmentation_miou_reads_n_a_not_a_crash_or_zero() -> None:
+    from bigearth.demo.run import figure, segmentation_line
+
+    line = segmentation_line({"miou": None, "pixel_accuracy": None, "scored_pixels": 0, "patches": 2})
+    assert "mIoU n/a, pixel accuracy n/a over 0 scored pixels of 2 patches" in line
+    assert figure(None) == "n/a" and figure(0.12345) == 0.123

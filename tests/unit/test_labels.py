@@ -153,3 +153,29 @@ def test_the_real_reference_map_maps_to_its_19_classes_pixel_for_pixel():
     got = dict(zip(*np.unique(targets, return_counts=True), strict=True))
     want = {"Arable land": 7075, "Pastures": 1154, "Broad-leaved forest": 4131, "Mixed forest": 2040}
     assert {lab.BEN19[int(k)]: int(v) for k, v in got.items()} == want
+
+
+def test_the_uint16_table_agrees_with_the_code_table_and_decodes_without_copies():
+    """`CLC_LUT_U16`: `CLC_LUT_19` for every code a map may hold, `UNKNOWN_CODE` for every other uint16; the
+    maps' decoding allocates little more than its uint8 output (no clipped intp copy: 8 bytes a pixel)."""
+    import tracemalloc
+
+    from bigearth.core.labels import CLC_LUT_19, CLC_LUT_U16, UNKNOWN_CODE, reference_targets
+
+    known = np.array(sorted({0, *lab.CLC_CODE_TO_19, *lab.CLC_UNLABELED}))
+    assert CLC_LUT_U16.shape == (2**16,) and np.array_equal(CLC_LUT_U16[known], CLC_LUT_19[known])
+    others = np.setdiff1d(np.arange(2**16), known)
+    assert (CLC_LUT_U16[others] == UNKNOWN_CODE).all() and UNKNOWN_CODE not in CLC_LUT_19
+    pool = np.concatenate([known, [0, 999]]).astype(np.uint16)
+    codes = pool[np.random.default_rng(0).integers(0, len(pool), (64, 120, 120))]
+    reference_targets(codes)
+    tracemalloc.start()
+    try:
+        targets = reference_targets(codes)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert np.array_equal(targets, CLC_LUT_19[codes])
+    assert peak < 3 * targets.nbytes, peak
+    with pytest.raises(lab.UnknownLabelError, match=r"patch P: unknown CLC code\(s\) \[1000\]"):
+        reference_targets(np.array([[111, 1000]], np.uint16), "patch P")

@@ -106,3 +106,43 @@ def test_shards_without_maps_name_the_shard_set_and_the_ingest(map_shards: tuple
     assert issubclass(NoReferenceMaps, ShardFormatError)
     with pytest.raises(NoReferenceMaps, match="rows of X: the shards have no reference_map column"):
         decode_batch(pq.read_table(next(plain.rglob("part-*.parquet"))), groups_for("s1"), maps=True, where="rows of X")
+
+
+def test_a_decoded_group_keeps_its_mask_not_the_raw_maps(map_shards: tuple[Path, Path, str]) -> None:
+    """The shuffle buffer holds each group's uint8 mask, not also its uint16 `reference_map` column (twice the
+    bytes) beside it."""
+    from bigearth.input.loader import _Decoded
+
+    shards, _, _ = map_shards
+    path = next(p for p in sorted(shards.rglob("part-*.parquet")) if "reference_map" in pq.read_schema(p).names)
+    table = pq.read_table(path)
+    d = _Decoded(table, groups_for("s2-10"), 19, maps=True)
+    assert "reference_map" not in d.table.column_names and d.mask is not None
+    assert np.array_equal(d.mask, map_targets(table))
+    expected = pq.read_table(path, columns=["B02"]).column("B02").to_pylist()[0]
+    assert np.array_equal(d.bands["B02"][0].reshape(-1), np.frombuffer(expected, "<u2"))  # the views still valid
+
+
+def test_mask_memory_comes_from_the_pool_and_kept_masks_are_never_overwritten(
+    map_shards: tuple[Path, Path, str],
+) -> None:
+    from bigearth.input.buffers import BatchBuffers
+
+    shards, _, _ = map_shards
+    expected = _expected(shards)
+    groups = row_groups(str(shards), ["train", "validation", "test"]) * 3
+    buffers = BatchBuffers(keep=8)
+    kept = list(RowGroupLoader(groups, 4, bands="s2-10", shuffle_buffer=8, seed=1, maps=True, buffers=buffers))
+    for batch in kept:  # kept batches: their masks were never lent to a later batch
+        for pid, m in zip(batch["patch_id"], batch["mask"], strict=True):
+            assert np.array_equal(m.numpy(), expected[pid])
+    del kept
+    addresses, full = set(), 0
+    for batch in RowGroupLoader(groups, 4, bands="s2-10", shuffle_buffer=8, seed=2, maps=True, buffers=buffers):
+        for pid, m in zip(batch["patch_id"], batch["mask"], strict=True):
+            assert np.array_equal(m.numpy(), expected[pid])
+        if len(batch["patch_id"]) == 4:
+            addresses.add(batch["mask"].data_ptr())
+            full += 1
+    pooled = {a.ctypes.data for (shape, _), arrays in buffers._arrays.items() if len(shape) == 3 for a in arrays}
+    assert full > 10 and len(addresses) <= 8 and addresses <= pooled

@@ -129,3 +129,11 @@ def test_bigearth_train_executor_local_runs_without_ray(
     assert cli.build_parser().parse_args(argv).executor == "ray"
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args([*argv, "--executor", "dask"])
+
+
+def test_a_validation_split_with_fewer_rows_than_workers_is_refused_naming_both() -> None:
+    from bigearth.training.loop import check_validation_rows
+
+    with pytest.raises(ValueError, match=r"validation split 'validation' has 1 rows .* fewer than the 2 workers"):
+        check_validation_rows("validation", 1, 2)
+    check_validation_rows("validation", 2, 2)  # every worker a row: row_share's shares are then all non-empty

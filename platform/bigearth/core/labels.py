@@ -230,15 +230,35 @@ def _code_lut() -> np.ndarray:
 #: CLC code -> 19-class index (IGNORE_INDEX for 0 and the UNLABELED codes): the per-pixel form of `CLC_CODE_TO_19`.
 CLC_LUT_19: np.ndarray = _code_lut()
 CLC_LUT_19.setflags(write=False)
+#: The entry of `CLC_LUT_U16` for a value that is no CLC code of the archive (never a class index or IGNORE_INDEX).
+UNKNOWN_CODE = 254
+
+
+def _u16_lut() -> np.ndarray:
+    lut = np.full(2**16, UNKNOWN_CODE, np.uint8)
+    for code in _KNOWN_CODES:
+        lut[code] = CLC_LUT_19[code]
+    return lut
+
+
+#: `CLC_LUT_19` over every uint16 value (the reference maps' dtype), `UNKNOWN_CODE` for a value that is no code of
+#: the archive: one gather of the maps as they are, no clipping, no intp copy.
+CLC_LUT_U16: np.ndarray = _u16_lut()
+CLC_LUT_U16.setflags(write=False)
 
 
 def reference_targets(codes: np.ndarray, where: str = "reference map") -> np.ndarray:
     """Per-pixel 19-class targets (uint8, `IGNORE_INDEX` where the code has no 19-class class) of reference-map
     CLC codes of any shape; a code that is no CLC code of the archive raises `UnknownLabelError` naming it and
-    `where` (the patch)."""
+    `where` (the patch). Unsigned codes of up to 16 bits (the maps') go through `CLC_LUT_U16` as they are; the
+    checked path below only runs for other dtypes or to name an unknown code."""
     arr = np.asarray(codes)
     if arr.dtype.kind not in "iu":
         raise UnknownLabelError(f"{where}: expected integer CLC codes, got dtype {arr.dtype}")
+    if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2:  # the maps' uint16: one table look-up, checked after
+        fast = CLC_LUT_U16[arr]
+        if not (fast == UNKNOWN_CODE).any():
+            return fast
     clipped = np.clip(arr, 0, _MAX_CODE).astype(np.intp, copy=False)
     bad = (arr < 0) | (arr > _MAX_CODE)
     targets = CLC_LUT_19[clipped]

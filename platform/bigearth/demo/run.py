@@ -187,11 +187,21 @@ def evaluate_segmenter(w: Workdir) -> dict[str, Any]:
     from bigearth.evaluation.classification import evaluate
 
     metrics: dict[str, Any] = evaluate(str(w.seg_run), str(w.shards), "test", str(w.seg_eval))
-    print(
-        f"      mIoU {metrics['miou']:.3f}, pixel accuracy {metrics['pixel_accuracy']:.3f} "
+    print(segmentation_line(metrics))
+    return metrics
+
+
+def figure(value: Any) -> float | str:
+    """A figure rounded to 3 places for the console and the summary, "n/a" where it is undefined (None: no pixel
+    scored)."""
+    return "n/a" if value is None else round(float(value), 3)
+
+
+def segmentation_line(metrics: dict[str, Any]) -> str:
+    return (
+        f"      mIoU {figure(metrics['miou'])}, pixel accuracy {figure(metrics['pixel_accuracy'])} "
         f"over {metrics['scored_pixels']:,} scored pixels of {metrics['patches']} patches"
     )
-    return metrics
 
 
 def index_archive(w: Workdir) -> None:
@@ -357,7 +367,7 @@ def write_demo_report(
         "pairs ingested": manifest.pairs,
         "splits": manifest.splits,
         "epochs": len(history),
-        "segmentation mIoU (test)": round(float(segmentation["miou"] or 0.0), 3),
+        "segmentation mIoU (test)": figure(segmentation["miou"]),
         "service": url,
         "seconds": {k: round(v, 1) for k, v in seconds.items()},
     }

@@ -44,7 +44,14 @@ from bigearth.core.bands import BANDS
 from bigearth.core.storage import StorageOptions, arrow_filesystem, join
 from bigearth.input.buffers import BatchBuffers
 from bigearth.shards.decode import band_view, groups_for, label_matrix, map_targets, require_maps, to_torch
-from bigearth.shards.format import ROW_GROUP_PAIRS, ShardFormatError, open_for_reading, open_shard, read_row_group
+from bigearth.shards.format import (
+    REFERENCE_MAP,
+    ROW_GROUP_PAIRS,
+    ShardFormatError,
+    open_for_reading,
+    open_shard,
+    read_row_group,
+)
 from bigearth.shards.shardset import ShardSet, label_column
 from bigearth.shards.subsets import (
     MetadataSubset,
@@ -260,6 +267,9 @@ class _Decoded:
         maps: bool = False,
         where: str = "",
     ) -> None:
+        self.mask = map_targets(table, where) if maps else None
+        if REFERENCE_MAP.name in table.column_names:  # decoded (or unused): not kept for the whole shuffle buffer
+            table = table.drop_columns([REFERENCE_MAP.name])
         self.table = table  # keeps the buffers the views point into alive
         self.rows = table.num_rows
         self.bands: dict[str, np.ndarray] = {}
@@ -269,7 +279,6 @@ class _Decoded:
                 self.bands[name] = band_view(col.chunk(0) if col.num_chunks == 1 else col.combine_chunks(), name)
         self.labels = label_matrix(table, nomenclature)
         self.ids = table.column("patch_id").to_numpy()
-        self.mask = map_targets(table, where) if maps else None
         self.selected: np.ndarray | None = None  # the rows to draw from (a metadata subset's); None = all
 
     def order(self, rng: np.random.Generator | None, skip: int = 0) -> np.ndarray:
@@ -422,8 +431,10 @@ class RowGroupLoader:
         first = buffer[0][0]
         out["labels"] = np.empty((n, first.labels.shape[1]), dtype=np.float32)
         out["patch_id"] = np.empty(n, dtype=object)
-        if first.mask is not None:
-            out["mask"] = np.empty((n, *first.mask.shape[1:]), dtype=np.uint8)
+        mask: np.ndarray | None = None
+        if first.mask is not None:  # from the pool too (pinned on CUDA), as the bands
+            mask, handed = self._buffers.take((n, *first.mask.shape[1:]), np.uint8, pool=n == self.batch_size)
+            out["mask"] = handed if handed is not None else mask
         pos = 0
         for (d, rows), k in zip(buffer, counts, strict=True):
             if not k:
@@ -435,8 +446,8 @@ class RowGroupLoader:
                     np.take(d.bands[name], take, axis=0, out=dest[c, pos : pos + k], mode="clip")
             out["labels"][pos : pos + k] = d.labels[take]
             out["patch_id"][pos : pos + k] = d.ids[take]
-            if d.mask is not None:
-                np.take(d.mask, take, axis=0, out=out["mask"][pos : pos + k])
+            if d.mask is not None and mask is not None:
+                np.take(d.mask, take, axis=0, out=mask[pos : pos + k])
             pos += k
         return out
 

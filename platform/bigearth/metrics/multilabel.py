@@ -150,10 +150,13 @@ class MultilabelMetrics:
         self.count += len(t)
 
     def compute(self) -> dict[str, Any]:
+        synced = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if synced and not self.count:
+            self._empty_lists()
         values = self.collection.compute()
         support = self.support.clone()
         count = torch.tensor(self.count, device=support.device)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
+        if synced:
             torch.distributed.all_reduce(support)
             torch.distributed.all_reduce(count)
         present = support > 0
@@ -176,6 +179,17 @@ class MultilabelMetrics:
         out["classes_without_positives"] = [n for n, p in zip(self.names, present.tolist(), strict=True) if not p]
         out["samples"] = int(count.item())
         return out
+
+    def _empty_lists(self) -> None:
+        """On a worker that had no batch: every list state (AP's scores and targets) as one [0, C] tensor of the
+        dtype the others hold, so that the sync gathers states of one rank and dtype from every worker (torchmetrics
+        makes an empty list a 1-d float tensor: a collective mismatch, a crash under gloo, a hang under NCCL)."""
+        classes = len(self.names)
+        for metric in self.collection.values():
+            for name, default in metric._defaults.items():
+                if isinstance(default, list) and not getattr(metric, name):
+                    dtype = torch.long if name == "target" else torch.float32
+                    setattr(metric, name, [torch.zeros((0, classes), dtype=dtype, device=self.support.device)])
 
 
 def _num(value: Any) -> float | None:

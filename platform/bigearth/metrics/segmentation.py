@@ -109,9 +109,9 @@ class SegmentationMetrics(Metric):
     confusion: torch.Tensor
     patches: torch.Tensor
     unscored_patches: torch.Tensor
+    labelled: torch.Tensor
     image: MultilabelMetrics
     map_pixels: int
-    with_labels: bool
 
     def __init__(self, num_classes: int = 19, device: Any = None, presence_share: float = PRESENCE_SHARE) -> None:
         super().__init__()
@@ -123,6 +123,9 @@ class SegmentationMetrics(Metric):
         self.add_state("confusion", default=zeros, dist_reduce_fx="sum")
         self.add_state("patches", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self.add_state("unscored_patches", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
+        # patches updated with labels, summed over the workers: every worker computes (and syncs) the image-level
+        # figures when any had some, a worker without a labelled batch (or any batch) included
+        self.add_state("labelled", default=torch.zeros((), dtype=torch.int64), dist_reduce_fx="sum")
         self._device_arg = device or "cpu"
         self._image_for(MAP_PIXELS)  # the threshold depends on the maps' pixel count (`presence_threshold`)
         if device is not None:
@@ -143,10 +146,10 @@ class SegmentationMetrics(Metric):
         if labels is not None:
             pixels = int(pred.shape[1] * pred.shape[2])
             if pixels != self.map_pixels:
-                if self.with_labels:
+                if self.image.count:
                     raise ValueError(f"maps of {pixels} pixels after maps of {self.map_pixels}: one size per metric")
                 self._image_for(pixels, self.image.support.device)
-            self.with_labels = True
+            self.labelled += int(pred.shape[0])
             where = self.image.support.device  # the image-level metrics stay where they were made
             self.image.update(class_shares(pred, self.num_classes).to(where), labels.to(where))
 
@@ -160,7 +163,7 @@ class SegmentationMetrics(Metric):
         out["patches"] = int(self.patches)
         out["unscored_patches"] = int(self.unscored_patches)
         out["presence_share"] = self.presence_share
-        out["image"] = self.image.compute() if self.with_labels else None
+        out["image"] = self.image.compute() if int(self.labelled) > 0 else None  # synced: the same on every worker
         return out
 
     def reset(self) -> None:
@@ -172,4 +175,3 @@ class SegmentationMetrics(Metric):
         threshold = presence_threshold(self.presence_share, pixels)
         self.image = MultilabelMetrics(self.num_classes, threshold=threshold, device=device or self._device_arg)
         self.map_pixels = pixels
-        self.with_labels = False

@@ -122,7 +122,7 @@ def require_maps(names: Sequence[str], where: str) -> None:
 
 def map_targets(table: pa.Table, where: str = "shard rows") -> np.ndarray:
     """`uint8 [rows, 120, 120]` per-pixel 19-class targets of a shard table's `reference_map` column (CLC codes
-    through `CLC_LUT_19`, whole arrays at once): `IGNORE_INDEX` where a code has no class and for every pixel of a
+    through `CLC_LUT_U16`, whole arrays at once): `IGNORE_INDEX` where a code has no class and for every pixel of a
     null map; an unknown code is an `UnknownLabelError` naming the patch."""
     require_maps(table.column_names, where)
     n, side = table.num_rows, 120
@@ -135,7 +135,10 @@ def map_targets(table: pa.Table, where: str = "shard rows") -> np.ndarray:
             filled = chunk.fill_null(b"\0" * (side * side * 2)) if chunk.null_count else chunk
             codes = _chunk_bytes(filled, REFERENCE_MAP.name, side * side * 2).view("<u2").reshape(rows, side, side)
             try:
-                out[row0 : row0 + rows][valid] = lab.reference_targets(codes[valid], where)
+                if valid.all():  # no boolean-index copy of the codes
+                    out[row0 : row0 + rows] = lab.reference_targets(codes, where)
+                else:
+                    out[row0 : row0 + rows][valid] = lab.reference_targets(codes[valid], where)
             except lab.UnknownLabelError:
                 ids = table.column("patch_id").slice(row0, rows).to_pylist()
                 for i in np.flatnonzero(valid):  # only to name the patch: the error path

@@ -327,6 +327,17 @@ RAY_DATA_NO_MAPS = (
 )
 
 
+def check_validation_rows(split: str, rows: int, world: int) -> None:
+    """Each worker validates its own share of the split's rows (`bigearth.input.loader.row_share`: none is empty
+    while there are at least `world` rows); fewer rows than workers would leave a worker without any, refused here
+    naming the split, its rows and the workers."""
+    if rows < world:
+        raise ValueError(
+            f"validation split {split!r} has {rows} rows (of the selected subset), fewer than the {world} workers: "
+            "every worker validates a share of it; lower scaling.num_workers or select more validation rows"
+        )
+
+
 class Worker(Protocol):
     """What `run_worker` needs of the process it runs in."""
 
@@ -378,6 +389,7 @@ def run_worker(worker: Worker, config: dict[str, Any]) -> None:
     scores: dict[str, Any] | None = None  # the last validation of this attempt (its per-class chart is logged)
 
     train_plan, val_plan = worker.plans()
+    check_validation_rows(cfg.data.val_split, sum(g.rows for g in val_plan), world)  # as the driver did
     stream = worker.batch_stream() if cfg.data.pipeline == "ray_data" else None
     # validation: each worker a contiguous, non-empty share of the rows (sizes differ by at most one)
     val_groups, val_skip, val_rows = row_share(val_plan, rank, world)

@@ -61,6 +61,9 @@ def train(
     world = cfg.scaling.num_workers if executor == "ray" else 1
     plans = training_plans(cfg, data, so)  # data.countries / data.seasons: the selected rows (else the manifest's)
     train_pairs, val_pairs = (sum(g.rows for g in p) for p in plans)
+    from bigearth.training.loop import check_validation_rows
+
+    check_validation_rows(cfg.data.val_split, val_pairs, world)  # here, before any worker starts
     target = tracking.start_run(
         cfg,
         storage,
