@@ -447,7 +447,7 @@ class RowGroupLoader:
             out["labels"][pos : pos + k] = d.labels[take]
             out["patch_id"][pos : pos + k] = d.ids[take]
             if d.mask is not None and mask is not None:
-                np.take(d.mask, take, axis=0, out=mask[pos : pos + k])
+                np.take(d.mask, take, axis=0, out=mask[pos : pos + k], mode="clip")
             pos += k
         return out
 
